@@ -1,0 +1,540 @@
+// keel_torch.cpp: the implementation of keel_torch.h over libtorch's C++ API.
+// One source for libtorch 1.13 (Debian) and 2.x (PyTorch wheels); the differences are behind TORCH_VERSION_MAJOR.
+#include "keel_torch.h"
+
+#include <torch/torch.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#ifdef KEEL_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace {
+
+char *dup_error(const std::string &msg) {
+  // Keep only the first line of libtorch's messages: the rest is a C++ backtrace.
+  std::string first = msg.substr(0, msg.find('\n'));
+  char *s = static_cast<char *>(std::malloc(first.size() + 1));
+  if (s == nullptr) return nullptr;
+  std::memcpy(s, first.c_str(), first.size() + 1);
+  return s;
+}
+
+#define KT_TRY try {
+#define KT_CATCH                                   \
+  }                                                \
+  catch (const c10::Error &e) {                    \
+    return dup_error(e.what_without_backtrace());  \
+  }                                                \
+  catch (const std::exception &e) {                \
+    return dup_error(e.what());                    \
+  }                                                \
+  catch (...) {                                    \
+    return dup_error("unknown C++ exception");     \
+  }                                                \
+  return nullptr;
+
+at::Tensor &T(kt_tensor t) {
+  if (t == nullptr) throw std::invalid_argument("null tensor handle");
+  return *static_cast<at::Tensor *>(t);
+}
+
+kt_tensor wrap(at::Tensor t) { return new at::Tensor(std::move(t)); }
+
+at::ScalarType scalar_type(int64_t code) {
+  switch (code) {
+    case KT_F32: return at::kFloat;
+    case KT_F16: return at::kHalf;
+    case KT_BF16: return at::kBFloat16;
+    case KT_I64: return at::kLong;
+    case KT_I32: return at::kInt;
+    case KT_BOOL: return at::kBool;
+    case KT_U8: return at::kByte;
+    case KT_F64: return at::kDouble;
+    case KT_I8: return at::kChar;
+  }
+  throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+}
+
+int64_t dtype_code(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return KT_F32;
+    case at::kHalf: return KT_F16;
+    case at::kBFloat16: return KT_BF16;
+    case at::kLong: return KT_I64;
+    case at::kInt: return KT_I32;
+    case at::kBool: return KT_BOOL;
+    case at::kByte: return KT_U8;
+    case at::kDouble: return KT_F64;
+    case at::kChar: return KT_I8;
+    default: return -1;
+  }
+}
+
+at::Device device(int64_t type, int64_t index) {
+  if (type == 0) return at::Device(at::kCPU);
+  if (type == 1) {
+    if (!torch::cuda::is_available()) throw std::runtime_error("CUDA is not available in this libtorch or on this machine");
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index < 0 ? 0 : index));
+  }
+  throw std::invalid_argument("unknown device type " + std::to_string(type));
+}
+
+at::IntArrayRef dims(const int64_t *shape, int64_t ndim) { return at::IntArrayRef(shape, static_cast<size_t>(ndim)); }
+
+std::vector<at::Tensor> tensors(const kt_tensor *ts, int64_t n) {
+  std::vector<at::Tensor> v;
+  v.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; i++) v.push_back(T(ts[i]));
+  return v;
+}
+
+// Repeats key/value heads so that grouped-query attention becomes ordinary multi-head attention.
+at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
+  int64_t kv = x.size(1);
+  if (kv == heads) return x;
+  if (heads % kv != 0) throw std::invalid_argument("attention heads not a multiple of key/value heads");
+  auto n = heads / kv;
+  return x.unsqueeze(2).expand({x.size(0), kv, n, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
+}
+
+}  // namespace
+
+extern "C" {
+
+char *kt_info(char *buf, int64_t n) {
+  std::string s = std::string("libtorch=") + TORCH_VERSION + " cuda=" + (torch::cuda::is_available() ? "1" : "0") +
+                  " devices=" + std::to_string(torch::cuda::device_count());
+#ifdef KEEL_WITH_CUDA
+  s += " built_with_cuda=1";
+#endif
+  std::snprintf(buf, static_cast<size_t>(n), "%s", s.c_str());
+  return buf;
+}
+
+void kt_free_string(char *s) { std::free(s); }
+void kt_free(kt_tensor t) { delete static_cast<at::Tensor *>(t); }
+
+char *kt_set_num_threads(int64_t n) {
+  KT_TRY
+  at::set_num_threads(static_cast<int>(n));
+  KT_CATCH
+}
+int64_t kt_get_num_threads(void) { return at::get_num_threads(); }
+
+char *kt_manual_seed(uint64_t seed) {
+  KT_TRY
+  torch::manual_seed(seed);
+  KT_CATCH
+}
+
+int64_t kt_cuda_device_count(void) {
+  try {
+    return static_cast<int64_t>(torch::cuda::device_count());
+  } catch (...) {
+    return 0;
+  }
+}
+
+char *kt_cuda_memory(int64_t dev, int64_t *allocated, int64_t *peak, int64_t *reserved) {
+  KT_TRY
+#ifdef KEEL_WITH_CUDA
+  auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(dev));
+  *allocated = st.allocated_bytes[0].current;
+  *peak = st.allocated_bytes[0].peak;
+  *reserved = st.reserved_bytes[0].current;
+#else
+  (void)dev;
+  *allocated = *peak = *reserved = 0;
+  throw std::runtime_error("this keel shim was built without CUDA");
+#endif
+  KT_CATCH
+}
+
+char *kt_cuda_reset_peak(int64_t dev) {
+  KT_TRY
+#ifdef KEEL_WITH_CUDA
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(dev));
+#else
+  (void)dev;
+  throw std::runtime_error("this keel shim was built without CUDA");
+#endif
+  KT_CATCH
+}
+
+char *kt_synchronize(int64_t dev) {
+  KT_TRY
+  if (torch::cuda::is_available()) torch::cuda::synchronize(dev);
+  KT_CATCH
+}
+
+char *kt_from_data(const void *data, int64_t dtype, const int64_t *shape, int64_t ndim, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
+  KT_TRY
+  auto opts = at::TensorOptions().dtype(scalar_type(dtype));
+  auto host = torch::from_blob(const_cast<void *>(data), dims(shape, ndim), opts);
+  *out = wrap(host.to(device(dev_type, dev_index), /*non_blocking=*/false, /*copy=*/true));
+  KT_CATCH
+}
+
+char *kt_from_blob(void *data, int64_t dtype, const int64_t *shape, int64_t ndim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(torch::from_blob(data, dims(shape, ndim), at::TensorOptions().dtype(scalar_type(dtype))));
+  KT_CATCH
+}
+
+char *kt_full(const int64_t *shape, int64_t ndim, double value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::full(dims(shape, ndim), value, at::TensorOptions().dtype(scalar_type(dtype)).device(device(dev_type, dev_index))));
+  KT_CATCH
+}
+
+char *kt_randn(const int64_t *shape, int64_t ndim, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::randn(dims(shape, ndim), at::TensorOptions().dtype(scalar_type(dtype)).device(device(dev_type, dev_index))));
+  KT_CATCH
+}
+
+char *kt_to(kt_tensor t, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(t).to(device(dev_type, dev_index), scalar_type(dtype)));
+  KT_CATCH
+}
+
+char *kt_to_host(kt_tensor t, void *dst, int64_t nbytes) {
+  KT_TRY
+  auto host = T(t).detach().to(at::kCPU).contiguous();
+  int64_t have = static_cast<int64_t>(host.numel() * host.element_size());
+  if (have != nbytes) throw std::invalid_argument("to_host: tensor has " + std::to_string(have) + " bytes, buffer " + std::to_string(nbytes));
+  std::memcpy(dst, host.data_ptr(), static_cast<size_t>(nbytes));
+  KT_CATCH
+}
+
+char *kt_shape(kt_tensor t, int64_t *out_dims, int64_t cap, int64_t *ndim) {
+  KT_TRY
+  auto &x = T(t);
+  *ndim = x.dim();
+  for (int64_t i = 0; i < x.dim() && i < cap; i++) out_dims[i] = x.size(i);
+  KT_CATCH
+}
+
+char *kt_meta(kt_tensor t, int64_t *dtype, int64_t *dev_type, int64_t *dev_index) {
+  KT_TRY
+  auto &x = T(t);
+  *dtype = dtype_code(x.scalar_type());
+  *dev_type = x.is_cuda() ? 1 : 0;
+  *dev_index = x.is_cuda() ? x.device().index() : -1;
+  KT_CATCH
+}
+
+char *kt_item(kt_tensor t, double *out) {
+  KT_TRY
+  *out = T(t).item<double>();
+  KT_CATCH
+}
+
+char *kt_shares_storage(kt_tensor a, kt_tensor b, int64_t *out) {
+  KT_TRY
+  *out = T(a).data_ptr() == T(b).data_ptr() ? 1 : 0;
+  KT_CATCH
+}
+
+char *kt_clone(kt_tensor t, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(t).clone());
+  KT_CATCH
+}
+
+char *kt_binary(int64_t op, kt_tensor a, kt_tensor b, kt_tensor *out) {
+  KT_TRY
+  auto &x = T(a);
+  auto &y = T(b);
+  switch (op) {
+    case KT_ADD: *out = wrap(x + y); break;
+    case KT_SUB: *out = wrap(x - y); break;
+    case KT_MUL: *out = wrap(x * y); break;
+    case KT_DIV: *out = wrap(x / y); break;
+    case KT_MATMUL: *out = wrap(at::matmul(x, y)); break;
+    case KT_MAXIMUM: *out = wrap(at::maximum(x, y)); break;
+    case KT_MINIMUM: *out = wrap(at::minimum(x, y)); break;
+    case KT_POW: *out = wrap(at::pow(x, y)); break;
+    case KT_EQ: *out = wrap(at::eq(x, y)); break;
+    case KT_LT: *out = wrap(at::lt(x, y)); break;
+    case KT_GT: *out = wrap(at::gt(x, y)); break;
+    default: throw std::invalid_argument("unknown binary op " + std::to_string(op));
+  }
+  KT_CATCH
+}
+
+char *kt_unary(int64_t op, kt_tensor a, kt_tensor *out) {
+  KT_TRY
+  auto &x = T(a);
+  switch (op) {
+    case KT_NEG: *out = wrap(at::neg(x)); break;
+    case KT_EXP: *out = wrap(at::exp(x)); break;
+    case KT_LOG: *out = wrap(at::log(x)); break;
+    case KT_SQRT: *out = wrap(at::sqrt(x)); break;
+    case KT_RSQRT: *out = wrap(at::rsqrt(x)); break;
+    case KT_TANH: *out = wrap(at::tanh(x)); break;
+    case KT_SILU: *out = wrap(at::silu(x)); break;
+    case KT_GELU_TANH: *out = wrap(at::gelu(x, "tanh")); break;
+    case KT_GELU: *out = wrap(at::gelu(x)); break;
+    case KT_SIGMOID: *out = wrap(at::sigmoid(x)); break;
+    case KT_RELU: *out = wrap(at::relu(x)); break;
+    case KT_ABS: *out = wrap(at::abs(x)); break;
+    case KT_SQUARE: *out = wrap(x * x); break;
+    case KT_SIN: *out = wrap(at::sin(x)); break;
+    case KT_COS: *out = wrap(at::cos(x)); break;
+    case KT_CONTIGUOUS: *out = wrap(x.contiguous()); break;
+    case KT_DETACH: *out = wrap(x.detach()); break;
+    case KT_LOGICAL_NOT: *out = wrap(at::logical_not(x)); break;
+    default: throw std::invalid_argument("unknown unary op " + std::to_string(op));
+  }
+  KT_CATCH
+}
+
+char *kt_scalar(int64_t op, kt_tensor a, double s, kt_tensor *out) {
+  KT_TRY
+  auto &x = T(a);
+  switch (op) {
+    case KT_SADD: *out = wrap(x + s); break;
+    case KT_SMUL: *out = wrap(x * s); break;
+    case KT_SPOW: *out = wrap(at::pow(x, s)); break;
+    case KT_SCLAMP_MIN: *out = wrap(at::clamp_min(x, s)); break;
+    case KT_SCLAMP_MAX: *out = wrap(at::clamp_max(x, s)); break;
+    case KT_SRSUB: *out = wrap(s - x); break;
+    case KT_SDIV: *out = wrap(x / s); break;
+    default: throw std::invalid_argument("unknown scalar op " + std::to_string(op));
+  }
+  KT_CATCH
+}
+
+char *kt_linear(kt_tensor x, kt_tensor w, kt_tensor b, kt_tensor *out) {
+  KT_TRY
+  if (b == nullptr) {
+    *out = wrap(at::linear(T(x), T(w)));
+  } else {
+    *out = wrap(at::linear(T(x), T(w), T(b)));
+  }
+  KT_CATCH
+}
+
+char *kt_where(kt_tensor cond, kt_tensor a, kt_tensor b, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::where(T(cond), T(a), T(b)));
+  KT_CATCH
+}
+
+char *kt_masked_fill(kt_tensor a, kt_tensor mask, double value, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).masked_fill(T(mask), value));
+  KT_CATCH
+}
+
+char *kt_reduce(int64_t op, kt_tensor a, int64_t dim, int64_t keepdim, kt_tensor *out) {
+  KT_TRY
+  auto &x = T(a);
+  bool all = dim == KT_ALL_DIMS;
+  bool kd = keepdim != 0;
+  switch (op) {
+    case KT_SUM: *out = wrap(all ? x.sum() : x.sum(dim, kd)); break;
+    case KT_MEAN: *out = wrap(all ? x.mean() : x.mean(dim, kd)); break;
+    case KT_MAX: *out = wrap(all ? x.max() : std::get<0>(x.max(dim, kd))); break;
+    case KT_MIN: *out = wrap(all ? x.min() : std::get<0>(x.min(dim, kd))); break;
+    case KT_LOGSUMEXP: *out = wrap(all ? at::logsumexp(x.flatten(), 0) : at::logsumexp(x, dim, kd)); break;
+    case KT_ARGMAX: *out = wrap(all ? x.argmax() : x.argmax(dim, kd)); break;
+    case KT_NORM: *out = wrap(all ? x.norm() : at::norm(x, 2, {dim}, kd)); break;
+    default: throw std::invalid_argument("unknown reduction " + std::to_string(op));
+  }
+  KT_CATCH
+}
+
+char *kt_embedding(kt_tensor weight, kt_tensor ids, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::embedding(T(weight), T(ids)));
+  KT_CATCH
+}
+
+char *kt_index_select(kt_tensor a, int64_t dim, kt_tensor idx, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::index_select(T(a), dim, T(idx)));
+  KT_CATCH
+}
+
+char *kt_gather(kt_tensor a, int64_t dim, kt_tensor idx, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::gather(T(a), dim, T(idx)));
+  KT_CATCH
+}
+
+char *kt_cat(const kt_tensor *ts, int64_t n, int64_t dim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::cat(tensors(ts, n), dim));
+  KT_CATCH
+}
+
+char *kt_narrow(kt_tensor a, int64_t dim, int64_t start, int64_t len, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).narrow(dim, start, len));
+  KT_CATCH
+}
+
+char *kt_reshape(kt_tensor a, const int64_t *shape, int64_t ndim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).reshape(dims(shape, ndim)));
+  KT_CATCH
+}
+
+char *kt_expand(kt_tensor a, const int64_t *shape, int64_t ndim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).expand(dims(shape, ndim)));
+  KT_CATCH
+}
+
+char *kt_transpose(kt_tensor a, int64_t d0, int64_t d1, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).transpose(d0, d1));
+  KT_CATCH
+}
+
+char *kt_permute(kt_tensor a, const int64_t *p, int64_t ndim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(T(a).permute(dims(p, ndim)));
+  KT_CATCH
+}
+
+char *kt_copy_(kt_tensor dst, kt_tensor src) {
+  KT_TRY
+  T(dst).copy_(T(src));
+  KT_CATCH
+}
+
+char *kt_softmax(kt_tensor a, int64_t dim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::softmax(T(a), dim));
+  KT_CATCH
+}
+
+char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::log_softmax(T(a), dim));
+  KT_CATCH
+}
+
+char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, double scale, double softcap, kt_tensor *out) {
+  KT_TRY
+  auto &Q = T(q);
+  if (Q.dim() != 4 || T(k).dim() != 4 || T(v).dim() != 4) throw std::invalid_argument("attention expects 4-d q, k, v");
+  int64_t heads = Q.size(1);
+  auto K = repeat_kv(T(k), heads);
+  auto V = repeat_kv(T(v), heads);
+  int64_t tq = Q.size(2), tk = K.size(2);
+  at::Tensor allowed;  // bool, true = attend; undefined = everything
+  if (mask != nullptr) allowed = T(mask);
+  if (is_causal != 0) {
+    // Query i sits at absolute position tk - tq + i.
+    auto causal = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq);
+    allowed = allowed.defined() ? at::logical_and(allowed, causal) : causal;
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  if (softcap <= 0) {
+    c10::optional<at::Tensor> m;
+    if (allowed.defined()) m = allowed;
+    *out = wrap(at::scaled_dot_product_attention(Q, K, V, m, 0.0, false, scale));
+    return nullptr;
+  }
+#endif
+  auto scores = at::matmul(Q, K.transpose(-2, -1)) * scale;
+  if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+  if (allowed.defined()) scores = scores.masked_fill(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
+  auto probs = at::softmax(scores, -1, at::kFloat).to(Q.scalar_type());
+  *out = wrap(at::matmul(probs, V));
+  KT_CATCH
+}
+
+char *kt_topk(kt_tensor a, int64_t k, int64_t dim, kt_tensor *values, kt_tensor *indices) {
+  KT_TRY
+  auto r = at::topk(T(a), k, dim);
+  *values = wrap(std::get<0>(r));
+  *indices = wrap(std::get<1>(r));
+  KT_CATCH
+}
+
+char *kt_multinomial(kt_tensor probs, int64_t n, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::multinomial(T(probs), n));
+  KT_CATCH
+}
+
+char *kt_set_requires_grad(kt_tensor t, int64_t flag) {
+  KT_TRY
+  T(t).set_requires_grad(flag != 0);
+  KT_CATCH
+}
+
+char *kt_requires_grad(kt_tensor t, int64_t *out) {
+  KT_TRY
+  *out = T(t).requires_grad() ? 1 : 0;
+  KT_CATCH
+}
+
+char *kt_backward(kt_tensor t) {
+  KT_TRY
+  T(t).backward();
+  KT_CATCH
+}
+
+char *kt_grad(kt_tensor t, kt_tensor *out) {
+  KT_TRY
+  auto g = T(t).grad();
+  *out = g.defined() ? wrap(g) : nullptr;
+  KT_CATCH
+}
+
+int64_t kt_set_grad_enabled(int64_t enabled) {
+  bool prev = at::GradMode::is_enabled();
+  at::GradMode::set_enabled(enabled != 0);
+  return prev ? 1 : 0;
+}
+
+char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm) {
+  KT_TRY
+  *total_norm = torch::nn::utils::clip_grad_norm_(tensors(params, n), max_norm);
+  KT_CATCH
+}
+
+char *kt_adamw_new(const kt_tensor *params, int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay, kt_optim *out) {
+  KT_TRY
+  auto opts = torch::optim::AdamWOptions(lr).betas({beta1, beta2}).eps(eps).weight_decay(weight_decay);
+  *out = new torch::optim::AdamW(tensors(params, n), opts);
+  KT_CATCH
+}
+
+char *kt_adamw_step(kt_optim o) {
+  KT_TRY
+  static_cast<torch::optim::AdamW *>(o)->step();
+  KT_CATCH
+}
+
+char *kt_adamw_zero_grad(kt_optim o) {
+  KT_TRY
+  static_cast<torch::optim::AdamW *>(o)->zero_grad();
+  KT_CATCH
+}
+
+char *kt_adamw_set_lr(kt_optim o, double lr) {
+  KT_TRY
+  for (auto &g : static_cast<torch::optim::AdamW *>(o)->param_groups()) {
+    static_cast<torch::optim::AdamWOptions &>(g.options()).lr(lr);
+  }
+  KT_CATCH
+}
+
+void kt_adamw_free(kt_optim o) { delete static_cast<torch::optim::AdamW *>(o); }
+
+}  // extern "C"

@@ -1,0 +1,101 @@
+/* keel_torch.h: the C ABI keel reaches libtorch through.
+ *
+ * Conventions:
+ * - A tensor handle (kt_tensor) owns one at::Tensor reference; release it with kt_free.
+ * - Every entry point that can fail returns NULL on success or a malloc'd error message the caller
+ *   releases with kt_free_string. Results come back through out-parameters. No entry point throws or aborts.
+ * - Dtype codes: see KT_* below. Device: type 0 = CPU, 1 = CUDA; index -1 = current.
+ */
+#ifndef KEEL_TORCH_H
+#define KEEL_TORCH_H
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void *kt_tensor;
+typedef void *kt_optim;
+
+enum { KT_F32 = 0, KT_F16 = 1, KT_BF16 = 2, KT_I64 = 3, KT_I32 = 4, KT_BOOL = 5, KT_U8 = 6, KT_F64 = 7, KT_I8 = 8 };
+
+char *kt_info(char *buf, int64_t n); /* "libtorch=X.Y.Z cuda=0|1 cuda_version=..." */
+void kt_free_string(char *s);
+void kt_free(kt_tensor t);
+char *kt_set_num_threads(int64_t n);
+int64_t kt_get_num_threads(void);
+char *kt_manual_seed(uint64_t seed);
+int64_t kt_cuda_device_count(void);
+char *kt_cuda_memory(int64_t device, int64_t *allocated, int64_t *peak, int64_t *reserved);
+char *kt_cuda_reset_peak(int64_t device);
+char *kt_synchronize(int64_t device);
+
+/* creation and transfer */
+char *kt_from_data(const void *data, int64_t dtype, const int64_t *shape, int64_t ndim, int64_t dev_type, int64_t dev_index, kt_tensor *out);
+char *kt_from_blob(void *data, int64_t dtype, const int64_t *shape, int64_t ndim, kt_tensor *out);
+char *kt_full(const int64_t *shape, int64_t ndim, double value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
+char *kt_randn(const int64_t *shape, int64_t ndim, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
+char *kt_to(kt_tensor t, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
+char *kt_to_host(kt_tensor t, void *dst, int64_t nbytes);
+char *kt_shape(kt_tensor t, int64_t *dims, int64_t cap, int64_t *ndim);
+char *kt_meta(kt_tensor t, int64_t *dtype, int64_t *dev_type, int64_t *dev_index);
+char *kt_item(kt_tensor t, double *out);
+char *kt_shares_storage(kt_tensor a, kt_tensor b, int64_t *out);
+char *kt_clone(kt_tensor t, kt_tensor *out);
+
+/* elementwise */
+enum { KT_ADD = 0, KT_SUB, KT_MUL, KT_DIV, KT_MATMUL, KT_MAXIMUM, KT_MINIMUM, KT_POW, KT_EQ, KT_LT, KT_GT };
+char *kt_binary(int64_t op, kt_tensor a, kt_tensor b, kt_tensor *out);
+enum { KT_NEG = 0, KT_EXP, KT_LOG, KT_SQRT, KT_RSQRT, KT_TANH, KT_SILU, KT_GELU_TANH, KT_GELU, KT_SIGMOID, KT_RELU, KT_ABS, KT_SQUARE, KT_SIN, KT_COS, KT_CONTIGUOUS, KT_DETACH, KT_LOGICAL_NOT };
+char *kt_unary(int64_t op, kt_tensor a, kt_tensor *out);
+enum { KT_SADD = 0, KT_SMUL, KT_SPOW, KT_SCLAMP_MIN, KT_SCLAMP_MAX, KT_SRSUB, KT_SDIV };
+char *kt_scalar(int64_t op, kt_tensor a, double s, kt_tensor *out);
+char *kt_linear(kt_tensor x, kt_tensor w, kt_tensor b /* nullable */, kt_tensor *out);
+char *kt_where(kt_tensor cond, kt_tensor a, kt_tensor b, kt_tensor *out);
+char *kt_masked_fill(kt_tensor a, kt_tensor mask, double value, kt_tensor *out);
+
+/* reductions: dim = KT_ALL_DIMS reduces everything */
+#define KT_ALL_DIMS (-1000)
+enum { KT_SUM = 0, KT_MEAN, KT_MAX, KT_MIN, KT_LOGSUMEXP, KT_ARGMAX, KT_NORM };
+char *kt_reduce(int64_t op, kt_tensor a, int64_t dim, int64_t keepdim, kt_tensor *out);
+
+/* indexing and shape */
+char *kt_embedding(kt_tensor weight, kt_tensor ids, kt_tensor *out);
+char *kt_index_select(kt_tensor a, int64_t dim, kt_tensor idx, kt_tensor *out);
+char *kt_gather(kt_tensor a, int64_t dim, kt_tensor idx, kt_tensor *out);
+char *kt_cat(const kt_tensor *ts, int64_t n, int64_t dim, kt_tensor *out);
+char *kt_narrow(kt_tensor a, int64_t dim, int64_t start, int64_t len, kt_tensor *out);
+char *kt_reshape(kt_tensor a, const int64_t *shape, int64_t ndim, kt_tensor *out);
+char *kt_expand(kt_tensor a, const int64_t *shape, int64_t ndim, kt_tensor *out);
+char *kt_transpose(kt_tensor a, int64_t d0, int64_t d1, kt_tensor *out);
+char *kt_permute(kt_tensor a, const int64_t *dims, int64_t ndim, kt_tensor *out);
+char *kt_copy_(kt_tensor dst, kt_tensor src);
+char *kt_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
+char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
+
+/* attention: q [B,H,T,D], k/v [B,Hkv,S,D] (Hkv divides H); mask nullable, bool [B|1,1,T,S], true = attend.
+ * softcap > 0 applies cap*tanh(scores/cap) before masking (Gemma 2) and forces the explicit path. */
+char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, double scale, double softcap, kt_tensor *out);
+
+/* sampling helpers */
+char *kt_topk(kt_tensor a, int64_t k, int64_t dim, kt_tensor *values, kt_tensor *indices);
+char *kt_multinomial(kt_tensor probs, int64_t n, kt_tensor *out);
+
+/* autograd */
+char *kt_set_requires_grad(kt_tensor t, int64_t flag);
+char *kt_requires_grad(kt_tensor t, int64_t *out);
+char *kt_backward(kt_tensor t);
+char *kt_grad(kt_tensor t, kt_tensor *out); /* *out = NULL when no gradient */
+int64_t kt_set_grad_enabled(int64_t enabled); /* returns the previous mode (thread-local) */
+char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm);
+
+/* AdamW */
+char *kt_adamw_new(const kt_tensor *params, int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay, kt_optim *out);
+char *kt_adamw_step(kt_optim o);
+char *kt_adamw_zero_grad(kt_optim o);
+char *kt_adamw_set_lr(kt_optim o, double lr);
+void kt_adamw_free(kt_optim o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

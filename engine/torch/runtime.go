@@ -1,0 +1,245 @@
+// Package torch is keel's binding to libtorch: it loads the C shim (engine/torch/csrc) at run time with purego,
+// so the keel binary itself builds without cgo, and wraps tensors with explicit ownership (see Scope).
+package torch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// ShimName is the file name of the compiled shim.
+const ShimName = "libkeeltorch.so"
+
+// ErrNoShim is wrapped by Load when the shim cannot be found.
+var ErrNoShim = errors.New("libtorch shim not found")
+
+// Runtime is a loaded shim: the entry points of keel_torch.h as Go functions.
+type Runtime struct {
+	Path string
+	Info string // "libtorch=X cuda=0|1 devices=N"
+
+	info            func(buf unsafe.Pointer, n int64) uintptr
+	freeString      func(s uintptr)
+	free            func(t uintptr)
+	setNumThreads   func(n int64) uintptr
+	getNumThreads   func() int64
+	manualSeed      func(seed uint64) uintptr
+	cudaDeviceCount func() int64
+	cudaMemory      func(dev int64, alloc, peak, reserved *int64) uintptr
+	cudaResetPeak   func(dev int64) uintptr
+	synchronize     func(dev int64) uintptr
+
+	fromData func(data unsafe.Pointer, dtype int64, shape *int64, ndim, devType, devIndex int64, out *uintptr) uintptr
+	fromBlob func(data unsafe.Pointer, dtype int64, shape *int64, ndim int64, out *uintptr) uintptr
+	full     func(shape *int64, ndim int64, value float64, dtype, devType, devIndex int64, out *uintptr) uintptr
+	randn    func(shape *int64, ndim int64, dtype, devType, devIndex int64, out *uintptr) uintptr
+	to       func(t uintptr, dtype, devType, devIndex int64, out *uintptr) uintptr
+	toHost   func(t uintptr, dst unsafe.Pointer, nbytes int64) uintptr
+	shape    func(t uintptr, dims *int64, cap int64, ndim *int64) uintptr
+	meta     func(t uintptr, dtype, devType, devIndex *int64) uintptr
+	item     func(t uintptr, out *float64) uintptr
+	shares   func(a, b uintptr, out *int64) uintptr
+	clone    func(t uintptr, out *uintptr) uintptr
+
+	binary     func(op int64, a, b uintptr, out *uintptr) uintptr
+	unary      func(op int64, a uintptr, out *uintptr) uintptr
+	scalar     func(op int64, a uintptr, s float64, out *uintptr) uintptr
+	linear     func(x, w, b uintptr, out *uintptr) uintptr
+	where      func(c, a, b uintptr, out *uintptr) uintptr
+	maskedFill func(a, mask uintptr, v float64, out *uintptr) uintptr
+	reduce     func(op int64, a uintptr, dim, keepdim int64, out *uintptr) uintptr
+
+	embedding   func(w, ids uintptr, out *uintptr) uintptr
+	indexSelect func(a uintptr, dim int64, idx uintptr, out *uintptr) uintptr
+	gather      func(a uintptr, dim int64, idx uintptr, out *uintptr) uintptr
+	cat         func(ts *uintptr, n, dim int64, out *uintptr) uintptr
+	narrow      func(a uintptr, dim, start, n int64, out *uintptr) uintptr
+	reshape     func(a uintptr, shape *int64, ndim int64, out *uintptr) uintptr
+	expand      func(a uintptr, shape *int64, ndim int64, out *uintptr) uintptr
+	transpose   func(a uintptr, d0, d1 int64, out *uintptr) uintptr
+	permute     func(a uintptr, dims *int64, ndim int64, out *uintptr) uintptr
+	copyInto    func(dst, src uintptr) uintptr
+	softmax     func(a uintptr, dim int64, out *uintptr) uintptr
+	logSoftmax  func(a uintptr, dim int64, out *uintptr) uintptr
+	attention   func(q, k, v, mask uintptr, causal int64, scale, softcap float64, out *uintptr) uintptr
+	topk        func(a uintptr, k, dim int64, vals, idx *uintptr) uintptr
+	multinomial func(p uintptr, n int64, out *uintptr) uintptr
+
+	setRequiresGrad func(t uintptr, flag int64) uintptr
+	requiresGrad    func(t uintptr, out *int64) uintptr
+	backward        func(t uintptr) uintptr
+	grad            func(t uintptr, out *uintptr) uintptr
+	setGradEnabled  func(enabled int64) int64
+	clipGradNorm    func(ts *uintptr, n int64, maxNorm float64, total *float64) uintptr
+
+	adamwNew      func(ts *uintptr, n int64, lr, b1, b2, eps, wd float64, out *uintptr) uintptr
+	adamwStep     func(o uintptr) uintptr
+	adamwZeroGrad func(o uintptr) uintptr
+	adamwSetLR    func(o uintptr, lr float64) uintptr
+	adamwFree     func(o uintptr)
+}
+
+// ShimSearchPath lists where Load looks for the shim, in order: $KEEL_SHIM, next to the executable,
+// build/ in the current folder or any folder above it, and $XDG_DATA_HOME/keel (~/.local/share/keel).
+func ShimSearchPath() []string {
+	var paths []string
+	if p := os.Getenv("KEEL_SHIM"); p != "" {
+		return []string{p}
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		paths = append(paths, filepath.Join(dir, ShimName), filepath.Join(dir, "..", "build", ShimName))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			paths = append(paths, filepath.Join(dir, "build", ShimName))
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	data := os.Getenv("XDG_DATA_HOME")
+	if data == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			data = filepath.Join(home, ".local", "share")
+		}
+	}
+	if data != "" {
+		paths = append(paths, filepath.Join(data, "keel", ShimName))
+	}
+	return paths
+}
+
+// Load finds the shim (see ShimSearchPath) and opens it.
+func Load() (*Runtime, error) {
+	paths := ShimSearchPath()
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return Open(p)
+		}
+	}
+	if env := os.Getenv("KEEL_SHIM"); env != "" {
+		return nil, fmt.Errorf("%w at KEEL_SHIM=%s: run `make setup` to build it, or unset KEEL_SHIM", ErrNoShim, env)
+	}
+	return nil, fmt.Errorf("%w (looked next to the binary, in build/ and in the XDG data dir): run `make setup` to compile it", ErrNoShim)
+}
+
+// Open loads the shim at path.
+func Open(path string) (*Runtime, error) {
+	lib, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_LOCAL)
+	if err != nil {
+		msg := err.Error()
+		if strings.Contains(msg, "libtorch") || strings.Contains(msg, "libc10") {
+			return nil, fmt.Errorf("load %s: %v: libtorch is missing or moved; run `make setup` again", path, err)
+		}
+		return nil, fmt.Errorf("load %s: %v: run `make setup` to rebuild the shim", path, err)
+	}
+	r := &Runtime{Path: path}
+	fns := []struct {
+		ptr  any
+		name string
+	}{
+		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"}, {&r.free, "kt_free"},
+		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"},
+		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
+		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
+		{&r.fromData, "kt_from_data"}, {&r.fromBlob, "kt_from_blob"}, {&r.full, "kt_full"}, {&r.randn, "kt_randn"},
+		{&r.to, "kt_to"}, {&r.toHost, "kt_to_host"}, {&r.shape, "kt_shape"}, {&r.meta, "kt_meta"},
+		{&r.item, "kt_item"}, {&r.shares, "kt_shares_storage"}, {&r.clone, "kt_clone"},
+		{&r.binary, "kt_binary"}, {&r.unary, "kt_unary"}, {&r.scalar, "kt_scalar"}, {&r.linear, "kt_linear"},
+		{&r.where, "kt_where"}, {&r.maskedFill, "kt_masked_fill"}, {&r.reduce, "kt_reduce"},
+		{&r.embedding, "kt_embedding"}, {&r.indexSelect, "kt_index_select"}, {&r.gather, "kt_gather"},
+		{&r.cat, "kt_cat"}, {&r.narrow, "kt_narrow"}, {&r.reshape, "kt_reshape"}, {&r.expand, "kt_expand"},
+		{&r.transpose, "kt_transpose"}, {&r.permute, "kt_permute"}, {&r.copyInto, "kt_copy_"},
+		{&r.softmax, "kt_softmax"}, {&r.logSoftmax, "kt_log_softmax"}, {&r.attention, "kt_attention"},
+		{&r.topk, "kt_topk"}, {&r.multinomial, "kt_multinomial"},
+		{&r.setRequiresGrad, "kt_set_requires_grad"}, {&r.requiresGrad, "kt_requires_grad"},
+		{&r.backward, "kt_backward"}, {&r.grad, "kt_grad"}, {&r.setGradEnabled, "kt_set_grad_enabled"},
+		{&r.clipGradNorm, "kt_clip_grad_norm"},
+		{&r.adamwNew, "kt_adamw_new"}, {&r.adamwStep, "kt_adamw_step"}, {&r.adamwZeroGrad, "kt_adamw_zero_grad"},
+		{&r.adamwSetLR, "kt_adamw_set_lr"}, {&r.adamwFree, "kt_adamw_free"},
+	}
+	for _, f := range fns {
+		sym, err := purego.Dlsym(lib, f.name)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: symbol %s missing: the shim is out of date; run `make setup`", path, f.name)
+		}
+		purego.RegisterFunc(f.ptr, sym)
+	}
+	buf := make([]byte, 256)
+	r.info(unsafe.Pointer(&buf[0]), int64(len(buf)))
+	r.Info = cString(uintptr(unsafe.Pointer(&buf[0])))
+	return r, nil
+}
+
+// cString copies a NUL-terminated C string (memory owned by C).
+func cString(p uintptr) string {
+	if p == 0 {
+		return ""
+	}
+	base := *(*unsafe.Pointer)(unsafe.Pointer(&p))
+	n := 0
+	for *(*byte)(unsafe.Add(base, n)) != 0 {
+		n++
+	}
+	return string(unsafe.Slice((*byte)(base), n))
+}
+
+// check turns a shim error string into a Go error and releases it.
+func (r *Runtime) check(op string, p uintptr) error {
+	if p == 0 {
+		return nil
+	}
+	msg := cString(p)
+	r.freeString(p)
+	return fmt.Errorf("torch %s: %s", op, msg)
+}
+
+// Version is the libtorch version the shim was built against.
+func (r *Runtime) Version() string {
+	for _, f := range strings.Fields(r.Info) {
+		if v, ok := strings.CutPrefix(f, "libtorch="); ok {
+			return v
+		}
+	}
+	return "unknown"
+}
+
+// CUDAAvailable reports whether libtorch sees a CUDA device.
+func (r *Runtime) CUDAAvailable() bool { return r.cudaDeviceCount() > 0 }
+
+// CUDADeviceCount is the number of CUDA devices libtorch sees.
+func (r *Runtime) CUDADeviceCount() int { return int(r.cudaDeviceCount()) }
+
+// SetNumThreads sets libtorch's intra-op thread count.
+func (r *Runtime) SetNumThreads(n int) error {
+	return r.check("set_num_threads", r.setNumThreads(int64(n)))
+}
+
+// NumThreads is libtorch's intra-op thread count.
+func (r *Runtime) NumThreads() int { return int(r.getNumThreads()) }
+
+// ManualSeed seeds libtorch's generators (CPU and CUDA).
+func (r *Runtime) ManualSeed(seed uint64) error { return r.check("manual_seed", r.manualSeed(seed)) }
+
+// CUDAMemory returns the caching allocator's current and peak allocated bytes and reserved bytes.
+func (r *Runtime) CUDAMemory(dev int) (allocated, peak, reserved int64, err error) {
+	err = r.check("cuda_memory", r.cudaMemory(int64(dev), &allocated, &peak, &reserved))
+	return
+}
+
+// CUDAResetPeak resets the peak-memory statistic of a device.
+func (r *Runtime) CUDAResetPeak(dev int) error {
+	return r.check("cuda_reset_peak", r.cudaResetPeak(int64(dev)))
+}
+
+// Synchronize waits for the device's queued work (no-op without CUDA).
+func (r *Runtime) Synchronize(dev int) error {
+	return r.check("synchronize", r.synchronize(int64(dev)))
+}

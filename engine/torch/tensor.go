@@ -1,0 +1,464 @@
+package torch
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"unsafe"
+)
+
+// DType is a tensor element type; the values are the shim's codes.
+type DType int64
+
+const (
+	Float32  DType = 0
+	Float16  DType = 1
+	BFloat16 DType = 2
+	Int64    DType = 3
+	Int32    DType = 4
+	Bool     DType = 5
+	Uint8    DType = 6
+	Float64  DType = 7
+	Int8     DType = 8
+)
+
+var dtypeNames = map[DType]string{Float32: "f32", Float16: "f16", BFloat16: "bf16", Int64: "i64", Int32: "i32", Bool: "bool", Uint8: "u8", Float64: "f64", Int8: "i8"}
+
+func (d DType) String() string {
+	if n, ok := dtypeNames[d]; ok {
+		return n
+	}
+	return "dtype(" + strconv.Itoa(int(d)) + ")"
+}
+
+// Size is the element size in bytes.
+func (d DType) Size() int {
+	switch d {
+	case Float32, Int32:
+		return 4
+	case Float16, BFloat16:
+		return 2
+	case Int64, Float64:
+		return 8
+	default:
+		return 1
+	}
+}
+
+// ParseDType reads the names --dtype accepts.
+func ParseDType(s string) (DType, error) {
+	switch strings.ToLower(s) {
+	case "f32", "float32", "float":
+		return Float32, nil
+	case "f16", "float16", "half":
+		return Float16, nil
+	case "bf16", "bfloat16":
+		return BFloat16, nil
+	}
+	return 0, fmt.Errorf("unsupported dtype %q: use f32, f16 or bf16", s)
+}
+
+// Device is a compute device: CPU or CUDA:N.
+type Device struct {
+	CUDA  bool
+	Index int
+}
+
+// CPU is the host device.
+var CPU = Device{}
+
+func (d Device) String() string {
+	if !d.CUDA {
+		return "cpu"
+	}
+	return "cuda:" + strconv.Itoa(d.Index)
+}
+
+func (d Device) codes() (int64, int64) {
+	if d.CUDA {
+		return 1, int64(d.Index)
+	}
+	return 0, -1
+}
+
+// ParseDevice reads "cpu", "cuda" or "cuda:N".
+func ParseDevice(s string) (Device, error) {
+	switch {
+	case s == "cpu" || s == "":
+		return CPU, nil
+	case s == "cuda":
+		return Device{CUDA: true}, nil
+	case strings.HasPrefix(s, "cuda:"):
+		n, err := strconv.Atoi(s[5:])
+		if err != nil || n < 0 {
+			return CPU, fmt.Errorf("bad device %q: use cpu, cuda or cuda:N", s)
+		}
+		return Device{CUDA: true, Index: n}, nil
+	}
+	return CPU, fmt.Errorf("bad device %q: use cpu, cuda or cuda:N", s)
+}
+
+// CheckDevice fails with a clear message when d is CUDA and libtorch has no such device.
+func (r *Runtime) CheckDevice(d Device) error {
+	if !d.CUDA {
+		return nil
+	}
+	n := r.CUDADeviceCount()
+	if n == 0 {
+		return fmt.Errorf("device %s asked for, but libtorch sees no CUDA device (%s): use --device cpu, or build the shim against a CUDA libtorch (`make setup` with a CUDA-enabled python torch)", d, r.Info)
+	}
+	if d.Index >= n {
+		return fmt.Errorf("device %s asked for, but only %d CUDA device(s) exist: use cuda:0..cuda:%d", d, n, n-1)
+	}
+	return nil
+}
+
+// Tensor is a handle to a libtorch tensor. It is owned by the Scope that made it; the zero Tensor is "none".
+type Tensor struct{ h uintptr }
+
+// Valid reports whether t refers to a tensor.
+func (t Tensor) Valid() bool { return t.h != 0 }
+
+// Scope owns tensors: every tensor an op returns is registered in the scope that ran the op and released by
+// Close. Errors are sticky: after the first failure every op returns the zero Tensor and Err reports the failure,
+// so model code reads like straight-line math and checks once.
+type Scope struct {
+	rt     *Runtime
+	owned  []uintptr
+	err    error
+	noGrad bool
+	prev   int64
+}
+
+// NewScope makes an empty scope.
+func (r *Runtime) NewScope() *Scope { return &Scope{rt: r} }
+
+// Runtime is the runtime the scope's ops run on.
+func (s *Scope) Runtime() *Runtime { return s.rt }
+
+// NoGrad disables autograd recording until Close. It pins the goroutine to its OS thread because libtorch's
+// grad mode is thread-local.
+func (s *Scope) NoGrad() *Scope {
+	if !s.noGrad {
+		runtime.LockOSThread()
+		s.prev = s.rt.setGradEnabled(0)
+		s.noGrad = true
+	}
+	return s
+}
+
+// Err is the first error any op in the scope hit.
+func (s *Scope) Err() error { return s.err }
+
+// Fail records err (if none is recorded yet) so the scope stops computing.
+func (s *Scope) Fail(err error) {
+	if s.err == nil && err != nil {
+		s.err = err
+	}
+}
+
+// Len is the number of tensors the scope owns.
+func (s *Scope) Len() int { return len(s.owned) }
+
+// Close releases every tensor the scope owns and restores grad mode.
+func (s *Scope) Close() {
+	for _, h := range s.owned {
+		s.rt.free(h)
+	}
+	s.owned = s.owned[:0]
+	if s.noGrad {
+		s.rt.setGradEnabled(s.prev)
+		runtime.UnlockOSThread()
+		s.noGrad = false
+	}
+}
+
+// Release frees all tensors owned so far but keeps the scope usable (per-step arenas inside a loop).
+func (s *Scope) Release() {
+	for _, h := range s.owned {
+		s.rt.free(h)
+	}
+	s.owned = s.owned[:0]
+}
+
+// MoveTo transfers ownership of ts from s to dst.
+func (s *Scope) MoveTo(dst *Scope, ts ...Tensor) {
+	for _, t := range ts {
+		if !t.Valid() {
+			continue
+		}
+		for i := len(s.owned) - 1; i >= 0; i-- {
+			if s.owned[i] == t.h {
+				s.owned = append(s.owned[:i], s.owned[i+1:]...)
+				dst.owned = append(dst.owned, t.h)
+				break
+			}
+		}
+	}
+}
+
+// Free releases one tensor early.
+func (s *Scope) Free(t Tensor) {
+	for i := len(s.owned) - 1; i >= 0; i-- {
+		if s.owned[i] == t.h {
+			s.owned = append(s.owned[:i], s.owned[i+1:]...)
+			s.rt.free(t.h)
+			return
+		}
+	}
+}
+
+// run executes one shim call that yields a tensor.
+func (s *Scope) run(op string, call func(out *uintptr) uintptr) Tensor {
+	if s.err != nil {
+		return Tensor{}
+	}
+	var out uintptr
+	if err := s.rt.check(op, call(&out)); err != nil {
+		s.err = err
+		return Tensor{}
+	}
+	if out != 0 {
+		s.owned = append(s.owned, out)
+	}
+	return Tensor{out}
+}
+
+// ok reports whether ops may run on the given inputs, recording a clear error for a missing input.
+func (s *Scope) ok(op string, ts ...Tensor) bool {
+	if s.err != nil {
+		return false
+	}
+	for _, t := range ts {
+		if !t.Valid() {
+			s.err = fmt.Errorf("torch %s: missing input tensor", op)
+			return false
+		}
+	}
+	return true
+}
+
+func shapePtr(shape []int64) *int64 {
+	if len(shape) == 0 {
+		return nil
+	}
+	return &shape[0]
+}
+
+// FromData copies host data (a []float32, []int64, []int32, []uint16 (raw f16/bf16 bits), []byte or []bool)
+// into a new tensor of the given dtype on dev.
+func (s *Scope) FromData(data any, dtype DType, shape []int64, dev Device) Tensor {
+	if s.err != nil {
+		return Tensor{}
+	}
+	ptr, nbytes := dataPtr(data)
+	want := dtype.Size()
+	for _, d := range shape {
+		want *= int(d)
+	}
+	if nbytes != want {
+		s.err = fmt.Errorf("torch from_data: %d bytes of data for shape %v of %s (%d bytes)", nbytes, shape, dtype, want)
+		return Tensor{}
+	}
+	var scratch [1]byte
+	if ptr == nil {
+		ptr = unsafe.Pointer(&scratch[0])
+	}
+	dt, di := dev.codes()
+	t := s.run("from_data", func(out *uintptr) uintptr {
+		return s.rt.fromData(ptr, int64(dtype), shapePtr(shape), int64(len(shape)), dt, di, out)
+	})
+	runtime.KeepAlive(data)
+	return t
+}
+
+func dataPtr(data any) (unsafe.Pointer, int) {
+	switch d := data.(type) {
+	case []float32:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), 4 * len(d)
+		}
+	case []float64:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), 8 * len(d)
+		}
+	case []int64:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), 8 * len(d)
+		}
+	case []int32:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), 4 * len(d)
+		}
+	case []uint16:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), 2 * len(d)
+		}
+	case []byte:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), len(d)
+		}
+	case []bool:
+		if len(d) > 0 {
+			return unsafe.Pointer(&d[0]), len(d)
+		}
+	default:
+		panic(fmt.Sprintf("torch: unsupported host data type %T", data))
+	}
+	return nil, 0
+}
+
+// FromBlob wraps memory that is not Go's (an mmap'ed file) without copying. The memory must outlive the tensor.
+func (s *Scope) FromBlob(ptr unsafe.Pointer, dtype DType, shape []int64) Tensor {
+	return s.run("from_blob", func(out *uintptr) uintptr {
+		return s.rt.fromBlob(ptr, int64(dtype), shapePtr(shape), int64(len(shape)), out)
+	})
+}
+
+// Full makes a tensor filled with v.
+func (s *Scope) Full(shape []int64, v float64, dtype DType, dev Device) Tensor {
+	dt, di := dev.codes()
+	return s.run("full", func(out *uintptr) uintptr {
+		return s.rt.full(shapePtr(shape), int64(len(shape)), v, int64(dtype), dt, di, out)
+	})
+}
+
+// Zeros makes a zero tensor.
+func (s *Scope) Zeros(shape []int64, dtype DType, dev Device) Tensor {
+	return s.Full(shape, 0, dtype, dev)
+}
+
+// Randn draws standard normal values from libtorch's generator (seeded by ManualSeed).
+func (s *Scope) Randn(shape []int64, dtype DType, dev Device) Tensor {
+	dt, di := dev.codes()
+	return s.run("randn", func(out *uintptr) uintptr {
+		return s.rt.randn(shapePtr(shape), int64(len(shape)), int64(dtype), dt, di, out)
+	})
+}
+
+// To converts dtype and/or device (returns a new handle; may share storage when nothing changes).
+func (s *Scope) To(t Tensor, dtype DType, dev Device) Tensor {
+	if !s.ok("to", t) {
+		return Tensor{}
+	}
+	dt, di := dev.codes()
+	return s.run("to", func(out *uintptr) uintptr { return s.rt.to(t.h, int64(dtype), dt, di, out) })
+}
+
+// Shape returns the tensor's sizes.
+func (s *Scope) Shape(t Tensor) []int64 {
+	if !s.ok("shape", t) {
+		return nil
+	}
+	var dims [16]int64
+	var n int64
+	if err := s.rt.check("shape", s.rt.shape(t.h, &dims[0], 16, &n)); err != nil {
+		s.err = err
+		return nil
+	}
+	return append([]int64(nil), dims[:n]...)
+}
+
+// DType returns the tensor's element type.
+func (s *Scope) DType(t Tensor) DType {
+	dt, _ := s.Meta(t)
+	return dt
+}
+
+// Meta returns dtype and device.
+func (s *Scope) Meta(t Tensor) (DType, Device) {
+	if !s.ok("meta", t) {
+		return 0, CPU
+	}
+	var dt, devType, devIndex int64
+	if err := s.rt.check("meta", s.rt.meta(t.h, &dt, &devType, &devIndex)); err != nil {
+		s.err = err
+		return 0, CPU
+	}
+	if devType == 1 {
+		return DType(dt), Device{CUDA: true, Index: int(devIndex)}
+	}
+	return DType(dt), CPU
+}
+
+// Item reads a one-element tensor.
+func (s *Scope) Item(t Tensor) float64 {
+	if !s.ok("item", t) {
+		return 0
+	}
+	var v float64
+	s.Fail(s.rt.check("item", s.rt.item(t.h, &v)))
+	return v
+}
+
+// SharesStorage reports whether two tensors start at the same memory.
+func (s *Scope) SharesStorage(a, b Tensor) bool {
+	if !s.ok("shares_storage", a, b) {
+		return false
+	}
+	var v int64
+	s.Fail(s.rt.check("shares_storage", s.rt.shares(a.h, b.h, &v)))
+	return v == 1
+}
+
+// CopyToHost copies t (converted to the dtype dst implies) into dst, which must have exactly t's element count.
+func (s *Scope) CopyToHost(t Tensor, dst any) {
+	if !s.ok("to_host", t) {
+		return
+	}
+	var want DType
+	switch dst.(type) {
+	case []float32:
+		want = Float32
+	case []float64:
+		want = Float64
+	case []int64:
+		want = Int64
+	case []int32:
+		want = Int32
+	case []bool:
+		want = Bool
+	case []byte:
+		want = Uint8
+	default:
+		s.err = fmt.Errorf("torch to_host: unsupported destination %T", dst)
+		return
+	}
+	if dt, _ := s.Meta(t); dt != want {
+		t = s.To(t, want, CPU)
+	}
+	ptr, n := dataPtr(dst)
+	if s.err != nil || ptr == nil {
+		return
+	}
+	s.Fail(s.rt.check("to_host", s.rt.toHost(t.h, ptr, int64(n))))
+	runtime.KeepAlive(dst)
+}
+
+// Float32s copies t to a new []float32.
+func (s *Scope) Float32s(t Tensor) []float32 {
+	n := numel(s.Shape(t))
+	out := make([]float32, n)
+	s.CopyToHost(t, out)
+	return out
+}
+
+// Int64s copies t to a new []int64.
+func (s *Scope) Int64s(t Tensor) []int64 {
+	n := numel(s.Shape(t))
+	out := make([]int64, n)
+	s.CopyToHost(t, out)
+	return out
+}
+
+func numel(shape []int64) int {
+	n := 1
+	for _, d := range shape {
+		n *= int(d)
+	}
+	return n
+}
+
+// Numel is the element count of a shape.
+func Numel(shape []int64) int { return numel(shape) }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Finds (or installs) libtorch and compiles keel's C shim against it into build/.
+# Order: $LIBTORCH (an unpacked libtorch folder), the active python3's torch, Debian/Ubuntu's libtorch-dev
+# (installed through apt when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=build/libkeeltorch.so
+src=engine/torch/csrc/keel_torch.cpp
+mkdir -p build
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+std=c++17
+abi=""
+if [ -n "${LIBTORCH:-}" ]; then
+  [ -d "$LIBTORCH/include" ] || { echo "keel setup: LIBTORCH=$LIBTORCH has no include/ folder: point it at an unpacked libtorch" >&2; exit 1; }
+  inc="-I$LIBTORCH/include -I$LIBTORCH/include/torch/csrc/api/include"
+  lib="$LIBTORCH/lib"
+  src_desc="LIBTORCH=$LIBTORCH"
+elif tdir=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null); then
+  inc="-I$tdir/include -I$tdir/include/torch/csrc/api/include"
+  lib="$tdir/lib"
+  abi="-D_GLIBCXX_USE_CXX11_ABI=$(python3 -c 'import torch; print(int(torch.compiled_with_cxx11_abi()))')"
+  src_desc="python torch $(python3 -c 'import torch; print(torch.__version__)') at $tdir"
+  echo 'int main(){}' | g++ -std=c++20 -x c++ - -o /dev/null 2>/dev/null && std=c++20
+else
+  multi=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+  if [ ! -d /usr/include/torch/csrc ] || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "keel setup: installing libtorch-dev and libopenblas0-pthread with apt-get" >&2
+      as_root apt-get update -q >&2
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends libtorch-dev libopenblas0-pthread g++ >&2
+    else
+      echo "keel setup: no libtorch found: set LIBTORCH=/path/to/libtorch, or pip install torch, or install libtorch-dev" >&2
+      exit 1
+    fi
+  fi
+  inc="-I/usr/include/torch/csrc/api/include"
+  lib="/usr/lib/$multi"
+  src_desc="system libtorch-dev"
+fi
+
+cuda=""
+if [ -e "$lib/libtorch_cuda.so" ]; then cuda="-DKEEL_WITH_CUDA -ltorch_cuda -lc10_cuda"; fi
+
+stamp="$src_desc|$cuda|$(sha256sum "$src" engine/torch/csrc/keel_torch.h | sha256sum | cut -c1-16)"
+if [ -f "$out" ] && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
+  exit 0
+fi
+echo "keel setup: compiling the libtorch shim against $src_desc${cuda:+ (CUDA)}" >&2
+# shellcheck disable=SC2086
+g++ -O2 -std=$std -shared -fPIC $abi $inc -Wno-deprecated-declarations "$src" -o "$out.tmp" \
+  -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+mv "$out.tmp" "$out"
+echo "$stamp" > build/shim.stamp
+echo "$lib" > build/libtorch.path
