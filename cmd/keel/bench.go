@@ -1,0 +1,17 @@
+package main
+
+import (
+	"fmt"
+	"io"
+)
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("usage: keel bench decode [flags]")}
+	}
+	switch args[0] {
+	case "decode":
+		return runBenchDecode(args[1:], stdout, stderr)
+	}
+	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode", args[0])}
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// modelFlags are the flags every command that loads a model shares.
+type modelFlags struct {
+	dir, device, dtype string
+	threads            int
+}
+
+func (f *modelFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	IntVar(*int, string, int, string)
+}) {
+	fs.StringVar(&f.dir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+	fs.StringVar(&f.device, "device", "cpu", "cpu, cuda or cuda:N")
+	fs.StringVar(&f.dtype, "dtype", "f32", "compute dtype: f32, f16 or bf16")
+	fs.IntVar(&f.threads, "threads", 0, "libtorch CPU threads (0 = libtorch's default)")
+}
+
+func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
+	if f.dir == "" {
+		return nil, nil, usageError{fmt.Errorf("--model DIR is required")}
+	}
+	dev, err := torch.ParseDevice(f.device)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	dt, err := torch.ParseDType(f.dtype)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.threads > 0 {
+		if err := rt.SetNumThreads(f.threads); err != nil {
+			return nil, nil, err
+		}
+	}
+	lm, err := model.Load(rt, f.dir, model.Options{Device: dev, DType: dt})
+	return rt, lm, err
+}
+
+func runGenerate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("generate", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	prompt := fs.String("prompt", "", "text to continue (empty: start from BOS)")
+	maxTokens := fs.Int("max-tokens", 256, "tokens to generate at most")
+	temperature := fs.Float64("temperature", 0, "sampling temperature (0 = greedy)")
+	topK := fs.Int("top-k", 0, "keep the k most likely tokens (0 = off)")
+	topP := fs.Float64("top-p", 1, "nucleus sampling mass (1 = off)")
+	minP := fs.Float64("min-p", 0, "drop tokens below min-p times the top probability (0 = off)")
+	rep := fs.Float64("repetition-penalty", 1, "repetition penalty (1 = off)")
+	seed := fs.Uint64("seed", 0, "sampling seed")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q (the prompt goes in --prompt)", fs.Arg(0))}
+	}
+	if *temperature < 0 || *maxTokens <= 0 {
+		return usageError{fmt.Errorf("--temperature must be >= 0 and --max-tokens > 0")}
+	}
+	_, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	ids := lm.Tokenizer.Encode(*prompt, true)
+	if len(ids) == 0 {
+		return fmt.Errorf("the prompt encodes to no tokens and the tokenizer has no BOS")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	_, err = lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
+		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: model.Sampling{
+			Temperature: *temperature, TopK: *topK, TopP: *topP, MinP: *minP, RepetitionPenalty: *rep, Seed: *seed}},
+		OnText: func(text string, _ model.Step) error {
+			_, err := io.WriteString(stdout, text)
+			return err
+		},
+	})
+	fmt.Fprintln(stdout)
+	return err
+}
+
+func runInfo(args []string, stdout, stderr io.Writer) error {
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "shim: %s\n%s\nthreads=%d\n", rt.Path, rt.Info, rt.NumThreads())
+	return nil
+}

@@ -1,0 +1,208 @@
+// Package model runs Hugging Face causal language models on libtorch: configs, weights, one file per
+// architecture over a shared decoder, residual-stream hooks, KV-cached generation and teacher forcing.
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// RopeScaling is config.json's rope_scaling.
+type RopeScaling struct {
+	RopeType                      string  `json:"rope_type"`
+	Type                          string  `json:"type"` // older spelling of rope_type
+	Factor                        float64 `json:"factor"`
+	LowFreqFactor                 float64 `json:"low_freq_factor"`
+	HighFreqFactor                float64 `json:"high_freq_factor"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+}
+
+// Kind is the scaling type whichever key names it.
+func (r *RopeScaling) Kind() string {
+	if r == nil {
+		return "default"
+	}
+	if r.RopeType != "" {
+		return r.RopeType
+	}
+	if r.Type != "" {
+		return r.Type
+	}
+	return "default"
+}
+
+// IntList reads a JSON int or list of ints (eos_token_id takes both forms).
+type IntList []int
+
+func (l *IntList) UnmarshalJSON(b []byte) error {
+	var one int
+	if err := json.Unmarshal(b, &one); err == nil {
+		*l = IntList{one}
+		return nil
+	}
+	var many []int
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("want an int or a list of ints, got %s", b)
+	}
+	*l = many
+	return nil
+}
+
+// Config is the subset of config.json the supported architectures use.
+type Config struct {
+	Architectures         []string     `json:"architectures"`
+	ModelType             string       `json:"model_type"`
+	HiddenSize            int          `json:"hidden_size"`
+	IntermediateSize      int          `json:"intermediate_size"`
+	NumHiddenLayers       int          `json:"num_hidden_layers"`
+	NumAttentionHeads     int          `json:"num_attention_heads"`
+	NumKeyValueHeads      int          `json:"num_key_value_heads"`
+	HeadDim               int          `json:"head_dim"`
+	VocabSize             int          `json:"vocab_size"`
+	RMSNormEps            float64      `json:"rms_norm_eps"`
+	RopeTheta             float64      `json:"rope_theta"`
+	RopeScaling           *RopeScaling `json:"rope_scaling"`
+	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
+	TieWordEmbeddings     *bool        `json:"tie_word_embeddings"`
+	AttentionBias         bool         `json:"attention_bias"`
+	MLPBias               bool         `json:"mlp_bias"`
+	HiddenAct             string       `json:"hidden_act"`
+	HiddenActivation      string       `json:"hidden_activation"`
+	SlidingWindow         *int         `json:"sliding_window"`
+	UseSlidingWindow      *bool        `json:"use_sliding_window"`
+	QueryPreAttnScalar    float64      `json:"query_pre_attn_scalar"`
+	AttnLogitSoftcapping  *float64     `json:"attn_logit_softcapping"`
+	FinalLogitSoftcapping *float64     `json:"final_logit_softcapping"`
+	LayerTypes            []string     `json:"layer_types"`
+	TorchDType            string       `json:"torch_dtype"`
+	BOSTokenID            *int         `json:"bos_token_id"`
+	EOSTokenID            IntList      `json:"eos_token_id"`
+	PadTokenID            *int         `json:"pad_token_id"`
+}
+
+// ReadConfig loads and checks dir/config.json.
+func ReadConfig(dir string) (*Config, error) {
+	path := filepath.Join(dir, "config.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("%s: not found: --model must be a Hugging Face model folder (config.json, *.safetensors, tokenizer)", path)
+		}
+		return nil, err
+	}
+	var c Config
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Architecture is the first entry of "architectures".
+func (c *Config) Architecture() string {
+	if len(c.Architectures) == 0 {
+		return ""
+	}
+	return c.Architectures[0]
+}
+
+func (c *Config) check() error {
+	arch := c.Architecture()
+	if _, ok := architectures[arch]; !ok {
+		return fmt.Errorf("unknown architecture %q: keel runs %s", arch, strings.Join(Architectures(), ", "))
+	}
+	for name, v := range map[string]int{"hidden_size": c.HiddenSize, "num_hidden_layers": c.NumHiddenLayers, "num_attention_heads": c.NumAttentionHeads, "vocab_size": c.VocabSize, "intermediate_size": c.IntermediateSize} {
+		if v <= 0 {
+			return fmt.Errorf("%s must be positive (got %d)", name, v)
+		}
+	}
+	if c.NumKeyValueHeads == 0 {
+		c.NumKeyValueHeads = c.NumAttentionHeads
+	}
+	if c.NumKeyValueHeads < 0 || c.NumAttentionHeads%c.NumKeyValueHeads != 0 {
+		return fmt.Errorf("num_attention_heads %d is not a multiple of num_key_value_heads %d", c.NumAttentionHeads, c.NumKeyValueHeads)
+	}
+	if c.HeadDim == 0 {
+		if c.HiddenSize%c.NumAttentionHeads != 0 {
+			return fmt.Errorf("hidden_size %d is not a multiple of num_attention_heads %d: set head_dim", c.HiddenSize, c.NumAttentionHeads)
+		}
+		c.HeadDim = c.HiddenSize / c.NumAttentionHeads
+	}
+	if c.HeadDim%2 != 0 {
+		return fmt.Errorf("head_dim %d must be even for rotary embeddings", c.HeadDim)
+	}
+	if c.RMSNormEps == 0 {
+		c.RMSNormEps = 1e-6
+	}
+	if c.RopeTheta == 0 {
+		c.RopeTheta = 10000
+	}
+	if c.MaxPositionEmbeddings == 0 {
+		c.MaxPositionEmbeddings = 2048
+	}
+	switch k := c.RopeScaling.Kind(); k {
+	case "default", "linear":
+	case "llama3":
+		r := c.RopeScaling
+		if r.Factor <= 0 || r.LowFreqFactor <= 0 || r.HighFreqFactor <= r.LowFreqFactor || r.OriginalMaxPositionEmbeddings <= 0 {
+			return fmt.Errorf("rope_scaling llama3 needs factor, low_freq_factor < high_freq_factor and original_max_position_embeddings")
+		}
+	default:
+		return fmt.Errorf("rope_scaling type %q is not supported (keel supports default, linear and llama3)", k)
+	}
+	return nil
+}
+
+// Tied reports whether lm_head shares the embedding matrix.
+func (c *Config) Tied(defaultTied bool) bool {
+	if c.TieWordEmbeddings == nil {
+		return defaultTied
+	}
+	return *c.TieWordEmbeddings
+}
+
+// Architectures lists the supported architecture names.
+func Architectures() []string {
+	names := make([]string, 0, len(architectures))
+	for n := range architectures {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// GenerationConfig is generation_config.json.
+type GenerationConfig struct {
+	BOSTokenID        *int     `json:"bos_token_id"`
+	EOSTokenID        IntList  `json:"eos_token_id"`
+	PadTokenID        *int     `json:"pad_token_id"`
+	Temperature       *float64 `json:"temperature"`
+	TopP              *float64 `json:"top_p"`
+	TopK              *int     `json:"top_k"`
+	DoSample          *bool    `json:"do_sample"`
+	RepetitionPenalty *float64 `json:"repetition_penalty"`
+	StopStrings       []string `json:"stop_strings"`
+}
+
+// ReadGenerationConfig loads dir/generation_config.json; a missing file is an empty config.
+func ReadGenerationConfig(dir string) (*GenerationConfig, error) {
+	path := filepath.Join(dir, "generation_config.json")
+	raw, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return &GenerationConfig{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var g GenerationConfig
+	if err := json.Unmarshal(raw, &g); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return &g, nil
+}

@@ -1,0 +1,180 @@
+package model
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// Step is one generated token of one row, with what the interventions recorded at it.
+type Step struct {
+	Row     int
+	Index   int // 0 for the first generated token
+	ID      int
+	Records []Record
+}
+
+// GenerateConfig controls a generation.
+type GenerateConfig struct {
+	MaxTokens int
+	Sampling
+	EOS   []int
+	Hooks *Hooks
+	// OnStep is called for every token of every live row, in order; returning stop=true ends that row
+	// (stop strings are checked here by the caller, who has the text); an error ends the generation.
+	OnStep func(Step) (stop bool, err error)
+	// PromptRecords, when set, receives the records of the prompt's positions (the prefill pass).
+	PromptRecords func(row int, recs [][]Record)
+	// NoCache recomputes the whole sequence at every step instead of using the KV cache (a reference path).
+	NoCache bool
+}
+
+// Result is one row's generated tokens.
+type Result struct {
+	IDs    []int
+	Reason string // "eos", "stop", "length", "cancelled"
+}
+
+// Generate continues each prompt (left-padded into one batch) until EOS, a stop, MaxTokens or ctx ends.
+func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig) ([]Result, error) {
+	if len(prompts) == 0 {
+		return nil, nil
+	}
+	B := len(prompts)
+	longest := 0
+	for i, p := range prompts {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("prompt %d is empty: start it with the BOS token", i)
+		}
+		longest = max(longest, len(p))
+	}
+	if g.MaxTokens <= 0 {
+		return nil, fmt.Errorf("max tokens must be positive (got %d)", g.MaxTokens)
+	}
+	pad := make([]int, B)
+	rows := make([][]int, B)
+	for i, p := range prompts {
+		pad[i] = longest - len(p)
+		rows[i] = append(make([]int, pad[i]), p...) // padding id 0: masked out, never attended to
+	}
+	var cache *Cache
+	if !g.NoCache {
+		var err error
+		if cache, err = m.NewCache(pad, longest+g.MaxTokens); err != nil {
+			return nil, err
+		}
+		defer cache.Close()
+	}
+	list, version := g.Hooks.snapshot()
+	var plan *hookPlan
+	defer func() { plan.close() }()
+	isEOS := map[int]bool{}
+	for _, e := range g.EOS {
+		isEOS[e] = true
+	}
+	smp := newSampler(g.Sampling, B)
+	results := make([]Result, B)
+	live := B
+	s := m.RT.NewScope().NoGrad()
+	defer s.Close()
+	next := rows // the tokens to feed: the whole prompt first, then one per row
+	for step := 0; step < g.MaxTokens && live > 0; step++ {
+		if err := ctx.Err(); err != nil {
+			for i := range results {
+				if results[i].Reason == "" {
+					results[i].Reason = "cancelled"
+				}
+			}
+			return results, err
+		}
+		if plan == nil || version != plan.version {
+			plan.close()
+			var err error
+			if plan, err = m.compileHooks(list, version); err != nil {
+				return results, err
+			}
+		}
+		pass := Pass{IDs: next, Cache: cache, LastOnly: true, plan: plan}
+		if g.NoCache {
+			pass.IDs, pass.Pad = rows, pad
+		}
+		out := m.forward(s, pass)
+		recs := out.records
+		chosen, err := m.choose(s, out.logits, smp, rows, pad)
+		if err != nil {
+			return results, err
+		}
+		T := len(pass.IDs[0])
+		if cache != nil {
+			cache.Len += T
+		}
+		if step == 0 && g.PromptRecords != nil && recs != nil {
+			for b := range recs {
+				g.PromptRecords(b, recs[b][pad[b]:max(T-1, pad[b])])
+			}
+		}
+		next = make([][]int, B)
+		for b := 0; b < B; b++ {
+			next[b] = []int{chosen[b]}
+			rows[b] = append(rows[b], chosen[b])
+			if results[b].Reason != "" {
+				continue
+			}
+			results[b].IDs = append(results[b].IDs, chosen[b])
+			var r []Record
+			if recs != nil {
+				r = recs[b][T-1]
+			}
+			stop := false
+			if g.OnStep != nil {
+				if stop, err = g.OnStep(Step{Row: b, Index: step, ID: chosen[b], Records: r}); err != nil {
+					return results, err
+				}
+			}
+			switch {
+			case isEOS[chosen[b]]:
+				results[b].Reason = "eos"
+			case stop:
+				results[b].Reason = "stop"
+			}
+			if results[b].Reason != "" {
+				live--
+			}
+		}
+		s.Release()
+		list, version = g.Hooks.snapshot()
+	}
+	for i := range results {
+		if results[i].Reason == "" {
+			results[i].Reason = "length"
+		}
+	}
+	return results, nil
+}
+
+// choose picks each row's next token from logits [B, 1, V].
+func (m *Model) choose(s *torch.Scope, logits Tensor, smp *sampler, rows [][]int, pad []int) ([]int, error) {
+	B := len(rows)
+	out := make([]int, B)
+	if smp.cfg.greedyOnDevice() {
+		ids := s.Int64s(s.Argmax(logits, -1, false))
+		if err := s.Err(); err != nil {
+			return nil, err
+		}
+		for b := range out {
+			out[b] = int(ids[b])
+		}
+		return out, nil
+	}
+	V := m.Config.VocabSize
+	host := make([]float32, B*V)
+	s.CopyToHost(logits, host)
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	for b := range out {
+		out[b] = smp.pick(b, host[b*V:(b+1)*V], rows[b][pad[b]:])
+	}
+	return out, nil
+}

@@ -1,0 +1,244 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// Kind is what an intervention does at its layer's output.
+type Kind int
+
+const (
+	// Capture records <h, u> for each given unit vector u (or h itself when Full).
+	Capture Kind = iota
+	// Add steers: h += Coeff * v.
+	Add
+	// Cap bounds <h, u>: a floor (h -= u * min(<h,u> - Tau, 0)) or, with Ceiling, h -= u * max(<h,u> - Tau, 0).
+	Cap
+)
+
+func (k Kind) String() string {
+	return [...]string{"capture", "add", "cap"}[k]
+}
+
+// Intervention is one step at one layer's output (the residual stream after decoder layer Layer, the same site
+// as the output of Hugging Face's model.model.layers[Layer]). Interventions of a layer run in order.
+type Intervention struct {
+	Layer   int
+	Kind    Kind
+	Vectors [][]float32 // Capture: the directions (unit vectors); Add, Cap: exactly one vector
+	Full    bool        // Capture: record the whole residual vector instead of projections
+	Coeff   float64     // Add
+	Tau     float64     // Cap threshold on <h, u>
+	Ceiling bool        // Cap: bound from above instead of below
+	Label   string
+}
+
+// Record is what one intervention yields for one token: projections (Capture), the residual vector (Capture
+// with Full) or, for Cap, the signed amount the cap moved h along u (0 when the cap was inactive).
+type Record struct {
+	Intervention int // index into the Hooks' list
+	Layer        int
+	Kind         Kind
+	Values       []float32
+}
+
+// Hooks is a thread-safe, versioned list of interventions: the TUI edits it while generation runs, and every
+// generation step uses the list as it stands when the step starts.
+type Hooks struct {
+	mu      sync.Mutex
+	list    []Intervention
+	version uint64
+}
+
+// NewHooks makes a hook list.
+func NewHooks(list ...Intervention) *Hooks {
+	return &Hooks{list: append([]Intervention(nil), list...), version: 1}
+}
+
+// Set replaces the whole list.
+func (h *Hooks) Set(list []Intervention) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.list = append([]Intervention(nil), list...)
+	h.version++
+}
+
+// List returns a copy of the current list.
+func (h *Hooks) List() []Intervention {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Intervention(nil), h.list...)
+}
+
+func (h *Hooks) snapshot() ([]Intervention, uint64) {
+	if h == nil {
+		return nil, 0
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.list, h.version
+}
+
+// compiledHook is an intervention with its vectors on the device.
+type compiledHook struct {
+	index int
+	Intervention
+	dirs   Tensor // Capture: [D, K]; Cap: [D, 1]
+	row    Tensor // Cap: [D]; Add: Coeff*v, [D]
+	width  int    // values per token it yields
+	yields bool
+}
+
+// hookPlan is a compiled Hooks list, rebuilt when the list's version changes.
+type hookPlan struct {
+	version uint64
+	scope   *torch.Scope
+	byLayer [][]compiledHook
+}
+
+func (p *hookPlan) close() {
+	if p != nil && p.scope != nil {
+		p.scope.Close()
+	}
+}
+
+// compile uploads the vectors of list; it validates layers and shapes so a bad vector file fails clearly.
+func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, error) {
+	p := &hookPlan{version: version, scope: m.RT.NewScope(), byLayer: make([][]compiledHook, len(m.Layers))}
+	d := m.Config.HiddenSize
+	for i, iv := range list {
+		if iv.Layer < 0 || iv.Layer >= len(m.Layers) {
+			p.close()
+			return nil, fmt.Errorf("intervention %d (%s): layer %d out of range 0..%d", i, iv.Kind, iv.Layer, len(m.Layers)-1)
+		}
+		for j, v := range iv.Vectors {
+			if len(v) != d {
+				p.close()
+				return nil, fmt.Errorf("intervention %d (%s, layer %d): vector %d has %d values, the model's hidden size is %d", i, iv.Kind, iv.Layer, j, len(v), d)
+			}
+		}
+		c := compiledHook{index: i, Intervention: iv}
+		s := p.scope
+		upload := func(vs [][]float32, scale float64) Tensor {
+			flat := make([]float32, 0, len(vs)*d)
+			for _, v := range vs {
+				for _, x := range v {
+					flat = append(flat, float32(float64(x)*scale))
+				}
+			}
+			return s.To(s.FromData(flat, torch.Float32, []int64{int64(len(vs)), int64(d)}, m.Opts.Device), m.Opts.DType, m.Opts.Device)
+		}
+		switch iv.Kind {
+		case Capture:
+			c.yields = true
+			if iv.Full {
+				c.width = d
+			} else {
+				if len(iv.Vectors) == 0 {
+					p.close()
+					return nil, fmt.Errorf("intervention %d (capture, layer %d): no vectors to project on", i, iv.Layer)
+				}
+				c.width = len(iv.Vectors)
+				c.dirs = s.Contiguous(s.Transpose(upload(iv.Vectors, 1), 0, 1))
+			}
+		case Add, Cap:
+			if len(iv.Vectors) != 1 {
+				p.close()
+				return nil, fmt.Errorf("intervention %d (%s, layer %d): needs exactly one vector, got %d", i, iv.Kind, iv.Layer, len(iv.Vectors))
+			}
+			if math.IsNaN(iv.Coeff) || math.IsNaN(iv.Tau) {
+				p.close()
+				return nil, fmt.Errorf("intervention %d (%s, layer %d): NaN coefficient or threshold", i, iv.Kind, iv.Layer)
+			}
+			if iv.Kind == Add {
+				c.row = s.Reshape(upload(iv.Vectors, iv.Coeff), int64(d))
+			} else {
+				u := upload(iv.Vectors, 1)
+				c.row = s.Reshape(u, int64(d))
+				c.dirs = s.Reshape(u, int64(d), 1)
+				c.yields, c.width = true, 1
+			}
+		default:
+			p.close()
+			return nil, fmt.Errorf("intervention %d: unknown kind %d", i, iv.Kind)
+		}
+		p.byLayer[iv.Layer] = append(p.byLayer[iv.Layer], c)
+	}
+	if err := p.scope.Err(); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// yield is one captured tensor awaiting the host copy at the end of a forward pass.
+type yield struct {
+	hook *compiledHook
+	t    Tensor // [B, T, width]
+}
+
+// apply runs a layer's interventions on h [B, T, D], returning the new h and appending captures.
+func (m *Model) applyHooks(s *torch.Scope, hooks []compiledHook, h Tensor, out []yield) (Tensor, []yield) {
+	for i := range hooks {
+		c := &hooks[i]
+		switch c.Kind {
+		case Capture:
+			if c.Full {
+				out = append(out, yield{c, h})
+			} else {
+				out = append(out, yield{c, s.Matmul(h, c.dirs)})
+			}
+		case Add:
+			h = s.Add(h, c.row)
+		case Cap:
+			excess := s.AddScalar(s.Matmul(h, c.dirs), -c.Tau) // <h,u> - tau, [B, T, 1]
+			if c.Ceiling {
+				excess = s.ClampMin(excess, 0)
+			} else {
+				excess = s.ClampMax(excess, 0)
+			}
+			h = s.Sub(h, s.Mul(excess, c.row))
+			out = append(out, yield{c, s.Neg(excess)})
+		}
+	}
+	return h, out
+}
+
+// collect copies every capture of a forward pass to the host in one transfer and splits it per row and token:
+// result[b][t] lists the records of row b, position t.
+func collect(s *torch.Scope, ys []yield, batch, steps int) [][][]Record {
+	if len(ys) == 0 || s.Err() != nil {
+		return nil
+	}
+	parts := make([]Tensor, len(ys))
+	total := 0
+	for i, y := range ys {
+		parts[i] = y.t
+		total += y.hook.width
+	}
+	all := s.To(s.Cat(parts, 2), torch.Float32, torch.CPU)
+	flat := make([]float32, batch*steps*total)
+	s.CopyToHost(all, flat)
+	if s.Err() != nil {
+		return nil
+	}
+	res := make([][][]Record, batch)
+	for b := 0; b < batch; b++ {
+		res[b] = make([][]Record, steps)
+		for t := 0; t < steps; t++ {
+			base := (b*steps + t) * total
+			recs := make([]Record, len(ys))
+			off := 0
+			for i, y := range ys {
+				recs[i] = Record{Intervention: y.hook.index, Layer: y.hook.Layer, Kind: y.hook.Kind, Values: flat[base+off : base+off+y.hook.width : base+off+y.hook.width]}
+				off += y.hook.width
+			}
+			res[b][t] = recs
+		}
+	}
+	return res
+}

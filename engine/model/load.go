@@ -1,0 +1,241 @@
+package model
+
+import (
+	"fmt"
+	"strconv"
+	"unsafe"
+
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// Options choose where and how a model runs.
+type Options struct {
+	Device torch.Device
+	DType  torch.DType // zero value Float32
+}
+
+// Layer holds one decoder layer's weights (zero Tensors where the architecture has none).
+type Layer struct {
+	AttnNorm, AttnPostNorm, MLPNorm, MLPPostNorm Tensor
+	Q, K, V, O                                   Tensor
+	QBias, KBias, VBias, OBias                   Tensor
+	QNorm, KNorm                                 Tensor
+	Gate, Up, Down                               Tensor
+}
+
+// Tensor is re-exported so architecture code reads without the package prefix.
+type Tensor = torch.Tensor
+
+// Model is a loaded decoder-only transformer.
+type Model struct {
+	Config *Config
+	Spec   Spec
+	Opts   Options
+	RT     *torch.Runtime
+
+	Embed, Norm, LMHead Tensor
+	Layers              []Layer
+
+	weights   *torch.Scope
+	files     *safetensors.Set // kept open while CPU weights alias the mapping
+	inv       []float32
+	ropeCos   Tensor
+	ropeSin   Tensor
+	ropeLen   int
+	embedMult float64
+}
+
+// weightName is the Hugging Face name of layer i's tensor.
+func weightName(i int, rest string) string { return "model.layers." + strconv.Itoa(i) + "." + rest }
+
+// LoadWeights builds a Model from config and a folder of safetensors.
+func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Model, error) {
+	if err := rt.CheckDevice(opts.Device); err != nil {
+		return nil, err
+	}
+	switch opts.DType {
+	case torch.Float32, torch.Float16, torch.BFloat16:
+	default:
+		return nil, fmt.Errorf("unsupported compute dtype %s: use f32, f16 or bf16", opts.DType)
+	}
+	spec, err := architectures[cfg.Architecture()](cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s/config.json: %w", dir, err)
+	}
+	files, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), files: files, inv: invFreq(cfg)}
+	aliased := false
+	load := func(name string, shape ...int64) Tensor {
+		if m.weights.Err() != nil {
+			return Tensor{}
+		}
+		t, alias, err := m.loadTensor(name, shape)
+		if err != nil {
+			m.weights.Fail(err)
+		}
+		aliased = aliased || alias
+		return t
+	}
+	c := cfg
+	d, hd := int64(c.HiddenSize), int64(c.HeadDim)
+	qd, kvd := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
+	ff, v := int64(c.IntermediateSize), int64(c.VocabSize)
+	m.Embed = load("model.embed_tokens.weight", v, d)
+	m.Layers = make([]Layer, c.NumHiddenLayers)
+	for i := range m.Layers {
+		l := &m.Layers[i]
+		n := func(rest string) string { return weightName(i, rest) }
+		l.AttnNorm = load(n("input_layernorm.weight"), d)
+		if spec.SandwichNorms {
+			l.AttnPostNorm = load(n("post_attention_layernorm.weight"), d)
+			l.MLPNorm = load(n("pre_feedforward_layernorm.weight"), d)
+			l.MLPPostNorm = load(n("post_feedforward_layernorm.weight"), d)
+		} else {
+			l.MLPNorm = load(n("post_attention_layernorm.weight"), d)
+		}
+		l.Q = load(n("self_attn.q_proj.weight"), qd, d)
+		l.K = load(n("self_attn.k_proj.weight"), kvd, d)
+		l.V = load(n("self_attn.v_proj.weight"), kvd, d)
+		l.O = load(n("self_attn.o_proj.weight"), d, qd)
+		if spec.QKVBias {
+			l.QBias = load(n("self_attn.q_proj.bias"), qd)
+			l.KBias = load(n("self_attn.k_proj.bias"), kvd)
+			l.VBias = load(n("self_attn.v_proj.bias"), kvd)
+		}
+		if spec.OBias {
+			l.OBias = load(n("self_attn.o_proj.bias"), d)
+		}
+		if spec.QKNorm {
+			l.QNorm = load(n("self_attn.q_norm.weight"), hd)
+			l.KNorm = load(n("self_attn.k_norm.weight"), hd)
+		}
+		l.Gate = load(n("mlp.gate_proj.weight"), ff, d)
+		l.Up = load(n("mlp.up_proj.weight"), ff, d)
+		l.Down = load(n("mlp.down_proj.weight"), d, ff)
+	}
+	m.Norm = load("model.norm.weight", d)
+	if spec.Tied || !files.Has("lm_head.weight") && cfg.TieWordEmbeddings == nil {
+		m.LMHead = m.Embed
+	} else {
+		m.LMHead = load("lm_head.weight", v, d)
+	}
+	if spec.EmbedScale != 0 {
+		m.embedMult = roundTo(spec.EmbedScale, opts.DType)
+	}
+	if err := m.weights.Err(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if !aliased {
+		files.Close()
+		m.files = nil
+	}
+	return m, nil
+}
+
+// loadTensor makes a device tensor of the compute dtype from the checkpoint, aliasing the mmap'ed bytes when
+// no conversion or copy is needed (CPU, same dtype).
+func (m *Model) loadTensor(name string, shape []int64) (Tensor, bool, error) {
+	data, info, file, err := m.files.Data(name)
+	if err != nil {
+		return Tensor{}, false, fmt.Errorf("%w: the checkpoint does not match config.json's %s", err, m.Config.Architecture())
+	}
+	if !sameShape(info.Shape, shape) {
+		return Tensor{}, false, fmt.Errorf("%s: tensor %q has shape %v but config.json implies %v: the weights and config.json do not belong together", file, name, info.Shape, shape)
+	}
+	var src torch.DType
+	switch info.DType {
+	case "F32":
+		src = torch.Float32
+	case "F16":
+		src = torch.Float16
+	case "BF16":
+		src = torch.BFloat16
+	default:
+		return Tensor{}, false, fmt.Errorf("%s: tensor %q has dtype %s; keel loads F32, F16 and BF16 weights", file, name, info.DType)
+	}
+	if len(data) == 0 {
+		return m.weights.Zeros(shape, m.Opts.DType, m.Opts.Device), false, nil
+	}
+	tmp := m.RT.NewScope()
+	defer tmp.Close()
+	blob := tmp.FromBlob(unsafe.Pointer(&data[0]), src, shape)
+	if src == m.Opts.DType && !m.Opts.Device.CUDA {
+		tmp.MoveTo(m.weights, blob)
+		return blob, true, tmp.Err()
+	}
+	t := tmp.To(blob, m.Opts.DType, m.Opts.Device)
+	if tmp.Err() == nil && tmp.SharesStorage(t, blob) {
+		t = tmp.Clone(t)
+	}
+	tmp.MoveTo(m.weights, t)
+	if err := tmp.Err(); err != nil {
+		return Tensor{}, false, fmt.Errorf("%s: tensor %q: %w", file, name, err)
+	}
+	return t, false, nil
+}
+
+func sameShape(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// roundTo rounds v to the precision of dtype (Gemma's embedding normalizer is a tensor of the model dtype).
+func roundTo(v float64, dt torch.DType) float64 {
+	f := float32(v)
+	switch dt {
+	case torch.BFloat16:
+		return float64(bf16Round(f))
+	case torch.Float16:
+		return float64(f16Round(f))
+	}
+	return float64(f)
+}
+
+// Params lists every weight tensor (for autograd and optimizers), each once.
+func (m *Model) Params() []Tensor {
+	var ps []Tensor
+	seen := map[Tensor]bool{}
+	add := func(ts ...Tensor) {
+		for _, t := range ts {
+			if t.Valid() && !seen[t] {
+				seen[t] = true
+				ps = append(ps, t)
+			}
+		}
+	}
+	add(m.Embed)
+	for _, l := range m.Layers {
+		add(l.AttnNorm, l.AttnPostNorm, l.MLPNorm, l.MLPPostNorm, l.Q, l.K, l.V, l.O, l.QBias, l.KBias, l.VBias, l.OBias, l.QNorm, l.KNorm, l.Gate, l.Up, l.Down)
+	}
+	add(m.Norm, m.LMHead)
+	return ps
+}
+
+// Close frees the weights and unmaps the checkpoint.
+func (m *Model) Close() {
+	if m.weights != nil {
+		m.weights.Close()
+	}
+	if m.files != nil {
+		m.files.Close()
+		m.files = nil
+	}
+}
+
+// NumLayers is the number of decoder layers (hook sites 0..NumLayers-1).
+func (m *Model) NumLayers() int { return len(m.Layers) }
+
+// HiddenSize is the residual-stream width.
+func (m *Model) HiddenSize() int { return m.Config.HiddenSize }

@@ -1,0 +1,125 @@
+package model
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+)
+
+// Sampling chooses the next token from logits.
+type Sampling struct {
+	Temperature       float64 // 0 = greedy
+	TopK              int     // 0 = off
+	TopP              float64 // 0 or 1 = off
+	MinP              float64 // 0 = off
+	RepetitionPenalty float64 // 0 or 1 = off (Hugging Face's form: divide positive logits, multiply negative)
+	Seed              uint64
+}
+
+// greedyOnDevice reports whether the choice needs no logits on the host.
+func (sp Sampling) greedyOnDevice() bool {
+	return sp.Temperature == 0 && (sp.RepetitionPenalty == 0 || sp.RepetitionPenalty == 1)
+}
+
+// sampler holds the random stream of one generation (one stream per row, so batch composition does not change
+// a row's samples).
+type sampler struct {
+	cfg  Sampling
+	rngs []*rand.Rand
+}
+
+func newSampler(cfg Sampling, rows int) *sampler {
+	s := &sampler{cfg: cfg}
+	for r := 0; r < rows; r++ {
+		s.rngs = append(s.rngs, rand.New(rand.NewPCG(cfg.Seed, uint64(r)+0x9e3779b97f4a7c15)))
+	}
+	return s
+}
+
+// pick chooses a token from one row's logits (modified in place); context is the row's tokens so far.
+func (s *sampler) pick(row int, logits []float32, context []int) int {
+	c := s.cfg
+	if c.RepetitionPenalty > 0 && c.RepetitionPenalty != 1 {
+		seen := map[int]bool{}
+		for _, id := range context {
+			if id < 0 || id >= len(logits) || seen[id] {
+				continue
+			}
+			seen[id] = true
+			if logits[id] > 0 {
+				logits[id] /= float32(c.RepetitionPenalty)
+			} else {
+				logits[id] *= float32(c.RepetitionPenalty)
+			}
+		}
+	}
+	if c.Temperature <= 0 {
+		return argmax(logits)
+	}
+	type cand struct {
+		id int
+		p  float64
+	}
+	cands := make([]cand, len(logits))
+	maxL := math.Inf(-1)
+	for i, l := range logits {
+		v := float64(l) / c.Temperature
+		cands[i] = cand{i, v}
+		maxL = math.Max(maxL, v)
+	}
+	var sum float64
+	for i := range cands {
+		cands[i].p = math.Exp(cands[i].p - maxL)
+		sum += cands[i].p
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return cands[i].p > cands[j].p })
+	keep := len(cands)
+	if c.TopK > 0 && c.TopK < keep {
+		keep = c.TopK
+	}
+	if c.MinP > 0 {
+		floor := c.MinP * cands[0].p
+		for k := 1; k < keep; k++ {
+			if cands[k].p < floor {
+				keep = k
+				break
+			}
+		}
+	}
+	if c.TopP > 0 && c.TopP < 1 {
+		var kept float64
+		for k := 0; k < keep; k++ {
+			kept += cands[k].p
+		}
+		var cum float64
+		for k := 0; k < keep; k++ {
+			cum += cands[k].p / kept
+			if cum >= c.TopP {
+				keep = k + 1
+				break
+			}
+		}
+	}
+	var total float64
+	for k := 0; k < keep; k++ {
+		total += cands[k].p
+	}
+	r := s.rngs[row].Float64() * total
+	for k := 0; k < keep; k++ {
+		r -= cands[k].p
+		if r <= 0 {
+			return cands[k].id
+		}
+	}
+	return cands[keep-1].id
+}
+
+func argmax(xs []float32) int {
+	best := 0
+	for i, x := range xs {
+		if x > xs[best] {
+			best = i
+		}
+	}
+	return best
+}
