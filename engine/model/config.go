@@ -13,12 +13,12 @@ import (
 
 // RopeScaling is config.json's rope_scaling.
 type RopeScaling struct {
-	RopeType                      string  `json:"rope_type"`
-	Type                          string  `json:"type"` // older spelling of rope_type
-	Factor                        float64 `json:"factor"`
-	LowFreqFactor                 float64 `json:"low_freq_factor"`
-	HighFreqFactor                float64 `json:"high_freq_factor"`
-	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+	RopeType                      string  `json:"rope_type,omitempty"`
+	Type                          string  `json:"type,omitempty"` // older spelling of rope_type
+	Factor                        float64 `json:"factor,omitempty"`
+	LowFreqFactor                 float64 `json:"low_freq_factor,omitempty"`
+	HighFreqFactor                float64 `json:"high_freq_factor,omitempty"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings,omitempty"`
 }
 
 // Kind is the scaling type whichever key names it.
@@ -55,33 +55,33 @@ func (l *IntList) UnmarshalJSON(b []byte) error {
 // Config is the subset of config.json the supported architectures use.
 type Config struct {
 	Architectures         []string     `json:"architectures"`
-	ModelType             string       `json:"model_type"`
+	ModelType             string       `json:"model_type,omitempty"`
 	HiddenSize            int          `json:"hidden_size"`
 	IntermediateSize      int          `json:"intermediate_size"`
 	NumHiddenLayers       int          `json:"num_hidden_layers"`
 	NumAttentionHeads     int          `json:"num_attention_heads"`
 	NumKeyValueHeads      int          `json:"num_key_value_heads"`
-	HeadDim               int          `json:"head_dim"`
+	HeadDim               int          `json:"head_dim,omitempty"`
 	VocabSize             int          `json:"vocab_size"`
 	RMSNormEps            float64      `json:"rms_norm_eps"`
 	RopeTheta             float64      `json:"rope_theta"`
-	RopeScaling           *RopeScaling `json:"rope_scaling"`
+	RopeScaling           *RopeScaling `json:"rope_scaling,omitempty"`
 	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
-	TieWordEmbeddings     *bool        `json:"tie_word_embeddings"`
-	AttentionBias         bool         `json:"attention_bias"`
-	MLPBias               bool         `json:"mlp_bias"`
-	HiddenAct             string       `json:"hidden_act"`
-	HiddenActivation      string       `json:"hidden_activation"`
-	SlidingWindow         *int         `json:"sliding_window"`
-	UseSlidingWindow      *bool        `json:"use_sliding_window"`
-	QueryPreAttnScalar    float64      `json:"query_pre_attn_scalar"`
-	AttnLogitSoftcapping  *float64     `json:"attn_logit_softcapping"`
-	FinalLogitSoftcapping *float64     `json:"final_logit_softcapping"`
-	LayerTypes            []string     `json:"layer_types"`
-	TorchDType            string       `json:"torch_dtype"`
-	BOSTokenID            *int         `json:"bos_token_id"`
-	EOSTokenID            IntList      `json:"eos_token_id"`
-	PadTokenID            *int         `json:"pad_token_id"`
+	TieWordEmbeddings     *bool        `json:"tie_word_embeddings,omitempty"`
+	AttentionBias         bool         `json:"attention_bias,omitempty"`
+	MLPBias               bool         `json:"mlp_bias,omitempty"`
+	HiddenAct             string       `json:"hidden_act,omitempty"`
+	HiddenActivation      string       `json:"hidden_activation,omitempty"`
+	SlidingWindow         *int         `json:"sliding_window,omitempty"`
+	UseSlidingWindow      *bool        `json:"use_sliding_window,omitempty"`
+	QueryPreAttnScalar    float64      `json:"query_pre_attn_scalar,omitempty"`
+	AttnLogitSoftcapping  *float64     `json:"attn_logit_softcapping,omitempty"`
+	FinalLogitSoftcapping *float64     `json:"final_logit_softcapping,omitempty"`
+	LayerTypes            []string     `json:"layer_types,omitempty"`
+	TorchDType            string       `json:"torch_dtype,omitempty"`
+	BOSTokenID            *int         `json:"bos_token_id,omitempty"`
+	EOSTokenID            IntList      `json:"eos_token_id,omitempty"`
+	PadTokenID            *int         `json:"pad_token_id,omitempty"`
 }
 
 // ReadConfig loads and checks dir/config.json.

@@ -24,6 +24,12 @@ type Layer struct {
 	Gate, Up, Down                               Tensor
 }
 
+// NamedTensor is a weight with its Hugging Face name.
+type NamedTensor struct {
+	Name   string
+	Tensor Tensor
+}
+
 // Tensor is re-exported so architecture code reads without the package prefix.
 type Tensor = torch.Tensor
 
@@ -36,6 +42,7 @@ type Model struct {
 
 	Embed, Norm, LMHead Tensor
 	Layers              []Layer
+	Names               []NamedTensor // every weight under its Hugging Face name, in checkpoint order
 
 	weights   *torch.Scope
 	files     *safetensors.Set // kept open while CPU weights alias the mapping
@@ -49,15 +56,13 @@ type Model struct {
 // weightName is the Hugging Face name of layer i's tensor.
 func weightName(i int, rest string) string { return "model.layers." + strconv.Itoa(i) + "." + rest }
 
+// weightSource yields one weight of the given shape; aliased reports that it shares memory with the mapping.
+type weightSource func(name string, shape []int64) (t Tensor, aliased bool, err error)
+
 // LoadWeights builds a Model from config and a folder of safetensors.
 func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Model, error) {
-	if err := rt.CheckDevice(opts.Device); err != nil {
+	if err := checkOptions(rt, opts); err != nil {
 		return nil, err
-	}
-	switch opts.DType {
-	case torch.Float32, torch.Float16, torch.BFloat16:
-	default:
-		return nil, fmt.Errorf("unsupported compute dtype %s: use f32, f16 or bf16", opts.DType)
 	}
 	spec, err := architectures[cfg.Architecture()](cfg)
 	if err != nil {
@@ -68,19 +73,45 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 		return nil, err
 	}
 	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), files: files, inv: invFreq(cfg)}
-	aliased := false
+	aliased, err := m.build(m.loadTensor, files.Has("lm_head.weight"))
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	if !aliased {
+		files.Close()
+		m.files = nil
+	}
+	return m, nil
+}
+
+func checkOptions(rt *torch.Runtime, opts Options) error {
+	if err := rt.CheckDevice(opts.Device); err != nil {
+		return err
+	}
+	switch opts.DType {
+	case torch.Float32, torch.Float16, torch.BFloat16:
+		return nil
+	}
+	return fmt.Errorf("unsupported compute dtype %s: use f32, f16 or bf16", opts.DType)
+}
+
+// build fills the model's weights from src, in Hugging Face names.
+func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error) {
 	load := func(name string, shape ...int64) Tensor {
 		if m.weights.Err() != nil {
 			return Tensor{}
 		}
-		t, alias, err := m.loadTensor(name, shape)
+		t, alias, err := src(name, shape)
 		if err != nil {
 			m.weights.Fail(err)
+			return Tensor{}
 		}
 		aliased = aliased || alias
+		m.Names = append(m.Names, NamedTensor{name, t})
 		return t
 	}
-	c := cfg
+	c, spec := m.Config, m.Spec
 	d, hd := int64(c.HiddenSize), int64(c.HeadDim)
 	qd, kvd := int64(c.NumAttentionHeads)*hd, int64(c.NumKeyValueHeads)*hd
 	ff, v := int64(c.IntermediateSize), int64(c.VocabSize)
@@ -118,23 +149,16 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 		l.Down = load(n("mlp.down_proj.weight"), d, ff)
 	}
 	m.Norm = load("model.norm.weight", d)
-	if spec.Tied || !files.Has("lm_head.weight") && cfg.TieWordEmbeddings == nil {
+	// A checkpoint without lm_head whose config is silent on tying is tied in practice.
+	if spec.Tied || !hasLMHead && c.TieWordEmbeddings == nil {
 		m.LMHead = m.Embed
 	} else {
 		m.LMHead = load("lm_head.weight", v, d)
 	}
 	if spec.EmbedScale != 0 {
-		m.embedMult = roundTo(spec.EmbedScale, opts.DType)
+		m.embedMult = roundTo(spec.EmbedScale, m.Opts.DType)
 	}
-	if err := m.weights.Err(); err != nil {
-		m.Close()
-		return nil, err
-	}
-	if !aliased {
-		files.Close()
-		m.files = nil
-	}
-	return m, nil
+	return aliased, m.weights.Err()
 }
 
 // loadTensor makes a device tensor of the compute dtype from the checkpoint, aliasing the mmap'ed bytes when
@@ -205,21 +229,10 @@ func roundTo(v float64, dt torch.DType) float64 {
 
 // Params lists every weight tensor (for autograd and optimizers), each once.
 func (m *Model) Params() []Tensor {
-	var ps []Tensor
-	seen := map[Tensor]bool{}
-	add := func(ts ...Tensor) {
-		for _, t := range ts {
-			if t.Valid() && !seen[t] {
-				seen[t] = true
-				ps = append(ps, t)
-			}
-		}
+	ps := make([]Tensor, len(m.Names))
+	for i, n := range m.Names {
+		ps[i] = n.Tensor
 	}
-	add(m.Embed)
-	for _, l := range m.Layers {
-		add(l.AttnNorm, l.AttnPostNorm, l.MLPNorm, l.MLPPostNorm, l.Q, l.K, l.V, l.O, l.QBias, l.KBias, l.VBias, l.OBias, l.QNorm, l.KNorm, l.Gate, l.Up, l.Down)
-	}
-	add(m.Norm, m.LMHead)
 	return ps
 }
 

@@ -98,3 +98,21 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 	}
 	return res, nil
 }
+
+// Logits returns the logits at every position of one sequence, row-major [len(seq)][vocab], in float32.
+func (m *Model) Logits(seq []int, hooks *Hooks) ([]float32, error) {
+	if len(seq) == 0 {
+		return nil, fmt.Errorf("logits: empty sequence")
+	}
+	list, version := hooks.snapshot()
+	plan, err := m.compileHooks(list, version)
+	if err != nil {
+		return nil, err
+	}
+	defer plan.close()
+	s := m.RT.NewScope().NoGrad()
+	defer s.Close()
+	out := m.forward(s, Pass{IDs: [][]int{seq}, plan: plan})
+	logits := s.Float32s(out.logits)
+	return logits, s.Err()
+}

@@ -70,8 +70,12 @@ func (t *Llama2c) Piece(id int) string {
 	return t.pieces[id]
 }
 
-// TokenBytes follows run.c's decode: a leading space is dropped right after BOS, "<0xNN>" is one raw byte.
+// TokenBytes follows run.c's decode: a leading space is dropped right after BOS, "<0xNN>" is one raw byte, and the
+// specials (<unk>, BOS, EOS) are not text.
 func (t *Llama2c) TokenBytes(id, prev int) []byte {
+	if id <= 2 {
+		return nil
+	}
 	p := t.Piece(id)
 	if prev == 1 && len(p) > 0 && p[0] == ' ' {
 		p = p[1:]

@@ -1,0 +1,295 @@
+package model_test
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/convert"
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// stories converts the stories260K fixture into a temporary Hugging Face folder and loads it.
+func stories(t *testing.T) *model.LM {
+	t.Helper()
+	rt := torchtest.Runtime(t)
+	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
+	dir := t.TempDir()
+	if err := convert.Llama2c(filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); err != nil {
+		t.Fatal(err)
+	}
+	lm, err := model.Load(rt, dir, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lm.Close)
+	return lm
+}
+
+// knownSample is the greedy output stories260K.md records (the code block after the `-t 0.0` command).
+func knownSample(t *testing.T) string {
+	raw, err := os.ReadFile(filepath.Join(torchtest.Fixtures(t), "stories260k", "stories260K.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)-t 0\\.0\n(.*?)\n```").FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("stories260K.md: greedy sample not found")
+	}
+	return string(m[1])
+}
+
+func TestStories260KGreedyMatchesKnownOutput(t *testing.T) {
+	lm := stories(t)
+	want := knownSample(t)
+	res, err := lm.GenerateText(context.Background(), [][]int{{1}}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 256}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := res[0].Text
+	if len(res[0].IDs) < 200 {
+		t.Fatalf("only %d tokens generated (%s)", len(res[0].IDs), res[0].Reason)
+	}
+	if got != want {
+		t.Fatalf("greedy output differs from stories260K.md\n got: %q\nwant: %q", got, want)
+	}
+	t.Logf("%d tokens identical to the known sample (stopped: %s)", len(res[0].IDs), res[0].Reason)
+}
+
+func TestStories260KTokenizerRoundTrip(t *testing.T) {
+	lm := stories(t)
+	text := "Once upon a time, there was a little girl named Lily."
+	ids := lm.Tokenizer.Encode(text, true)
+	if ids[0] != 1 || len(ids) > 20 {
+		t.Fatalf("encode: %v", ids)
+	}
+	if got := tokenizer.Decode(lm.Tokenizer, ids); got != text {
+		t.Fatalf("decode(encode) = %q", got)
+	}
+	// Text outside the 512-token vocabulary goes through byte fallback and still round-trips.
+	odd := "Zoë 🙂 naïve"
+	if got := tokenizer.Decode(lm.Tokenizer, lm.Tokenizer.Encode(odd, true)); got != odd {
+		t.Fatalf("byte fallback round trip = %q", got)
+	}
+}
+
+// randomUnit draws a unit vector from a fixed-seed LCG (independent of libtorch's generator).
+func randomUnit(d int, seed uint64) []float32 {
+	v := make([]float32, d)
+	var n float64
+	x := seed
+	for i := range v {
+		x = x*6364136223846793005 + 1442695040888963407
+		v[i] = float32(int64(x>>11)%2001-1000) / 1000
+		n += float64(v[i]) * float64(v[i])
+	}
+	for i := range v {
+		v[i] /= float32(math.Sqrt(n))
+	}
+	return v
+}
+
+func TestCappedGenerationCacheEqualsRecompute(t *testing.T) {
+	lm := stories(t)
+	u := randomUnit(lm.HiddenSize(), 7)
+	layers := []int{1, 2, 3}
+	// tau: the median projection of the uncapped continuation at the first capped layer.
+	var capture []model.Intervention
+	for _, l := range layers {
+		capture = append(capture, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{u}})
+	}
+	var projs []float64
+	_, err := lm.Generate(context.Background(), [][]int{{1}}, model.GenerateConfig{MaxTokens: 64, Hooks: model.NewHooks(capture...),
+		OnStep: func(st model.Step) (bool, error) {
+			projs = append(projs, float64(st.Records[0].Values[0]))
+			return false, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Float64s(projs)
+	tau := projs[len(projs)/2]
+	var caps []model.Intervention
+	for _, l := range layers {
+		caps = append(caps, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{u}, Tau: tau})
+	}
+	run := func(noCache bool) ([]int, []float32) {
+		var moved []float32
+		res, err := lm.Generate(context.Background(), [][]int{{1}}, model.GenerateConfig{MaxTokens: 64, NoCache: noCache, EOS: []int{-1},
+			Hooks: model.NewHooks(caps...),
+			OnStep: func(st model.Step) (bool, error) {
+				for _, r := range st.Records {
+					moved = append(moved, r.Values[0])
+				}
+				return false, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0].IDs, moved
+	}
+	cached, movedCached := run(false)
+	full, movedFull := run(true)
+	if len(cached) != 64 || len(full) != 64 {
+		t.Fatalf("lengths %d, %d", len(cached), len(full))
+	}
+	active := 0
+	for i := range cached {
+		if cached[i] != full[i] {
+			t.Fatalf("token %d: cached %d, recomputed %d", i, cached[i], full[i])
+		}
+	}
+	for i := range movedCached {
+		if math.Abs(float64(movedCached[i]-movedFull[i])) > 1e-4 {
+			t.Fatalf("cap movement %d: cached %v, recomputed %v", i, movedCached[i], movedFull[i])
+		}
+		if movedCached[i] != 0 {
+			active++
+		}
+	}
+	if active == 0 {
+		t.Fatal("the cap never moved the residual stream: the test would prove nothing")
+	}
+	uncapped := tokensOf(t, lm, nil, 64)
+	if equalInts(uncapped, cached) {
+		t.Fatal("capping at the median did not change the greedy continuation")
+	}
+	t.Logf("tau %.4f: cap active at %d of %d token-layers; capped continuation differs from uncapped", tau, active, len(movedCached))
+}
+
+func tokensOf(t *testing.T, lm *model.LM, hooks *model.Hooks, n int) []int {
+	res, err := lm.Generate(context.Background(), [][]int{{1}}, model.GenerateConfig{MaxTokens: n, EOS: []int{-1}, Hooks: hooks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res[0].IDs
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestSteeringByZeroIsBitIdentical(t *testing.T) {
+	lm := stories(t)
+	u := randomUnit(lm.HiddenSize(), 3)
+	seq := lm.Tokenizer.Encode("Once upon a time, there was a little dog.", true)
+	plain, err := lm.Logits(seq, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero, err := lm.Logits(seq, model.NewHooks(model.Intervention{Layer: 2, Kind: model.Add, Vectors: [][]float32{u}, Coeff: 0}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range plain {
+		if math.Float32bits(plain[i]) != math.Float32bits(zero[i]) {
+			t.Fatalf("logit %d: %v without steering, %v steered by 0", i, plain[i], zero[i])
+		}
+	}
+	steered, err := lm.Logits(seq, model.NewHooks(model.Intervention{Layer: 2, Kind: model.Add, Vectors: [][]float32{u}, Coeff: 4}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff := 0.0
+	for i := range plain {
+		diff = math.Max(diff, math.Abs(float64(plain[i]-steered[i])))
+	}
+	if diff < 1e-3 {
+		t.Fatalf("steering by 4 changed no logit (max diff %g)", diff)
+	}
+}
+
+func TestCaptureMatchesHandProjection(t *testing.T) {
+	lm := stories(t)
+	u := randomUnit(lm.HiddenSize(), 11)
+	seq := lm.Tokenizer.Encode("The cat sat.", true)
+	tf, err := lm.TeacherForce([][]int{seq}, model.NewHooks(
+		model.Intervention{Layer: 4, Kind: model.Capture, Full: true},
+		model.Intervention{Layer: 4, Kind: model.Capture, Vectors: [][]float32{u}},
+	), [][2]int{{1, len(seq)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mean := make([]float64, lm.HiddenSize())
+	for pos, recs := range tf.Records[0] {
+		full, proj := recs[0].Values, recs[1].Values[0]
+		var dot float64
+		for i := range full {
+			dot += float64(full[i]) * float64(u[i])
+			if pos >= 1 {
+				mean[i] += float64(full[i]) / float64(len(seq)-1)
+			}
+		}
+		if math.Abs(dot-float64(proj)) > 1e-4 {
+			t.Fatalf("position %d: captured projection %v, hand dot product %v", pos, proj, dot)
+		}
+	}
+	for i := range mean {
+		if math.Abs(mean[i]-float64(tf.Means[0][4][i])) > 1e-4 {
+			t.Fatalf("span mean[%d] = %v, by hand %v", i, tf.Means[0][4][i], mean[i])
+		}
+	}
+	if len(tf.Logprobs[0]) != len(seq)-1 {
+		t.Fatalf("%d logprobs for %d tokens", len(tf.Logprobs[0]), len(seq))
+	}
+}
+
+func TestSamplingIsSeededAndCancellable(t *testing.T) {
+	lm := stories(t)
+	cfg := model.GenerateConfig{MaxTokens: 40, Sampling: model.Sampling{Temperature: 0.9, TopP: 0.9, TopK: 40, MinP: 0.02, RepetitionPenalty: 1.1, Seed: 5}}
+	a, err := lm.Generate(context.Background(), [][]int{{1}}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := lm.Generate(context.Background(), [][]int{{1}}, cfg)
+	if !equalInts(a[0].IDs, b[0].IDs) {
+		t.Fatal("same seed, different samples")
+	}
+	cfg.Seed = 6
+	c, _ := lm.Generate(context.Background(), [][]int{{1}}, cfg)
+	if equalInts(a[0].IDs, c[0].IDs) {
+		t.Fatal("different seeds gave identical 40-token samples")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	cfg.OnStep = func(model.Step) (bool, error) {
+		n++
+		if n == 5 {
+			cancel()
+		}
+		return false, nil
+	}
+	res, err := lm.Generate(ctx, [][]int{{1}}, cfg)
+	if err == nil || res[0].Reason != "cancelled" || len(res[0].IDs) != 5 {
+		t.Fatalf("cancel: err %v, reason %q, %d tokens", err, res[0].Reason, len(res[0].IDs))
+	}
+}
+
+func TestStopStrings(t *testing.T) {
+	lm := stories(t)
+	res, err := lm.GenerateText(context.Background(), [][]int{{1}}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 100}, Stop: []string{"Lily."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Reason != "stop" || !strings.HasSuffix(res[0].Text, "Lily.") {
+		t.Fatalf("stop string: reason %q, text %q", res[0].Reason, res[0].Text)
+	}
+}
+
+var _ = torch.Float32
