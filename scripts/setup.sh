@@ -43,8 +43,9 @@ fi
 cuda=""
 if [ -e "$lib/libtorch_cuda.so" ]; then cuda="-DKEEL_WITH_CUDA -ltorch_cuda -lc10_cuda"; fi
 
-stamp="$src_desc|$cuda|$(sha256sum "$src" engine/torch/csrc/keel_torch.h | sha256sum | cut -c1-16)"
-if [ -f "$out" ] && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
+bench_src=engine/torch/csrc/bench/decode_bench.cpp
+stamp="$src_desc|$cuda|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" | sha256sum | cut -c1-16)"
+if [ -f "$out" ] && [ -f build/keel-decode-bench ] && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
   exit 0
 fi
 echo "keel setup: compiling the libtorch shim against $src_desc${cuda:+ (CUDA)}" >&2
@@ -52,5 +53,9 @@ echo "keel setup: compiling the libtorch shim against $src_desc${cuda:+ (CUDA)}"
 g++ -O2 -std=$std -shared -fPIC $abi $inc -Wno-deprecated-declarations "$src" -o "$out.tmp" \
   -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 mv "$out.tmp" "$out"
+# The C++ reference for `keel bench decode`, built against the same libtorch.
+# shellcheck disable=SC2086
+g++ -O2 -std=$std $abi $inc -Wno-deprecated-declarations "$bench_src" -o build/keel-decode-bench \
+  -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 echo "$stamp" > build/shim.stamp
 echo "$lib" > build/libtorch.path

@@ -1,5 +1,282 @@
 package main
 
-import "io"
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
 
-func runBenchDecode(args []string, stdout, stderr io.Writer) error { return nil }
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// benchShapes are the random models `keel bench decode` measures (Llama architecture, default RoPE so the C++
+// reference runs exactly the same ops).
+func benchShapes() map[string]*model.Config {
+	tied := true
+	mk := func(d, ff, layers, heads, kv, vocab int) *model.Config {
+		return &model.Config{Architectures: []string{"LlamaForCausalLM"}, HiddenSize: d, IntermediateSize: ff,
+			NumHiddenLayers: layers, NumAttentionHeads: heads, NumKeyValueHeads: kv, VocabSize: vocab,
+			RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: 4096, TieWordEmbeddings: &tied}
+	}
+	return map[string]*model.Config{
+		"5m":       mk(256, 688, 6, 8, 4, 4096),       // 5.4M parameters
+		"llama-1b": mk(2048, 8192, 16, 32, 8, 128256), // Llama-3.2-1B's shape, 1.24B parameters
+	}
+}
+
+type figure struct {
+	Keel      float64 `json:"keel"`
+	Reference float64 `json:"reference"`
+	Ratio     float64 `json:"ratio"`
+	Unit      string  `json:"unit"`
+}
+
+func runBenchDecode(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench decode", stderr)
+	shapes := fs.String("shape", "5m,llama-1b", "comma-separated shapes: 5m, llama-1b")
+	device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
+	dtypeName := fs.String("dtype", "f32", "f32, f16 or bf16")
+	prompt := fs.Int("prompt", 16, "prompt tokens before decoding")
+	tokens := fs.String("tokens", "5m=128,llama-1b=16", "decode steps per run, per shape (shape=N,...) or one number")
+	reps := fs.Int("reps", 3, "runs of each variant (interleaved; the median counts)")
+	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default), passed to the C++ reference too")
+	noRef := fs.Bool("no-reference", false, "skip the C++ libtorch reference (e.g. on a machine without the compiled bench)")
+	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	dev, err := torch.ParseDevice(*device)
+	if err != nil {
+		return usageError{err}
+	}
+	dt, err := torch.ParseDType(*dtypeName)
+	if err != nil {
+		return usageError{err}
+	}
+	steps, err := perShape(*tokens)
+	if err != nil {
+		return usageError{err}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	if *threads > 0 {
+		if err := rt.SetNumThreads(*threads); err != nil {
+			return err
+		}
+	}
+	refBin := ""
+	if !*noRef {
+		if dev.CUDA {
+			return usageError{fmt.Errorf("the C++ reference runs on CPU only: add --no-reference with --device %s", dev)}
+		}
+		if refBin, err = findDecodeBench(); err != nil {
+			return err
+		}
+	}
+	all := map[string]*model.Config(benchShapes())
+	figures := map[string]figure{}
+	var order []string
+	for _, name := range strings.Split(*shapes, ",") {
+		cfg, ok := all[name]
+		if !ok {
+			return usageError{fmt.Errorf("unknown shape %q: use 5m or llama-1b", name)}
+		}
+		n := steps[name]
+		if n == 0 {
+			n = steps[""]
+		}
+		if n == 0 {
+			n = 32
+		}
+		fmt.Fprintf(stderr, "bench decode %s: %d prompt + %d decode tokens, %d reps, %s %s\n", name, *prompt, n, *reps, dev, dt)
+		m, err := model.NewRandom(rt, cfg, model.Options{Device: dev, DType: dt}, 42)
+		if err != nil {
+			return err
+		}
+		hooks := benchHooks(m)
+		var plain, hooked, ref []float64
+		for r := 0; r < *reps; r++ {
+			tps, err := decodeRate(m, nil, *prompt, n)
+			if err != nil {
+				m.Close()
+				return err
+			}
+			plain = append(plain, tps)
+			if tps, err = decodeRate(m, hooks, *prompt, n); err != nil {
+				m.Close()
+				return err
+			}
+			hooked = append(hooked, tps)
+			if refBin != "" {
+				tps, err := runDecodeBench(refBin, cfg, *prompt, n, *threads)
+				if err != nil {
+					m.Close()
+					return err
+				}
+				ref = append(ref, tps)
+			}
+		}
+		m.Close()
+		if refBin != "" {
+			figures["decode_"+name] = ratio(median(plain), median(ref), "tok/s")
+			order = append(order, "decode_"+name)
+		}
+		figures["hooks_"+name] = ratio(median(hooked), median(plain), "tok/s")
+		order = append(order, "hooks_"+name)
+	}
+	return printFigures(stdout, figures, order, *asJSON, map[string]string{
+		"decode": "reference = the same decode step in C++ on libtorch (engine/torch/csrc/bench)",
+		"hooks":  "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
+	})
+}
+
+func perShape(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		name, val, found := strings.Cut(part, "=")
+		if !found {
+			name, val = "", part
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad --tokens %q: use N or shape=N,...", s)
+		}
+		out[name] = n
+	}
+	return out, nil
+}
+
+// benchHooks captures one direction at every layer and caps 8 layers (the middle of the stack).
+func benchHooks(m *model.Model) *model.Hooks {
+	d := m.HiddenSize()
+	u := make([]float32, d)
+	for i := range u {
+		u[i] = 1 / float32(d)
+	}
+	var norm float32
+	for _, x := range u {
+		norm += x * x
+	}
+	for i := range u {
+		u[i] /= float32(sqrt64(float64(norm)))
+	}
+	var list []model.Intervention
+	L := m.NumLayers()
+	first := max(0, L/2-4)
+	for l := 0; l < L; l++ {
+		if l >= first && l < first+8 {
+			list = append(list, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{u}, Tau: 0})
+		}
+		list = append(list, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{u}})
+	}
+	return model.NewHooks(list...)
+}
+
+// decodeRate generates prompt+n tokens greedily and returns decode tokens/s (the prefill is not counted).
+func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int) (float64, error) {
+	ids := []int{1}
+	for len(ids) < promptLen {
+		ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
+	}
+	var t0 time.Time
+	_, err := m.Generate(context.Background(), [][]int{ids}, model.GenerateConfig{MaxTokens: n + 1, EOS: []int{-1}, Hooks: hooks,
+		OnStep: func(st model.Step) (bool, error) {
+			if st.Index == 0 {
+				if err := m.RT.Synchronize(m.Opts.Device.Index); err != nil {
+					return false, err
+				}
+				t0 = time.Now()
+			}
+			return false, nil
+		}})
+	if err != nil {
+		return 0, err
+	}
+	if err := m.RT.Synchronize(m.Opts.Device.Index); err != nil {
+		return 0, err
+	}
+	return float64(n) / time.Since(t0).Seconds(), nil
+}
+
+func findDecodeBench() (string, error) {
+	shim, err := torch.Load()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(filepath.Dir(shim.Path), "keel-decode-bench")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("C++ reference %s not found: run `make setup` (or pass --no-reference)", p)
+	}
+	return p, nil
+}
+
+func runDecodeBench(bin string, c *model.Config, promptLen, n, threads int) (float64, error) {
+	args := []string{strconv.Itoa(c.HiddenSize), strconv.Itoa(c.IntermediateSize), strconv.Itoa(c.NumHiddenLayers),
+		strconv.Itoa(c.NumAttentionHeads), strconv.Itoa(c.NumKeyValueHeads), strconv.Itoa(c.VocabSize),
+		strconv.Itoa(promptLen), strconv.Itoa(n)}
+	if threads > 0 {
+		args = append(args, strconv.Itoa(threads))
+	}
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v: %s", bin, err, strings.TrimSpace(string(out)))
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "tokens_per_s="); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s printed no tokens_per_s: %s", bin, out)
+}
+
+func ratio(keel, ref float64, unit string) figure {
+	r := 0.0
+	if ref > 0 {
+		r = keel / ref
+	}
+	return figure{Keel: keel, Reference: ref, Ratio: r, Unit: unit}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// printFigures ends a benchmark: one JSON object with --json, else one `NAME: keel X UNIT, reference Y UNIT,
+// ratio R` line per figure (after notes on what each reference is).
+func printFigures(w io.Writer, figs map[string]figure, order []string, asJSON bool, notes map[string]string) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		return enc.Encode(figs)
+	}
+	var keys []string
+	for k := range notes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "# %s: %s\n", k, notes[k])
+	}
+	for _, name := range order {
+		f := figs[name]
+		fmt.Fprintf(w, "%s: keel %.2f %s, reference %.2f %s, ratio %.3f\n", name, f.Keel, f.Unit, f.Reference, f.Unit, f.Ratio)
+	}
+	return nil
+}
+
+func sqrt64(x float64) float64 { return math.Sqrt(x) }

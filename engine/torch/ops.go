@@ -65,21 +65,22 @@ func (s *Scope) binary(name string, op int64, a, b Tensor) Tensor {
 	if !s.ok(name, a, b) {
 		return Tensor{}
 	}
-	return s.run(name, func(out *uintptr) uintptr { return s.rt.binary(op, a.h, b.h, out) })
+	return s.op(name, s.rt.sym.Binary, uintptr(op), a.h, b.h, s.outp())
 }
 
 func (s *Scope) unary(name string, op int64, a Tensor) Tensor {
 	if !s.ok(name, a) {
 		return Tensor{}
 	}
-	return s.run(name, func(out *uintptr) uintptr { return s.rt.unary(op, a.h, out) })
+	return s.op(name, s.rt.sym.Unary, uintptr(op), a.h, s.outp())
 }
 
 func (s *Scope) scalar(name string, op int64, a Tensor, v float64) Tensor {
 	if !s.ok(name, a) {
 		return Tensor{}
 	}
-	return s.run(name, func(out *uintptr) uintptr { return s.rt.scalar(op, a.h, v, out) })
+	s.f64[0] = v
+	return s.op(name, s.rt.sym.Scalar, uintptr(op), a.h, ptr(&s.f64[0]), s.outp())
 }
 
 func (s *Scope) reduce(name string, op int64, a Tensor, dim int, keep bool) Tensor {
@@ -90,7 +91,7 @@ func (s *Scope) reduce(name string, op int64, a Tensor, dim int, keep bool) Tens
 	if keep {
 		k = 1
 	}
-	return s.run(name, func(out *uintptr) uintptr { return s.rt.reduce(op, a.h, int64(dim), k, out) })
+	return s.op(name, s.rt.sym.Reduce, uintptr(op), a.h, uintptr(int64(dim)), uintptr(k), s.outp())
 }
 
 func (s *Scope) Add(a, b Tensor) Tensor     { return s.binary("add", opAdd, a, b) }
@@ -155,7 +156,7 @@ func (s *Scope) Linear(x, w, b Tensor) Tensor {
 	if !s.ok("linear", x, w) {
 		return Tensor{}
 	}
-	return s.run("linear", func(out *uintptr) uintptr { return s.rt.linear(x.h, w.h, b.h, out) })
+	return s.op("linear", s.rt.sym.Linear, x.h, w.h, b.h, s.outp())
 }
 
 // Where picks a where cond is true, else b.
@@ -163,7 +164,7 @@ func (s *Scope) Where(cond, a, b Tensor) Tensor {
 	if !s.ok("where", cond, a, b) {
 		return Tensor{}
 	}
-	return s.run("where", func(out *uintptr) uintptr { return s.rt.where(cond.h, a.h, b.h, out) })
+	return s.op("where", s.rt.sym.Where, cond.h, a.h, b.h, s.outp())
 }
 
 // MaskedFill sets a to v where mask is true.
@@ -171,7 +172,8 @@ func (s *Scope) MaskedFill(a, mask Tensor, v float64) Tensor {
 	if !s.ok("masked_fill", a, mask) {
 		return Tensor{}
 	}
-	return s.run("masked_fill", func(out *uintptr) uintptr { return s.rt.maskedFill(a.h, mask.h, v, out) })
+	s.f64[0] = v
+	return s.op("masked_fill", s.rt.sym.MaskedFill, a.h, mask.h, ptr(&s.f64[0]), s.outp())
 }
 
 // Embedding looks up rows of weight by integer ids.
@@ -179,21 +181,21 @@ func (s *Scope) Embedding(weight, ids Tensor) Tensor {
 	if !s.ok("embedding", weight, ids) {
 		return Tensor{}
 	}
-	return s.run("embedding", func(out *uintptr) uintptr { return s.rt.embedding(weight.h, ids.h, out) })
+	return s.op("embedding", s.rt.sym.Embedding, weight.h, ids.h, s.outp())
 }
 
 func (s *Scope) IndexSelect(a Tensor, dim int, idx Tensor) Tensor {
 	if !s.ok("index_select", a, idx) {
 		return Tensor{}
 	}
-	return s.run("index_select", func(out *uintptr) uintptr { return s.rt.indexSelect(a.h, int64(dim), idx.h, out) })
+	return s.op("index_select", s.rt.sym.IndexSelect, a.h, uintptr(int64(dim)), idx.h, s.outp())
 }
 
 func (s *Scope) Gather(a Tensor, dim int, idx Tensor) Tensor {
 	if !s.ok("gather", a, idx) {
 		return Tensor{}
 	}
-	return s.run("gather", func(out *uintptr) uintptr { return s.rt.gather(a.h, int64(dim), idx.h, out) })
+	return s.op("gather", s.rt.sym.Gather, a.h, uintptr(int64(dim)), idx.h, s.outp())
 }
 
 // Cat concatenates along dim.
@@ -208,7 +210,7 @@ func (s *Scope) Cat(ts []Tensor, dim int) Tensor {
 	for i, t := range ts {
 		hs[i] = t.h
 	}
-	return s.run("cat", func(out *uintptr) uintptr { return s.rt.cat(&hs[0], int64(len(hs)), int64(dim), out) })
+	return s.op("cat", s.rt.sym.Cat, s.handlesArg(hs), uintptr(len(hs)), uintptr(int64(dim)), s.outp())
 }
 
 // Narrow is a view of length n starting at start along dim.
@@ -216,7 +218,7 @@ func (s *Scope) Narrow(a Tensor, dim int, start, n int64) Tensor {
 	if !s.ok("narrow", a) {
 		return Tensor{}
 	}
-	return s.run("narrow", func(out *uintptr) uintptr { return s.rt.narrow(a.h, int64(dim), start, n, out) })
+	return s.op("narrow", s.rt.sym.Narrow, a.h, uintptr(int64(dim)), uintptr(start), uintptr(n), s.outp())
 }
 
 // Reshape to shape (-1 infers one size).
@@ -224,7 +226,7 @@ func (s *Scope) Reshape(a Tensor, shape ...int64) Tensor {
 	if !s.ok("reshape", a) {
 		return Tensor{}
 	}
-	return s.run("reshape", func(out *uintptr) uintptr { return s.rt.reshape(a.h, shapePtr(shape), int64(len(shape)), out) })
+	return s.op("reshape", s.rt.sym.Reshape, a.h, s.dimsArg(shape), uintptr(len(shape)), s.outp())
 }
 
 // Expand broadcasts size-1 dims (a view).
@@ -232,21 +234,21 @@ func (s *Scope) Expand(a Tensor, shape ...int64) Tensor {
 	if !s.ok("expand", a) {
 		return Tensor{}
 	}
-	return s.run("expand", func(out *uintptr) uintptr { return s.rt.expand(a.h, shapePtr(shape), int64(len(shape)), out) })
+	return s.op("expand", s.rt.sym.Expand, a.h, s.dimsArg(shape), uintptr(len(shape)), s.outp())
 }
 
 func (s *Scope) Transpose(a Tensor, d0, d1 int) Tensor {
 	if !s.ok("transpose", a) {
 		return Tensor{}
 	}
-	return s.run("transpose", func(out *uintptr) uintptr { return s.rt.transpose(a.h, int64(d0), int64(d1), out) })
+	return s.op("transpose", s.rt.sym.Transpose, a.h, uintptr(int64(d0)), uintptr(int64(d1)), s.outp())
 }
 
 func (s *Scope) Permute(a Tensor, dims ...int64) Tensor {
 	if !s.ok("permute", a) {
 		return Tensor{}
 	}
-	return s.run("permute", func(out *uintptr) uintptr { return s.rt.permute(a.h, shapePtr(dims), int64(len(dims)), out) })
+	return s.op("permute", s.rt.sym.Permute, a.h, s.dimsArg(dims), uintptr(len(dims)), s.outp())
 }
 
 // CopyInto copies src into dst in place (dst may be a view, e.g. a KV-cache slot).
@@ -254,21 +256,21 @@ func (s *Scope) CopyInto(dst, src Tensor) {
 	if !s.ok("copy_", dst, src) {
 		return
 	}
-	s.Fail(s.rt.check("copy_", s.rt.copyInto(dst.h, src.h)))
+	s.Fail(s.rt.call("copy_", s.rt.sym.Copy, dst.h, src.h))
 }
 
 func (s *Scope) Softmax(a Tensor, dim int) Tensor {
 	if !s.ok("softmax", a) {
 		return Tensor{}
 	}
-	return s.run("softmax", func(out *uintptr) uintptr { return s.rt.softmax(a.h, int64(dim), out) })
+	return s.op("softmax", s.rt.sym.Softmax, a.h, uintptr(int64(dim)), s.outp())
 }
 
 func (s *Scope) LogSoftmax(a Tensor, dim int) Tensor {
 	if !s.ok("log_softmax", a) {
 		return Tensor{}
 	}
-	return s.run("log_softmax", func(out *uintptr) uintptr { return s.rt.logSoftmax(a.h, int64(dim), out) })
+	return s.op("log_softmax", s.rt.sym.LogSoftmax, a.h, uintptr(int64(dim)), s.outp())
 }
 
 // Attention is softmax(q k^T * scale [softcapped] [masked]) v with grouped-query heads repeated.
@@ -281,7 +283,8 @@ func (s *Scope) Attention(q, k, v, mask Tensor, causal bool, scale, softcap floa
 	if causal {
 		c = 1
 	}
-	return s.run("attention", func(out *uintptr) uintptr { return s.rt.attention(q.h, k.h, v.h, mask.h, c, scale, softcap, out) })
+	s.f64[0], s.f64[1] = scale, softcap
+	return s.op("attention", s.rt.sym.Attention, q.h, k.h, v.h, mask.h, uintptr(c), ptr(&s.f64[0]), s.outp())
 }
 
 // TopK returns the k largest values and their indices along dim.
@@ -289,11 +292,11 @@ func (s *Scope) TopK(a Tensor, k int, dim int) (Tensor, Tensor) {
 	if !s.ok("topk", a) {
 		return Tensor{}, Tensor{}
 	}
-	var vals, idx uintptr
-	if err := s.rt.check("topk", s.rt.topk(a.h, int64(k), int64(dim), &vals, &idx)); err != nil {
+	if err := s.rt.call("topk", s.rt.sym.Topk, a.h, uintptr(int64(k)), uintptr(int64(dim)), ptr(&s.out[0]), ptr(&s.out[1])); err != nil {
 		s.err = err
 		return Tensor{}, Tensor{}
 	}
+	vals, idx := s.out[0], s.out[1]
 	s.owned = append(s.owned, vals, idx)
 	return Tensor{vals}, Tensor{idx}
 }
@@ -303,7 +306,7 @@ func (s *Scope) Multinomial(p Tensor, n int) Tensor {
 	if !s.ok("multinomial", p) {
 		return Tensor{}
 	}
-	return s.run("multinomial", func(out *uintptr) uintptr { return s.rt.multinomial(p.h, int64(n), out) })
+	return s.op("multinomial", s.rt.sym.Multinomial, p.h, uintptr(int64(n)), s.outp())
 }
 
 // Clone copies a tensor.
@@ -311,7 +314,7 @@ func (s *Scope) Clone(a Tensor) Tensor {
 	if !s.ok("clone", a) {
 		return Tensor{}
 	}
-	return s.run("clone", func(out *uintptr) uintptr { return s.rt.clone(a.h, out) })
+	return s.op("clone", s.rt.sym.Clone, a.h, s.outp())
 }
 
 // SetRequiresGrad marks a leaf tensor as a parameter autograd tracks.
@@ -323,7 +326,7 @@ func (s *Scope) SetRequiresGrad(t Tensor, on bool) {
 	if on {
 		f = 1
 	}
-	s.Fail(s.rt.check("requires_grad", s.rt.setRequiresGrad(t.h, f)))
+	s.Fail(s.rt.call("requires_grad", s.rt.sym.SetRequiresGrad, t.h, uintptr(f)))
 }
 
 // RequiresGrad reports whether autograd tracks t.
@@ -331,8 +334,8 @@ func (s *Scope) RequiresGrad(t Tensor) bool {
 	if !s.ok("requires_grad", t) {
 		return false
 	}
-	var v int64
-	s.Fail(s.rt.check("requires_grad", s.rt.requiresGrad(t.h, &v)))
+	s.Fail(s.rt.call("requires_grad", s.rt.sym.RequiresGrad, t.h, ptr(&s.i64[0])))
+	v := s.i64[0]
 	return v == 1
 }
 
@@ -341,7 +344,7 @@ func (s *Scope) Backward(t Tensor) {
 	if !s.ok("backward", t) {
 		return
 	}
-	s.Fail(s.rt.check("backward", s.rt.backward(t.h)))
+	s.Fail(s.rt.call("backward", s.rt.sym.Backward, t.h))
 }
 
 // Grad returns t's accumulated gradient, or the zero Tensor when there is none.
@@ -349,7 +352,7 @@ func (s *Scope) Grad(t Tensor) Tensor {
 	if !s.ok("grad", t) {
 		return Tensor{}
 	}
-	return s.run("grad", func(out *uintptr) uintptr { return s.rt.grad(t.h, out) })
+	return s.op("grad", s.rt.sym.Grad, t.h, s.outp())
 }
 
 // ClipGradNorm scales the gradients of params so their global L2 norm is at most maxNorm; returns the norm before.

@@ -26,7 +26,6 @@ type Runtime struct {
 
 	info            func(buf unsafe.Pointer, n int64) uintptr
 	freeString      func(s uintptr)
-	free            func(t uintptr)
 	setNumThreads   func(n int64) uintptr
 	getNumThreads   func() int64
 	manualSeed      func(seed uint64) uintptr
@@ -35,48 +34,10 @@ type Runtime struct {
 	cudaResetPeak   func(dev int64) uintptr
 	synchronize     func(dev int64) uintptr
 
-	fromData func(data unsafe.Pointer, dtype int64, shape *int64, ndim, devType, devIndex int64, out *uintptr) uintptr
-	fromBlob func(data unsafe.Pointer, dtype int64, shape *int64, ndim int64, out *uintptr) uintptr
-	full     func(shape *int64, ndim int64, value float64, dtype, devType, devIndex int64, out *uintptr) uintptr
-	randn    func(shape *int64, ndim int64, dtype, devType, devIndex int64, out *uintptr) uintptr
-	to       func(t uintptr, dtype, devType, devIndex int64, out *uintptr) uintptr
-	toHost   func(t uintptr, dst unsafe.Pointer, nbytes int64) uintptr
-	shape    func(t uintptr, dims *int64, cap int64, ndim *int64) uintptr
-	meta     func(t uintptr, dtype, devType, devIndex *int64) uintptr
-	item     func(t uintptr, out *float64) uintptr
-	shares   func(a, b uintptr, out *int64) uintptr
-	clone    func(t uintptr, out *uintptr) uintptr
+	sym symbols // hot entry points, called through purego.SyscallN (no reflection)
 
-	binary     func(op int64, a, b uintptr, out *uintptr) uintptr
-	unary      func(op int64, a uintptr, out *uintptr) uintptr
-	scalar     func(op int64, a uintptr, s float64, out *uintptr) uintptr
-	linear     func(x, w, b uintptr, out *uintptr) uintptr
-	where      func(c, a, b uintptr, out *uintptr) uintptr
-	maskedFill func(a, mask uintptr, v float64, out *uintptr) uintptr
-	reduce     func(op int64, a uintptr, dim, keepdim int64, out *uintptr) uintptr
-
-	embedding   func(w, ids uintptr, out *uintptr) uintptr
-	indexSelect func(a uintptr, dim int64, idx uintptr, out *uintptr) uintptr
-	gather      func(a uintptr, dim int64, idx uintptr, out *uintptr) uintptr
-	cat         func(ts *uintptr, n, dim int64, out *uintptr) uintptr
-	narrow      func(a uintptr, dim, start, n int64, out *uintptr) uintptr
-	reshape     func(a uintptr, shape *int64, ndim int64, out *uintptr) uintptr
-	expand      func(a uintptr, shape *int64, ndim int64, out *uintptr) uintptr
-	transpose   func(a uintptr, d0, d1 int64, out *uintptr) uintptr
-	permute     func(a uintptr, dims *int64, ndim int64, out *uintptr) uintptr
-	copyInto    func(dst, src uintptr) uintptr
-	softmax     func(a uintptr, dim int64, out *uintptr) uintptr
-	logSoftmax  func(a uintptr, dim int64, out *uintptr) uintptr
-	attention   func(q, k, v, mask uintptr, causal int64, scale, softcap float64, out *uintptr) uintptr
-	topk        func(a uintptr, k, dim int64, vals, idx *uintptr) uintptr
-	multinomial func(p uintptr, n int64, out *uintptr) uintptr
-
-	setRequiresGrad func(t uintptr, flag int64) uintptr
-	requiresGrad    func(t uintptr, out *int64) uintptr
-	backward        func(t uintptr) uintptr
-	grad            func(t uintptr, out *uintptr) uintptr
-	setGradEnabled  func(enabled int64) int64
-	clipGradNorm    func(ts *uintptr, n int64, maxNorm float64, total *float64) uintptr
+	setGradEnabled func(enabled int64) int64
+	clipGradNorm   func(ts *uintptr, n int64, maxNorm float64, total *float64) uintptr
 
 	adamwNew      func(ts *uintptr, n int64, lr, b1, b2, eps, wd float64, out *uintptr) uintptr
 	adamwStep     func(o uintptr) uintptr
@@ -145,25 +106,21 @@ func Open(path string) (*Runtime, error) {
 		ptr  any
 		name string
 	}{
-		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"}, {&r.free, "kt_free"},
+		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"},
 		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"},
 		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
 		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
-		{&r.fromData, "kt_from_data"}, {&r.fromBlob, "kt_from_blob"}, {&r.full, "kt_full"}, {&r.randn, "kt_randn"},
-		{&r.to, "kt_to"}, {&r.toHost, "kt_to_host"}, {&r.shape, "kt_shape"}, {&r.meta, "kt_meta"},
-		{&r.item, "kt_item"}, {&r.shares, "kt_shares_storage"}, {&r.clone, "kt_clone"},
-		{&r.binary, "kt_binary"}, {&r.unary, "kt_unary"}, {&r.scalar, "kt_scalar"}, {&r.linear, "kt_linear"},
-		{&r.where, "kt_where"}, {&r.maskedFill, "kt_masked_fill"}, {&r.reduce, "kt_reduce"},
-		{&r.embedding, "kt_embedding"}, {&r.indexSelect, "kt_index_select"}, {&r.gather, "kt_gather"},
-		{&r.cat, "kt_cat"}, {&r.narrow, "kt_narrow"}, {&r.reshape, "kt_reshape"}, {&r.expand, "kt_expand"},
-		{&r.transpose, "kt_transpose"}, {&r.permute, "kt_permute"}, {&r.copyInto, "kt_copy_"},
-		{&r.softmax, "kt_softmax"}, {&r.logSoftmax, "kt_log_softmax"}, {&r.attention, "kt_attention"},
-		{&r.topk, "kt_topk"}, {&r.multinomial, "kt_multinomial"},
-		{&r.setRequiresGrad, "kt_set_requires_grad"}, {&r.requiresGrad, "kt_requires_grad"},
-		{&r.backward, "kt_backward"}, {&r.grad, "kt_grad"}, {&r.setGradEnabled, "kt_set_grad_enabled"},
+		{&r.setGradEnabled, "kt_set_grad_enabled"},
 		{&r.clipGradNorm, "kt_clip_grad_norm"},
 		{&r.adamwNew, "kt_adamw_new"}, {&r.adamwStep, "kt_adamw_step"}, {&r.adamwZeroGrad, "kt_adamw_zero_grad"},
 		{&r.adamwSetLR, "kt_adamw_set_lr"}, {&r.adamwFree, "kt_adamw_free"},
+	}
+	for _, f := range r.sym.table() {
+		p, err := purego.Dlsym(lib, f.name)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: symbol %s missing: the shim is out of date; run `make setup`", path, f.name)
+		}
+		*f.addr = p
 	}
 	for _, f := range fns {
 		sym, err := purego.Dlsym(lib, f.name)

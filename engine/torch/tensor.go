@@ -124,6 +124,12 @@ func (t Tensor) Valid() bool { return t.h != 0 }
 // Close. Errors are sticky: after the first failure every op returns the zero Tensor and Err reports the failure,
 // so model code reads like straight-line math and checks once.
 type Scope struct {
+	out    [2]uintptr // result slots of shim calls
+	f64    [2]float64 // doubles passed by pointer
+	i64    [3]int64
+	dims   [16]int64 // shape arguments and results
+	hs     []uintptr // handle-list arguments
+	keep   any       // host buffer of the call in flight
 	rt     *Runtime
 	owned  []uintptr
 	err    error
@@ -209,16 +215,16 @@ func (s *Scope) Free(t Tensor) {
 	}
 }
 
-// run executes one shim call that yields a tensor.
-func (s *Scope) run(op string, call func(out *uintptr) uintptr) Tensor {
+// op executes one shim call whose last argument is s.outp() and which yields a tensor.
+func (s *Scope) op(op string, fn uintptr, args ...uintptr) Tensor {
 	if s.err != nil {
 		return Tensor{}
 	}
-	var out uintptr
-	if err := s.rt.check(op, call(&out)); err != nil {
+	if err := s.rt.call(op, fn, args...); err != nil {
 		s.err = err
 		return Tensor{}
 	}
+	out := s.out[0]
 	if out != 0 {
 		s.owned = append(s.owned, out)
 	}
@@ -239,11 +245,30 @@ func (s *Scope) ok(op string, ts ...Tensor) bool {
 	return true
 }
 
-func shapePtr(shape []int64) *int64 {
-	if len(shape) == 0 {
-		return nil
+// Pointers handed to the shim through purego.SyscallN must point into memory that cannot move: Go may copy a
+// goroutine's stack between taking an address and the call, so every argument buffer lives in the
+// heap-allocated Scope (or is pinned in s.keep).
+
+// dimsArg copies a shape into the scope's buffer.
+func (s *Scope) dimsArg(shape []int64) uintptr {
+	if len(shape) > len(s.dims) {
+		s.Fail(fmt.Errorf("torch: %d dimensions (at most %d)", len(shape), len(s.dims)))
+		return 0
 	}
-	return &shape[0]
+	copy(s.dims[:], shape)
+	return ptr(&s.dims[0])
+}
+
+// handlesArg copies tensor handles into the scope's buffer.
+func (s *Scope) handlesArg(hs []uintptr) uintptr {
+	s.hs = append(s.hs[:0], hs...)
+	return ptr(&s.hs[0])
+}
+
+// outp is where the shim writes a result handle: a field of the heap-allocated Scope, so it never moves.
+func (s *Scope) outp() uintptr {
+	s.out[0] = 0
+	return ptr(&s.out[0])
 }
 
 // FromData copies host data (a []float32, []int64, []int32, []uint16 (raw f16/bf16 bits), []byte or []bool)
@@ -252,7 +277,7 @@ func (s *Scope) FromData(data any, dtype DType, shape []int64, dev Device) Tenso
 	if s.err != nil {
 		return Tensor{}
 	}
-	ptr, nbytes := dataPtr(data)
+	p, nbytes := dataPtr(data)
 	want := dtype.Size()
 	for _, d := range shape {
 		want *= int(d)
@@ -262,13 +287,13 @@ func (s *Scope) FromData(data any, dtype DType, shape []int64, dev Device) Tenso
 		return Tensor{}
 	}
 	var scratch [1]byte
-	if ptr == nil {
-		ptr = unsafe.Pointer(&scratch[0])
+	if p == nil {
+		p = unsafe.Pointer(&scratch[0])
 	}
 	dt, di := dev.codes()
-	t := s.run("from_data", func(out *uintptr) uintptr {
-		return s.rt.fromData(ptr, int64(dtype), shapePtr(shape), int64(len(shape)), dt, di, out)
-	})
+	s.keep = data // forces the data onto the heap, where it cannot move during the call
+	t := s.op("from_data", s.rt.sym.FromData, uintptr(p), uintptr(dtype), s.dimsArg(shape), uintptr(len(shape)), uintptr(dt), uintptr(di), s.outp())
+	s.keep = nil
 	runtime.KeepAlive(data)
 	return t
 }
@@ -310,18 +335,15 @@ func dataPtr(data any) (unsafe.Pointer, int) {
 }
 
 // FromBlob wraps memory that is not Go's (an mmap'ed file) without copying. The memory must outlive the tensor.
-func (s *Scope) FromBlob(ptr unsafe.Pointer, dtype DType, shape []int64) Tensor {
-	return s.run("from_blob", func(out *uintptr) uintptr {
-		return s.rt.fromBlob(ptr, int64(dtype), shapePtr(shape), int64(len(shape)), out)
-	})
+func (s *Scope) FromBlob(p unsafe.Pointer, dtype DType, shape []int64) Tensor {
+	return s.op("from_blob", s.rt.sym.FromBlob, uintptr(p), uintptr(dtype), s.dimsArg(shape), uintptr(len(shape)), s.outp())
 }
 
 // Full makes a tensor filled with v.
 func (s *Scope) Full(shape []int64, v float64, dtype DType, dev Device) Tensor {
 	dt, di := dev.codes()
-	return s.run("full", func(out *uintptr) uintptr {
-		return s.rt.full(shapePtr(shape), int64(len(shape)), v, int64(dtype), dt, di, out)
-	})
+	s.f64[0] = v
+	return s.op("full", s.rt.sym.Full, s.dimsArg(shape), uintptr(len(shape)), ptr(&s.f64[0]), uintptr(dtype), uintptr(dt), uintptr(di), s.outp())
 }
 
 // Zeros makes a zero tensor.
@@ -332,9 +354,7 @@ func (s *Scope) Zeros(shape []int64, dtype DType, dev Device) Tensor {
 // Randn draws standard normal values from libtorch's generator (seeded by ManualSeed).
 func (s *Scope) Randn(shape []int64, dtype DType, dev Device) Tensor {
 	dt, di := dev.codes()
-	return s.run("randn", func(out *uintptr) uintptr {
-		return s.rt.randn(shapePtr(shape), int64(len(shape)), int64(dtype), dt, di, out)
-	})
+	return s.op("randn", s.rt.sym.Randn, s.dimsArg(shape), uintptr(len(shape)), uintptr(dtype), uintptr(dt), uintptr(di), s.outp())
 }
 
 // To converts dtype and/or device (returns a new handle; may share storage when nothing changes).
@@ -343,7 +363,7 @@ func (s *Scope) To(t Tensor, dtype DType, dev Device) Tensor {
 		return Tensor{}
 	}
 	dt, di := dev.codes()
-	return s.run("to", func(out *uintptr) uintptr { return s.rt.to(t.h, int64(dtype), dt, di, out) })
+	return s.op("to", s.rt.sym.To, t.h, uintptr(int64(dtype)), uintptr(dt), uintptr(di), s.outp())
 }
 
 // Shape returns the tensor's sizes.
@@ -351,13 +371,11 @@ func (s *Scope) Shape(t Tensor) []int64 {
 	if !s.ok("shape", t) {
 		return nil
 	}
-	var dims [16]int64
-	var n int64
-	if err := s.rt.check("shape", s.rt.shape(t.h, &dims[0], 16, &n)); err != nil {
+	if err := s.rt.call("shape", s.rt.sym.Shape, t.h, ptr(&s.dims[0]), uintptr(len(s.dims)), ptr(&s.i64[0])); err != nil {
 		s.err = err
 		return nil
 	}
-	return append([]int64(nil), dims[:n]...)
+	return append([]int64(nil), s.dims[:min(int(s.i64[0]), len(s.dims))]...)
 }
 
 // DType returns the tensor's element type.
@@ -371,15 +389,14 @@ func (s *Scope) Meta(t Tensor) (DType, Device) {
 	if !s.ok("meta", t) {
 		return 0, CPU
 	}
-	var dt, devType, devIndex int64
-	if err := s.rt.check("meta", s.rt.meta(t.h, &dt, &devType, &devIndex)); err != nil {
+	if err := s.rt.call("meta", s.rt.sym.Meta, t.h, ptr(&s.i64[0]), ptr(&s.i64[1]), ptr(&s.i64[2])); err != nil {
 		s.err = err
 		return 0, CPU
 	}
-	if devType == 1 {
-		return DType(dt), Device{CUDA: true, Index: int(devIndex)}
+	if s.i64[1] == 1 {
+		return DType(s.i64[0]), Device{CUDA: true, Index: int(s.i64[2])}
 	}
-	return DType(dt), CPU
+	return DType(s.i64[0]), CPU
 }
 
 // Item reads a one-element tensor.
@@ -387,9 +404,8 @@ func (s *Scope) Item(t Tensor) float64 {
 	if !s.ok("item", t) {
 		return 0
 	}
-	var v float64
-	s.Fail(s.rt.check("item", s.rt.item(t.h, &v)))
-	return v
+	s.Fail(s.rt.call("item", s.rt.sym.Item, t.h, ptr(&s.f64[0])))
+	return s.f64[0]
 }
 
 // SharesStorage reports whether two tensors start at the same memory.
@@ -397,9 +413,8 @@ func (s *Scope) SharesStorage(a, b Tensor) bool {
 	if !s.ok("shares_storage", a, b) {
 		return false
 	}
-	var v int64
-	s.Fail(s.rt.check("shares_storage", s.rt.shares(a.h, b.h, &v)))
-	return v == 1
+	s.Fail(s.rt.call("shares_storage", s.rt.sym.SharesStorage, a.h, b.h, ptr(&s.i64[0])))
+	return s.i64[0] == 1
 }
 
 // CopyToHost copies t (converted to the dtype dst implies) into dst, which must have exactly t's element count.
@@ -428,11 +443,13 @@ func (s *Scope) CopyToHost(t Tensor, dst any) {
 	if dt, _ := s.Meta(t); dt != want {
 		t = s.To(t, want, CPU)
 	}
-	ptr, n := dataPtr(dst)
-	if s.err != nil || ptr == nil {
+	p, n := dataPtr(dst)
+	if s.err != nil || p == nil {
 		return
 	}
-	s.Fail(s.rt.check("to_host", s.rt.toHost(t.h, ptr, int64(n))))
+	s.keep = dst // forces the destination onto the heap, where it cannot move during the call
+	s.Fail(s.rt.call("to_host", s.rt.sym.ToHost, t.h, uintptr(p), uintptr(n)))
+	s.keep = nil
 	runtime.KeepAlive(dst)
 }
 

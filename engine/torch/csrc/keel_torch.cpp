@@ -188,9 +188,9 @@ char *kt_from_blob(void *data, int64_t dtype, const int64_t *shape, int64_t ndim
   KT_CATCH
 }
 
-char *kt_full(const int64_t *shape, int64_t ndim, double value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
+char *kt_full(const int64_t *shape, int64_t ndim, const double *value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out) {
   KT_TRY
-  *out = wrap(at::full(dims(shape, ndim), value, at::TensorOptions().dtype(scalar_type(dtype)).device(device(dev_type, dev_index))));
+  *out = wrap(at::full(dims(shape, ndim), *value, at::TensorOptions().dtype(scalar_type(dtype)).device(device(dev_type, dev_index))));
   KT_CATCH
 }
 
@@ -298,9 +298,10 @@ char *kt_unary(int64_t op, kt_tensor a, kt_tensor *out) {
   KT_CATCH
 }
 
-char *kt_scalar(int64_t op, kt_tensor a, double s, kt_tensor *out) {
+char *kt_scalar(int64_t op, kt_tensor a, const double *sp, kt_tensor *out) {
   KT_TRY
   auto &x = T(a);
+  double s = *sp;
   switch (op) {
     case KT_SADD: *out = wrap(x + s); break;
     case KT_SMUL: *out = wrap(x * s); break;
@@ -330,9 +331,9 @@ char *kt_where(kt_tensor cond, kt_tensor a, kt_tensor b, kt_tensor *out) {
   KT_CATCH
 }
 
-char *kt_masked_fill(kt_tensor a, kt_tensor mask, double value, kt_tensor *out) {
+char *kt_masked_fill(kt_tensor a, kt_tensor mask, const double *value, kt_tensor *out) {
   KT_TRY
-  *out = wrap(T(a).masked_fill(T(mask), value));
+  *out = wrap(T(a).masked_fill(T(mask), *value));
   KT_CATCH
 }
 
@@ -426,8 +427,9 @@ char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out) {
   KT_CATCH
 }
 
-char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, double scale, double softcap, kt_tensor *out) {
+char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out) {
   KT_TRY
+  double scale = scale_softcap[0], softcap = scale_softcap[1];
   auto &Q = T(q);
   if (Q.dim() != 4 || T(k).dim() != 4 || T(v).dim() != 4) throw std::invalid_argument("attention expects 4-d q, k, v");
   int64_t heads = Q.size(1);

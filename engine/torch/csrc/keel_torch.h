@@ -4,6 +4,8 @@
  * - A tensor handle (kt_tensor) owns one at::Tensor reference; release it with kt_free.
  * - Every entry point that can fail returns NULL on success or a malloc'd error message the caller
  *   releases with kt_free_string. Results come back through out-parameters. No entry point throws or aborts.
+ * - Hot entry points take only integers and pointers (doubles by pointer) so Go can call them without
+ *   reflection; the rest take doubles by value.
  * - Dtype codes: see KT_* below. Device: type 0 = CPU, 1 = CUDA; index -1 = current.
  */
 #ifndef KEEL_TORCH_H
@@ -32,7 +34,7 @@ char *kt_synchronize(int64_t device);
 /* creation and transfer */
 char *kt_from_data(const void *data, int64_t dtype, const int64_t *shape, int64_t ndim, int64_t dev_type, int64_t dev_index, kt_tensor *out);
 char *kt_from_blob(void *data, int64_t dtype, const int64_t *shape, int64_t ndim, kt_tensor *out);
-char *kt_full(const int64_t *shape, int64_t ndim, double value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
+char *kt_full(const int64_t *shape, int64_t ndim, const double *value, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
 char *kt_randn(const int64_t *shape, int64_t ndim, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
 char *kt_to(kt_tensor t, int64_t dtype, int64_t dev_type, int64_t dev_index, kt_tensor *out);
 char *kt_to_host(kt_tensor t, void *dst, int64_t nbytes);
@@ -48,10 +50,10 @@ char *kt_binary(int64_t op, kt_tensor a, kt_tensor b, kt_tensor *out);
 enum { KT_NEG = 0, KT_EXP, KT_LOG, KT_SQRT, KT_RSQRT, KT_TANH, KT_SILU, KT_GELU_TANH, KT_GELU, KT_SIGMOID, KT_RELU, KT_ABS, KT_SQUARE, KT_SIN, KT_COS, KT_CONTIGUOUS, KT_DETACH, KT_LOGICAL_NOT };
 char *kt_unary(int64_t op, kt_tensor a, kt_tensor *out);
 enum { KT_SADD = 0, KT_SMUL, KT_SPOW, KT_SCLAMP_MIN, KT_SCLAMP_MAX, KT_SRSUB, KT_SDIV };
-char *kt_scalar(int64_t op, kt_tensor a, double s, kt_tensor *out);
+char *kt_scalar(int64_t op, kt_tensor a, const double *s, kt_tensor *out);
 char *kt_linear(kt_tensor x, kt_tensor w, kt_tensor b /* nullable */, kt_tensor *out);
 char *kt_where(kt_tensor cond, kt_tensor a, kt_tensor b, kt_tensor *out);
-char *kt_masked_fill(kt_tensor a, kt_tensor mask, double value, kt_tensor *out);
+char *kt_masked_fill(kt_tensor a, kt_tensor mask, const double *value, kt_tensor *out);
 
 /* reductions: dim = KT_ALL_DIMS reduces everything */
 #define KT_ALL_DIMS (-1000)
@@ -74,7 +76,7 @@ char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
 
 /* attention: q [B,H,T,D], k/v [B,Hkv,S,D] (Hkv divides H); mask nullable, bool [B|1,1,T,S], true = attend.
  * softcap > 0 applies cap*tanh(scores/cap) before masking (Gemma 2) and forces the explicit path. */
-char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, double scale, double softcap, kt_tensor *out);
+char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out);
 
 /* sampling helpers */
 char *kt_topk(kt_tensor a, int64_t k, int64_t dim, kt_tensor *values, kt_tensor *indices);

@@ -1,0 +1,37 @@
+# keel: `make demo` and `make test` are the two commands a fresh machine needs.
+SHELL := /bin/bash
+GO ?= go
+export CGO_ENABLED := 0
+export PATH := $(PATH):/usr/local/go/bin
+FIXTURES ?= $(if $(KEEL_FIXTURES),$(KEEL_FIXTURES),../shared/fixtures)
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all setup build demo test vet bench-decode clean
+
+all: build
+
+# Installs what is missing (libtorch through apt on Debian/Ubuntu, unless LIBTORCH or python's torch is there)
+# and compiles the libtorch shim into build/.
+setup:
+	@command -v $(GO) >/dev/null || { echo "keel setup: Go is missing: install Go 1.26 (https://go.dev/dl) and retry" >&2; exit 1; }
+	@bash scripts/setup.sh
+
+build: setup
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/keel ./cmd/keel
+
+demo: build
+	@[ -f build/stories260k/config.json ] || bin/keel convert llama2c $(FIXTURES)/stories260k/stories260K.bin $(FIXTURES)/stories260k/tok512.bin build/stories260k
+	bin/keel generate --model build/stories260k --max-tokens 256
+
+vet:
+	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui)" || { gofmt -l cmd engine steer train probes sessions tui; echo "gofmt: files above need formatting" >&2; exit 1; }
+	$(GO) vet ./...
+
+test: build vet
+	$(GO) test -count=1 -timeout 30m ./...
+
+bench-decode: build
+	bin/keel bench decode
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,2 @@
+// Package sessions records chats with their activations, replays them and exports them.
+package sessions
