@@ -138,6 +138,11 @@ type Scope struct {
 }
 
 // NewScope makes an empty scope.
+//
+// It is never inlined: the shim writes results into the Scope's fields through addresses Go cannot track, so
+// the Scope must live on the heap (which never moves), and returning it from a real call guarantees that.
+//
+//go:noinline
 func (r *Runtime) NewScope() *Scope { return &Scope{rt: r} }
 
 // Runtime is the runtime the scope's ops run on.
