@@ -143,7 +143,11 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 					return nil, fmt.Errorf("intervention %d (capture, layer %d): no vectors to project on", i, iv.Layer)
 				}
 				c.width = len(iv.Vectors)
-				c.dirs = s.Contiguous(s.Transpose(upload(iv.Vectors, 1), 0, 1))
+				u := upload(iv.Vectors, 1)
+				c.dirs = s.Contiguous(s.Transpose(u, 0, 1))
+				if c.width == 1 {
+					c.row = s.Reshape(u, int64(d))
+				}
 			}
 		case Add, Cap:
 			if len(iv.Vectors) != 1 {
@@ -189,20 +193,18 @@ func (m *Model) applyHooks(s *torch.Scope, hooks []compiledHook, h Tensor, out [
 		case Capture:
 			if c.Full {
 				out = append(out, yield{c, h})
+			} else if c.width == 1 {
+				// One direction: multiply and sum, which avoids BLAS's per-call cost on a [.., D] x [D, 1] product.
+				out = append(out, yield{c, s.Sum(s.Mul(h, c.row), -1, true)})
 			} else {
 				out = append(out, yield{c, s.Matmul(h, c.dirs)})
 			}
 		case Add:
 			h = s.Add(h, c.row)
 		case Cap:
-			excess := s.AddScalar(s.Matmul(h, c.dirs), -c.Tau) // <h,u> - tau, [B, T, 1]
-			if c.Ceiling {
-				excess = s.ClampMin(excess, 0)
-			} else {
-				excess = s.ClampMax(excess, 0)
-			}
-			h = s.Sub(h, s.Mul(excess, c.row))
-			out = append(out, yield{c, s.Neg(excess)})
+			var moved Tensor
+			h, moved = s.Cap(h, c.dirs, c.row, c.Tau, c.Ceiling)
+			out = append(out, yield{c, moved})
 		}
 	}
 	return h, out

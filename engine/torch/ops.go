@@ -301,6 +301,27 @@ func (s *Scope) TopK(a Tensor, k int, dim int) (Tensor, Tensor) {
 	return Tensor{vals}, Tensor{idx}
 }
 
+// Cap bounds <h, u> at tau along the unit vector u (given as uCol [D, 1] and uRow [D]): a floor, or a ceiling.
+// It returns the new h and the signed amount h moved along u per position ([.., 1]; 0 where the cap was inactive).
+func (s *Scope) Cap(h, uCol, uRow Tensor, tau float64, ceiling bool) (Tensor, Tensor) {
+	if !s.ok("cap", h, uCol, uRow) {
+		return Tensor{}, Tensor{}
+	}
+	c := uintptr(0)
+	if ceiling {
+		c = 1
+	}
+	s.f64[0] = tau
+	s.out[0], s.out[1] = 0, 0
+	if err := s.rt.call("cap", s.rt.sym.Cap, h.h, uCol.h, uRow.h, ptr(&s.f64[0]), c, ptr(&s.out[0]), ptr(&s.out[1])); err != nil {
+		s.err = err
+		return Tensor{}, Tensor{}
+	}
+	out, moved := s.out[0], s.out[1]
+	s.owned = append(s.owned, out, moved)
+	return Tensor{out}, Tensor{moved}
+}
+
 // Multinomial draws n indices per row from probabilities.
 func (s *Scope) Multinomial(p Tensor, n int) Tensor {
 	if !s.ok("multinomial", p) {

@@ -43,6 +43,7 @@ type symbols struct {
 	LogSoftmax      uintptr
 	Attention       uintptr
 	Topk            uintptr
+	Cap             uintptr
 	Multinomial     uintptr
 	SetRequiresGrad uintptr
 	RequiresGrad    uintptr
@@ -90,6 +91,7 @@ func (s *symbols) table() []symbolRef {
 		{"kt_log_softmax", &s.LogSoftmax},
 		{"kt_attention", &s.Attention},
 		{"kt_topk", &s.Topk},
+		{"kt_cap", &s.Cap},
 		{"kt_multinomial", &s.Multinomial},
 		{"kt_set_requires_grad", &s.SetRequiresGrad},
 		{"kt_requires_grad", &s.RequiresGrad},

@@ -459,6 +459,18 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
   KT_CATCH
 }
 
+char *kt_cap(kt_tensor h, kt_tensor u_col, kt_tensor u_row, const double *tau, int64_t ceiling, kt_tensor *h_out, kt_tensor *moved) {
+  KT_TRY
+  // A multiply-and-sum, not a matmul: for one direction it skips BLAS's per-call threading cost.
+  (void)u_col;
+  auto excess = (T(h) * T(u_row)).sum(-1, true) - *tau;
+  excess = ceiling != 0 ? at::clamp_min(excess, 0) : at::clamp_max(excess, 0);
+  auto out = T(h) - excess * T(u_row);
+  *moved = wrap(at::neg(excess));
+  *h_out = wrap(std::move(out));
+  KT_CATCH
+}
+
 char *kt_topk(kt_tensor a, int64_t k, int64_t dim, kt_tensor *values, kt_tensor *indices) {
   KT_TRY
   auto r = at::topk(T(a), k, dim);
