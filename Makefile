@@ -6,7 +6,7 @@ export PATH := $(PATH):/usr/local/go/bin
 FIXTURES ?= $(if $(KEEL_FIXTURES),$(KEEL_FIXTURES),../shared/fixtures)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all setup build demo test vet bench-decode clean
+.PHONY: all setup build demo test vet bench-decode device-bundle clean
 
 all: build
 
@@ -32,6 +32,11 @@ test: build vet
 
 bench-decode: build
 	bin/keel bench decode
+
+# The keel binary scripts/device-check.sh runs on a GPU machine without Go (carried in .device/).
+device-bundle:
+	mkdir -p .device
+	GOOS=linux GOARCH=amd64 $(GO) build -ldflags "-X main.version=$(VERSION)" -o .device/keel ./cmd/keel
 
 clean:
 	rm -rf bin build

@@ -41,21 +41,39 @@ else
 fi
 
 cuda=""
-if [ -e "$lib/libtorch_cuda.so" ]; then cuda="-DKEEL_WITH_CUDA -ltorch_cuda -lc10_cuda"; fi
+stats=""
+if [ -e "$lib/libtorch_cuda.so" ]; then
+  cuda="-ltorch_cuda -lc10_cuda"
+  stats="-DKEEL_WITH_CUDA"
+  for d in "${CUDA_HOME:-}" /usr/local/cuda; do
+    if [ -n "$d" ] && [ -d "$d/include" ]; then stats="$stats -I$d/include"; break; fi
+  done
+fi
 
 bench_src=engine/torch/csrc/bench/decode_bench.cpp
-stamp="$src_desc|$cuda|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" | sha256sum | cut -c1-16)"
-if [ -f "$out" ] && [ -f build/keel-decode-bench ] && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
+stamp="$src_desc|$cuda|$stats|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" | sha256sum | cut -c1-16)"
+have_bench() { [ -n "${KEEL_SKIP_BENCH:-}" ] || [ -f build/keel-decode-bench ]; }
+if [ -f "$out" ] && have_bench && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
   exit 0
 fi
 echo "keel setup: compiling the libtorch shim against $src_desc${cuda:+ (CUDA)}" >&2
 # shellcheck disable=SC2086
-g++ -O2 -std=$std -shared -fPIC $abi $inc -Wno-deprecated-declarations "$src" -o "$out.tmp" \
-  -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
-mv "$out.tmp" "$out"
-# The C++ reference for `keel bench decode`, built against the same libtorch.
+compile_shim() {
+  # shellcheck disable=SC2086
+  g++ -O2 -std=$std -shared -fPIC $abi $inc "$@" -Wno-deprecated-declarations "$src" -o "$out.tmp" \
+    -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+}
+# CUDA memory statistics need the CUDA runtime's headers; without them the shim still runs on CUDA.
 # shellcheck disable=SC2086
-g++ -O2 -std=$std $abi $inc -Wno-deprecated-declarations "$bench_src" -o build/keel-decode-bench \
+if ! compile_shim $stats; then
+  [ -n "$stats" ] || exit 1
+  echo "keel setup: retrying without CUDA memory statistics (CUDA headers not usable)" >&2
+  compile_shim
+fi
+mv "$out.tmp" "$out"
+# The C++ reference for `keel bench decode`, built against the same libtorch (KEEL_SKIP_BENCH=1 skips it).
+# shellcheck disable=SC2086
+[ -n "${KEEL_SKIP_BENCH:-}" ] || g++ -O2 -std=$std $abi $inc -Wno-deprecated-declarations "$bench_src" -o build/keel-decode-bench \
   -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 echo "$stamp" > build/shim.stamp
 echo "$lib" > build/libtorch.path

@@ -24,6 +24,7 @@ func commands() []command {
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert},
 		{"bench", "benchmarks (bench decode)", runBench},
 		{"info", "show the libtorch runtime keel uses", runInfo},
+		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck},
 		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }},
 	}
 }

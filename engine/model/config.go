@@ -54,34 +54,36 @@ func (l *IntList) UnmarshalJSON(b []byte) error {
 
 // Config is the subset of config.json the supported architectures use.
 type Config struct {
-	Architectures         []string     `json:"architectures"`
-	ModelType             string       `json:"model_type,omitempty"`
-	HiddenSize            int          `json:"hidden_size"`
-	IntermediateSize      int          `json:"intermediate_size"`
-	NumHiddenLayers       int          `json:"num_hidden_layers"`
-	NumAttentionHeads     int          `json:"num_attention_heads"`
-	NumKeyValueHeads      int          `json:"num_key_value_heads"`
-	HeadDim               int          `json:"head_dim,omitempty"`
-	VocabSize             int          `json:"vocab_size"`
-	RMSNormEps            float64      `json:"rms_norm_eps"`
-	RopeTheta             float64      `json:"rope_theta"`
-	RopeScaling           *RopeScaling `json:"rope_scaling,omitempty"`
-	MaxPositionEmbeddings int          `json:"max_position_embeddings"`
-	TieWordEmbeddings     *bool        `json:"tie_word_embeddings,omitempty"`
-	AttentionBias         bool         `json:"attention_bias,omitempty"`
-	MLPBias               bool         `json:"mlp_bias,omitempty"`
-	HiddenAct             string       `json:"hidden_act,omitempty"`
-	HiddenActivation      string       `json:"hidden_activation,omitempty"`
-	SlidingWindow         *int         `json:"sliding_window,omitempty"`
-	UseSlidingWindow      *bool        `json:"use_sliding_window,omitempty"`
-	QueryPreAttnScalar    float64      `json:"query_pre_attn_scalar,omitempty"`
-	AttnLogitSoftcapping  *float64     `json:"attn_logit_softcapping,omitempty"`
-	FinalLogitSoftcapping *float64     `json:"final_logit_softcapping,omitempty"`
-	LayerTypes            []string     `json:"layer_types,omitempty"`
-	TorchDType            string       `json:"torch_dtype,omitempty"`
-	BOSTokenID            *int         `json:"bos_token_id,omitempty"`
-	EOSTokenID            IntList      `json:"eos_token_id,omitempty"`
-	PadTokenID            *int         `json:"pad_token_id,omitempty"`
+	Architectures     []string     `json:"architectures"`
+	ModelType         string       `json:"model_type,omitempty"`
+	HiddenSize        int          `json:"hidden_size"`
+	IntermediateSize  int          `json:"intermediate_size"`
+	NumHiddenLayers   int          `json:"num_hidden_layers"`
+	NumAttentionHeads int          `json:"num_attention_heads"`
+	NumKeyValueHeads  int          `json:"num_key_value_heads"`
+	HeadDim           int          `json:"head_dim,omitempty"`
+	VocabSize         int          `json:"vocab_size"`
+	RMSNormEps        float64      `json:"rms_norm_eps"`
+	RopeTheta         float64      `json:"rope_theta"`
+	RopeScaling       *RopeScaling `json:"rope_scaling,omitempty"`
+	// RopeParameters is transformers 5's spelling: rope_theta and the scaling in one dict (or one per layer type).
+	RopeParameters        json.RawMessage `json:"rope_parameters,omitempty"`
+	MaxPositionEmbeddings int             `json:"max_position_embeddings"`
+	TieWordEmbeddings     *bool           `json:"tie_word_embeddings,omitempty"`
+	AttentionBias         bool            `json:"attention_bias,omitempty"`
+	MLPBias               bool            `json:"mlp_bias,omitempty"`
+	HiddenAct             string          `json:"hidden_act,omitempty"`
+	HiddenActivation      string          `json:"hidden_activation,omitempty"`
+	SlidingWindow         *int            `json:"sliding_window,omitempty"`
+	UseSlidingWindow      *bool           `json:"use_sliding_window,omitempty"`
+	QueryPreAttnScalar    float64         `json:"query_pre_attn_scalar,omitempty"`
+	AttnLogitSoftcapping  *float64        `json:"attn_logit_softcapping,omitempty"`
+	FinalLogitSoftcapping *float64        `json:"final_logit_softcapping,omitempty"`
+	LayerTypes            []string        `json:"layer_types,omitempty"`
+	TorchDType            string          `json:"torch_dtype,omitempty"`
+	BOSTokenID            *int            `json:"bos_token_id,omitempty"`
+	EOSTokenID            IntList         `json:"eos_token_id,omitempty"`
+	PadTokenID            *int            `json:"pad_token_id,omitempty"`
 }
 
 // ReadConfig loads and checks dir/config.json.
@@ -139,6 +141,9 @@ func (c *Config) check() error {
 	}
 	if c.RMSNormEps == 0 {
 		c.RMSNormEps = 1e-6
+	}
+	if err := c.readRopeParameters(); err != nil {
+		return err
 	}
 	if c.RopeTheta == 0 {
 		c.RopeTheta = 10000
@@ -205,4 +210,51 @@ func ReadGenerationConfig(dir string) (*GenerationConfig, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	return &g, nil
+}
+
+// readRopeParameters folds transformers 5's rope_parameters into RopeTheta and RopeScaling.
+func (c *Config) readRopeParameters() error {
+	if len(c.RopeParameters) == 0 || string(c.RopeParameters) == "null" {
+		return nil
+	}
+	var flat map[string]json.RawMessage
+	if err := json.Unmarshal(c.RopeParameters, &flat); err != nil {
+		return fmt.Errorf("rope_parameters: %v", err)
+	}
+	raw := c.RopeParameters
+	if _, ok := flat["rope_type"]; !ok {
+		if _, ok := flat["rope_theta"]; !ok {
+			// One dict per layer type: keel applies one RoPE to every layer, so they must agree.
+			var first json.RawMessage
+			for _, k := range []string{"full_attention", "sliding_attention"} {
+				v, ok := flat[k]
+				if !ok {
+					continue
+				}
+				if first != nil && string(first) != string(v) {
+					return fmt.Errorf("rope_parameters differ between layer types; keel supports one RoPE for all layers")
+				}
+				first = v
+			}
+			if first == nil {
+				return fmt.Errorf("rope_parameters has neither rope_type nor per-layer-type entries")
+			}
+			raw = first
+		}
+	}
+	var p struct {
+		RopeScaling
+		RopeTheta float64 `json:"rope_theta"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return fmt.Errorf("rope_parameters: %v", err)
+	}
+	if p.RopeTheta > 0 {
+		c.RopeTheta = p.RopeTheta
+	}
+	if k := p.RopeScaling.Kind(); k != "default" {
+		rs := p.RopeScaling
+		c.RopeScaling = &rs
+	}
+	return nil
 }

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// `keel devcheck` is the keel side of scripts/device-check.sh: it runs checkpoints on the device on given token
+// ids and writes raw results for the script to compare with Hugging Face transformers.
+func runDevcheck(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny [flags]")}
+	}
+	switch args[0] {
+	case "forward":
+		return devForward(args[1:], stdout, stderr)
+	case "generate":
+		return devGenerate(args[1:], stdout, stderr)
+	case "decode":
+		return devDecode(args[1:], stdout, stderr)
+	case "tiny":
+		return devTiny(args[1:], stdout, stderr)
+	}
+	return usageError{fmt.Errorf("unknown devcheck %q: forward, generate or decode", args[0])}
+}
+
+func parseIDs(s string) ([]int, error) {
+	var ids []int
+	for _, f := range strings.Split(s, ",") {
+		id, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("bad --ids %q: want comma-separated token ids", s)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
+	dev, err := torch.ParseDevice(mf.device)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	dt, err := torch.ParseDType(mf.dtype)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := model.ReadConfig(mf.dir)
+	if err != nil {
+		return nil, err
+	}
+	return model.LoadWeights(rt, mf.dir, cfg, model.Options{Device: dev, DType: dt})
+}
+
+func writeF32(path string, xs []float32) error {
+	b := make([]byte, 4*len(xs))
+	for i, x := range xs {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func readF32(path string) ([]float32, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)%4 != 0 {
+		return nil, fmt.Errorf("%s: %d bytes is not a whole number of float32s", path, len(b))
+	}
+	xs := make([]float32, len(b)/4)
+	for i := range xs {
+		xs[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return xs, nil
+}
+
+// devForward writes, for each sequence k of --ids ("1,2,3;4,5,6"), PREFIX.k.logits.f32 [T, V] and
+// PREFIX.k.hidden.f32 [L, T, D] (the output of every decoder layer); one process serves many sequences.
+func devForward(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck forward", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	idsFlag := fs.String("ids", "", "token ids: comma-separated, sequences separated by ';'")
+	out := fs.String("out", "", "output path prefix")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var seqs [][]int
+	for _, part := range strings.Split(*idsFlag, ";") {
+		ids, err := parseIDs(part)
+		if err != nil {
+			return usageError{err}
+		}
+		seqs = append(seqs, ids)
+	}
+	m, err := loadWeightsOnly(&mf)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	var hooks []model.Intervention
+	for l := 0; l < m.NumLayers(); l++ {
+		hooks = append(hooks, model.Intervention{Layer: l, Kind: model.Capture, Full: true})
+	}
+	var metas []map[string]int
+	for k, ids := range seqs {
+		tf, err := m.TeacherForce([][]int{ids}, model.NewHooks(hooks...), nil)
+		if err != nil {
+			return err
+		}
+		logits, err := m.Logits(ids, nil)
+		if err != nil {
+			return err
+		}
+		L, T, D := m.NumLayers(), len(ids), m.HiddenSize()
+		hidden := make([]float32, 0, L*T*D)
+		for l := 0; l < L; l++ {
+			for t := 0; t < T; t++ {
+				hidden = append(hidden, tf.Records[0][t][l].Values...)
+			}
+		}
+		prefix := fmt.Sprintf("%s.%d", *out, k)
+		if err := writeF32(prefix+".logits.f32", logits); err != nil {
+			return err
+		}
+		if err := writeF32(prefix+".hidden.f32", hidden); err != nil {
+			return err
+		}
+		metas = append(metas, map[string]int{"T": T, "V": m.Config.VocabSize, "L": L, "D": D})
+	}
+	return json.NewEncoder(stdout).Encode(metas)
+}
+
+// devGenerate runs greedy generation with caps (floor at --tau along --vector on --cap-layers) and steering
+// (--steer-coeff times --vector at --steer-layer), printing the ids.
+func devGenerate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck generate", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	idsFlag := fs.String("ids", "", "comma-separated prompt token ids")
+	maxTokens := fs.Int("max-tokens", 64, "tokens to generate")
+	vecPath := fs.String("vector", "", "raw float32 file of one unit vector (hidden size values)")
+	capLayers := fs.String("cap-layers", "", "comma-separated layers to cap")
+	tau := fs.Float64("tau", 0, "cap threshold (floor on <h, u>)")
+	steerLayer := fs.Int("steer-layer", -1, "layer to steer (-1 = none)")
+	steerCoeff := fs.Float64("steer-coeff", 0, "steering coefficient")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ids, err := parseIDs(*idsFlag)
+	if err != nil {
+		return usageError{err}
+	}
+	m, err := loadWeightsOnly(&mf)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	var hooks []model.Intervention
+	if *vecPath != "" {
+		u, err := readF32(*vecPath)
+		if err != nil {
+			return err
+		}
+		if *steerLayer >= 0 {
+			hooks = append(hooks, model.Intervention{Layer: *steerLayer, Kind: model.Add, Vectors: [][]float32{u}, Coeff: *steerCoeff})
+		}
+		if *capLayers != "" {
+			layers, err := parseIDs(*capLayers)
+			if err != nil {
+				return usageError{err}
+			}
+			for _, l := range layers {
+				hooks = append(hooks, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{u}, Tau: *tau})
+			}
+		}
+	}
+	res, err := m.Generate(context.Background(), [][]int{ids}, model.GenerateConfig{MaxTokens: *maxTokens, EOS: []int{-1}, Hooks: model.NewHooks(hooks...)})
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(map[string]any{"ids": res[0].IDs})
+}
+
+// devDecode measures decode tokens/s and peak device memory on a random model of a benchmark shape, with hooks
+// off and with captures on every layer + caps on 8 layers.
+func devDecode(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck decode", stderr)
+	shape := fs.String("shape", "llama-1b", "benchmark shape (5m, llama-1b)")
+	device := fs.String("device", "cuda", "device")
+	dtypeName := fs.String("dtype", "bf16", "dtype")
+	prompt := fs.Int("prompt", 16, "prompt tokens")
+	tokens := fs.Int("tokens", 128, "decode tokens")
+	reps := fs.Int("reps", 3, "runs of each variant (median)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, ok := benchShapes()[*shape]
+	if !ok {
+		return usageError{fmt.Errorf("unknown shape %q", *shape)}
+	}
+	dev, err := torch.ParseDevice(*device)
+	if err != nil {
+		return usageError{err}
+	}
+	dt, err := torch.ParseDType(*dtypeName)
+	if err != nil {
+		return usageError{err}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	m, err := model.NewRandom(rt, cfg, model.Options{Device: dev, DType: dt}, 42)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	res := map[string]float64{}
+	peak := func() float64 {
+		if !dev.CUDA {
+			return 0
+		}
+		_, p, _, err := rt.CUDAMemory(dev.Index)
+		if err != nil {
+			return -1
+		}
+		return float64(p)
+	}
+	for _, v := range []struct {
+		name  string
+		hooks *model.Hooks
+	}{{"plain", nil}, {"hooks", benchHooks(m)}} {
+		if dev.CUDA {
+			rt.CUDAResetPeak(dev.Index)
+		}
+		var rates []float64
+		start := time.Now()
+		decodeRate(m, v.hooks, *prompt, 8) // warm-up (kernels, allocator)
+		for r := 0; r < *reps; r++ {
+			tps, err := decodeRate(m, v.hooks, *prompt, *tokens)
+			if err != nil {
+				return err
+			}
+			rates = append(rates, tps)
+		}
+		res["tok_s_"+v.name] = median(rates)
+		res["peak_bytes_"+v.name] = peak()
+		res["seconds_"+v.name] = time.Since(start).Seconds()
+	}
+	return json.NewEncoder(stdout).Encode(res)
+}
+
+// devTiny writes keel's own random-weight tiny checkpoint of every architecture (DIR/NAME), for the script's
+// dry run on machines without transformers.
+func devTiny(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck tiny", stderr)
+	out := fs.String("out", "", "output folder")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageError{fmt.Errorf("--out DIR is required")}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	for name, cfg := range model.TinyConfigs() {
+		m, err := model.NewRandom(rt, cfg, model.Options{}, 42)
+		if err != nil {
+			return err
+		}
+		err = m.Save(filepath.Join(*out, name), torch.Float32)
+		m.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""keel's device check, driven by scripts/device-check.sh: keel on CUDA against Hugging Face transformers.
+
+usage: device_check.py OUTDIR KEEL_BINARY [--cpu] [--shim-failed]
+
+Each check is independent: one that fails (or raises) is recorded as false and the rest still run. The summary
+goes to OUTDIR/device-summary.json; every figure and comparison is also printed to the log.
+"""
+import datetime
+import json
+import math
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+OUT, KEEL = sys.argv[1], sys.argv[2]
+FLAGS = set(sys.argv[3:])
+DRY = "--cpu" in FLAGS
+START = time.time()
+
+checks, figures, notes = {}, {}, {}
+
+try:
+    import torch
+    import transformers
+    from transformers import (AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config,
+                              Qwen3Config)
+    HAVE_HF = True
+except Exception as e:  # the CPU dry run on a machine without them
+    HAVE_HF = False
+    notes["transformers"] = f"not importable ({e.__class__.__name__}: {e}); keel-side commands only"
+
+CUDA = HAVE_HF and torch.cuda.is_available() and not DRY
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def keel(*args, timeout=300):
+    env = dict(os.environ)
+    r = subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"keel {' '.join(args[:2])} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+    return r.stdout
+
+
+def read_f32(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def write_f32(path, xs):
+    with open(path, "wb") as f:
+        f.write(struct.pack(f"<{len(xs)}f", *xs))
+
+
+def check(name, fn):
+    """Runs one check; fn returns True/False. Exceptions count as failures, with the traceback in the log."""
+    t0 = time.time()
+    try:
+        ok = bool(fn())
+    except Exception:
+        say(f"[{name}] raised:\n{traceback.format_exc()}")
+        ok = False
+    checks[name] = ok
+    say(f"[{name}] {'PASS' if ok else 'FAIL'} ({time.time() - t0:.1f}s)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny checkpoints written by transformers (the same shapes as keel's model.TinyConfigs).
+
+def build_config(cls, **kw):
+    """Builds a config from the keys this transformers version knows (its configs are strict dataclasses in
+    version 5; older ones take keyword arguments). Left-out keys are logged."""
+    import dataclasses
+    import inspect
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    else:
+        names = set(inspect.signature(cls.__init__).parameters)
+    left_out = sorted(k for k in kw if k not in names)
+    if left_out:
+        say(f"  {cls.__name__}: not a field in transformers {transformers.__version__}, left out: {left_out}")
+    return cls(**{k: v for k, v in kw.items() if k in names})
+
+
+def rope_kwargs(cls, theta, scaling=None):
+    """RoPE settings in this version's spelling: rope_parameters (transformers 5) or rope_theta + rope_scaling."""
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if "rope_parameters" in fields:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta, **(scaling or {})}}
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
+
+def tiny_configs():
+    common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0)
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
+    llama = build_config(LlamaConfig, **common, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         **rope_kwargs(LlamaConfig, 500000.0, llama3))
+    mistral = build_config(MistralConfig, **common, rms_norm_eps=1e-6, tie_word_embeddings=False, sliding_window=24)
+    qwen2 = build_config(Qwen2Config, **common, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)
+    qwen3 = build_config(Qwen3Config, **common, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=32)
+    g = dict(common, num_hidden_layers=4)
+    gemma2 = build_config(Gemma2Config, **g, rms_norm_eps=1e-6, head_dim=16, hidden_activation="gelu_pytorch_tanh",
+                          query_pre_attn_scalar=24, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                          sliding_window=24, tie_word_embeddings=True)
+    rp = getattr(llama, "rope_parameters", None) or getattr(llama, "rope_scaling", None)
+    say(f"  llama RoPE as configured: {rp}")
+    return {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2}
+
+
+def randomize(model, gemma, seed):
+    """Well-spread random weights (the rule keel's NewRandom uses), so agreement checks are not vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith("norm.weight"):
+                p.copy_((0.0 if gemma else 1.0) + 0.1 * r)
+            elif name.endswith(".bias"):
+                p.copy_(0.02 * r)
+            elif "embed_tokens" in name or p.dim() != 2:
+                p.copy_(r)
+            else:
+                p.copy_(r / math.sqrt(p.shape[1]))
+
+
+def make_hf(cfg, dtype=None):
+    kw = {"attn_implementation": "eager"}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    try:
+        return AutoModelForCausalLM.from_config(cfg, **kw)
+    except TypeError:
+        if dtype is not None:
+            kw["torch_dtype"] = kw.pop("dtype")
+        return AutoModelForCausalLM.from_config(cfg, **kw)
+
+
+def load_hf(ckpt, dtype):
+    """transformers' own loading path (weights cast on load; RoPE buffers stay float32)."""
+    kw = {"attn_implementation": "eager", "dtype": dtype}
+    try:
+        m = AutoModelForCausalLM.from_pretrained(ckpt, **kw)
+    except TypeError:
+        kw["torch_dtype"] = kw.pop("dtype")
+        m = AutoModelForCausalLM.from_pretrained(ckpt, **kw)
+    return m.to(DEVICE).eval()
+
+
+def layer_outputs(model, ids):
+    """Logits [T, V] and the output of every model.model.layers[i], [L, T, D], in float32 on the CPU."""
+    outs = []
+
+    def grab(mod, inp, out):
+        outs.append((out[0] if isinstance(out, tuple) else out).detach()[0].float().cpu())
+
+    hs = [layer.register_forward_hook(grab) for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids], device=DEVICE)).logits[0].float().cpu()
+    finally:
+        for h in hs:
+            h.remove()
+    return logits, torch.stack(outs)
+
+
+def prompts(vocab, n, length, seed):
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(3, vocab) for _ in range(length - 1)] for _ in range(n)]
+
+
+def keel_forward(ckpt, seqs, dtype, tag):
+    """keel's logits [T, V] and layer outputs [L, T, D] for each sequence, from one keel process."""
+    prefix = os.path.join(WORK, tag)
+    metas = json.loads(keel("devcheck", "forward", "--model", ckpt, "--device", DEVICE, "--dtype", dtype,
+                            "--ids", ";".join(",".join(map(str, ids)) for ids in seqs), "--out", prefix))
+    results = []
+    for k, meta in enumerate(metas):
+        T, V, L, D = meta["T"], meta["V"], meta["L"], meta["D"]
+        logits = read_f32(f"{prefix}.{k}.logits.f32")
+        hidden = read_f32(f"{prefix}.{k}.hidden.f32")
+        assert len(logits) == T * V and len(hidden) == L * T * D, "keel output sizes do not match its metadata"
+        if HAVE_HF:
+            results.append((torch.tensor(logits).view(T, V), torch.tensor(hidden).view(L, T, D)))
+        else:
+            results.append((logits, hidden))
+    return results
+
+
+def compare_arch(name, cfg):
+    ckpt = os.path.join(WORK, name)
+    model = make_hf(cfg)
+    randomize(model, name == "gemma2", seed=1000 + len(name))
+    model.save_pretrained(ckpt)
+    del model
+    ok = True
+    for dtype, tdt in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        m = load_hf(ckpt, tdt)
+        agree = total = 0
+        max_logit = max_hidden = rel_hidden = 0.0
+        seqs = prompts(cfg.vocab_size, 4, 128, seed=7)
+        for ids, (k_logits, k_hidden) in zip(seqs, keel_forward(ckpt, seqs, dtype, f"{name}-{dtype}")):
+            ref_logits, ref_hidden = layer_outputs(m, ids)
+            agree += int((ref_logits.argmax(-1) == k_logits.argmax(-1)).sum())
+            total += len(ids)
+            max_logit = max(max_logit, float((ref_logits - k_logits).abs().max()))
+            d = float((ref_hidden - k_hidden).abs().max())
+            max_hidden = max(max_hidden, d)
+            rel_hidden = max(rel_hidden, d / max(1.0, float(ref_hidden.abs().max())))
+        top1 = agree / total
+        figures[f"{name}_{dtype}_max_abs_logit_diff"] = max_logit
+        figures[f"{name}_{dtype}_max_abs_hidden_diff"] = max_hidden
+        figures[f"{name}_{dtype}_max_rel_hidden_diff"] = rel_hidden
+        figures[f"{name}_{dtype}_top1_agreement"] = top1
+        say(f"  {name} {dtype}: top-1 {agree}/{total}, max|logit diff| {max_logit:.3g}, "
+            f"max|hidden diff| {max_hidden:.3g} (relative to max(1,|h|) {rel_hidden:.3g})")
+        if dtype == "f32":
+            ok = ok and top1 == 1.0 and max_logit <= 1e-3 and rel_hidden <= 1e-3
+        else:
+            ok = ok and top1 >= 0.99
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Capping and steering: HF with forward hooks implementing the spec's formulas vs keel's interventions.
+
+def hooked_greedy(model, ids, n, hooks):
+    handles = [model.model.layers[layer].register_forward_hook(fn) for layer, fn in hooks]
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([ids], device=DEVICE), use_cache=True)
+            past, gen = out.past_key_values, []
+            nxt = int(out.logits[0, -1].argmax())
+            for _ in range(n):
+                gen.append(nxt)
+                if len(gen) == n:
+                    break
+                out = model(torch.tensor([[nxt]], device=DEVICE), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                nxt = int(out.logits[0, -1].argmax())
+    finally:
+        for h in handles:
+            h.remove()
+    return gen
+
+
+def rewrap(out, h):
+    return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+
+def cap_steer():
+    cfg = tiny_configs()["llama"]
+    ckpt = os.path.join(WORK, "llama")  # written by the llama architecture check
+    model = load_hf(ckpt, torch.float32)
+    rng = random.Random(3)
+    u = [rng.gauss(0, 1) for _ in range(cfg.hidden_size)]
+    norm = math.sqrt(sum(x * x for x in u))
+    u = [x / norm for x in u]
+    vec = os.path.join(WORK, "u.f32")
+    write_f32(vec, u)
+    ut = torch.tensor(struct.unpack(f"<{len(u)}f", struct.pack(f"<{len(u)}f", *u)), device=DEVICE)
+    ids = prompts(cfg.vocab_size, 1, 16, seed=11)[0]
+    _, hidden = layer_outputs(model, ids)
+    tau = float(torch.median(hidden[1].to(DEVICE) @ ut))
+    coeff = 2.0
+
+    def cap(mod, inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        proj = (h * ut).sum(-1, keepdim=True)
+        return rewrap(out, h - ut * torch.clamp(proj - tau, max=0))
+
+    def steer(mod, inp, out):
+        h = out[0] if isinstance(out, tuple) else out
+        return rewrap(out, h + coeff * ut)
+
+    plain = hooked_greedy(model, ids, 64, [])
+    ok = True
+    for label, hooks, extra in (
+        ("cap", [(1, cap), (2, cap)], ["--cap-layers", "1,2", "--tau", repr(tau)]),
+        ("steer", [(0, steer)], ["--steer-layer", "0", "--steer-coeff", repr(coeff)]),
+        ("cap+steer", [(0, steer), (1, cap), (2, cap)],
+         ["--cap-layers", "1,2", "--tau", repr(tau), "--steer-layer", "0", "--steer-coeff", repr(coeff)]),
+    ):
+        ref = hooked_greedy(model, ids, 64, hooks)
+        got = json.loads(keel("devcheck", "generate", "--model", ckpt, "--device", DEVICE, "--dtype", "f32",
+                              "--ids", ",".join(map(str, ids)), "--vector", vec, "--max-tokens", "64",
+                              *extra))["ids"]
+        same = sum(a == b for a, b in zip(ref, got))
+        changed = sum(a != b for a, b in zip(ref, plain))
+        say(f"  {label}: keel == HF at {same}/64 tokens; the intervention changed {changed}/64 tokens of the "
+            f"plain continuation (tau {tau:.4f})")
+        figures[f"capsteer_{label.replace('+', '_')}_identical_tokens"] = same
+        ok = ok and got == ref and changed > 0
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# .pt import: tensors and a capping_config-shaped dict written by torch.save, read by keel.
+
+def pt_import():
+    try:
+        out = subprocess.run([KEEL, "devcheck", "pt", "--help"], capture_output=True, text=True)
+    except Exception:
+        return False
+    if out.returncode != 0 and "unknown devcheck" in out.stderr:
+        notes["pt_import"] = "this keel build has no .pt reader yet (it arrives with the axis pipeline)"
+        say("  " + notes["pt_import"])
+        return False
+    g = torch.Generator().manual_seed(5)
+    axis = torch.randn(4, 64, generator=g)
+    cfgd = {"vectors": {"layer_1": {"vector": torch.randn(64, generator=g), "layer": 1}},
+            "experiments": [{"id": "layers_1:3-p0.25",
+                             "interventions": [{"vector": "layer_1", "cap": -1.5}]}]}
+    pa, pc = os.path.join(WORK, "axis.pt"), os.path.join(WORK, "capping.pt")
+    torch.save(axis, pa)
+    torch.save(cfgd, pc)
+    ok = True
+    for path, ref in ((pa, {"": axis}), (pc, {"vectors.layer_1.vector": cfgd["vectors"]["layer_1"]["vector"]})):
+        got = json.loads(keel("devcheck", "pt", "--file", path))
+        for key, t in ref.items():
+            vals = got["tensors"].get(key)
+            same = vals is not None and list(t.flatten().tolist()) == vals["values"] and list(t.shape) == vals["shape"]
+            say(f"  {os.path.basename(path)} {key or '(root)'}: {'exact' if same else 'DIFFERENT'}")
+            ok = ok and same
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode speed: Llama-3.2-1B-shaped random model, bf16, batch 1.
+
+def decode_speed():
+    if not CUDA:
+        say("  skipped: decode speed is measured on CUDA only (dry run)")
+        out = json.loads(keel("devcheck", "decode", "--shape", "5m", "--device", "cpu", "--dtype", "f32",
+                              "--tokens", "16", "--reps", "1"))
+        say(f"  keel (cpu, 5m, dry run): {out}")
+        return True
+    N = 128
+    cfg = build_config(LlamaConfig, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True,
+                       max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=0, **rope_kwargs(LlamaConfig, 10000.0))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.device("cuda"):
+        model = make_hf(cfg, dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, cfg.vocab_size, (1, 16), device="cuda")
+
+    def gen(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    gen(8)
+    t1 = statistics.median(gen(1) for _ in range(3))
+    tn = statistics.median(gen(N + 1) for _ in range(3))
+    hf_tps = N / (tn - t1)
+    hf_peak = torch.cuda.max_memory_allocated()
+    del model
+    torch.cuda.empty_cache()
+    k = json.loads(keel("devcheck", "decode", "--shape", "llama-1b", "--device", "cuda", "--dtype", "bf16",
+                        "--tokens", str(N), "--reps", "3", timeout=400))
+    figures.update({
+        "decode_1b_bf16_tok_s_keel": k["tok_s_plain"], "decode_1b_bf16_tok_s_transformers": hf_tps,
+        "decode_1b_bf16_ratio_keel_over_transformers": k["tok_s_plain"] / hf_tps,
+        "decode_1b_bf16_tok_s_keel_hooks": k["tok_s_hooks"],
+        "decode_1b_bf16_hooks_ratio": k["tok_s_hooks"] / k["tok_s_plain"],
+        "peak_gpu_bytes_keel": k["peak_bytes_plain"], "peak_gpu_bytes_keel_hooks": k["peak_bytes_hooks"],
+        "peak_gpu_bytes_transformers": hf_peak,
+    })
+    say(f"  decode_1b_bf16: keel {k['tok_s_plain']:.1f} tok/s, reference (transformers eager) {hf_tps:.1f} tok/s, "
+        f"ratio {k['tok_s_plain'] / hf_tps:.3f}")
+    say(f"  hooks_1b_bf16: keel {k['tok_s_hooks']:.1f} tok/s, reference (keel, no hooks) {k['tok_s_plain']:.1f} "
+        f"tok/s, ratio {k['tok_s_hooks'] / k['tok_s_plain']:.3f}")
+    say(f"  peak GPU memory: keel {k['peak_bytes_plain'] / 2**30:.2f} GiB (hooks {k['peak_bytes_hooks'] / 2**30:.2f}),"
+        f" transformers {hf_peak / 2**30:.2f} GiB")
+    return True  # a measurement: the goals are reported, not asserted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def keel_only_dry_run():
+    """Without transformers: run every keel-side command on keel's own tiny checkpoints."""
+    keel("devcheck", "tiny", "--out", WORK)
+    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma2"):
+        ids = prompts(320, 1, 40, seed=1)[0]
+        for dtype in ("f32", "bf16"):
+            [(logits, hidden)] = keel_forward(os.path.join(WORK, name), [ids], dtype, f"dry-{name}-{dtype}")
+            say(f"  {name} {dtype}: {len(logits)} logits, {len(hidden)} hidden values")
+    write_f32(os.path.join(WORK, "u.f32"), [1.0 / 8] * 64)
+    got = json.loads(keel("devcheck", "generate", "--model", os.path.join(WORK, "llama"), "--device", DEVICE,
+                          "--ids", "1,5,9", "--vector", os.path.join(WORK, "u.f32"), "--cap-layers", "1,2",
+                          "--tau", "0.1", "--steer-layer", "0", "--steer-coeff", "2", "--max-tokens", "8"))
+    say(f"  capped+steered generation: {got}")
+    return len(got["ids"]) == 8
+
+
+def main():
+    global WORK
+    WORK = tempfile.mkdtemp(prefix="keel-device-")
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": "cpu (dry run)", "libtorch": None, "cuda": None}
+    if "--shim-failed" in FLAGS:
+        checks["shim_builds"] = False
+    else:
+        checks["shim_builds"] = True
+        try:
+            kinfo = subprocess.run([KEEL, "info"], capture_output=True, text=True).stdout
+            for f in kinfo.split():
+                if f.startswith("libtorch="):
+                    info["libtorch"] = f.split("=", 1)[1]
+        except Exception:
+            pass
+    if HAVE_HF:
+        info["cuda"] = torch.version.cuda
+        info["torch"] = torch.__version__
+        info["transformers"] = transformers.__version__
+        if CUDA:
+            info["device"] = torch.cuda.get_device_name(0)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    say(f"device check: {info}")
+    if checks["shim_builds"]:
+        if not HAVE_HF:
+            check("keel_dry_run", keel_only_dry_run)
+        else:
+            try:
+                configs = tiny_configs()
+            except Exception:
+                say(f"building the tiny configs raised:\n{traceback.format_exc()}")
+                configs = {}
+                checks["tiny_configs"] = False
+            for name, cfg in configs.items():
+                check(f"forward_{name}", lambda: compare_arch(name, cfg))
+            check("cap_and_steer_greedy_64", cap_steer)
+            check("pt_import", pt_import)
+            check("decode_speed_1b_bf16", decode_speed)
+        if DRY and HAVE_HF:
+            notes["cuda"] = "dry run: compared on CPU"
+    figures["seconds"] = time.time() - START
+    summary = dict(info, checks=checks, figures=figures, notes=notes)
+    with open(os.path.join(OUT, "device-summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    say(json.dumps(summary, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
