@@ -312,14 +312,6 @@ def cap_steer():
 # .pt import: tensors and a capping_config-shaped dict written by torch.save, read by keel.
 
 def pt_import():
-    try:
-        out = subprocess.run([KEEL, "devcheck", "pt", "--help"], capture_output=True, text=True)
-    except Exception:
-        return False
-    if out.returncode != 0 and "unknown devcheck" in out.stderr:
-        notes["pt_import"] = "this keel build has no .pt reader yet (it arrives with the axis pipeline)"
-        say("  " + notes["pt_import"])
-        return False
     g = torch.Generator().manual_seed(5)
     axis = torch.randn(4, 64, generator=g)
     cfgd = {"vectors": {"layer_1": {"vector": torch.randn(64, generator=g), "layer": 1}},

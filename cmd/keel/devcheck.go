@@ -15,13 +15,14 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/steer/ptfile"
 )
 
 // `keel devcheck` is the keel side of scripts/device-check.sh: it runs checkpoints on the device on given token
 // ids and writes raw results for the script to compare with Hugging Face transformers.
 func runDevcheck(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny [flags]")}
+		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny|pt [flags]")}
 	}
 	switch args[0] {
 	case "forward":
@@ -32,6 +33,8 @@ func runDevcheck(args []string, stdout, stderr io.Writer) error {
 		return devDecode(args[1:], stdout, stderr)
 	case "tiny":
 		return devTiny(args[1:], stdout, stderr)
+	case "pt":
+		return devPT(args[1:], stdout, stderr)
 	}
 	return usageError{fmt.Errorf("unknown devcheck %q: forward, generate or decode", args[0])}
 }
@@ -295,4 +298,31 @@ func devTiny(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// devPT prints every tensor of a torch.save file as JSON {"tensors": {path: {"shape", "dtype", "values"}}}.
+func devPT(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck pt", stderr)
+	file := fs.String("file", "", "a .pt file written by torch.save")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	raw, err := os.ReadFile(*file)
+	if err != nil {
+		return err
+	}
+	v, err := ptfile.Read(raw, *file)
+	if err != nil {
+		return err
+	}
+	out := map[string]any{}
+	for path, t := range ptfile.Tensors(v) {
+		// float64 so JSON carries each float32 exactly (float32 encoding prints the shortest float32 form).
+		vals := make([]float64, len(t.Data))
+		for i, x := range t.Data {
+			vals[i] = float64(x)
+		}
+		out[path] = map[string]any{"shape": t.Shape, "dtype": t.DType, "values": vals}
+	}
+	return json.NewEncoder(stdout).Encode(map[string]any{"tensors": out})
 }
