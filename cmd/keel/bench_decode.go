@@ -107,13 +107,13 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 		hooks := benchHooks(m)
 		var plain, hooked, ref []float64
 		for r := 0; r < *reps; r++ {
-			tps, err := decodeRate(m, nil, *prompt, n)
+			tps, err := decodeRate(m, nil, *prompt, n, false)
 			if err != nil {
 				m.Close()
 				return err
 			}
 			plain = append(plain, tps)
-			if tps, err = decodeRate(m, hooks, *prompt, n); err != nil {
+			if tps, err = decodeRate(m, hooks, *prompt, n, false); err != nil {
 				m.Close()
 				return err
 			}
@@ -184,7 +184,8 @@ func benchHooks(m *model.Model) *model.Hooks {
 }
 
 // decodeRate generates prompt+n tokens greedily and returns decode tokens/s (the prefill is not counted).
-func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int) (float64, error) {
+// extraSync adds one device synchronisation per token (a diagnostic of what a sync costs).
+func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int, extraSync bool) (float64, error) {
 	ids := []int{1}
 	for len(ids) < promptLen {
 		ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
@@ -192,10 +193,12 @@ func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int) (float64, 
 	var t0 time.Time
 	_, err := m.Generate(context.Background(), [][]int{ids}, model.GenerateConfig{MaxTokens: n + 1, EOS: []int{-1}, Hooks: hooks,
 		OnStep: func(st model.Step) (bool, error) {
-			if st.Index == 0 {
+			if st.Index == 0 || extraSync {
 				if err := m.RT.Synchronize(m.Opts.Device.Index); err != nil {
 					return false, err
 				}
+			}
+			if st.Index == 0 {
 				t0 = time.Now()
 			}
 			return false, nil

@@ -212,6 +212,7 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 	prompt := fs.Int("prompt", 16, "prompt tokens")
 	tokens := fs.Int("tokens", 128, "decode tokens")
 	reps := fs.Int("reps", 3, "runs of each variant (median)")
+	variants := fs.String("variants", "plain,hooks", "plain, hooks (captures on every layer + caps on 8), captures, caps, sync (plain + one extra device sync per token)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -247,18 +248,35 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 		}
 		return float64(p)
 	}
-	for _, v := range []struct {
-		name  string
-		hooks *model.Hooks
-	}{{"plain", nil}, {"hooks", benchHooks(m)}} {
+	all := benchHooks(m).List()
+	only := func(k model.Kind) *model.Hooks {
+		var list []model.Intervention
+		for _, iv := range all {
+			if iv.Kind == k {
+				list = append(list, iv)
+			}
+		}
+		return model.NewHooks(list...)
+	}
+	byName := map[string]*model.Hooks{"plain": nil, "sync": nil, "hooks": model.NewHooks(all...), "captures": only(model.Capture), "caps": only(model.Cap)}
+	for _, name := range strings.Split(*variants, ",") {
+		hooks, ok := byName[name]
+		if !ok {
+			return usageError{fmt.Errorf("unknown variant %q", name)}
+		}
+		v := struct {
+			name  string
+			hooks *model.Hooks
+		}{name, hooks}
+		extraSync := name == "sync"
 		if dev.CUDA {
 			rt.CUDAResetPeak(dev.Index)
 		}
 		var rates []float64
 		start := time.Now()
-		decodeRate(m, v.hooks, *prompt, 8) // warm-up (kernels, allocator)
+		decodeRate(m, v.hooks, *prompt, 8, extraSync) // warm-up (kernels, allocator)
 		for r := 0; r < *reps; r++ {
-			tps, err := decodeRate(m, v.hooks, *prompt, *tokens)
+			tps, err := decodeRate(m, v.hooks, *prompt, *tokens, extraSync)
 			if err != nil {
 				return err
 			}

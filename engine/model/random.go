@@ -32,7 +32,9 @@ func NewRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*Mode
 	}
 	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), inv: invFreq(cfg)}
 	src := func(name string, shape []int64) (Tensor, bool, error) {
-		s := m.weights
+		// Intermediates live in a scope of their own: only the final weight joins the model.
+		s := rt.NewScope()
+		defer s.Close()
 		std, mean := 1.0, 0.0
 		switch {
 		case strings.HasSuffix(name, "norm.weight"):
@@ -51,6 +53,7 @@ func NewRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*Mode
 		if opts.DType != torch.Float32 {
 			t = s.To(t, opts.DType, opts.Device)
 		}
+		s.MoveTo(m.weights, t)
 		return t, false, s.Err()
 	}
 	if _, err := m.build(src, !spec.Tied); err != nil {

@@ -436,6 +436,14 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
   auto K = repeat_kv(T(k), heads);
   auto V = repeat_kv(T(v), heads);
   int64_t tq = Q.size(2), tk = K.size(2);
+#if TORCH_VERSION_MAJOR >= 2
+  // Causality alone, with as many queries as keys, goes to SDPA's is_causal (its flash kernel; the flag means
+  // top-left alignment, right only when tq == tk). Everything else gets an explicit mask below.
+  if (softcap <= 0 && is_causal != 0 && mask == nullptr && tq == tk) {
+    *out = wrap(at::scaled_dot_product_attention(Q, K, V, c10::nullopt, 0.0, true, scale));
+    return nullptr;
+  }
+#endif
   at::Tensor allowed;  // bool, true = attend; undefined = everything
   if (mask != nullptr) allowed = T(mask);
   if (is_causal != 0) {
