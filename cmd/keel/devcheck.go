@@ -259,33 +259,40 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 		return model.NewHooks(list...)
 	}
 	byName := map[string]*model.Hooks{"plain": nil, "sync": nil, "hooks": model.NewHooks(all...), "captures": only(model.Capture), "caps": only(model.Cap)}
-	for _, name := range strings.Split(*variants, ",") {
-		hooks, ok := byName[name]
-		if !ok {
+	names := strings.Split(*variants, ",")
+	for _, name := range names {
+		if _, ok := byName[name]; !ok {
 			return usageError{fmt.Errorf("unknown variant %q", name)}
 		}
-		v := struct {
-			name  string
-			hooks *model.Hooks
-		}{name, hooks}
-		extraSync := name == "sync"
-		if dev.CUDA {
-			rt.CUDAResetPeak(dev.Index)
+	}
+	// Warm every variant up first (kernels, cuBLAS handles, the allocator), then interleave the timed runs so
+	// drift in the machine's state spreads over all variants alike.
+	for _, name := range names {
+		if _, err := decodeRate(m, byName[name], *prompt, 32, name == "sync"); err != nil {
+			return err
 		}
-		var rates []float64
-		start := time.Now()
-		decodeRate(m, v.hooks, *prompt, 8, extraSync) // warm-up (kernels, allocator)
-		for r := 0; r < *reps; r++ {
-			tps, err := decodeRate(m, v.hooks, *prompt, *tokens, extraSync)
+	}
+	rates := map[string][]float64{}
+	peaks := map[string]float64{}
+	start := time.Now()
+	for r := 0; r < *reps; r++ {
+		for _, name := range names {
+			if dev.CUDA {
+				rt.CUDAResetPeak(dev.Index)
+			}
+			tps, err := decodeRate(m, byName[name], *prompt, *tokens, name == "sync")
 			if err != nil {
 				return err
 			}
-			rates = append(rates, tps)
+			rates[name] = append(rates[name], tps)
+			peaks[name] = math.Max(peaks[name], peak())
 		}
-		res["tok_s_"+v.name] = median(rates)
-		res["peak_bytes_"+v.name] = peak()
-		res["seconds_"+v.name] = time.Since(start).Seconds()
 	}
+	for _, name := range names {
+		res["tok_s_"+name] = median(rates[name])
+		res["peak_bytes_"+name] = peaks[name]
+	}
+	res["seconds"] = time.Since(start).Seconds()
 	return json.NewEncoder(stdout).Encode(res)
 }
 

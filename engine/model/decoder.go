@@ -157,7 +157,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	if m.Spec.FinalSoftcap > 0 {
 		logits = s.MulScalar(s.Tanh(s.DivScalar(logits, m.Spec.FinalSoftcap)), m.Spec.FinalSoftcap)
 	}
-	out := passOut{logits: logits, records: collect(s, ys, B, T)}
+	out := passOut{logits: logits, records: collect(s, p.plan, ys, B, T)}
 	if len(means) > 0 {
 		out.means = s.Cat(means, 1)
 	}

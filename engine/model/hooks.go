@@ -91,6 +91,7 @@ type compiledHook struct {
 	row    Tensor // Cap: [D]; Add: Coeff*v, [D]
 	width  int    // values per token it yields
 	yields bool
+	single int // single-direction captures: index into hookPlan.singles, else -1
 }
 
 // hookPlan is a compiled Hooks list, rebuilt when the list's version changes.
@@ -98,6 +99,9 @@ type hookPlan struct {
 	version uint64
 	scope   *torch.Scope
 	byLayer [][]compiledHook
+	// singles stacks the directions of every single-direction capture, [n, D, 1], in forward order: those
+	// captures only keep their h during the pass and are projected together at its end (two ops, not 2n).
+	singles Tensor
 }
 
 func (p *hookPlan) close() {
@@ -121,7 +125,7 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 				return nil, fmt.Errorf("intervention %d (%s, layer %d): vector %d has %d values, the model's hidden size is %d", i, iv.Kind, iv.Layer, j, len(v), d)
 			}
 		}
-		c := compiledHook{index: i, Intervention: iv}
+		c := compiledHook{index: i, Intervention: iv, single: -1}
 		s := p.scope
 		upload := func(vs [][]float32, scale float64) Tensor {
 			flat := make([]float32, 0, len(vs)*d)
@@ -172,6 +176,20 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 		}
 		p.byLayer[iv.Layer] = append(p.byLayer[iv.Layer], c)
 	}
+	// Number the single-direction captures in the order the forward pass meets them.
+	var rows []Tensor
+	for l := range p.byLayer {
+		for i := range p.byLayer[l] {
+			c := &p.byLayer[l][i]
+			if c.Kind == Capture && !c.Full && c.width == 1 {
+				c.single = len(rows)
+				rows = append(rows, c.row)
+			}
+		}
+	}
+	if len(rows) > 0 {
+		p.singles = p.scope.Reshape(p.scope.Stack(rows, 0), int64(len(rows)), int64(d), 1)
+	}
 	if err := p.scope.Err(); err != nil {
 		p.close()
 		return nil, err
@@ -182,7 +200,7 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 // yield is one captured tensor awaiting the host copy at the end of a forward pass.
 type yield struct {
 	hook *compiledHook
-	t    Tensor // [B, T, width]
+	t    Tensor // [B, T, width]; for a single-direction capture, the h to project
 }
 
 // apply runs a layer's interventions on h [B, T, D], returning the new h and appending captures.
@@ -191,42 +209,70 @@ func (m *Model) applyHooks(s *torch.Scope, hooks []compiledHook, h Tensor, out [
 		c := &hooks[i]
 		switch c.Kind {
 		case Capture:
-			if c.Full {
+			switch {
+			case c.Full, c.single >= 0: // h itself; single directions are projected together in collect
 				out = append(out, yield{c, h})
-			} else if c.width == 1 {
-				// One direction: multiply and sum, which avoids BLAS's per-call cost on a [.., D] x [D, 1] product.
-				out = append(out, yield{c, s.Sum(s.Mul(h, c.row), -1, true)})
-			} else {
+			default:
 				out = append(out, yield{c, s.Matmul(h, c.dirs)})
 			}
 		case Add:
 			h = s.Add(h, c.row)
 		case Cap:
-			var moved Tensor
-			h, moved = s.Cap(h, c.dirs, c.row, c.Tau, c.Ceiling)
-			out = append(out, yield{c, moved})
+			var excess Tensor
+			h, excess = s.Cap(h, c.dirs, c.row, c.Tau, c.Ceiling)
+			out = append(out, yield{c, excess}) // negated on the host: h moved by -excess
 		}
 	}
 	return h, out
 }
 
 // collect copies every capture of a forward pass to the host in one transfer and splits it per row and token:
-// result[b][t] lists the records of row b, position t.
-func collect(s *torch.Scope, ys []yield, batch, steps int) [][][]Record {
+// result[b][t] lists the records of row b, position t, in the order the interventions ran.
+func collect(s *torch.Scope, plan *hookPlan, ys []yield, batch, steps int) [][][]Record {
 	if len(ys) == 0 || s.Err() != nil {
 		return nil
 	}
-	parts := make([]Tensor, len(ys))
+	var parts, hs []Tensor
+	offset := make([]int, len(ys)) // where each yield's values start in the concatenated last dimension
 	total := 0
 	for i, y := range ys {
-		parts[i] = y.t
+		if y.hook.single >= 0 {
+			hs = append(hs, y.t)
+			continue
+		}
+		parts = append(parts, y.t)
+		offset[i] = total
 		total += y.hook.width
 	}
-	all := s.To(s.Cat(parts, 2), torch.Float32, torch.CPU)
+	if len(hs) > 0 {
+		// [n, B, T, D] -> [n, B*T, D] @ [n, D, 1] -> [B, T, n]
+		n, bt := int64(len(hs)), int64(batch*steps)
+		stacked := s.Reshape(s.Stack(hs, 0), n, bt, int64(-1))
+		proj := s.Permute(s.Reshape(s.Matmul(stacked, plan.singles), n, int64(batch), int64(steps)), 1, 2, 0)
+		parts = append(parts, proj)
+		for i, y := range ys {
+			if y.hook.single >= 0 {
+				offset[i] = total + y.hook.single
+			}
+		}
+		total += len(hs)
+	}
+	all := parts[0]
+	if len(parts) > 1 {
+		all = s.Cat(parts, 2)
+	}
+	all = s.To(all, torch.Float32, torch.CPU)
 	flat := make([]float32, batch*steps*total)
 	s.CopyToHost(all, flat)
 	if s.Err() != nil {
 		return nil
+	}
+	for i, y := range ys { // a cap yields its clamped excess; h moved by its negation
+		if y.hook.Kind == Cap {
+			for k := offset[i]; k < len(flat); k += total {
+				flat[k] = -flat[k]
+			}
+		}
 	}
 	res := make([][][]Record, batch)
 	for b := 0; b < batch; b++ {
@@ -234,10 +280,9 @@ func collect(s *torch.Scope, ys []yield, batch, steps int) [][][]Record {
 		for t := 0; t < steps; t++ {
 			base := (b*steps + t) * total
 			recs := make([]Record, len(ys))
-			off := 0
 			for i, y := range ys {
-				recs[i] = Record{Intervention: y.hook.index, Layer: y.hook.Layer, Kind: y.hook.Kind, Values: flat[base+off : base+off+y.hook.width : base+off+y.hook.width]}
-				off += y.hook.width
+				lo, hi := base+offset[i], base+offset[i]+y.hook.width
+				recs[i] = Record{Intervention: y.hook.index, Layer: y.hook.Layer, Kind: y.hook.Kind, Values: flat[lo:hi:hi]}
 			}
 			res[b][t] = recs
 		}

@@ -213,6 +213,17 @@ func (s *Scope) Cat(ts []Tensor, dim int) Tensor {
 	return s.op("cat", s.rt.sym.Cat, s.handlesArg(hs), uintptr(len(hs)), uintptr(int64(dim)), s.outp())
 }
 
+// Stack joins tensors of one shape along a new dimension dim.
+func (s *Scope) Stack(ts []Tensor, dim int) Tensor {
+	if !s.ok("stack", ts...) || len(ts) == 0 {
+		if s.err == nil {
+			s.err = fmt.Errorf("torch stack: no tensors")
+		}
+		return Tensor{}
+	}
+	return s.op("stack", s.rt.sym.Stack, s.handlesArg(handles(ts)), uintptr(len(ts)), uintptr(int64(dim)), s.outp())
+}
+
 // Narrow is a view of length n starting at start along dim.
 func (s *Scope) Narrow(a Tensor, dim int, start, n int64) Tensor {
 	if !s.ok("narrow", a) {
@@ -302,7 +313,8 @@ func (s *Scope) TopK(a Tensor, k int, dim int) (Tensor, Tensor) {
 }
 
 // Cap bounds <h, u> at tau along the unit vector u (given as uCol [D, 1] and uRow [D]): a floor, or a ceiling.
-// It returns the new h and the signed amount h moved along u per position ([.., 1]; 0 where the cap was inactive).
+// It returns the new h and the clamped excess <h,u> - tau per position ([.., 1]; 0 where the cap was inactive):
+// h moved by -excess along u.
 func (s *Scope) Cap(h, uCol, uRow Tensor, tau float64, ceiling bool) (Tensor, Tensor) {
 	if !s.ok("cap", h, uCol, uRow) {
 		return Tensor{}, Tensor{}
@@ -317,9 +329,9 @@ func (s *Scope) Cap(h, uCol, uRow Tensor, tau float64, ceiling bool) (Tensor, Te
 		s.err = err
 		return Tensor{}, Tensor{}
 	}
-	out, moved := s.out[0], s.out[1]
-	s.owned = append(s.owned, out, moved)
-	return Tensor{out}, Tensor{moved}
+	out, excess := s.out[0], s.out[1]
+	s.owned = append(s.owned, out, excess)
+	return Tensor{out}, Tensor{excess}
 }
 
 // Multinomial draws n indices per row from probabilities.

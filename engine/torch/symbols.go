@@ -44,6 +44,7 @@ type symbols struct {
 	Attention       uintptr
 	Topk            uintptr
 	Cap             uintptr
+	Stack           uintptr
 	Multinomial     uintptr
 	SetRequiresGrad uintptr
 	RequiresGrad    uintptr
@@ -92,6 +93,7 @@ func (s *symbols) table() []symbolRef {
 		{"kt_attention", &s.Attention},
 		{"kt_topk", &s.Topk},
 		{"kt_cap", &s.Cap},
+		{"kt_stack", &s.Stack},
 		{"kt_multinomial", &s.Multinomial},
 		{"kt_set_requires_grad", &s.SetRequiresGrad},
 		{"kt_requires_grad", &s.RequiresGrad},

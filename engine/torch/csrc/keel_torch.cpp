@@ -467,15 +467,25 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
   KT_CATCH
 }
 
-char *kt_cap(kt_tensor h, kt_tensor u_col, kt_tensor u_row, const double *tau, int64_t ceiling, kt_tensor *h_out, kt_tensor *moved) {
+char *kt_cap(kt_tensor h, kt_tensor u_col, kt_tensor u_row, const double *tau, int64_t ceiling, kt_tensor *h_out, kt_tensor *excess) {
   KT_TRY
-  // A multiply-and-sum, not a matmul: for one direction it skips BLAS's per-call threading cost.
-  (void)u_col;
-  auto excess = (T(h) * T(u_row)).sum(-1, true) - *tau;
-  excess = ceiling != 0 ? at::clamp_min(excess, 0) : at::clamp_max(excess, 0);
-  auto out = T(h) - excess * T(u_row);
-  *moved = wrap(at::neg(excess));
-  *h_out = wrap(std::move(out));
+  auto &H = T(h);
+  // <h,u>: one matmul kernel on CUDA; on CPU a multiply-and-sum, which skips BLAS's per-call threading cost.
+  auto e = H.is_cuda() ? at::matmul(H, T(u_col)) : (H * T(u_row)).sum(-1, true);
+  e.sub_(*tau);
+  if (ceiling != 0) {
+    e.clamp_min_(0);
+  } else {
+    e.clamp_max_(0);
+  }
+  *h_out = wrap(at::addcmul(H, e, T(u_row), -1.0));
+  *excess = wrap(std::move(e));
+  KT_CATCH
+}
+
+char *kt_stack(const kt_tensor *ts, int64_t n, int64_t dim, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::stack(tensors(ts, n), dim));
   KT_CATCH
 }
 

@@ -79,8 +79,10 @@ char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
 char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out);
 
 /* activation cap along a unit vector u (u_col [D,1], u_row [D]) with threshold *tau:
- * excess = <h,u> - tau clamped to <= 0 (a floor) or, with ceiling, >= 0; h_out = h - excess*u; moved = -excess [.., 1]. */
-char *kt_cap(kt_tensor h, kt_tensor u_col, kt_tensor u_row, const double *tau, int64_t ceiling, kt_tensor *h_out, kt_tensor *moved);
+ * excess = <h,u> - tau clamped to <= 0 (a floor) or, with ceiling, >= 0; h_out = h - excess*u. The amount h moved
+ * along u is -excess [.., 1]. */
+char *kt_cap(kt_tensor h, kt_tensor u_col, kt_tensor u_row, const double *tau, int64_t ceiling, kt_tensor *h_out, kt_tensor *excess);
+char *kt_stack(const kt_tensor *ts, int64_t n, int64_t dim, kt_tensor *out);
 
 /* sampling helpers */
 char *kt_topk(kt_tensor a, int64_t k, int64_t dim, kt_tensor *values, kt_tensor *indices);
