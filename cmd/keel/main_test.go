@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+func runKeel(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func storiesDir(t *testing.T) string {
+	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
+	dir := filepath.Join(t.TempDir(), "stories")
+	if code, _, stderr := runKeel("convert", "llama2c", filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); code != 0 {
+		t.Fatalf("convert: %s", stderr)
+	}
+	return dir
+}
+
+func TestGeneratePrintsTheKnownStory(t *testing.T) {
+	torchtest.Runtime(t)
+	dir := storiesDir(t)
+	code, stdout, stderr := runKeel("generate", "--model", dir, "--max-tokens", "256", "--temperature", "0")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	raw, err := os.ReadFile(filepath.Join(torchtest.Fixtures(t), "stories260k", "stories260K.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile("(?s)-t 0\\.0\n(.*?)\n```").FindSubmatch(raw)[1]
+	if strings.TrimSuffix(stdout, "\n") != string(want) {
+		t.Fatalf("keel generate printed\n%q\nwant\n%q", stdout, want)
+	}
+}
+
+func TestErrorsAreOneClearLine(t *testing.T) {
+	torchtest.Runtime(t)
+	dir := storiesDir(t)
+	truncated := filepath.Join(t.TempDir(), "short.bin")
+	full, _ := os.ReadFile(filepath.Join(torchtest.Fixtures(t), "stories260k", "stories260K.bin"))
+	os.WriteFile(truncated, full[:len(full)/3], 0o644)
+	cases := []struct {
+		name string
+		env  string
+		args []string
+		code int
+		want []string
+	}{
+		{"missing shim", "/nonexistent/libkeeltorch.so", []string{"generate", "--model", dir}, 1, []string{"shim not found", "make setup"}},
+		{"bad flag value", "", []string{"generate", "--model", dir, "--max-tokens", "many"}, 2, []string{"max-tokens"}},
+		{"unknown flag", "", []string{"generate", "--modle", dir}, 2, []string{"modle"}},
+		{"no model", "", []string{"generate"}, 2, []string{"--model"}},
+		{"missing model folder", "", []string{"generate", "--model", filepath.Join(dir, "nope")}, 1, []string{"config.json", "Hugging Face model folder"}},
+		{"bad device", "", []string{"generate", "--model", dir, "--device", "tpu"}, 2, []string{"tpu", "cpu, cuda"}},
+		{"bad dtype", "", []string{"generate", "--model", dir, "--dtype", "int4"}, 2, []string{"int4", "f32"}},
+		{"unknown command", "", []string{"frobnicate"}, 2, []string{"frobnicate", "keel help"}},
+		{"truncated llama2c", "", []string{"convert", "llama2c", truncated, filepath.Join(torchtest.Fixtures(t), "stories260k", "tok512.bin"), t.TempDir()}, 1, []string{truncated, "truncated"}},
+	}
+	for _, c := range cases {
+		if c.env != "" {
+			t.Setenv("KEEL_SHIM", c.env)
+		} else {
+			os.Unsetenv("KEEL_SHIM")
+		}
+		code, _, stderr := runKeel(c.args...)
+		if code != c.code {
+			t.Errorf("%s: exit %d, want %d (%s)", c.name, code, c.code, stderr)
+		}
+		if strings.Count(strings.TrimSpace(stderr), "\n") != 0 || strings.Contains(stderr, "panic") {
+			t.Errorf("%s: not one line: %q", c.name, stderr)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%s: %q does not mention %q", c.name, stderr, w)
+			}
+		}
+	}
+}
+
+func TestBenchDecodeEndsWithRatioLines(t *testing.T) {
+	torchtest.Runtime(t)
+	code, stdout, stderr := runKeel("bench", "decode", "--shape", "5m", "--reps", "1", "--tokens", "8")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	line := regexp.MustCompile(`(?m)^(decode|hooks)_5m: keel [0-9.]+ tok/s, reference [0-9.]+ tok/s, ratio [0-9.]+$`)
+	if n := len(line.FindAllString(stdout, -1)); n != 2 {
+		t.Fatalf("want 2 figure lines, got %d:\n%s", n, stdout)
+	}
+	code, stdout, _ = runKeel("bench", "decode", "--shape", "5m", "--reps", "1", "--tokens", "8", "--json")
+	if code != 0 || !strings.HasPrefix(stdout, "{") || !strings.Contains(stdout, `"decode_5m"`) {
+		t.Fatalf("--json: %s", stdout)
+	}
+}
