@@ -166,27 +166,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 
 // rmsNorm is Hugging Face's RMSNorm: computed in float32, scaled by w (Llama family) or (1 + w) (Gemma).
 func (m *Model) rmsNorm(s *torch.Scope, x, w Tensor) Tensor {
-	dt, dev := m.Opts.DType, m.Opts.Device
-	xf := x
-	if dt != torch.Float32 {
-		xf = s.To(x, torch.Float32, dev)
-	}
-	y := s.Mul(xf, s.Rsqrt(s.AddScalar(s.Mean(s.Square(xf), -1, true), m.Config.RMSNormEps)))
-	if m.Spec.NormOffset != 0 {
-		wf := w
-		if dt != torch.Float32 {
-			wf = s.To(w, torch.Float32, dev)
-		}
-		y = s.Mul(y, s.AddScalar(wf, m.Spec.NormOffset))
-		if dt != torch.Float32 {
-			y = s.To(y, dt, dev)
-		}
-		return y
-	}
-	if dt != torch.Float32 {
-		y = s.To(y, dt, dev)
-	}
-	return s.Mul(w, y)
+	return s.RMSNorm(x, w, m.Config.RMSNormEps, m.Spec.NormOffset)
 }
 
 func (m *Model) act(s *torch.Scope, x Tensor) Tensor {
@@ -230,15 +210,7 @@ func (m *Model) rope(s *torch.Scope, pos []int64, maxPos, B, T int) (Tensor, Ten
 }
 
 // applyRope rotates x [B, heads, T, hd]: x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1).
-func applyRope(s *torch.Scope, x, cos, sin Tensor) Tensor {
-	shape := s.Shape(x)
-	if shape == nil {
-		return Tensor{}
-	}
-	half := shape[3] / 2
-	rot := s.Cat([]Tensor{s.Neg(s.Narrow(x, 3, half, half)), s.Narrow(x, 3, 0, half)}, 3)
-	return s.Add(s.Mul(x, cos), s.Mul(rot, sin))
-}
+func applyRope(s *torch.Scope, x, cos, sin Tensor) Tensor { return s.Rope(x, cos, sin) }
 
 // masks builds the attention masks a pass needs, at most one for full and one for sliding layers.
 type masks struct {

@@ -213,6 +213,24 @@ func (s *Scope) Cat(ts []Tensor, dim int) Tensor {
 	return s.op("cat", s.rt.sym.Cat, s.handlesArg(hs), uintptr(len(hs)), uintptr(int64(dim)), s.outp())
 }
 
+// RMSNorm is Hugging Face's RMSNorm over the last dimension, computed in float32: times w in x's dtype, or,
+// when offset != 0 (Gemma's 1 + w), times (offset + w) in float32.
+func (s *Scope) RMSNorm(x, w Tensor, eps, offset float64) Tensor {
+	if !s.ok("rms_norm", x, w) {
+		return Tensor{}
+	}
+	s.f64[0], s.f64[1] = eps, offset
+	return s.op("rms_norm", s.rt.sym.RmsNorm, x.h, w.h, ptr(&s.f64[0]), s.outp())
+}
+
+// Rope rotates x's last dimension by the given cos and sin (rotate-half convention).
+func (s *Scope) Rope(x, cos, sin Tensor) Tensor {
+	if !s.ok("rope", x, cos, sin) {
+		return Tensor{}
+	}
+	return s.op("rope", s.rt.sym.Rope, x.h, cos.h, sin.h, s.outp())
+}
+
 // Stack joins tensors of one shape along a new dimension dim.
 func (s *Scope) Stack(ts []Tensor, dim int) Tensor {
 	if !s.ok("stack", ts...) || len(ts) == 0 {

@@ -45,6 +45,8 @@ type symbols struct {
 	Topk            uintptr
 	Cap             uintptr
 	Stack           uintptr
+	RmsNorm         uintptr
+	Rope            uintptr
 	Multinomial     uintptr
 	SetRequiresGrad uintptr
 	RequiresGrad    uintptr
@@ -94,6 +96,8 @@ func (s *symbols) table() []symbolRef {
 		{"kt_topk", &s.Topk},
 		{"kt_cap", &s.Cap},
 		{"kt_stack", &s.Stack},
+		{"kt_rms_norm", &s.RmsNorm},
+		{"kt_rope", &s.Rope},
 		{"kt_multinomial", &s.Multinomial},
 		{"kt_set_requires_grad", &s.SetRequiresGrad},
 		{"kt_requires_grad", &s.RequiresGrad},

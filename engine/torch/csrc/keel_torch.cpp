@@ -427,6 +427,33 @@ char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out) {
   KT_CATCH
 }
 
+char *kt_rms_norm(kt_tensor x, kt_tensor w, const double *eps_offset, kt_tensor *out) {
+  KT_TRY
+  auto &X = T(x);
+  auto &W = T(w);
+  double eps = eps_offset[0], offset = eps_offset[1];
+  auto dt = X.scalar_type();
+  auto xf = dt == at::kFloat ? X : X.to(at::kFloat);
+  auto y = xf * at::rsqrt((xf * xf).mean(-1, true) + eps);
+  if (offset != 0) {
+    auto wf = W.scalar_type() == at::kFloat ? W : W.to(at::kFloat);
+    y = y * (wf + offset);
+    *out = wrap(dt == at::kFloat ? y : y.to(dt));
+  } else {
+    *out = wrap(W * (dt == at::kFloat ? y : y.to(dt)));
+  }
+  KT_CATCH
+}
+
+char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out) {
+  KT_TRY
+  auto &X = T(x);
+  int64_t half = X.size(-1) / 2;
+  auto rot = at::cat({at::neg(X.narrow(-1, half, half)), X.narrow(-1, 0, half)}, -1);
+  *out = wrap(X * T(cos) + rot * T(sin));
+  KT_CATCH
+}
+
 char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out) {
   KT_TRY
   double scale = scale_softcap[0], softcap = scale_softcap[1];

@@ -74,6 +74,12 @@ char *kt_copy_(kt_tensor dst, kt_tensor src);
 char *kt_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
 char *kt_log_softmax(kt_tensor a, int64_t dim, kt_tensor *out);
 
+/* RMSNorm as Hugging Face computes it: in float32, x * rsqrt(mean(x^2) + eps), then times w in the input dtype
+ * (Llama family), or, with offset != 0, times (offset + w) in float32 before casting back (Gemma). */
+char *kt_rms_norm(kt_tensor x, kt_tensor w, const double *eps_offset, kt_tensor *out);
+/* Rotary embedding in the rotate-half convention: x*cos + cat(-x2, x1)*sin over the last dimension. */
+char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out);
+
 /* attention: q [B,H,T,D], k/v [B,Hkv,S,D] (Hkv divides H); mask nullable, bool [B|1,1,T,S], true = attend.
  * softcap > 0 applies cap*tanh(scores/cap) before masking (Gemma 2) and forces the explicit path. */
 char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out);
