@@ -20,8 +20,12 @@ type Tokenizer interface {
 	BOS() int // -1 when the model has none
 }
 
-// Decode turns ids into text (invalid UTF-8 at the end is dropped, as a stream would hold it back).
+// Decode turns ids into text: the tokenizer's own decoder when it has one, else the streaming decoder's output
+// (invalid UTF-8 at the end dropped, as a stream would hold it back).
 func Decode(t Tokenizer, ids []int) string {
+	if d, ok := t.(interface{ Decode([]int) string }); ok {
+		return d.Decode(ids)
+	}
 	s := NewStream(t)
 	var out []byte
 	for _, id := range ids {
@@ -84,7 +88,7 @@ func Load(dir string) (Tokenizer, error) {
 		return LoadLlama2c(p)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err == nil {
-		return nil, fmt.Errorf("%s: tokenizer.json is not readable by this keel build yet: convert the model's tokenizer or use a model folder with %s", dir, Llama2cFile)
+		return LoadHF(dir)
 	}
 	return nil, fmt.Errorf("%s: no tokenizer found (expected tokenizer.json or %s)", dir, Llama2cFile)
 }
