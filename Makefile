@@ -6,7 +6,7 @@ export PATH := $(PATH):/usr/local/go/bin
 FIXTURES ?= $(if $(KEEL_FIXTURES),$(KEEL_FIXTURES),../shared/fixtures)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all setup build demo test vet bench-decode device-bundle clean
+.PHONY: all setup build demo test vet conformance bench-decode device-bundle clean
 
 all: build
 
@@ -27,7 +27,14 @@ vet:
 	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui)" || { gofmt -l cmd engine steer train probes sessions tui; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
 
-test: build vet
+# Reference packages for the conformance tests (pinned in package-lock.json).
+conformance/tokenizers/node_modules/.package-lock.json: conformance/tokenizers/package-lock.json
+	@command -v npm >/dev/null || { echo "keel: npm is missing: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
+	cd conformance/tokenizers && npm ci --no-audit --no-fund
+
+conformance: conformance/tokenizers/node_modules/.package-lock.json
+
+test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...
 
 bench-decode: build
