@@ -1,0 +1,272 @@
+package tokenizer
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nikolalohinski/gonja/v2/builtins"
+	"github.com/nikolalohinski/gonja/v2/config"
+	"github.com/nikolalohinski/gonja/v2/exec"
+	"github.com/nikolalohinski/gonja/v2/loaders"
+)
+
+// Message is one chat turn. Content is a string, or a list of parts ({"type": "text", "text": ...}) for
+// templates that take them.
+type Message map[string]any
+
+// ChatOptions select and parameterize a chat template.
+type ChatOptions struct {
+	AddGenerationPrompt bool
+	Template            string         // a template name from tokenizer_config.json ("" = default)
+	Vars                map[string]any // extra variables (tools, documents, date_string, enable_thinking, ...)
+	Now                 func() time.Time
+}
+
+// ApplyChatTemplate renders messages with the tokenizer's chat template (Jinja, with Hugging Face's additions:
+// raise_exception, strftime_now, tojson as Python's json.dumps, namespace, loop controls, trim_blocks and
+// lstrip_blocks), returning the text to tokenize without adding special tokens.
+func (t *HF) ApplyChatTemplate(messages []Message, opts ChatOptions) (string, error) {
+	name := opts.Template
+	if name == "" {
+		name = "default"
+	}
+	src, ok := t.ChatTemplates[name]
+	if !ok {
+		if len(t.ChatTemplates) == 0 {
+			return "", fmt.Errorf("tokenizer_config.json has no chat_template")
+		}
+		var names []string
+		for n := range t.ChatTemplates {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return "", fmt.Errorf("no chat template named %q (have %s)", name, strings.Join(names, ", "))
+	}
+	vars := map[string]any{"add_generation_prompt": opts.AddGenerationPrompt}
+	for k, v := range t.SpecialTokens {
+		vars[k] = v
+	}
+	msgs := make([]any, len(messages))
+	for i, m := range messages {
+		msgs[i] = map[string]any(m)
+	}
+	vars["messages"] = msgs
+	for k, v := range opts.Vars {
+		vars[k] = v
+	}
+	return RenderTemplate(src, vars, opts.Now)
+}
+
+// RenderTemplate renders a Jinja chat template with Hugging Face's environment.
+func RenderTemplate(src string, vars map[string]any, now func() time.Time) (string, error) {
+	if now == nil {
+		now = time.Now
+	}
+	cfg := config.New()
+	cfg.TrimBlocks = true
+	cfg.LeftStripBlocks = true
+	filters := exec.NewFilterSet(map[string]exec.FilterFunction{}).Update(builtins.Filters)
+	filters.Replace("tojson", filterToJSON)
+	ctx := exec.EmptyContext().Update(builtins.GlobalFunctions).Update(builtins.GlobalVariables)
+	ctx.Set("raise_exception", func(msg string) (string, error) { return "", errTemplateRaised{msg} })
+	ctx.Set("strftime_now", func(format string) string { return strftime(now(), format) })
+	env := &exec.Environment{Context: ctx, Filters: filters, Tests: builtins.Tests, ControlStructures: builtins.ControlStructures, Methods: builtins.Methods}
+	loader, err := loaders.NewShiftedLoader("chat_template", strings.NewReader(src), loaders.MustNewFileSystemLoader(""))
+	if err != nil {
+		return "", err
+	}
+	tpl, err := exec.NewTemplate("chat_template", cfg, loader, env)
+	if err != nil {
+		return "", fmt.Errorf("chat template: %s", oneLineTemplateError(err))
+	}
+	var out bytes.Buffer
+	if err := tpl.Execute(&out, exec.NewContext(vars)); err != nil {
+		var raised errTemplateRaised
+		if errors.As(err, &raised) {
+			return "", fmt.Errorf("chat template raised: %s", raised.msg)
+		}
+		return "", fmt.Errorf("chat template: %s", oneLineTemplateError(err))
+	}
+	return out.String(), nil
+}
+
+type errTemplateRaised struct{ msg string }
+
+func (e errTemplateRaised) Error() string { return e.msg }
+
+// oneLineTemplateError keeps gonja's message (which names the template line) without the template's source.
+func oneLineTemplateError(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "failed to parse template '"); i >= 0 {
+		if j := strings.LastIndex(msg, "': "); j > i {
+			msg = msg[:i] + "parse error: " + msg[j+3:]
+		}
+	}
+	return strings.ReplaceAll(msg, "\n", " ")
+}
+
+// filterToJSON is Hugging Face's tojson: Python's json.dumps with ensure_ascii=False, ", " and ": "
+// separators (or indent), keys in insertion order where the value keeps one, else sorted.
+func filterToJSON(e *exec.Evaluator, in *exec.Value, params *exec.VarArgs) *exec.Value {
+	if in.IsError() {
+		return in
+	}
+	indent := -1
+	if v, ok := params.KwArgs["indent"]; ok && v.IsInteger() {
+		indent = v.Integer()
+	}
+	var sb strings.Builder
+	if err := pyJSON(&sb, in.ToGoSimpleType(true), indent, 0); err != nil {
+		return exec.AsValue(err)
+	}
+	return exec.AsSafeValue(sb.String())
+}
+
+func pyJSON(sb *strings.Builder, v any, indent, depth int) error {
+	newline := func(d int) {
+		if indent >= 0 {
+			sb.WriteByte('\n')
+			sb.WriteString(strings.Repeat(" ", indent*d))
+		}
+	}
+	sep := ", "
+	if indent >= 0 {
+		sep = ","
+	}
+	switch x := v.(type) {
+	case nil:
+		sb.WriteString("null")
+	case bool:
+		if x {
+			sb.WriteString("true")
+		} else {
+			sb.WriteString("false")
+		}
+	case string:
+		b, _ := json.Marshal(x)
+		// Python escapes the same control characters but leaves <, >, & and non-ASCII text alone.
+		s := strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&", `\u2028`, "\u2028", `\u2029`, "\u2029").Replace(string(b))
+		sb.WriteString(s)
+	case int, int64, int32, float64, float32:
+		b, _ := json.Marshal(x)
+		sb.Write(b)
+	case []any:
+		if len(x) == 0 {
+			sb.WriteString("[]")
+			return nil
+		}
+		sb.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				sb.WriteString(sep)
+			}
+			newline(depth + 1)
+			if err := pyJSON(sb, e, indent, depth+1); err != nil {
+				return err
+			}
+		}
+		newline(depth)
+		sb.WriteByte(']')
+	case map[string]any:
+		if len(x) == 0 {
+			sb.WriteString("{}")
+			return nil
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		sb.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				sb.WriteString(sep)
+			}
+			newline(depth + 1)
+			kb, _ := json.Marshal(k)
+			sb.Write(kb)
+			sb.WriteString(": ")
+			if err := pyJSON(sb, x[k], indent, depth+1); err != nil {
+				return err
+			}
+		}
+		newline(depth)
+		sb.WriteByte('}')
+	case map[any]any:
+		m := map[string]any{}
+		for k, e := range x {
+			m[fmt.Sprint(k)] = e
+		}
+		return pyJSON(sb, m, indent, depth)
+	default:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return fmt.Errorf("tojson: %v", err)
+		}
+		sb.Write(b)
+	}
+	return nil
+}
+
+// strftime formats t with Python's strftime directives.
+func strftime(t time.Time, format string) string {
+	var sb strings.Builder
+	for i := 0; i < len(format); i++ {
+		c := format[i]
+		if c != '%' || i+1 == len(format) {
+			sb.WriteByte(c)
+			continue
+		}
+		i++
+		switch format[i] {
+		case 'Y':
+			fmt.Fprintf(&sb, "%04d", t.Year())
+		case 'y':
+			fmt.Fprintf(&sb, "%02d", t.Year()%100)
+		case 'm':
+			fmt.Fprintf(&sb, "%02d", int(t.Month()))
+		case 'd':
+			fmt.Fprintf(&sb, "%02d", t.Day())
+		case 'e', '-':
+			if format[i] == '-' && i+1 < len(format) && format[i+1] == 'd' {
+				i++
+			}
+			fmt.Fprintf(&sb, "%d", t.Day())
+		case 'H':
+			fmt.Fprintf(&sb, "%02d", t.Hour())
+		case 'I':
+			h := t.Hour() % 12
+			if h == 0 {
+				h = 12
+			}
+			fmt.Fprintf(&sb, "%02d", h)
+		case 'M':
+			fmt.Fprintf(&sb, "%02d", t.Minute())
+		case 'S':
+			fmt.Fprintf(&sb, "%02d", t.Second())
+		case 'p':
+			sb.WriteString(t.Format("PM"))
+		case 'b':
+			sb.WriteString(t.Format("Jan"))
+		case 'B':
+			sb.WriteString(t.Format("January"))
+		case 'a':
+			sb.WriteString(t.Format("Mon"))
+		case 'A':
+			sb.WriteString(t.Format("Monday"))
+		case 'j':
+			fmt.Fprintf(&sb, "%03d", t.YearDay())
+		case '%':
+			sb.WriteByte('%')
+		default:
+			sb.WriteByte('%')
+			sb.WriteByte(format[i])
+		}
+	}
+	return sb.String()
+}
