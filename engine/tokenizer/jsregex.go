@@ -89,8 +89,12 @@ func translateJSRegex(src string) (string, error) {
 	return b.String(), nil
 }
 
-// jsRegex is a compiled pattern with JavaScript match semantics for the calls tokenizers make.
-type jsRegex struct{ re *regexp2.Regexp }
+// jsRegex is a compiled pattern with JavaScript match semantics for the calls tokenizers make. A literal
+// pattern (tokenizer.json's {"String": ...}) skips the regex engine.
+type jsRegex struct {
+	re  *regexp2.Regexp
+	lit string
+}
 
 func compileJSRegex(src string) (*jsRegex, error) {
 	t, err := translateJSRegex(src)
@@ -105,7 +109,7 @@ func compileJSRegex(src string) (*jsRegex, error) {
 }
 
 func literalRegex(s string) *jsRegex {
-	return &jsRegex{re: regexp2.MustCompile(regexp2.Escape(s), regexp2.None)}
+	return &jsRegex{re: regexp2.MustCompile(regexp2.Escape(s), regexp2.None), lit: s}
 }
 
 // match is one match as rune offsets into the text.
@@ -125,6 +129,13 @@ func (r *jsRegex) findAll(runes []rune) []match {
 
 // matches is String.prototype.match with the g flag: the matched substrings.
 func (r *jsRegex) matches(text string) []string {
+	if r.lit != "" {
+		var out []string
+		for n := strings.Count(text, r.lit); n > 0; n-- {
+			out = append(out, r.lit)
+		}
+		return out
+	}
 	runes := []rune(text)
 	var out []string
 	for _, m := range r.findAll(runes) {
@@ -135,6 +146,24 @@ func (r *jsRegex) matches(text string) []string {
 
 // split keeps the delimiters as their own pieces (transformers.js's regexSplit).
 func (r *jsRegex) split(text string) []string {
+	if r.lit != "" {
+		var out []string
+		for {
+			i := strings.Index(text, r.lit)
+			if i < 0 {
+				break
+			}
+			if i > 0 {
+				out = append(out, text[:i])
+			}
+			out = append(out, r.lit)
+			text = text[i+len(r.lit):]
+		}
+		if text != "" {
+			out = append(out, text)
+		}
+		return out
+	}
 	runes := []rune(text)
 	var out []string
 	prev := 0
@@ -155,6 +184,15 @@ func (r *jsRegex) split(text string) []string {
 
 // splitRemoved drops the delimiters and empty pieces.
 func (r *jsRegex) splitRemoved(text string) []string {
+	if r.lit != "" {
+		var out []string
+		for _, p := range strings.Split(text, r.lit) {
+			if p != "" {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
 	runes := []rune(text)
 	var out []string
 	prev := 0
@@ -172,6 +210,9 @@ func (r *jsRegex) splitRemoved(text string) []string {
 
 // replaceAll replaces every match with repl (no group references).
 func (r *jsRegex) replaceAll(text, repl string) string {
+	if r.lit != "" {
+		return strings.ReplaceAll(text, r.lit, repl)
+	}
 	runes := []rune(text)
 	ms := r.findAll(runes)
 	if len(ms) == 0 {

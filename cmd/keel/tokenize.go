@@ -1,0 +1,91 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/tokenizer"
+)
+
+// runTokenize: keel tokenize --model DIR [--json] [--chat FILE.json [--generation-prompt]] [--no-special] TEXT
+func runTokenize(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("tokenize", stderr)
+	dir := fs.String("model", "", "model folder (tokenizer files are enough)")
+	asJSON := fs.Bool("json", false, `print {"ids", "pieces", "decoded"}`)
+	chat := fs.String("chat", "", "a JSON file holding a messages list: print the rendered chat template")
+	genPrompt := fs.Bool("generation-prompt", true, "with --chat: end with the assistant's turn header")
+	noSpecial := fs.Bool("no-special", false, "do not add the post-processor's special tokens")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{fmt.Errorf("--model DIR is required")}
+	}
+	tok, err := tokenizer.Load(*dir)
+	if err != nil {
+		return err
+	}
+	if *chat != "" {
+		hf, ok := tok.(*tokenizer.HF)
+		if !ok {
+			return fmt.Errorf("%s: this tokenizer has no chat template (only tokenizer.json tokenizers carry one)", *dir)
+		}
+		raw, err := os.ReadFile(*chat)
+		if err != nil {
+			return err
+		}
+		var msgs []tokenizer.Message
+		if err := json.Unmarshal(raw, &msgs); err != nil {
+			return fmt.Errorf("%s: want a JSON list of messages ({\"role\", \"content\"}): %v", *chat, err)
+		}
+		text, err := hf.ApplyChatTemplate(msgs, tokenizer.ChatOptions{AddGenerationPrompt: *genPrompt})
+		if err != nil {
+			return fmt.Errorf("%s: %w", *dir, err)
+		}
+		_, err = io.WriteString(stdout, text)
+		return err
+	}
+	if fs.NArg() == 0 {
+		return usageError{fmt.Errorf("give the text to tokenize as an argument")}
+	}
+	text := strings.Join(fs.Args(), " ")
+	ids := tok.Encode(text, !*noSpecial)
+	pieces := make([]string, len(ids))
+	for i, id := range ids {
+		pieces[i] = tok.Piece(id)
+	}
+	decoded := tokenizer.Decode(tok, ids)
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{"ids": ids, "pieces": pieces, "decoded": decoded})
+	}
+	for i, id := range ids {
+		fmt.Fprintf(stdout, "%d\t%q\n", id, pieces[i])
+	}
+	return nil
+}
+
+// runTokenizer: keel tokenizer train --vocab N --corpus FILE --out DIR
+func runTokenizer(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "train" {
+		return usageError{fmt.Errorf("usage: keel tokenizer train --vocab N --corpus FILE --out DIR")}
+	}
+	fs := newFlags("tokenizer train", stderr)
+	vocab := fs.Int("vocab", 4096, "vocabulary size, special tokens included")
+	corpus := fs.String("corpus", "", "training text")
+	out := fs.String("out", "", "output folder (tokenizer.json, tokenizer_config.json)")
+	minFreq := fs.Int("min-frequency", 2, "merge only pairs seen at least this often")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *corpus == "" || *out == "" {
+		return usageError{fmt.Errorf("--corpus FILE and --out DIR are required")}
+	}
+	if err := tokenizer.TrainFile(*corpus, *out, tokenizer.TrainConfig{VocabSize: *vocab, MinFrequency: *minFreq}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s/tokenizer.json and tokenizer_config.json\n", *out)
+	return nil
+}

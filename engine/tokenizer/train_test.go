@@ -1,0 +1,64 @@
+package tokenizer
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func trainingCorpus() string {
+	var sb strings.Builder
+	names := []string{"Lily", "Tom", "the pirate", "a ghost", "the oracle", "Dr. Chen"}
+	for i := 0; i < 400; i++ {
+		fmt.Fprintf(&sb, "<|im_start|>user\nWho are you, %s? Tell me about day %d.<|im_end|>\n<|im_start|>assistant\nI'm an assistant; on day %d %s said \"hello\" 3 times.\n<|im_end|>\n", names[i%len(names)], i, i*7, names[(i+2)%len(names)])
+	}
+	return sb.String()
+}
+
+func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
+	corpus := trainingCorpus()
+	tj, tc, err := Train(strings.NewReader(corpus), TrainConfig{VocabSize: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), tc, 0o644)
+	tk, err := LoadHF(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk.VocabSize() != 600 {
+		t.Fatalf("vocab size %d, want 600", tk.VocabSize())
+	}
+	strs := append(conformanceCorpus(600), strings.Split(corpus, "\n")[:50]...)
+	ref := reference(t, dir, map[string]any{"strings": strs})
+	for i, s := range strs {
+		ids := tk.Encode(s, true)
+		if !equalIDs(ids, ref.Encode[i].IDs) {
+			t.Fatalf("%q:\n keel %v\n ref  %v", s, ids, ref.Encode[i].IDs)
+		}
+		if got := tk.Decode(ids); got != s {
+			t.Fatalf("byte-level round trip of %q gave %q", s, got)
+		}
+	}
+	// Training is deterministic and the merges learned the corpus: the sample encodes in far fewer tokens than bytes.
+	tj2, _, _ := Train(strings.NewReader(corpus), TrainConfig{VocabSize: 600})
+	if !bytes.Equal(tj, tj2) {
+		t.Fatal("two trainings on the same corpus differ")
+	}
+	sample := strings.Split(corpus, "\n")[1]
+	if n := len(tk.Encode(sample, false)); n*3 > len(sample) {
+		t.Fatalf("%q encodes to %d tokens: the merges did not learn the corpus", sample, n)
+	}
+	chat, err := tk.ApplyChatTemplate([]Message{{"role": "user", "content": "Hi"}}, ChatOptions{AddGenerationPrompt: true})
+	if err != nil || chat != "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" {
+		t.Fatalf("ChatML template: %q %v", chat, err)
+	}
+	if ids := tk.Encode("<|im_start|>", false); len(ids) != 1 || !tk.IsSpecial(ids[0]) {
+		t.Fatalf("special token encodes to %v", ids)
+	}
+}
