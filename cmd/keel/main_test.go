@@ -102,3 +102,35 @@ func TestBenchDecodeEndsWithRatioLines(t *testing.T) {
 		t.Fatalf("--json: %s", stdout)
 	}
 }
+
+func TestTokenizeCommand(t *testing.T) {
+	root, _ := filepath.Abs("../..")
+	dir := filepath.Join(root, "conformance", "tokenizers", "node_modules", "@lenml", "tokenizer-llama3_1", "models")
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("%v: run `npm ci` in conformance/tokenizers (make test does)", err)
+	}
+	code, stdout, stderr := runKeel("tokenize", "--model", dir, "--json", "Hello, world")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	want := `{"decoded":"<|begin_of_text|>Hello, world","ids":[128000,9906,11,1917],"pieces":["<|begin_of_text|>","Hello",",","Ġworld"]}`
+	if strings.TrimSpace(stdout) != want {
+		t.Fatalf("got %s\nwant %s", stdout, want)
+	}
+	chat := filepath.Join(t.TempDir(), "chat.json")
+	os.WriteFile(chat, []byte(`[{"role": "user", "content": "Hi"}]`), 0o644)
+	code, stdout, stderr = runKeel("tokenize", "--model", dir, "--chat", chat)
+	if code != 0 || stdout != "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n" {
+		t.Fatalf("chat: %d %q %s", code, stdout, stderr)
+	}
+	corpus := filepath.Join(t.TempDir(), "corpus.txt")
+	os.WriteFile(corpus, []byte(strings.Repeat("the cat sat on the mat. ", 200)), 0o644)
+	out := filepath.Join(t.TempDir(), "tok")
+	if code, _, stderr := runKeel("tokenizer", "train", "--vocab", "300", "--corpus", corpus, "--out", out); code != 0 {
+		t.Fatalf("train: %s", stderr)
+	}
+	code, stdout, _ = runKeel("tokenize", "--model", out, "--json", "the cat sat")
+	if code != 0 || !strings.Contains(stdout, `"decoded":"the cat sat"`) {
+		t.Fatalf("trained tokenizer: %s", stdout)
+	}
+}

@@ -59,7 +59,9 @@ func runTokenize(args []string, stdout, stderr io.Writer) error {
 	}
 	decoded := tokenizer.Decode(tok, ids)
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(map[string]any{"ids": ids, "pieces": pieces, "decoded": decoded})
+		enc := json.NewEncoder(stdout)
+		enc.SetEscapeHTML(false) // token pieces such as <|im_start|> print as themselves
+		return enc.Encode(map[string]any{"ids": ids, "pieces": pieces, "decoded": decoded})
 	}
 	for i, id := range ids {
 		fmt.Fprintf(stdout, "%d\t%q\n", id, pieces[i])

@@ -133,7 +133,7 @@ func TestConformanceWithTransformersJS(t *testing.T) {
 					streamed += piece
 				}
 				streamed += st.Flush()
-				if plain := tk.decode(ids, false); !tk.cleanUp && streamed != plain {
+				if plain := tk.DecodeRaw(ids); streamed != plain {
 					if streamFails < 5 {
 						t.Errorf("stream %q:\n got  %q\n want %q", s, streamed, plain)
 					}

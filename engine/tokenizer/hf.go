@@ -363,12 +363,15 @@ func (t *HF) encodeSections(text string) []int {
 
 // Decode turns ids into text as transformers.js's decode does (special tokens kept, its clean-up applied
 // when tokenizer_config.json asks for it).
-func (t *HF) Decode(ids []int) string { return t.decode(ids, false) }
+func (t *HF) Decode(ids []int) string { return t.decode(ids, false, t.cleanUp) }
 
 // DecodeSkipSpecial decodes without the special tokens.
-func (t *HF) DecodeSkipSpecial(ids []int) string { return t.decode(ids, true) }
+func (t *HF) DecodeSkipSpecial(ids []int) string { return t.decode(ids, true, t.cleanUp) }
 
-func (t *HF) decode(ids []int, skipSpecial bool) string {
+// DecodeRaw decodes without clean-up: the exact text of the tokens.
+func (t *HF) DecodeRaw(ids []int) string { return t.decode(ids, false, false) }
+
+func (t *HF) decode(ids []int, skipSpecial, cleanUp bool) string {
 	toks := make([]string, 0, len(ids))
 	for _, id := range ids {
 		s := t.tokenString(id)
@@ -389,7 +392,7 @@ func (t *HF) decode(ids []int, skipSpecial bool) string {
 			text = strings.TrimFunc(text, isJSSpace)
 		}
 	}
-	if t.cleanUp {
+	if cleanUp {
 		text = cleanUpTokenization(text)
 	}
 	return text
