@@ -114,9 +114,9 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		h := m.rmsNorm(s, x, l.AttnNorm)
-		q := s.Reshape(s.Linear(h, l.Q, l.QBias), int64(B), int64(T), H, hd)
-		k := s.Reshape(s.Linear(h, l.K, l.KBias), int64(B), int64(T), KV, hd)
-		v := s.Reshape(s.Linear(h, l.V, l.VBias), int64(B), int64(T), KV, hd)
+		q := s.Reshape(m.proj(s, i, "q", h, l.Q, l.QBias), int64(B), int64(T), H, hd)
+		k := s.Reshape(m.proj(s, i, "k", h, l.K, l.KBias), int64(B), int64(T), KV, hd)
+		v := s.Reshape(m.proj(s, i, "v", h, l.V, l.VBias), int64(B), int64(T), KV, hd)
 		if m.Spec.QKNorm {
 			q = m.rmsNorm(s, q, l.QNorm)
 			k = m.rmsNorm(s, k, l.KNorm)
@@ -132,13 +132,13 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		}
 		mask, causal := masks.get(m.Spec.Sliding[i])
 		a := s.Attention(q, k, v, mask, causal, m.Spec.AttnScale, m.Spec.AttnSoftcap)
-		o := s.Linear(s.Reshape(s.Transpose(a, 1, 2), int64(B), int64(T), H*hd), l.O, l.OBias)
+		o := m.proj(s, i, "o", s.Reshape(s.Transpose(a, 1, 2), int64(B), int64(T), H*hd), l.O, l.OBias)
 		if m.Spec.SandwichNorms {
 			o = m.rmsNorm(s, o, l.AttnPostNorm)
 		}
 		x = s.Add(x, o)
 		h = m.rmsNorm(s, x, l.MLPNorm)
-		mlp := s.Linear(s.Mul(m.act(s, s.Linear(h, l.Gate, Tensor{})), s.Linear(h, l.Up, Tensor{})), l.Down, Tensor{})
+		mlp := m.proj(s, i, "down", s.Mul(m.act(s, m.proj(s, i, "gate", h, l.Gate, Tensor{})), m.proj(s, i, "up", h, l.Up, Tensor{})), l.Down, Tensor{})
 		if m.Spec.SandwichNorms {
 			mlp = m.rmsNorm(s, mlp, l.MLPPostNorm)
 		}

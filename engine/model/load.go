@@ -44,13 +44,20 @@ type Model struct {
 	Layers              []Layer
 	Names               []NamedTensor // every weight under its Hugging Face name, in checkpoint order
 
-	weights   *torch.Scope
-	files     *safetensors.Set // kept open while CPU weights alias the mapping
-	inv       []float32
-	ropeCos   Tensor
-	ropeSin   Tensor
-	ropeLen   int
-	embedMult float64
+	// Training switches dropout on (LoRA dropout); generation leaves it off.
+	Training bool
+	// LoRA is the adapter configuration when adapters are attached.
+	LoRA *LoRAConfig
+
+	adapters    map[string]*Adapter
+	loraDropout float64
+	weights     *torch.Scope
+	files       *safetensors.Set // kept open while CPU weights alias the mapping
+	inv         []float32
+	ropeCos     Tensor
+	ropeSin     Tensor
+	ropeLen     int
+	embedMult   float64
 }
 
 // weightName is the Hugging Face name of layer i's tensor.

@@ -231,6 +231,39 @@ func (s *Scope) Rope(x, cos, sin Tensor) Tensor {
 	return s.op("rope", s.rt.sym.Rope, x.h, cos.h, sin.h, s.outp())
 }
 
+// Dropout zeroes elements with probability p (scaling the rest) when train is set.
+func (s *Scope) Dropout(x Tensor, p float64, train bool) Tensor {
+	if !s.ok("dropout", x) {
+		return Tensor{}
+	}
+	t := uintptr(0)
+	if train {
+		t = 1
+	}
+	s.f64[0] = p
+	return s.op("dropout", s.rt.sym.Dropout, x.h, ptr(&s.f64[0]), t, s.outp())
+}
+
+// AdamWUpdate applies one AdamW step to param from its gradient, updating the caller-owned moment tensors.
+// step counts from 1.
+func (s *Scope) AdamWUpdate(param, expAvg, expAvgSq Tensor, c AdamWConfig, step int) {
+	if !s.ok("adamw_update", param, expAvg, expAvgSq) {
+		return
+	}
+	h := [6]float64{c.LR, c.Beta1, c.Beta2, c.Eps, c.WeightDecay, float64(step)}
+	s.keep = &h
+	s.Fail(s.rt.call("adamw_update", s.rt.sym.AdamwUpdate, param.h, expAvg.h, expAvgSq.h, ptr(&h[0])))
+	s.keep = nil
+}
+
+// ZeroGrad drops param's accumulated gradient.
+func (s *Scope) ZeroGrad(param Tensor) {
+	if !s.ok("zero_grad", param) {
+		return
+	}
+	s.Fail(s.rt.call("zero_grad", s.rt.sym.ZeroGrad, param.h))
+}
+
 // Stack joins tensors of one shape along a new dimension dim.
 func (s *Scope) Stack(ts []Tensor, dim int) Tensor {
 	if !s.ok("stack", ts...) || len(ts) == 0 {

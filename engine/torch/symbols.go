@@ -47,6 +47,9 @@ type symbols struct {
 	Stack           uintptr
 	RmsNorm         uintptr
 	Rope            uintptr
+	AdamwUpdate     uintptr
+	ZeroGrad        uintptr
+	Dropout         uintptr
 	Multinomial     uintptr
 	SetRequiresGrad uintptr
 	RequiresGrad    uintptr
@@ -98,6 +101,9 @@ func (s *symbols) table() []symbolRef {
 		{"kt_stack", &s.Stack},
 		{"kt_rms_norm", &s.RmsNorm},
 		{"kt_rope", &s.Rope},
+		{"kt_adamw_update", &s.AdamwUpdate},
+		{"kt_zero_grad", &s.ZeroGrad},
+		{"kt_dropout", &s.Dropout},
 		{"kt_multinomial", &s.Multinomial},
 		{"kt_set_requires_grad", &s.SetRequiresGrad},
 		{"kt_requires_grad", &s.RequiresGrad},

@@ -6,6 +6,7 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -564,6 +565,36 @@ int64_t kt_set_grad_enabled(int64_t enabled) {
 char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm) {
   KT_TRY
   *total_norm = torch::nn::utils::clip_grad_norm_(tensors(params, n), max_norm);
+  KT_CATCH
+}
+
+char *kt_adamw_update(kt_tensor param, kt_tensor exp_avg, kt_tensor exp_avg_sq, const double *h) {
+  KT_TRY
+  auto &p = T(param);
+  auto g = p.grad();
+  if (!g.defined()) return nullptr;
+  at::NoGradGuard no_grad;
+  double lr = h[0], b1 = h[1], b2 = h[2], eps = h[3], wd = h[4], step = h[5];
+  auto &m = T(exp_avg);
+  auto &v = T(exp_avg_sq);
+  if (wd != 0) p.mul_(1 - lr * wd);
+  m.mul_(b1).add_(g, 1 - b1);
+  v.mul_(b2).addcmul_(g, g, 1 - b2);
+  double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+  auto denom = (v.sqrt() / std::sqrt(bc2)).add_(eps);
+  p.addcdiv_(m, denom, -lr / bc1);
+  KT_CATCH
+}
+
+char *kt_zero_grad(kt_tensor param) {
+  KT_TRY
+  T(param).mutable_grad().reset();
+  KT_CATCH
+}
+
+char *kt_dropout(kt_tensor x, const double *p, int64_t train, kt_tensor *out) {
+  KT_TRY
+  *out = wrap(at::dropout(T(x), *p, train != 0));
   KT_CATCH
 }
 

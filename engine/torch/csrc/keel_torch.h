@@ -102,6 +102,12 @@ char *kt_grad(kt_tensor t, kt_tensor *out); /* *out = NULL when no gradient */
 int64_t kt_set_grad_enabled(int64_t enabled); /* returns the previous mode (thread-local) */
 char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm);
 
+/* One AdamW step (torch.optim.AdamW's update, no amsgrad) for a parameter whose state tensors the caller owns:
+ * h = {lr, beta1, beta2, eps, weight_decay, step (1-based)}. A parameter without a gradient is left alone. */
+char *kt_adamw_update(kt_tensor param, kt_tensor exp_avg, kt_tensor exp_avg_sq, const double *h);
+char *kt_zero_grad(kt_tensor param);
+char *kt_dropout(kt_tensor x, const double *p, int64_t train, kt_tensor *out);
+
 /* AdamW */
 char *kt_adamw_new(const kt_tensor *params, int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay, kt_optim *out);
 char *kt_adamw_step(kt_optim o);
