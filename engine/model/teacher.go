@@ -116,3 +116,13 @@ func (m *Model) Logits(seq []int, hooks *Hooks) ([]float32, error) {
 	logits := s.Float32s(out.logits)
 	return logits, s.Err()
 }
+
+// TrainLogits runs a training forward pass (autograd records it when parameters require gradients) over rows
+// of equal length and returns logits [B, T, vocab] in float32.
+func (m *Model) TrainLogits(s *torch.Scope, ids [][]int) Tensor {
+	out := m.forward(s, Pass{IDs: ids})
+	if m.Opts.DType != torch.Float32 {
+		return s.To(out.logits, torch.Float32, m.Opts.Device)
+	}
+	return out.logits
+}

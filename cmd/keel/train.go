@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/train"
+)
+
+func runTrain(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "sft" {
+		return usageError{fmt.Errorf("usage: keel train sft --model DIR --data FILE.jsonl [flags]")}
+	}
+	fs := newFlags("train sft", stderr)
+	var c train.SFTConfig
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune")
+	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of {\"messages\": [...]} or {\"text\": ...} lines, or a .txt file")
+	fs.Float64Var(&c.LearningRate, "lr", 3e-4, "peak learning rate")
+	fs.IntVar(&c.MaxSteps, "steps", 200, "optimizer steps")
+	fs.IntVar(&c.PerDeviceTrainBatchSize, "batch", 8, "sequences per micro-batch")
+	fs.IntVar(&c.GradientAccumulationSteps, "accum", 1, "micro-batches per step")
+	fs.Float64Var(&c.WarmupRatio, "warmup", 0.05, "fraction of steps of linear warmup")
+	fs.StringVar(&c.LRSchedulerType, "schedule", "cosine", "cosine, linear or constant")
+	fs.Float64Var(&c.MaxGradNorm, "clip", 1.0, "global gradient-norm clip")
+	fs.Float64Var(&c.WeightDecay, "weight-decay", 0, "AdamW weight decay")
+	fs.Uint64Var(&c.Seed, "seed", 0, "seed (data order, eval split, dropout)")
+	fs.IntVar(&c.MaxSeqLength, "seq-len", 256, "packed sequence length")
+	fs.Float64Var(&c.EvalFraction, "eval-fraction", 0.05, "held-out fraction of examples")
+	fs.IntVar(&c.EvalSteps, "eval-every", 50, "steps between eval-loss measurements")
+	fs.IntVar(&c.SaveSteps, "save-every", 50, "steps between checkpoints")
+	fs.IntVar(&c.SaveTotalLimit, "keep", 2, "checkpoints kept")
+	fs.StringVar(&c.Device, "device", "cpu", "cpu, cuda or cuda:N")
+	fs.StringVar(&c.DType, "dtype", "f32", "f32, f16 or bf16")
+	loraRank := fs.Int("lora", 0, "LoRA rank (0 = full fine-tune)")
+	loraAlpha := fs.Float64("lora-alpha", 0, "LoRA alpha (default: the rank)")
+	loraDropout := fs.Float64("lora-dropout", 0, "LoRA dropout")
+	loraTargets := fs.String("lora-targets", "q,k,v,o,gate,up,down", "LoRA target modules")
+	detach := fs.Bool("detach", false, "run in the background and print the run id (`keel jobs` watches it)")
+	resume := fs.String("resume", "", "continue a run (its folder or id) from its last checkpoint")
+	runsDir := fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
+	runDir := fs.String("run-dir", "", "use this existing run folder (set by --detach)")
+	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default)")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *loraRank > 0 {
+		c.LoRA = &model.LoRAConfig{R: *loraRank, Alpha: *loraAlpha, Dropout: *loraDropout, TargetModules: strings.Split(*loraTargets, ",")}
+	}
+	var run *train.Run
+	var err error
+	resuming := *resume != ""
+	switch {
+	case *runDir != "":
+		run, err = train.OpenRun(*runsDir, *runDir)
+	case resuming:
+		run, err = train.OpenRun(*runsDir, *resume)
+	default:
+		if c.ModelNameOrPath == "" || c.DatasetPath == "" {
+			return usageError{fmt.Errorf("--model DIR and --data FILE are required")}
+		}
+		run, err = train.NewRun(*runsDir, "sft")
+	}
+	if err != nil {
+		return err
+	}
+	if resuming || (*runDir != "" && fileExists(filepath.Join(run.Dir, "config.json")) && c.ModelNameOrPath == "") {
+		raw, err := os.ReadFile(filepath.Join(run.Dir, "config.json"))
+		if err != nil {
+			return fmt.Errorf("%s: cannot resume: %v", run.Dir, err)
+		}
+		var saved train.SFTConfig
+		if err := json.Unmarshal(raw, &saved); err != nil {
+			return fmt.Errorf("%s/config.json: %v", run.Dir, err)
+		}
+		c = saved
+		resuming = true
+	}
+	if *detach {
+		return detachTraining(run, args[1:], stdout)
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	if *threads > 0 {
+		rt.SetNumThreads(*threads)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	progress := newProgress(stdout, c.MaxSteps)
+	fmt.Fprintf(stdout, "run %s (%s)\n", run.ID, run.Dir)
+	err = train.RunSFT(ctx, rt, run, c, train.Options{Resume: resuming, Log: stdout, Hooks: progress.update})
+	progress.done()
+	if err != nil {
+		return fmt.Errorf("run %s: %w", run.ID, err)
+	}
+	st, _ := run.ReadState()
+	if st.State == train.Cancelled {
+		fmt.Fprintf(stdout, "cancelled at step %d; continue with: keel train sft --resume %s\n", st.Step, run.Dir)
+	}
+	return nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// detachTraining starts this command again as a background process (its own session, so closing the terminal
+// does not stop it) writing to the run's log.txt, and prints the run id.
+func detachTraining(run *train.Run, args []string, stdout io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var child []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--detach" || a == "-detach" || strings.HasPrefix(a, "--detach=") || strings.HasPrefix(a, "-detach=") {
+			continue
+		}
+		if a == "--resume" || a == "-resume" {
+			i++
+			continue
+		}
+		if strings.HasPrefix(a, "--resume=") || strings.HasPrefix(a, "-resume=") {
+			continue
+		}
+		child = append(child, a)
+	}
+	logf, err := os.OpenFile(filepath.Join(run.Dir, "log.txt"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, append([]string{"train", "sft", "--run-dir", run.Dir}, child...)...)
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = logf, logf, nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the background training: %w", err)
+	}
+	st, _ := run.ReadState()
+	st.PID, st.State, st.Updated = cmd.Process.Pid, train.Running, time.Now().UTC()
+	run.WriteState(st)
+	cmd.Process.Release()
+	fmt.Fprintln(stdout, run.ID)
+	return nil
+}
+
+// progress draws a bar on a terminal and plain lines otherwise.
+type progress struct {
+	w     io.Writer
+	total int
+	tty   bool
+}
+
+func newProgress(w io.Writer, total int) *progress {
+	p := &progress{w: w, total: total}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(m *train.Metrics) {
+	eval := ""
+	if m.EvalLoss != nil {
+		eval = fmt.Sprintf(" eval %.4f", *m.EvalLoss)
+	}
+	if !p.tty {
+		fmt.Fprintf(p.w, "step %d/%d loss %.4f%s lr %.2e grad %.3f %.0f tok/s eta %s\n", m.Step, p.total, m.Loss, eval, m.LR, m.GradNorm, m.TokensPerSec, time.Duration(m.ETASeconds*float64(time.Second)).Round(time.Second))
+		return
+	}
+	width := 30
+	filled := width * m.Step / max(p.total, 1)
+	fmt.Fprintf(p.w, "\r[%s%s] %d/%d loss %.4f%s %.0f tok/s eta %s   ", strings.Repeat("#", filled), strings.Repeat(".", width-filled), m.Step, p.total, m.Loss, eval, m.TokensPerSec, time.Duration(m.ETASeconds*float64(time.Second)).Round(time.Second))
+}
+
+func (p *progress) done() {
+	if p.tty {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// runJobs: keel jobs list | watch RUN | cancel RUN
+func runJobs(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("usage: keel jobs list|watch RUN|cancel RUN")}
+	}
+	fs := newFlags("jobs "+args[0], stderr)
+	runsDir := fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	switch args[0] {
+	case "list":
+		states, err := train.ListRuns(*runsDir)
+		if err != nil {
+			return err
+		}
+		if len(states) == 0 {
+			fmt.Fprintf(stdout, "no runs in %s\n", *runsDir)
+			return nil
+		}
+		fmt.Fprintf(stdout, "%-34s %-10s %-11s %-8s %s\n", "ID", "KIND", "STATE", "LOSS", "STEP")
+		for _, s := range states {
+			fmt.Fprintf(stdout, "%-34s %-10s %-11s %-8.4f %d/%d\n", s.ID, s.Kind, s.State, s.Loss, s.Step, s.TotalSteps)
+		}
+		return nil
+	case "watch", "cancel":
+		if fs.NArg() != 1 {
+			return usageError{fmt.Errorf("usage: keel jobs %s RUN (a run id or folder)", args[0])}
+		}
+		run, err := train.OpenRun(*runsDir, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		if args[0] == "cancel" {
+			if err := run.RequestCancel(); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "asked %s to stop (it saves a checkpoint first)\n", run.ID)
+			return nil
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		st, _ := run.ReadState()
+		p := newProgress(stdout, st.TotalSteps)
+		final, err := run.Watch(ctx, 300*time.Millisecond, func(s train.State, m *train.Metrics) {
+			if m != nil {
+				p.update(m)
+			} else if !p.tty {
+				fmt.Fprintf(stdout, "state %s\n", s.State)
+			}
+		})
+		p.done()
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %s at step %d/%d %s\n", run.ID, final.State, final.Step, final.TotalSteps, final.Error)
+		return nil
+	}
+	return usageError{fmt.Errorf("unknown jobs command %q: list, watch or cancel", args[0])}
+}

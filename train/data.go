@@ -1,0 +1,163 @@
+package train
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/tokenizer"
+)
+
+// Example is one tokenized training text; Loss marks the tokens the loss counts (the assistant's for chats).
+type Example struct {
+	IDs  []int
+	Loss []bool
+}
+
+// record is one line of a JSONL dataset: chat messages, or plain text.
+type record struct {
+	Messages []tokenizer.Message `json:"messages"`
+	Text     *string             `json:"text"`
+	Reward   *float64            `json:"reward"`
+}
+
+// LoadDataset reads a JSONL file of {"messages": [...]} or {"text": "..."} lines (a .txt file is one plain
+// text) and tokenizes it. Errors name file:line.
+func LoadDataset(path string, tok tokenizer.Tokenizer) ([]Example, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if strings.HasSuffix(path, ".txt") {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if len(strings.TrimSpace(string(raw))) == 0 {
+			return nil, fmt.Errorf("%s: the dataset is empty", path)
+		}
+		return []Example{plainExample(tok, string(raw))}, nil
+	}
+	var out []Example
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := strings.TrimSpace(sc.Text())
+		if text == "" {
+			continue
+		}
+		var r record
+		if err := json.Unmarshal([]byte(text), &r); err != nil {
+			return nil, fmt.Errorf("%s:%d: not a JSON object: %v", path, line, err)
+		}
+		switch {
+		case len(r.Messages) > 0:
+			ex, err := ChatExample(tok, r.Messages)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+			out = append(out, ex)
+		case r.Text != nil:
+			out = append(out, plainExample(tok, *r.Text))
+		default:
+			return nil, fmt.Errorf("%s:%d: needs \"messages\" (a list of {role, content}) or \"text\"", path, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: the dataset is empty", path)
+	}
+	return out, nil
+}
+
+func plainExample(tok tokenizer.Tokenizer, text string) Example {
+	ids := tok.Encode(text, true)
+	loss := make([]bool, len(ids))
+	for i := range loss {
+		loss[i] = true
+	}
+	return Example{IDs: ids, Loss: loss}
+}
+
+// ChatExample renders a conversation with the tokenizer's chat template and marks the assistant's turns (their
+// content and end-of-turn token, not the role header) for the loss. The template must render each conversation
+// as an extension of its prefixes, as ChatML and the Llama and Qwen templates do.
+func ChatExample(tok tokenizer.Tokenizer, msgs []tokenizer.Message) (Example, error) {
+	hf, ok := tok.(*tokenizer.HF)
+	if !ok {
+		return Example{}, fmt.Errorf("chat data needs a tokenizer with a chat template (tokenizer.json)")
+	}
+	render := func(n int, gen bool) (string, error) {
+		return hf.ApplyChatTemplate(msgs[:n], tokenizer.ChatOptions{AddGenerationPrompt: gen})
+	}
+	var ex Example
+	prev := ""
+	add := func(text string, loss bool) {
+		ids := hf.Encode(text, false)
+		ex.IDs = append(ex.IDs, ids...)
+		for range ids {
+			ex.Loss = append(ex.Loss, loss)
+		}
+	}
+	for k, m := range msgs {
+		role, _ := m["role"].(string)
+		if _, ok := m["content"]; !ok || role == "" {
+			return Example{}, fmt.Errorf("message %d needs \"role\" and \"content\"", k)
+		}
+		full, err := render(k+1, false)
+		if err != nil {
+			return Example{}, err
+		}
+		if !strings.HasPrefix(full, prev) {
+			return Example{}, fmt.Errorf("the chat template does not render message %d as an extension of the ones before it", k)
+		}
+		if role == "assistant" {
+			header, err := render(k, true)
+			if err != nil {
+				return Example{}, err
+			}
+			if !strings.HasPrefix(header, prev) || !strings.HasPrefix(full, header) {
+				return Example{}, fmt.Errorf("the chat template's generation prompt is not a prefix of message %d", k)
+			}
+			add(header[len(prev):], false)
+			add(full[len(header):], true)
+		} else {
+			add(full[len(prev):], false)
+		}
+		prev = full
+	}
+	if bos := hf.BOS(); bos >= 0 && (len(ex.IDs) == 0 || ex.IDs[0] != bos) && !strings.Contains(prev, hf.Piece(bos)) {
+		ex.IDs = append([]int{bos}, ex.IDs...)
+		ex.Loss = append([]bool{false}, ex.Loss...)
+	}
+	return ex, nil
+}
+
+// Pack concatenates examples (in the given order) into blocks of exactly seqLen+1 tokens (inputs and the
+// shifted targets), splitting long examples; the last partial block is dropped unless it is the only one.
+func Pack(examples []Example, seqLen int) []Example {
+	var blocks []Example
+	var cur Example
+	for _, ex := range examples {
+		for i := range ex.IDs {
+			cur.IDs = append(cur.IDs, ex.IDs[i])
+			cur.Loss = append(cur.Loss, ex.Loss[i])
+			if len(cur.IDs) == seqLen+1 {
+				blocks = append(blocks, cur)
+				// Blocks overlap by one token so every token is a target once.
+				cur = Example{IDs: []int{ex.IDs[i]}, Loss: []bool{ex.Loss[i]}}
+			}
+		}
+	}
+	if len(blocks) == 0 && len(cur.IDs) > 1 {
+		blocks = append(blocks, cur)
+	}
+	return blocks
+}

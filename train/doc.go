@@ -1,2 +1,0 @@
-// Package train runs fine-tunes (SFT, A-LoL, PPO) as background jobs over the engine's autograd.
-package train

@@ -1,0 +1,310 @@
+package train
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keel-lab/keel/engine/safetensors"
+)
+
+// Job states.
+const (
+	Queued    = "queued"
+	Running   = "running"
+	Paused    = "paused"
+	Done      = "done"
+	Failed    = "failed"
+	Cancelled = "cancelled"
+)
+
+// Metrics is one logged step: the core's figures plus the trainer's own (Extra).
+type Metrics struct {
+	Step         int                `json:"step"`
+	Loss         float64            `json:"loss"`
+	EvalLoss     *float64           `json:"eval_loss,omitempty"`
+	LR           float64            `json:"lr"`
+	GradNorm     float64            `json:"grad_norm"`
+	TokensPerSec float64            `json:"tokens_per_sec"`
+	ETASeconds   float64            `json:"eta_seconds"`
+	Extra        map[string]float64 `json:"extra,omitempty"`
+	Time         time.Time          `json:"time"`
+}
+
+// State is a run's state.json: what another process needs to list, watch or cancel it.
+type State struct {
+	ID         string    `json:"id"`
+	Kind       string    `json:"kind"`
+	State      string    `json:"state"`
+	PID        int       `json:"pid"`
+	Step       int       `json:"step"`
+	TotalSteps int       `json:"total_steps"`
+	Loss       float64   `json:"loss"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+	Error      string    `json:"error,omitempty"`
+	Final      string    `json:"final,omitempty"`
+	Checkpoint string    `json:"checkpoint,omitempty"`
+}
+
+// Event is what a running job reports to whoever watches it in-process (the TUI).
+type Event struct {
+	State   string
+	Metrics *Metrics
+	Message string
+}
+
+// Run is one run folder: config.json, state.json, metrics.jsonl, metrics.csv, loss.png, log.txt,
+// checkpoints/step-N/, final/.
+type Run struct {
+	Dir string
+	ID  string
+}
+
+// DefaultRunsDir is $XDG_DATA_HOME/keel/runs (~/.local/share/keel/runs).
+func DefaultRunsDir() string {
+	if d := os.Getenv("KEEL_RUNS"); d != "" {
+		return d
+	}
+	data := os.Getenv("XDG_DATA_HOME")
+	if data == "" {
+		home, _ := os.UserHomeDir()
+		data = filepath.Join(home, ".local", "share")
+	}
+	return filepath.Join(data, "keel", "runs")
+}
+
+// NewRun makes a run folder with a fresh id (kind-date-random).
+func NewRun(root, kind string) (*Run, error) {
+	b := make([]byte, 3)
+	rand.Read(b)
+	id := fmt.Sprintf("%s-%s-%s", kind, time.Now().UTC().Format("20060102-150405"), hex.EncodeToString(b))
+	dir := filepath.Join(root, id)
+	if err := os.MkdirAll(filepath.Join(dir, "checkpoints"), 0o755); err != nil {
+		return nil, err
+	}
+	r := &Run{Dir: dir, ID: id}
+	return r, r.WriteState(State{ID: id, Kind: kind, State: Queued, Created: time.Now().UTC(), Updated: time.Now().UTC()})
+}
+
+// OpenRun finds a run by folder path or by id under root.
+func OpenRun(root, ref string) (*Run, error) {
+	dir := ref
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
+		dir = filepath.Join(root, ref)
+		if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
+			return nil, fmt.Errorf("no run %q (neither a run folder nor an id under %s): `keel jobs list` shows the runs", ref, root)
+		}
+	}
+	return &Run{Dir: dir, ID: filepath.Base(dir)}, nil
+}
+
+func writeJSONAtomic(path string, v any) error {
+	raw, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return safetensors.WriteAtomic(path, func(f *os.File) error { _, err := f.Write(append(raw, '\n')); return err })
+}
+
+// WriteState replaces state.json atomically.
+func (r *Run) WriteState(s State) error {
+	return writeJSONAtomic(filepath.Join(r.Dir, "state.json"), s)
+}
+
+// ReadState reads state.json; a running state whose process is gone reads as failed.
+func (r *Run) ReadState() (State, error) {
+	raw, err := os.ReadFile(filepath.Join(r.Dir, "state.json"))
+	if err != nil {
+		return State{}, err
+	}
+	var s State
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return State{}, fmt.Errorf("%s/state.json: %v", r.Dir, err)
+	}
+	if s.State == Running && s.PID > 0 && !processAlive(s.PID) {
+		s.State = Failed
+		if s.Error == "" {
+			s.Error = "the training process is gone (killed?): resume it with --resume " + r.Dir
+		}
+	}
+	return s, nil
+}
+
+func processAlive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie (exited, not yet reaped) is not alive.
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(raw))
+	return len(fields) < 3 || fields[2] != "Z"
+}
+
+// ListRuns returns every run under root, newest first.
+func ListRuns(root string) ([]State, error) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []State
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		s, err := (&Run{Dir: filepath.Join(root, e.Name()), ID: e.Name()}).ReadState()
+		if err == nil {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
+}
+
+// RequestCancel asks the run's process to stop: a cancel file it polls each step, and SIGTERM.
+func (r *Run) RequestCancel() error {
+	if err := os.WriteFile(filepath.Join(r.Dir, "cancel"), nil, 0o644); err != nil {
+		return err
+	}
+	s, err := r.ReadState()
+	if err == nil && s.State == Running && s.PID > 0 && s.PID != os.Getpid() {
+		syscall.Kill(s.PID, syscall.SIGTERM)
+	}
+	return nil
+}
+
+func (r *Run) cancelRequested() bool {
+	_, err := os.Stat(filepath.Join(r.Dir, "cancel"))
+	return err == nil
+}
+
+// ReadMetrics reads metrics.jsonl; a torn last line (a killed writer) is skipped.
+func (r *Run) ReadMetrics() ([]Metrics, error) {
+	f, err := os.Open(filepath.Join(r.Dir, "metrics.jsonl"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer f.Close()
+	var out []Metrics
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<16), 1<<24)
+	for sc.Scan() {
+		var m Metrics
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// Watch calls fn with every metrics line as it appears and with state changes, until the run ends or ctx does.
+func (r *Run) Watch(ctx context.Context, poll time.Duration, fn func(State, *Metrics)) (State, error) {
+	seen := 0
+	last := ""
+	for {
+		ms, err := r.ReadMetrics()
+		if err != nil {
+			return State{}, err
+		}
+		s, err := r.ReadState()
+		if err != nil {
+			return State{}, err
+		}
+		for ; seen < len(ms); seen++ {
+			fn(s, &ms[seen])
+		}
+		if s.State != last {
+			fn(s, nil)
+			last = s.State
+		}
+		switch s.State {
+		case Done, Failed, Cancelled:
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-time.After(poll):
+		}
+	}
+}
+
+// metricsLog appends metrics lines (and mirrors them to CSV).
+type metricsLog struct {
+	jsonl, csv *os.File
+	extras     []string
+}
+
+func openMetricsLog(dir string) (*metricsLog, error) {
+	j, err := os.OpenFile(filepath.Join(dir, "metrics.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	c, err := os.OpenFile(filepath.Join(dir, "metrics.csv"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		j.Close()
+		return nil, err
+	}
+	return &metricsLog{jsonl: j, csv: c}, nil
+}
+
+func (l *metricsLog) write(m Metrics) error {
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if _, err := l.jsonl.Write(append(raw, '\n')); err != nil {
+		return err
+	}
+	if st, _ := l.csv.Stat(); st != nil && st.Size() == 0 {
+		for k := range m.Extra {
+			l.extras = append(l.extras, k)
+		}
+		sort.Strings(l.extras)
+		fmt.Fprintf(l.csv, "step,loss,eval_loss,lr,grad_norm,tokens_per_sec,eta_seconds%s\n", prefixed(l.extras))
+	}
+	eval := ""
+	if m.EvalLoss != nil {
+		eval = fmt.Sprint(*m.EvalLoss)
+	}
+	var extra strings.Builder
+	for _, k := range l.extras {
+		fmt.Fprintf(&extra, ",%v", m.Extra[k])
+	}
+	_, err = fmt.Fprintf(l.csv, "%d,%v,%s,%v,%v,%v,%v%s\n", m.Step, m.Loss, eval, m.LR, m.GradNorm, m.TokensPerSec, m.ETASeconds, extra.String())
+	return err
+}
+
+func prefixed(ks []string) string {
+	var sb strings.Builder
+	for _, k := range ks {
+		sb.WriteString("," + k)
+	}
+	return sb.String()
+}
+
+func (l *metricsLog) sync() { l.jsonl.Sync(); l.csv.Sync() }
+
+func (l *metricsLog) close() { l.jsonl.Close(); l.csv.Close() }
+
+// errCancelled marks a run stopped on request.
+var errCancelled = errors.New("cancelled")

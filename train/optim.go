@@ -1,0 +1,142 @@
+// Package train runs fine-tunes (SFT now; A-LoL and PPO build on the same core) as jobs: a run folder with its
+// config, metrics, log and atomic checkpoints, live progress events, cancellation, and resume.
+package train
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// AdamW is torch.optim.AdamW's update with its moments held in keel-owned tensors, so checkpoints can save and
+// restore them exactly.
+type AdamW struct {
+	Config torch.AdamWConfig
+	Step   int // updates done so far
+	params []model.NamedTensor
+	m, v   []torch.Tensor
+	state  *torch.Scope
+	rt     *torch.Runtime
+}
+
+// NewAdamW makes zero moments for params.
+func NewAdamW(rt *torch.Runtime, params []model.NamedTensor, cfg torch.AdamWConfig) (*AdamW, error) {
+	o := &AdamW{Config: cfg, params: params, state: rt.NewScope(), rt: rt}
+	for _, p := range params {
+		dt, dev := o.state.Meta(p.Tensor)
+		shape := o.state.Shape(p.Tensor)
+		o.m = append(o.m, o.state.Zeros(shape, dt, dev))
+		o.v = append(o.v, o.state.Zeros(shape, dt, dev))
+	}
+	if err := o.state.Err(); err != nil {
+		o.Close()
+		return nil, err
+	}
+	return o, nil
+}
+
+// Update applies one step at learning rate lr to every parameter with a gradient.
+func (o *AdamW) Update(lr float64) error {
+	o.Step++
+	cfg := o.Config
+	cfg.LR = lr
+	s := o.rt.NewScope()
+	defer s.Close()
+	for i, p := range o.params {
+		s.AdamWUpdate(p.Tensor, o.m[i], o.v[i], cfg, o.Step)
+	}
+	return s.Err()
+}
+
+// ZeroGrad drops every parameter's gradient.
+func (o *AdamW) ZeroGrad() error {
+	s := o.rt.NewScope()
+	defer s.Close()
+	for _, p := range o.params {
+		s.ZeroGrad(p.Tensor)
+	}
+	return s.Err()
+}
+
+// Save writes the moments and step to a safetensors file.
+func (o *AdamW) Save(path string) error {
+	var ts []safetensors.Tensor
+	s := o.rt.NewScope().NoGrad()
+	defer s.Close()
+	for i, p := range o.params {
+		for _, mom := range []struct {
+			prefix string
+			t      torch.Tensor
+		}{{"exp_avg.", o.m[i]}, {"exp_avg_sq.", o.v[i]}} {
+			t, err := tensorBytes(s, mom.t)
+			if err != nil {
+				return err
+			}
+			t.Name = mom.prefix + p.Name
+			ts = append(ts, t)
+		}
+	}
+	return safetensors.Write(path, ts, map[string]string{"step": strconv.Itoa(o.Step)})
+}
+
+// Load restores moments and step saved by Save.
+func (o *AdamW) Load(path string) error {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	step, err := strconv.Atoi(f.Header.Metadata["step"])
+	if err != nil {
+		return fmt.Errorf("%s: no step in the metadata", path)
+	}
+	s := o.rt.NewScope().NoGrad()
+	defer s.Close()
+	for i, p := range o.params {
+		for _, mom := range []struct {
+			prefix string
+			t      torch.Tensor
+		}{{"exp_avg.", o.m[i]}, {"exp_avg_sq.", o.v[i]}} {
+			if err := loadInto(s, f, mom.prefix+p.Name, mom.t); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
+	}
+	o.Step = step
+	return s.Err()
+}
+
+// Close frees the moments.
+func (o *AdamW) Close() { o.state.Close() }
+
+// tensorBytes copies a tensor to host as F32 safetensors data.
+func tensorBytes(s *torch.Scope, t torch.Tensor) (safetensors.Tensor, error) {
+	shape := s.Shape(t)
+	f := s.Float32s(t)
+	if err := s.Err(); err != nil {
+		return safetensors.Tensor{}, err
+	}
+	return safetensors.Tensor{DType: "F32", Shape: shape, Data: f32Bytes(f)}, nil
+}
+
+// loadInto copies a saved F32 tensor into dst (same shape).
+func loadInto(s *torch.Scope, f *safetensors.File, name string, dst torch.Tensor) error {
+	data, info, err := f.Data(name)
+	if err != nil {
+		return err
+	}
+	if info.DType != "F32" {
+		return fmt.Errorf("tensor %q is %s, want F32", name, info.DType)
+	}
+	want := s.Shape(dst)
+	if fmt.Sprint(want) != fmt.Sprint(info.Shape) {
+		return fmt.Errorf("tensor %q has shape %v, the model needs %v: the checkpoint belongs to another model", name, info.Shape, want)
+	}
+	dt, dev := s.Meta(dst)
+	src := s.To(s.FromData(bytesF32(data), torch.Float32, info.Shape, torch.CPU), dt, dev)
+	s.CopyInto(dst, src)
+	return s.Err()
+}

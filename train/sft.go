@@ -1,0 +1,606 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// SFTConfig configures supervised fine-tuning. Field names follow TRL's SFTConfig / transformers'
+// TrainingArguments; defaults suit the small models keel trains on a CPU.
+type SFTConfig struct {
+	ModelNameOrPath           string            `json:"model_name_or_path"`
+	DatasetPath               string            `json:"dataset_path"`
+	LearningRate              float64           `json:"learning_rate"`
+	MaxSteps                  int               `json:"max_steps"`
+	PerDeviceTrainBatchSize   int               `json:"per_device_train_batch_size"`
+	GradientAccumulationSteps int               `json:"gradient_accumulation_steps"`
+	WarmupRatio               float64           `json:"warmup_ratio"`
+	LRSchedulerType           string            `json:"lr_scheduler_type"` // cosine, linear, constant
+	MaxGradNorm               float64           `json:"max_grad_norm"`
+	WeightDecay               float64           `json:"weight_decay"`
+	AdamBeta1                 float64           `json:"adam_beta1"`
+	AdamBeta2                 float64           `json:"adam_beta2"`
+	AdamEpsilon               float64           `json:"adam_epsilon"`
+	Seed                      uint64            `json:"seed"`
+	MaxSeqLength              int               `json:"max_seq_length"`
+	EvalFraction              float64           `json:"eval_fraction"`
+	EvalSteps                 int               `json:"eval_steps"`
+	SaveSteps                 int               `json:"save_steps"`
+	SaveTotalLimit            int               `json:"save_total_limit"`
+	LoggingSteps              int               `json:"logging_steps"`
+	Device                    string            `json:"device"`
+	DType                     string            `json:"dtype"`
+	LoRA                      *model.LoRAConfig `json:"lora,omitempty"`
+	MergeLoRA                 bool              `json:"merge_lora_on_export"`
+}
+
+// Defaults fills unset fields.
+func (c *SFTConfig) Defaults() {
+	set := func(p *float64, v float64) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	seti := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	set(&c.LearningRate, 3e-4)
+	seti(&c.MaxSteps, 200)
+	seti(&c.PerDeviceTrainBatchSize, 8)
+	seti(&c.GradientAccumulationSteps, 1)
+	set(&c.MaxGradNorm, 1.0)
+	set(&c.AdamBeta1, 0.9)
+	set(&c.AdamBeta2, 0.999)
+	set(&c.AdamEpsilon, 1e-8)
+	seti(&c.MaxSeqLength, 256)
+	seti(&c.EvalSteps, 50)
+	seti(&c.SaveSteps, 50)
+	seti(&c.SaveTotalLimit, 2)
+	seti(&c.LoggingSteps, 1)
+	if c.LRSchedulerType == "" {
+		c.LRSchedulerType = "cosine"
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.DType == "" {
+		c.DType = "f32"
+	}
+}
+
+func (c *SFTConfig) check() error {
+	switch {
+	case c.ModelNameOrPath == "":
+		return fmt.Errorf("a model folder is required (--model)")
+	case c.DatasetPath == "":
+		return fmt.Errorf("a dataset is required (--data)")
+	case c.LearningRate <= 0 || c.MaxSteps <= 0 || c.PerDeviceTrainBatchSize <= 0 || c.GradientAccumulationSteps <= 0 || c.MaxSeqLength < 2:
+		return fmt.Errorf("learning rate, max steps, batch size, accumulation steps and sequence length must be positive")
+	case c.EvalFraction < 0 || c.EvalFraction >= 1:
+		return fmt.Errorf("eval fraction %v must be in [0, 1)", c.EvalFraction)
+	case c.LRSchedulerType != "cosine" && c.LRSchedulerType != "linear" && c.LRSchedulerType != "constant":
+		return fmt.Errorf("lr scheduler %q: use cosine, linear or constant", c.LRSchedulerType)
+	}
+	return nil
+}
+
+// Options are the run-time settings of a training process.
+type Options struct {
+	Resume bool             // continue from the run folder's last checkpoint
+	Events chan<- Event     // optional: progress for an in-process watcher (never blocks the trainer)
+	Log    io.Writer        // optional: human-readable progress lines
+	Hooks  func(*Metrics)   // optional: called with every logged step
+	Now    func() time.Time // optional clock
+}
+
+// trainerState is checkpoints/step-N/trainer_state.json.
+type trainerState struct {
+	Step     int     `json:"step"`
+	Loss     float64 `json:"loss"`
+	Model    string  `json:"model"`
+	LoRA     bool    `json:"lora"`
+	Trainees int     `json:"trainable_tensors"`
+}
+
+// RunSFT trains in the run folder until max_steps, cancellation (ctx or `keel jobs cancel`) or an error. The
+// final weights go to final/ as a Hugging Face folder that loads straight into `keel generate`.
+func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opts Options) (err error) {
+	cfg.Defaults()
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	state, _ := run.ReadState()
+	state.Kind, state.State, state.PID, state.TotalSteps = "sft", Running, os.Getpid(), cfg.MaxSteps
+	state.Error = ""
+	emit := func(e Event) {
+		if opts.Events != nil {
+			select {
+			case opts.Events <- e:
+			default:
+			}
+		}
+	}
+	logf := func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		if opts.Log != nil {
+			fmt.Fprintln(opts.Log, msg)
+		}
+		emit(Event{Message: msg})
+	}
+	finish := func(st string, e error) {
+		state.State, state.Updated = st, time.Now().UTC()
+		if e != nil {
+			state.Error = e.Error()
+		}
+		run.WriteState(state)
+		emit(Event{State: st, Message: state.Error})
+	}
+	defer func() {
+		switch {
+		case err == errCancelled:
+			finish(Cancelled, nil)
+			err = nil
+		case err != nil:
+			finish(Failed, err)
+		}
+	}()
+	if !opts.Resume {
+		if err := writeJSONAtomic(filepath.Join(run.Dir, "config.json"), cfg); err != nil {
+			return err
+		}
+	}
+	os.Remove(filepath.Join(run.Dir, "cancel"))
+	state.Updated = time.Now().UTC()
+	if err := run.WriteState(state); err != nil {
+		return err
+	}
+	emit(Event{State: Running})
+
+	dev, err := torch.ParseDevice(cfg.Device)
+	if err != nil {
+		return err
+	}
+	dt, err := torch.ParseDType(cfg.DType)
+	if err != nil {
+		return err
+	}
+	lm, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	examples, err := LoadDataset(cfg.DatasetPath, lm.Tokenizer)
+	if err != nil {
+		return err
+	}
+	// The eval split is a fixed, seeded choice of examples; training packs the rest.
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5f7))
+	order := rng.Perm(len(examples))
+	nEval := int(math.Round(cfg.EvalFraction * float64(len(examples))))
+	if cfg.EvalFraction > 0 && nEval == 0 && len(examples) > 1 {
+		nEval = 1
+	}
+	var trainEx, evalEx []Example
+	for i, k := range order {
+		if i < nEval {
+			evalEx = append(evalEx, examples[k])
+		} else {
+			trainEx = append(trainEx, examples[k])
+		}
+	}
+	blocks := Pack(trainEx, cfg.MaxSeqLength)
+	evalBlocks := Pack(evalEx, cfg.MaxSeqLength)
+	if len(blocks) == 0 {
+		return fmt.Errorf("%s: no training tokens after the eval split", cfg.DatasetPath)
+	}
+	logf("model %s (%s %s), %d examples -> %d training blocks of %d tokens, %d eval blocks", cfg.ModelNameOrPath, dev, dt, len(examples), len(blocks), cfg.MaxSeqLength, len(evalBlocks))
+
+	var trainable []model.NamedTensor
+	if cfg.LoRA != nil {
+		if trainable, err = lm.AttachLoRA(*cfg.LoRA, cfg.Seed); err != nil {
+			return err
+		}
+	} else {
+		trainable = lm.Names
+	}
+	lm.Training = true
+	ps := rt.NewScope()
+	for _, p := range trainable {
+		ps.SetRequiresGrad(p.Tensor, true)
+	}
+	if err := ps.Err(); err != nil {
+		ps.Close()
+		return err
+	}
+	ps.Close()
+	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
+	if err != nil {
+		return err
+	}
+	defer opt.Close()
+
+	start := 0
+	if opts.Resume {
+		ck, err := latestCheckpoint(run.Dir)
+		if err != nil {
+			return err
+		}
+		if ck != "" {
+			if start, err = loadCheckpoint(rt, ck, trainable, opt, cfg); err != nil {
+				return err
+			}
+			logf("resumed from %s at step %d", ck, start)
+		} else {
+			logf("no checkpoint in %s: starting from step 0", run.Dir)
+		}
+	}
+	mlog, err := openMetricsLog(run.Dir)
+	if err != nil {
+		return err
+	}
+	defer mlog.close()
+	if start > 0 {
+		truncateMetrics(run.Dir, start)
+	}
+
+	perStep := cfg.PerDeviceTrainBatchSize * cfg.GradientAccumulationSteps
+	warmup := int(math.Round(cfg.WarmupRatio * float64(cfg.MaxSteps)))
+	params := make([]torch.Tensor, len(trainable))
+	for i, p := range trainable {
+		params[i] = p.Tensor
+	}
+	batchAt := func(pos int) []Example {
+		out := make([]Example, cfg.PerDeviceTrainBatchSize)
+		for j := range out {
+			p := pos + j
+			epoch, i := p/len(blocks), p%len(blocks)
+			perm := rand.New(rand.NewPCG(cfg.Seed, uint64(epoch)+1)).Perm(len(blocks))
+			out[j] = blocks[perm[i]]
+		}
+		return out
+	}
+	lastCk := ""
+	t0 := time.Now()
+	tokens := 0
+	for step := start + 1; step <= cfg.MaxSteps; step++ {
+		if ctx.Err() != nil || run.cancelRequested() {
+			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, cfg, state.Loss); err == nil && step-1 > start {
+				state.Checkpoint = ck
+			}
+			return errCancelled
+		}
+		if err := rt.ManualSeed(cfg.Seed*1000003 + uint64(step)); err != nil {
+			return err
+		}
+		lr := learningRate(cfg.LRSchedulerType, cfg.LearningRate, warmup, cfg.MaxSteps, step)
+		var lossSum float64
+		for micro := 0; micro < cfg.GradientAccumulationSteps; micro++ {
+			batch := batchAt((step-1)*perStep + micro*cfg.PerDeviceTrainBatchSize)
+			s := rt.NewScope()
+			loss := batchLoss(s, lm.Model, batch)
+			scaled := s.DivScalar(loss, float64(cfg.GradientAccumulationSteps))
+			s.Backward(scaled)
+			v := s.Item(loss)
+			err := s.Err()
+			s.Close()
+			if err != nil {
+				return fmt.Errorf("step %d: %w", step, err)
+			}
+			lossSum += v
+			for _, b := range batch {
+				tokens += len(b.IDs) - 1
+			}
+		}
+		loss := lossSum / float64(cfg.GradientAccumulationSteps)
+		cs := rt.NewScope()
+		gradNorm := cs.ClipGradNorm(params, cfg.MaxGradNorm)
+		err := cs.Err()
+		cs.Close()
+		if err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {
+			keep := lastCk
+			if keep == "" {
+				keep = "none (no checkpoint was written yet)"
+			}
+			return fmt.Errorf("step %d: loss %v, grad norm %v: training diverged; lower the learning rate; last good checkpoint: %s", step, loss, gradNorm, keep)
+		}
+		if err := opt.Update(lr); err != nil {
+			return err
+		}
+		if err := opt.ZeroGrad(); err != nil {
+			return err
+		}
+		elapsed := time.Since(t0).Seconds()
+		m := Metrics{Step: step, Loss: loss, LR: lr, GradNorm: gradNorm, TokensPerSec: float64(tokens) / elapsed, Time: time.Now().UTC()}
+		if done := step - start; done > 0 {
+			m.ETASeconds = elapsed / float64(done) * float64(cfg.MaxSteps-step)
+		}
+		if len(evalBlocks) > 0 && (step%cfg.EvalSteps == 0 || step == cfg.MaxSteps || step == start+1) {
+			ev, err := evalLoss(rt, lm.Model, evalBlocks, cfg.PerDeviceTrainBatchSize)
+			if err != nil {
+				return err
+			}
+			m.EvalLoss = &ev
+		}
+		if step%cfg.LoggingSteps == 0 || m.EvalLoss != nil || step == cfg.MaxSteps {
+			if err := mlog.write(m); err != nil {
+				return fmt.Errorf("writing metrics: %w", err)
+			}
+			if opts.Hooks != nil {
+				opts.Hooks(&m)
+			}
+			emit(Event{Metrics: &m})
+		}
+		state.Step, state.Loss, state.Updated = step, loss, time.Now().UTC()
+		if step%cfg.SaveSteps == 0 && step < cfg.MaxSteps {
+			mlog.sync()
+			ck, err := saveCheckpoint(rt, run, step, trainable, opt, cfg, loss)
+			if err != nil {
+				return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
+			}
+			lastCk, state.Checkpoint = ck, ck
+			pruneCheckpoints(run.Dir, cfg.SaveTotalLimit)
+		}
+		run.WriteState(state)
+	}
+	mlog.sync()
+	lm.Training = false
+	final, err := exportFinal(rt, run, lm, trainable, cfg)
+	if err != nil {
+		return fmt.Errorf("exporting the final weights: %w", err)
+	}
+	plotLoss(run)
+	state.Final = final
+	finish(Done, nil)
+	logf("done: %s", final)
+	return nil
+}
+
+// batchLoss is the mean cross-entropy of next-token prediction over the loss-marked targets.
+func batchLoss(s *torch.Scope, m *model.Model, batch []Example) torch.Tensor {
+	T := len(batch[0].IDs) - 1
+	ids := make([][]int, len(batch))
+	targets := make([]int64, 0, len(batch)*T)
+	mask := make([]float32, 0, len(batch)*T)
+	for b, ex := range batch {
+		ids[b] = ex.IDs[:T]
+		for t := 1; t <= T; t++ {
+			targets = append(targets, int64(ex.IDs[t]))
+			if ex.Loss[t] {
+				mask = append(mask, 1)
+			} else {
+				mask = append(mask, 0)
+			}
+		}
+	}
+	dev := m.Opts.Device
+	logits := m.TrainLogits(s, ids)
+	lp := s.LogSoftmax(logits, -1)
+	tgt := s.FromData(targets, torch.Int64, []int64{int64(len(batch)), int64(T), 1}, dev)
+	w := s.FromData(mask, torch.Float32, []int64{int64(len(batch)), int64(T), 1}, dev)
+	picked := s.Mul(s.Gather(lp, 2, tgt), w)
+	return s.Div(s.Neg(s.Sum(picked, torch.AllDims, false)), s.ClampMin(s.Sum(w, torch.AllDims, false), 1))
+}
+
+func evalLoss(rt *torch.Runtime, m *model.Model, blocks []Example, batchSize int) (float64, error) {
+	training := m.Training
+	m.Training = false
+	defer func() { m.Training = training }()
+	var sum float64
+	n := 0
+	for i := 0; i < len(blocks); i += batchSize {
+		batch := blocks[i:min(i+batchSize, len(blocks))]
+		if len(batch[0].IDs) != len(batch[len(batch)-1].IDs) {
+			batch = batch[:1]
+		}
+		s := rt.NewScope().NoGrad()
+		v := s.Item(batchLoss(s, m, batch))
+		err := s.Err()
+		s.Close()
+		if err != nil {
+			return 0, err
+		}
+		sum += v * float64(len(batch))
+		n += len(batch)
+	}
+	return sum / float64(n), nil
+}
+
+// saveCheckpoint writes checkpoints/step-N atomically: a temporary folder, fsynced files, then a rename.
+func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.NamedTensor, opt *AdamW, cfg SFTConfig, loss float64) (string, error) {
+	final := filepath.Join(run.Dir, "checkpoints", fmt.Sprintf("step-%06d", step))
+	if _, err := os.Stat(final); err == nil {
+		return final, nil
+	}
+	tmp := filepath.Join(run.Dir, "checkpoints", fmt.Sprintf(".tmp-step-%06d", step))
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", err
+	}
+	s := rt.NewScope().NoGrad()
+	defer s.Close()
+	var ts []safetensors.Tensor
+	for _, p := range trainable {
+		t, err := tensorBytes(s, p.Tensor)
+		if err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
+		t.Name = p.Name
+		ts = append(ts, t)
+	}
+	if err := safetensors.Write(filepath.Join(tmp, "weights.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := opt.Save(filepath.Join(tmp, "optimizer.safetensors")); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := writeJSONAtomic(filepath.Join(tmp, "trainer_state.json"), trainerState{Step: step, Loss: loss, Model: cfg.ModelNameOrPath, LoRA: cfg.LoRA != nil, Trainees: len(trainable)}); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if d, err := os.Open(filepath.Dir(final)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return final, nil
+}
+
+func latestCheckpoint(runDir string) (string, error) {
+	entries, err := os.ReadDir(filepath.Join(runDir, "checkpoints"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return "", nil
+		}
+		return "", err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	sort.Strings(names)
+	return filepath.Join(runDir, "checkpoints", names[len(names)-1]), nil
+}
+
+func pruneCheckpoints(runDir string, keep int) {
+	if keep <= 0 {
+		return
+	}
+	entries, _ := os.ReadDir(filepath.Join(runDir, "checkpoints"))
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	for len(names) > keep {
+		os.RemoveAll(filepath.Join(runDir, "checkpoints", names[0]))
+		names = names[1:]
+	}
+}
+
+func loadCheckpoint(rt *torch.Runtime, dir string, trainable []model.NamedTensor, opt *AdamW, cfg SFTConfig) (int, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "trainer_state.json"))
+	if err != nil {
+		return 0, err
+	}
+	var ts trainerState
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return 0, fmt.Errorf("%s/trainer_state.json: %v", dir, err)
+	}
+	if ts.LoRA != (cfg.LoRA != nil) || ts.Trainees != len(trainable) {
+		return 0, fmt.Errorf("%s was written by a different setup (LoRA %v, %d tensors; now LoRA %v, %d): resume with the run's own config", dir, ts.LoRA, ts.Trainees, cfg.LoRA != nil, len(trainable))
+	}
+	f, err := safetensors.Open(filepath.Join(dir, "weights.safetensors"))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := rt.NewScope().NoGrad()
+	defer s.Close()
+	for _, p := range trainable {
+		if err := loadInto(s, f, p.Name, p.Tensor); err != nil {
+			return 0, fmt.Errorf("%s: %w", dir, err)
+		}
+	}
+	if err := opt.Load(filepath.Join(dir, "optimizer.safetensors")); err != nil {
+		return 0, err
+	}
+	if opt.Step != ts.Step {
+		return 0, fmt.Errorf("%s: optimizer at step %d, trainer at %d", dir, opt.Step, ts.Step)
+	}
+	return ts.Step, nil
+}
+
+// truncateMetrics drops logged steps after a resumed checkpoint, so metrics.jsonl reads as one run.
+func truncateMetrics(runDir string, step int) {
+	run := &Run{Dir: runDir}
+	ms, err := run.ReadMetrics()
+	if err != nil {
+		return
+	}
+	var keep []byte
+	for _, m := range ms {
+		if m.Step <= step {
+			raw, _ := json.Marshal(m)
+			keep = append(append(keep, raw...), '\n')
+		}
+	}
+	safetensors.WriteAtomic(filepath.Join(runDir, "metrics.jsonl"), func(f *os.File) error { _, err := f.Write(keep); return err })
+	os.Remove(filepath.Join(runDir, "metrics.csv"))
+}
+
+// exportFinal writes final/ as a Hugging Face folder (LoRA merged in; the adapter alone also kept in
+// final/adapter/ when LoRA was used).
+func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.NamedTensor, cfg SFTConfig) (string, error) {
+	dir := filepath.Join(run.Dir, "final")
+	if cfg.LoRA != nil {
+		s := rt.NewScope().NoGrad()
+		var ts []safetensors.Tensor
+		for _, p := range trainable {
+			t, err := tensorBytes(s, p.Tensor)
+			if err != nil {
+				s.Close()
+				return "", err
+			}
+			t.Name = p.Name
+			ts = append(ts, t)
+		}
+		s.Close()
+		if err := os.MkdirAll(filepath.Join(dir, "adapter"), 0o755); err != nil {
+			return "", err
+		}
+		if err := safetensors.Write(filepath.Join(dir, "adapter", "adapter_model.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
+			return "", err
+		}
+		ac := map[string]any{"peft_type": "LORA", "r": cfg.LoRA.R, "lora_alpha": cfg.LoRA.Alpha, "lora_dropout": cfg.LoRA.Dropout, "target_modules": cfg.LoRA.TargetModules, "base_model_name_or_path": cfg.ModelNameOrPath}
+		if err := writeJSONAtomic(filepath.Join(dir, "adapter", "adapter_config.json"), ac); err != nil {
+			return "", err
+		}
+		if err := lm.MergeLoRA(); err != nil {
+			return "", err
+		}
+	}
+	if err := lm.Save(dir, torch.Float32); err != nil {
+		return "", err
+	}
+	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "generation_config.json", "tokenizer.llama2c.bin", "special_tokens_map.json"} {
+		raw, err := os.ReadFile(filepath.Join(cfg.ModelNameOrPath, name))
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), raw, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
