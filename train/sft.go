@@ -249,14 +249,14 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 			logf("no checkpoint in %s: starting from step 0", run.Dir)
 		}
 	}
+	if start > 0 {
+		truncateMetrics(run.Dir, start) // before opening the log: it replaces the file
+	}
 	mlog, err := openMetricsLog(run.Dir)
 	if err != nil {
 		return err
 	}
 	defer mlog.close()
-	if start > 0 {
-		truncateMetrics(run.Dir, start)
-	}
 
 	perStep := cfg.PerDeviceTrainBatchSize * cfg.GradientAccumulationSteps
 	warmup := int(math.Round(cfg.WarmupRatio * float64(cfg.MaxSteps)))

@@ -192,7 +192,7 @@ func TestBadDatasetsAreClearErrors(t *testing.T) {
 	cases := map[string]string{
 		"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n{not json}\n": "data.jsonl:2",
 		"{\"prompt\": \"x\"}\n": "data.jsonl:1: needs \"messages\"",
-		"\n\n":                 "empty",
+		"\n\n":                  "empty",
 		"{\"messages\": [{\"content\": \"no role\"}]}\n": "data.jsonl:1: message 0 needs",
 	}
 	for body, want := range cases {

@@ -83,8 +83,30 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parse reads flags anywhere among the arguments (`keel jobs watch ID --runs DIR` as well as before ID); the
+// positional arguments stay in fs.Args().
 func parse(fs *flag.FlagSet, args []string) error {
 	fs.SetOutput(io.Discard)
+	var positional []string
+	for {
+		if err := parseOnce(fs, args); err != nil {
+			return err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if rest[0] == "--" {
+			positional = append(positional, rest[1:]...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	return fs.Parse(append([]string{"--"}, positional...))
+}
+
+func parseOnce(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
