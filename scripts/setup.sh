@@ -51,8 +51,9 @@ if [ -e "$lib/libtorch_cuda.so" ]; then
 fi
 
 bench_src=engine/torch/csrc/bench/decode_bench.cpp
-stamp="$src_desc|$cuda|$stats|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" | sha256sum | cut -c1-16)"
-have_bench() { [ -n "${KEEL_SKIP_BENCH:-}" ] || [ -f build/keel-decode-bench ]; }
+train_src=engine/torch/csrc/bench/train_bench.cpp
+stamp="$src_desc|$cuda|$stats|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" "$train_src" | sha256sum | cut -c1-16)"
+have_bench() { [ -n "${KEEL_SKIP_BENCH:-}" ] || { [ -f build/keel-decode-bench ] && [ -f build/keel-train-bench ]; }; }
 if [ -f "$out" ] && have_bench && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
   exit 0
 fi
@@ -73,7 +74,12 @@ fi
 mv "$out.tmp" "$out"
 # The C++ reference for `keel bench decode`, built against the same libtorch (KEEL_SKIP_BENCH=1 skips it).
 # shellcheck disable=SC2086
-[ -n "${KEEL_SKIP_BENCH:-}" ] || g++ -O2 -std=$std $abi $inc -Wno-deprecated-declarations "$bench_src" -o build/keel-decode-bench \
-  -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+if [ -z "${KEEL_SKIP_BENCH:-}" ]; then
+  for b in decode train; do
+    # shellcheck disable=SC2086
+    g++ -O2 -std=$std $abi $inc -Wno-deprecated-declarations "engine/torch/csrc/bench/${b}_bench.cpp" -o "build/keel-${b}-bench" \
+      -L"$lib" -Wl,-rpath,"$lib" -Wl,--no-as-needed $cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+  done
+fi
 echo "$stamp" > build/shim.stamp
 echo "$lib" > build/libtorch.path

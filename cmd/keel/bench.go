@@ -7,13 +7,15 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel bench decode|tokenize [flags]")}
+		return usageError{fmt.Errorf("usage: keel bench decode|tokenize|train [flags]")}
 	}
 	switch args[0] {
 	case "decode":
 		return runBenchDecode(args[1:], stdout, stderr)
 	case "tokenize":
 		return runBenchTokenize(args[1:], stdout, stderr)
+	case "train":
+		return runBenchTrain(args[1:], stdout, stderr)
 	}
-	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize", args[0])}
+	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize|train", args[0])}
 }

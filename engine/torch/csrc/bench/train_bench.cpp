@@ -1,0 +1,118 @@
+// train_bench: the reference for `keel bench train`. One SFT step exactly as keel's trainer runs it (the same
+// decoder ops as decode_bench, next-token cross-entropy through log_softmax + gather, backward, global
+// gradient-norm clipping, and torch.optim.AdamW's update per parameter) straight on libtorch's C++ API.
+//
+// usage: train_bench HIDDEN INTER LAYERS HEADS KV_HEADS VOCAB BATCH SEQ STEPS [THREADS]
+// prints: tokens_per_s=X
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace {
+
+at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, double eps) {
+  return w * (x * at::rsqrt((x * x).mean(-1, true) + eps));
+}
+
+at::Tensor rope(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) {
+  auto half = x.size(-1) / 2;
+  auto rot = at::cat({at::neg(x.narrow(-1, half, half)), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rot * sin;
+}
+
+at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
+  int64_t kv = x.size(1);
+  if (kv == heads) return x;
+  return x.unsqueeze(2).expand({x.size(0), kv, heads / kv, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  if (argc < 10) {
+    std::fprintf(stderr, "usage: train_bench HIDDEN INTER LAYERS HEADS KV_HEADS VOCAB BATCH SEQ STEPS [THREADS]\n");
+    return 2;
+  }
+  int64_t d = std::atoll(argv[1]), ff = std::atoll(argv[2]), L = std::atoll(argv[3]), H = std::atoll(argv[4]),
+          KV = std::atoll(argv[5]), V = std::atoll(argv[6]), B = std::atoll(argv[7]), T = std::atoll(argv[8]), N = std::atoll(argv[9]);
+  if (argc > 10) at::set_num_threads(std::atoi(argv[10]));
+  int64_t hd = d / H;
+  torch::manual_seed(42);
+  std::vector<at::Tensor> params;
+  auto param = [&](at::Tensor t) {
+    t.set_requires_grad(true);
+    params.push_back(t);
+    return t;
+  };
+  auto randw = [&](int64_t out, int64_t in) { return param(at::randn({out, in}) * (1.0 / std::sqrt(double(in)))); };
+  auto embed = param(at::randn({V, d}) * 0.1);
+  struct Layer { at::Tensor an, mn, q, k, v, o, gate, up, down; };
+  std::vector<Layer> layers;
+  for (int64_t i = 0; i < L; i++) {
+    layers.push_back({param(at::ones({d})), param(at::ones({d})), randw(H * hd, d), randw(KV * hd, d), randw(KV * hd, d),
+                      randw(d, H * hd), randw(ff, d), randw(ff, d), randw(d, ff)});
+  }
+  auto norm = param(at::ones({d}));
+  std::vector<at::Tensor> m1, m2;
+  for (auto &p : params) {
+    m1.push_back(at::zeros_like(p));
+    m2.push_back(at::zeros_like(p));
+  }
+  auto inv = 1.0 / at::pow(10000.0, at::arange(0, hd, 2, at::kFloat) / double(hd));
+  auto freqs = at::outer(at::arange(T, at::kFloat), inv);
+  auto emb = at::cat({freqs, freqs}, -1);
+  auto cos = emb.cos().reshape({1, 1, T, hd}), sin = emb.sin().reshape({1, 1, T, hd});
+  double scale = 1.0 / std::sqrt(double(hd));
+  auto causal = at::ones({T, T}, at::kBool).tril(0);
+
+  auto step = [&](int64_t s) {
+    auto ids = at::randint(3, V, {B, T + 1}, at::kLong);
+    auto inputs = ids.narrow(1, 0, T), targets = ids.narrow(1, 1, T).unsqueeze(-1);
+    auto mask = at::ones({B, T, 1});
+    auto x = at::embedding(embed, inputs);
+    for (auto &l : layers) {
+      auto h = rms_norm(x, l.an, 1e-5);
+      auto q = rope(at::linear(h, l.q).reshape({B, T, H, hd}).transpose(1, 2), cos, sin);
+      auto k = rope(at::linear(h, l.k).reshape({B, T, KV, hd}).transpose(1, 2), cos, sin);
+      auto v = at::linear(h, l.v).reshape({B, T, KV, hd}).transpose(1, 2);
+      auto K = repeat_kv(k, H), Vv = repeat_kv(v, H);
+#if TORCH_VERSION_MAJOR >= 2
+      auto a = at::scaled_dot_product_attention(q, K, Vv, c10::nullopt, 0.0, true, scale);
+#else
+      auto scores = (at::matmul(q, K.transpose(-2, -1)) * scale).masked_fill(at::logical_not(causal), -INFINITY);
+      auto a = at::matmul(at::softmax(scores, -1, at::kFloat), Vv);
+#endif
+      x = x + at::linear(a.transpose(1, 2).reshape({B, T, H * hd}), l.o);
+      h = rms_norm(x, l.mn, 1e-5);
+      x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+    }
+    auto logits = at::linear(rms_norm(x, norm, 1e-5), embed);
+    auto lp = at::log_softmax(logits, -1);
+    auto loss = -(at::gather(lp, 2, targets) * mask).sum() / at::clamp_min(mask.sum(), 1);
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    torch::NoGradGuard no_grad;
+    double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    double bc1 = 1 - std::pow(b1, double(s)), bc2 = 1 - std::pow(b2, double(s));
+    for (size_t i = 0; i < params.size(); i++) {
+      auto &p = params[i];
+      auto g = p.grad();
+      m1[i].mul_(b1).add_(g, 1 - b1);
+      m2[i].mul_(b2).addcmul_(g, g, 1 - b2);
+      auto denom = (m2[i].sqrt() / std::sqrt(bc2)).add_(eps);
+      p.addcdiv_(m1[i], denom, -lr / bc1);
+      p.mutable_grad().reset();
+    }
+  };
+  step(1);  // warm-up
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t s = 2; s < N + 2; s++) step(s);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("tokens_per_s=%.6f\n", double(N * B * T) / secs);
+  return 0;
+}
