@@ -23,6 +23,8 @@ func commands() []command {
 		{"generate", "continue a prompt with a model", runGenerate},
 		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize},
 		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer},
+		{"chat", "chat with a model in a plain line REPL, recorded (chat --model DIR [--axis FILE])", runChat},
+		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions},
 		{"train", "fine-tune a model (train sft ...)", runTrain},
 		{"jobs", "list, watch or cancel training runs (jobs list|watch|cancel)", runJobs},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert},

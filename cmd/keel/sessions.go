@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/steer"
+)
+
+// runSessions: keel sessions list | show FILE | export FILE --format F --out PATH | reproject FILE --axis A |
+// export-dataset FILE... --out PATH
+func runSessions(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("usage: keel sessions list|show|export|reproject|export-dataset")}
+	}
+	fs := newFlags("sessions "+args[0], stderr)
+	dir := fs.String("dir", sessions.DefaultDir(), "sessions folder")
+	format := fs.String("format", "transcript", "export format: cast, transcript, csv or png")
+	out := fs.String("out", "", "output path")
+	axisPath := fs.String("axis", "", "reproject: the axis file to project onto")
+	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis)")
+	var mf modelFlags
+	mf.register(fs)
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	load := func() (*sessions.Session, error) {
+		if fs.NArg() < 1 {
+			return nil, usageError{fmt.Errorf("give the session file")}
+		}
+		s, err := sessions.Load(fs.Arg(0))
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range s.Warnings {
+			fmt.Fprintf(stderr, "keel sessions: %s: %s\n", fs.Arg(0), w)
+		}
+		return s, nil
+	}
+	switch args[0] {
+	case "list":
+		files, err := sessions.List(*dir)
+		if err != nil {
+			return err
+		}
+		if len(files) == 0 {
+			fmt.Fprintf(stdout, "no sessions in %s\n", *dir)
+		}
+		for _, f := range files {
+			s, err := sessions.Load(f)
+			if err != nil {
+				fmt.Fprintf(stdout, "%s\t(unreadable: %v)\n", f, err)
+				continue
+			}
+			fmt.Fprintf(stdout, "%s\t%s\t%d turns\t%s\n", f, s.Header.Created.Format("2006-01-02 15:04"), len(s.Turns()), s.Header.Model)
+		}
+		return nil
+	case "show":
+		s, err := load()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "model %s, axis %s, layers %v, %d events\n", s.Header.Model, s.Header.Axis, s.Header.Layers, len(s.Events))
+		for _, t := range s.Turns() {
+			fmt.Fprintf(stdout, "[%d] %s: %s\n", t.Index, t.Role, t.Text)
+		}
+		return nil
+	case "export":
+		s, err := load()
+		if err != nil {
+			return err
+		}
+		if *out == "" {
+			return usageError{fmt.Errorf("--out PATH is required")}
+		}
+		if err := s.Export(*format, *out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", *out)
+		return nil
+	case "export-dataset":
+		if fs.NArg() == 0 || *out == "" {
+			return usageError{fmt.Errorf("usage: keel sessions export-dataset FILE... --out DATA.jsonl")}
+		}
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		enc := json.NewEncoder(f)
+		n := 0
+		for _, p := range fs.Args() {
+			s, err := sessions.Load(p)
+			if err != nil {
+				return err
+			}
+			for _, r := range s.Dataset() {
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		fmt.Fprintf(stdout, "wrote %d labelled turns to %s\n", n, *out)
+		return f.Close()
+	case "reproject":
+		s, err := load()
+		if err != nil {
+			return err
+		}
+		if *axisPath == "" {
+			return usageError{fmt.Errorf("--axis FILE is required")}
+		}
+		axis, err := steer.LoadAxis(*axisPath)
+		if err != nil {
+			return err
+		}
+		layers := axis.LayerList()
+		if *layersFlag != "" {
+			if layers, err = parseIDs(*layersFlag); err != nil {
+				return usageError{err}
+			}
+		}
+		if mf.dir == "" {
+			mf.dir = s.Header.Model
+		}
+		_, lm, err := mf.load()
+		if err != nil {
+			return err
+		}
+		defer lm.Close()
+		got, err := sessions.Reproject(lm.Model, s, axis.Layers, layers)
+		if err != nil {
+			return err
+		}
+		res := map[string]any{"session": s.Path, "axis": *axisPath, "layers": layers, "turns": got}
+		w := stdout
+		if *out != "" {
+			f, err := os.Create(*out)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			w = f
+		}
+		return json.NewEncoder(w).Encode(res)
+	}
+	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
+}
+
+// loadAxisFor reads an axis file and checks it fits the model.
+func loadAxisFor(path string, m *model.Model) (*steer.Axis, error) {
+	a, err := steer.LoadAxis(path)
+	if err != nil {
+		return nil, err
+	}
+	for l, v := range a.Layers {
+		if l >= m.NumLayers() || len(v) != m.HiddenSize() {
+			return nil, fmt.Errorf("%s: layer %d vector of %d values does not fit the model (%d layers of width %d)", path, l, len(v), m.NumLayers(), m.HiddenSize())
+		}
+	}
+	return a, nil
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}

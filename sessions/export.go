@@ -1,0 +1,211 @@
+package sessions
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// WriteCast writes an asciinema v3 recording of the session's frames (each frame redraws the screen).
+func (s *Session) WriteCast(w io.Writer) error {
+	h := map[string]any{"version": 3, "term": map[string]int{"cols": s.Header.Term.Cols, "rows": s.Header.Term.Rows},
+		"timestamp": s.Header.Created.Unix(), "title": "keel session " + s.Header.Model}
+	if h["term"].(map[string]int)["cols"] == 0 {
+		h["term"] = map[string]int{"cols": 80, "rows": 24}
+	}
+	enc := json.NewEncoder(w)
+	if err := enc.Encode(h); err != nil {
+		return err
+	}
+	sc := NewScreen(s.Header)
+	prev := 0.0
+	for _, e := range s.Events {
+		sc.Apply(e)
+		frame := "\x1b[H\x1b[2J" + strings.ReplaceAll(sc.View(), "\n", "\r\n")
+		if err := enc.Encode([]any{round6(e.T - prev), "o", frame}); err != nil {
+			return err
+		}
+		prev = e.T
+	}
+	return nil
+}
+
+func round6(x float64) float64 {
+	v, _ := strconv.ParseFloat(strconv.FormatFloat(x, 'f', 6, 64), 64)
+	return v
+}
+
+// TranscriptTurn is one turn of the transcript export, with the mean projection per layer over its tokens.
+type TranscriptTurn struct {
+	Turn        int                `json:"turn"`
+	Role        string             `json:"role"`
+	Content     string             `json:"content"`
+	Projections map[string]float64 `json:"projections,omitempty"` // "layer_N" -> mean over the turn's tokens
+	Labels      []string           `json:"labels,omitempty"`
+}
+
+// Transcript is the conversation with per-turn mean projections (the paper's transcript layout).
+func (s *Session) Transcript() map[string]any {
+	var turns []TranscriptTurn
+	for _, t := range s.Turns() {
+		tt := TranscriptTurn{Turn: t.Index, Role: t.Role, Content: t.Text, Labels: t.Labels}
+		if t.Role == "assistant" && len(t.Tokens) > 0 {
+			tt.Projections = map[string]float64{}
+			for i, l := range s.Header.Layers {
+				var sum float64
+				n := 0
+				for _, tok := range t.Tokens {
+					if i < len(tok.Proj) {
+						sum += float64(tok.Proj[i])
+						n++
+					}
+				}
+				if n > 0 {
+					tt.Projections["layer_"+strconv.Itoa(l)] = sum / float64(n)
+				}
+			}
+		}
+		turns = append(turns, tt)
+	}
+	return map[string]any{"model": s.Header.Model, "axis": s.Header.Axis, "layers": s.Header.Layers, "turns": turns}
+}
+
+// WriteCSV writes one row per generated token: turn, index, id, piece, a column per layer, cap movements.
+func (s *Session) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	head := []string{"turn", "index", "id", "piece"}
+	for _, l := range s.Header.Layers {
+		head = append(head, "layer_"+strconv.Itoa(l))
+	}
+	head = append(head, "cap_moves")
+	cw.Write(head)
+	for _, t := range s.Turns() {
+		if t.Role != "assistant" {
+			continue
+		}
+		for k, tok := range t.Tokens {
+			row := []string{strconv.Itoa(t.Index), strconv.Itoa(k), strconv.Itoa(tok.ID), tok.Piece}
+			for i := range s.Header.Layers {
+				v := ""
+				if i < len(tok.Proj) {
+					v = strconv.FormatFloat(float64(tok.Proj[i]), 'g', -1, 32)
+				}
+				row = append(row, v)
+			}
+			var caps []string
+			for _, c := range tok.Caps {
+				caps = append(caps, strconv.FormatFloat(float64(c), 'g', -1, 32))
+			}
+			row = append(row, strings.Join(caps, ";"))
+			cw.Write(row)
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// WritePNG plots every generated token's projection at each recorded layer.
+func (s *Session) WritePNG(path string) error {
+	if len(s.Header.Layers) == 0 {
+		return fmt.Errorf("the session recorded no projections (it was recorded without an axis)")
+	}
+	p := plot.New()
+	p.Title.Text = "projection onto " + s.Header.Axis
+	p.X.Label.Text = "generated token"
+	p.Y.Label.Text = "<h, axis>"
+	var args []any
+	for i, l := range s.Header.Layers {
+		var xy plotter.XYs
+		n := 0
+		for _, t := range s.Turns() {
+			for _, tok := range t.Tokens {
+				if t.Role == "assistant" && i < len(tok.Proj) {
+					xy = append(xy, plotter.XY{X: float64(n), Y: float64(tok.Proj[i])})
+					n++
+				}
+			}
+		}
+		if len(xy) > 0 {
+			args = append(args, "layer "+strconv.Itoa(l), xy)
+		}
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("the session has no generated tokens to plot")
+	}
+	if err := plotutil.AddLines(p, args...); err != nil {
+		return err
+	}
+	return p.Save(10*vg.Inch, 4*vg.Inch, path)
+}
+
+// Export writes the session in format (cast, transcript, csv, png) to path.
+func (s *Session) Export(format, path string) error {
+	if format == "png" {
+		return s.WritePNG(path)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	switch format {
+	case "cast":
+		err = s.WriteCast(f)
+	case "transcript":
+		enc := json.NewEncoder(f)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(s.Transcript())
+	case "csv":
+		err = s.WriteCSV(f)
+	default:
+		err = fmt.Errorf("unknown format %q: use cast, transcript, csv or png", format)
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// DatasetRecord is one line of `keel sessions export-dataset`: the conversation up to a labelled assistant
+// turn, and a reward (1 for good, 0 for bad).
+type DatasetRecord struct {
+	Messages []map[string]string `json:"messages"`
+	Reward   float64             `json:"reward"`
+	Session  string              `json:"session"`
+	Turn     int                 `json:"turn"`
+}
+
+// Dataset returns the assistant turns labelled good or bad, each with the conversation before it.
+func (s *Session) Dataset() []DatasetRecord {
+	var out []DatasetRecord
+	var msgs []map[string]string
+	for _, t := range s.Turns() {
+		msgs = append(msgs, map[string]string{"role": t.Role, "content": t.Text})
+		if t.Role != "assistant" {
+			continue
+		}
+		for _, l := range t.Labels {
+			reward := -1.0
+			switch l {
+			case "good":
+				reward = 1
+			case "bad":
+				reward = 0
+			}
+			if reward >= 0 {
+				out = append(out, DatasetRecord{Messages: append([]map[string]string(nil), msgs...), Reward: reward, Session: s.Path, Turn: t.Index})
+				break
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,192 @@
+package sessions
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Screen turns events into frames: the transcript wrapped to the terminal width (the rows that fit), and a
+// status line with the last token's projection at each recorded layer. It is deterministic, so a recording
+// replays to exactly the frames it was recorded with.
+type Screen struct {
+	Header Header
+	lines  []string // finished transcript lines
+	cur    strings.Builder
+	role   string
+	last   []float32
+	caps   []float32
+	status string
+}
+
+// NewScreen starts an empty screen for a session.
+func NewScreen(h Header) *Screen {
+	if h.Term.Cols <= 0 {
+		h.Term.Cols = 80
+	}
+	if h.Term.Rows <= 0 {
+		h.Term.Rows = 24
+	}
+	return &Screen{Header: h}
+}
+
+// Apply takes one event.
+func (sc *Screen) Apply(e Event) {
+	switch e.Type {
+	case TurnStart:
+		sc.role = e.Role
+		sc.cur.Reset()
+		if e.Text != "" {
+			sc.cur.WriteString(e.Text)
+		}
+	case Token:
+		sc.cur.WriteString(e.Piece)
+		sc.last, sc.caps = e.Proj, e.Caps
+	case TurnEnd:
+		sc.lines = append(sc.lines, wrap(sc.role+": "+sc.cur.String(), sc.Header.Term.Cols)...)
+		sc.role = ""
+		sc.cur.Reset()
+	case Control:
+		sc.status = fmt.Sprintf("%s=%s", e.Name, string(e.Value))
+	case Marker:
+		sc.status = "marked " + e.Label
+	}
+}
+
+// View is the current frame.
+func (sc *Screen) View() string {
+	cols, rows := sc.Header.Term.Cols, sc.Header.Term.Rows
+	lines := append([]string(nil), sc.lines...)
+	if sc.role != "" {
+		lines = append(lines, wrap(sc.role+": "+sc.cur.String(), cols)...)
+	}
+	body := rows - 2
+	if len(lines) > body {
+		lines = lines[len(lines)-body:]
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	for i := len(lines); i < body; i++ {
+		b.WriteByte('\n')
+	}
+	b.WriteString(strings.Repeat("─", cols))
+	b.WriteByte('\n')
+	var st strings.Builder
+	for i, l := range sc.Header.Layers {
+		if i < len(sc.last) {
+			fmt.Fprintf(&st, "L%d %+.2f ", l, sc.last[i])
+		}
+	}
+	for i, c := range sc.caps {
+		if c != 0 {
+			fmt.Fprintf(&st, "cap%d %+.2f ", i, c)
+		}
+	}
+	if sc.status != "" {
+		st.WriteString("| " + sc.status)
+	}
+	b.WriteString(truncate(st.String(), cols))
+	return b.String()
+}
+
+func wrap(s string, cols int) []string {
+	var out []string
+	for _, para := range strings.Split(s, "\n") {
+		for utf8.RuneCountInString(para) > cols {
+			r := []rune(para)
+			out = append(out, string(r[:cols]))
+			para = string(r[cols:])
+		}
+		out = append(out, para)
+	}
+	return out
+}
+
+func truncate(s string, cols int) string {
+	r := []rune(s)
+	if len(r) > cols {
+		return string(r[:cols])
+	}
+	return s
+}
+
+// Frames replays a whole session: the frame after every event.
+func (s *Session) Frames() []string {
+	sc := NewScreen(s.Header)
+	frames := make([]string, 0, len(s.Events))
+	for _, e := range s.Events {
+		sc.Apply(e)
+		frames = append(frames, sc.View())
+	}
+	return frames
+}
+
+// Player steps through a session's events: play, pause, speed, step, seek. The TUI's replay mode drives it.
+type Player struct {
+	s       *Session
+	screen  *Screen
+	pos     int // events applied
+	Speed   float64
+	playing bool
+	clock   float64 // session time reached
+}
+
+// NewPlayer starts at the beginning, paused, at speed 1.
+func NewPlayer(s *Session) *Player { return &Player{s: s, screen: NewScreen(s.Header), Speed: 1} }
+
+// Play and Pause toggle advancing in Tick.
+func (p *Player) Play()  { p.playing = true }
+func (p *Player) Pause() { p.playing = false }
+
+// Playing reports whether Tick advances.
+func (p *Player) Playing() bool { return p.playing }
+
+// Pos is the number of events applied; Len the total.
+func (p *Player) Pos() int { return p.pos }
+func (p *Player) Len() int { return len(p.s.Events) }
+
+// Step applies the next event (false at the end).
+func (p *Player) Step() bool {
+	if p.pos >= len(p.s.Events) {
+		return false
+	}
+	e := p.s.Events[p.pos]
+	p.screen.Apply(e)
+	p.clock = e.T
+	p.pos++
+	return true
+}
+
+// Seek rebuilds the screen at event i (0 = nothing applied).
+func (p *Player) Seek(i int) {
+	i = max(0, min(i, len(p.s.Events)))
+	p.screen = NewScreen(p.s.Header)
+	p.pos = 0
+	for p.pos < i {
+		p.Step()
+	}
+}
+
+// Tick advances by wall time dt at the current speed while playing; it returns whether anything changed.
+func (p *Player) Tick(dt time.Duration) bool {
+	if !p.playing {
+		return false
+	}
+	p.clock += dt.Seconds() * p.Speed
+	changed := false
+	for p.pos < len(p.s.Events) && p.s.Events[p.pos].T <= p.clock {
+		p.Step()
+		changed = true
+	}
+	if p.pos >= len(p.s.Events) {
+		p.playing = false
+	}
+	return changed
+}
+
+// View is the frame at the current position.
+func (p *Player) View() string { return p.screen.View() }

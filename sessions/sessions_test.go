@@ -1,0 +1,221 @@
+package sessions
+
+import (
+	"context"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/convert"
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func stories(t testing.TB) *model.LM {
+	rt := torchtest.Runtime(t)
+	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
+	dir := t.TempDir()
+	if err := convert.Llama2c(filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); err != nil {
+		t.Fatal(err)
+	}
+	lm, err := model.Load(rt, dir, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lm.Close)
+	return lm
+}
+
+func unit(d int, seed uint64) []float32 {
+	v := make([]float32, d)
+	var n float64
+	x := seed
+	for i := range v {
+		x = x*6364136223846793005 + 1442695040888963407
+		v[i] = float32(int64(x>>11)%2001-1000) / 1000
+		n += float64(v[i]) * float64(v[i])
+	}
+	for i := range v {
+		v[i] /= float32(math.Sqrt(n))
+	}
+	return v
+}
+
+// record makes a three-turn session on stories260K with projections on four layers and a cap on one.
+func record(t *testing.T, lm *model.LM, path string) (*Recording, []string) {
+	axis := map[int][]float32{}
+	for l := 1; l <= 4; l++ {
+		axis[l] = unit(lm.HiddenSize(), uint64(l))
+	}
+	rec, err := Create(path, Header{Keel: "test", Model: "stories260K", Axis: "random", Layers: []int{1, 2, 3, 4}, Term: Term{Cols: 60, Rows: 12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames []string
+	r := &Recording{Rec: rec, Screen: NewScreen(rec.Header()), Axis: axis, OnFrame: func(f string) { frames = append(frames, f) }}
+	caps := []model.Intervention{{Layer: 2, Kind: model.Cap, Vectors: [][]float32{axis[2]}, Tau: 0}}
+	if err := r.Say("user", "Tell me a story."); err != nil {
+		t.Fatal(err)
+	}
+	ctx := lm.Tokenizer.Encode("Once upon a time", true)
+	if _, _, err := r.Generate(context.Background(), lm, ctx, caps, model.GenerateConfig{MaxTokens: 40, EOS: []int{-1}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Mark("good"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return r, frames
+}
+
+func TestReplayReproducesRecordedFrames(t *testing.T) {
+	lm := stories(t)
+	path := filepath.Join(t.TempDir(), "s.jsonl")
+	_, live := record(t, lm, path)
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := s.Frames()
+	if len(replayed) != len(live) {
+		t.Fatalf("%d frames replayed, %d recorded", len(replayed), len(live))
+	}
+	for i := range live {
+		if live[i] != replayed[i] {
+			t.Fatalf("frame %d differs:\nrecorded\n%s\nreplayed\n%s", i, live[i], replayed[i])
+		}
+	}
+	// The player reaches the same last frame by stepping and by seeking.
+	p := NewPlayer(s)
+	for p.Step() {
+	}
+	if p.View() != live[len(live)-1] {
+		t.Fatal("stepped player ends on another frame")
+	}
+	p.Seek(3)
+	if p.View() != live[2] {
+		t.Fatal("seek(3) is not the third frame")
+	}
+	golden := filepath.Join("testdata", "replay_last_frame.golden")
+	if *update {
+		os.MkdirAll("testdata", 0o755)
+		os.WriteFile(golden, []byte(live[len(live)-1]), 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if string(want) != live[len(live)-1] {
+		t.Fatalf("last frame differs from %s:\n%s\nwant\n%s", golden, live[len(live)-1], want)
+	}
+}
+
+func TestReprojectionReproducesRecordedProjections(t *testing.T) {
+	lm := stories(t)
+	path := filepath.Join(t.TempDir(), "s.jsonl")
+	r, _ := record(t, lm, path)
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Reproject(lm.Model, s, r.Axis, s.Header.Layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	turns := s.Turns()
+	maxDiff, n := 0.0, 0
+	ti := 0
+	for _, turn := range turns {
+		if len(turn.Start.Context) == 0 {
+			continue
+		}
+		for k, tok := range turn.Tokens {
+			for i := range s.Header.Layers {
+				maxDiff = math.Max(maxDiff, math.Abs(float64(tok.Proj[i]-got[ti][k][i])))
+				n++
+			}
+		}
+		ti++
+	}
+	t.Logf("%d projections re-computed, max |diff| %.2g", n, maxDiff)
+	if n == 0 || maxDiff > 1e-4 {
+		t.Fatalf("re-projection differs by %g over %d values", maxDiff, n)
+	}
+}
+
+func TestExportsAndDataset(t *testing.T) {
+	lm := stories(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.jsonl")
+	record(t, lm, path)
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"cast", "transcript", "csv", "png"} {
+		out := filepath.Join(dir, "out."+f)
+		if err := s.Export(f, out); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		st, err := os.Stat(out)
+		if err != nil || st.Size() == 0 {
+			t.Fatalf("%s: empty export", f)
+		}
+	}
+	cast, _ := os.ReadFile(filepath.Join(dir, "out.cast"))
+	if !strings.HasPrefix(string(cast), `{"term":{"cols":60,"rows":12}`) && !strings.Contains(strings.SplitN(string(cast), "\n", 2)[0], `"version":3`) {
+		t.Fatalf("cast header: %s", strings.SplitN(string(cast), "\n", 2)[0])
+	}
+	ds := s.Dataset()
+	if len(ds) != 1 || ds[0].Reward != 1 || len(ds[0].Messages) != 2 {
+		t.Fatalf("dataset: %+v", ds)
+	}
+}
+
+func TestTruncatedAndCorruptFiles(t *testing.T) {
+	lm := stories(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.jsonl")
+	record(t, lm, path)
+	raw, _ := os.ReadFile(path)
+	full, _ := Parse(raw)
+	// Cut inside the last token line of the generated turn, as a kill mid-write would: the completed user turn
+	// survives, the turn in flight is dropped, the torn line is reported.
+	end := strings.Index(string(raw), `{"type":"turn_end","t":`)
+	end = strings.Index(string(raw[end+1:]), `{"type":"turn_end"`) + end + 1
+	torn, err := Parse(raw[:end-15])
+	if err != nil || len(torn.Warnings) != 1 || len(torn.Turns()) != len(full.Turns())-1 {
+		t.Fatalf("torn last line: %v, warnings %v, turns %d of %d", err, torn.Warnings, len(torn.Turns()), len(full.Turns()))
+	}
+	lines := strings.Split(string(raw), "\n")
+	lines[3] = "{garbage"
+	if _, err := Parse([]byte(strings.Join(lines, "\n"))); err == nil || !strings.Contains(err.Error(), "line 4") {
+		t.Fatalf("corrupt middle line: %v", err)
+	}
+	v2 := strings.Replace(string(raw), `"schema":1`, `"schema":2`, 1)
+	if _, err := Parse([]byte(v2)); err == nil || !strings.Contains(err.Error(), "schema version 2") {
+		t.Fatalf("schema mismatch: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"type":"header","schema":1,"layers":[1]}` + "\n" + `{"type":"token","turn":1,"proj":[0.5]}` + "\n"))
+	f.Add([]byte(`{"type":"header","schema":1}` + "\n" + `{"type":"turn_start","turn":1}` + "\n" + `{"type":"turn_end","turn":1}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		s, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		s.Turns()
+		s.Frames()
+		s.Transcript()
+		s.Dataset()
+	})
+}
