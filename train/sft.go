@@ -43,6 +43,7 @@ type SFTConfig struct {
 	LoggingSteps              int               `json:"logging_steps"`
 	Device                    string            `json:"device"`
 	DType                     string            `json:"dtype"`
+	BF16                      bool              `json:"bf16"` // autocast the forward pass to bfloat16 (weights stay in dtype)
 	LoRA                      *model.LoRAConfig `json:"lora,omitempty"`
 	MergeLoRA                 bool              `json:"merge_lora_on_export"`
 }
@@ -292,6 +293,9 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 		for micro := 0; micro < cfg.GradientAccumulationSteps; micro++ {
 			batch := batchAt((step-1)*perStep + micro*cfg.PerDeviceTrainBatchSize)
 			s := rt.NewScope()
+			if cfg.BF16 {
+				s.Autocast(dev, torch.BFloat16)
+			}
 			loss := batchLoss(s, lm.Model, batch)
 			scaled := s.DivScalar(loss, float64(cfg.GradientAccumulationSteps))
 			s.Backward(scaled)

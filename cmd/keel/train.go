@@ -42,6 +42,7 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.SaveTotalLimit, "keep", 2, "checkpoints kept")
 	fs.StringVar(&c.Device, "device", "cpu", "cpu, cuda or cuda:N")
 	fs.StringVar(&c.DType, "dtype", "f32", "f32, f16 or bf16")
+	fs.BoolVar(&c.BF16, "bf16", false, "bfloat16 autocast for the forward pass (mixed precision; f32 weights)")
 	loraRank := fs.Int("lora", 0, "LoRA rank (0 = full fine-tune)")
 	loraAlpha := fs.Float64("lora-alpha", 0, "LoRA alpha (default: the rank)")
 	loraDropout := fs.Float64("lora-dropout", 0, "LoRA dropout")

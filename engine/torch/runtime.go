@@ -37,6 +37,7 @@ type Runtime struct {
 	sym symbols // hot entry points, called through purego.SyscallN (no reflection)
 
 	setGradEnabled func(enabled int64) int64
+	setAutocast    func(devType, enabled, dtype int64) int64
 	clipGradNorm   func(ts *uintptr, n int64, maxNorm float64, total *float64) uintptr
 
 	adamwNew      func(ts *uintptr, n int64, lr, b1, b2, eps, wd float64, out *uintptr) uintptr
@@ -110,7 +111,7 @@ func Open(path string) (*Runtime, error) {
 		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"},
 		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
 		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
-		{&r.setGradEnabled, "kt_set_grad_enabled"},
+		{&r.setGradEnabled, "kt_set_grad_enabled"}, {&r.setAutocast, "kt_set_autocast"},
 		{&r.clipGradNorm, "kt_clip_grad_norm"},
 		{&r.adamwNew, "kt_adamw_new"}, {&r.adamwStep, "kt_adamw_step"}, {&r.adamwZeroGrad, "kt_adamw_zero_grad"},
 		{&r.adamwSetLR, "kt_adamw_set_lr"}, {&r.adamwFree, "kt_adamw_free"},

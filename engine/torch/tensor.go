@@ -135,6 +135,10 @@ type Scope struct {
 	err    error
 	noGrad bool
 	prev   int64
+
+	autocast     bool
+	autocastDev  Device
+	autocastPrev int64
 }
 
 // NewScope makes an empty scope.
@@ -156,6 +160,24 @@ func (s *Scope) NoGrad() *Scope {
 		s.prev = s.rt.setGradEnabled(0)
 		s.noGrad = true
 	}
+	return s
+}
+
+// Autocast runs the scope's ops under autocast (mixed precision: matmuls in dtype, reductions in float32) on
+// dev's device type until Close. Like NoGrad it pins the goroutine to its thread: autocast state is thread-local.
+func (s *Scope) Autocast(dev Device, dtype DType) *Scope {
+	if s.autocast {
+		return s
+	}
+	runtime.LockOSThread()
+	dt, _ := dev.codes()
+	prev := s.rt.setAutocast(dt, 1, int64(dtype))
+	if prev < 0 {
+		runtime.UnlockOSThread()
+		s.Fail(fmt.Errorf("torch autocast: %s %s is not supported by this libtorch", dev, dtype))
+		return s
+	}
+	s.autocast, s.autocastDev, s.autocastPrev = true, dev, prev
 	return s
 }
 
@@ -182,6 +204,12 @@ func (s *Scope) Close() {
 		s.rt.setGradEnabled(s.prev)
 		runtime.UnlockOSThread()
 		s.noGrad = false
+	}
+	if s.autocast {
+		dt, _ := s.autocastDev.codes()
+		s.rt.setAutocast(dt, s.autocastPrev, int64(BFloat16))
+		runtime.UnlockOSThread()
+		s.autocast = false
 	}
 }
 

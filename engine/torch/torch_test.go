@@ -145,3 +145,19 @@ func TestCUDAWhereNoneGivesClearError(t *testing.T) {
 		t.Fatal("allocating on CUDA without CUDA did not fail")
 	}
 }
+
+func TestAutocastRunsMatmulsInBF16(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	s := rt.NewScope().Autocast(torch.CPU, torch.BFloat16)
+	a := s.Randn([]int64{4, 4}, torch.Float32, torch.CPU)
+	if dt := s.DType(s.Matmul(a, a)); dt != torch.BFloat16 || s.Err() != nil {
+		t.Fatalf("matmul under autocast gave %s (%v)", dt, s.Err())
+	}
+	s.Close()
+	s2 := rt.NewScope()
+	defer s2.Close()
+	b := s2.Randn([]int64{4, 4}, torch.Float32, torch.CPU)
+	if dt := s2.DType(s2.Matmul(b, b)); dt != torch.Float32 {
+		t.Fatalf("autocast leaked past Close: matmul gave %s", dt)
+	}
+}

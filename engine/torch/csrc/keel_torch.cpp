@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
+#include <ATen/autocast_mode.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -560,6 +561,33 @@ int64_t kt_set_grad_enabled(int64_t enabled) {
   bool prev = at::GradMode::is_enabled();
   at::GradMode::set_enabled(enabled != 0);
   return prev ? 1 : 0;
+}
+
+int64_t kt_set_autocast(int64_t dev_type, int64_t enabled, int64_t dtype) {
+  try {
+    auto st = scalar_type(dtype);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    auto dev = dev_type == 1 ? at::kCUDA : at::kCPU;
+    bool prev = at::autocast::is_autocast_enabled(dev);
+    at::autocast::set_autocast_dtype(dev, st);
+    at::autocast::set_autocast_enabled(dev, enabled != 0);
+#else
+    bool prev;
+    if (dev_type == 1) {
+      prev = at::autocast::is_enabled();
+      at::autocast::set_autocast_gpu_dtype(st);
+      at::autocast::set_enabled(enabled != 0);
+    } else {
+      prev = at::autocast::is_cpu_enabled();
+      at::autocast::set_autocast_cpu_dtype(st);
+      at::autocast::set_cpu_enabled(enabled != 0);
+    }
+#endif
+    if (enabled == 0) at::autocast::clear_cache();
+    return prev ? 1 : 0;
+  } catch (...) {
+    return -1;
+  }
 }
 
 char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm) {

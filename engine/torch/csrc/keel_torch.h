@@ -100,6 +100,9 @@ char *kt_requires_grad(kt_tensor t, int64_t *out);
 char *kt_backward(kt_tensor t);
 char *kt_grad(kt_tensor t, kt_tensor *out); /* *out = NULL when no gradient */
 int64_t kt_set_grad_enabled(int64_t enabled); /* returns the previous mode (thread-local) */
+/* Autocast (mixed precision) for a device type (0 CPU, 1 CUDA) on this thread: matmuls and friends run in dtype.
+ * Returns the previous enabled state; disabling clears autocast's cache of cast weights. */
+int64_t kt_set_autocast(int64_t dev_type, int64_t enabled, int64_t dtype);
 char *kt_clip_grad_norm(const kt_tensor *params, int64_t n, double max_norm, double *total_norm);
 
 /* One AdamW step (torch.optim.AdamW's update, no amsgrad) for a parameter whose state tensors the caller owns:
