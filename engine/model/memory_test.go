@@ -12,13 +12,18 @@ import (
 )
 
 // rss reads the process's resident set size from /proc.
-func rss(t *testing.T) int64 {
+func rss(t *testing.T) int64 { return procStatus(t, "VmRSS:") }
+
+// peakRSS is the resident set's high-water mark.
+func peakRSS(t *testing.T) int64 { return procStatus(t, "VmHWM:") }
+
+func procStatus(t *testing.T, field string) int64 {
 	raw, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		t.Fatalf("reading RSS: %v", err)
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -26,7 +31,7 @@ func rss(t *testing.T) int64 {
 			return kb * 1024
 		}
 	}
-	t.Fatal("VmRSS not found in /proc/self/status")
+	t.Fatalf("%s not found in /proc/self/status", field)
 	return 0
 }
 
