@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -40,6 +41,15 @@ func (r *Recording) Say(role, text string) error {
 		return err
 	}
 	return r.add(Event{Type: TurnEnd, Role: role, Text: text})
+}
+
+// Control records a setting change (sampling, capping, steering) in force from here on.
+func (r *Recording) Control(name string, value any) error {
+	raw, err := json.Marshal(value)
+	if err != nil {
+		return err
+	}
+	return r.add(Event{Type: Control, Name: name, Value: raw})
 }
 
 // Mark records a label (good, bad, or a bookmark) on the current turn.

@@ -3,10 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -53,6 +57,9 @@ func runChat(args []string, stdout, stderr io.Writer) error {
 			path = sessions.NewPath(sessions.DefaultDir())
 		}
 		h := sessions.Header{Keel: version, Model: absPath(mf.dir), Sampling: sampling, Seed: *seed, Term: sessions.Term{Cols: 80, Rows: 24}}
+		if h.ModelSHA256, err = weightsSHA256(mf.dir); err != nil {
+			return err
+		}
 		if axis != nil {
 			h.Axis, h.Layers = absPath(*axisPath), axis.LayerList()
 			h.AxisSHA256, _ = steer.FileSHA256(*axisPath)
@@ -172,7 +179,33 @@ func chatCommand(line string, msgs *[]tokenizer.Message, sampling *model.Samplin
 		default:
 			return false, fmt.Sprintf("unknown setting %q: temperature, top-p, max-tokens, seed", f[1])
 		}
+		if rec != nil {
+			rec.Control(f[1], v)
+		}
 		return false, fmt.Sprintf("%s = %s", f[1], f[2])
 	}
 	return false, fmt.Sprintf("unknown command %s: /help lists them", f[0])
+}
+
+// weightsSHA256 is the sha256 of the model's safetensors files, in name order (a session names exactly the
+// weights it was recorded with).
+func weightsSHA256(dir string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(files) == 0 {
+		return "", fmt.Errorf("%s: no *.safetensors to fingerprint", dir)
+	}
+	sort.Strings(files)
+	h := sha256.New()
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -27,14 +27,14 @@ func (k Kind) String() string {
 // Intervention is one step at one layer's output (the residual stream after decoder layer Layer, the same site
 // as the output of Hugging Face's model.model.layers[Layer]). Interventions of a layer run in order.
 type Intervention struct {
-	Layer   int
-	Kind    Kind
-	Vectors [][]float32 // Capture: the directions (unit vectors); Add, Cap: exactly one vector
-	Full    bool        // Capture: record the whole residual vector instead of projections
-	Coeff   float64     // Add
-	Tau     float64     // Cap threshold on <h, u>
-	Ceiling bool        // Cap: bound from above instead of below
-	Label   string
+	Layer   int         `json:"layer"`
+	Kind    Kind        `json:"kind"`              // 0 capture, 1 add, 2 cap
+	Vectors [][]float32 `json:"vectors,omitempty"` // Capture: the directions (unit vectors); Add, Cap: one vector
+	Full    bool        `json:"full,omitempty"`    // Capture: record the whole residual vector instead
+	Coeff   float64     `json:"coeff,omitempty"`   // Add
+	Tau     float64     `json:"tau,omitempty"`     // Cap threshold on <h, u>
+	Ceiling bool        `json:"ceiling,omitempty"` // Cap: bound from above instead of below
+	Label   string      `json:"label,omitempty"`
 }
 
 // Record is what one intervention yields for one token: projections (Capture), the residual vector (Capture

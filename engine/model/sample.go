@@ -8,12 +8,12 @@ import (
 
 // Sampling chooses the next token from logits.
 type Sampling struct {
-	Temperature       float64 // 0 = greedy
-	TopK              int     // 0 = off
-	TopP              float64 // 0 or 1 = off
-	MinP              float64 // 0 = off
-	RepetitionPenalty float64 // 0 or 1 = off (Hugging Face's form: divide positive logits, multiply negative)
-	Seed              uint64
+	Temperature       float64 `json:"temperature"`                  // 0 = greedy
+	TopK              int     `json:"top_k,omitempty"`              // 0 = off
+	TopP              float64 `json:"top_p,omitempty"`              // 0 or 1 = off
+	MinP              float64 `json:"min_p,omitempty"`              // 0 = off
+	RepetitionPenalty float64 `json:"repetition_penalty,omitempty"` // 0 or 1 = off (Hugging Face's form)
+	Seed              uint64  `json:"seed"`
 }
 
 // greedyOnDevice reports whether the choice needs no logits on the host.
