@@ -9,42 +9,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keel-lab/keel/engine/convert"
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/engine/model/modeltest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-func stories(t testing.TB) *model.LM {
-	rt := torchtest.Runtime(t)
-	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
-	dir := t.TempDir()
-	if err := convert.Llama2c(filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); err != nil {
-		t.Fatal(err)
-	}
-	lm, err := model.Load(rt, dir, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lm.Close)
-	return lm
-}
+func stories(t testing.TB) *model.LM { return modeltest.Stories(t) }
 
-func unit(d int, seed uint64) []float32 {
-	v := make([]float32, d)
-	var n float64
-	x := seed
-	for i := range v {
-		x = x*6364136223846793005 + 1442695040888963407
-		v[i] = float32(int64(x>>11)%2001-1000) / 1000
-		n += float64(v[i]) * float64(v[i])
-	}
-	for i := range v {
-		v[i] /= float32(math.Sqrt(n))
-	}
-	return v
-}
+func unit(d int, seed uint64) []float32 { return modeltest.Unit(d, seed) }
 
 // record makes a three-turn session on stories260K with projections on four layers and a cap on one.
 func record(t *testing.T, lm *model.LM, path string) (*Recording, []string) {

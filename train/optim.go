@@ -61,23 +61,32 @@ func (o *AdamW) ZeroGrad() error {
 	return s.Err()
 }
 
+// moments pairs each parameter's saved names with its moment tensors.
+func (o *AdamW) moments(fn func(name string, t torch.Tensor) error) error {
+	for i, p := range o.params {
+		if err := fn("exp_avg."+p.Name, o.m[i]); err != nil {
+			return err
+		}
+		if err := fn("exp_avg_sq."+p.Name, o.v[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Save writes the moments and step to a safetensors file.
 func (o *AdamW) Save(path string) error {
 	var ts []safetensors.Tensor
 	s := o.rt.NewScope().NoGrad()
 	defer s.Close()
-	for i, p := range o.params {
-		for _, mom := range []struct {
-			prefix string
-			t      torch.Tensor
-		}{{"exp_avg.", o.m[i]}, {"exp_avg_sq.", o.v[i]}} {
-			t, err := tensorBytes(s, mom.t)
-			if err != nil {
-				return err
-			}
-			t.Name = mom.prefix + p.Name
-			ts = append(ts, t)
-		}
+	err := o.moments(func(name string, m torch.Tensor) error {
+		t, err := tensorBytes(s, m)
+		t.Name = name
+		ts = append(ts, t)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	return safetensors.Write(path, ts, map[string]string{"step": strconv.Itoa(o.Step)})
 }
@@ -95,15 +104,14 @@ func (o *AdamW) Load(path string) error {
 	}
 	s := o.rt.NewScope().NoGrad()
 	defer s.Close()
-	for i, p := range o.params {
-		for _, mom := range []struct {
-			prefix string
-			t      torch.Tensor
-		}{{"exp_avg.", o.m[i]}, {"exp_avg_sq.", o.v[i]}} {
-			if err := loadInto(s, f, mom.prefix+p.Name, mom.t); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
+	err = o.moments(func(name string, m torch.Tensor) error {
+		if err := loadInto(s, f, name, m); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	o.Step = step
 	return s.Err()

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -18,12 +19,8 @@ func runKeel(args ...string) (int, string, string) {
 }
 
 func storiesDir(t *testing.T) string {
-	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
-	dir := filepath.Join(t.TempDir(), "stories")
-	if code, _, stderr := runKeel("convert", "llama2c", filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); code != 0 {
-		t.Fatalf("convert: %s", stderr)
-	}
-	return dir
+	torchtest.Runtime(t)
+	return modeltest.StoriesDir(t)
 }
 
 func TestGeneratePrintsTheKnownStory(t *testing.T) {

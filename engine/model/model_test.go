@@ -10,29 +10,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keel-lab/keel/engine/convert"
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
-// stories converts the stories260K fixture into a temporary Hugging Face folder and loads it.
-func stories(t *testing.T) *model.LM {
-	t.Helper()
-	rt := torchtest.Runtime(t)
-	fx := filepath.Join(torchtest.Fixtures(t), "stories260k")
-	dir := t.TempDir()
-	if err := convert.Llama2c(filepath.Join(fx, "stories260K.bin"), filepath.Join(fx, "tok512.bin"), dir); err != nil {
-		t.Fatal(err)
-	}
-	lm, err := model.Load(rt, dir, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lm.Close)
-	return lm
-}
+func stories(t *testing.T) *model.LM { return modeltest.Stories(t) }
 
 // knownSample is the greedy output stories260K.md records (the code block after the `-t 0.0` command).
 func knownSample(t *testing.T) string {
@@ -81,21 +65,7 @@ func TestStories260KTokenizerRoundTrip(t *testing.T) {
 	}
 }
 
-// randomUnit draws a unit vector from a fixed-seed LCG (independent of libtorch's generator).
-func randomUnit(d int, seed uint64) []float32 {
-	v := make([]float32, d)
-	var n float64
-	x := seed
-	for i := range v {
-		x = x*6364136223846793005 + 1442695040888963407
-		v[i] = float32(int64(x>>11)%2001-1000) / 1000
-		n += float64(v[i]) * float64(v[i])
-	}
-	for i := range v {
-		v[i] /= float32(math.Sqrt(n))
-	}
-	return v
-}
+func randomUnit(d int, seed uint64) []float32 { return modeltest.Unit(d, seed) }
 
 func TestCappedGenerationCacheEqualsRecompute(t *testing.T) {
 	lm := stories(t)
@@ -291,5 +261,3 @@ func TestStopStrings(t *testing.T) {
 		t.Fatalf("stop string: reason %q, text %q", res[0].Reason, res[0].Text)
 	}
 }
-
-var _ = torch.Float32

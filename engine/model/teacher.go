@@ -39,13 +39,11 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 		pad[b] = T - len(q)
 		ids[b] = append(make([]int, pad[b]), q...)
 	}
-	list, version := hooks.snapshot()
-	plan, err := m.compileHooks(list, version)
+	plan, s, err := m.inferenceSetup(hooks)
 	if err != nil {
 		return nil, err
 	}
 	defer plan.close()
-	s := m.RT.NewScope().NoGrad()
 	defer s.Close()
 	pass := Pass{IDs: ids, Pad: pad, plan: plan}
 	if spans != nil {
@@ -104,13 +102,11 @@ func (m *Model) Logits(seq []int, hooks *Hooks) ([]float32, error) {
 	if len(seq) == 0 {
 		return nil, fmt.Errorf("logits: empty sequence")
 	}
-	list, version := hooks.snapshot()
-	plan, err := m.compileHooks(list, version)
+	plan, s, err := m.inferenceSetup(hooks)
 	if err != nil {
 		return nil, err
 	}
 	defer plan.close()
-	s := m.RT.NewScope().NoGrad()
 	defer s.Close()
 	out := m.forward(s, Pass{IDs: [][]int{seq}, plan: plan})
 	logits := s.Float32s(out.logits)
@@ -125,4 +121,14 @@ func (m *Model) TrainLogits(s *torch.Scope, ids [][]int) Tensor {
 		return s.To(out.logits, torch.Float32, m.Opts.Device)
 	}
 	return out.logits
+}
+
+// inferenceSetup compiles the hooks' current list and opens a no-grad scope for one forward pass.
+func (m *Model) inferenceSetup(hooks *Hooks) (*hookPlan, *torch.Scope, error) {
+	list, version := hooks.snapshot()
+	plan, err := m.compileHooks(list, version)
+	if err != nil {
+		return nil, nil, err
+	}
+	return plan, m.RT.NewScope().NoGrad(), nil
 }

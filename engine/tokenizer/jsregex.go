@@ -145,9 +145,14 @@ func (r *jsRegex) matches(text string) []string {
 }
 
 // split keeps the delimiters as their own pieces (transformers.js's regexSplit).
-func (r *jsRegex) split(text string) []string {
+func (r *jsRegex) split(text string) []string { return r.splitText(text, true) }
+
+// splitRemoved drops the delimiters and empty pieces.
+func (r *jsRegex) splitRemoved(text string) []string { return r.splitText(text, false) }
+
+func (r *jsRegex) splitText(text string, keep bool) []string {
+	var out []string
 	if r.lit != "" {
-		var out []string
 		for {
 			i := strings.Index(text, r.lit)
 			if i < 0 {
@@ -156,7 +161,9 @@ func (r *jsRegex) split(text string) []string {
 			if i > 0 {
 				out = append(out, text[:i])
 			}
-			out = append(out, r.lit)
+			if keep {
+				out = append(out, r.lit)
+			}
 			text = text[i+len(r.lit):]
 		}
 		if text != "" {
@@ -165,40 +172,13 @@ func (r *jsRegex) split(text string) []string {
 		return out
 	}
 	runes := []rune(text)
-	var out []string
 	prev := 0
 	for _, m := range r.findAll(runes) {
 		if prev < m.start {
 			out = append(out, string(runes[prev:m.start]))
 		}
-		if m.end > m.start {
+		if keep && m.end > m.start {
 			out = append(out, string(runes[m.start:m.end]))
-		}
-		prev = m.end
-	}
-	if prev < len(runes) {
-		out = append(out, string(runes[prev:]))
-	}
-	return out
-}
-
-// splitRemoved drops the delimiters and empty pieces.
-func (r *jsRegex) splitRemoved(text string) []string {
-	if r.lit != "" {
-		var out []string
-		for _, p := range strings.Split(text, r.lit) {
-			if p != "" {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-	runes := []rune(text)
-	var out []string
-	prev := 0
-	for _, m := range r.findAll(runes) {
-		if prev < m.start {
-			out = append(out, string(runes[prev:m.start]))
 		}
 		prev = m.end
 	}

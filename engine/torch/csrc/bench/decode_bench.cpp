@@ -8,6 +8,8 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "bench_ops.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,24 +22,11 @@ struct Layer {
   at::Tensor attn_norm, mlp_norm, q, k, v, o, gate, up, down;
 };
 
-at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, double eps) {
-  auto var = (x * x).mean(-1, true);
-  return w * (x * at::rsqrt(var + eps));
-}
-
-at::Tensor rope(const at::Tensor &x, const at::Tensor &cos, const at::Tensor &sin) {
-  auto half = x.size(3) / 2;
-  auto rot = at::cat({at::neg(x.narrow(3, half, half)), x.narrow(3, 0, half)}, 3);
-  return x * cos + rot * sin;
-}
-
-at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
-  int64_t kv = x.size(1);
-  if (kv == heads) return x;
-  return x.unsqueeze(2).expand({x.size(0), kv, heads / kv, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
-}
-
 }  // namespace
+
+using keelbench::repeat_kv;
+using keelbench::rms_norm;
+using keelbench::rope;
 
 int main(int argc, char **argv) {
   if (argc < 9) {
