@@ -61,6 +61,14 @@ func ParseLlama2c(raw []byte, name string) (*Llama2c, error) {
 }
 
 func (t *Llama2c) VocabSize() int { return len(t.pieces) }
+
+// Score is a token's merge score.
+func (t *Llama2c) Score(id int) float32 {
+	if id < 0 || id >= len(t.scores) {
+		return 0
+	}
+	return t.scores[id]
+}
 func (t *Llama2c) BOS() int       { return 1 }
 
 func (t *Llama2c) Piece(id int) string {

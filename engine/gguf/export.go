@@ -1,0 +1,289 @@
+package gguf
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+)
+
+// archNames maps keel's architectures to llama.cpp's (Mistral runs as llama.cpp's llama, which has no sliding
+// window).
+var archNames = map[string]string{
+	"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+	"Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2",
+}
+
+// tensorNames maps Hugging Face weight names (after "model.layers.N.") to llama.cpp's.
+var tensorNames = map[string]string{
+	"input_layernorm.weight":            "attn_norm.weight",
+	"self_attn.q_proj.weight":           "attn_q.weight",
+	"self_attn.k_proj.weight":           "attn_k.weight",
+	"self_attn.v_proj.weight":           "attn_v.weight",
+	"self_attn.o_proj.weight":           "attn_output.weight",
+	"self_attn.q_proj.bias":             "attn_q.bias",
+	"self_attn.k_proj.bias":             "attn_k.bias",
+	"self_attn.v_proj.bias":             "attn_v.bias",
+	"self_attn.o_proj.bias":             "attn_output.bias",
+	"self_attn.q_norm.weight":           "attn_q_norm.weight",
+	"self_attn.k_norm.weight":           "attn_k_norm.weight",
+	"mlp.gate_proj.weight":              "ffn_gate.weight",
+	"mlp.up_proj.weight":                "ffn_up.weight",
+	"mlp.down_proj.weight":              "ffn_down.weight",
+	"post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+	"pre_feedforward_layernorm.weight":  "ffn_norm.weight",
+}
+
+// ExportModel writes m (with its tokenizer, or a synthetic SentencePiece-style vocabulary of byte tokens when
+// tok is nil) as a GGUF file llama.cpp loads: llama.cpp's metadata keys and tensor names for the architecture,
+// q/k rows reordered for llama.cpp's interleaved RoPE on Llama, Gemma's norms stored as 1 + w, llama3 RoPE
+// scaling as a rope_freqs tensor.
+func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint32) error {
+	c := m.Config
+	arch, ok := archNames[c.Architecture()]
+	if !ok {
+		return fmt.Errorf("export gguf: %s has no llama.cpp counterpart", c.Architecture())
+	}
+	if arch == "gemma2" && c.QueryPreAttnScalar != 0 && c.QueryPreAttnScalar != float64(c.HeadDim) {
+		return fmt.Errorf("export gguf: Gemma 2 with query_pre_attn_scalar %v != head_dim %d: llama.cpp scales queries by head_dim for this model size", c.QueryPreAttnScalar, c.HeadDim)
+	}
+	p := arch + "."
+	kvs := []KV{
+		{"general.architecture", arch},
+		{"general.name", "keel export"},
+		{"general.alignment", uint32(alignment)},
+		{p + "context_length", uint32(c.MaxPositionEmbeddings)},
+		{p + "embedding_length", uint32(c.HiddenSize)},
+		{p + "block_count", uint32(c.NumHiddenLayers)},
+		{p + "feed_forward_length", uint32(c.IntermediateSize)},
+		{p + "attention.head_count", uint32(c.NumAttentionHeads)},
+		{p + "attention.head_count_kv", uint32(c.NumKeyValueHeads)},
+		{p + "attention.layer_norm_rms_epsilon", float32(c.RMSNormEps)},
+		{p + "rope.freq_base", float32(c.RopeTheta)},
+		{p + "rope.dimension_count", uint32(c.HeadDim)},
+		{p + "attention.key_length", uint32(c.HeadDim)},
+		{p + "attention.value_length", uint32(c.HeadDim)},
+		{p + "vocab_size", uint32(c.VocabSize)},
+	}
+	if arch == "gemma2" {
+		if c.AttnLogitSoftcapping != nil {
+			kvs = append(kvs, KV{p + "attn_logit_softcapping", float32(*c.AttnLogitSoftcapping)})
+		}
+		if c.FinalLogitSoftcapping != nil {
+			kvs = append(kvs, KV{p + "final_logit_softcapping", float32(*c.FinalLogitSoftcapping)})
+		}
+		if c.SlidingWindow != nil {
+			kvs = append(kvs, KV{p + "attention.sliding_window", uint32(*c.SlidingWindow)})
+		}
+	}
+	tk, err := tokenizerKVs(tok, c.VocabSize)
+	if err != nil {
+		return err
+	}
+	kvs = append(kvs, tk...)
+
+	s := m.RT.NewScope().NoGrad()
+	defer s.Close()
+	var tensors []Tensor
+	add := func(name string, shape []int64, data []float32) {
+		tensors = append(tensors, Tensor{Name: name, Shape: shape, Type: dtype, Data: encode(data, dtype)})
+	}
+	tied := m.LMHead == m.Embed
+	for _, nt := range m.Names {
+		data := s.Float32s(nt.Tensor)
+		shape := s.Shape(nt.Tensor)
+		if err := s.Err(); err != nil {
+			return err
+		}
+		name := nt.Name
+		var ggml string
+		switch {
+		case name == "model.embed_tokens.weight":
+			ggml = "token_embd.weight"
+		case name == "model.norm.weight":
+			ggml = "output_norm.weight"
+		case name == "lm_head.weight":
+			if tied {
+				continue
+			}
+			ggml = "output.weight"
+		default:
+			rest, ok := strings.CutPrefix(name, "model.layers.")
+			if !ok {
+				return fmt.Errorf("export gguf: unexpected tensor %s", name)
+			}
+			layer, suffix, _ := strings.Cut(rest, ".")
+			if arch == "gemma2" && suffix == "post_attention_layernorm.weight" {
+				ggml = "blk." + layer + ".post_attention_norm.weight"
+			} else if suffix == "post_attention_layernorm.weight" {
+				ggml = "blk." + layer + ".ffn_norm.weight"
+			} else if n, ok := tensorNames[suffix]; ok {
+				ggml = "blk." + layer + "." + n
+			} else {
+				return fmt.Errorf("export gguf: no llama.cpp name for %s", name)
+			}
+			if arch == "llama" && (suffix == "self_attn.q_proj.weight" || suffix == "self_attn.k_proj.weight") {
+				heads := c.NumAttentionHeads
+				if suffix == "self_attn.k_proj.weight" {
+					heads = c.NumKeyValueHeads
+				}
+				data = halvesToInterleaved(data, heads, c.HeadDim, int(shape[1]))
+			}
+		}
+		if arch == "gemma2" && strings.HasSuffix(ggml, "norm.weight") {
+			for i := range data {
+				data[i]++
+			}
+		}
+		add(ggml, shape, data)
+	}
+	if c.RopeScaling.Kind() == "llama3" {
+		// rope_freqs stays F32 whatever the weights' type.
+		tensors = append(tensors, Tensor{Name: "rope_freqs.weight", Shape: []int64{int64(c.HeadDim / 2)}, Type: GGMLF32, Data: encode(llama3Factors(c), GGMLF32)})
+	}
+	return Write(out, kvs, tensors)
+}
+
+// halvesToInterleaved reorders q/k rows from Hugging Face's rotate-half pairing to llama.cpp's interleaved one.
+func halvesToInterleaved(w []float32, heads, hd, cols int) []float32 {
+	out := make([]float32, len(w))
+	for h := 0; h < heads; h++ {
+		for i := 0; i < hd/2; i++ {
+			for pair := 0; pair < 2; pair++ {
+				src := h*hd + pair*(hd/2) + i
+				dst := h*hd + 2*i + pair
+				copy(out[dst*cols:(dst+1)*cols], w[src*cols:(src+1)*cols])
+			}
+		}
+	}
+	return out
+}
+
+// llama3Factors are llama.cpp's rope_freqs: the divisor of each inverse frequency under llama3 scaling.
+func llama3Factors(c *model.Config) []float32 {
+	r := c.RopeScaling
+	old := float64(r.OriginalMaxPositionEmbeddings)
+	low, high := old/r.LowFreqFactor, old/r.HighFreqFactor
+	out := make([]float32, c.HeadDim/2)
+	for i := range out {
+		freq := 1 / math.Pow(c.RopeTheta, float64(2*i)/float64(c.HeadDim))
+		wavelen := 2 * math.Pi / freq
+		switch {
+		case wavelen < high:
+			out[i] = 1
+		case wavelen > low:
+			out[i] = float32(r.Factor)
+		default:
+			smooth := (old/wavelen - r.LowFreqFactor) / (r.HighFreqFactor - r.LowFreqFactor)
+			out[i] = float32(1 / ((1-smooth)/r.Factor + smooth))
+		}
+	}
+	return out
+}
+
+func encode(xs []float32, dtype uint32) []byte {
+	if dtype == GGMLF16 {
+		b := make([]byte, 2*len(xs))
+		for i, x := range xs {
+			binary.LittleEndian.PutUint16(b[2*i:], f16(x))
+		}
+		return b
+	}
+	b := make([]byte, 4*len(xs))
+	for i, x := range xs {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// f16 rounds a float32 to IEEE half (to nearest even).
+func f16(x float32) uint16 {
+	b := math.Float32bits(x)
+	sign := uint16(b>>16) & 0x8000
+	a := math.Abs(float64(x))
+	switch {
+	case x != x:
+		return sign | 0x7e00
+	case a >= 65520:
+		return sign | 0x7c00
+	case a < math.Ldexp(1, -25):
+		return sign
+	case a < math.Ldexp(1, -14):
+		return sign | uint16(math.RoundToEven(a/math.Ldexp(1, -24)))
+	}
+	e := math.Floor(math.Log2(a))
+	mant := math.RoundToEven((a/math.Ldexp(1, int(e)) - 1) * 1024)
+	if mant == 1024 {
+		mant, e = 0, e+1
+	}
+	return sign | uint16(int(e)+15)<<10 | uint16(mant)
+}
+
+// tokenizerKVs describes the vocabulary the way llama.cpp reads it.
+func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
+	if tok == nil {
+		// A synthetic SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then filler pieces.
+		if vocab < 259 {
+			return nil, fmt.Errorf("export gguf: a model without a tokenizer needs a vocabulary of at least 259 ids for the synthetic one (has %d)", vocab)
+		}
+		tokens := make([]string, vocab)
+		scores := make([]float32, vocab)
+		types := make([]int32, vocab)
+		for i := range tokens {
+			switch {
+			case i == 0:
+				tokens[i], types[i] = "<unk>", 2
+			case i <= 2:
+				tokens[i], types[i] = []string{"", "<s>", "</s>"}[i], 3
+			case i < 259:
+				tokens[i], types[i] = fmt.Sprintf("<0x%02X>", i-3), 6
+			default:
+				tokens[i], types[i] = "▁t"+strconv.Itoa(i), 1
+				scores[i] = -float32(i)
+			}
+		}
+		return spmKVs(tokens, scores, types, 1, 2, 0), nil
+	}
+	switch t := tok.(type) {
+	case *tokenizer.Llama2c:
+		n := t.VocabSize()
+		tokens := make([]string, n)
+		scores := make([]float32, n)
+		types := make([]int32, n)
+		for i := 0; i < n; i++ {
+			tokens[i], scores[i] = t.Piece(i), t.Score(i)
+			switch {
+			case i == 0:
+				types[i] = 2
+			case i <= 2:
+				types[i] = 3
+			case i < 259:
+				types[i] = 6
+			default:
+				types[i] = 1
+			}
+		}
+		if vocab < n {
+			return nil, fmt.Errorf("export gguf: tokenizer has %d tokens, the model %d", n, vocab)
+		}
+		return spmKVs(tokens, scores, types, 1, 2, 0), nil
+	}
+	return nil, fmt.Errorf("export gguf: writing %T tokenizers to GGUF is not supported yet", tok)
+}
+
+func spmKVs(tokens []string, scores []float32, types []int32, bos, eos, unk uint32) []KV {
+	return []KV{
+		{"tokenizer.ggml.model", "llama"},
+		{"tokenizer.ggml.tokens", tokens},
+		{"tokenizer.ggml.scores", scores},
+		{"tokenizer.ggml.token_type", types},
+		{"tokenizer.ggml.bos_token_id", bos},
+		{"tokenizer.ggml.eos_token_id", eos},
+		{"tokenizer.ggml.unknown_token_id", unk},
+		{"tokenizer.ggml.add_bos_token", true},
+	}
+}

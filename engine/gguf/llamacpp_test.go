@@ -1,0 +1,182 @@
+package gguf_test
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/gguf"
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/model/modeltest"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+func llamacppDir(t testing.TB) string {
+	wd, _ := os.Getwd()
+	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			c := filepath.Join(dir, "conformance", "llamacpp")
+			if _, err := os.Stat(filepath.Join(c, "node_modules", "node-llama-cpp")); err != nil {
+				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
+			}
+			return c
+		}
+	}
+	t.Fatal("repository root not found")
+	return ""
+}
+
+type llamaOut struct {
+	Positions [][][][2]float64 `json:"positions"`
+	Seconds   float64          `json:"seconds"`
+}
+
+func runLlamaCpp(t testing.TB, ggufPath string, seqs [][]int) llamaOut {
+	dir := llamacppDir(t)
+	tmp := t.TempDir()
+	in, out := filepath.Join(tmp, "in.json"), filepath.Join(tmp, "out.json")
+	raw, _ := json.Marshal(map[string]any{"sequences": seqs, "top": 20})
+	os.WriteFile(in, raw, 0o644)
+	cmd := exec.Command("node", filepath.Join(dir, "topk.mjs"), ggufPath, in, out)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("llama.cpp: %v\n%s", err, msg)
+	}
+	var res llamaOut
+	b, _ := os.ReadFile(out)
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// compare checks keel's log-probabilities against llama.cpp's top-20 at every position: top-1 agreement and
+// the largest |difference| over llama.cpp's top 20.
+func compare(t *testing.T, name string, m *model.Model, seqs [][]int, ref llamaOut, positions int) (float64, float64) {
+	agree, total := 0, 0
+	maxDiff := 0.0
+	V := m.Config.VocabSize
+	for si, seq := range seqs {
+		logits, err := m.Logits(seq, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := 0; p < len(seq) && p < positions; p++ {
+			row := logits[p*V : (p+1)*V]
+			lse := logSumExp(row)
+			best := 0
+			for i := range row {
+				if row[i] > row[best] {
+					best = i
+				}
+			}
+			top := ref.Positions[si][p]
+			if len(top) == 0 {
+				t.Fatalf("%s: llama.cpp returned nothing at position %d", name, p)
+			}
+			if int(top[0][0]) == best {
+				agree++
+			}
+			total++
+			for _, e := range top {
+				d := math.Abs((float64(row[int(e[0])]) - lse) - e[1])
+				maxDiff = math.Max(maxDiff, d)
+			}
+		}
+	}
+	return float64(agree) / float64(total), maxDiff
+}
+
+func logSumExp(xs []float32) float64 {
+	m := math.Inf(-1)
+	for _, x := range xs {
+		m = math.Max(m, float64(x))
+	}
+	s := 0.0
+	for _, x := range xs {
+		s += math.Exp(float64(x) - m)
+	}
+	return m + math.Log(s)
+}
+
+func seqsFor(vocab, n, length int) [][]int {
+	var out [][]int
+	x := uint64(12345)
+	for i := 0; i < n; i++ {
+		s := []int{1}
+		for len(s) < length {
+			x = x*6364136223846793005 + 1442695040888963407
+			s = append(s, 3+int(x>>33)%(vocab-3))
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestStories260KAgainstLlamaCpp(t *testing.T) {
+	lm := modeltest.Stories(t)
+	path := filepath.Join(t.TempDir(), "stories.gguf")
+	if err := gguf.ExportModel(lm.Model, lm.Tokenizer, path, gguf.GGMLF32); err != nil {
+		t.Fatal(err)
+	}
+	text := "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+	seqs := [][]int{lm.Tokenizer.Encode(text, true), seqsFor(512, 1, 128)[0]}
+	ref := runLlamaCpp(t, path, seqs)
+	top1, diff := compare(t, "stories260K", lm.Model, seqs, ref, 1<<30)
+	t.Logf("stories260K: top-1 agreement %.4f, max |logprob diff| over llama.cpp's top 20 %.2g", top1, diff)
+	if top1 < 0.99 || diff > 1e-3 {
+		t.Fatalf("stories260K disagrees with llama.cpp: top-1 %.4f, max diff %g", top1, diff)
+	}
+}
+
+// Every architecture, random weights, exported to an f32 GGUF with a synthetic vocabulary: keel and llama.cpp
+// agree on 4 x 128 positions. Two configs differ from model.TinyConfigs where llama.cpp cannot follow: Mistral's
+// window is widened beyond the sequence (llama.cpp runs Mistral as Llama, without a sliding window) and Gemma 2's
+// query_pre_attn_scalar equals head_dim (llama.cpp derives the query scale from the model size).
+func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	configs := model.TinyConfigs()
+	wide := 4096
+	configs["mistral"].SlidingWindow = &wide
+	configs["gemma2"].QueryPreAttnScalar = float64(configs["gemma2"].HeadDim)
+	names := make([]string, 0, len(configs))
+	for n := range configs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			m, err := model.NewRandom(rt, configs[name], model.Options{}, 11)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			path := filepath.Join(t.TempDir(), name+".gguf")
+			if err := gguf.ExportModel(m, nil, path, gguf.GGMLF32); err != nil {
+				t.Fatal(err)
+			}
+			seqs := seqsFor(m.Config.VocabSize, 4, 128)
+			ref := runLlamaCpp(t, path, seqs)
+			top1, diff := compare(t, name, m, seqs, ref, 1<<30)
+			t.Logf("%s: top-1 agreement %.4f over 512 positions, max |logprob diff| %.2g", name, top1, diff)
+			limit := 1e-3
+			if name == "gemma2" {
+				// ggml's CPU GELU reads an f16 lookup table (GGML_GELU_FP16 in ggml-cpu/vec.h), about 4e-3
+				// relative error per activation; transformers in f32 agrees with keel's Gemma 2 to 1e-5
+				// (docs/device-runs). The bound here is that table's, not keel's.
+				limit = 5e-3
+			}
+			if top1 < 0.99 || diff > limit {
+				t.Fatalf("%s disagrees with llama.cpp: top-1 %.4f, max diff %g", name, top1, diff)
+			}
+		})
+	}
+}
+
+var _ = torch.CPU
+var _ = tokenizer.Decode
