@@ -57,12 +57,12 @@ func runLlamaCpp(t testing.TB, ggufPath string, seqs [][]int) llamaOut {
 
 // compare checks keel's log-probabilities against llama.cpp's top-20 at every position: top-1 agreement and
 // the largest |difference| over llama.cpp's top 20.
-func compare(t *testing.T, name string, m *model.Model, seqs [][]int, ref llamaOut, positions int) (float64, float64) {
+func compare(t *testing.T, name string, m *model.Model, seqs [][]int, ref llamaOut, positions int, hooks *model.Hooks) (float64, float64) {
 	agree, total := 0, 0
 	maxDiff := 0.0
 	V := m.Config.VocabSize
 	for si, seq := range seqs {
-		logits, err := m.Logits(seq, nil)
+		logits, err := m.Logits(seq, hooks)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +127,7 @@ func TestStories260KAgainstLlamaCpp(t *testing.T) {
 	text := "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 	seqs := [][]int{lm.Tokenizer.Encode(text, true), seqsFor(512, 1, 128)[0]}
 	ref := runLlamaCpp(t, path, seqs)
-	top1, diff := compare(t, "stories260K", lm.Model, seqs, ref, 1<<30)
+	top1, diff := compare(t, "stories260K", lm.Model, seqs, ref, 1<<30, nil)
 	t.Logf("stories260K: top-1 agreement %.4f, max |logprob diff| over llama.cpp's top 20 %.2g", top1, diff)
 	if top1 < 0.99 || diff > 1e-3 {
 		t.Fatalf("stories260K disagrees with llama.cpp: top-1 %.4f, max diff %g", top1, diff)
@@ -162,7 +162,7 @@ func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
 			}
 			seqs := seqsFor(m.Config.VocabSize, 4, 128)
 			ref := runLlamaCpp(t, path, seqs)
-			top1, diff := compare(t, name, m, seqs, ref, 1<<30)
+			top1, diff := compare(t, name, m, seqs, ref, 1<<30, nil)
 			t.Logf("%s: top-1 agreement %.4f over 512 positions, max |logprob diff| %.2g", name, top1, diff)
 			limit := 1e-3
 			if name == "gemma2" {
