@@ -32,7 +32,11 @@ conformance/tokenizers/node_modules/.package-lock.json: conformance/tokenizers/p
 	@command -v npm >/dev/null || { echo "keel: npm is missing: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
 	cd conformance/tokenizers && npm ci --no-audit --no-fund
 
-conformance: conformance/tokenizers/node_modules/.package-lock.json
+conformance/llamacpp/node_modules/.package-lock.json: conformance/llamacpp/package-lock.json
+	@command -v npm >/dev/null || { echo "keel: npm is missing: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
+	cd conformance/llamacpp && npm ci --omit=optional --no-audit --no-fund
+
+conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/llamacpp/node_modules/.package-lock.json
 
 test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...

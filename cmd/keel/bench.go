@@ -7,7 +7,7 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel bench decode|tokenize|train [flags]")}
+		return usageError{fmt.Errorf("usage: keel bench decode|tokenize|train|gguf [flags]")}
 	}
 	switch args[0] {
 	case "decode":
@@ -16,6 +16,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return runBenchTokenize(args[1:], stdout, stderr)
 	case "train":
 		return runBenchTrain(args[1:], stdout, stderr)
+	case "gguf":
+		return runBenchGGUF(args[1:], stdout, stderr)
 	}
-	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize|train", args[0])}
+	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize|train|gguf", args[0])}
 }

@@ -27,6 +27,7 @@ func commands() []command {
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions},
 		{"train", "fine-tune a model (train sft ...)", runTrain},
 		{"jobs", "list, watch or cancel training runs (jobs list|watch|cancel)", runJobs},
+		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert},
 		{"bench", "benchmarks (bench decode, bench tokenize)", runBench},
 		{"info", "show the libtorch runtime keel uses", runInfo},

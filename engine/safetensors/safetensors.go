@@ -302,6 +302,9 @@ func WriteAtomic(path string, fill func(*os.File) error) error {
 	if err := fill(tmp); err != nil {
 		return fail(err)
 	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fail(err)
+	}
 	if err := tmp.Sync(); err != nil {
 		return fail(err)
 	}
