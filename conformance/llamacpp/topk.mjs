@@ -1,8 +1,8 @@
 // Top-20 next-token log-probabilities from llama.cpp at every position of given token ids.
 //
 // usage: node topk.mjs MODEL.gguf INPUT.json OUTPUT.json
-//   INPUT: {"sequences": [[ids...], ...], "top": 20, "threads": N}
-//   OUTPUT: {"positions": [[[[id, logprob], ...top] per position] per sequence], "seconds": s}
+//   INPUT: {"sequences": [[ids...], ...], "top": 20, "threads": N, "texts": ["..."]}
+//   OUTPUT: {"positions": [[[[id, logprob], ...top] per position] per sequence], "tokenized": [[ids...]], "seconds": s}
 import fs from "node:fs";
 import { getLlama } from "node-llama-cpp";
 
@@ -38,6 +38,8 @@ for (const seq of req.sequences) {
   await context.dispose();
 }
 out.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+// llama.cpp's own tokenization of texts (special tokens recognised), to check an exported vocabulary.
+out.tokenized = (req.texts ?? []).map((t) => Array.from(model.tokenize(t, true)));
 fs.writeFileSync(output, JSON.stringify(out));
 await model.dispose();
 await llama.dispose();

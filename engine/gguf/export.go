@@ -271,8 +271,52 @@ func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
 			return nil, fmt.Errorf("export gguf: tokenizer has %d tokens, the model %d", n, vocab)
 		}
 		return spmKVs(tokens, scores, types, 1, 2, 0), nil
+	case *tokenizer.HF:
+		if !t.ByteLevel() {
+			return nil, fmt.Errorf("export gguf: byte-fallback (SentencePiece-style) tokenizer.json tokenizers are not exported yet; byte-level ones are")
+		}
+		n := t.VocabSize()
+		tokens := make([]string, n)
+		types := make([]int32, n)
+		for i := range tokens {
+			tokens[i], types[i] = t.Piece(i), 1
+			if tokens[i] == "" {
+				tokens[i], types[i] = fmt.Sprintf("[PAD%d]", i), 5 // unused id
+			}
+			if t.IsSpecial(i) {
+				types[i] = 3
+			}
+		}
+		merges := make([]string, len(t.Merges()))
+		for i, m := range t.Merges() {
+			merges[i] = m[0] + " " + m[1]
+		}
+		// llama.cpp picks its pre-tokenizer split by name.
+		pre := "default"
+		switch t.SplitRegex() {
+		case `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
+			pre = "llama-bpe"
+		case `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`:
+			pre = "qwen2"
+		}
+		kvs := []KV{
+			{"tokenizer.ggml.model", "gpt2"},
+			{"tokenizer.ggml.pre", pre},
+			{"tokenizer.ggml.tokens", tokens},
+			{"tokenizer.ggml.token_type", types},
+			{"tokenizer.ggml.merges", merges},
+		}
+		if b := t.BOS(); b >= 0 {
+			kvs = append(kvs, KV{"tokenizer.ggml.bos_token_id", uint32(b)}, KV{"tokenizer.ggml.add_bos_token", true})
+		} else {
+			kvs = append(kvs, KV{"tokenizer.ggml.add_bos_token", false})
+		}
+		if e := t.EOS(); e >= 0 {
+			kvs = append(kvs, KV{"tokenizer.ggml.eos_token_id", uint32(e)})
+		}
+		return kvs, nil
 	}
-	return nil, fmt.Errorf("export gguf: writing %T tokenizers to GGUF is not supported yet", tok)
+	return nil, fmt.Errorf("export gguf: writing %T tokenizers to GGUF is not supported", tok)
 }
 
 func spmKVs(tokens []string, scores []float32, types []int32, bos, eos, unk uint32) []KV {

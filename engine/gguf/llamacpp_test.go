@@ -7,13 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/keel-lab/keel/engine/gguf"
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -34,14 +34,15 @@ func llamacppDir(t testing.TB) string {
 
 type llamaOut struct {
 	Positions [][][][2]float64 `json:"positions"`
+	Tokenized [][]int          `json:"tokenized"`
 	Seconds   float64          `json:"seconds"`
 }
 
-func runLlamaCpp(t testing.TB, ggufPath string, seqs [][]int) llamaOut {
+func runLlamaCpp(t testing.TB, ggufPath string, seqs [][]int, texts ...string) llamaOut {
 	dir := llamacppDir(t)
 	tmp := t.TempDir()
 	in, out := filepath.Join(tmp, "in.json"), filepath.Join(tmp, "out.json")
-	raw, _ := json.Marshal(map[string]any{"sequences": seqs, "top": 20})
+	raw, _ := json.Marshal(map[string]any{"sequences": seqs, "top": 20, "texts": texts})
 	os.WriteFile(in, raw, 0o644)
 	cmd := exec.Command("node", filepath.Join(dir, "topk.mjs"), ggufPath, in, out)
 	if msg, err := cmd.CombinedOutput(); err != nil {
@@ -178,5 +179,53 @@ func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
 	}
 }
 
-var _ = torch.CPU
-var _ = tokenizer.Decode
+// A model with a byte-level BPE tokenizer (keel's trainer's) exports with its vocabulary and merges: llama.cpp
+// tokenizes text exactly as keel does and agrees on the forward pass.
+func TestTrainedTokenizerExportsToLlamaCpp(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	corpus := strings.Repeat("The quick brown fox jumps over the lazy dog. It's 2026; they'll see 12345 tokens.\n<|im_start|>user\nHi<|im_end|>\n", 50)
+	tj, tc, err := tokenizer.Train(strings.NewReader(corpus), tokenizer.TrainConfig{VocabSize: 320})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), tc, 0o644)
+	tok, err := tokenizer.LoadHF(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.NewRandom(rt, model.TinyConfigs()["llama"], model.Options{}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	path := filepath.Join(dir, "m.gguf")
+	if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
+		t.Fatal(err)
+	}
+	texts := []string{"The quick brown fox.", "It's 2026; they'll see 12345 tokens.", "<|im_start|>user\nHi<|im_end|>\n", "naïve café 日本 🙂", "  spaces\tand\nlines  "}
+	seqs := [][]int{tok.Encode(texts[1], false)}
+	ref := runLlamaCpp(t, path, seqs, texts...)
+	for i, text := range texts {
+		if got := tok.Encode(text, false); !equalInts(got, ref.Tokenized[i]) {
+			t.Errorf("%q: keel %v, llama.cpp %v", text, got, ref.Tokenized[i])
+		}
+	}
+	top1, diff := compare(t, "trained", m, seqs, ref, 1<<30, nil)
+	if top1 < 0.99 || diff > 1e-3 {
+		t.Fatalf("forward disagrees: top-1 %.4f, max diff %g", top1, diff)
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -13,6 +13,8 @@ import (
 // following transformers.js's reading of the format, so that ids and decoded text are identical to it.
 type HF struct {
 	model      *bpe
+	merges     [][2]string
+	split      string // the Split pre-tokenizer's regex, when there is one
 	normalizer normalizer
 	pre        preTokenizer
 	post       postProcessor
@@ -146,6 +148,8 @@ func ParseHF(raw []byte, cfg map[string]json.RawMessage) (*HF, error) {
 		eow = *r.Model.EndOfWordSuffix
 	}
 	t.model = newBPE(t.tokenToID, merges, unk, r.Model.ByteFallback, r.Model.IgnoreMerges, r.Model.FuseUnk, eow)
+	t.merges = merges
+	t.split = findSplitRegex(r.PreTokenizer)
 	var contents []string
 	for _, a := range r.AddedTokens {
 		t.added[a.Content] = a
@@ -429,6 +433,23 @@ func (t *HF) TokenBytes(id, prev int) []byte {
 	return t.decoder.piece(s, prev < 0)
 }
 
+// Merges are the BPE merges in rank order.
+func (t *HF) Merges() [][2]string { return t.merges }
+
+// ByteLevel reports whether the tokenizer is byte-level BPE (GPT-2 style) rather than byte-fallback.
+func (t *HF) ByteLevel() bool { return !t.model.byteFallback }
+
+// SplitRegex is the pre-tokenizer's Split regex ("" when there is none).
+func (t *HF) SplitRegex() string { return t.split }
+
+// EOS is the configured end-of-sequence token id, or -1.
+func (t *HF) EOS() int {
+	if id, ok := t.tokenToID[t.eos]; ok && t.eos != "" {
+		return id
+	}
+	return -1
+}
+
 // Piece is the token's vocabulary string.
 func (t *HF) Piece(id int) string { return t.tokenString(id) }
 
@@ -515,4 +536,25 @@ func (root *trie) split(text string) []string {
 		out = append(out, text[start:])
 	}
 	return out
+}
+
+// findSplitRegex digs the first Split regex out of a pre_tokenizer (possibly inside a Sequence).
+func findSplitRegex(raw json.RawMessage) string {
+	var c struct {
+		Type          string            `json:"type"`
+		Pattern       pattern           `json:"pattern"`
+		Pretokenizers []json.RawMessage `json:"pretokenizers"`
+	}
+	if json.Unmarshal(raw, &c) != nil {
+		return ""
+	}
+	if c.Type == "Split" && c.Pattern.Regex != nil {
+		return *c.Pattern.Regex
+	}
+	for _, p := range c.Pretokenizers {
+		if r := findSplitRegex(p); r != "" {
+			return r
+		}
+	}
+	return ""
 }

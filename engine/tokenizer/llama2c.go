@@ -69,7 +69,7 @@ func (t *Llama2c) Score(id int) float32 {
 	}
 	return t.scores[id]
 }
-func (t *Llama2c) BOS() int       { return 1 }
+func (t *Llama2c) BOS() int { return 1 }
 
 func (t *Llama2c) Piece(id int) string {
 	if id < 0 || id >= len(t.pieces) {
