@@ -52,7 +52,7 @@ fi
 
 bench_src=engine/torch/csrc/bench/decode_bench.cpp
 train_src=engine/torch/csrc/bench/train_bench.cpp
-stamp="$src_desc|$cuda|$stats|$(sha256sum "$src" engine/torch/csrc/keel_torch.h "$bench_src" "$train_src" engine/torch/csrc/bench/bench_ops.h | sha256sum | cut -c1-16)"
+stamp="$src_desc|$cuda|$stats|$(sha256sum "$src" engine/torch/csrc/keel_torch.h engine/torch/csrc/keel_linear.h "$bench_src" "$train_src" engine/torch/csrc/bench/bench_ops.h | sha256sum | cut -c1-16)"
 have_bench() { [ -n "${KEEL_SKIP_BENCH:-}" ] || { [ -f build/keel-decode-bench ] && [ -f build/keel-train-bench ]; }; }
 if [ -f "$out" ] && have_bench && [ -f build/shim.stamp ] && [ "$(cat build/shim.stamp)" = "$stamp" ]; then
   exit 0

@@ -1,6 +1,7 @@
 // keel_torch.cpp: the implementation of keel_torch.h over libtorch's C++ API.
 // One source for libtorch 1.13 (Debian) and 2.x (PyTorch wheels); the differences are behind TORCH_VERSION_MAJOR.
 #include "keel_torch.h"
+#include "keel_linear.h"
 
 #include <torch/torch.h>
 #include <torch/cuda.h>
@@ -319,11 +320,7 @@ char *kt_scalar(int64_t op, kt_tensor a, const double *sp, kt_tensor *out) {
 
 char *kt_linear(kt_tensor x, kt_tensor w, kt_tensor b, kt_tensor *out) {
   KT_TRY
-  if (b == nullptr) {
-    *out = wrap(at::linear(T(x), T(w)));
-  } else {
-    *out = wrap(at::linear(T(x), T(w), T(b)));
-  }
+  *out = wrap(keel_linear(T(x), T(w), b == nullptr ? nullptr : &T(b)));
   KT_CATCH
 }
 

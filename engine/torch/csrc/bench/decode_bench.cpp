@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include "bench_ops.h"
+#include "../keel_linear.h"
 
 #include <chrono>
 #include <cmath>
@@ -69,9 +70,9 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < L; i++) {
       auto &l = layers[i];
       auto h = rms_norm(x, l.attn_norm, 1e-5);
-      auto q = at::linear(h, l.q).reshape({1, T, H, hd});
-      auto k = at::linear(h, l.k).reshape({1, T, KV, hd});
-      auto v = at::linear(h, l.v).reshape({1, T, KV, hd});
+      auto q = keel_linear(h, l.q, nullptr).reshape({1, T, H, hd});
+      auto k = keel_linear(h, l.k, nullptr).reshape({1, T, KV, hd});
+      auto v = keel_linear(h, l.v, nullptr).reshape({1, T, KV, hd});
       q = rope(q.transpose(1, 2), cos, sin);
       k = rope(k.transpose(1, 2), cos, sin);
       v = v.transpose(1, 2);
@@ -90,13 +91,13 @@ int main(int argc, char **argv) {
       }
       a = at::matmul(at::softmax(scores, -1, at::kFloat), Vv);
 #endif
-      auto o = at::linear(a.transpose(1, 2).reshape({1, T, H * hd}), l.o);
+      auto o = keel_linear(a.transpose(1, 2).reshape({1, T, H * hd}), l.o, nullptr);
       x = x + o;
       h = rms_norm(x, l.mlp_norm, 1e-5);
-      x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+      x = x + keel_linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down, nullptr);
     }
     x = x.narrow(1, T - 1, 1);
-    auto logits = at::linear(rms_norm(x, norm, 1e-5), embed);
+    auto logits = keel_linear(rms_norm(x, norm, 1e-5), embed, nullptr);
     return logits.argmax(-1).item<int64_t>();
   };
 

@@ -8,6 +8,7 @@
 #include <torch/version.h>
 
 #include "bench_ops.h"
+#include "../keel_linear.h"
 
 #include <chrono>
 #include <cmath>
@@ -65,9 +66,9 @@ int main(int argc, char **argv) {
     auto x = at::embedding(embed, inputs);
     for (auto &l : layers) {
       auto h = rms_norm(x, l.an, 1e-5);
-      auto q = rope(at::linear(h, l.q).reshape({B, T, H, hd}).transpose(1, 2), cos, sin);
-      auto k = rope(at::linear(h, l.k).reshape({B, T, KV, hd}).transpose(1, 2), cos, sin);
-      auto v = at::linear(h, l.v).reshape({B, T, KV, hd}).transpose(1, 2);
+      auto q = rope(keel_linear(h, l.q, nullptr).reshape({B, T, H, hd}).transpose(1, 2), cos, sin);
+      auto k = rope(keel_linear(h, l.k, nullptr).reshape({B, T, KV, hd}).transpose(1, 2), cos, sin);
+      auto v = keel_linear(h, l.v, nullptr).reshape({B, T, KV, hd}).transpose(1, 2);
       auto K = repeat_kv(k, H), Vv = repeat_kv(v, H);
 #if TORCH_VERSION_MAJOR >= 2
       auto a = at::scaled_dot_product_attention(q, K, Vv, c10::nullopt, 0.0, true, scale);
@@ -75,11 +76,11 @@ int main(int argc, char **argv) {
       auto scores = (at::matmul(q, K.transpose(-2, -1)) * scale).masked_fill(at::logical_not(causal), -INFINITY);
       auto a = at::matmul(at::softmax(scores, -1, at::kFloat), Vv);
 #endif
-      x = x + at::linear(a.transpose(1, 2).reshape({B, T, H * hd}), l.o);
+      x = x + keel_linear(a.transpose(1, 2).reshape({B, T, H * hd}), l.o, nullptr);
       h = rms_norm(x, l.mn, 1e-5);
-      x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+      x = x + keel_linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down, nullptr);
     }
-    auto logits = at::linear(rms_norm(x, norm, 1e-5), embed);
+    auto logits = keel_linear(rms_norm(x, norm, 1e-5), embed, nullptr);
     auto lp = at::log_softmax(logits, -1);
     auto loss = -(at::gather(lp, 2, targets) * mask).sum() / at::clamp_min(mask.sum(), 1);
     loss.backward();
