@@ -402,6 +402,14 @@ def decode_speed():
     return True  # a measurement: the goals are reported, not asserted
 
 
+def sft_smoke():
+    """keel's SFT trainer on the device with bf16 autocast: the held-out loss must fall."""
+    out = json.loads(keel("devcheck", "sft", "--device", DEVICE, "--bf16", "--steps", "40", timeout=300))
+    say(f"  sft on {DEVICE} with bf16 autocast: held-out loss {out['eval_first']:.3f} -> {out['eval_last']:.3f} in {out['seconds']:.1f}s")
+    figures["sft_bf16_eval_loss_first"], figures["sft_bf16_eval_loss_last"] = out["eval_first"], out["eval_last"]
+    return out["eval_last"] < out["eval_first"] - 1.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 def keel_only_dry_run():
@@ -417,7 +425,9 @@ def keel_only_dry_run():
                           "--ids", "1,5,9", "--vector", os.path.join(WORK, "u.f32"), "--cap-layers", "1,2",
                           "--tau", "0.1", "--steer-layer", "0", "--steer-coeff", "2", "--max-tokens", "8"))
     say(f"  capped+steered generation: {got}")
-    return len(got["ids"]) == 8
+    sft = json.loads(keel("devcheck", "sft", "--device", DEVICE, "--steps", "20"))
+    say(f"  sft (cpu, bf16 autocast): {sft}")
+    return len(got["ids"]) == 8 and sft["eval_last"] < sft["eval_first"]
 
 
 def main():
@@ -460,6 +470,7 @@ def main():
             check("cap_and_steer_greedy_64", cap_steer)
             check("pt_import", pt_import)
             check("decode_speed_1b_bf16", decode_speed)
+            check("sft_bf16_autocast", sft_smoke)
         if DRY and HAVE_HF:
             notes["cuda"] = "dry run: compared on CPU"
     figures["seconds"] = time.time() - START

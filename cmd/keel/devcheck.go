@@ -14,15 +14,17 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/steer/ptfile"
+	"github.com/keel-lab/keel/train"
 )
 
 // `keel devcheck` is the keel side of scripts/device-check.sh: it runs checkpoints on the device on given token
 // ids and writes raw results for the script to compare with Hugging Face transformers.
 func runDevcheck(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny|pt [flags]")}
+		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny|pt|sft [flags]")}
 	}
 	switch args[0] {
 	case "forward":
@@ -35,6 +37,8 @@ func runDevcheck(args []string, stdout, stderr io.Writer) error {
 		return devTiny(args[1:], stdout, stderr)
 	case "pt":
 		return devPT(args[1:], stdout, stderr)
+	case "sft":
+		return devSFT(args[1:], stdout, stderr)
 	}
 	return usageError{fmt.Errorf("unknown devcheck %q: forward, generate or decode", args[0])}
 }
@@ -350,4 +354,81 @@ func devPT(args []string, stdout, stderr io.Writer) error {
 		out[path] = map[string]any{"shape": t.Shape, "dtype": t.DType, "values": vals}
 	}
 	return json.NewEncoder(stdout).Encode(map[string]any{"tensors": out})
+}
+
+// devSFT trains a small random model on synthetic arithmetic chats (with --bf16, under autocast) and prints the
+// held-out loss before and after, so the device check exercises the training path on the GPU.
+func devSFT(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("devcheck sft", stderr)
+	device := fs.String("device", "cuda", "device")
+	bf16 := fs.Bool("bf16", true, "bf16 autocast")
+	steps := fs.Int("steps", 40, "steps")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "keel-devcheck-sft")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+	var data, text strings.Builder
+	for i := 0; i < 200; i++ {
+		a, b := i%10, (i*7+3)%10
+		q, ans := fmt.Sprintf("What is %s plus %s?", words[a], words[b]), fmt.Sprintf("%s plus %s is %d.", words[a], words[b], a+b)
+		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": ans}}})
+		data.Write(append(raw, '\n'))
+		text.WriteString(q + "\n" + ans + "\n")
+	}
+	dataPath := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(dataPath, []byte(data.String()), 0o644); err != nil {
+		return err
+	}
+	tj, tc, err := tokenizer.Train(strings.NewReader(text.String()), tokenizer.TrainConfig{VocabSize: 400})
+	if err != nil {
+		return err
+	}
+	tied := true
+	cfg := &model.Config{Architectures: []string{"LlamaForCausalLM"}, HiddenSize: 256, IntermediateSize: 688, NumHiddenLayers: 6,
+		NumAttentionHeads: 8, NumKeyValueHeads: 4, VocabSize: 400, RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: 512, TieWordEmbeddings: &tied}
+	m, err := model.NewRandom(rt, cfg, model.Options{}, 3)
+	if err != nil {
+		return err
+	}
+	mdir := filepath.Join(dir, "model")
+	err = m.Save(mdir, torch.Float32)
+	m.Close()
+	if err != nil {
+		return err
+	}
+	os.WriteFile(filepath.Join(mdir, "tokenizer.json"), tj, 0o644)
+	os.WriteFile(filepath.Join(mdir, "tokenizer_config.json"), tc, 0o644)
+	run, err := train.NewRun(filepath.Join(dir, "runs"), "sft")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	sc := train.SFTConfig{ModelNameOrPath: mdir, DatasetPath: dataPath, MaxSteps: *steps, LearningRate: 1e-3, PerDeviceTrainBatchSize: 8,
+		MaxSeqLength: 64, EvalFraction: 0.1, EvalSteps: *steps / 2, Seed: 1, Device: *device, BF16: *bf16}
+	if err := train.RunSFT(context.Background(), rt, run, sc, train.Options{}); err != nil {
+		return err
+	}
+	ms, err := run.ReadMetrics()
+	if err != nil {
+		return err
+	}
+	var evals []float64
+	for _, mt := range ms {
+		if mt.EvalLoss != nil {
+			evals = append(evals, *mt.EvalLoss)
+		}
+	}
+	if len(evals) < 2 {
+		return fmt.Errorf("no eval losses recorded")
+	}
+	return json.NewEncoder(stdout).Encode(map[string]any{"eval_first": evals[0], "eval_last": evals[len(evals)-1], "seconds": time.Since(start).Seconds(), "device": *device, "bf16": *bf16})
 }
