@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -78,12 +79,12 @@ func (sc *Screen) View() string {
 	var st strings.Builder
 	for i, l := range sc.Header.Layers {
 		if i < len(sc.last) {
-			fmt.Fprintf(&st, "L%d %+.2f ", l, sc.last[i])
+			fmt.Fprintf(&st, "L%d %s ", l, signed2(sc.last[i]))
 		}
 	}
 	for i, c := range sc.caps {
 		if c != 0 {
-			fmt.Fprintf(&st, "cap%d %+.2f ", i, c)
+			fmt.Fprintf(&st, "cap%d %s ", i, signed2(c))
 		}
 	}
 	if sc.status != "" {
@@ -91,6 +92,16 @@ func (sc *Screen) View() string {
 	}
 	b.WriteString(truncate(st.String(), cols))
 	return b.String()
+}
+
+// signed2 prints v with a sign and two decimals, never "-0.00" (a value capped exactly at 0 may land on either
+// side of it by rounding).
+func signed2(v float32) string {
+	r := math.Round(float64(v)*100) / 100
+	if r == 0 {
+		r = 0
+	}
+	return fmt.Sprintf("%+.2f", r)
 }
 
 func wrap(s string, cols int) []string {
