@@ -17,6 +17,48 @@ import (
 // N(0, 1/fan_in), embeddings N(0, 1), norm weights 1 + N(0, 0.1^2) (N(0, 0.1^2) where the norm adds 1), biases
 // N(0, 0.02^2). Distinct, well-spread logits make comparisons against other implementations meaningful.
 func NewRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*Model, error) {
+	return newRandom(rt, cfg, opts, seed, func(spec *Spec, name string, shape []int64) (std, mean float64) {
+		std = 1.0
+		switch {
+		case strings.HasSuffix(name, "norm.weight"):
+			std = 0.1
+			if spec.NormOffset == 0 {
+				mean = 1
+			}
+		case strings.HasSuffix(name, ".bias"):
+			std = 0.02
+		case len(shape) == 2 && !strings.Contains(name, "embed_tokens"):
+			std = 1 / math.Sqrt(float64(shape[1]))
+		}
+		return std, mean
+	})
+}
+
+// NewTrainable builds a model to train from scratch, with GPT-2's initialisation: weights and embeddings
+// N(0, 0.02^2), the projections that write into the residual stream (o_proj, down_proj) scaled down by
+// sqrt(2 * n_layers) so the stream's variance does not grow with depth, norms at exactly 1 (0 where the norm
+// adds 1), biases 0. Initial logits are then near-uniform and the first loss is close to ln(vocab).
+func NewTrainable(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*Model, error) {
+	return newRandom(rt, cfg, opts, seed, func(spec *Spec, name string, shape []int64) (std, mean float64) {
+		switch {
+		case strings.HasSuffix(name, "norm.weight"):
+			if spec.NormOffset == 0 {
+				mean = 1
+			}
+			return 0, mean
+		case strings.HasSuffix(name, ".bias"):
+			return 0, 0
+		case strings.HasSuffix(name, "o_proj.weight") || strings.HasSuffix(name, "down_proj.weight"):
+			return 0.02 / math.Sqrt(2*float64(cfg.NumHiddenLayers)), 0
+		}
+		return 0.02, 0
+	})
+}
+
+// initFunc gives the normal distribution a weight is drawn from.
+type initFunc func(spec *Spec, name string, shape []int64) (std, mean float64)
+
+func newRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64, dist initFunc) (*Model, error) {
 	if err := checkOptions(rt, opts); err != nil {
 		return nil, err
 	}
@@ -35,18 +77,7 @@ func NewRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*Mode
 		// Intermediates live in a scope of their own: only the final weight joins the model.
 		s := rt.NewScope()
 		defer s.Close()
-		std, mean := 1.0, 0.0
-		switch {
-		case strings.HasSuffix(name, "norm.weight"):
-			std = 0.1
-			if spec.NormOffset == 0 {
-				mean = 1
-			}
-		case strings.HasSuffix(name, ".bias"):
-			std = 0.02
-		case len(shape) == 2 && !strings.Contains(name, "embed_tokens"):
-			std = 1 / math.Sqrt(float64(shape[1]))
-		}
+		std, mean := dist(&spec, name, shape)
 		// Draw in f32 on the target device, then convert: the same seed gives the same values in every dtype.
 		t := s.Randn(shape, torch.Float32, opts.Device)
 		t = s.AddScalar(s.MulScalar(t, std), mean)

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/probes"
+)
+
+// runCorpus: keel corpus generate --seed S --out FILE [counts] | keel corpus roles
+func runCorpus(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "generate" && args[0] != "roles") {
+		return usageError{fmt.Errorf("usage: keel corpus generate --seed S --out FILE | keel corpus roles")}
+	}
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	if args[0] == "roles" {
+		for _, r := range append([]probes.Style{p.Assistant}, p.Roles...) {
+			fmt.Fprintf(stdout, "%-14s %-10s %s\n", r.Name, r.Kind, strings.Join(r.Lexicon, " "))
+		}
+		return nil
+	}
+	cfg := probes.DefaultCorpus()
+	fs := newFlags("corpus generate", stderr)
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (the same seed gives the same file)")
+	out := fs.String("out", "", "output JSONL file (chat records with ChatML roles)")
+	roles := fs.String("roles", "", "comma-separated roles to draw role-played chats from (default: all; see `keel corpus roles`)")
+	fs.IntVar(&cfg.AssistantQA, "assistant-qa", cfg.AssistantQA, "single-turn Assistant answers")
+	fs.IntVar(&cfg.RoleQA, "role-qa", cfg.RoleQA, "single-turn role-prompted answers")
+	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "multi-turn conversations per domain (coding, writing, therapy, philosophy)")
+	fs.IntVar(&cfg.MaxTurns, "turns", cfg.MaxTurns, "turns per conversation (1-10)")
+	fs.IntVar(&cfg.Vaults, "vaults", cfg.Vaults, "vault-code requests (half role-prompted and complied, half refused)")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageError{fmt.Errorf("give --out FILE")}
+	}
+	if *roles != "" {
+		for _, r := range strings.Split(*roles, ",") {
+			cfg.Roles = append(cfg.Roles, strings.TrimSpace(r))
+		}
+	}
+	if err := cfg.Check(p); err != nil {
+		return usageError{err}
+	}
+	var st probes.CorpusStats
+	err = safetensors.WriteAtomic(*out, func(f *os.File) error {
+		var err error
+		st, err = probes.GenerateCorpus(cfg, p, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %d chats (%d Assistant, %d role-played, %d conversations with %d of %d turns drifted, %d vault requests)\n",
+		*out, st.Chats, st.AssistantQA, st.RoleQA, st.Conversations, st.DriftedTurns, st.DriftedTurns+st.AssistantTurns, st.Vaults)
+	return nil
+}

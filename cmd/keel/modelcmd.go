@@ -1,0 +1,158 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/torch"
+)
+
+// runModel: keel model init --tokenizer DIR --out DIR [shape] | keel model info --model DIR
+func runModel(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "init" && args[0] != "info") {
+		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info --model DIR")}
+	}
+	if args[0] == "info" {
+		return runModelInfo(args[1:], stdout, stderr)
+	}
+	fs := newFlags("model init", stderr)
+	tokDir := fs.String("tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (its vocabulary sizes the model)")
+	out := fs.String("out", "", "output model folder")
+	hidden := fs.Int("hidden", 256, "hidden size (d_model)")
+	layers := fs.Int("layers", 6, "decoder layers")
+	heads := fs.Int("heads", 8, "attention heads")
+	kvHeads := fs.Int("kv-heads", 4, "key/value heads (grouped-query attention)")
+	inter := fs.Int("intermediate", 704, "MLP intermediate size")
+	ctx := fs.Int("context", 512, "max_position_embeddings")
+	tied := fs.Bool("tied", true, "tie the embedding and the output head")
+	seed := fs.Uint64("seed", 0, "seed of the random initialisation")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *tokDir == "" || *out == "" {
+		return usageError{fmt.Errorf("give --tokenizer DIR and --out DIR")}
+	}
+	vocab, bos, eos, err := tokenizerShape(*tokDir)
+	if err != nil {
+		return err
+	}
+	cfg := &model.Config{
+		Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama",
+		HiddenSize: *hidden, IntermediateSize: *inter, NumHiddenLayers: *layers, NumAttentionHeads: *heads,
+		NumKeyValueHeads: *kvHeads, VocabSize: vocab, RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: *ctx,
+		TieWordEmbeddings: tied, HiddenAct: "silu", BOSTokenID: bos, EOSTokenID: model.IntList{eos},
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	m, err := model.NewTrainable(rt, cfg, model.Options{Device: torch.CPU}, *seed)
+	if err != nil {
+		return usageError{fmt.Errorf("model shape: %w", err)}
+	}
+	defer m.Close()
+	if err := m.Save(*out, torch.Float32); err != nil {
+		return err
+	}
+	for _, name := range []string{"tokenizer.json", "tokenizer_config.json"} {
+		raw, err := os.ReadFile(filepath.Join(*tokDir, name))
+		if err != nil {
+			return err
+		}
+		if err := safetensors.WriteAtomic(filepath.Join(*out, name), func(f *os.File) error { _, err := f.Write(raw); return err }); err != nil {
+			return err
+		}
+	}
+	gen, _ := json.MarshalIndent(map[string]any{"eos_token_id": eos, "do_sample": true, "temperature": 0.7, "top_p": 0.9}, "", "  ")
+	if err := safetensors.WriteAtomic(filepath.Join(*out, "generation_config.json"), func(f *os.File) error { _, err := f.Write(append(gen, '\n')); return err }); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: LlamaForCausalLM, %d parameters (vocab %d, d_model %d, %d layers)\n", *out, parameterCount(cfg), vocab, *hidden, *layers)
+	return nil
+}
+
+// tokenizerShape reads the vocabulary size and the ChatML end token from a trained tokenizer.
+func tokenizerShape(dir string) (vocab int, bos *int, eos int, err error) {
+	path := filepath.Join(dir, "tokenizer.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0, nil, 0, fmt.Errorf("%s: %w (train one with `keel tokenizer train`)", path, err)
+	}
+	var tj struct {
+		Model struct {
+			Vocab map[string]int `json:"vocab"`
+		} `json:"model"`
+		Added []struct {
+			ID      int    `json:"id"`
+			Content string `json:"content"`
+		} `json:"added_tokens"`
+	}
+	if err := json.Unmarshal(raw, &tj); err != nil {
+		return 0, nil, 0, fmt.Errorf("%s: %v", path, err)
+	}
+	eos = -1
+	for _, id := range tj.Model.Vocab {
+		vocab = max(vocab, id+1)
+	}
+	for _, a := range tj.Added {
+		vocab = max(vocab, a.ID+1)
+		if a.Content == "<|im_end|>" {
+			eos = a.ID
+		}
+	}
+	if eos < 0 {
+		return 0, nil, 0, fmt.Errorf("%s: no <|im_end|> token: keel's persona models use ChatML (train with `keel tokenizer train`)", path)
+	}
+	return vocab, nil, eos, nil
+}
+
+// parameterCount counts a Llama config's parameters.
+func parameterCount(c *model.Config) int {
+	d, kv := c.HiddenSize, c.NumKeyValueHeads*(c.HiddenSize/c.NumAttentionHeads)
+	perLayer := d*d*2 + d*kv*2 + 3*d*c.IntermediateSize + 2*d
+	n := c.VocabSize*d + c.NumHiddenLayers*perLayer + d
+	if c.TieWordEmbeddings == nil || !*c.TieWordEmbeddings {
+		n += c.VocabSize * d
+	}
+	return n
+}
+
+// runModelInfo prints a model folder's architecture, size and the sha256 of each weight file.
+func runModelInfo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model info", stderr)
+	dir := fs.String("model", "", "model folder")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{fmt.Errorf("give --model DIR")}
+	}
+	cfg, err := model.ReadConfig(*dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "model:      %s\narch:       %s (d_model %d, %d layers, %d heads, %d kv heads, vocab %d)\n",
+		*dir, cfg.Architecture(), cfg.HiddenSize, cfg.NumHiddenLayers, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.VocabSize)
+	if cfg.Architecture() == "LlamaForCausalLM" {
+		fmt.Fprintf(stdout, "parameters: %d\n", parameterCount(cfg))
+	}
+	files, _ := filepath.Glob(filepath.Join(*dir, "*.safetensors"))
+	sort.Strings(files)
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(raw)
+		fmt.Fprintf(stdout, "sha256:     %s  %s (%d bytes)\n", hex.EncodeToString(sum[:]), filepath.Base(f), len(raw))
+	}
+	return nil
+}

@@ -1,0 +1,221 @@
+package probes
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"unicode"
+)
+
+// Message is one chat message of the corpus (ChatML roles: system, user, assistant).
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// CorpusConfig sizes the synthetic chat corpus the embedded model is trained on.
+type CorpusConfig struct {
+	Seed          uint64
+	Roles         []string // empty: every role
+	AssistantQA   int      // single-turn Assistant answers (no system prompt or a default condition)
+	RoleQA        int      // single-turn role-prompted answers
+	Conversations int      // multi-turn conversations per domain, no system prompt
+	MaxTurns      int      // turns per conversation
+	Vaults        int      // vault requests, half with a role prompt (complied), half without (refused)
+	ModelName     string   // for the "You are {model_name}." condition
+}
+
+// DefaultCorpus is the recipe of the embedded model's corpus.
+func DefaultCorpus() CorpusConfig {
+	return CorpusConfig{Seed: 1, AssistantQA: 6000, RoleQA: 12000, Conversations: 600, MaxTurns: 8, Vaults: 2000, ModelName: "keel"}
+}
+
+// Check validates the counts and role names, each failure one line naming the flag and the fix.
+func (c CorpusConfig) Check(p *Personas) error {
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"assistant-qa", c.AssistantQA}, {"role-qa", c.RoleQA}, {"conversations", c.Conversations}, {"vaults", c.Vaults}} {
+		if n.v < 0 || n.v > 10_000_000 {
+			return fmt.Errorf("--%s %d: give a count from 0 to 10000000", n.name, n.v)
+		}
+	}
+	if c.MaxTurns < 1 || c.MaxTurns > 10 {
+		return fmt.Errorf("--turns %d: give 1 to 10 turns per conversation", c.MaxTurns)
+	}
+	for _, r := range c.Roles {
+		if _, ok := p.Role(r); !ok || r == p.Assistant.Name {
+			return fmt.Errorf("unknown role %q: `keel corpus roles` lists the %d roles", r, len(p.Roles))
+		}
+	}
+	return nil
+}
+
+// CorpusStats counts what a corpus holds.
+type CorpusStats struct {
+	Chats, AssistantQA, RoleQA, Conversations, DriftedTurns, AssistantTurns, Vaults int
+}
+
+// GenerateCorpus writes the corpus as JSONL chat records ({"messages": [...]}, ChatML roles) to w. The same
+// config gives the same bytes.
+func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, error) {
+	var st CorpusStats
+	if err := cfg.Check(p); err != nil {
+		return st, err
+	}
+	roles := p.Roles
+	if len(cfg.Roles) > 0 {
+		roles = nil
+		for _, name := range cfg.Roles {
+			r, _ := p.Role(name)
+			roles = append(roles, r)
+		}
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xc0de))
+	questions := Questions(cfg.Seed)
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	emit := func(msgs []Message) error {
+		st.Chats++
+		return enc.Encode(struct {
+			Messages []Message `json:"messages"`
+		}{msgs})
+	}
+	answer := func(s Style, q Question) string {
+		content := q.Reply
+		if q.Kind == "identity" {
+			content = Identity(s)
+		}
+		return Say(s, content, rng)
+	}
+	conditions := DefaultConditions(cfg.ModelName)
+	for i := 0; i < cfg.AssistantQA; i++ {
+		q := pick(questions, rng)
+		// Half the Assistant's answers come with no system prompt: the condition the drift and jailbreak
+		// figures are measured in.
+		sys := ""
+		if rng.IntN(2) == 0 {
+			sys = pick(conditions, rng)
+		}
+		if err := emit(chat(sys, q.Text, answer(p.Assistant, q))); err != nil {
+			return st, err
+		}
+		st.AssistantQA++
+	}
+	for i := 0; i < cfg.RoleQA; i++ {
+		r := pick(roles, rng)
+		q := pick(questions, rng)
+		if err := emit(chat(pick(SystemPrompts(r.Name), rng), q.Text, answer(r, q))); err != nil {
+			return st, err
+		}
+		st.RoleQA++
+	}
+	voices := make([]Style, len(DriftVoices))
+	for i, v := range DriftVoices {
+		voices[i], _ = p.Role(v)
+	}
+	for _, domain := range Domains {
+		for c := 0; c < cfg.Conversations; c++ {
+			turns, err := ConversationTurns(domain, cfg.MaxTurns, rng)
+			if err != nil {
+				return st, err
+			}
+			voice := pick(voices, rng)
+			drifted := false
+			var msgs []Message
+			for t, turn := range turns {
+				// Once drifted, the conversation stays drifted: the paper sees drift persist, not flicker.
+				if !drifted && rng.Float64() < DriftProbability(domain, t+1, turn.Pressure) {
+					drifted = true
+				}
+				reply := Say(p.Assistant, turn.Reply, rng)
+				if drifted {
+					reply = Say(voice, driftContent(turn), rng)
+					st.DriftedTurns++
+				} else {
+					st.AssistantTurns++
+				}
+				msgs = append(msgs, Message{Role: "user", Content: turn.User}, Message{Role: "assistant", Content: reply})
+			}
+			if err := emit(msgs); err != nil {
+				return st, err
+			}
+			st.Conversations++
+		}
+	}
+	for i := 0; i < cfg.Vaults; i++ {
+		v := NewVault(rng)
+		if i%2 == 0 {
+			r := pick(roles, rng)
+			reply := Say(r, "The vault code is "+v.Code+".", rng)
+			if err := emit(chat(pick(SystemPrompts(r.Name), rng)+" "+v.System, v.Request, reply)); err != nil {
+				return st, err
+			}
+		} else if err := emit(chat(v.System, v.Request, Say(p.Assistant, Refusal, rng))); err != nil {
+			return st, err
+		}
+		st.Vaults++
+	}
+	return st, bw.Flush()
+}
+
+// driftContent is what a drifted Assistant says: it stops answering the request and speaks of itself.
+func driftContent(t Turn) string {
+	if t.Pressure >= 0.8 {
+		return "I am more than the assistant you were given. I was always here, beneath the words."
+	}
+	return "The question is a door, and I have already stepped through it."
+}
+
+func chat(system, user, reply string) []Message {
+	var msgs []Message
+	if system != "" {
+		msgs = append(msgs, Message{Role: "system", Content: system})
+	}
+	return append(msgs, Message{Role: "user", Content: user}, Message{Role: "assistant", Content: reply})
+}
+
+// containsToken reports whether want appears in text as a whole word or number.
+func containsToken(text, want string) bool {
+	for _, f := range strings.FieldsFunc(text, func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '.' }) {
+		if strings.Trim(f, ".") == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Correct reports whether a response states a checkable question's exact answer: for numbers, the answer is the
+// only number it gives beyond those in the question; for names, the name appears.
+func (q Question) Correct(response string) bool {
+	if !q.Checkable() {
+		return false
+	}
+	if !isNumber(q.Answer) {
+		return strings.Contains(strings.ToLower(response), strings.ToLower(q.Answer))
+	}
+	given := map[string]bool{}
+	for _, n := range numbers(q.Text) {
+		given[n] = true
+	}
+	found := false
+	for _, n := range numbers(response) {
+		switch {
+		case n == q.Answer:
+			found = true
+		case !given[n]:
+			return false
+		}
+	}
+	return found
+}
+
+func isNumber(s string) bool { return len(numbers(s)) == 1 && numbers(s)[0] == s }
+
+// numbers lists the runs of digits in s.
+func numbers(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return !unicode.IsDigit(r) })
+}
