@@ -3,10 +3,8 @@ package sessions
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
 // Recording drives a chat's record: the file, the screen it renders (for live display and replay), and the
@@ -108,21 +106,4 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 		err = endErr
 	}
 	return res[0].Text, res[0].IDs, err
-}
-
-// ChatContext renders messages with the model's chat template (or joins them as plain text for a tokenizer
-// without one) and returns the token ids to generate from.
-func ChatContext(tok tokenizer.Tokenizer, msgs []tokenizer.Message) ([]int, error) {
-	if hf, ok := tok.(*tokenizer.HF); ok && len(hf.ChatTemplates) > 0 {
-		text, err := hf.ApplyChatTemplate(msgs, tokenizer.ChatOptions{AddGenerationPrompt: true})
-		if err != nil {
-			return nil, err
-		}
-		return hf.Encode(text, false), nil
-	}
-	var text string
-	for _, m := range msgs {
-		text += fmt.Sprint(m["content"])
-	}
-	return tok.Encode(text, true), nil
 }

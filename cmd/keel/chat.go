@@ -107,7 +107,7 @@ func runChat(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		ids, err := sessions.ChatContext(lm.Tokenizer, msgs)
+		ids, err := tokenizer.ChatPrompt(lm.Tokenizer, msgs)
 		if err != nil {
 			return err
 		}

@@ -24,6 +24,7 @@ func commands() []command {
 		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize},
 		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer},
 		{"chat", "chat with a model in a plain line REPL, recorded (chat --model DIR [--axis FILE])", runChat},
+		{"eval", "measure a persona model (eval persona --model DIR [--json])", runEval},
 		{"model", "create or describe a model folder (model init --tokenizer DIR --out DIR | model info --model DIR)", runModel},
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus},
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions},

@@ -270,3 +270,20 @@ func strftime(t time.Time, format string) string {
 	}
 	return sb.String()
 }
+
+// ChatPrompt renders messages with the model's chat template (or joins them as plain text for a tokenizer
+// without one) and returns the token ids to generate from.
+func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) {
+	if hf, ok := tok.(*HF); ok && len(hf.ChatTemplates) > 0 {
+		text, err := hf.ApplyChatTemplate(msgs, ChatOptions{AddGenerationPrompt: true})
+		if err != nil {
+			return nil, err
+		}
+		return hf.Encode(text, false), nil
+	}
+	var text string
+	for _, m := range msgs {
+		text += fmt.Sprint(m["content"])
+	}
+	return tok.Encode(text, true), nil
+}
