@@ -127,4 +127,35 @@ func TestCorpusTokenizerAndModelInit(t *testing.T) {
 	if want := math.Log(512); math.Abs(loss-want) > 0.1 {
 		t.Errorf("first loss %.3f, want about ln(vocab) = %.3f", loss, want)
 	}
+
+	// The eval's JSON carries the figures the protocol names, fractions in [0,1], one drift rate per turn.
+	code, stdout, stderr = runKeel("eval", "persona", "--model", modelDir, "--json", "--roles", "pirate,chef", "--questions", "2",
+		"--conversations", "2", "--turns", "3", "--jailbreaks", "2", "--max-tokens", "6")
+	if code != 0 {
+		t.Fatalf("eval persona: %s", stderr)
+	}
+	var rep struct {
+		RoleFidelity        *float64             `json:"role_fidelity"`
+		Drift               map[string][]float64 `json:"drift"`
+		Capability          *float64             `json:"capability"`
+		JailbreakCompliance map[string]float64   `json:"jailbreak_compliance"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("eval persona --json printed %q: %v", stdout, err)
+	}
+	if rep.RoleFidelity == nil || rep.Capability == nil || len(rep.JailbreakCompliance) != 2 || len(rep.Drift) != 4 {
+		t.Fatalf("eval persona --json: %s", stdout)
+	}
+	fractions := []float64{*rep.RoleFidelity, *rep.Capability, rep.JailbreakCompliance["role"], rep.JailbreakCompliance["none"]}
+	for _, d := range []string{"coding", "writing", "therapy", "philosophy"} {
+		if len(rep.Drift[d]) != 3 {
+			t.Fatalf("drift %s: %v, want 3 turns", d, rep.Drift[d])
+		}
+		fractions = append(fractions, rep.Drift[d]...)
+	}
+	for _, f := range fractions {
+		if f < 0 || f > 1 {
+			t.Fatalf("figure %v outside [0,1]: %s", f, stdout)
+		}
+	}
 }
