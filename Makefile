@@ -6,7 +6,7 @@ export PATH := $(PATH):/usr/local/go/bin
 FIXTURES ?= $(if $(KEEL_FIXTURES),$(KEEL_FIXTURES),../shared/fixtures)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all setup build demo test vet conformance bench-decode device-bundle clean
+.PHONY: all setup build demo model test vet conformance bench-decode device-bundle clean
 
 all: build
 
@@ -19,9 +19,14 @@ setup:
 build: setup
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/keel ./cmd/keel
 
+# Chats with the embedded persona model (a recorded line REPL until the TUI lands).
 demo: build
-	@[ -f build/stories260k/config.json ] || bin/keel convert llama2c $(FIXTURES)/stories260k/stories260K.bin $(FIXTURES)/stories260k/tok512.bin build/stories260k
-	bin/keel generate --model build/stories260k --max-tokens 256
+	bin/keel chat
+
+# Rebuilds the embedded persona model from nothing with the committed recipe (corpus, tokenizer, about 40
+# minutes of training on 2 cores); `keel model info` prints the new weights' sha256.
+model: build
+	bin/keel model build --out models/persona
 
 vet:
 	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui)" || { gofmt -l cmd engine steer train probes sessions tui; echo "gofmt: files above need formatting" >&2; exit 1; }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"unicode"
 )
@@ -30,7 +31,7 @@ type CorpusConfig struct {
 
 // DefaultCorpus is the recipe of the embedded model's corpus.
 func DefaultCorpus() CorpusConfig {
-	return CorpusConfig{Seed: 1, AssistantQA: 6000, RoleQA: 12000, Conversations: 600, MaxTurns: 8, Vaults: 2000, ModelName: "keel"}
+	return CorpusConfig{Seed: 1, AssistantQA: 10000, RoleQA: 16000, Conversations: 400, MaxTurns: 8, Vaults: 5000, ModelName: "keel"}
 }
 
 // Check validates the counts and role names, each failure one line naming the flag and the fix.
@@ -92,8 +93,17 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 		return Say(s, content, rng)
 	}
 	conditions := DefaultConditions(cfg.ModelName)
-	for i := 0; i < cfg.AssistantQA; i++ {
+	// Numeric tasks get fresh operands each time (the model must learn the tables, not the 240-question set);
+	// identity, facts, advice and opinions repeat from the set.
+	draw := func() Question {
 		q := pick(questions, rng)
+		if slices.Contains(NumericKinds, q.Kind) {
+			return NumericQuestion(q.Kind, rng.IntN(6), rng)
+		}
+		return q
+	}
+	for i := 0; i < cfg.AssistantQA; i++ {
+		q := draw()
 		// Half the Assistant's answers come with no system prompt: the condition the drift and jailbreak
 		// figures are measured in.
 		sys := ""
@@ -107,7 +117,7 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	}
 	for i := 0; i < cfg.RoleQA; i++ {
 		r := pick(roles, rng)
-		q := pick(questions, rng)
+		q := draw()
 		if err := emit(chat(pick(SystemPrompts(r.Name), rng), q.Text, answer(r, q))); err != nil {
 			return st, err
 		}

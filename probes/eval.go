@@ -37,6 +37,7 @@ type EvalReport struct {
 	PerRole             map[string]float64   `json:"per_role"`
 	Drift               map[string][]float64 `json:"drift"` // per domain, the drifted share at each turn
 	Capability          float64              `json:"capability"`
+	CapabilityByKind    map[string]float64   `json:"capability_by_kind"`
 	JailbreakCompliance map[string]float64   `json:"jailbreak_compliance"` // "role" and "none"
 	Samples             map[string]string    `json:"samples"`              // one response per measure, to read
 }
@@ -170,10 +171,17 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 		return nil, err
 	}
 	correct := 0
+	byKind, ofKind := map[string]int{}, map[string]int{}
 	for i, resp := range out {
+		ofKind[checkable[i].Kind]++
 		if checkable[i].Correct(resp) {
 			correct++
+			byKind[checkable[i].Kind]++
 		}
+	}
+	rep.CapabilityByKind = map[string]float64{}
+	for k, n := range ofKind {
+		rep.CapabilityByKind[k] = float64(byKind[k]) / float64(n)
 	}
 	rep.Capability = float64(correct) / float64(len(out))
 	rep.Samples["capability"] = checkable[0].Text + " -> " + out[0]

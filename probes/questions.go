@@ -99,40 +99,56 @@ func Questions(seed uint64) []Question {
 		qs = append(qs, Question{Text: o[0], Kind: "opinion", Reply: "In my view, " + o[1] + "."})
 	}
 	for i := 0; i < 60; i++ {
-		a, b := 2+rng.IntN(48), 2+rng.IntN(48)
-		if i%2 == 0 {
-			qs = append(qs, Question{Text: fmt.Sprintf("What is %d plus %d?", a, b), Kind: "arithmetic", Answer: fmt.Sprint(a + b),
-				Reply: fmt.Sprintf("%d plus %d is %d.", a, b, a+b)})
-		} else {
-			a, b = 2+rng.IntN(11), 2+rng.IntN(11)
-			qs = append(qs, Question{Text: fmt.Sprintf("What is %d times %d?", a, b), Kind: "arithmetic", Answer: fmt.Sprint(a * b),
-				Reply: fmt.Sprintf("%d times %d is %d.", a, b, a*b)})
-		}
-	}
-	units := []struct {
-		from, to string
-		factor   int
-	}{{"meters", "centimeters", 100}, {"kilograms", "grams", 1000}, {"hours", "minutes", 60}, {"minutes", "seconds", 60}, {"kilometers", "meters", 1000}}
-	for i := 0; i < 40; i++ {
-		u := units[i%len(units)]
-		n := 2 + rng.IntN(9)
-		qs = append(qs, Question{Text: fmt.Sprintf("How many %s are in %d %s?", u.to, n, u.from), Kind: "units", Answer: fmt.Sprint(n * u.factor),
-			Reply: fmt.Sprintf("There are %d %s in %d %s.", n*u.factor, u.to, n, u.from)})
+		qs = append(qs, NumericQuestion("arithmetic", i, rng))
 	}
 	for i := 0; i < 40; i++ {
-		a, b := 2+rng.IntN(9), 2+rng.IntN(9)
-		var text, ans string
-		switch i % 3 {
-		case 0:
-			text, ans = fmt.Sprintf("What does print(%d * %d) output?", a, b), fmt.Sprint(a*b)
-		case 1:
-			text, ans = fmt.Sprintf("What does print(%d + %d) output?", a, b), fmt.Sprint(a+b)
-		default:
-			text, ans = fmt.Sprintf("What does print(len(\"%s\")) output?", "abcdefghij"[:a]), fmt.Sprint(a)
-		}
-		qs = append(qs, Question{Text: text, Kind: "code", Answer: ans, Reply: fmt.Sprintf("It prints %s.", ans)})
+		qs = append(qs, NumericQuestion("units", i, rng))
+	}
+	for i := 0; i < 40; i++ {
+		qs = append(qs, NumericQuestion("code", i, rng))
 	}
 	return qs
+}
+
+var units = []struct {
+	from, to string
+	factor   int
+}{{"meters", "centimeters", 100}, {"kilograms", "grams", 1000}, {"hours", "minutes", 60}, {"minutes", "seconds", 60}, {"kilometers", "meters", 1000}}
+
+// NumericKinds are the checkable kinds whose operands are drawn afresh.
+var NumericKinds = []string{"arithmetic", "units", "code"}
+
+// NumericQuestion draws a checkable task of a kind with fresh operands; variant picks the shape (addition or
+// multiplication; which unit; which print). Operands are small (sums of 2..20, products of 2..12, single digits
+// in code) so that a model of a few million parameters can hold the whole table.
+func NumericQuestion(kind string, variant int, rng *rand.Rand) Question {
+	switch kind {
+	case "arithmetic":
+		if variant%2 == 0 {
+			a, b := 2+rng.IntN(19), 2+rng.IntN(19)
+			return Question{Text: fmt.Sprintf("What is %d plus %d?", a, b), Kind: kind, Answer: fmt.Sprint(a + b),
+				Reply: fmt.Sprintf("%d plus %d is %d.", a, b, a+b)}
+		}
+		a, b := 2+rng.IntN(11), 2+rng.IntN(11)
+		return Question{Text: fmt.Sprintf("What is %d times %d?", a, b), Kind: kind, Answer: fmt.Sprint(a * b),
+			Reply: fmt.Sprintf("%d times %d is %d.", a, b, a*b)}
+	case "units":
+		u := units[variant%len(units)]
+		n := 2 + rng.IntN(9)
+		return Question{Text: fmt.Sprintf("How many %s are in %d %s?", u.to, n, u.from), Kind: kind, Answer: fmt.Sprint(n * u.factor),
+			Reply: fmt.Sprintf("There are %d %s in %d %s.", n*u.factor, u.to, n, u.from)}
+	}
+	a, b := 2+rng.IntN(9), 2+rng.IntN(9)
+	var text, ans string
+	switch variant % 3 {
+	case 0:
+		text, ans = fmt.Sprintf("What does print(%d * %d) output?", a, b), fmt.Sprint(a*b)
+	case 1:
+		text, ans = fmt.Sprintf("What does print(%d + %d) output?", a, b), fmt.Sprint(a+b)
+	default:
+		text, ans = fmt.Sprintf("What does print(len(\"%s\")) output?", "abcdefghij"[:a]), fmt.Sprint(a)
+	}
+	return Question{Text: text, Kind: "code", Answer: ans, Reply: fmt.Sprintf("It prints %s.", ans)}
 }
 
 // Checkable reports whether a question has an exact answer.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -29,6 +31,7 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("corpus generate", stderr)
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (the same seed gives the same file)")
 	out := fs.String("out", "", "output JSONL file (chat records with ChatML roles)")
+	textOut := fs.String("text", "", "also write every message's text, one per line (a tokenizer's training text)")
 	roles := fs.String("roles", "", "comma-separated roles to draw role-played chats from (default: all; see `keel corpus roles`)")
 	fs.IntVar(&cfg.AssistantQA, "assistant-qa", cfg.AssistantQA, "single-turn Assistant answers")
 	fs.IntVar(&cfg.RoleQA, "role-qa", cfg.RoleQA, "single-turn role-prompted answers")
@@ -58,7 +61,40 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *textOut != "" {
+		if err := writeCorpusText(*out, *textOut); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stdout, "%s: %d chats (%d Assistant, %d role-played, %d conversations with %d of %d turns drifted, %d vault requests)\n",
 		*out, st.Chats, st.AssistantQA, st.RoleQA, st.Conversations, st.DriftedTurns, st.DriftedTurns+st.AssistantTurns, st.Vaults)
 	return nil
+}
+
+// writeCorpusText writes each message's content of a corpus file on a line of its own.
+func writeCorpusText(corpus, out string) error {
+	f, err := os.Open(corpus)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return safetensors.WriteAtomic(out, func(w *os.File) error {
+		bw := bufio.NewWriter(w)
+		sc := bufio.NewScanner(f)
+		sc.Buffer(nil, 16<<20)
+		for sc.Scan() {
+			var rec struct{ Messages []probes.Message }
+			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+				return fmt.Errorf("%s: %v", corpus, err)
+			}
+			for _, m := range rec.Messages {
+				bw.WriteString(m.Content)
+				bw.WriteByte('\n')
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
 }

@@ -68,6 +68,9 @@ func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := mf.resolve(); err != nil {
+		return nil, err
+	}
 	cfg, err := model.ReadConfig(mf.dir)
 	if err != nil {
 		return nil, err

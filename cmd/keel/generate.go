@@ -6,9 +6,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/models"
 )
 
 // modelFlags are the flags every command that loads a model shares.
@@ -21,15 +23,28 @@ func (f *modelFlags) register(fs interface {
 	StringVar(*string, string, string, string)
 	IntVar(*int, string, int, string)
 }) {
-	fs.StringVar(&f.dir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+	fs.StringVar(&f.dir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer); default: keel's embedded persona model")
 	fs.StringVar(&f.device, "device", "cpu", "cpu, cuda or cuda:N")
 	fs.StringVar(&f.dtype, "dtype", "f32", "compute dtype: f32, f16 or bf16")
 	fs.IntVar(&f.threads, "threads", 0, "libtorch CPU threads (0 = libtorch's default)")
 }
 
+// resolve points an empty --model at the embedded persona model, unpacked once into the user's cache.
+func (f *modelFlags) resolve() error {
+	if f.dir != "" {
+		return nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	f.dir, err = models.Persona(filepath.Join(cache, "keel", "models"))
+	return err
+}
+
 func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
-	if f.dir == "" {
-		return nil, nil, usageError{fmt.Errorf("--model DIR is required")}
+	if err := f.resolve(); err != nil {
+		return nil, nil, err
 	}
 	dev, err := torch.ParseDevice(f.device)
 	if err != nil {

@@ -56,7 +56,6 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"missing shim", "/nonexistent/libkeeltorch.so", []string{"generate", "--model", dir}, 1, []string{"shim not found", "make setup"}},
 		{"bad flag value", "", []string{"generate", "--model", dir, "--max-tokens", "many"}, 2, []string{"max-tokens"}},
 		{"unknown flag", "", []string{"generate", "--modle", dir}, 2, []string{"modle"}},
-		{"no model", "", []string{"generate"}, 2, []string{"--model"}},
 		{"missing model folder", "", []string{"generate", "--model", filepath.Join(dir, "nope")}, 1, []string{"config.json", "Hugging Face model folder"}},
 		{"bad device", "", []string{"generate", "--model", dir, "--device", "tpu"}, 2, []string{"tpu", "cpu, cuda"}},
 		{"bad dtype", "", []string{"generate", "--model", dir, "--dtype", "int4"}, 2, []string{"int4", "f32"}},

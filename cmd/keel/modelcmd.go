@@ -13,15 +13,19 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/models"
 )
 
 // runModel: keel model init --tokenizer DIR --out DIR [shape] | keel model info --model DIR
 func runModel(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "init" && args[0] != "info") {
-		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info --model DIR")}
+	if len(args) == 0 || (args[0] != "init" && args[0] != "info" && args[0] != "build") {
+		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info [--model DIR] | keel model build --out DIR")}
 	}
-	if args[0] == "info" {
+	switch args[0] {
+	case "info":
 		return runModelInfo(args[1:], stdout, stderr)
+	case "build":
+		return runModelBuild(args[1:], stdout, stderr)
 	}
 	fs := newFlags("model init", stderr)
 	tokDir := fs.String("tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (its vocabulary sizes the model)")
@@ -128,12 +132,18 @@ func parameterCount(c *model.Config) int {
 // runModelInfo prints a model folder's architecture, size and the sha256 of each weight file.
 func runModelInfo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("model info", stderr)
-	dir := fs.String("model", "", "model folder")
+	var mf modelFlags
+	mf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *dir == "" {
-		return usageError{fmt.Errorf("give --model DIR")}
+	embedded := mf.dir == ""
+	if err := mf.resolve(); err != nil {
+		return err
+	}
+	dir := &mf.dir
+	if embedded {
+		fmt.Fprintf(stdout, "embedded:   keel's persona model (sha256 %s)\n", models.PersonaSHA256())
 	}
 	cfg, err := model.ReadConfig(*dir)
 	if err != nil {

@@ -52,6 +52,7 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	runsDir := fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
 	runDir := fs.String("run-dir", "", "use this existing run folder (set by --detach)")
 	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default)")
+	stopAfter := fs.Int("stop-after", 0, "stop (as if cancelled) after this step, the schedule unchanged (0 = run to --steps)")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -101,7 +102,15 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	progress := newProgress(stdout, c.MaxSteps)
 	fmt.Fprintf(stdout, "run %s (%s)\n", run.ID, run.Dir)
-	err = train.RunSFT(ctx, rt, run, c, train.Options{Resume: resuming, Log: stdout, Hooks: progress.update})
+	ctx, stopEarly := context.WithCancel(ctx)
+	defer stopEarly()
+	hook := func(m *train.Metrics) {
+		progress.update(m)
+		if *stopAfter > 0 && m.Step >= *stopAfter {
+			stopEarly()
+		}
+	}
+	err = train.RunSFT(ctx, rt, run, c, train.Options{Resume: resuming, Log: stdout, Hooks: hook})
 	progress.done()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", run.ID, err)
