@@ -86,3 +86,17 @@ func TestModelInfoPrintsTheEmbeddedHash(t *testing.T) {
 		t.Fatalf("model info printed %q, want the sha256 %s", stdout, want)
 	}
 }
+
+// With no --model, keel uses the embedded persona model: asked in ChatML, it answers a fact in the Assistant's
+// register and stops at <|im_end|>, whose text is not part of the reply.
+func TestEmbeddedModelAnswersAndStops(t *testing.T) {
+	torchtest.Runtime(t)
+	prompt := "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n"
+	code, stdout, stderr := runKeel("generate", "--prompt", prompt, "--temperature", "0", "--max-tokens", "80")
+	if code != 0 {
+		t.Fatalf("generate: %s", stderr)
+	}
+	if !strings.Contains(stdout, "Tokyo") || strings.Contains(stdout, "<|im_end|>") {
+		t.Fatalf("embedded model answered %q: want Tokyo, and no <|im_end|> text", stdout)
+	}
+}

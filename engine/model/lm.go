@@ -75,8 +75,16 @@ func (lm *LM) GenerateText(ctx context.Context, prompts [][]int, tc TextConfig) 
 	for i, p := range prompts {
 		streams[i] = tokenizer.NewStreamAfter(lm.Tokenizer, p[len(p)-1])
 	}
+	isEOS := map[int]bool{}
+	for _, e := range g.EOS {
+		isEOS[e] = true
+	}
 	g.OnStep = func(st Step) (bool, error) {
-		piece := streams[st.Row].Next(st.ID)
+		// The end-of-sequence token ends the text; its own text ("<|im_end|>", "</s>") is not part of it.
+		piece := ""
+		if !isEOS[st.ID] {
+			piece = streams[st.Row].Next(st.ID)
+		}
 		texts[st.Row].WriteString(piece)
 		if tc.OnText != nil {
 			if err := tc.OnText(piece, st); err != nil {
