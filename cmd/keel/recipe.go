@@ -65,7 +65,7 @@ func runModelBuild(args []string, stdout, stderr io.Writer) error {
 	if err != nil || len(runs) == 0 {
 		return fmt.Errorf("%s: no training run found", *work)
 	}
-	run, err := train.OpenRun(filepath.Join(*work, "runs"), runs[len(runs)-1].ID)
+	run, err := train.OpenRun(filepath.Join(*work, "runs"), runs[0].ID) // newest first: a reused work folder keeps older runs
 	if err != nil {
 		return err
 	}
