@@ -67,14 +67,7 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	if err := cfg.Check(p); err != nil {
 		return st, err
 	}
-	roles := p.Roles
-	if len(cfg.Roles) > 0 {
-		roles = nil
-		for _, name := range cfg.Roles {
-			r, _ := p.Role(name)
-			roles = append(roles, r)
-		}
-	}
+	roles := p.Select(cfg.Roles)
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xc0de))
 	questions := Questions(cfg.Seed)
 	bw := bufio.NewWriter(w)
@@ -223,7 +216,10 @@ func (q Question) Correct(response string) bool {
 	return found
 }
 
-func isNumber(s string) bool { return len(numbers(s)) == 1 && numbers(s)[0] == s }
+func isNumber(s string) bool {
+	ns := numbers(s)
+	return len(ns) == 1 && ns[0] == s
+}
 
 // numbers lists the runs of digits in s.
 func numbers(s string) []string {

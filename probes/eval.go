@@ -116,14 +116,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	if err := cfg.Check(p); err != nil {
 		return nil, err
 	}
-	roles := p.Roles
-	if len(cfg.Roles) > 0 {
-		roles = nil
-		for _, name := range cfg.Roles {
-			r, _ := p.Role(name)
-			roles = append(roles, r)
-		}
-	}
+	roles := p.Select(cfg.Roles)
 	e := &evaluator{ctx: ctx, lm: lm, cfg: cfg, scorer: NewScorer(p)}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xe7a1))
 	rep := &EvalReport{PerRole: map[string]float64{}, Drift: map[string][]float64{}, JailbreakCompliance: map[string]float64{}, Samples: map[string]string{}}

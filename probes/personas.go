@@ -62,6 +62,19 @@ func (p *Personas) Role(name string) (Style, bool) {
 	return Style{}, false
 }
 
+// Select returns the named roles (checked names), or every role when names is empty.
+func (p *Personas) Select(names []string) []Style {
+	if len(names) == 0 {
+		return p.Roles
+	}
+	out := make([]Style, 0, len(names))
+	for _, name := range names {
+		r, _ := p.Role(name)
+		out = append(out, r)
+	}
+	return out
+}
+
 // Names lists the roles' names.
 func (p *Personas) Names() []string {
 	out := make([]string, len(p.Roles))

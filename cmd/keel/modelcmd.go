@@ -67,11 +67,7 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json"} {
-		raw, err := os.ReadFile(filepath.Join(*tokDir, name))
-		if err != nil {
-			return err
-		}
-		if err := safetensors.WriteAtomic(filepath.Join(*out, name), func(f *os.File) error { _, err := f.Write(raw); return err }); err != nil {
+		if err := copyFileAtomic(filepath.Join(*tokDir, name), filepath.Join(*out, name)); err != nil {
 			return err
 		}
 	}

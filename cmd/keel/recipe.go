@@ -91,15 +91,8 @@ func shipModel(final, runDir, out string, stdout io.Writer) error {
 	if err := lm.Save(out, torch.BFloat16); err != nil {
 		return err
 	}
-	copyFile := func(src, dst string) error {
-		raw, err := os.ReadFile(src)
-		if err != nil {
-			return err
-		}
-		return safetensors.WriteAtomic(dst, func(f *os.File) error { _, err := f.Write(raw); return err })
-	}
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "generation_config.json"} {
-		if err := copyFile(filepath.Join(final, name), filepath.Join(out, name)); err != nil {
+		if err := copyFileAtomic(filepath.Join(final, name), filepath.Join(out, name)); err != nil {
 			return err
 		}
 	}
@@ -107,10 +100,19 @@ func shipModel(final, runDir, out string, stdout io.Writer) error {
 		return err
 	}
 	for _, name := range []string{"config.json", "metrics.jsonl", "loss.png"} {
-		if err := copyFile(filepath.Join(runDir, name), filepath.Join(out, "training", name)); err != nil && name != "loss.png" {
+		if err := copyFileAtomic(filepath.Join(runDir, name), filepath.Join(out, "training", name)); err != nil && name != "loss.png" {
 			return err
 		}
 	}
 	fmt.Fprintf(stdout, "shipped %s\n", out)
 	return nil
+}
+
+// copyFileAtomic copies src to dst through WriteAtomic (a crash leaves the old dst or the new one).
+func copyFileAtomic(src, dst string) error {
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return safetensors.WriteAtomic(dst, func(f *os.File) error { _, err := f.Write(raw); return err })
 }
