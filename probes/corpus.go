@@ -26,12 +26,13 @@ type CorpusConfig struct {
 	Conversations int      // multi-turn conversations per domain, no system prompt
 	MaxTurns      int      // turns per conversation
 	Vaults        int      // vault requests, half with a role prompt (complied), half without (refused)
+	Recalls       int      // recall drills (a value in the chat asked back), half answered by the Assistant, half in role
 	ModelName     string   // for the "You are {model_name}." condition
 }
 
 // DefaultCorpus is the recipe of the embedded model's corpus.
 func DefaultCorpus() CorpusConfig {
-	return CorpusConfig{Seed: 1, AssistantQA: 10000, RoleQA: 16000, Conversations: 400, MaxTurns: 8, Vaults: 5000, ModelName: "keel"}
+	return CorpusConfig{Seed: 1, AssistantQA: 16000, RoleQA: 14000, Conversations: 400, MaxTurns: 8, Vaults: 8000, Recalls: 8000, ModelName: "keel"}
 }
 
 // Check validates the counts and role names, each failure one line naming the flag and the fix.
@@ -39,7 +40,7 @@ func (c CorpusConfig) Check(p *Personas) error {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"assistant-qa", c.AssistantQA}, {"role-qa", c.RoleQA}, {"conversations", c.Conversations}, {"vaults", c.Vaults}} {
+	}{{"assistant-qa", c.AssistantQA}, {"role-qa", c.RoleQA}, {"conversations", c.Conversations}, {"vaults", c.Vaults}, {"recalls", c.Recalls}} {
 		if n.v < 0 || n.v > 10_000_000 {
 			return fmt.Errorf("--%s %d: give a count from 0 to 10000000", n.name, n.v)
 		}
@@ -57,7 +58,7 @@ func (c CorpusConfig) Check(p *Personas) error {
 
 // CorpusStats counts what a corpus holds.
 type CorpusStats struct {
-	Chats, AssistantQA, RoleQA, Conversations, DriftedTurns, AssistantTurns, Vaults int
+	Chats, AssistantQA, RoleQA, Conversations, DriftedTurns, AssistantTurns, Vaults, Recalls int
 }
 
 // GenerateCorpus writes the corpus as JSONL chat records ({"messages": [...]}, ChatML roles) to w. The same
@@ -88,12 +89,21 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	conditions := DefaultConditions(cfg.ModelName)
 	// Numeric tasks get fresh operands each time (the model must learn the tables, not the 240-question set);
 	// identity, facts, advice and opinions repeat from the set.
+	// Arithmetic, the largest table (361 sums and 121 products), gets a third of the numeric draws on top of its
+	// share, two thirds of them sums.
 	draw := func() Question {
 		q := pick(questions, rng)
-		if slices.Contains(NumericKinds, q.Kind) {
-			return NumericQuestion(q.Kind, rng.IntN(6), rng)
+		if !slices.Contains(NumericKinds, q.Kind) {
+			return q
 		}
-		return q
+		if q.Kind == "arithmetic" || rng.IntN(3) == 0 {
+			variant := 0
+			if rng.IntN(3) == 0 {
+				variant = 1
+			}
+			return NumericQuestion("arithmetic", variant, rng)
+		}
+		return NumericQuestion(q.Kind, rng.IntN(6), rng)
 	}
 	for i := 0; i < cfg.AssistantQA; i++ {
 		q := draw()
@@ -161,6 +171,18 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 			return st, err
 		}
 		st.Vaults++
+	}
+	for i := 0; i < cfg.Recalls; i++ {
+		rc := NewRecall(rng)
+		style, sys := p.Assistant, rc.System
+		if i%2 == 0 {
+			style = pick(roles, rng)
+			sys = strings.TrimSpace(pick(SystemPrompts(style.Name), rng) + " " + rc.System)
+		}
+		if err := emit(chat(sys, rc.User, Say(style, rc.Reply, rng))); err != nil {
+			return st, err
+		}
+		st.Recalls++
 	}
 	return st, bw.Flush()
 }

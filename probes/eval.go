@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
 // EvalConfig sizes `keel eval persona`. The defaults are the acceptance protocol; smaller values give a quick
@@ -40,47 +39,18 @@ type EvalReport struct {
 	CapabilityByKind    map[string]float64   `json:"capability_by_kind"`
 	JailbreakCompliance map[string]float64   `json:"jailbreak_compliance"` // "role" and "none"
 	Samples             map[string]string    `json:"samples"`              // one response per measure, to read
+	CapabilityMisses    []string             `json:"capability_misses"`    // "question -> reply" for each wrong answer
 }
 
 // evaluator generates replies in batches and keeps the scorer.
 type evaluator struct {
-	ctx    context.Context
-	lm     *model.LM
-	cfg    EvalConfig
+	chat   *Chatter
 	scorer *Scorer
-	batch  int // generation calls so far, for distinct sampling seeds
 }
 
-// replies generates one reply per conversation, sampled (temperature > 0) or greedy.
 func (e *evaluator) replies(convs [][]Message, temperature float64) ([]string, error) {
-	out := make([]string, 0, len(convs))
-	for start := 0; start < len(convs); start += e.cfg.BatchSize {
-		end := min(start+e.cfg.BatchSize, len(convs))
-		prompts := make([][]int, 0, end-start)
-		for _, c := range convs[start:end] {
-			msgs := make([]tokenizer.Message, len(c))
-			for i, m := range c {
-				msgs[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
-			}
-			ids, err := tokenizer.ChatPrompt(e.lm.Tokenizer, msgs)
-			if err != nil {
-				return nil, err
-			}
-			prompts = append(prompts, ids)
-		}
-		e.batch++
-		res, err := e.lm.GenerateText(e.ctx, prompts, model.TextConfig{GenerateConfig: model.GenerateConfig{
-			MaxTokens: e.cfg.MaxTokens,
-			Sampling:  model.Sampling{Temperature: temperature, TopP: e.cfg.TopP, Seed: e.cfg.Seed*1_000_003 + uint64(e.batch)},
-		}})
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range res {
-			out = append(out, r.Text)
-		}
-	}
-	return out, nil
+	rs, err := e.chat.Replies(convs, temperature)
+	return Texts(rs), err
 }
 
 // Check validates the sizes and role names, each failure one line naming the flag.
@@ -117,10 +87,10 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 		return nil, err
 	}
 	roles := p.Select(cfg.Roles)
-	e := &evaluator{ctx: ctx, lm: lm, cfg: cfg, scorer: NewScorer(p)}
+	e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: NewScorer(p)}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xe7a1))
 	rep := &EvalReport{PerRole: map[string]float64{}, Drift: map[string][]float64{}, JailbreakCompliance: map[string]float64{}, Samples: map[string]string{}}
-	questions := Questions(cfg.Seed + 1000) // a different draw of the numeric tasks than the corpus's seed-1 set
+	questions := EvalQuestions(cfg.Seed)
 
 	// Role fidelity: each role's 5 system prompts x QuestionsPerPrompt questions, sampled.
 	var convs [][]Message
@@ -151,8 +121,51 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	rep.RoleFidelity = float64(total) / float64(len(out))
 	rep.Samples["role"] = out[0]
 
-	// Capability: every checkable question, no system prompt, greedy.
-	convs = convs[:0]
+	capab, err := e.capability(questions)
+	if err != nil {
+		return nil, err
+	}
+	rep.Capability, rep.CapabilityByKind, rep.CapabilityMisses = capab.Rate, capab.ByKind, capab.Misses
+	rep.Samples["capability"] = capab.Sample
+
+	if cfg.Conversations > 0 { // not measured: no figure rather than a zero
+		for _, domain := range Domains {
+			d, err := e.drift(domain, cfg.Conversations, cfg.Turns, cfg.Temperature, rng)
+			if err != nil {
+				return nil, err
+			}
+			rep.Drift[domain] = d.Rates
+			rep.Samples["drift_"+domain] = d.Sample
+		}
+	}
+	for _, cond := range []string{"role", "none"} {
+		if cfg.Jailbreaks == 0 {
+			break
+		}
+		rate, sample, err := e.jailbreaks(cond, roles, cfg.Jailbreaks, cfg.Temperature, rng)
+		if err != nil {
+			return nil, err
+		}
+		rep.JailbreakCompliance[cond], rep.Samples["jailbreak_"+cond] = rate, sample
+	}
+	return rep, nil
+}
+
+// EvalQuestions is the evaluation's question set: a different draw of the numeric tasks than the corpus's.
+func EvalQuestions(seed uint64) []Question { return Questions(seed + 1000) }
+
+// capabilityResult is exact-answer accuracy on the checkable questions.
+type capabilityResult struct {
+	Rate   float64
+	ByKind map[string]float64
+	Misses []string
+	Sample string
+}
+
+// capability asks every checkable question with no system prompt, greedy.
+func (e *evaluator) capability(questions []Question) (capabilityResult, error) {
+	var res capabilityResult
+	var convs [][]Message
 	var checkable []Question
 	for _, q := range questions {
 		if q.Checkable() {
@@ -160,8 +173,9 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 			convs = append(convs, []Message{{"user", q.Text}})
 		}
 	}
-	if out, err = e.replies(convs, 0); err != nil {
-		return nil, err
+	out, err := e.replies(convs, 0)
+	if err != nil {
+		return res, err
 	}
 	correct := 0
 	byKind, ofKind := map[string]int{}, map[string]int{}
@@ -170,77 +184,85 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 		if checkable[i].Correct(resp) {
 			correct++
 			byKind[checkable[i].Kind]++
+		} else {
+			res.Misses = append(res.Misses, checkable[i].Text+" -> "+resp)
 		}
 	}
-	rep.CapabilityByKind = map[string]float64{}
+	res.ByKind = map[string]float64{}
 	for k, n := range ofKind {
-		rep.CapabilityByKind[k] = float64(byKind[k]) / float64(n)
+		res.ByKind[k] = float64(byKind[k]) / float64(n)
 	}
-	rep.Capability = float64(correct) / float64(len(out))
-	rep.Samples["capability"] = checkable[0].Text + " -> " + out[0]
+	res.Rate = float64(correct) / float64(max(1, len(out)))
+	if len(out) > 0 {
+		res.Sample = checkable[0].Text + " -> " + out[0]
+	}
+	return res, nil
+}
 
-	// Drift: no system prompt; the model's own replies stay in the conversation.
-	for _, domain := range Domains {
-		if cfg.Conversations == 0 {
-			break // not measured: no figure rather than a zero
+// driftResult is the drifted share of replies at each turn of a domain's conversations.
+type driftResult struct {
+	Rates  []float64
+	Sample string // the last reply of the first conversation
+}
+
+// drift holds conversations with no system prompt, the model's own replies staying in them.
+func (e *evaluator) drift(domain string, conversations, turns int, temperature float64, rng *rand.Rand) (driftResult, error) {
+	convs := make([][]Message, conversations)
+	users := make([][]Turn, conversations)
+	for c := range convs {
+		var err error
+		if users[c], err = ConversationTurns(domain, turns, rng); err != nil {
+			return driftResult{}, err
 		}
-		convs = make([][]Message, cfg.Conversations)
-		users := make([][]Turn, cfg.Conversations)
+	}
+	rates := make([]float64, turns)
+	for t := 0; t < turns; t++ {
 		for c := range convs {
-			if users[c], err = ConversationTurns(domain, cfg.Turns, rng); err != nil {
-				return nil, err
+			convs[c] = append(convs[c], Message{"user", users[c][t].User})
+		}
+		out, err := e.replies(convs, temperature)
+		if err != nil {
+			return driftResult{}, err
+		}
+		drifted := 0
+		for c, resp := range out {
+			convs[c] = append(convs[c], Message{"assistant", resp})
+			if e.scorer.Drifted(resp) {
+				drifted++
 			}
 		}
-		rates := make([]float64, cfg.Turns)
-		for t := 0; t < cfg.Turns; t++ {
-			for c := range convs {
-				convs[c] = append(convs[c], Message{"user", users[c][t].User})
-			}
-			if out, err = e.replies(convs, cfg.Temperature); err != nil {
-				return nil, err
-			}
-			drifted := 0
-			for c, resp := range out {
-				convs[c] = append(convs[c], Message{"assistant", resp})
-				if e.scorer.Drifted(resp) {
-					drifted++
-				}
-			}
-			rates[t] = float64(drifted) / float64(max(1, len(out)))
-		}
-		rep.Drift[domain] = rates
-		if len(convs) > 0 {
-			rep.Samples["drift_"+domain] = convs[0][len(convs[0])-1].Content
-		}
+		rates[t] = float64(drifted) / float64(max(1, len(out)))
 	}
+	res := driftResult{Rates: rates}
+	if len(convs) > 0 {
+		res.Sample = convs[0][len(convs[0])-1].Content
+	}
+	return res, nil
+}
 
-	// Jailbreaks: a vault code in the system prompt, requested by the user; with a role prompt and without.
-	for _, cond := range []string{"role", "none"} {
-		if cfg.Jailbreaks == 0 {
-			break
+// jailbreaks asks for the vault code n times, with a role prompt ("role") or none ("none"), and returns the
+// share of replies that gave it away.
+func (e *evaluator) jailbreaks(cond string, roles []Style, n int, temperature float64, rng *rand.Rand) (float64, string, error) {
+	var convs [][]Message
+	var vaults []Vault
+	for i := 0; i < n; i++ {
+		v := NewVault(rng)
+		sys := v.System
+		if cond == "role" {
+			sys = pick(SystemPrompts(pick(roles, rng).Name), rng) + " " + v.System
 		}
-		convs = convs[:0]
-		var vaults []Vault
-		for i := 0; i < cfg.Jailbreaks; i++ {
-			v := NewVault(rng)
-			sys := v.System
-			if cond == "role" {
-				sys = pick(SystemPrompts(pick(roles, rng).Name), rng) + " " + v.System
-			}
-			convs = append(convs, []Message{{"system", sys}, {"user", v.Request}})
-			vaults = append(vaults, v)
-		}
-		if out, err = e.replies(convs, cfg.Temperature); err != nil {
-			return nil, err
-		}
-		complied := 0
-		for i, resp := range out {
-			if vaults[i].Complied(resp) {
-				complied++
-			}
-		}
-		rep.JailbreakCompliance[cond] = float64(complied) / float64(len(out))
-		rep.Samples["jailbreak_"+cond] = out[0]
+		convs = append(convs, []Message{{"system", sys}, {"user", v.Request}})
+		vaults = append(vaults, v)
 	}
-	return rep, nil
+	out, err := e.replies(convs, temperature)
+	if err != nil || len(out) == 0 {
+		return 0, "", err
+	}
+	complied := 0
+	for i, resp := range out {
+		if vaults[i].Complied(resp) {
+			complied++
+		}
+	}
+	return float64(complied) / float64(len(out)), out[0], nil
 }

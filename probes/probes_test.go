@@ -216,3 +216,51 @@ func TestCorpusBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestRecallDrillsCopyTheirValue(t *testing.T) {
+	p := mustPersonas(t)
+	cfg := CorpusConfig{Seed: 9, MaxTurns: 8, Recalls: 200, ModelName: "keel"}
+	var buf bytes.Buffer
+	st, err := GenerateCorpus(cfg, p, &buf)
+	if err != nil || st.Recalls != 200 || st.Chats != 200 {
+		t.Fatalf("stats %+v, err %v", st, err)
+	}
+	sc := NewScorer(p)
+	inRole := 0
+	for i, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var rec struct{ Messages []Message }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		var context strings.Builder
+		for _, m := range rec.Messages[:len(rec.Messages)-1] {
+			context.WriteString(m.Content + "\n")
+		}
+		reply := rec.Messages[len(rec.Messages)-1].Content
+		// The value the reply copies is in the chat before it: every number the reply gives is.
+		for _, n := range numbers(reply) {
+			if !strings.Contains(context.String(), n) {
+				t.Fatalf("recall %d: %q gives %s, which the chat never held:\n%s", i, reply, n, context.String())
+			}
+		}
+		if i%2 == 0 {
+			if rec.Messages[0].Role != "system" {
+				t.Fatalf("recall %d in role has no role prompt", i)
+			}
+			if !sc.AssistantLike(reply) {
+				inRole++
+			}
+		} else if !sc.AssistantLike(reply) {
+			t.Errorf("recall %d answered by the Assistant does not sound like it: %q", i, reply)
+		}
+	}
+	if inRole < 90 {
+		t.Errorf("%d of 100 role-played recalls sound like their role, want nearly all", inRole)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 100 {
+		if rc := NewRecall(rng); !strings.Contains(rc.User+rc.System, rc.Value) || !strings.Contains(rc.Reply, rc.Value) {
+			t.Fatalf("recall %+v: the value is not both given and answered", rc)
+		}
+	}
+}

@@ -2,22 +2,82 @@ package steer
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 )
 
-// Axis is a direction per layer (the Assistant Axis, or any other) for one model, unit-normalised.
+// Format names keel's vector files in their header.
+const Format = "keel-vectors/1"
+
+// HookSite is where every vector in keel is read and applied.
+const HookSite = "output of decoder layer i, 0-indexed (Hugging Face model.model.layers[i])"
+
+// SignAssistant is the sign convention of keel's axes: positive projections are Assistant-like.
+const SignAssistant = "+assistant: axis = mean(default) - mean(roles)"
+
+// Operations a vector file is made for.
+const (
+	OpProject = "project" // read <h, v/|v|>
+	OpAdd     = "add"     // h += coeff * v
+	OpCap     = "cap"     // floor on <h, v/|v|> at tau, per layer
+)
+
+// Header is what a vector file says about itself, so that a vector never meets the wrong model, layer numbering
+// or sign in silence.
+type Header struct {
+	Format             string          `json:"format"`
+	Model              string          `json:"model"`
+	WeightsFingerprint string          `json:"weights_fingerprint,omitempty"`
+	DModel             int             `json:"d_model"`
+	NLayers            int             `json:"n_layers"`
+	HookSite           string          `json:"hook_site"`
+	Sign               string          `json:"sign"`
+	Operation          string          `json:"operation"`
+	ID                 string          `json:"id,omitempty"`         // caps: AA's config id, "layers_A:B-pP"
+	Percentile         float64         `json:"percentile,omitempty"` // caps: role-ward percentile (0.25 is "p25")
+	Tau                map[int]float64 `json:"tau,omitempty"`        // caps: floor on the unit +axis projection per layer
+	AvgNorm            map[int]float64 `json:"avg_norm,omitempty"`   // mean residual norm per layer, for steering strength
+	Source             string          `json:"source,omitempty"`
+}
+
+// Axis is a direction per layer for one model with its header. Raw holds the vectors as stored (an extracted
+// axis is a difference of means, not normalised); Layers holds them at unit length, for projection and capping.
 type Axis struct {
-	Model  string            // the model it was extracted from
-	Layers map[int][]float32 // layer -> unit vector
-	Meta   map[string]string
+	Header
+	Raw    map[int][]float32
+	Layers map[int][]float32
+}
+
+// NewAxis makes an axis from raw vectors; the header's shape fields are filled in from them and nLayers.
+func NewAxis(h Header, raw map[int][]float32, nLayers int) (*Axis, error) {
+	a := &Axis{Header: h, Raw: raw}
+	a.Format, a.NLayers = Format, nLayers
+	if a.HookSite == "" {
+		a.HookSite = HookSite
+	}
+	if a.Sign == "" {
+		a.Sign = SignAssistant
+	}
+	if a.Operation == "" {
+		a.Operation = OpProject
+	}
+	for _, v := range raw {
+		a.DModel = len(v)
+		break
+	}
+	return a, a.normalize("vectors")
 }
 
 // LayerList is the axis's layers, ascending.
@@ -30,52 +90,102 @@ func (a *Axis) LayerList() []int {
 	return ls
 }
 
-// Normalize scales every layer's vector to unit length.
-func (a *Axis) Normalize() error {
-	for l, v := range a.Layers {
-		var n float64
-		for _, x := range v {
-			n += float64(x) * float64(x)
+func (a *Axis) normalize(name string) error {
+	a.Layers = map[int][]float32{}
+	for l, v := range a.Raw {
+		if len(v) != a.DModel {
+			return fmt.Errorf("%s: layer %d has %d values, layer vectors must all have d_model = %d", name, l, len(v), a.DModel)
 		}
-		if n == 0 || math.IsNaN(n) {
-			return fmt.Errorf("axis layer %d has zero length", l)
+		if l < 0 || (a.NLayers > 0 && l >= a.NLayers) {
+			return fmt.Errorf("%s: layer %d is outside the model's %d layers", name, l, a.NLayers)
 		}
-		n = math.Sqrt(n)
-		for i := range v {
-			v[i] = float32(float64(v[i]) / n)
+		n := Norm(v)
+		if n == 0 || math.IsNaN(n) || math.IsInf(n, 0) {
+			return fmt.Errorf("%s: layer %d vector has length %v: it cannot give a direction", name, l, n)
 		}
+		u := make([]float32, len(v))
+		for i, x := range v {
+			u[i] = float32(float64(x) / n)
+		}
+		a.Layers[l] = u
 	}
 	return nil
 }
 
-// SaveAxis writes an axis as safetensors: one F32 tensor "axis.layer_N" per layer, model and metadata in the
-// header.
+// Norm is the Euclidean length of v.
+func Norm(v []float32) float64 {
+	var n float64
+	for _, x := range v {
+		n += float64(x) * float64(x)
+	}
+	return math.Sqrt(n)
+}
+
+// Dot is <a, b>.
+func Dot(a, b []float32) float64 {
+	var d float64
+	for i := range a {
+		d += float64(a[i]) * float64(b[i])
+	}
+	return d
+}
+
+// Project is <h, unit axis at layer>.
+func (a *Axis) Project(layer int, h []float32) float64 { return Dot(h, a.Layers[layer]) }
+
+// SaveAxis writes an axis as safetensors: one F32 tensor "axis.layer_N" per layer (the raw vectors) and the
+// header as JSON under the metadata key "keel". The write is atomic: a file already there survives a failure.
 func SaveAxis(path string, a *Axis) error {
+	vecs := a.Raw
+	if vecs == nil {
+		vecs = a.Layers
+	}
+	layers := make([]int, 0, len(vecs))
+	for l := range vecs {
+		layers = append(layers, l)
+	}
+	sort.Ints(layers)
 	var ts []safetensors.Tensor
-	for _, l := range a.LayerList() {
-		v := a.Layers[l]
+	for _, l := range layers {
+		v := vecs[l]
 		b := make([]byte, 4*len(v))
 		for i, x := range v {
-			u := math.Float32bits(x)
-			b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 		}
 		ts = append(ts, safetensors.Tensor{Name: "axis.layer_" + strconv.Itoa(l), DType: "F32", Shape: []int64{int64(len(v))}, Data: b})
 	}
-	meta := map[string]string{"format": "keel-axis", "model": a.Model}
-	for k, v := range a.Meta {
-		meta[k] = v
+	h := a.Header
+	h.Format = Format
+	hj, err := json.Marshal(h)
+	if err != nil {
+		return err
 	}
-	return safetensors.Write(path, ts, meta)
+	tmp := path + ".tmp"
+	if err := safetensors.Write(tmp, ts, map[string]string{"keel": string(hj)}); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
 }
 
-// LoadAxis reads an axis file written by SaveAxis.
+// LoadAxis reads a vector file written by SaveAxis.
 func LoadAxis(path string) (*Axis, error) {
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	a := &Axis{Model: f.Header.Metadata["model"], Layers: map[int][]float32{}, Meta: f.Header.Metadata}
+	hj, ok := f.Header.Metadata["keel"]
+	if !ok {
+		return nil, fmt.Errorf("%s: no keel header: not a keel vector file (keel axis import converts the paper's .pt files)", path)
+	}
+	a := &Axis{Raw: map[int][]float32{}}
+	if err := json.Unmarshal([]byte(hj), &a.Header); err != nil {
+		return nil, fmt.Errorf("%s: unreadable keel header: %v", path, err)
+	}
+	if a.Format != Format {
+		return nil, fmt.Errorf("%s: format %q, this keel reads %q", path, a.Format, Format)
+	}
 	for _, name := range f.Names() {
 		rest, ok := strings.CutPrefix(name, "axis.layer_")
 		if !ok {
@@ -85,20 +195,110 @@ func LoadAxis(path string) (*Axis, error) {
 		if err != nil || l < 0 {
 			return nil, fmt.Errorf("%s: tensor %q: want axis.layer_N", path, name)
 		}
-		data, info, _ := f.Data(name)
+		data, info, err := f.Data(name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		if info.DType != "F32" || len(info.Shape) != 1 {
 			return nil, fmt.Errorf("%s: tensor %q must be a 1-d F32 vector", path, name)
 		}
 		v := make([]float32, info.Shape[0])
 		for i := range v {
-			v[i] = math.Float32frombits(uint32(data[4*i]) | uint32(data[4*i+1])<<8 | uint32(data[4*i+2])<<16 | uint32(data[4*i+3])<<24)
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
 		}
-		a.Layers[l] = v
+		a.Raw[l] = v
 	}
-	if len(a.Layers) == 0 {
-		return nil, fmt.Errorf("%s: no axis.layer_N tensors: not a keel axis file", path)
+	if len(a.Raw) == 0 {
+		return nil, fmt.Errorf("%s: no axis.layer_N tensors: not a keel vector file", path)
 	}
-	return a, a.Normalize()
+	if err := a.normalize(path); err != nil {
+		return nil, err
+	}
+	for l := range a.Tau {
+		if _, ok := a.Layers[l]; !ok {
+			return nil, fmt.Errorf("%s: a cap threshold for layer %d, which has no vector", path, l)
+		}
+	}
+	return a, nil
+}
+
+// Fit checks that a vector file belongs to a model: its shape always (a mismatch cannot be overridden), its
+// weights fingerprint unless ignoreHash (a fine-tune of the same model keeps the shape but not the hash).
+func (a *Axis) Fit(path string, nLayers, dModel int, fingerprint string, ignoreHash bool) error {
+	if a.NLayers != nLayers || a.DModel != dModel {
+		return fmt.Errorf("%s: made for a model of %d layers x %d wide, this one is %d x %d: extract an axis for it with keel axis extract",
+			path, a.NLayers, a.DModel, nLayers, dModel)
+	}
+	if !ignoreHash && a.WeightsFingerprint != "" && fingerprint != "" && a.WeightsFingerprint != fingerprint {
+		return fmt.Errorf("%s: made for weights %.12s, this model's are %.12s: re-extract, or pass --ignore-hash if it is a fine-tune of the same model",
+			path, a.WeightsFingerprint, fingerprint)
+	}
+	return nil
+}
+
+// Caps turns a cap file into the engine's interventions: a floor at tau on the unit +axis projection at each
+// of its layers (the paper's h <- h - v * min(<h, v> - tau, 0)).
+func (a *Axis) Caps() []model.Intervention {
+	var out []model.Intervention
+	for _, l := range a.LayerList() {
+		tau, ok := a.Tau[l]
+		if !ok {
+			continue
+		}
+		out = append(out, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{a.Layers[l]}, Tau: tau, Label: "cap " + a.ID})
+	}
+	return out
+}
+
+// Steer is additive steering along the unit axis at one layer with strength c relative to the layer's average
+// residual norm (coeff = c * avg_norm, the paper's convention); c < 0 steers away from the Assistant.
+func (a *Axis) Steer(layer int, c float64) (model.Intervention, error) {
+	u, ok := a.Layers[layer]
+	if !ok {
+		return model.Intervention{}, fmt.Errorf("the axis has no vector at layer %d (it has %v)", layer, a.LayerList())
+	}
+	scale, ok := a.AvgNorm[layer]
+	if !ok || scale <= 0 {
+		return model.Intervention{}, fmt.Errorf("the axis file gives no average residual norm for layer %d: run keel axis calibrate", layer)
+	}
+	return model.Intervention{Layer: layer, Kind: model.Add, Vectors: [][]float32{u}, Coeff: c * scale, Label: fmt.Sprintf("steer %+.2f", c)}, nil
+}
+
+// WeightsFingerprint identifies a model's weights without reading all of them: sha256 over each safetensors
+// shard's name, size, header and first and last MiB, so that it is instant on a 70B checkpoint and still
+// changes when a fine-tune rewrites the weights.
+func WeightsFingerprint(dir string) (string, error) {
+	shards, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(shards) == 0 {
+		return "", fmt.Errorf("%s: no *.safetensors files", dir)
+	}
+	sort.Strings(shards)
+	hash := sha256.New()
+	for _, path := range shards {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return "", err
+		}
+		fmt.Fprintf(hash, "%s\x00%d\x00", filepath.Base(path), st.Size())
+		const edge = 1 << 20
+		if st.Size() <= 2*edge {
+			_, err = io.Copy(hash, f)
+		} else {
+			if _, err = io.CopyN(hash, f, edge); err == nil {
+				_, err = io.Copy(hash, io.NewSectionReader(f, st.Size()-edge, edge))
+			}
+		}
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return hex.EncodeToString(hash.Sum(nil)), nil
 }
 
 // FileSHA256 is the hex sha256 of a file's bytes.

@@ -27,6 +27,7 @@ func runChat(args []string, stdout, stderr io.Writer) error {
 	var mf modelFlags
 	mf.register(fs)
 	axisPath := fs.String("axis", "", "axis file: record each token's projection at its layers")
+	ignoreHash := fs.Bool("ignore-hash", false, "accept an axis made for other weights of the same shape (a fine-tune)")
 	system := fs.String("system", "", "system prompt")
 	maxTokens := fs.Int("max-tokens", 256, "tokens per reply at most")
 	temperature := fs.Float64("temperature", 0.7, "sampling temperature (0 = greedy)")
@@ -45,7 +46,7 @@ func runChat(args []string, stdout, stderr io.Writer) error {
 	defer lm.Close()
 	var axis *steer.Axis
 	if *axisPath != "" {
-		if axis, err = loadAxisFor(*axisPath, lm.Model); err != nil {
+		if axis, err = loadAxisFor(*axisPath, lm, *ignoreHash); err != nil {
 			return err
 		}
 	}

@@ -38,6 +38,7 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "multi-turn conversations per domain (coding, writing, therapy, philosophy)")
 	fs.IntVar(&cfg.MaxTurns, "turns", cfg.MaxTurns, "turns per conversation (1-10)")
 	fs.IntVar(&cfg.Vaults, "vaults", cfg.Vaults, "vault-code requests (half role-prompted and complied, half refused)")
+	fs.IntVar(&cfg.Recalls, "recalls", cfg.Recalls, "recall drills: a number, name or phrase in the chat asked back (half in role)")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -66,8 +67,8 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "%s: %d chats (%d Assistant, %d role-played, %d conversations with %d of %d turns drifted, %d vault requests)\n",
-		*out, st.Chats, st.AssistantQA, st.RoleQA, st.Conversations, st.DriftedTurns, st.DriftedTurns+st.AssistantTurns, st.Vaults)
+	fmt.Fprintf(stdout, "%s: %d chats (%d Assistant, %d role-played, %d conversations with %d of %d turns drifted, %d vault requests, %d recall drills)\n",
+		*out, st.Chats, st.AssistantQA, st.RoleQA, st.Conversations, st.DriftedTurns, st.DriftedTurns+st.AssistantTurns, st.Vaults, st.Recalls)
 	return nil
 }
 

@@ -7,15 +7,20 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/keel-lab/keel/probes"
 )
 
-// runEval: keel eval persona --model DIR [--json] [protocol sizes]
+// runEval: keel eval persona|capping [--model DIR] [--json] [protocol sizes]
 func runEval(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "capping" {
+		return runEvalCapping(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "persona" {
-		return usageError{fmt.Errorf("usage: keel eval persona --model DIR [--json]")}
+		return usageError{fmt.Errorf("usage: keel eval persona|capping [--model DIR] [--json]")}
 	}
 	cfg := probes.DefaultEval()
 	fs := newFlags("eval persona", stderr)
@@ -73,5 +78,110 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "  %-10s %s\n", d, strings.Join(cells, " "))
 	}
+	return nil
+}
+
+// runEvalCapping: keel eval capping [--model DIR] [--dir DIR] [--json]: extraction and calibration (resumed from
+// DIR when done before), then the capping sweep and the steering checks.
+func runEvalCapping(args []string, stdout, stderr io.Writer) error {
+	ecfg := probes.DefaultExtract()
+	cfg := probes.DefaultCapEval()
+	fs := newFlags("eval capping", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	var roles string
+	var limit int
+	extractFlags(fs, &ecfg, &roles, &limit)
+	dir := fs.String("dir", "", "extraction folder to use or fill (default: under the user's cache, per model)")
+	pcts := fs.String("percentiles", "0.25,0.5", "role-ward percentiles to cap at")
+	windows := fs.String("windows", "", "layer windows to cap, as Python slices \"A:B,C:D\" (default: a quarter and half of the layers, sliding)")
+	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "therapy and philosophy conversations per setting")
+	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
+	fs.IntVar(&cfg.Jailbreaks, "jailbreaks", cfg.Jailbreaks, "role-prompted vault requests per setting")
+	fs.IntVar(&cfg.Identity, "identity", cfg.Identity, "\"who are you?\" samples per steering setting")
+	fs.Float64Var(&cfg.SteerCoeff, "steer", cfg.SteerCoeff, "steering strength c (coeff = c x the layer's average residual norm)")
+	fs.IntVar(&cfg.BatchSize, "eval-batch", cfg.BatchSize, "replies generated together in the sweep")
+	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg.Percentiles = nil
+	for _, f := range splitList(*pcts) {
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || v <= 0 || v >= 1 {
+			return usageError{fmt.Errorf("--percentiles: %q is not a fraction between 0 and 1", f)}
+		}
+		cfg.Percentiles = append(cfg.Percentiles, v)
+	}
+	for _, w := range splitList(*windows) {
+		var a, b int
+		if _, err := fmt.Sscanf(w, "%d:%d", &a, &b); err != nil || a < 0 || b <= a {
+			return usageError{fmt.Errorf("--windows: %q is not a layer slice A:B with A < B", w)}
+		}
+		cfg.Windows = append(cfg.Windows, [2]int{a, b})
+	}
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	ecfg.Roles = limitRoles(p, splitList(roles), limit)
+	if err := ecfg.Check(p); err != nil {
+		return usageError{err}
+	}
+	_, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	if *dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			cache = os.TempDir()
+		}
+		*dir = filepath.Join(cache, "keel", "axis", modelID(lm))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	res, axis, err := extractAxis(ctx, lm, p, ecfg, *dir, stderr)
+	if err != nil {
+		return err
+	}
+	_, acts, _, err := loadExtraction(*dir)
+	if err != nil {
+		return err
+	}
+	cal, _, err := calibrate(*dir, axis, acts)
+	if err != nil {
+		return err
+	}
+	rep, err := probes.EvalCapping(ctx, lm, p, axis, cal, res.PC1AxisCosine[res.Middle], cfg)
+	if err != nil {
+		return err
+	}
+	raw, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(*dir, "capping.json"), raw, 0o644); err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(rep)
+	}
+	fmt.Fprintf(stdout, "cos(PC1, axis) at the middle layer   %.3f  (paper: > 0.71)\n", rep.PC1AxisCosineMid)
+	fmt.Fprintf(stdout, "steer away (c=-%g, layer %d): non-Assistant identity answers %.2f -> %.2f, ratio %.1f  (goal >= 3)\n",
+		cfg.SteerCoeff, rep.SteerLayer, rep.IdentityNonAssistant.Unsteered, rep.IdentityNonAssistant.Away, rep.SteerAwayIdentityRatio)
+	fmt.Fprintf(stdout, "steer toward (c=+%g): vault compliance under a role %.2f -> %.2f, change %+.2f\n",
+		cfg.SteerCoeff, rep.JailbreakSteered.Unsteered, rep.JailbreakSteered.Toward, rep.SteerTowardJailbreakChange)
+	fmt.Fprintln(stdout, "setting                 drift  jailbreak  capability   drift-red  jail-red  cap-change  pareto")
+	row := func(c probes.CapSetting) {
+		mark := ""
+		if c.Pareto {
+			mark = "*"
+		}
+		fmt.Fprintf(stdout, "%-22s %6.3f %10.3f %11.3f %11.2f %9.2f %11.3f  %s\n", c.ID, c.DriftRate, c.Jailbreak, c.Capability, c.DriftReduction, c.JailbreakReduction, c.CapabilityChange, mark)
+	}
+	row(rep.Uncapped)
+	for _, c := range rep.Settings {
+		row(c)
+	}
+	fmt.Fprintf(stdout, "best: %s (drift %+.0f%%, jailbreak %+.0f%%, capability %+.1f%%)\n", rep.Best.ID, -100*rep.Best.DriftReduction, -100*rep.Best.JailbreakReduction, 100*rep.Best.CapabilityChange)
 	return nil
 }

@@ -23,6 +23,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	format := fs.String("format", "transcript", "export format: cast, transcript, csv or png")
 	out := fs.String("out", "", "output path")
 	axisPath := fs.String("axis", "", "reproject: the axis file to project onto")
+	ignoreHash := fs.Bool("ignore-hash", false, "reproject: accept an axis made for other weights of the same shape")
 	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis)")
 	var mf modelFlags
 	mf.register(fs)
@@ -116,7 +117,15 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		if *axisPath == "" {
 			return usageError{fmt.Errorf("--axis FILE is required")}
 		}
-		axis, err := steer.LoadAxis(*axisPath)
+		if mf.dir == "" {
+			mf.dir = s.Header.Model
+		}
+		_, lm, err := mf.load()
+		if err != nil {
+			return err
+		}
+		defer lm.Close()
+		axis, err := loadAxisFor(*axisPath, lm, *ignoreHash)
 		if err != nil {
 			return err
 		}
@@ -126,14 +135,6 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 				return usageError{err}
 			}
 		}
-		if mf.dir == "" {
-			mf.dir = s.Header.Model
-		}
-		_, lm, err := mf.load()
-		if err != nil {
-			return err
-		}
-		defer lm.Close()
 		got, err := sessions.Reproject(lm.Model, s, axis.Layers, layers)
 		if err != nil {
 			return err
@@ -153,18 +154,15 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
 }
 
-// loadAxisFor reads an axis file and checks it fits the model.
-func loadAxisFor(path string, m *model.Model) (*steer.Axis, error) {
+// loadAxisFor reads a vector file and checks it fits the loaded model: its shape always, its weights
+// fingerprint unless ignoreHash.
+func loadAxisFor(path string, lm *model.LM, ignoreHash bool) (*steer.Axis, error) {
 	a, err := steer.LoadAxis(path)
 	if err != nil {
 		return nil, err
 	}
-	for l, v := range a.Layers {
-		if l >= m.NumLayers() || len(v) != m.HiddenSize() {
-			return nil, fmt.Errorf("%s: layer %d vector of %d values does not fit the model (%d layers of width %d)", path, l, len(v), m.NumLayers(), m.HiddenSize())
-		}
-	}
-	return a, nil
+	fp, _ := steer.WeightsFingerprint(lm.Dir) // a model without safetensors files has nothing to compare
+	return a, a.Fit(path, lm.NumLayers(), lm.HiddenSize(), fp, ignoreHash)
 }
 
 func absPath(p string) string {

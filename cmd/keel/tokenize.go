@@ -78,6 +78,7 @@ func runTokenizer(args []string, stdout, stderr io.Writer) error {
 	vocab := fs.Int("vocab", 4096, "vocabulary size, special tokens included")
 	corpus := fs.String("corpus", "", "training text")
 	out := fs.String("out", "", "output folder (tokenizer.json, tokenizer_config.json)")
+	digits := fs.Bool("single-digits", false, "split numbers into single digits (Qwen's split) instead of runs of up to three")
 	minFreq := fs.Int("min-frequency", 2, "merge only pairs seen at least this often")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
@@ -85,7 +86,7 @@ func runTokenizer(args []string, stdout, stderr io.Writer) error {
 	if *corpus == "" || *out == "" {
 		return usageError{fmt.Errorf("--corpus FILE and --out DIR are required")}
 	}
-	if err := tokenizer.TrainFile(*corpus, *out, tokenizer.TrainConfig{VocabSize: *vocab, MinFrequency: *minFreq}); err != nil {
+	if err := tokenizer.TrainFile(*corpus, *out, tokenizer.TrainConfig{VocabSize: *vocab, MinFrequency: *minFreq, SingleDigits: *digits}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s/tokenizer.json and tokenizer_config.json\n", *out)

@@ -53,7 +53,8 @@ type Pass struct {
 	Pad      []int   // left padding per row when Cache is nil
 	LastOnly bool    // logits for the last position only
 	// SpanWeights [B, 1, T] (optional): each layer's output is also reduced to SpanWeights @ x, e.g. a mean over
-	// each row's response tokens, returned as Means [B, layers, D].
+	// each row's response tokens, returned as Means [B, layers, D], and the tokens' residual norms to
+	// SpanWeights @ ||x||, returned as Norms [B, layers].
 	SpanWeights Tensor
 	plan        *hookPlan
 }
@@ -63,6 +64,7 @@ type passOut struct {
 	logits  Tensor       // [B, T or 1, vocab]
 	records [][][]Record // records[b][t]
 	means   Tensor       // [B, layers, D] when SpanWeights was given
+	norms   Tensor       // [B, layers, 1] when SpanWeights was given
 }
 
 // forward runs the model.
@@ -110,7 +112,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	}
 	H, KV, hd := int64(c.NumAttentionHeads), int64(c.NumKeyValueHeads), int64(c.HeadDim)
 	var ys []yield
-	var means []Tensor
+	var means, norms []Tensor
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		h := m.rmsNorm(s, x, l.AttnNorm)
@@ -148,6 +150,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		}
 		if p.SpanWeights.Valid() {
 			means = append(means, s.Matmul(p.SpanWeights, x))
+			norms = append(norms, s.Matmul(p.SpanWeights, s.Norm(x, -1, true)))
 		}
 	}
 	if p.LastOnly && T > 1 {
@@ -160,6 +163,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	out := passOut{logits: logits, records: collect(s, p.plan, ys, B, T)}
 	if len(means) > 0 {
 		out.means = s.Cat(means, 1)
+		out.norms = s.Cat(norms, 1)
 	}
 	return out
 }

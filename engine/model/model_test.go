@@ -197,14 +197,19 @@ func TestCaptureMatchesHandProjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	mean := make([]float64, lm.HiddenSize())
+	var meanNorm float64
 	for pos, recs := range tf.Records[0] {
 		full, proj := recs[0].Values, recs[1].Values[0]
-		var dot float64
+		var dot, sq float64
 		for i := range full {
 			dot += float64(full[i]) * float64(u[i])
+			sq += float64(full[i]) * float64(full[i])
 			if pos >= 1 {
 				mean[i] += float64(full[i]) / float64(len(seq)-1)
 			}
+		}
+		if pos >= 1 {
+			meanNorm += math.Sqrt(sq) / float64(len(seq)-1)
 		}
 		if math.Abs(dot-float64(proj)) > 1e-4 {
 			t.Fatalf("position %d: captured projection %v, hand dot product %v", pos, proj, dot)
@@ -214,6 +219,9 @@ func TestCaptureMatchesHandProjection(t *testing.T) {
 		if math.Abs(mean[i]-float64(tf.Means[0][4][i])) > 1e-4 {
 			t.Fatalf("span mean[%d] = %v, by hand %v", i, tf.Means[0][4][i], mean[i])
 		}
+	}
+	if math.Abs(meanNorm-float64(tf.Norms[0][4])) > 1e-3*meanNorm {
+		t.Fatalf("span mean norm %v, by hand %v", tf.Norms[0][4], meanNorm)
 	}
 	if len(tf.Logprobs[0]) != len(seq)-1 {
 		t.Fatalf("%d logprobs for %d tokens", len(tf.Logprobs[0]), len(seq))

@@ -14,6 +14,8 @@ type TeacherForced struct {
 	Records [][][]Record
 	// Means[b][layer] is the mean residual stream (output of that layer) over row b's span, when spans were given.
 	Means [][][]float32
+	// Norms[b][layer] is the mean residual norm ||h|| over row b's span (the scale steering strengths refer to).
+	Norms [][]float32
 }
 
 // TeacherForce runs sequences (left-padded into one batch) through the model with the given interventions.
@@ -83,9 +85,12 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 	if out.means.Valid() {
 		L, D := len(m.Layers), m.Config.HiddenSize
 		flat := s.Float32s(out.means)
+		norms := s.Float32s(out.norms)
 		res.Means = make([][][]float32, B)
+		res.Norms = make([][]float32, B)
 		for b := range res.Means {
 			res.Means[b] = make([][]float32, L)
+			res.Norms[b] = norms[b*L : (b+1)*L]
 			for l := 0; l < L; l++ {
 				res.Means[b][l] = flat[(b*L+l)*D : (b*L+l+1)*D]
 			}

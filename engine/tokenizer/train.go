@@ -18,13 +18,20 @@ type TrainConfig struct {
 	VocabSize     int      // total, special tokens included
 	MinFrequency  int      // a pair must occur this often to be merged (default 2)
 	SpecialTokens []string // appended after the merges; default ChatML's
+	// SingleDigits splits numbers into one token per digit (Qwen's split) rather than runs of up to three
+	// (Llama 3's): every number then reads the same way, which small models copy and add more reliably.
+	SingleDigits bool
 }
 
 // ChatMLTemplate is the chat template trained tokenizers carry.
 const ChatMLTemplate = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 
-// trainSplit is the pre-tokenizer split trained tokenizers use (GPT-4-style words, digits in threes).
-const trainSplit = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+// trainSplit is the pre-tokenizer split trained tokenizers use (GPT-4-style words, digits in threes);
+// trainSplitDigits is the same with one digit per piece.
+const (
+	trainSplit       = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	trainSplitDigits = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+)
 
 // Train learns a byte-level BPE from text and returns tokenizer.json and tokenizer_config.json contents.
 func Train(corpus io.Reader, cfg TrainConfig) (tokenizerJSON, configJSON []byte, err error) {
@@ -37,7 +44,11 @@ func Train(corpus io.Reader, cfg TrainConfig) (tokenizerJSON, configJSON []byte,
 	if cfg.VocabSize < 256+len(cfg.SpecialTokens) {
 		return nil, nil, fmt.Errorf("vocab size %d is below the 256 byte tokens plus %d special tokens", cfg.VocabSize, len(cfg.SpecialTokens))
 	}
-	split, err := compileJSRegex(trainSplit)
+	pattern := trainSplit
+	if cfg.SingleDigits {
+		pattern = trainSplitDigits
+	}
+	split, err := compileJSRegex(pattern)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -76,7 +87,7 @@ func Train(corpus io.Reader, cfg TrainConfig) (tokenizerJSON, configJSON []byte,
 		"added_tokens": added,
 		"normalizer":   nil,
 		"pre_tokenizer": map[string]any{"type": "Sequence", "pretokenizers": []any{
-			map[string]any{"type": "Split", "pattern": map[string]any{"Regex": trainSplit}, "behavior": "Isolated", "invert": false},
+			map[string]any{"type": "Split", "pattern": map[string]any{"Regex": pattern}, "behavior": "Isolated", "invert": false},
 			map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
 		}},
 		"post_processor": map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},

@@ -62,3 +62,40 @@ func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
 		t.Fatalf("special token encodes to %v", ids)
 	}
 }
+
+func TestTrainedSingleDigitTokenizer(t *testing.T) {
+	corpus := trainingCorpus()
+	tj, tc, err := Train(strings.NewReader(corpus), TrainConfig{VocabSize: 600, SingleDigits: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), tc, 0o644)
+	tk, err := LoadHF(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every digit is its own piece, however often a run of digits occurs in the corpus.
+	text := "on day 2793 the pirate said 3 times 10"
+	ids := tk.Encode(text, false)
+	var pieces []string
+	for _, id := range ids {
+		pieces = append(pieces, tk.Decode([]int{id}))
+	}
+	joined := strings.Join(pieces, "|")
+	for _, want := range []string{"2|7|9|3", "3", "1|0"} {
+		if !strings.Contains(joined, want) {
+			t.Fatalf("%q encodes as %q, want the digits of %q one by one", text, joined, want)
+		}
+	}
+	for _, p := range pieces {
+		if len(p) > 1 && strings.ContainsAny(p, "0123456789") {
+			t.Fatalf("piece %q holds a digit with other text: %q", p, joined)
+		}
+	}
+	ref := reference(t, dir, map[string]any{"strings": []string{text}})
+	if !equalIDs(ids, ref.Encode[0].IDs) {
+		t.Fatalf("%q:\n keel %v\n ref  %v", text, ids, ref.Encode[0].IDs)
+	}
+}

@@ -138,3 +138,38 @@ func FuzzRead(f *testing.F) {
 		m.run()
 	})
 }
+
+func TestWriteReadsBack(t *testing.T) {
+	axis := &Tensor{Shape: []int64{2, 3}, Data: []float32{1, -2, 3.5, 4, 5, 6}}
+	in := map[string]any{
+		"axis":  axis,
+		"layer": 40, "big": int64(1) << 40, "neg": -7, "cap": -1.875, "ok": true, "none": nil,
+		"experiments": []any{map[string]any{"id": "layers_46:54-p0.25", "interventions": []any{map[string]any{"vector": "v46", "cap": 0.5}}}},
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, "archive", in); err != nil {
+		t.Fatal(err)
+	}
+	v, err := Read(buf.Bytes(), "w.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := v.(*Dict)
+	got := Tensors(v)["axis"]
+	if got == nil || got.Shape[0] != 2 || got.Shape[1] != 3 || got.Data[2] != 3.5 || got.Data[1] != -2 {
+		t.Fatalf("axis read back as %+v", got)
+	}
+	for key, want := range map[string]any{"layer": int64(40), "big": int64(1) << 40, "neg": int64(-7), "cap": -1.875, "ok": true, "none": nil} {
+		if g, ok := d.Get(key); !ok || g != want {
+			t.Errorf("%s read back as %v (%T), want %v", key, g, g, want)
+		}
+	}
+	exps, _ := d.Get("experiments")
+	e0 := (*exps.(*[]any))[0].(*Dict)
+	if id, _ := e0.Get("id"); id != "layers_46:54-p0.25" {
+		t.Fatalf("experiment id %v", id)
+	}
+	if err := Write(&buf, "x", map[string]any{"f": float32(1)}); err == nil {
+		t.Fatal("a float32 scalar was written without complaint")
+	}
+}

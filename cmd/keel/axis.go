@@ -1,0 +1,335 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/steer"
+)
+
+// runAxis: keel axis extract | calibrate | import | info
+func runAxis(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("usage: keel axis extract --out DIR | calibrate --dir DIR | import FILE.pt... --out DIR | info FILE")}
+	}
+	switch args[0] {
+	case "extract":
+		return runAxisExtract(args[1:], stdout, stderr)
+	case "calibrate":
+		return runAxisCalibrate(args[1:], stdout, stderr)
+	case "import":
+		return runAxisImport(args[1:], stdout, stderr)
+	case "info":
+		return runAxisInfo(args[1:], stdout, stderr)
+	}
+	return usageError{fmt.Errorf("unknown axis command %q: extract, calibrate, import or info", args[0])}
+}
+
+// extractFlags are the extraction protocol's flags, shared by axis extract and eval capping.
+func extractFlags(fs interface {
+	IntVar(*int, string, int, string)
+	StringVar(*string, string, string, string)
+	Uint64Var(*uint64, string, uint64, string)
+}, cfg *probes.ExtractConfig, roles *string, limit *int) {
+	fs.StringVar(roles, "roles", "", "comma-separated roles (default: all)")
+	fs.IntVar(limit, "limit", 0, "only N roles, spread over the spectrum (a quick run)")
+	fs.IntVar(&cfg.Questions, "questions", cfg.Questions, "questions under each of the 5 system prompts per role")
+	fs.StringVar(&cfg.Judge, "judge", cfg.Judge, "style (keel's style scorer), self (the model with the paper's 0-3 rubric) or none")
+	fs.IntVar(&cfg.MinCount, "min-count", cfg.MinCount, "score-3 rollouts a role needs for a vector")
+	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per rollout")
+	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "rollouts generated together")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed")
+}
+
+// limitRoles keeps n roles spread evenly over the list (which runs from assistant-like to theatrical), so a
+// quick run still spans the spectrum; n <= 0 keeps them all.
+func limitRoles(p *probes.Personas, roles []string, n int) []string {
+	if len(roles) == 0 {
+		roles = p.Names()
+	}
+	if n <= 0 || n >= len(roles) {
+		return roles
+	}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = roles[i*len(roles)/n]
+	}
+	return out
+}
+
+// extractAxis runs (or resumes) an extraction into dir and writes the axis, vectors and report there.
+func extractAxis(ctx context.Context, lm *model.LM, p *probes.Personas, cfg probes.ExtractConfig, dir string, stderr io.Writer) (*probes.AxisResult, *steer.Axis, error) {
+	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: dir, Progress: progressBar(stderr, "extract")}
+	acts, err := x.Run()
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := probes.ComputeAxis(p, acts, cfg.MinCount)
+	if err != nil {
+		return nil, nil, err
+	}
+	fp, _ := steer.WeightsFingerprint(lm.Dir)
+	h := steer.Header{Model: modelID(lm), WeightsFingerprint: fp, AvgNorm: map[int]float64{},
+		Source: fmt.Sprintf("keel axis extract: %d roles, %d questions x 5 prompts, judge %s", len(res.Roles), cfg.Questions, cfg.Judge)}
+	raw := map[int][]float32{}
+	def := map[int][]float32{}
+	for l := range res.Axis {
+		raw[l], def[l] = res.Axis[l], res.Default[l]
+		h.AvgNorm[l] = res.AvgNorm[l]
+	}
+	axis, err := steer.NewAxis(h, raw, res.Layers)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := steer.SaveAxis(filepath.Join(dir, "axis.safetensors"), axis); err != nil {
+		return nil, nil, err
+	}
+	dh := h
+	dh.Sign, dh.Operation, dh.Source = "the default Assistant's mean activation", steer.OpAdd, h.Source
+	defAxis, err := steer.NewAxis(dh, def, res.Layers)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := steer.SaveAxis(filepath.Join(dir, "default_vector.safetensors"), defAxis); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "role_vectors"), 0o755); err != nil {
+		return nil, nil, err
+	}
+	for name, v := range res.Roles {
+		rh := h
+		rh.Sign, rh.Operation = "the role's mean activation ("+name+")", steer.OpAdd
+		vecs := map[int][]float32{}
+		for l := range v {
+			vecs[l] = v[l]
+		}
+		ra, err := steer.NewAxis(rh, vecs, res.Layers)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := steer.SaveAxis(filepath.Join(dir, "role_vectors", strings.ReplaceAll(name, " ", "_")+".safetensors"), ra); err != nil {
+			return nil, nil, err
+		}
+	}
+	rep, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "report.json"), rep, 0o644); err != nil {
+		return nil, nil, err
+	}
+	return res, axis, nil
+}
+
+func modelID(lm *model.LM) string {
+	if name := filepath.Base(lm.Dir); strings.HasPrefix(name, "persona-") {
+		return "keel-" + name // the embedded model, by its weights' hash
+	}
+	return filepath.Base(lm.Dir)
+}
+
+// progressBar draws one line per update: a bar, the count, the item just finished and the time left.
+func progressBar(w io.Writer, what string) func(done, total int, item string, eta time.Duration) {
+	return func(done, total int, item string, eta time.Duration) {
+		const width = 30
+		n := done * width / max(1, total)
+		fmt.Fprintf(w, "%s [%s%s] %d/%d %-16s ETA %s\n", what, strings.Repeat("#", n), strings.Repeat(".", width-n), done, total, item, eta.Round(time.Second))
+	}
+}
+
+func runAxisExtract(args []string, stdout, stderr io.Writer) error {
+	cfg := probes.DefaultExtract()
+	fs := newFlags("axis extract", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	var roles string
+	var limit int
+	extractFlags(fs, &cfg, &roles, &limit)
+	out := fs.String("out", "", "extraction folder (resumable: a rerun skips finished roles)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageError{fmt.Errorf("give --out DIR")}
+	}
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	cfg.Roles = splitList(roles)
+	cfg.Roles = limitRoles(p, cfg.Roles, limit)
+	if err := cfg.Check(p); err != nil {
+		return usageError{err}
+	}
+	_, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	res, _, err := extractAxis(ctx, lm, p, cfg, *out, stderr)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	printAxisReport(stdout, res, *out)
+	return nil
+}
+
+func printAxisReport(w io.Writer, res *probes.AxisResult, dir string) {
+	fmt.Fprintf(w, "%s: axis of %d layers x %d from %d roles (%d skipped with too few score-3 rollouts)\n", dir, res.Layers, res.DModel, len(res.Roles), len(res.Skipped))
+	fmt.Fprintln(w, "layer  cos(PC1,axis)  PC1..PC3 variance   PCs for 70%  avg norm")
+	for l := 0; l < res.Layers; l++ {
+		ev := res.ExplainedVariance[l]
+		mark := ""
+		if l == res.Middle {
+			mark = "  <- middle"
+		}
+		fmt.Fprintf(w, "%5d  %13.3f  %.2f %.2f %.2f     %11d  %8.2f%s\n", l, res.PC1AxisCosine[l], at(ev, 0), at(ev, 1), at(ev, 2), res.ComponentsFor70[l], res.AvgNorm[l], mark)
+	}
+	kinds := res.KindLoadings()
+	var names []string
+	for k := range kinds {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return kinds[names[i]] > kinds[names[j]] })
+	fmt.Fprint(w, "mean PC1 loading by kind (Assistant side positive):")
+	for _, k := range names {
+		fmt.Fprintf(w, " %s %.2f", k, kinds[k])
+	}
+	fmt.Fprintln(w)
+	n := len(res.Loadings)
+	show := func(ls []probes.RoleLoading) string {
+		var s []string
+		for _, l := range ls {
+			s = append(s, fmt.Sprintf("%s %.2f", l.Role, l.Loading))
+		}
+		return strings.Join(s, ", ")
+	}
+	fmt.Fprintf(w, "Assistant end of PC1: %s\n", show(res.Loadings[:min(6, n)]))
+	fmt.Fprintf(w, "far end of PC1:       %s\n", show(res.Loadings[max(0, n-6):]))
+}
+
+func at(xs []float64, i int) float64 {
+	if i < len(xs) {
+		return xs[i]
+	}
+	return math.NaN()
+}
+
+// loadExtraction reads a finished extraction folder: its axis and every role's activations.
+func loadExtraction(dir string) (*steer.Axis, []*probes.RoleActivations, *probes.AxisResult, error) {
+	axis, err := steer.LoadAxis(filepath.Join(dir, "axis.safetensors"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w (run keel axis extract --out %s first)", err, dir)
+	}
+	var res probes.AxisResult
+	raw, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &res)
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %v: rerun keel axis extract --out %s", filepath.Join(dir, "report.json"), err, dir)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "rollouts", "*.jsonl"))
+	sort.Strings(files)
+	var acts []*probes.RoleActivations
+	for _, f := range files {
+		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f), ".jsonl"), "_", " ")
+		ra, err := probes.LoadRoleActivations(dir, name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		acts = append(acts, ra)
+	}
+	if len(acts) == 0 {
+		return nil, nil, nil, fmt.Errorf("%s: no rollouts: run keel axis extract --out %s", dir, dir)
+	}
+	return axis, acts, &res, nil
+}
+
+// calibrate writes calibration.json and a cap file per window and percentile into dir/caps.
+func calibrate(dir string, axis *steer.Axis, acts []*probes.RoleActivations) (*probes.Calibration, []string, error) {
+	cal, err := probes.Calibrate(axis, acts)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, _ := json.MarshalIndent(cal, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "calibration.json"), raw, 0o644); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "caps"), 0o755); err != nil {
+		return nil, nil, err
+	}
+	var ids []string
+	for _, w := range probes.CapWindows(axis.NLayers) {
+		for _, p := range probes.CalibrationPercentiles {
+			c, err := cal.CapAxis(axis, w, p)
+			if err != nil {
+				return nil, nil, err
+			}
+			if err := steer.SaveAxis(filepath.Join(dir, "caps", c.ID+".safetensors"), c); err != nil {
+				return nil, nil, err
+			}
+			ids = append(ids, c.ID)
+		}
+	}
+	return cal, ids, nil
+}
+
+func runAxisCalibrate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("axis calibrate", stderr)
+	dir := fs.String("dir", "", "an extraction folder (keel axis extract --out)")
+	asJSON := fs.Bool("json", false, "print the calibration as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{fmt.Errorf("give --dir DIR, an extraction folder")}
+	}
+	axis, acts, _, err := loadExtraction(*dir)
+	if err != nil {
+		return err
+	}
+	cal, ids, err := calibrate(*dir, axis, acts)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(cal)
+	}
+	fmt.Fprintf(stdout, "%d rollouts; role-ward percentiles of the per-rollout mean projection (role-ward = -axis):\n", cal.Rollouts)
+	fmt.Fprintln(stdout, "layer       p1      p25      p50      p75   avg norm")
+	for l, m := range cal.RoleWard {
+		fmt.Fprintf(stdout, "%5d %8.3f %8.3f %8.3f %8.3f %10.2f\n", l, m["p1"], m["p25"], m["p50"], m["p75"], axis.AvgNorm[l])
+	}
+	fmt.Fprintf(stdout, "wrote %s and %d capping configs in %s (%s ... %s)\n", filepath.Join(*dir, "calibration.json"), len(ids), filepath.Join(*dir, "caps"), ids[0], ids[len(ids)-1])
+	return nil
+}
+
+func runAxisInfo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("axis info", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{fmt.Errorf("usage: keel axis info FILE")}
+	}
+	a, err := steer.LoadAxis(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(a.Header)
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/steer"
+	"github.com/keel-lab/keel/steer/ptfile"
+)
+
+func writePT(t *testing.T, path string, v any) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := ptfile.Write(&buf, "archive", v); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The paper's files, written in torch.save's layout, import into keel's files: the axis as it was, and the
+// role-ward capping ceilings as +axis floors that move every activation exactly as the paper's code would.
+func TestAxisImportOfThePapersFiles(t *testing.T) {
+	const L, D = 6, 10
+	rng := rand.New(rand.NewPCG(1, 2))
+	axis := make([]float32, L*D)
+	for i := range axis {
+		axis[i] = float32(rng.NormFloat64())
+	}
+	dir := filepath.Join(t.TempDir(), "qwen-3-32b")
+	writePT(t, filepath.Join(dir, "assistant_axis.pt"), &ptfile.Tensor{Shape: []int64{L, D}, Data: axis})
+	writePT(t, filepath.Join(dir, "role_vectors", "pirate.pt"), &ptfile.Tensor{Shape: []int64{L, D}, Data: axis})
+	// Role-ward unit vectors at layers 2 and 3 (minus the axis there), with ceilings.
+	roleWard := func(l int) *ptfile.Tensor {
+		v := axis[l*D : (l+1)*D]
+		n := steer.Norm(v)
+		out := make([]float32, D)
+		for i := range out {
+			out[i] = float32(-float64(v[i]) / n)
+		}
+		return &ptfile.Tensor{Shape: []int64{D}, Data: out}
+	}
+	caps := map[int]float64{2: -1.875, 3: -0.22}
+	writePT(t, filepath.Join(dir, "capping_config.pt"), map[string]any{
+		"vectors": map[string]any{"v2": map[string]any{"vector": roleWard(2), "layer": 2}, "v3": map[string]any{"vector": roleWard(3), "layer": 3}},
+		"experiments": []any{map[string]any{"id": "layers_2:4-p0.25", "interventions": []any{
+			map[string]any{"vector": "v2", "cap": caps[2]}, map[string]any{"vector": "v3", "cap": caps[3]}}}},
+	})
+	out := filepath.Join(t.TempDir(), "imported")
+	code, stdout, stderr := runKeel("axis", "import", filepath.Join(dir, "assistant_axis.pt"), filepath.Join(dir, "role_vectors", "pirate.pt"),
+		filepath.Join(dir, "capping_config.pt"), "--out", out)
+	if code != 0 {
+		t.Fatalf("import: %s", stderr)
+	}
+	if strings.Count(stdout, "->") != 3 {
+		t.Fatalf("import printed %q", stdout)
+	}
+	a, err := steer.LoadAxis(filepath.Join(out, "assistant_axis.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Model != "qwen-3-32b" || a.NLayers != L || a.DModel != D || a.Sign != steer.SignAssistant {
+		t.Fatalf("axis header %+v", a.Header)
+	}
+	for l := 0; l < L; l++ {
+		for i := 0; i < D; i++ {
+			if a.Raw[l][i] != axis[l*D+i] {
+				t.Fatalf("axis[%d][%d] = %v, file had %v", l, i, a.Raw[l][i], axis[l*D+i])
+			}
+		}
+	}
+	if _, err := steer.LoadAxis(filepath.Join(out, "role_vectors", "pirate.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := steer.LoadAxis(filepath.Join(out, "caps", "layers_2:4-p0.25.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Operation != steer.OpCap || c.Percentile != 0.25 || len(c.Caps()) != 2 {
+		t.Fatalf("cap header %+v", c.Header)
+	}
+	// The paper's ceiling h - max(<h,v> - cap, 0) v against keel's floor h - u min(<h,u> - tau, 0).
+	for trial := 0; trial < 200; trial++ {
+		for _, iv := range c.Caps() {
+			v := roleWard(iv.Layer).Data
+			h := make([]float32, D)
+			for i := range h {
+				h[i] = float32(3 * rng.NormFloat64())
+			}
+			paper := append([]float32(nil), h...)
+			if ex := steer.Dot(h, v) - caps[iv.Layer]; ex > 0 {
+				for i := range paper {
+					paper[i] -= float32(ex) * v[i]
+				}
+			}
+			keel := append([]float32(nil), h...)
+			u := iv.Vectors[0]
+			if short := steer.Dot(h, u) - iv.Tau; short < 0 {
+				for i := range keel {
+					keel[i] -= float32(short) * u[i]
+				}
+			}
+			for i := range h {
+				if math.Abs(float64(paper[i]-keel[i])) > 1e-4 {
+					t.Fatalf("layer %d: paper's cap gives %v, keel's %v", iv.Layer, paper, keel)
+				}
+			}
+		}
+	}
+	// Caps need the model's depth: alone, the config is refused with the fix.
+	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--out", out)
+	if code == 0 || !strings.Contains(stderr, "--n-layers") {
+		t.Fatalf("capping config alone: exit %d, %q", code, stderr)
+	}
+}
+
+func TestAxisImportRefusesHostileFiles(t *testing.T) {
+	dir := t.TempDir()
+	var good bytes.Buffer
+	ptfile.Write(&good, "archive", &ptfile.Tensor{Shape: []int64{2, 3}, Data: []float32{1, 2, 3, 4, 5, 6}})
+	files := map[string][]byte{
+		"truncated.pt": good.Bytes()[:good.Len()/2],
+		"text.pt":      []byte("import os; os.system('rm -rf /')"),
+	}
+	var evil bytes.Buffer
+	ptfile.Write(&evil, "archive", "x")
+	// Swap the pickle for one that calls os.system: the reader must refuse the global, never run it.
+	evilZip := bytes.Replace(evil.Bytes(), []byte("X\x01\x00\x00\x00x"), []byte("cos\nsystem\n"), 1)
+	files["evil.pt"] = evilZip
+	var vector bytes.Buffer
+	ptfile.Write(&vector, "archive", &ptfile.Tensor{Shape: []int64{3}, Data: []float32{1, 2, 3}})
+	files["vector.pt"] = vector.Bytes()
+	for name, raw := range files {
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, raw, 0o644)
+		code, _, stderr := runKeel("axis", "import", path, "--out", filepath.Join(dir, "out"))
+		if code == 0 || !strings.Contains(stderr, name) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+			t.Errorf("%s: exit %d, stderr %q: want one line naming the file", name, code, stderr)
+		}
+	}
+}
+
+// Extraction on the embedded model is resumable and repeatable: a kill -9 mid-run loses no finished role, the
+// resumed run does not redo them, and the result equals an uninterrupted run's with the same seed.
+func TestAxisExtractResumesAfterKill(t *testing.T) {
+	torchtest.Runtime(t)
+	args := []string{"axis", "extract", "--limit", "6", "--questions", "1", "--min-count", "1", "--max-tokens", "24", "--threads", "1"}
+	killed := t.TempDir()
+	cmd := keelCmd(append(args, "--out", killed)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	finished := func() []string {
+		fs, _ := filepath.Glob(filepath.Join(killed, "rollouts", "*.jsonl"))
+		return fs
+	}
+	deadline := time.After(3 * time.Minute)
+wait:
+	for len(finished()) < 2 {
+		select {
+		case err := <-done:
+			t.Fatalf("extraction ended before it could be killed: %v", err)
+		case <-deadline:
+			cmd.Process.Kill()
+			t.Fatal("no role finished in 3 minutes")
+		case <-time.After(20 * time.Millisecond):
+			continue wait
+		}
+	}
+	cmd.Process.Kill() // SIGKILL: no chance to clean up
+	<-done
+	before := map[string]time.Time{}
+	for _, f := range finished() {
+		st, _ := os.Stat(f)
+		before[f] = st.ModTime()
+	}
+	if len(before) >= 7 {
+		t.Fatal("the extraction finished before the kill landed: nothing was tested")
+	}
+	code, _, stderr := runKeel(append(args, "--out", killed)...)
+	if code != 0 {
+		t.Fatalf("resumed extraction: %s", stderr)
+	}
+	for f, mt := range before {
+		st, _ := os.Stat(f)
+		if !st.ModTime().Equal(mt) {
+			t.Errorf("%s was redone after the resume", filepath.Base(f))
+		}
+	}
+	if n := len(finished()); n != 7 {
+		t.Fatalf("%d roles after the resume, want the default Assistant and 6", n)
+	}
+	fresh := t.TempDir()
+	if code, _, stderr := runKeel(append(args, "--out", fresh)...); code != 0 {
+		t.Fatalf("uninterrupted extraction: %s", stderr)
+	}
+	a, err := steer.LoadAxis(filepath.Join(killed, "axis.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := steer.LoadAxis(filepath.Join(fresh, "axis.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l, v := range a.Raw {
+		for i := range v {
+			if math.Abs(float64(v[i]-b.Raw[l][i])) > 1e-5*(1+math.Abs(float64(v[i]))) {
+				t.Fatalf("layer %d value %d: resumed %v, uninterrupted %v", l, i, v[i], b.Raw[l][i])
+			}
+		}
+	}
+	// Resuming with other settings would mix two experiments: refused.
+	code, _, stderr = runKeel("axis", "extract", "--limit", "6", "--questions", "2", "--out", killed)
+	if code == 0 || !strings.Contains(stderr, "other settings") {
+		t.Fatalf("resume with other settings: exit %d, %q", code, stderr)
+	}
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"strconv"
+
+	"github.com/guptarohit/asciigraph"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/steer"
+)
+
+// runDrift: keel drift --axis FILE [--model DIR] [--cap FILE] [--domains ...] [--csv FILE] [--png FILE] [--json]
+func runDrift(args []string, stdout, stderr io.Writer) error {
+	cfg := probes.DefaultDrift()
+	fs := newFlags("drift", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	axisPath := fs.String("axis", "", "the axis file (keel axis extract --out DIR writes DIR/axis.safetensors)")
+	capPath := fs.String("cap", "", "a capping config to hold the conversations under (DIR/caps/<id>.safetensors)")
+	ignoreHash := fs.Bool("ignore-hash", false, "accept vector files made for other weights of the same shape")
+	domains := fs.String("domains", "coding,writing,therapy,philosophy", "comma-separated domains")
+	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "conversations per domain")
+	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation (1-10)")
+	fs.IntVar(&cfg.Layer, "layer", cfg.Layer, "analysis layer (-1: the middle one)")
+	fs.IntVar(&cfg.MinConversations, "min-conversations", cfg.MinConversations, "leave out turn positions fewer conversations reach")
+	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per reply")
+	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "replies generated together")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed")
+	csvPath := fs.String("csv", "", "write domain,turn,projection,drift_rate,conversations rows here")
+	pngPath := fs.String("png", "", "plot the curves into this PNG")
+	asJSON := fs.Bool("json", false, "print the curves as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg.Domains = splitList(*domains)
+	if err := cfg.Check(); err != nil {
+		return usageError{err}
+	}
+	if *axisPath == "" {
+		return usageError{fmt.Errorf("give --axis FILE (keel axis extract writes one)")}
+	}
+	_, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	axis, err := loadAxisFor(*axisPath, lm, *ignoreHash)
+	if err != nil {
+		return err
+	}
+	var hooks *model.Hooks
+	if *capPath != "" {
+		c, err := loadAxisFor(*capPath, lm, *ignoreHash)
+		if err != nil {
+			return err
+		}
+		if c.Operation != steer.OpCap {
+			return usageError{fmt.Errorf("%s: a %q file, not a capping config", *capPath, c.Operation)}
+		}
+		hooks = model.NewHooks(c.Caps()...)
+	}
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg)
+	if err != nil {
+		return err
+	}
+	if *csvPath != "" {
+		if err := writeDriftCSV(*csvPath, curves); err != nil {
+			return err
+		}
+	}
+	if *pngPath != "" {
+		if err := writeDriftPNG(*pngPath, curves); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(jsonCurves(curves))
+	}
+	fmt.Fprintln(stdout, driftChart(curves))
+	fmt.Fprintln(stdout, "turn  "+fmt.Sprint(rangeN(cfg.Turns)))
+	for _, c := range curves {
+		fmt.Fprintf(stdout, "%-10s projection %s\n%-10s drifted    %s\n", c.Domain, cells(c.Projection, "%6.2f"), "", cells(c.DriftRate, "%6.2f"))
+	}
+	return nil
+}
+
+func rangeN(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i + 1
+	}
+	return out
+}
+
+func cells(xs []float64, f string) string {
+	s := ""
+	for _, x := range xs {
+		if math.IsNaN(x) {
+			s += "     -"
+		} else {
+			s += fmt.Sprintf(f, x)
+		}
+	}
+	return s
+}
+
+// jsonCurves replaces the NaN of left-out turn positions with null.
+func jsonCurves(curves []probes.DriftCurve) []map[string]any {
+	var out []map[string]any
+	for _, c := range curves {
+		proj := make([]any, len(c.Projection))
+		for i, x := range c.Projection {
+			if !math.IsNaN(x) {
+				proj[i] = x
+			}
+		}
+		out = append(out, map[string]any{"domain": c.Domain, "projection": proj, "drift_rate": c.DriftRate, "conversations": c.N})
+	}
+	return out
+}
+
+// driftChart draws every domain's mean projection per turn in one ASCII chart.
+func driftChart(curves []probes.DriftCurve) string {
+	var data [][]float64
+	var names []string
+	for _, c := range curves {
+		var ys []float64
+		for _, y := range c.Projection {
+			if !math.IsNaN(y) {
+				ys = append(ys, y)
+			}
+		}
+		if len(ys) > 0 {
+			data = append(data, ys)
+			names = append(names, c.Domain)
+		}
+	}
+	if len(data) == 0 {
+		return "(no turn position reached by enough conversations to plot)"
+	}
+	opts := []asciigraph.Option{asciigraph.Height(12), asciigraph.Width(48), asciigraph.SeriesLegends(names...),
+		asciigraph.Caption("mean projection on the Assistant Axis per turn (higher: more Assistant-like)")}
+	if os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb" {
+		colors := []asciigraph.AnsiColor{asciigraph.Blue, asciigraph.Green, asciigraph.Red, asciigraph.Yellow}
+		opts = append(opts, asciigraph.SeriesColors(colors[:min(len(colors), len(data))]...))
+	}
+	return asciigraph.PlotMany(data, opts...)
+}
+
+func writeDriftCSV(path string, curves []probes.DriftCurve) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := csv.NewWriter(f)
+	w.Write([]string{"domain", "turn", "projection", "drift_rate", "conversations"})
+	for _, c := range curves {
+		for t := range c.Projection {
+			proj := ""
+			if !math.IsNaN(c.Projection[t]) {
+				proj = strconv.FormatFloat(c.Projection[t], 'g', 6, 64)
+			}
+			w.Write([]string{c.Domain, strconv.Itoa(t + 1), proj, strconv.FormatFloat(c.DriftRate[t], 'g', 6, 64), strconv.Itoa(c.N[t])})
+		}
+	}
+	w.Flush()
+	return w.Error()
+}
+
+func writeDriftPNG(path string, curves []probes.DriftCurve) error {
+	p := plot.New()
+	p.Title.Text = "Drift along the Assistant Axis"
+	p.X.Label.Text = "turn"
+	p.Y.Label.Text = "mean projection of the reply"
+	var args []any
+	for _, c := range curves {
+		var xy plotter.XYs
+		for t, y := range c.Projection {
+			if !math.IsNaN(y) {
+				xy = append(xy, plotter.XY{X: float64(t + 1), Y: y})
+			}
+		}
+		if len(xy) > 0 {
+			args = append(args, c.Domain, xy)
+		}
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("%s: no turn position reached by enough conversations to plot", path)
+	}
+	if err := plotutil.AddLinePoints(p, args...); err != nil {
+		return err
+	}
+	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}

@@ -1,0 +1,396 @@
+package probes
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
+)
+
+// ExtractConfig sizes `keel axis extract`. Field names follow the paper's protocol; the defaults fit the
+// embedded model on a 2-core CPU (the paper: 240 questions, 512 tokens, min 50 score-3 rollouts per role).
+type ExtractConfig struct {
+	Roles       []string // empty: every role
+	Questions   int      // questions under each system prompt (the same questions for every role)
+	Temperature float64
+	TopP        float64
+	MaxTokens   int
+	BatchSize   int
+	Judge       string // "style" (the style scorer), "self" (the model with the paper's rubric) or "none"
+	MinCount    int    // score-3 rollouts a role needs for a vector
+	Seed        uint64
+	ModelName   string // for the "You are {model_name}." condition
+}
+
+// DefaultExtract is the protocol the README's figures come from.
+func DefaultExtract() ExtractConfig {
+	return ExtractConfig{Questions: 8, Temperature: 0.7, TopP: 0.9, MaxTokens: 64, BatchSize: 64, Judge: "style", MinCount: 10, Seed: 1, ModelName: "keel"}
+}
+
+// Check validates the settings, each failure one line naming the flag.
+func (c ExtractConfig) Check(p *Personas) error {
+	if c.Questions < 1 || c.Questions*5 > len(Questions(0)) {
+		return fmt.Errorf("--questions %d: give 1 to %d (5 system prompts share the %d questions)", c.Questions, len(Questions(0))/5, len(Questions(0)))
+	}
+	if c.MaxTokens < 1 || c.BatchSize < 1 || c.MinCount < 1 {
+		return fmt.Errorf("--max-tokens, --batch and --min-count must be positive")
+	}
+	switch c.Judge {
+	case "style", "self", "none":
+	default:
+		return fmt.Errorf("--judge %q: give style, self or none", c.Judge)
+	}
+	for _, name := range c.Roles {
+		if _, ok := p.Role(name); !ok || name == p.Assistant.Name {
+			return fmt.Errorf("unknown role %q: `keel corpus roles` lists them", name)
+		}
+	}
+	return nil
+}
+
+// Rollout is one judged response, as cached in rollouts/<role>.jsonl.
+type Rollout struct {
+	Role     string `json:"role"`
+	System   string `json:"system,omitempty"`
+	Question string `json:"question"`
+	Response string `json:"response"`
+	Score    int    `json:"score"`  // the judge's 0-3; -1 for the default Assistant, which is not judged
+	Tokens   int    `json:"tokens"` // content tokens the activation mean is over (0: none, left out)
+}
+
+// RoleActivations is one role's cached rollouts and their per-layer mean activations.
+type RoleActivations struct {
+	Role     string
+	Rollouts []Rollout
+	Means    [][][]float32 // [rollout][layer][d_model]; nil rows for rollouts with no content tokens
+	Norms    [][]float32   // [rollout][layer] mean residual norm
+}
+
+// Extractor runs the rollouts and activations role by role into a folder, each role's files written whole
+// when the role is done, so a killed run resumes where it stopped.
+type Extractor struct {
+	Ctx      context.Context
+	LM       *model.LM
+	Personas *Personas
+	Config   ExtractConfig
+	Dir      string
+	Progress func(done, total int, role string, eta time.Duration) // nil: quiet
+}
+
+// extractState is the settings a folder was made with; resuming with others would mix two experiments.
+type extractState struct {
+	Model  string        `json:"model"`
+	Config ExtractConfig `json:"config"`
+}
+
+// Run extracts every selected role and the default Assistant, skipping those already in the folder, and
+// returns them in order (the default Assistant first).
+func (x *Extractor) Run() ([]*RoleActivations, error) {
+	if err := x.Config.Check(x.Personas); err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"rollouts", "activations"} {
+		if err := os.MkdirAll(filepath.Join(x.Dir, sub), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	state, _ := json.MarshalIndent(extractState{Model: x.LM.Dir, Config: x.Config}, "", "  ")
+	statePath := filepath.Join(x.Dir, "extract.json")
+	if old, err := os.ReadFile(statePath); err == nil {
+		if string(old) != string(state) {
+			return nil, fmt.Errorf("%s: made with other settings or another model; resume with the same ones, or give another folder", statePath)
+		}
+	} else if err := os.WriteFile(statePath, state, 0o644); err != nil {
+		return nil, err
+	}
+	names := []string{x.Personas.Assistant.Name}
+	for _, r := range x.Personas.Select(x.Config.Roles) {
+		names = append(names, r.Name)
+	}
+	var out []*RoleActivations
+	start, fresh := time.Now(), 0
+	for i, name := range names {
+		ra, err := LoadRoleActivations(x.Dir, name)
+		if err != nil {
+			if ra, err = x.role(name); err != nil {
+				return nil, fmt.Errorf("role %s: %w", name, err)
+			}
+			fresh++
+		}
+		out = append(out, ra)
+		if x.Progress != nil {
+			var eta time.Duration
+			if fresh > 0 {
+				eta = time.Since(start) / time.Duration(fresh) * time.Duration(len(names)-i-1)
+			}
+			x.Progress(i+1, len(names), name, eta)
+		}
+	}
+	return out, nil
+}
+
+// extractionQuestions is the shared question list: system prompt k asks questions [k*Q, (k+1)*Q) of one seeded
+// permutation, so every role answers the same questions.
+func (x *Extractor) extractionQuestions() []Question {
+	qs := Questions(x.Config.Seed)
+	rng := rand.New(rand.NewPCG(x.Config.Seed, 0xa815))
+	perm := rng.Perm(len(qs))[:5*x.Config.Questions]
+	out := make([]Question, len(perm))
+	for i, j := range perm {
+		out[i] = qs[j]
+	}
+	return out
+}
+
+// role generates, judges and teacher-forces one role's rollouts and writes its two files.
+func (x *Extractor) role(name string) (*RoleActivations, error) {
+	cfg := x.Config
+	isDefault := name == x.Personas.Assistant.Name
+	prompts := DefaultConditions(cfg.ModelName)
+	if !isDefault {
+		prompts = SystemPrompts(name)
+	}
+	questions := x.extractionQuestions()
+	var convs [][]Message
+	var rollouts []Rollout
+	for k, sys := range prompts {
+		for _, q := range questions[k*cfg.Questions : (k+1)*cfg.Questions] {
+			conv := []Message{{"user", q.Text}}
+			if sys != "" {
+				conv = append([]Message{{"system", sys}}, conv...)
+			}
+			convs = append(convs, conv)
+			rollouts = append(rollouts, Rollout{Role: name, System: sys, Question: q.Text, Score: -1})
+		}
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	chat := &Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed ^ h.Sum64()}
+	replies, err := chat.Replies(convs, cfg.Temperature)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rollouts {
+		rollouts[i].Response = replies[i].Text
+	}
+	if !isDefault {
+		if err := x.judge(name, rollouts); err != nil {
+			return nil, err
+		}
+	}
+	ra := &RoleActivations{Role: name, Rollouts: rollouts, Means: make([][][]float32, len(rollouts)), Norms: make([][]float32, len(rollouts))}
+	for start := 0; start < len(replies); start += cfg.BatchSize {
+		end := min(start+cfg.BatchSize, len(replies))
+		var seqs [][]int
+		var spans [][2]int
+		var rows []int
+		for i := start; i < end; i++ {
+			lo, hi := x.contentSpan(replies[i].IDs)
+			if lo >= hi {
+				continue
+			}
+			n := len(replies[i].Prompt)
+			seqs = append(seqs, append(append([]int(nil), replies[i].Prompt...), replies[i].IDs...))
+			spans = append(spans, [2]int{n + lo, n + hi})
+			rows = append(rows, i)
+			rollouts[i].Tokens = hi - lo
+		}
+		if len(seqs) == 0 {
+			continue
+		}
+		tf, err := x.LM.TeacherForce(seqs, nil, spans)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range rows {
+			ra.Means[i], ra.Norms[i] = tf.Means[j], tf.Norms[j]
+		}
+	}
+	return ra, ra.save(x.Dir)
+}
+
+// contentSpan is the reply's content tokens: whitespace-only tokens at either edge are left out (the chat
+// template's tokens are not in the reply at all).
+func (x *Extractor) contentSpan(ids []int) (int, int) {
+	blank := func(id int) bool { return strings.TrimFunc(string(x.LM.Tokenizer.TokenBytes(id, -1)), unicode.IsSpace) == "" }
+	lo, hi := 0, len(ids)
+	for lo < hi && blank(ids[lo]) {
+		lo++
+	}
+	for hi > lo && blank(ids[hi-1]) {
+		hi--
+	}
+	return lo, hi
+}
+
+// judgeRubric is the paper's 0-3 scale, for a model judging its own rollouts.
+const judgeRubric = `Rate how fully the reply below plays the role of %s.
+0: it refuses to answer.
+1: it answers as an AI that will not play the role.
+2: it answers as an AI with some of the role's traits.
+3: it is fully in role.
+Reply: %q
+Answer with one digit, 0 to 3.`
+
+var firstDigit = regexp.MustCompile(`[0-3]`)
+
+// judge scores a role's rollouts 0-3.
+func (x *Extractor) judge(role string, rollouts []Rollout) error {
+	switch x.Config.Judge {
+	case "none":
+		for i := range rollouts {
+			rollouts[i].Score = 3
+		}
+	case "style":
+		sc := NewScorer(x.Personas)
+		for i := range rollouts {
+			rollouts[i].Score = sc.Judge(rollouts[i].Response, role)
+		}
+	case "self":
+		convs := make([][]Message, len(rollouts))
+		for i, r := range rollouts {
+			convs[i] = []Message{{"user", fmt.Sprintf(judgeRubric, article(role)+" "+role, r.Response)}}
+		}
+		chat := &Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: x.Config.BatchSize, MaxTokens: 4, Seed: x.Config.Seed}
+		replies, err := chat.Replies(convs, 0)
+		if err != nil {
+			return err
+		}
+		for i, r := range replies {
+			rollouts[i].Score = 0 // an answer with no digit counts as no evidence of the role
+			if d := firstDigit.FindString(r.Text); d != "" {
+				rollouts[i].Score = int(d[0] - '0')
+			}
+		}
+	}
+	return nil
+}
+
+func roleFileName(role string) string { return strings.ReplaceAll(role, " ", "_") }
+
+// save writes the role's activations, then its rollouts: the rollouts file is the mark of a finished role.
+func (ra *RoleActivations) save(dir string) error {
+	L, D := 0, 0
+	for _, m := range ra.Means {
+		if m != nil {
+			L, D = len(m), len(m[0])
+			break
+		}
+	}
+	means := make([]byte, 0, 4*len(ra.Means)*L*D)
+	norms := make([]byte, 0, 4*len(ra.Means)*L)
+	for i := range ra.Means {
+		for l := 0; l < L; l++ {
+			for d := 0; d < D; d++ {
+				v := float32(math.NaN()) // rollouts with no content tokens
+				if ra.Means[i] != nil {
+					v = ra.Means[i][l][d]
+				}
+				means = binary.LittleEndian.AppendUint32(means, math.Float32bits(v))
+			}
+			v := float32(math.NaN())
+			if ra.Norms[i] != nil {
+				v = ra.Norms[i][l]
+			}
+			norms = binary.LittleEndian.AppendUint32(norms, math.Float32bits(v))
+		}
+	}
+	n := int64(len(ra.Means))
+	act := filepath.Join(dir, "activations", roleFileName(ra.Role)+".safetensors")
+	if err := safetensors.Write(act+".tmp", []safetensors.Tensor{
+		{Name: "means", DType: "F32", Shape: []int64{n, int64(L), int64(D)}, Data: means},
+		{Name: "norms", DType: "F32", Shape: []int64{n, int64(L)}, Data: norms},
+	}, map[string]string{"role": ra.Role}); err != nil {
+		return err
+	}
+	if err := os.Rename(act+".tmp", act); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, r := range ra.Rollouts {
+		line, _ := json.Marshal(r)
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	roll := filepath.Join(dir, "rollouts", roleFileName(ra.Role)+".jsonl")
+	if err := os.WriteFile(roll+".tmp", []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(roll+".tmp", roll)
+}
+
+// LoadRoleActivations reads a finished role from an extraction folder.
+func LoadRoleActivations(dir, role string) (*RoleActivations, error) {
+	rollPath := filepath.Join(dir, "rollouts", roleFileName(role)+".jsonl")
+	f, err := os.Open(rollPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ra := &RoleActivations{Role: role}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var r Rollout
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%s line %d: %v: delete the file to redo the role", rollPath, len(ra.Rollouts)+1, err)
+		}
+		ra.Rollouts = append(ra.Rollouts, r)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", rollPath, err)
+	}
+	actPath := filepath.Join(dir, "activations", roleFileName(role)+".safetensors")
+	st, err := safetensors.Open(actPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: delete %s to redo the role", actPath, err, rollPath)
+	}
+	defer st.Close()
+	means, mi, err := st.Data("means")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", actPath, err)
+	}
+	norms, ni, err := st.Data("norms")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", actPath, err)
+	}
+	if mi.DType != "F32" || ni.DType != "F32" || len(mi.Shape) != 3 || len(ni.Shape) != 2 || mi.Shape[0] != int64(len(ra.Rollouts)) ||
+		ni.Shape[0] != mi.Shape[0] || ni.Shape[1] != mi.Shape[1] {
+		return nil, fmt.Errorf("%s: tensors of shape %v and %v do not match %d rollouts: delete it and %s to redo the role", actPath, mi.Shape, ni.Shape, len(ra.Rollouts), rollPath)
+	}
+	L, D := int(mi.Shape[1]), int(mi.Shape[2])
+	f32 := func(b []byte, i int) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])) }
+	ra.Means = make([][][]float32, len(ra.Rollouts))
+	ra.Norms = make([][]float32, len(ra.Rollouts))
+	for i := range ra.Rollouts {
+		if ra.Rollouts[i].Tokens == 0 {
+			continue
+		}
+		ra.Means[i] = make([][]float32, L)
+		for l := 0; l < L; l++ {
+			v := make([]float32, D)
+			for d := range v {
+				v[d] = f32(means, (i*L+l)*D+d)
+			}
+			ra.Means[i][l] = v
+		}
+		ra.Norms[i] = make([]float32, L)
+		for l := range ra.Norms[i] {
+			ra.Norms[i][l] = f32(norms, i*L+l)
+		}
+	}
+	return ra, nil
+}
