@@ -225,7 +225,9 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 // contentSpan is the reply's content tokens: whitespace-only tokens at either edge are left out (the chat
 // template's tokens are not in the reply at all).
 func (x *Extractor) contentSpan(ids []int) (int, int) {
-	blank := func(id int) bool { return strings.TrimFunc(string(x.LM.Tokenizer.TokenBytes(id, -1)), unicode.IsSpace) == "" }
+	blank := func(id int) bool {
+		return strings.TrimFunc(string(x.LM.Tokenizer.TokenBytes(id, -1)), unicode.IsSpace) == ""
+	}
 	lo, hi := 0, len(ids)
 	for lo < hi && blank(ids[lo]) {
 		lo++
