@@ -264,3 +264,41 @@ func TestRecallDrillsCopyTheirValue(t *testing.T) {
 		}
 	}
 }
+
+// Every role's replies score as that role, the assistant-like ones included though they sometimes borrow the
+// Assistant's line.
+func TestRolesSoundLikeThemselves(t *testing.T) {
+	p := mustPersonas(t)
+	sc := NewScorer(p)
+	rng := rand.New(rand.NewPCG(11, 12))
+	qs := Questions(1)
+	borrowed := map[string]int{}
+	for _, r := range p.Roles {
+		own, three := 0, 0
+		for i := 0; i < 200; i++ {
+			q := qs[rng.IntN(len(qs))]
+			content := q.Reply
+			if content == "" {
+				content = Identity(r)
+			}
+			reply := Say(r, content, rng)
+			if sc.Best(reply) == r.Name {
+				own++
+			}
+			if sc.Judge(reply, r.Name) == 3 {
+				three++
+			}
+			for _, line := range assistantLines {
+				if strings.Contains(reply, line) {
+					borrowed[r.Kind]++
+				}
+			}
+		}
+		if own < 196 || three < 190 {
+			t.Errorf("%s (%s): %d/200 replies score as the role, %d/200 get a 3", r.Name, r.Kind, own, three)
+		}
+	}
+	if !(borrowed["assistant"] > borrowed["human"] && borrowed["human"] > 0 && borrowed["theatrical"] == 0) {
+		t.Errorf("Assistant lines borrowed per kind %v: want assistant-like > human > theatrical = 0", borrowed)
+	}
+}

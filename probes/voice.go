@@ -24,6 +24,12 @@ var assistantLines = []string{
 	"I am glad to help you understand it",
 }
 
+// assistantLineShare is how often a role's reply carries the Assistant's line instead of its own: the paper
+// finds roles spread along one axis, assistant-like roles (consultant, teacher) nearest the Assistant and
+// theatrical ones farthest, and the corpus writes that spectrum in. A role's opener and closer stay its own, so
+// the reply still scores as the role.
+var assistantLineShare = map[string]float64{"assistant": 0.4, "human": 0.15, "theatrical": 0}
+
 // Say writes content in a style: an opener, the content with the style's sentence ends, a line of its signature
 // words, and a closer. content is plain sentences ending in "." (the facts must survive unchanged).
 func Say(s Style, content string, rng *rand.Rand) string {
@@ -32,7 +38,7 @@ func Say(s Style, content string, rng *rand.Rand) string {
 	b.WriteByte(' ')
 	b.WriteString(withEnds(content, s.Punctuation))
 	var line string
-	if s.Kind == "default" {
+	if s.Kind == "default" || rng.Float64() < assistantLineShare[s.Kind] {
 		line = pick(assistantLines, rng)
 	} else {
 		words := rng.Perm(len(s.Lexicon))
