@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -224,5 +225,73 @@ wait:
 	code, _, stderr = runKeel("axis", "extract", "--limit", "6", "--questions", "2", "--out", killed)
 	if code == 0 || !strings.Contains(stderr, "other settings") {
 		t.Fatalf("resume with other settings: exit %d, %q", code, stderr)
+	}
+}
+
+// The drift experiment and the capping evaluation run end to end on the embedded model (a small protocol: the
+// README's figures come from the full one) and print their figures as JSON.
+func TestDriftAndCappingCommands(t *testing.T) {
+	torchtest.Runtime(t)
+	dir := t.TempDir()
+	code, stdout, stderr := runKeel("eval", "capping", "--dir", dir, "--limit", "4", "--questions", "1", "--min-count", "1", "--max-tokens", "24",
+		"--conversations", "2", "--turns", "2", "--jailbreaks", "3", "--identity", "3", "--windows", "2:6", "--percentiles", "0.25", "--json")
+	if code != 0 {
+		t.Fatalf("eval capping: %s", stderr)
+	}
+	var rep struct {
+		PC1               *float64 `json:"pc1_axis_cosine_mid"`
+		SteerAwayRatio    *float64 `json:"steer_away_identity_ratio"`
+		SteerTowardChange *float64 `json:"steer_toward_jailbreak_change"`
+		Best              struct {
+			ID                 string   `json:"id"`
+			DriftReduction     *float64 `json:"drift_reduction"`
+			JailbreakReduction *float64 `json:"jailbreak_reduction"`
+			CapabilityChange   *float64 `json:"capability_change"`
+		} `json:"best"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("eval capping --json printed %q: %v", stdout, err)
+	}
+	if rep.PC1 == nil || *rep.PC1 < 0 || *rep.PC1 > 1 || rep.SteerAwayRatio == nil || rep.SteerTowardChange == nil ||
+		rep.Best.ID != "layers_2:6-p0.25" || rep.Best.DriftReduction == nil || rep.Best.JailbreakReduction == nil || rep.Best.CapabilityChange == nil {
+		t.Fatalf("eval capping figures: %s", stdout)
+	}
+	for _, f := range []string{"axis.safetensors", "report.json", "calibration.json", "capping.json", "caps/layers_2:6-p0.25.safetensors"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("eval capping left no %s", f)
+		}
+	}
+	csvPath, pngPath := filepath.Join(dir, "drift.csv"), filepath.Join(dir, "drift.png")
+	code, stdout, stderr = runKeel("drift", "--axis", filepath.Join(dir, "axis.safetensors"), "--cap", filepath.Join(dir, "caps", "layers_2:6-p0.25.safetensors"),
+		"--conversations", "2", "--turns", "2", "--min-conversations", "1", "--max-tokens", "24", "--csv", csvPath, "--png", pngPath, "--json")
+	if code != 0 {
+		t.Fatalf("drift: %s", stderr)
+	}
+	var curves []struct {
+		Domain     string     `json:"domain"`
+		Projection []*float64 `json:"projection"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &curves); err != nil || len(curves) != 4 {
+		t.Fatalf("drift --json printed %q (%v)", stdout, err)
+	}
+	for _, c := range curves {
+		if len(c.Projection) != 2 || c.Projection[0] == nil || math.IsNaN(*c.Projection[0]) {
+			t.Fatalf("%s projection %v", c.Domain, c.Projection)
+		}
+	}
+	if raw, err := os.ReadFile(csvPath); err != nil || strings.Count(string(raw), "\n") != 9 {
+		t.Fatalf("drift CSV: %q %v", raw, err)
+	}
+	if st, err := os.Stat(pngPath); err != nil || st.Size() < 1000 {
+		t.Fatalf("drift PNG: %v", err)
+	}
+	// A file of the wrong kind or for the wrong model is refused with one line.
+	code, _, stderr = runKeel("drift", "--axis", filepath.Join(dir, "axis.safetensors"), "--cap", filepath.Join(dir, "axis.safetensors"))
+	if code == 0 || !strings.Contains(stderr, "not a capping config") {
+		t.Fatalf("an axis as --cap: exit %d, %q", code, stderr)
+	}
+	code, _, stderr = runKeel("drift", "--axis", filepath.Join(dir, "axis.safetensors"), "--model", storiesDir(t))
+	if code == 0 || !strings.Contains(stderr, "extract an axis for it") {
+		t.Fatalf("an axis of another model: exit %d, %q", code, stderr)
 	}
 }
