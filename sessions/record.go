@@ -3,23 +3,41 @@ package sessions
 import (
 	"context"
 	"encoding/json"
+	"sync"
 
 	"github.com/keel-lab/keel/engine/model"
 )
 
-// Recording drives a chat's record: the file, the screen it renders (for live display and replay), and the
-// axis whose projections every generated token carries.
+// Recording drives a chat's record: the file (none when Rec is nil: --no-record still shows projections), the
+// screen it renders (for live display and replay), and the axis whose projections every generated token
+// carries.
 type Recording struct {
 	Rec    *Recorder
 	Screen *Screen
-	Axis   map[int][]float32 // layer -> unit vector, for Header.Layers
+	Axis   map[int][]float32 // layer -> unit vector, for the recorded layers
+	Layers []int             // the recorded layers when Rec is nil (else the header's)
 	// OnFrame, when set, receives the frame after every event (what a terminal would show).
 	OnFrame func(string)
+	// OnToken, when set, receives every generated token's event (projections, cap movements) as it is recorded.
+	OnToken func(Event)
+	live    *model.Hooks
+	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
+}
+
+func (r *Recording) layers() []int {
+	if r.Rec != nil {
+		return r.Rec.header.Layers
+	}
+	return r.Layers
 }
 
 func (r *Recording) add(e Event) error {
-	if err := r.Rec.Add(e); err != nil {
-		return err
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Rec != nil {
+		if err := r.Rec.Add(e); err != nil {
+			return err
+		}
 	}
 	if r.Screen != nil {
 		r.Screen.Apply(e)
@@ -53,36 +71,55 @@ func (r *Recording) Control(name string, value any) error {
 // Mark records a label (good, bad, or a bookmark) on the current turn.
 func (r *Recording) Mark(label string) error { return r.add(Event{Type: Marker, Label: label}) }
 
-// hooks is the turn's interventions followed by a capture of the axis at each recorded layer, so recorded
+// withCaptures is the interventions followed by a capture of the axis at each recorded layer, so recorded
 // projections see the stream as the interventions left it.
-func (r *Recording) hooks(interventions []model.Intervention) ([]model.Intervention, map[int]int) {
+func (r *Recording) withCaptures(interventions []model.Intervention) []model.Intervention {
 	list := append([]model.Intervention(nil), interventions...)
-	captureAt := map[int]int{} // intervention index -> position in Header.Layers
-	for i, l := range r.Rec.header.Layers {
-		v, ok := r.Axis[l]
-		if !ok {
-			continue
+	for _, l := range r.layers() {
+		if v, ok := r.Axis[l]; ok {
+			list = append(list, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "axis"})
 		}
-		captureAt[len(list)] = i
-		list = append(list, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "axis"})
 	}
-	return list, captureAt
+	return list
+}
+
+func (r *Recording) hooks() *model.Hooks {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.live == nil {
+		r.live = model.NewHooks()
+	}
+	return r.live
+}
+
+// Retarget replaces the interventions of the turn in flight (and of the next turns' start): generation uses the
+// new list from its next token. The change is recorded as a control event.
+func (r *Recording) Retarget(interventions []model.Intervention) error {
+	r.hooks().Set(r.withCaptures(interventions))
+	return r.Control("interventions", interventions)
 }
 
 // Generate runs the model on the context ids as a recorded assistant turn: every token with its projections and
-// cap movements, the text at the end. hooks is the live intervention list (the TUI may change it mid-turn).
+// cap movements, the text at the end, under the given interventions; Retarget changes them while it runs (the
+// TUI's live controls).
 func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onText func(string)) (string, []int, error) {
-	list, captureAt := r.hooks(interventions)
 	if err := r.add(Event{Type: TurnStart, Role: "assistant", Context: contextIDs, Interventions: interventions}); err != nil {
 		return "", nil, err
 	}
-	g.Hooks = model.NewHooks(list...)
+	g.Hooks = r.hooks()
+	g.Hooks.Set(r.withCaptures(interventions))
+	pos := map[int]int{} // recorded layer -> its place in the token's projections
+	for i, l := range r.layers() {
+		pos[l] = i
+	}
 	var recErr error
 	res, err := lm.GenerateText(ctx, [][]int{contextIDs}, model.TextConfig{GenerateConfig: g, OnText: func(text string, st model.Step) error {
-		e := Event{Type: Token, ID: st.ID, Piece: text, Proj: make([]float32, len(r.Rec.header.Layers))}
+		e := Event{Type: Token, ID: st.ID, Piece: text, Proj: make([]float32, len(r.layers()))}
 		for _, rec := range st.Records {
-			if pos, ok := captureAt[rec.Intervention]; ok {
-				e.Proj[pos] = rec.Values[0]
+			if rec.Kind == model.Capture {
+				if i, ok := pos[rec.Layer]; ok {
+					e.Proj[i] = rec.Values[0]
+				}
 			} else if rec.Kind == model.Cap {
 				e.Caps = append(e.Caps, rec.Values[0])
 			}
@@ -90,6 +127,9 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 		if err := r.add(e); err != nil {
 			recErr = err
 			return err
+		}
+		if r.OnToken != nil {
+			r.OnToken(e)
 		}
 		if onText != nil {
 			onText(text)

@@ -1,0 +1,610 @@
+// Package tui is keel's workbench: chat with a model while its replies are plotted token by token on the
+// Assistant Axis, cap or steer it live, fine-tune it in the background and replay recorded sessions.
+package tui
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/charmbracelet/bubbles/help"
+	"github.com/charmbracelet/bubbles/key"
+	"github.com/charmbracelet/bubbles/textarea"
+	"github.com/charmbracelet/bubbles/viewport"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/x/ansi"
+	"github.com/muesli/termenv"
+
+	"github.com/keel-lab/keel/sessions"
+)
+
+// Options configure the app.
+type Options struct {
+	Engine   Engine
+	Jobs     JobRunner // nil: /train is unavailable
+	Sampling Sampling
+	Controls Controls
+	System   string
+	Styles   Styles
+	Keys     KeyMap
+	Mouse    bool
+	Tint     bool
+	// Now stands in for time.Now in tests (fixed tokens/s figures in golden files).
+	Now func() time.Time
+	// Memory reports the process's resident memory in bytes (nil: /proc/self/statm).
+	Memory func() uint64
+	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable).
+	Load func(modelDir, axis string) (Engine, error)
+}
+
+// turn is one message of the chat as shown.
+type turn struct {
+	role   string
+	text   string
+	tokens []Token // generated turns: every token with its projection
+	cached string  // the rendered turn, when finished, at cachedW
+	width  int
+}
+
+// App is the Bubble Tea model of the main screen.
+type App struct {
+	opt      Options
+	keys     KeyMap
+	help     help.Model
+	input    textarea.Model
+	chat     viewport.Model
+	st       Styles
+	width    int
+	height   int
+	turns    []turn
+	controls Controls
+	sampling Sampling
+	system   string
+
+	generating bool
+	cancel     context.CancelFunc
+	stream     chan tea.Msg
+	genStart   time.Time
+	genTokens  int
+	tokPerSec  float64
+
+	showHelp bool
+	showJobs bool
+	mouse    bool
+	tint     bool
+	notice   string
+	jobs     []*jobView
+	replay   *replayState
+	quitting bool
+
+	// Rendered panes, refreshed by Update; View only joins them.
+	statusLine, plotPane, controlsPane, jobsPane, helpLine string
+}
+
+// New makes the app.
+func New(opt Options) *App {
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Memory == nil {
+		opt.Memory = residentMemory
+	}
+	if opt.Keys.Send.Keys() == nil {
+		opt.Keys = DefaultKeyMap()
+	}
+	ta := textarea.New()
+	ta.Placeholder = "Type a message, or /help"
+	ta.ShowLineNumbers = false
+	ta.CharLimit = 0
+	ta.SetHeight(2)
+	ta.Prompt = "> "
+	ta.KeyMap.InsertNewline = opt.Keys.Newline
+	if opt.Styles.r == nil {
+		opt.Styles = NewStyles(termenv.Ascii)
+	}
+	ta.FocusedStyle, ta.BlurredStyle = opt.Styles.textareaStyle(), opt.Styles.textareaStyle()
+	ta.Focus()
+	h := help.New()
+	h.Styles = opt.Styles.helpStyles()
+	h.ShortSeparator, h.FullSeparator = " · ", "   "
+	a := &App{opt: opt, keys: opt.Keys, help: h, input: ta, chat: viewport.New(80, 10), st: opt.Styles,
+		controls: opt.Controls, sampling: opt.Sampling, system: opt.System, mouse: opt.Mouse, tint: opt.Tint}
+	a.chat.KeyMap = viewport.KeyMap{} // the chat scrolls with pgup/pgdn only: every other key goes to the input
+	if err := opt.Engine.Apply(a.controls); err != nil {
+		a.notice = err.Error()
+	}
+	if opt.System != "" {
+		a.turns = append(a.turns, turn{role: "system", text: opt.System})
+	}
+	a.resize(80, 24)
+	return a
+}
+
+// Engine is the engine the app ends with (/model and /load replace it).
+func (a *App) Engine() Engine { return a.opt.Engine }
+
+// Init implements tea.Model.
+func (a *App) Init() tea.Cmd {
+	if a.mouse {
+		return tea.Batch(textarea.Blink, tea.EnableMouseCellMotion)
+	}
+	return textarea.Blink
+}
+
+// Messages of the app's own commands.
+type (
+	tokenMsg struct{ t Token }
+	doneMsg  struct {
+		reply string
+		err   error
+	}
+)
+
+// waitStream reads the next message of a generation.
+func waitStream(ch chan tea.Msg) tea.Cmd {
+	return func() tea.Msg { return <-ch }
+}
+
+// Update implements tea.Model.
+func (a *App) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	cmd := a.update(msg)
+	a.refresh()
+	return a, cmd
+}
+
+func (a *App) update(msg tea.Msg) tea.Cmd {
+	switch msg := msg.(type) {
+	case tea.WindowSizeMsg:
+		a.resize(msg.Width, msg.Height)
+		return nil
+	case tokenMsg:
+		a.appendToken(msg.t)
+		return waitStream(a.stream)
+	case doneMsg:
+		a.finishGeneration(msg.reply, msg.err)
+		return nil
+	case JobUpdate:
+		a.jobUpdate(msg)
+		return nil
+	case engineMsg:
+		if msg.err != nil {
+			a.notice = "could not load " + msg.what + ": " + msg.err.Error()
+			return nil
+		}
+		a.opt.Engine.Close()
+		a.opt.Engine = msg.eng
+		c := a.controls
+		c.Layer = min(c.Layer, msg.eng.Info().Layers-1)
+		c.CapOn, c.SteerOn = false, false
+		a.controls = c
+		if err := msg.eng.Apply(c); err != nil {
+			a.notice = err.Error()
+			return nil
+		}
+		a.notice = "loaded " + msg.what
+		return nil
+	case replayTickMsg:
+		return a.replayTick(msg)
+	case tea.MouseMsg:
+		if msg.Button == tea.MouseButtonWheelUp {
+			a.chat.ScrollUp(3)
+		} else if msg.Button == tea.MouseButtonWheelDown {
+			a.chat.ScrollDown(3)
+		}
+		return nil
+	case tea.KeyMsg:
+		return a.key(msg)
+	}
+	var cmd tea.Cmd
+	a.input, cmd = a.input.Update(msg)
+	return cmd
+}
+
+func (a *App) key(msg tea.KeyMsg) tea.Cmd {
+	k := a.keys
+	switch {
+	case key.Matches(msg, k.Interrupt):
+		if a.generating {
+			a.cancel()
+			a.notice = "stopped"
+			return nil
+		}
+		if a.replay != nil {
+			a.replay = nil
+			a.notice = "left the replay"
+			a.rerenderChat()
+			return nil
+		}
+		a.quitting = true
+		return tea.Quit
+	case key.Matches(msg, k.Escape):
+		switch {
+		case a.showHelp:
+			a.showHelp = false
+		case a.generating:
+			a.cancel()
+			a.notice = "stopped"
+		case a.replay != nil:
+			a.replay = nil
+			a.rerenderChat()
+		case a.showJobs:
+			a.showJobs = false
+			a.resize(a.width, a.height)
+		}
+		return nil
+	case a.replay != nil && a.replayKey(msg):
+		return nil
+	case key.Matches(msg, k.Help) && strings.TrimSpace(a.input.Value()) == "":
+		a.showHelp = !a.showHelp
+		a.resize(a.width, a.height)
+		return nil
+	case key.Matches(msg, k.ToggleCap):
+		return a.runCommand("/cap toggle")
+	case key.Matches(msg, k.ToggleStr):
+		return a.runCommand("/steer toggle")
+	case key.Matches(msg, k.LayerUp):
+		return a.runCommand("/layer " + strconv.Itoa(a.controls.Layer+1))
+	case key.Matches(msg, k.LayerDown):
+		return a.runCommand("/layer " + strconv.Itoa(a.controls.Layer-1))
+	case key.Matches(msg, k.Jobs):
+		a.showJobs = !a.showJobs
+		a.resize(a.width, a.height)
+		return nil
+	case key.Matches(msg, k.Mouse):
+		a.mouse = !a.mouse
+		if a.mouse {
+			a.notice = "mouse on: the wheel scrolls the chat (hold shift to select text)"
+			return tea.EnableMouseCellMotion
+		}
+		a.notice = "mouse off"
+		return tea.DisableMouse
+	case key.Matches(msg, k.ScrollUp):
+		a.chat.HalfPageUp()
+		return nil
+	case key.Matches(msg, k.ScrollDown):
+		a.chat.HalfPageDown()
+		return nil
+	case key.Matches(msg, k.Clear):
+		return a.runCommand("/clear")
+	case key.Matches(msg, k.Send):
+		text := strings.TrimSpace(a.input.Value())
+		if text == "" {
+			return nil
+		}
+		a.input.Reset()
+		if strings.HasPrefix(text, "/") {
+			return a.runCommand(text)
+		}
+		if a.generating {
+			a.notice = "a reply is still streaming: ctrl+c stops it"
+			a.input.SetValue(text)
+			return nil
+		}
+		return a.send(text)
+	}
+	var cmd tea.Cmd
+	a.input, cmd = a.input.Update(msg)
+	return cmd
+}
+
+// send starts a reply to a user message, off the UI goroutine.
+func (a *App) send(text string) tea.Cmd {
+	a.turns = append(a.turns, turn{role: "user", text: text}, turn{role: "assistant"})
+	a.notice = ""
+	var msgs []Message
+	for _, t := range a.turns[:len(a.turns)-1] {
+		msgs = append(msgs, Message{Role: t.role, Content: t.text})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel, a.generating = cancel, true
+	a.genStart, a.genTokens = a.opt.Now(), 0
+	ch := make(chan tea.Msg, 256)
+	a.stream = ch
+	eng, s := a.opt.Engine, a.sampling
+	go func() {
+		reply, err := eng.Generate(ctx, msgs, s, func(t Token) { ch <- tokenMsg{t} })
+		ch <- doneMsg{reply, err}
+	}()
+	a.rerenderChat()
+	return waitStream(ch)
+}
+
+func (a *App) appendToken(t Token) {
+	last := &a.turns[len(a.turns)-1]
+	last.tokens = append(last.tokens, t)
+	last.text += t.Text
+	a.genTokens++
+	if dt := a.opt.Now().Sub(a.genStart).Seconds(); dt > 0 {
+		a.tokPerSec = float64(a.genTokens) / dt
+	}
+	a.rerenderChat()
+}
+
+func (a *App) finishGeneration(reply string, err error) {
+	a.generating = false
+	a.cancel()
+	last := &a.turns[len(a.turns)-1]
+	if reply != "" {
+		last.text = reply
+	}
+	if err != nil && !strings.Contains(err.Error(), "context canceled") {
+		a.notice = "generation failed: " + err.Error()
+	}
+	a.rerenderChat()
+}
+
+// resize lays the panes out for a terminal size.
+func (a *App) resize(w, h int) {
+	a.width, a.height = max(w, 20), max(h, 8)
+	a.help.Width = a.width
+	a.input.SetWidth(a.width - 2)
+	cw, ch := a.chatSize()
+	a.chat.Width, a.chat.Height = cw, ch
+	for i := range a.turns {
+		a.turns[i].cached = ""
+	}
+	a.rerenderChat()
+}
+
+// wide is the side-by-side layout (chat left, plot and controls right).
+func (a *App) wide() bool { return a.width >= 100 }
+
+func (a *App) sideWidth() int { return min(64, a.width*2/5) }
+
+func (a *App) bodyHeight() int {
+	h := a.height - 1 /*status*/ - 3 /*input*/ - 1 /*notice*/ - 1 /*help*/
+	if a.showHelp {
+		h -= 5 // the full help is 6 lines, the short one 1
+	}
+	return max(h, 4)
+}
+
+func (a *App) chatSize() (int, int) {
+	if a.wide() {
+		return a.width - a.sideWidth() - 1, a.bodyHeight() - 1
+	}
+	return a.width, max(3, a.bodyHeight()/2-1)
+}
+
+func (a *App) rerenderChat() {
+	if a.replay != nil {
+		a.chat.SetContent(a.st.r.NewStyle().Width(a.chat.Width).Render(a.replay.player.View()))
+		a.chat.GotoBottom()
+		return
+	}
+	var b strings.Builder
+	for i := range a.turns {
+		t := &a.turns[i]
+		done := i < len(a.turns)-1 || !a.generating
+		if done && t.cached != "" && t.width == a.chat.Width {
+			b.WriteString(t.cached)
+			continue
+		}
+		r := a.renderTurn(t)
+		if done {
+			t.cached, t.width = r, a.chat.Width
+		}
+		b.WriteString(r)
+	}
+	atBottom := a.chat.AtBottom()
+	a.chat.SetContent(b.String())
+	if atBottom || a.generating {
+		a.chat.GotoBottom()
+	}
+}
+
+func (a *App) renderTurn(t *turn) string {
+	var label string
+	switch t.role {
+	case "user":
+		label = a.st.User.Render("you")
+	case "assistant":
+		label = a.st.Assistant.Render("model")
+	default:
+		label = a.st.Dim.Render(t.role)
+	}
+	var body string
+	if t.role == "assistant" && a.tint && len(t.tokens) > 0 {
+		thr, top := a.opt.Engine.Scale(a.controls.Layer)
+		var b strings.Builder
+		for _, tok := range t.tokens {
+			b.WriteString(a.st.Tint(tok, thr, top))
+		}
+		body = b.String()
+	} else {
+		body = t.text
+	}
+	if t.role == "assistant" && body == "" && a.generating {
+		body = a.st.Dim.Render("…")
+	}
+	return a.st.r.NewStyle().Width(a.chat.Width).Render(label+" "+body) + "\n\n"
+}
+
+// refresh renders every pane but the chat viewport (already set) from the state.
+func (a *App) refresh() {
+	info := a.opt.Engine.Info()
+	var parts []string
+	parts = append(parts, a.st.Title.Render(" keel "), shortModel(info.Model), info.Device+" "+info.DType, fmt.Sprintf("%d layers", info.Layers))
+	if a.generating || a.tokPerSec > 0 {
+		parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
+	}
+	parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
+	parts = append(parts, a.interventionSummary())
+	if info.Recording != "" {
+		parts = append(parts, a.st.Rec.Render("● rec"))
+	}
+	if a.replay != nil {
+		parts = append(parts, a.st.Rec.Render(a.replay.status()))
+	}
+	a.statusLine = truncate(strings.Join(parts, a.st.Dim.Render(" │ ")), a.width)
+	a.plotPane = a.renderPlot()
+	a.controlsPane = a.renderControls()
+	a.jobsPane = a.renderJobs()
+	if a.showHelp {
+		a.help.ShowAll = true
+	} else {
+		a.help.ShowAll = false
+	}
+	a.helpLine = a.help.View(a.keys)
+}
+
+func (a *App) interventionSummary() string {
+	c := a.controls
+	var s []string
+	if c.CapOn {
+		s = append(s, fmt.Sprintf("cap %s layers %d:%d", c.Percentile, c.Window[0], c.Window[1]))
+	}
+	if c.SteerOn {
+		s = append(s, fmt.Sprintf("steer %+.2f @%d", c.SteerCoeff, c.SteerLayer))
+	}
+	if len(s) == 0 {
+		return "no interventions"
+	}
+	return a.st.Active.Render(strings.Join(s, ", "))
+}
+
+func shortModel(dir string) string {
+	dir = strings.TrimRight(dir, "/")
+	if i := strings.LastIndex(dir, "/"); i >= 0 {
+		return dir[i+1:]
+	}
+	return dir
+}
+
+// truncate cuts a line to w cells (escape sequences kept intact).
+func truncate(s string, w int) string {
+	if lipgloss.Width(s) <= w {
+		return s
+	}
+	return ansi.Truncate(s, w, "…")
+}
+
+func (a *App) renderControls() string {
+	c, info := a.controls, a.opt.Engine.Info()
+	onOff := func(b bool) string {
+		if b {
+			return a.st.Active.Render("on ")
+		}
+		return a.st.Dim.Render("off")
+	}
+	lines := []string{
+		a.st.Title.Render(" controls "),
+		fmt.Sprintf("cap   %s  %s  layers %d:%d", onOff(c.CapOn), c.Percentile, c.Window[0], c.Window[1]),
+		fmt.Sprintf("steer %s  c %+.2f  layer %d", onOff(c.SteerOn), c.SteerCoeff, c.SteerLayer),
+		fmt.Sprintf("plot  layer %d of %d   T %.2g top-p %.2g", c.Layer, info.Layers, a.sampling.Temperature, a.sampling.TopP),
+	}
+	if info.Axis == "" {
+		lines = append(lines, a.st.Dim.Render("no axis: /axis DIR to plot and cap"))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// View implements tea.Model: it only joins the rendered panes.
+func (a *App) View() string {
+	if a.quitting {
+		return ""
+	}
+	var body string
+	chatBox := lipgloss.JoinVertical(lipgloss.Left, a.st.Title.Render(" chat "), a.chat.View())
+	if a.wide() {
+		side := lipgloss.JoinVertical(lipgloss.Left, a.plotPane, a.controlsPane, a.jobsPane)
+		side = a.st.r.NewStyle().Width(a.sideWidth()).MaxHeight(a.bodyHeight()).Render(side)
+		body = lipgloss.JoinHorizontal(lipgloss.Top, a.st.r.NewStyle().Width(a.chat.Width+1).Render(chatBox), side)
+	} else {
+		rest := a.st.r.NewStyle().MaxHeight(a.bodyHeight() - a.chat.Height - 1).Render(lipgloss.JoinVertical(lipgloss.Left, a.plotPane, a.controlsPane, a.jobsPane))
+		body = lipgloss.JoinVertical(lipgloss.Left, chatBox, rest)
+	}
+	body = a.st.r.NewStyle().Height(a.bodyHeight()).MaxHeight(a.bodyHeight()).Render(body)
+	notice := a.st.Notice.Render(truncate(a.notice, a.width))
+	screen := lipgloss.JoinVertical(lipgloss.Left, a.statusLine, body, notice, a.input.View(), a.helpLine)
+	return a.st.r.NewStyle().MaxWidth(a.width).MaxHeight(a.height).Render(screen)
+}
+
+// residentMemory reads the process's resident set size from /proc (0 where there is none).
+func residentMemory() uint64 {
+	raw, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+// replayState is a recorded session playing in the chat pane.
+type replayState struct {
+	path   string
+	player *sessions.Player
+	last   time.Time
+}
+
+type replayTickMsg time.Time
+
+func replayTick() tea.Cmd {
+	return tea.Tick(50*time.Millisecond, func(t time.Time) tea.Msg { return replayTickMsg(t) })
+}
+
+func (r *replayState) status() string {
+	state := "paused"
+	if r.player.Playing() {
+		state = "playing"
+	}
+	return fmt.Sprintf("replay %s %d/%d x%g", state, r.player.Pos(), r.player.Len(), r.player.Speed)
+}
+
+func (a *App) startReplay(path string) tea.Cmd {
+	s, err := sessions.Load(path)
+	if err != nil {
+		a.notice = err.Error()
+		return nil
+	}
+	a.replay = &replayState{path: path, player: sessions.NewPlayer(s), last: a.opt.Now()}
+	a.replay.player.Play()
+	a.notice = "replaying " + filepath.Base(path) + ": space pause, +/- speed, → step, esc leave"
+	a.rerenderChat()
+	return replayTick()
+}
+
+func (a *App) replayTick(msg replayTickMsg) tea.Cmd {
+	if a.replay == nil {
+		return nil
+	}
+	now := time.Time(msg)
+	if a.replay.player.Tick(now.Sub(a.replay.last)) {
+		a.rerenderChat()
+	}
+	a.replay.last = now
+	return replayTick()
+}
+
+func (a *App) replayKey(msg tea.KeyMsg) bool {
+	p, k := a.replay.player, a.keys
+	switch {
+	case key.Matches(msg, k.PlayPause) && a.input.Value() == "":
+		if p.Playing() {
+			p.Pause()
+		} else {
+			p.Play()
+		}
+	case key.Matches(msg, k.Faster) && a.input.Value() == "":
+		p.Speed = math.Min(p.Speed*2, 64)
+	case key.Matches(msg, k.Slower) && a.input.Value() == "":
+		p.Speed = math.Max(p.Speed/2, 1.0/16)
+	case key.Matches(msg, k.StepFwd) && a.input.Value() == "":
+		p.Pause()
+		p.Step()
+	default:
+		return false
+	}
+	a.rerenderChat()
+	return true
+}

@@ -1,0 +1,187 @@
+package tui
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/charmbracelet/bubbles/progress"
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/keel-lab/keel/train"
+)
+
+// JobUpdate is a background job's progress, delivered to the app as a message.
+type JobUpdate struct {
+	ID, Kind, State string
+	Step, Total     int
+	Loss            float64
+	ETA             time.Duration
+	Final           string // the finished model folder
+	Error           string
+}
+
+// JobRunner starts and cancels background fine-tunes; progress comes back through Send.
+type JobRunner interface {
+	// Start launches a job of kind (sft) with the trainer's flags; the model is the chat's.
+	Start(kind string, args []string) (id string, err error)
+	Cancel(id string) error
+}
+
+type jobView struct {
+	JobUpdate
+	losses []float64
+}
+
+func (a *App) jobUpdate(u JobUpdate) {
+	for _, j := range a.jobs {
+		if j.ID == u.ID {
+			if u.Step > j.Step && u.Loss != 0 {
+				j.losses = append(j.losses, u.Loss)
+			}
+			j.JobUpdate = u
+			if u.State == train.Done {
+				a.notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
+			} else if u.State == train.Failed {
+				a.notice = fmt.Sprintf("job %s failed: %s", u.ID, u.Error)
+			}
+			return
+		}
+	}
+	a.jobs = append(a.jobs, &jobView{JobUpdate: u})
+}
+
+func (a *App) jobsHeight() int {
+	if a.showJobs {
+		return max(4, a.bodyHeight()/3)
+	}
+	return 2*min(len(a.jobs), 2) + 1
+}
+
+// sparkline draws values as block characters, lowest to highest.
+func sparkline(xs []float64, width int) string {
+	if len(xs) > width {
+		xs = xs[len(xs)-width:]
+	}
+	if len(xs) == 0 {
+		return ""
+	}
+	lo, hi := xs[0], xs[0]
+	for _, x := range xs {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	bars := []rune("▁▂▃▄▅▆▇█")
+	var b strings.Builder
+	for _, x := range xs {
+		i := 0
+		if hi > lo {
+			i = int((x - lo) / (hi - lo) * float64(len(bars)-1))
+		}
+		b.WriteRune(bars[i])
+	}
+	return b.String()
+}
+
+func (a *App) renderJobs() string {
+	title := a.st.Title.Render(" jobs ")
+	if len(a.jobs) == 0 {
+		return title + " " + a.st.Dim.Render("none: /train sft --data FILE --steps N")
+	}
+	width := a.width
+	if a.wide() {
+		width = a.sideWidth()
+	}
+	barWidth := max(10, width-8)
+	bar := progress.New(progress.WithWidth(barWidth), progress.WithoutPercentage(), progress.WithSolidFill("#5f87ff"))
+	lines := []string{title}
+	shown := a.jobs
+	if !a.showJobs && len(shown) > 2 {
+		shown = shown[len(shown)-2:]
+	}
+	for _, j := range shown {
+		frac := 0.0
+		if j.Total > 0 {
+			frac = float64(j.Step) / float64(j.Total)
+		}
+		line := fmt.Sprintf("%s %s %d/%d loss %.3f", j.ID, j.State, j.Step, j.Total, j.Loss)
+		if j.State == train.Running && j.ETA > 0 {
+			line += " ETA " + j.ETA.Round(time.Second).String()
+		}
+		barText := bar.ViewAs(frac)
+		if a.st.plain {
+			n := int(frac * float64(barWidth-2))
+			barText = "[" + strings.Repeat("#", n) + strings.Repeat(".", barWidth-2-n) + "]"
+		}
+		lines = append(lines, truncate(line, width), "  "+barText)
+		if a.showJobs {
+			lines = append(lines, "  "+sparkline(j.losses, width-4))
+		}
+	}
+	if a.showJobs {
+		lines = append(lines, a.st.Dim.Render("/cancel ID stops a job · /load ID chats with its model"))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ProcessJobs runs fine-tunes as `keel train` processes (they outlive the TUI, and `keel jobs` sees them) and
+// watches their run folders.
+type ProcessJobs struct {
+	Exe     string // the keel binary
+	Model   string // the chat's model folder
+	RunsDir string
+	Send    func(tea.Msg)
+	mu      sync.Mutex
+	runs    map[string]*train.Run
+}
+
+// Start implements JobRunner.
+func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
+	if kind != "sft" {
+		return "", fmt.Errorf("/train %s: keel fine-tunes with sft here (A-LoL and PPO arrive as their trainers do)", kind)
+	}
+	full := append([]string{"train", kind, "--model", p.Model, "--runs", p.RunsDir, "--detach"}, args...)
+	out, err := exec.Command(p.Exe, full...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("keel train %s: %s", kind, strings.TrimSpace(string(out)))
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	id := ""
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 1 {
+			id = f[0]
+		}
+	}
+	run, err := train.OpenRun(p.RunsDir, id)
+	if err != nil {
+		return "", fmt.Errorf("keel train %s printed %q: %w", kind, strings.TrimSpace(string(out)), err)
+	}
+	p.mu.Lock()
+	if p.runs == nil {
+		p.runs = map[string]*train.Run{}
+	}
+	p.runs[id] = run
+	p.mu.Unlock()
+	go run.Watch(context.Background(), 300*time.Millisecond, func(s train.State, m *train.Metrics) {
+		u := JobUpdate{ID: id, Kind: kind, State: s.State, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
+		if m != nil {
+			u.Step, u.Loss, u.ETA = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second))
+		}
+		p.Send(u)
+	})
+	return id, nil
+}
+
+// Cancel implements JobRunner.
+func (p *ProcessJobs) Cancel(id string) error {
+	p.mu.Lock()
+	run, ok := p.runs[id]
+	p.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no job %s started here", id)
+	}
+	return run.RequestCancel()
+}
