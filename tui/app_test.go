@@ -152,7 +152,7 @@ func TestMainScreenGolden(t *testing.T) {
 	typeLine(tm, "Tell me more.")
 	waitFor(t, tm, "Reply number 2")
 	fm, view := finalView(t, tm)
-	if !eng.last().CapOn || !strings.Contains(view, "cap p25 layers 3:5") || !strings.Contains(view, "■ tau") {
+	if !eng.last().CapOn || !strings.Contains(view, "cap p25 layers 3:5") || !strings.Contains(ansi.Strip(view), "■ tau") {
 		t.Fatalf("capping did not reach the engine, the status line or the plot:\n%s", view)
 	}
 	if len(fm.turns) != 4 || fm.turns[3].text == "" {
