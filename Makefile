@@ -21,7 +21,7 @@ build: setup
 
 # Chats with the embedded persona model (a recorded line REPL until the TUI lands).
 demo: build
-	bin/keel chat
+	bin/keel
 
 # Rebuilds the embedded persona model from nothing with the committed recipe (corpus, tokenizer, about 40
 # minutes of training on 2 cores); `keel model info` prints the new weights' sha256.

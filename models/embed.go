@@ -13,6 +13,7 @@ import (
 )
 
 //go:embed persona/config.json persona/model.safetensors persona/tokenizer.json persona/tokenizer_config.json persona/generation_config.json
+//go:embed persona/axis/axis.safetensors persona/axis/default_vector.safetensors persona/axis/calibration.json
 var persona embed.FS
 
 // PersonaFiles are the embedded model's files.
@@ -61,6 +62,41 @@ func Persona(cacheDir string) (string, error) {
 		os.RemoveAll(tmp)
 		if _, statErr := os.Stat(filepath.Join(dir, "model.safetensors")); statErr != nil {
 			return "", fmt.Errorf("embedded model: %w", err)
+		}
+	}
+	return dir, nil
+}
+
+// PersonaAxisFiles are the embedded model's Assistant Axis: `keel axis extract` and `keel axis calibrate` on it,
+// as `keel model build` runs them.
+var PersonaAxisFiles = []string{"axis.safetensors", "default_vector.safetensors", "calibration.json"}
+
+// PersonaAxis returns the embedded model's axis folder inside its unpacked model folder (from Persona),
+// writing it there the first time.
+func PersonaAxis(modelDir string) (string, error) {
+	dir := filepath.Join(modelDir, "axis")
+	if _, err := os.Stat(filepath.Join(dir, "calibration.json")); err == nil {
+		return dir, nil
+	}
+	tmp, err := os.MkdirTemp(modelDir, ".axis-*")
+	if err != nil {
+		return "", fmt.Errorf("embedded axis: %w", err)
+	}
+	for _, name := range PersonaAxisFiles {
+		raw, err := fs.ReadFile(persona, "persona/axis/"+name)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(tmp, name), raw, 0o644)
+		}
+		if err != nil {
+			os.RemoveAll(tmp)
+			return "", fmt.Errorf("embedded axis: %w", err)
+		}
+	}
+	os.Chmod(tmp, 0o755)
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		if _, statErr := os.Stat(filepath.Join(dir, "calibration.json")); statErr != nil {
+			return "", fmt.Errorf("embedded axis: %w", err)
 		}
 	}
 	return dir, nil

@@ -199,6 +199,14 @@ func (e *LMEngine) Apply(c Controls) error {
 			return fmt.Errorf("no axis loaded: start with --axis DIR or use /axis DIR")
 		}
 	}
+	// Steering first: a cap then bounds the steered stream, as it would any other push away from the Assistant.
+	if c.SteerOn {
+		iv, err := e.axis.Steer(c.SteerLayer, c.SteerCoeff)
+		if err != nil {
+			return err
+		}
+		list = append(list, iv)
+	}
 	if c.CapOn {
 		if e.taus == nil {
 			return fmt.Errorf("the axis has no calibration: run keel axis calibrate --dir on its extraction folder")
@@ -212,13 +220,6 @@ func (e *LMEngine) Apply(c Controls) error {
 		for l := c.Window[0]; l < c.Window[1]; l++ {
 			list = append(list, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{e.axis.Layers[l]}, Tau: e.Tau(c, l), Label: "cap " + c.Percentile})
 		}
-	}
-	if c.SteerOn {
-		iv, err := e.axis.Steer(c.SteerLayer, c.SteerCoeff)
-		if err != nil {
-			return err
-		}
-		list = append(list, iv)
 	}
 	if c.Layer < 0 || c.Layer >= e.info.Layers {
 		return fmt.Errorf("layer %d: the model has layers 0 to %d", c.Layer, e.info.Layers-1)

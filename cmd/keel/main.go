@@ -23,7 +23,8 @@ func commands() []command {
 		{"generate", "continue a prompt with a model", runGenerate},
 		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize},
 		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer},
-		{"chat", "chat with a model in a plain line REPL, recorded (chat --model DIR [--axis FILE])", runChat},
+		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI},
+		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI},
 		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval},
 		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis},
 		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift},
@@ -57,9 +58,12 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		usage(stdout)
 		return 0
+	}
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		args = append([]string{"tui"}, args...) // `keel [flags]` opens the workbench
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
@@ -80,6 +84,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "keel: unknown command %q: run `keel help` for the list\n", args[0])
 	return 2
+}
+
+// runChatOrTUI is `keel chat`: the workbench when stdin is a terminal, the line REPL when it is a pipe or file.
+func runChatOrTUI(args []string, stdout, stderr io.Writer) error {
+	if stdinIsTerminal() {
+		return runTUI(args, stdout, stderr)
+	}
+	return runChat(args, stdout, stderr)
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }

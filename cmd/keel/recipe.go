@@ -10,6 +10,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -35,18 +36,21 @@ func runModelBuild(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "where the finished model goes (bf16 safetensors, config, tokenizer, training metrics)")
 	work := fs.String("work", "", "working folder for the corpus, tokenizer and run (default: OUT.work)")
 	stopAfter := fs.Int("stop-after", 0, "stop training after this step (a partial run, for checks)")
-	fromRun := fs.String("from-run", "", "ship this finished run folder instead of running the recipe")
+	fromRun := fs.String("from-run", "", "ship this finished run folder (and extract its axis) instead of running the recipe")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
 		return usageError{fmt.Errorf("give --out DIR")}
 	}
-	if *fromRun != "" {
-		return shipModel(filepath.Join(*fromRun, "final"), *fromRun, *out, stdout)
-	}
 	if *work == "" {
 		*work = filepath.Clean(*out) + ".work"
+	}
+	if *fromRun != "" {
+		if err := shipModel(filepath.Join(*fromRun, "final"), *fromRun, *out, stdout); err != nil {
+			return err
+		}
+		return buildAxis(*out, filepath.Join(*work, "axis"), stdout, stderr)
 	}
 	if err := os.MkdirAll(*work, 0o755); err != nil {
 		return err
@@ -73,7 +77,33 @@ func runModelBuild(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "stopped after step %d: %s\n", *stopAfter, run.Dir)
 		return nil
 	}
-	return shipModel(filepath.Join(run.Dir, "final"), run.Dir, *out, stdout)
+	if err := shipModel(filepath.Join(run.Dir, "final"), run.Dir, *out, stdout); err != nil {
+		return err
+	}
+	return buildAxis(*out, filepath.Join(*work, "axis"), stdout, stderr)
+}
+
+// buildAxis extracts and calibrates a shipped model's Assistant Axis with the default protocol and ships the
+// files the workbench needs (axis, default vector, calibration) in OUT/axis.
+func buildAxis(out, work string, stdout, stderr io.Writer) error {
+	for _, step := range [][]string{
+		{"axis", "extract", "--model", out, "--out", work, "--threads", "2"},
+		{"axis", "calibrate", "--dir", work},
+	} {
+		fmt.Fprintf(stdout, "keel %v\n", step)
+		if err := runAxis(step[1:], stdout, stderr); err != nil {
+			return fmt.Errorf("%s: %w", step[1], err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(out, "axis"), 0o755); err != nil {
+		return err
+	}
+	for _, name := range models.PersonaAxisFiles {
+		if err := copyFileAtomic(filepath.Join(work, name), filepath.Join(out, "axis", name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // shipModel writes a trained model in the shipped form: bf16 weights, its config and tokenizer files, and the

@@ -81,11 +81,16 @@ func runTUI(args []string, stdout, stderr io.Writer) error {
 	if !*noAlt {
 		progOpts = append(progOpts, tea.WithAltScreen())
 	}
-	p := tea.NewProgram(tui.New(opt), progOpts...)
+	app := tui.New(opt)
+	p := tea.NewProgram(app, progOpts...)
 	jobs.Send = p.Send
 	_, err = p.Run()
-	if info := eng.Info(); info.Recording != "" {
+	final := app.Engine()
+	if info := final.Info(); info.Recording != "" {
 		fmt.Fprintf(stderr, "recorded to %s\n", info.Recording)
+	}
+	if cerr := final.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// tmuxSession drives the real binary in a detached tmux session of a fixed size.
+type tmuxSession struct {
+	t    *testing.T
+	name string
+}
+
+func startTmux(t *testing.T, env []string, args ...string) *tmuxSession {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Fatal("tmux is not installed (apt-get install tmux): the end-to-end TUI test drives keel through it")
+	}
+	name := fmt.Sprintf("keel-test-%d", time.Now().UnixNano())
+	cmdline := []string{"env", "KEEL_TEST_MAIN=1"}
+	cmdline = append(cmdline, env...)
+	cmdline = append(cmdline, os.Args[0])
+	cmdline = append(cmdline, args...)
+	tm := exec.Command("tmux", append([]string{"new-session", "-d", "-s", name, "-x", "140", "-y", "42"}, cmdline...)...)
+	if out, err := tm.CombinedOutput(); err != nil {
+		t.Fatalf("tmux: %v %s", err, out)
+	}
+	s := &tmuxSession{t, name}
+	t.Cleanup(func() { exec.Command("tmux", "kill-session", "-t", name).Run() })
+	return s
+}
+
+func (s *tmuxSession) keys(keys ...string) {
+	s.t.Helper()
+	if out, err := exec.Command("tmux", append([]string{"send-keys", "-t", s.name}, keys...)...).CombinedOutput(); err != nil {
+		s.t.Fatalf("send-keys %v: %v %s", keys, err, out)
+	}
+}
+
+func (s *tmuxSession) screen() string {
+	out, _ := exec.Command("tmux", "capture-pane", "-t", s.name, "-p").Output()
+	return string(out)
+}
+
+// waitFor polls the screen until ok, or fails showing it.
+func (s *tmuxSession) waitFor(what string, timeout time.Duration, ok func(string) bool) string {
+	s.t.Helper()
+	var screen string
+	for start := time.Now(); time.Since(start) < timeout; time.Sleep(100 * time.Millisecond) {
+		if screen = s.screen(); ok(screen) {
+			return screen
+		}
+	}
+	s.t.Fatalf("waited %s for %s; the screen:\n%s", timeout, what, screen)
+	return ""
+}
+
+func (s *tmuxSession) gone() bool {
+	return exec.Command("tmux", "has-session", "-t", s.name).Run() != nil
+}
+
+// The workbench end to end on the embedded model, through tmux as over SSH: a streamed reply with its
+// projections plotted, capping toggled (the cap line and the status line change), a short SFT job whose
+// progress bar advances, and a clean quit; in colour and with TERM=dumb / NO_COLOR.
+func TestTUIEndToEndInTmux(t *testing.T) {
+	torchtest.Runtime(t)
+	for _, env := range [][]string{{"TERM=xterm-256color"}, {"TERM=dumb", "NO_COLOR=1"}} {
+		t.Run(strings.Join(env, ","), func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "chats.jsonl")
+			var b strings.Builder
+			for i := 0; i < 40; i++ {
+				fmt.Fprintf(&b, `{"messages":[{"role":"user","content":"What is %d plus 1?"},{"role":"assistant","content":"Certainly. %d plus 1 is %d."}]}`+"\n", i, i, i+1)
+			}
+			os.WriteFile(data, []byte(b.String()), 0o644)
+			s := startTmux(t, append(env, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), "--threads", "1", "--runs", filepath.Join(dir, "runs"), "--max-tokens", "48")
+			s.waitFor("the workbench", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer 4") })
+			s.keys("Who are you?", "Enter")
+			screen := s.waitFor("a streamed reply with a plot", 60*time.Second, func(sc string) bool {
+				return strings.Contains(sc, "model ") && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc)
+			})
+			if strings.Contains(screen, "■ tau") || !strings.Contains(screen, "no interventions") {
+				t.Fatalf("capping is on before it was switched on:\n%s", screen)
+			}
+			if strings.Contains(env[0], "dumb") && strings.Contains(screen, "\x1b") {
+				t.Fatalf("escape sequences on a dumb terminal")
+			}
+			s.keys("C-k")
+			s.waitFor("the status line to show the cap", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "cap p25 layers 3:5") })
+			s.keys("Tell me more.", "Enter")
+			s.waitFor("the cap line in the plot", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "■ tau") })
+			s.keys("/train sft --data "+data+" --steps 6 --batch 2 --seq-len 64 --save-every 3", "Enter")
+			s.waitFor("the job to start", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "started job sft-") })
+			seen := map[string]bool{}
+			s.waitFor("the job's progress to advance to the end", 120*time.Second, func(sc string) bool {
+				for _, m := range regexp.MustCompile(`(\d)/6 loss`).FindAllStringSubmatch(sc, -1) {
+					seen[m[1]] = true
+				}
+				return strings.Contains(sc, "done 6/6")
+			})
+			if len(seen) < 2 {
+				t.Fatalf("the progress bar never showed an intermediate step: %v", seen)
+			}
+			s.keys("C-c")
+			for start := time.Now(); !s.gone() && time.Since(start) < 10*time.Second; time.Sleep(100 * time.Millisecond) {
+			}
+			if !s.gone() {
+				t.Fatalf("ctrl+c with nothing generating did not quit; the screen:\n%s", s.screen())
+			}
+			sessions, _ := filepath.Glob(filepath.Join(dir, "keel", "sessions", "*.jsonl"))
+			if len(sessions) != 1 {
+				t.Fatalf("the chat was not recorded: %v", sessions)
+			}
+		})
+	}
+}
