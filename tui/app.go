@@ -172,6 +172,14 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 	case JobUpdate:
 		a.jobUpdate(msg)
 		return nil
+	case jobStartedMsg:
+		if msg.err != nil {
+			a.notice = msg.err.Error()
+			return nil
+		}
+		a.jobUpdate(JobUpdate{ID: msg.id, Kind: msg.kind, State: "queued"})
+		a.notice = "started job " + msg.id
+		return nil
 	case engineMsg:
 		if msg.err != nil {
 			a.notice = "could not load " + msg.what + ": " + msg.err.Error()

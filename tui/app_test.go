@@ -263,6 +263,13 @@ func TestBadCommandsAreInlineMessages(t *testing.T) {
 	if a.controls != before || eng.last() != before {
 		t.Fatalf("bad commands changed the controls: %+v, engine %+v", a.controls, eng.last())
 	}
+	// A model that fails to load leaves the error on screen and the old model in place.
+	a.opt.Load = func(dir, axis string) (Engine, error) { return nil, fmt.Errorf("%s: no config.json", dir) }
+	cmd := a.runCommand("/model /nowhere")
+	a.Update(cmd())
+	if !strings.Contains(a.View(), "could not load /nowhere: /nowhere: no config.json") || a.opt.Engine != Engine(eng) {
+		t.Fatalf("failed load: notice %q", a.notice)
+	}
 	a.runCommand("/mark interesting")
 	if len(eng.marks) != 1 || eng.marks[0] != "interesting" {
 		t.Fatalf("marks %v", eng.marks)

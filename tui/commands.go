@@ -14,6 +14,12 @@ const slashHelp = "/system TEXT · /set temperature|top-p|max-tokens|seed V · /
 	"/layer N · /axis DIR · /model DIR · /train sft --data F --steps N · /jobs · /cancel ID · /load ID · /save FILE · " +
 	"/replay FILE · /mark LABEL · /tint · /mouse · /clear · /quit"
 
+// jobStartedMsg is a background job launched off the UI goroutine.
+type jobStartedMsg struct {
+	id, kind string
+	err      error
+}
+
 // engineMsg is a model (re)loaded off the UI goroutine.
 type engineMsg struct {
 	eng  Engine
@@ -154,13 +160,12 @@ func (a *App) runCommand(line string) tea.Cmd {
 			a.notice = "/train sft --data FILE --steps N [--lora R] [--lr LR]"
 			return nil
 		}
-		id, err := a.opt.Jobs.Start(f[1], f[2:])
-		if err != nil {
-			a.notice = err.Error()
-			return nil
+		jobs, kind, args := a.opt.Jobs, f[1], f[2:]
+		a.notice = "starting a " + kind + " job ..."
+		return func() tea.Msg {
+			id, err := jobs.Start(kind, args)
+			return jobStartedMsg{id, kind, err}
 		}
-		a.jobUpdate(JobUpdate{ID: id, Kind: f[1], State: "queued"})
-		a.notice = "started job " + id
 	case "/cancel":
 		if a.opt.Jobs == nil || len(f) != 2 {
 			a.notice = "/cancel ID"
