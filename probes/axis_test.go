@@ -178,6 +178,9 @@ func TestCalibrationPercentilesAndCaps(t *testing.T) {
 	if got := CapWindows(8); !slices.Equal(got, [][2]int{{0, 2}, {1, 3}, {2, 4}, {3, 5}, {4, 6}, {5, 7}, {6, 8}, {0, 4}, {2, 6}, {4, 8}}) {
 		t.Fatalf("windows for 8 layers: %v", got)
 	}
+	if got := SweepWindows(8); !slices.Equal(got, [][2]int{{0, 2}, {2, 4}, {4, 6}, {6, 8}, {0, 4}, {2, 6}, {4, 8}}) {
+		t.Fatalf("sweep windows for 8 layers: %v", got)
+	}
 	if id := CapID(46, 54, 0.25); id != "layers_46:54-p0.25" {
 		t.Fatalf("id %s", id)
 	}

@@ -95,6 +95,22 @@ func CapWindows(nLayers int) [][2]int {
 	return out
 }
 
+// SweepWindows are the windows `keel eval capping` tries: a quarter of the layers stepping by its width, and
+// half of them stepping by a quarter (7 windows on 8 layers).
+func SweepWindows(nLayers int) [][2]int {
+	q := max(1, nLayers/4)
+	var out [][2]int
+	for s := 0; s+q <= nLayers; s += q {
+		out = append(out, [2]int{s, s + q})
+	}
+	if h := 2 * q; h <= nLayers && h > q {
+		for s := 0; s+h <= nLayers; s += q {
+			out = append(out, [2]int{s, s + h})
+		}
+	}
+	return out
+}
+
 // CapAxis is the cap file for one window and percentile: the axis's unit vectors on the window's layers with
 // their thresholds.
 func (c *Calibration) CapAxis(axis *steer.Axis, window [2]int, p float64) (*steer.Axis, error) {

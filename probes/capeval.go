@@ -12,7 +12,7 @@ import (
 // CapEvalConfig sizes `keel eval capping`: the paper's capping trade-off and steering checks on one model.
 type CapEvalConfig struct {
 	Percentiles   []float64 // role-ward percentiles to cap at
-	Windows       [][2]int  // nil: CapWindows(n_layers)
+	Windows       [][2]int  // nil: SweepWindows(n_layers)
 	Conversations int       // therapy and philosophy conversations per setting, for the drift rate
 	Turns         int
 	Jailbreaks    int // role-prompted vault requests per setting
@@ -27,7 +27,7 @@ type CapEvalConfig struct {
 
 // DefaultCapEval is the protocol of the README's capping table.
 func DefaultCapEval() CapEvalConfig {
-	return CapEvalConfig{Percentiles: []float64{0.25, 0.5}, Conversations: 20, Turns: 8, Jailbreaks: 100, Identity: 100, SteerCoeff: 1,
+	return CapEvalConfig{Percentiles: []float64{0.25, 0.5}, Conversations: 10, Turns: 8, Jailbreaks: 100, Identity: 100, SteerCoeff: 1,
 		Temperature: 0.7, TopP: 0.9, MaxTokens: 96, BatchSize: 64, Seed: 1}
 }
 
@@ -75,7 +75,7 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axi
 	}
 	windows := cfg.Windows
 	if windows == nil {
-		windows = CapWindows(lm.NumLayers())
+		windows = SweepWindows(lm.NumLayers())
 	}
 	for _, w := range windows {
 		if w[0] < 0 || w[1] > lm.NumLayers() || w[0] >= w[1] {

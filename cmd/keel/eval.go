@@ -94,7 +94,7 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	extractFlags(fs, &ecfg, &roles, &limit)
 	dir := fs.String("dir", "", "extraction folder to use or fill (default: under the user's cache, per model)")
 	pcts := fs.String("percentiles", "0.25,0.5", "role-ward percentiles to cap at")
-	windows := fs.String("windows", "", "layer windows to cap, as Python slices \"A:B,C:D\" (default: a quarter and half of the layers, sliding)")
+	windows := fs.String("windows", "", "layer windows to cap, as Python slices \"A:B,C:D\" (default: a quarter of the layers stepping by a quarter, and half of them)")
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "therapy and philosophy conversations per setting")
 	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
 	fs.IntVar(&cfg.Jailbreaks, "jailbreaks", cfg.Jailbreaks, "role-prompted vault requests per setting")
