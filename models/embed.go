@@ -13,7 +13,7 @@ import (
 )
 
 //go:embed persona/config.json persona/model.safetensors persona/tokenizer.json persona/tokenizer_config.json persona/generation_config.json
-//go:embed persona/axis/axis.safetensors persona/axis/default_vector.safetensors persona/axis/calibration.json
+//go:embed persona/axis
 var persona embed.FS
 
 // PersonaFiles are the embedded model's files.
@@ -68,7 +68,8 @@ func Persona(cacheDir string) (string, error) {
 }
 
 // PersonaAxisFiles are the embedded model's Assistant Axis: `keel axis extract` and `keel axis calibrate` on it,
-// as `keel model build` runs them.
+// as `keel model build` runs them. The folder may also hold capping.json, `keel eval capping`'s figures, whose
+// best setting the workbench starts its cap controls at.
 var PersonaAxisFiles = []string{"axis.safetensors", "default_vector.safetensors", "calibration.json"}
 
 // PersonaAxis returns the embedded model's axis folder inside its unpacked model folder (from Persona),
@@ -82,10 +83,15 @@ func PersonaAxis(modelDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("embedded axis: %w", err)
 	}
-	for _, name := range PersonaAxisFiles {
-		raw, err := fs.ReadFile(persona, "persona/axis/"+name)
+	entries, err := fs.ReadDir(persona, "persona/axis")
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("embedded axis: %w", err)
+	}
+	for _, e := range entries {
+		raw, err := fs.ReadFile(persona, "persona/axis/"+e.Name())
 		if err == nil {
-			err = os.WriteFile(filepath.Join(tmp, name), raw, 0o644)
+			err = os.WriteFile(filepath.Join(tmp, e.Name()), raw, 0o644)
 		}
 		if err != nil {
 			os.RemoveAll(tmp)

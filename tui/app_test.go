@@ -330,6 +330,18 @@ func TestResizeReflowsAndNoColourIsPlain(t *testing.T) {
 	}
 }
 
+func TestControlsStartAtTheBestCap(t *testing.T) {
+	c := DefaultControls(8)
+	if got := c.WithCap("layers_2:6-p0.25", 8); got.Window != [2]int{2, 6} || got.Percentile != "p25" {
+		t.Fatalf("%+v", got)
+	}
+	for _, bad := range []string{"", "layers_6:12-p0.25", "nonsense"} {
+		if got := c.WithCap(bad, 8); got != c {
+			t.Fatalf("%q changed the controls: %+v", bad, got)
+		}
+	}
+}
+
 func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.json")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 
 	"github.com/adrg/xdg"
 	"github.com/charmbracelet/bubbles/key"
@@ -32,6 +33,17 @@ func DefaultConfig() Config {
 func DefaultControls(layers int) Controls {
 	mid, half := layers/2, max(1, layers/8)
 	return Controls{Percentile: "p25", Window: [2]int{max(0, mid-half), min(layers, mid+half)}, SteerCoeff: -1, SteerLayer: mid, Layer: mid}
+}
+
+// WithCap starts the cap controls at an AA config id ("layers_3:5-p0.25"); other ids leave them as they are.
+func (c Controls) WithCap(id string, layers int) Controls {
+	var lo, hi int
+	var p float64
+	if _, err := fmt.Sscanf(id, "layers_%d:%d-p%g", &lo, &hi, &p); err != nil || lo < 0 || hi > layers || lo >= hi {
+		return c
+	}
+	c.Window, c.Percentile = [2]int{lo, hi}, "p"+strconv.FormatFloat(p*100, 'f', -1, 64)
+	return c
 }
 
 // LoadConfig applies the config file, when there is one, over cfg.

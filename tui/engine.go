@@ -45,6 +45,7 @@ type Info struct {
 	Axis                 string   // "" when there is none
 	Percentiles          []string // cap percentiles the calibration offers
 	Recording            string   // the session file, "" when not recording
+	BestCap              string   // the capping config `keel eval capping` found best ("layers_A:B-pP"), if known
 }
 
 // Token is one generated token as the chat pane shows it.
@@ -123,6 +124,16 @@ func NewLMEngine(lm *model.LM, cfg EngineConfig) (*LMEngine, error) {
 			}
 		}
 		if calPath != "" {
+			if raw, err := os.ReadFile(filepath.Join(cfg.AxisPath, "capping.json")); err == nil {
+				var capping struct {
+					Best struct {
+						ID string `json:"id"`
+					} `json:"best"`
+				}
+				if json.Unmarshal(raw, &capping) == nil {
+					e.info.BestCap = capping.Best.ID
+				}
+			}
 			if raw, err := os.ReadFile(calPath); err == nil {
 				var cal struct {
 					RoleWard []map[string]float64 `json:"role_ward_percentiles"`

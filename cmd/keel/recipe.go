@@ -98,6 +98,7 @@ func buildAxis(out, work string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(filepath.Join(out, "axis"), 0o755); err != nil {
 		return err
 	}
+	os.Remove(filepath.Join(out, "axis", "capping.json")) // figures of the weights this build replaces
 	for _, name := range models.PersonaAxisFiles {
 		if err := copyFileAtomic(filepath.Join(work, name), filepath.Join(out, "axis", name)); err != nil {
 			return err
