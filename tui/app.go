@@ -68,6 +68,7 @@ type App struct {
 	system   string
 
 	generating bool
+	gen        int // the generation in flight; messages of a stopped one are dropped
 	cancel     context.CancelFunc
 	stream     chan tea.Msg
 	genStart   time.Time
@@ -139,8 +140,12 @@ func (a *App) Init() tea.Cmd {
 
 // Messages of the app's own commands.
 type (
-	tokenMsg struct{ t Token }
-	doneMsg  struct {
+	tokenMsg struct {
+		gen int
+		t   Token
+	}
+	doneMsg struct {
+		gen   int
 		reply string
 		err   error
 	}
@@ -164,10 +169,15 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 		a.resize(msg.Width, msg.Height)
 		return nil
 	case tokenMsg:
+		if msg.gen != a.gen || !a.generating {
+			return nil // a stopped reply's last tokens: its goroutine is winding down
+		}
 		a.appendToken(msg.t)
 		return waitStream(a.stream)
 	case doneMsg:
-		a.finishGeneration(msg.reply, msg.err)
+		if msg.gen == a.gen && a.generating {
+			a.finishGeneration(msg.reply, msg.err)
+		}
 		return nil
 	case JobUpdate:
 		a.jobUpdate(msg)
@@ -219,8 +229,7 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	switch {
 	case key.Matches(msg, k.Interrupt):
 		if a.generating {
-			a.cancel()
-			a.notice = "stopped"
+			a.stop()
 			return nil
 		}
 		if a.replay != nil {
@@ -236,8 +245,7 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		case a.showHelp:
 			a.showHelp = false
 		case a.generating:
-			a.cancel()
-			a.notice = "stopped"
+			a.stop()
 		case a.replay != nil:
 			a.replay = nil
 			a.rerenderChat()
@@ -311,13 +319,22 @@ func (a *App) send(text string) tea.Cmd {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.generating = cancel, true
+	a.gen++
 	a.genStart, a.genTokens = a.opt.Now(), 0
 	ch := make(chan tea.Msg, 256)
 	a.stream = ch
-	eng, s := a.opt.Engine, a.sampling
+	eng, s, gen := a.opt.Engine, a.sampling, a.gen
 	go func() {
-		reply, err := eng.Generate(ctx, msgs, s, func(t Token) { ch <- tokenMsg{t} })
-		ch <- doneMsg{reply, err}
+		reply, err := eng.Generate(ctx, msgs, s, func(t Token) {
+			select {
+			case ch <- tokenMsg{gen, t}:
+			case <-ctx.Done(): // stopped: nobody reads any more
+			}
+		})
+		select {
+		case ch <- doneMsg{gen, reply, err}:
+		case <-ctx.Done():
+		}
 	}()
 	a.rerenderChat()
 	return waitStream(ch)
@@ -331,6 +348,14 @@ func (a *App) appendToken(t Token) {
 	if dt := a.opt.Now().Sub(a.genStart).Seconds(); dt > 0 {
 		a.tokPerSec = float64(a.genTokens) / dt
 	}
+	a.rerenderChat()
+}
+
+// stop ends the reply in flight at once: the text so far stays, later tokens are dropped.
+func (a *App) stop() {
+	a.cancel()
+	a.generating = false
+	a.notice = "stopped"
 	a.rerenderChat()
 }
 
@@ -437,18 +462,26 @@ func (a *App) renderTurn(t *turn) string {
 // refresh renders every pane but the chat viewport (already set) from the state.
 func (a *App) refresh() {
 	info := a.opt.Engine.Info()
-	var parts []string
-	parts = append(parts, a.st.Title.Render(" keel "), shortModel(info.Model), info.Device+" "+info.DType, fmt.Sprintf("%d layers", info.Layers))
+	parts := []string{a.st.Title.Render(" keel ")}
+	if a.replay != nil {
+		parts = append(parts, a.st.Rec.Render(a.replay.status()))
+	}
+	parts = append(parts, shortModel(info.Model), info.Device+" "+info.DType, fmt.Sprintf("%d layers", info.Layers))
+	switch {
+	case a.generating:
+		parts = append(parts, a.st.Active.Render("generating"))
+	case a.replay == nil:
+		parts = append(parts, a.st.Dim.Render("ready"))
+	}
 	if a.generating || a.tokPerSec > 0 {
 		parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
 	}
 	parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
-	parts = append(parts, a.interventionSummary())
+	if iv := a.interventionSummary(); iv != "" {
+		parts = append(parts, iv)
+	}
 	if info.Recording != "" {
 		parts = append(parts, a.st.Rec.Render("● rec"))
-	}
-	if a.replay != nil {
-		parts = append(parts, a.st.Rec.Render(a.replay.status()))
 	}
 	a.statusLine = truncate(strings.Join(parts, a.st.Dim.Render(" │ ")), a.width)
 	a.plotPane = a.renderPlot()
@@ -472,7 +505,7 @@ func (a *App) interventionSummary() string {
 		s = append(s, fmt.Sprintf("steer %+.2f @%d", c.SteerCoeff, c.SteerLayer))
 	}
 	if len(s) == 0 {
-		return "no interventions"
+		return ""
 	}
 	return a.st.Active.Render(strings.Join(s, ", "))
 }

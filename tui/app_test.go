@@ -118,10 +118,22 @@ func testApp(eng *fakeEngine, jobs JobRunner) *App {
 // waitFor reads the program's output until it shows what (escape sequences removed), or fails with the tail.
 func waitFor(t *testing.T, tm *teatest.TestModel, what string) {
 	t.Helper()
+	waitThen(t, tm, what, false)
+}
+
+// waitIdle waits for what and for the status line's last word on generation to be "ready".
+func waitIdle(t *testing.T, tm *teatest.TestModel, what string) {
+	t.Helper()
+	waitThen(t, tm, what, true)
+}
+
+func waitThen(t *testing.T, tm *teatest.TestModel, what string, idle bool) {
+	t.Helper()
 	var b bytes.Buffer
 	for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
 		io.Copy(&b, tm.Output())
-		if strings.Contains(ansi.Strip(b.String()), what) {
+		out := ansi.Strip(b.String())
+		if strings.Contains(out, what) && (!idle || strings.LastIndex(out, "ready") > strings.LastIndex(out, "generating")) {
 			return
 		}
 	}
@@ -147,10 +159,10 @@ func TestMainScreenGolden(t *testing.T) {
 	eng := &fakeEngine{axis: "/models/persona/axis/axis.safetensors"}
 	tm := teatest.NewTestModel(t, testApp(eng, nil), teatest.WithInitialTermSize(120, 36))
 	typeLine(tm, "Who are you?")
-	waitFor(t, tm, "helps.")
+	waitIdle(t, tm, "helps.")
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlK})
 	typeLine(tm, "Tell me more.")
-	waitFor(t, tm, "Reply number 2")
+	waitIdle(t, tm, "Reply number 2")
 	fm, view := finalView(t, tm)
 	if !eng.last().CapOn || !strings.Contains(view, "cap p25 layers 3:5") || !strings.Contains(ansi.Strip(view), "■ tau") {
 		t.Fatalf("capping did not reach the engine, the status line or the plot:\n%s", view)
@@ -384,7 +396,7 @@ func BenchmarkViewLongHistory(b *testing.B) {
 	b.Run("TokenUpdateAndView", func(b *testing.B) {
 		a.generating = true
 		for i := 0; i < b.N; i++ {
-			a.Update(tokenMsg{Token{Text: " more", Proj: 1, HasProj: true}})
+			a.Update(tokenMsg{a.gen, Token{Text: " more", Proj: 1, HasProj: true}})
 			_ = a.View()
 		}
 	})

@@ -35,7 +35,7 @@ func (a *App) runCommand(line string) tea.Cmd {
 	switch f[0] {
 	case "/quit", "/exit":
 		if a.generating {
-			a.cancel()
+			a.stop()
 		}
 		a.quitting = true
 		return tea.Quit

@@ -85,9 +85,9 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			s.waitFor("the workbench", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer 4") })
 			s.keys("Who are you?", "Enter")
 			screen := s.waitFor("a streamed reply with a plot", 60*time.Second, func(sc string) bool {
-				return strings.Contains(sc, "model ") && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc)
+				return strings.Contains(sc, "model ") && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 			})
-			if strings.Contains(screen, "■ tau") || !strings.Contains(screen, "no interventions") {
+			if strings.Contains(screen, "■ tau") || strings.Contains(screen, "cap p25") {
 				t.Fatalf("capping is on before it was switched on:\n%s", screen)
 			}
 			if strings.Contains(env[0], "dumb") && strings.Contains(screen, "\x1b") {
