@@ -112,7 +112,12 @@ func testApp(eng *fakeEngine, jobs JobRunner) *App {
 	var mu sync.Mutex
 	return New(Options{Engine: eng, Jobs: jobs, Sampling: Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: 64}, Controls: DefaultControls(8),
 		Styles: NewStyles(termenv.ANSI256), Tint: true, Memory: func() uint64 { return 200 << 20 },
-		Now: func() time.Time { mu.Lock(); defer mu.Unlock(); clock = clock.Add(100 * time.Millisecond); return clock }})
+		Now: func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			clock = clock.Add(100 * time.Millisecond)
+			return clock
+		}})
 }
 
 // waitFor reads the program's output until it shows what (escape sequences removed), or fails with the tail.
@@ -254,17 +259,17 @@ func TestBadCommandsAreInlineMessages(t *testing.T) {
 	a.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
 	before := a.controls
 	for cmd, want := range map[string]string{
-		"/frobnicate":        "unknown command /frobnicate",
-		"/layer 12":          "layer 12: the model has layers 0 to 7",
-		"/layer x":           "not a number",
-		"/cap p33":           "no percentile p33",
-		"/cap 3-5":           "/cap: on, off",
-		"/steer lots":        "give a strength",
+		"/frobnicate":         "unknown command /frobnicate",
+		"/layer 12":           "layer 12: the model has layers 0 to 7",
+		"/layer x":            "not a number",
+		"/cap p33":            "no percentile p33",
+		"/cap 3-5":            "/cap: on, off",
+		"/steer lots":         "give a strength",
 		"/set temperature -1": "non-negative",
-		"/set top-p 2":       "(0, 1]",
-		"/set color red":     "temperature, top-p",
-		"/train sft":         "training is not available",
-		"/load sft-9":        "loading is not available",
+		"/set top-p 2":        "(0, 1]",
+		"/set color red":      "temperature, top-p",
+		"/train sft":          "training is not available",
+		"/load sft-9":         "loading is not available",
 	} {
 		a.runCommand(cmd)
 		a.refresh()

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -170,13 +169,11 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Check(p); err != nil {
 		return usageError{err}
 	}
-	_, lm, err := mf.load()
+	ctx, lm, done, err := mf.loadForRun()
 	if err != nil {
 		return err
 	}
-	defer lm.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+	defer done()
 	res, _, err := extractAxis(ctx, lm, p, cfg, *out, stderr)
 	if err != nil {
 		return err

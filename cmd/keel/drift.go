@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"os"
-	"os/signal"
 	"strconv"
 
 	"github.com/guptarohit/asciigraph"
@@ -52,11 +50,11 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if *axisPath == "" {
 		return usageError{fmt.Errorf("give --axis FILE (keel axis extract writes one)")}
 	}
-	_, lm, err := mf.load()
+	ctx, lm, done, err := mf.loadForRun()
 	if err != nil {
 		return err
 	}
-	defer lm.Close()
+	defer done()
 	axis, err := loadAxisFor(*axisPath, lm, *ignoreHash)
 	if err != nil {
 		return err
@@ -76,8 +74,6 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
 	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg)
 	if err != nil {
 		return err

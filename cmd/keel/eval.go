@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -51,13 +49,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Check(p); err != nil {
 		return usageError{err}
 	}
-	_, lm, err := mf.load()
+	ctx, lm, done, err := mf.loadForRun()
 	if err != nil {
 		return err
 	}
-	defer lm.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+	defer done()
 	rep, err := probes.EvalPersona(ctx, lm, p, cfg)
 	if err != nil {
 		return err
@@ -128,11 +124,11 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	if err := ecfg.Check(p); err != nil {
 		return usageError{err}
 	}
-	_, lm, err := mf.load()
+	ctx, lm, done, err := mf.loadForRun()
 	if err != nil {
 		return err
 	}
-	defer lm.Close()
+	defer done()
 	if *dir == "" {
 		cache, err := os.UserCacheDir()
 		if err != nil {
@@ -140,8 +136,6 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		}
 		*dir = filepath.Join(cache, "keel", "axis", modelID(lm))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
 	res, axis, err := extractAxis(ctx, lm, p, ecfg, *dir, stderr)
 	if err != nil {
 		return err

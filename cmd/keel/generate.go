@@ -42,6 +42,16 @@ func (f *modelFlags) resolve() error {
 	return err
 }
 
+// loadForRun loads the model for a long command: the context ends on ctrl+c, done frees both.
+func (f *modelFlags) loadForRun() (context.Context, *model.LM, func(), error) {
+	_, lm, err := f.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	return ctx, lm, func() { stop(); lm.Close() }, nil
+}
+
 func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
 	if err := f.resolve(); err != nil {
 		return nil, nil, err
