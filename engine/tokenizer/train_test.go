@@ -18,9 +18,10 @@ func trainingCorpus() string {
 	return sb.String()
 }
 
-func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
-	corpus := trainingCorpus()
-	tj, tc, err := Train(strings.NewReader(corpus), TrainConfig{VocabSize: 600})
+// trainTo trains a tokenizer on corpus into a temporary folder and loads it.
+func trainTo(t *testing.T, corpus string, cfg TrainConfig) (string, []byte, *HF) {
+	t.Helper()
+	tj, tc, err := Train(strings.NewReader(corpus), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,6 +32,12 @@ func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, tj, tk
+}
+
+func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
+	corpus := trainingCorpus()
+	dir, tj, tk := trainTo(t, corpus, TrainConfig{VocabSize: 600})
 	if tk.VocabSize() != 600 {
 		t.Fatalf("vocab size %d, want 600", tk.VocabSize())
 	}
@@ -64,18 +71,7 @@ func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
 }
 
 func TestTrainedSingleDigitTokenizer(t *testing.T) {
-	corpus := trainingCorpus()
-	tj, tc, err := Train(strings.NewReader(corpus), TrainConfig{VocabSize: 600, SingleDigits: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
-	os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), tc, 0o644)
-	tk, err := LoadHF(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, _, tk := trainTo(t, trainingCorpus(), TrainConfig{VocabSize: 600, SingleDigits: true})
 	// Every digit is its own piece, however often a run of digits occurs in the corpus.
 	text := "on day 2793 the pirate said 3 times 10"
 	ids := tk.Encode(text, false)
