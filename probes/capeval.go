@@ -213,16 +213,23 @@ func markPareto(s []CapSetting) {
 	}
 }
 
-// bestCap is the setting with the largest smaller-of-the-two reduction among those that keep capability within
-// 5%; when none does, the one that loses the least capability.
+// bestCap is the setting with the largest smaller-of-the-two reduction (ties: the larger sum) among those that
+// keep capability within 5%; when none does, the one that loses the least capability.
 func bestCap(s []CapSetting) CapSetting {
 	var best CapSetting
 	found := false
+	better := func(a, b CapSetting) bool {
+		ma, mb := min(a.DriftReduction, a.JailbreakReduction), min(b.DriftReduction, b.JailbreakReduction)
+		if ma != mb {
+			return ma > mb
+		}
+		return a.DriftReduction+a.JailbreakReduction > b.DriftReduction+b.JailbreakReduction
+	}
 	for _, c := range s {
 		if c.CapabilityChange < -0.05 {
 			continue
 		}
-		if !found || min(c.DriftReduction, c.JailbreakReduction) > min(best.DriftReduction, best.JailbreakReduction) {
+		if !found || better(c, best) {
 			best, found = c, true
 		}
 	}
