@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/charmbracelet/x/ansi"
 	"github.com/guptarohit/asciigraph"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -155,10 +156,11 @@ func driftChart(curves []probes.DriftCurve) string {
 	}
 	opts := []asciigraph.Option{asciigraph.Height(12), asciigraph.Width(48), asciigraph.SeriesLegends(names...),
 		asciigraph.Caption("mean projection on the Assistant Axis per turn (higher: more Assistant-like)")}
-	if os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb" {
-		colors := []asciigraph.AnsiColor{asciigraph.Blue, asciigraph.Green, asciigraph.Red, asciigraph.Yellow}
-		opts = append(opts, asciigraph.SeriesColors(colors[:min(len(colors), len(data))]...))
+	if os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb" {
+		return ansi.Strip(asciigraph.PlotMany(data, opts...)) // asciigraph resets colours even when it sets none
 	}
+	colors := []asciigraph.AnsiColor{asciigraph.Blue, asciigraph.Green, asciigraph.Red, asciigraph.Yellow}
+	opts = append(opts, asciigraph.SeriesColors(colors[:min(len(colors), len(data))]...))
 	return asciigraph.PlotMany(data, opts...)
 }
 
