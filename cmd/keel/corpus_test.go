@@ -47,7 +47,7 @@ func TestCorpusTokenizerAndModelInit(t *testing.T) {
 	torchtest.Runtime(t)
 	dir := t.TempDir()
 	corpus := filepath.Join(dir, "corpus.jsonl")
-	code, stdout, stderr := runKeel("corpus", "generate", "--seed", "3", "--out", corpus, "--assistant-qa", "40", "--role-qa", "80", "--conversations", "10", "--vaults", "10")
+	code, stdout, stderr := runKeel("corpus", "generate", "--seed", "3", "--out", corpus, "--assistant-qa", "40", "--role-qa", "80", "--conversations", "10", "--vaults", "10", "--recalls", "0")
 	if code != 0 {
 		t.Fatalf("corpus generate: %s", stderr)
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/term"
@@ -45,7 +44,7 @@ func runTUI(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *axisPath == "" && embedded {
-		if *axisPath, err = models.PersonaAxis(filepath.Dir(lm.Dir)); err != nil {
+		if *axisPath, err = models.PersonaAxis(lm.Dir); err != nil {
 			return err
 		}
 	}
