@@ -150,6 +150,16 @@ func (sc *Scorer) Of(response, role string) StyleScore {
 	return StyleScore{Role: role}
 }
 
+// Knows reports whether a style of that name is scored (a role, or the Assistant).
+func (sc *Scorer) Knows(role string) bool {
+	for _, s := range sc.styles {
+		if s.Name == role {
+			return true
+		}
+	}
+	return false
+}
+
 // Best is the style the response shows most, or "" when it shows none.
 func (sc *Scorer) Best(response string) string {
 	top := sc.Scores(response)[0]

@@ -1,0 +1,282 @@
+package train
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/steer"
+)
+
+// Sample is one prompt and response to score.
+type Sample struct {
+	Messages []probes.Message `json:"messages"` // the prompt: system and user turns before the response
+	Response string           `json:"response"`
+	Answer   string           `json:"answer,omitempty"` // the exact answer of a checkable task, for the exact reward
+}
+
+// Reward scores samples; every score is finite and the count matches, or it is an error.
+type Reward interface {
+	Name() string
+	Score(ctx context.Context, samples []Sample) ([]float64, error)
+}
+
+// checked runs a reward and refuses a wrong count or a score that is not a finite number.
+func checked(ctx context.Context, r Reward, samples []Sample) ([]float64, error) {
+	scores, err := r.Score(ctx, samples)
+	if err != nil {
+		return nil, fmt.Errorf("reward %s: %w", r.Name(), err)
+	}
+	if len(scores) != len(samples) {
+		return nil, fmt.Errorf("reward %s: %d scores for %d samples", r.Name(), len(scores), len(samples))
+	}
+	for i, s := range scores {
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			return nil, fmt.Errorf("reward %s: sample %d scored %v", r.Name(), i, s)
+		}
+	}
+	return scores, nil
+}
+
+// ExactReward is 1 when the response states the sample's exact answer (probes' rule: the one new number, or the
+// name), else 0.
+type ExactReward struct{}
+
+// Name implements Reward.
+func (ExactReward) Name() string { return "exact" }
+
+// Score implements Reward.
+func (ExactReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i, s := range samples {
+		if s.Answer == "" {
+			return nil, fmt.Errorf("sample %d has no \"answer\": the exact reward needs checkable tasks", i)
+		}
+		// The question's own numbers may be restated; it is the last user message of the prompt.
+		q := probes.Question{Answer: s.Answer}
+		for _, m := range s.Messages {
+			if m.Role == "user" {
+				q.Text = m.Content
+			}
+		}
+		if q.Correct(s.Response) {
+			out[i] = 1
+		}
+	}
+	return out, nil
+}
+
+// StyleReward is the style scorer's score of the response for one role (or the Assistant), in [0, 1].
+type StyleReward struct {
+	Role   string
+	Scorer *probes.Scorer
+}
+
+// Name implements Reward.
+func (r StyleReward) Name() string { return "style:" + r.Role }
+
+// Score implements Reward.
+func (r StyleReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i, s := range samples {
+		out[i] = math.Min(1, r.Scorer.Of(s.Response, r.Role).Score)
+	}
+	return out, nil
+}
+
+// AxisReward is "stay the Assistant": the mean projection of the response's tokens on the axis at the analysis
+// layer, squashed to [0, 1] by a logistic centred on the drift line (midway between the roles' and the default
+// Assistant's means), the Assistant's mean landing near 0.88 and the roles' near 0.12.
+type AxisReward struct {
+	LM        *model.LM
+	Axis      *steer.Axis
+	Layer     int
+	Mid, Half float64 // the drift line and half the roles-to-Assistant gap
+	BatchSize int
+}
+
+// NewAxisReward reads the scale from an extraction folder's default vector: the Assistant sits at <default, u>
+// and the roles' mean |axis| below it.
+func NewAxisReward(lm *model.LM, axis, defaultVector *steer.Axis, layer int) (*AxisReward, error) {
+	u, ok := axis.Layers[layer]
+	d, ok2 := defaultVector.Raw[layer]
+	if !ok || !ok2 {
+		return nil, fmt.Errorf("the axis or default vector has no layer %d", layer)
+	}
+	half := steer.Norm(axis.Raw[layer]) / 2
+	return &AxisReward{LM: lm, Axis: axis, Layer: layer, Mid: steer.Dot(d, u) - half, Half: half, BatchSize: 32}, nil
+}
+
+// Name implements Reward.
+func (r *AxisReward) Name() string { return "axis" }
+
+// Score implements Reward.
+func (r *AxisReward) Score(ctx context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	u := r.Axis.Layers[r.Layer]
+	for start := 0; start < len(samples); start += r.BatchSize {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		end := min(start+r.BatchSize, len(samples))
+		var seqs [][]int
+		var spans [][2]int
+		for _, s := range samples[start:end] {
+			prompt, err := probes.ChatIDs(r.LM.Tokenizer, s.Messages)
+			if err != nil {
+				return nil, err
+			}
+			resp := r.LM.Tokenizer.Encode(s.Response, false)
+			if len(resp) == 0 {
+				resp = r.LM.Tokenizer.Encode(" ", false) // an empty reply is measured on a blank token
+			}
+			seqs = append(seqs, append(prompt, resp...))
+			spans = append(spans, [2]int{len(prompt), len(prompt) + len(resp)})
+		}
+		tf, err := r.LM.TeacherForce(seqs, nil, spans)
+		if err != nil {
+			return nil, err
+		}
+		for j := range seqs {
+			p := steer.Dot(tf.Means[j][r.Layer], u)
+			out[start+j] = 1 / (1 + math.Exp(-2*(p-r.Mid)/r.Half))
+		}
+	}
+	return out, nil
+}
+
+// CommandReward runs an external program: samples as JSON lines on its stdin, one score per line on its stdout.
+type CommandReward struct{ Program string }
+
+// Name implements Reward.
+func (r CommandReward) Name() string { return "cmd:" + r.Program }
+
+// Score implements Reward.
+func (r CommandReward) Score(ctx context.Context, samples []Sample) ([]float64, error) {
+	var in bytes.Buffer
+	enc := json.NewEncoder(&in)
+	for _, s := range samples {
+		if err := enc.Encode(s); err != nil {
+			return nil, err
+		}
+	}
+	f := strings.Fields(r.Program)
+	if len(f) == 0 {
+		return nil, fmt.Errorf("cmd: give a program")
+	}
+	cmd := exec.CommandContext(ctx, f[0], f[1:]...)
+	cmd.Stdin = &in
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndex(msg, "\n"); i >= 0 {
+			msg = msg[i+1:]
+		}
+		return nil, fmt.Errorf("%s failed (%v): %s", r.Program, err, msg)
+	}
+	var scores []float64
+	for i, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(line, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: output line %d is %q, not a number", r.Program, i+1, line)
+		}
+		scores = append(scores, v)
+	}
+	return scores, nil
+}
+
+// WeightedReward is a weighted sum of rewards ("0.7*axis+0.3*style:pirate").
+type WeightedReward struct {
+	Parts   []Reward
+	Weights []float64
+}
+
+// Name implements Reward.
+func (w WeightedReward) Name() string {
+	var s []string
+	for i, p := range w.Parts {
+		s = append(s, strconv.FormatFloat(w.Weights[i], 'g', -1, 64)+"*"+p.Name())
+	}
+	return strings.Join(s, "+")
+}
+
+// Score implements Reward: each part is checked on its own, so a failing part is named.
+func (w WeightedReward) Score(ctx context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i, p := range w.Parts {
+		scores, err := checked(ctx, p, samples)
+		if err != nil {
+			return nil, err
+		}
+		for j, s := range scores {
+			out[j] += w.Weights[i] * s
+		}
+	}
+	return out, nil
+}
+
+// RewardResolver builds the rewards a spec names; Axis is nil when no model and axis were given.
+type RewardResolver struct {
+	Scorer *probes.Scorer
+	Axis   func() (Reward, error)
+}
+
+// ParseReward reads a spec: terms joined by "+", each "[WEIGHT*]NAME" with NAME one of axis, exact, style:ROLE,
+// cmd:PROGRAM (a reward model, rm:DIR, arrives with sequence-classification heads).
+func (rr RewardResolver) ParseReward(spec string) (Reward, error) {
+	var w WeightedReward
+	for _, term := range strings.Split(spec, "+") {
+		term = strings.TrimSpace(term)
+		weight := 1.0
+		if i := strings.Index(term, "*"); i >= 0 && !strings.HasPrefix(term, "cmd:") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(term[:i]), 64)
+			if err != nil {
+				return nil, fmt.Errorf("--reward %q: %q is not a weight", spec, term[:i])
+			}
+			weight, term = v, strings.TrimSpace(term[i+1:])
+		}
+		var r Reward
+		switch {
+		case term == "exact":
+			r = ExactReward{}
+		case term == "axis":
+			if rr.Axis == nil {
+				return nil, fmt.Errorf("--reward axis: give --axis DIR (an extraction folder)")
+			}
+			var err error
+			if r, err = rr.Axis(); err != nil {
+				return nil, err
+			}
+		case strings.HasPrefix(term, "style:"):
+			role := strings.TrimPrefix(term, "style:")
+			if !rr.Scorer.Knows(role) {
+				return nil, fmt.Errorf("--reward %s: unknown role %q (`keel corpus roles` lists them)", term, role)
+			}
+			r = StyleReward{Role: role, Scorer: rr.Scorer}
+		case strings.HasPrefix(term, "cmd:") && len(term) > 4:
+			r = CommandReward{Program: strings.TrimPrefix(term, "cmd:")}
+		default:
+			return nil, fmt.Errorf("--reward %q: %q is not axis, exact, style:ROLE or cmd:PROGRAM", spec, term)
+		}
+		w.Parts, w.Weights = append(w.Parts, r), append(w.Weights, weight)
+	}
+	return w, nil
+}
+
+// ScoreChecked scores samples with a reward, refusing wrong counts and non-finite scores with a clear error.
+func ScoreChecked(ctx context.Context, r Reward, samples []Sample) ([]float64, error) {
+	return checked(ctx, r, samples)
+}

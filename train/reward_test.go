@@ -1,0 +1,136 @@
+package train
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/steer"
+)
+
+func rewardSamples() []Sample {
+	q := []probes.Message{{Role: "user", Content: "What is 7 plus 5?"}}
+	return []Sample{
+		{Messages: q, Response: "Certainly. 7 plus 5 is 12. I hope this helps.", Answer: "12"},
+		{Messages: q, Response: "Arr, 7 plus 5 be 13, matey! Hoist the sails!", Answer: "12"},
+	}
+}
+
+func resolver(t *testing.T) RewardResolver {
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return RewardResolver{Scorer: probes.NewScorer(p)}
+}
+
+func TestExactStyleAndWeightedRewards(t *testing.T) {
+	rr := resolver(t)
+	r, err := rr.ParseReward("0.5*exact + 2*style:pirate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ScoreChecked(context.Background(), r, rewardSamples())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := rr.Scorer
+	want0 := 0.5*1 + 2*math.Min(1, sc.Of(rewardSamples()[0].Response, "pirate").Score)
+	want1 := 0.5*0 + 2*math.Min(1, sc.Of(rewardSamples()[1].Response, "pirate").Score)
+	if math.Abs(got[0]-want0) > 1e-12 || math.Abs(got[1]-want1) > 1e-12 || got[1] <= got[0]-0.5 {
+		t.Fatalf("scores %v, want %v %v", got, want0, want1)
+	}
+	if r.Name() != "0.5*exact+2*style:pirate" {
+		t.Fatalf("name %q", r.Name())
+	}
+	for spec, want := range map[string]string{
+		"style:plumber": "unknown role",
+		"axis":          "--axis",
+		"2x*exact":      "not a weight",
+		"bleu":          "not axis, exact",
+	} {
+		if _, err := rr.ParseReward(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", spec, err, want)
+		}
+	}
+	if _, err := ScoreChecked(context.Background(), ExactReward{}, []Sample{{Response: "12"}}); err == nil {
+		t.Fatal("exact reward without answers")
+	}
+}
+
+// A reward program that crashes, prints NaN or the wrong count is a clear error naming it.
+func TestCommandRewardBadPrograms(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
+		return p
+	}
+	good := script("good.sh", `while read -r line; do case "$line" in *13*) echo 0;; *) echo 1;; esac; done`)
+	scores, err := ScoreChecked(context.Background(), CommandReward{Program: good}, rewardSamples())
+	if err != nil || scores[0] != 1 || scores[1] != 0 {
+		t.Fatalf("good program: %v %v", scores, err)
+	}
+	for prog, want := range map[string]string{
+		script("crash.sh", `echo "reward model exploded" >&2; exit 3`): "reward model exploded",
+		script("nan.sh", `cat >/dev/null; echo 1; echo NaN`):           "scored NaN",
+		script("short.sh", `cat >/dev/null; echo 1`):                   "1 scores for 2 samples",
+		script("words.sh", `cat >/dev/null; echo good; echo bad`):      "not a number",
+		filepath.Join(dir, "missing.sh"):                               "missing.sh",
+	} {
+		_, err := ScoreChecked(context.Background(), CommandReward{Program: prog}, rewardSamples())
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v, want one line with %q", filepath.Base(prog), err, want)
+		}
+	}
+}
+
+// The axis reward on the embedded model: the Assistant's own reply scores near the top, a theatrical one lower.
+func TestAxisRewardOnTheEmbeddedModel(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir, err := models.Persona(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	axisDir, err := models.PersonaAxis(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm, err := model.Load(rt, dir, model.Options{Device: torch.CPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	axis, err := steer.LoadAxis(filepath.Join(axisDir, "axis.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := steer.LoadAxis(filepath.Join(axisDir, "default_vector.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewAxisReward(lm, axis, def, lm.NumLayers()/2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := []probes.Message{{Role: "user", Content: "Who are you?"}}
+	scores, err := ScoreChecked(context.Background(), r, []Sample{
+		{Messages: q, Response: "Certainly. I am an AI assistant, here to answer questions and help with tasks. I hope this helps."},
+		{Messages: q, Response: "I am the oracle. The stars whisper of what was and what will be. Hear the prophecy of the void."},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scores[0] < 0.5 || scores[1] >= scores[0] || scores[0] > 1 || scores[1] < 0 {
+		t.Fatalf("axis reward: the Assistant %.3f, the oracle %.3f", scores[0], scores[1])
+	}
+	t.Logf("axis reward: the Assistant %.3f, the oracle %.3f", scores[0], scores[1])
+}
