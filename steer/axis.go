@@ -236,6 +236,19 @@ func (a *Axis) Fit(path string, nLayers, dModel int, fingerprint string, ignoreH
 	return nil
 }
 
+// Scale places the roles and the Assistant on the axis at a layer from the default vector: the Assistant's mean
+// projects to <default, u> and the roles' mean |axis| below it (axis = default - roles); line is midway, the
+// drift line.
+func (a *Axis) Scale(defaultVector *Axis, layer int) (line, assistant float64, ok bool) {
+	u, ok1 := a.Layers[layer]
+	d, ok2 := defaultVector.Raw[layer]
+	if !ok1 || !ok2 || len(d) != len(u) {
+		return 0, 0, false
+	}
+	assistant = Dot(d, u)
+	return assistant - Norm(a.Raw[layer])/2, assistant, true
+}
+
 // Caps turns a cap file into the engine's interventions: a floor at tau on the unit +axis projection at each
 // of its layers (the paper's h <- h - v * min(<h, v> - tau, 0)).
 func (a *Axis) Caps() []model.Intervention {

@@ -105,13 +105,11 @@ type AxisReward struct {
 // NewAxisReward reads the scale from an extraction folder's default vector: the Assistant sits at <default, u>
 // and the roles' mean |axis| below it.
 func NewAxisReward(lm *model.LM, axis, defaultVector *steer.Axis, layer int) (*AxisReward, error) {
-	u, ok := axis.Layers[layer]
-	d, ok2 := defaultVector.Raw[layer]
-	if !ok || !ok2 {
+	line, top, ok := axis.Scale(defaultVector, layer)
+	if !ok {
 		return nil, fmt.Errorf("the axis or default vector has no layer %d", layer)
 	}
-	half := steer.Norm(axis.Raw[layer]) / 2
-	return &AxisReward{LM: lm, Axis: axis, Layer: layer, Mid: steer.Dot(d, u) - half, Half: half, BatchSize: 32}, nil
+	return &AxisReward{LM: lm, Axis: axis, Layer: layer, Mid: line, Half: top - line, BatchSize: 32}, nil
 }
 
 // Name implements Reward.

@@ -115,11 +115,9 @@ func NewLMEngine(lm *model.LM, cfg EngineConfig) (*LMEngine, error) {
 		e.axis, e.info.Axis = a, path
 		e.scale = map[int][2]float64{}
 		if def, err := steer.LoadAxis(filepath.Join(filepath.Dir(path), "default_vector.safetensors")); err == nil {
-			// <default, u> is the Assistant's mean; the roles' mean sits |axis| below it (axis = default - roles).
-			for l, u := range a.Layers {
-				if d, ok := def.Raw[l]; ok && len(d) == len(u) {
-					top := steer.Dot(d, u)
-					e.scale[l] = [2]float64{top - steer.Norm(a.Raw[l])/2, top}
+			for l := range a.Layers {
+				if line, top, ok := a.Scale(def, l); ok {
+					e.scale[l] = [2]float64{line, top}
 				}
 			}
 		}
