@@ -3,7 +3,6 @@ package probes
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -292,29 +291,27 @@ func (ra *RoleActivations) save(dir string) error {
 			break
 		}
 	}
-	means := make([]byte, 0, 4*len(ra.Means)*L*D)
-	norms := make([]byte, 0, 4*len(ra.Means)*L)
+	nan := float32(math.NaN()) // rollouts with no content tokens
+	means := make([]float32, 0, len(ra.Means)*L*D)
+	norms := make([]float32, 0, len(ra.Means)*L)
 	for i := range ra.Means {
 		for l := 0; l < L; l++ {
-			for d := 0; d < D; d++ {
-				v := float32(math.NaN()) // rollouts with no content tokens
-				if ra.Means[i] != nil {
-					v = ra.Means[i][l][d]
+			if ra.Means[i] == nil {
+				for d := 0; d < D; d++ {
+					means = append(means, nan)
 				}
-				means = binary.LittleEndian.AppendUint32(means, math.Float32bits(v))
+				norms = append(norms, nan)
+				continue
 			}
-			v := float32(math.NaN())
-			if ra.Norms[i] != nil {
-				v = ra.Norms[i][l]
-			}
-			norms = binary.LittleEndian.AppendUint32(norms, math.Float32bits(v))
+			means = append(means, ra.Means[i][l]...)
+			norms = append(norms, ra.Norms[i][l])
 		}
 	}
 	n := int64(len(ra.Means))
 	act := filepath.Join(dir, "activations", roleFileName(ra.Role)+".safetensors")
 	if err := safetensors.Write(act+".tmp", []safetensors.Tensor{
-		{Name: "means", DType: "F32", Shape: []int64{n, int64(L), int64(D)}, Data: means},
-		{Name: "norms", DType: "F32", Shape: []int64{n, int64(L)}, Data: norms},
+		{Name: "means", DType: "F32", Shape: []int64{n, int64(L), int64(D)}, Data: safetensors.F32Bytes(means)},
+		{Name: "norms", DType: "F32", Shape: []int64{n, int64(L)}, Data: safetensors.F32Bytes(norms)},
 	}, map[string]string{"role": ra.Role}); err != nil {
 		return err
 	}
@@ -374,7 +371,7 @@ func LoadRoleActivations(dir, role string) (*RoleActivations, error) {
 		return nil, fmt.Errorf("%s: tensors of shape %v and %v do not match %d rollouts: delete it and %s to redo the role", actPath, mi.Shape, ni.Shape, len(ra.Rollouts), rollPath)
 	}
 	L, D := int(mi.Shape[1]), int(mi.Shape[2])
-	f32 := func(b []byte, i int) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])) }
+	allMeans, allNorms := safetensors.F32s(means), safetensors.F32s(norms)
 	ra.Means = make([][][]float32, len(ra.Rollouts))
 	ra.Norms = make([][]float32, len(ra.Rollouts))
 	for i := range ra.Rollouts {
@@ -382,17 +379,10 @@ func LoadRoleActivations(dir, role string) (*RoleActivations, error) {
 			continue
 		}
 		ra.Means[i] = make([][]float32, L)
-		for l := 0; l < L; l++ {
-			v := make([]float32, D)
-			for d := range v {
-				v[d] = f32(means, (i*L+l)*D+d)
-			}
-			ra.Means[i][l] = v
+		for l := range ra.Means[i] {
+			ra.Means[i][l] = allMeans[(i*L+l)*D : (i*L+l+1)*D]
 		}
-		ra.Norms[i] = make([]float32, L)
-		for l := range ra.Norms[i] {
-			ra.Norms[i][l] = f32(norms, i*L+l)
-		}
+		ra.Norms[i] = allNorms[i*L : (i+1)*L]
 	}
 	return ra, nil
 }

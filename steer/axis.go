@@ -2,7 +2,6 @@ package steer
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -148,11 +147,7 @@ func SaveAxis(path string, a *Axis) error {
 	var ts []safetensors.Tensor
 	for _, l := range layers {
 		v := vecs[l]
-		b := make([]byte, 4*len(v))
-		for i, x := range v {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-		}
-		ts = append(ts, safetensors.Tensor{Name: "axis.layer_" + strconv.Itoa(l), DType: "F32", Shape: []int64{int64(len(v))}, Data: b})
+		ts = append(ts, safetensors.Tensor{Name: "axis.layer_" + strconv.Itoa(l), DType: "F32", Shape: []int64{int64(len(v))}, Data: safetensors.F32Bytes(v)})
 	}
 	h := a.Header
 	h.Format = Format
@@ -202,11 +197,7 @@ func LoadAxis(path string) (*Axis, error) {
 		if info.DType != "F32" || len(info.Shape) != 1 {
 			return nil, fmt.Errorf("%s: tensor %q must be a 1-d F32 vector", path, name)
 		}
-		v := make([]float32, info.Shape[0])
-		for i := range v {
-			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
-		}
-		a.Raw[l] = v
+		a.Raw[l] = safetensors.F32s(data)
 	}
 	if len(a.Raw) == 0 {
 		return nil, fmt.Errorf("%s: no axis.layer_N tensors: not a keel vector file", path)

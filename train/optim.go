@@ -127,7 +127,7 @@ func tensorBytes(s *torch.Scope, t torch.Tensor) (safetensors.Tensor, error) {
 	if err := s.Err(); err != nil {
 		return safetensors.Tensor{}, err
 	}
-	return safetensors.Tensor{DType: "F32", Shape: shape, Data: f32Bytes(f)}, nil
+	return safetensors.Tensor{DType: "F32", Shape: shape, Data: safetensors.F32Bytes(f)}, nil
 }
 
 // loadInto copies a saved F32 tensor into dst (same shape).
@@ -144,7 +144,7 @@ func loadInto(s *torch.Scope, f *safetensors.File, name string, dst torch.Tensor
 		return fmt.Errorf("tensor %q has shape %v, the model needs %v: the checkpoint belongs to another model", name, info.Shape, want)
 	}
 	dt, dev := s.Meta(dst)
-	src := s.To(s.FromData(bytesF32(data), torch.Float32, info.Shape, torch.CPU), dt, dev)
+	src := s.To(s.FromData(safetensors.F32s(data), torch.Float32, info.Shape, torch.CPU), dt, dev)
 	s.CopyInto(dst, src)
 	return s.Err()
 }

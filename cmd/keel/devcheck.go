@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/steer/ptfile"
@@ -94,11 +95,7 @@ func readF32(path string) ([]float32, error) {
 	if len(b)%4 != 0 {
 		return nil, fmt.Errorf("%s: %d bytes is not a whole number of float32s", path, len(b))
 	}
-	xs := make([]float32, len(b)/4)
-	for i := range xs {
-		xs[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
-	return xs, nil
+	return safetensors.F32s(b), nil
 }
 
 // devForward writes, for each sequence k of --ids ("1,2,3;4,5,6"), PREFIX.k.logits.f32 [T, V] and

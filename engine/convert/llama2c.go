@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 
@@ -90,7 +89,7 @@ func Llama2c(modelPath, tokPath, outDir string) error {
 	}
 	var tensors []safetensors.Tensor
 	add := func(name string, data []float32, shape ...int64) {
-		tensors = append(tensors, safetensors.Tensor{Name: name, DType: "F32", Shape: shape, Data: f32Bytes(data)})
+		tensors = append(tensors, safetensors.Tensor{Name: name, DType: "F32", Shape: shape, Data: safetensors.F32Bytes(data)})
 	}
 	slice := func(key string, i, n int) []float32 { return w[key][i*n : (i+1)*n] }
 	add("model.embed_tokens.weight", w["token_embedding"], int64(h.VocabSize), int64(dim))
@@ -149,14 +148,6 @@ func interleavedToHalves(w []float32, heads, hd, cols int) []float32 {
 		}
 	}
 	return out
-}
-
-func f32Bytes(xs []float32) []byte {
-	b := make([]byte, 4*len(xs))
-	for i, x := range xs {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
 }
 
 func writeJSON(path string, v any) error {

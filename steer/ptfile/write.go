@@ -9,6 +9,8 @@ import (
 	"math"
 	"sort"
 	"strconv"
+
+	"github.com/keel-lab/keel/engine/safetensors"
 )
 
 // Write encodes a value the way torch.save does, so Python loads it with torch.load(path) (weights_only too):
@@ -46,11 +48,7 @@ func Write(w io.Writer, name string, v any) error {
 		return err
 	}
 	for i, s := range e.storages {
-		b := make([]byte, 4*len(s))
-		for j, x := range s {
-			binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(x))
-		}
-		if err := put("data/"+strconv.Itoa(i), b); err != nil {
+		if err := put("data/"+strconv.Itoa(i), safetensors.F32Bytes(s)); err != nil {
 			return err
 		}
 	}
