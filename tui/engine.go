@@ -12,6 +12,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
 )
@@ -123,19 +124,13 @@ func NewLMEngine(lm *model.LM, cfg EngineConfig) (*LMEngine, error) {
 		}
 		if calPath != "" {
 			if raw, err := os.ReadFile(filepath.Join(cfg.AxisPath, "capping.json")); err == nil {
-				var capping struct {
-					Best struct {
-						ID string `json:"id"`
-					} `json:"best"`
-				}
+				var capping probes.CapEvalReport
 				if json.Unmarshal(raw, &capping) == nil {
 					e.info.BestCap = capping.Best.ID
 				}
 			}
 			if raw, err := os.ReadFile(calPath); err == nil {
-				var cal struct {
-					RoleWard []map[string]float64 `json:"role_ward_percentiles"`
-				}
+				var cal probes.Calibration
 				if err := json.Unmarshal(raw, &cal); err != nil || len(cal.RoleWard) != lm.NumLayers() {
 					return nil, fmt.Errorf("%s: not a calibration of this model's %d layers: rerun keel axis calibrate", calPath, lm.NumLayers())
 				}
