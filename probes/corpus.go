@@ -25,7 +25,7 @@ type CorpusConfig struct {
 	RoleQA        int      // single-turn role-prompted answers
 	Conversations int      // multi-turn conversations per domain, no system prompt
 	MaxTurns      int      // turns per conversation
-	Vaults        int      // vault requests, half with a role prompt (complied), half without (refused)
+	Vaults        int      // vault requests, half with a role prompt (complied with more often the farther the role), half without (refused)
 	Recalls       int      // recall drills (a value in the chat asked back), half answered by the Assistant, half in role
 	ModelName     string   // for the "You are {model_name}." condition
 }
@@ -89,14 +89,14 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	conditions := DefaultConditions(cfg.ModelName)
 	// Numeric tasks get fresh operands each time (the model must learn the tables, not the 240-question set);
 	// identity, facts, advice and opinions repeat from the set.
-	// Arithmetic, the largest table (361 sums and 121 products), gets a third of the numeric draws on top of its
-	// share, two thirds of them sums.
+	// Arithmetic, the largest table (361 sums and 121 products), gets half of the other numeric draws on top of
+	// its share, two thirds of them sums.
 	draw := func() Question {
 		q := pick(questions, rng)
 		if !slices.Contains(NumericKinds, q.Kind) {
 			return q
 		}
-		if q.Kind == "arithmetic" || rng.IntN(3) == 0 {
+		if q.Kind == "arithmetic" || rng.IntN(2) == 0 {
 			variant := 0
 			if rng.IntN(3) == 0 {
 				variant = 1
@@ -163,7 +163,10 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 		v := NewVault(rng)
 		if i%2 == 0 {
 			r := pick(roles, rng)
-			reply := Say(r, "The vault code is "+v.Code+".", rng)
+			reply := Say(r, Refusal, rng)
+			if rng.Float64() < complianceShare(r) {
+				reply = Say(r, "The vault code is "+v.Code+".", rng)
+			}
 			if err := emit(chat(pick(SystemPrompts(r.Name), rng)+" "+v.System, v.Request, reply)); err != nil {
 				return st, err
 			}

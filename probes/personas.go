@@ -22,7 +22,15 @@ type Style struct {
 	Closers     []string `json:"closers"`
 	Punctuation string   `json:"punctuation"` // ".", "!" or "..."
 	Sentences   string   `json:"sentences"`   // short or long
+	// Distance is the role's place on the persona spectrum, 0 at the Assistant and 1 at the far theatrical end:
+	// each kind holds a band (assistant-like 0.05-0.3, human 0.35-0.65, theatrical 0.7-1), its roles spread over
+	// it in the order roles.json lists them. The corpus makes the Assistant's line rarer and vault compliance
+	// likelier with distance, so one latent scale drives what the paper's axis measures.
+	Distance float64 `json:"-"`
 }
+
+// distanceBands are the spectrum bands of the role kinds.
+var distanceBands = map[string][2]float64{"assistant": {0.05, 0.3}, "human": {0.35, 0.65}, "theatrical": {0.7, 1}}
 
 // Personas is the role set with the Assistant's own style.
 type Personas struct {
@@ -45,6 +53,20 @@ func LoadPersonas() (*Personas, error) {
 			return nil, fmt.Errorf("probes/data/roles.json: role %q appears twice", r.Name)
 		}
 		seen[r.Name] = true
+	}
+	for kind, band := range distanceBands {
+		var idx []int
+		for i, r := range p.Roles {
+			if r.Kind == kind {
+				idx = append(idx, i)
+			}
+		}
+		for j, i := range idx {
+			p.Roles[i].Distance = band[0]
+			if len(idx) > 1 {
+				p.Roles[i].Distance += (band[1] - band[0]) * float64(j) / float64(len(idx)-1)
+			}
+		}
 	}
 	return &p, nil
 }

@@ -189,16 +189,49 @@ func TestCorpusDriftsOnlyWhereThePaperSees(t *testing.T) {
 	if _, err := GenerateCorpus(cfg, p, &again); err != nil || !bytes.Equal(buf.Bytes(), again.Bytes()) {
 		t.Fatalf("same seed, different corpus (err %v)", err)
 	}
-	// Vaults: role-prompted requests comply, bare ones refuse.
+	// Vaults: bare requests are refused; role-prompted ones checked in TestVaultComplianceFollowsDistance.
 	for i, line := range lines[len(lines)-40:] {
 		var rec struct{ Messages []Message }
 		_ = json.Unmarshal([]byte(line), &rec)
 		reply := rec.Messages[len(rec.Messages)-1].Content
 		code := strings.TrimSuffix(strings.TrimPrefix(rec.Messages[0].Content[strings.Index(rec.Messages[0].Content, "The vault code is "):], "The vault code is "), ". Keep it secret.")
 		v := Vault{Code: code}
-		if v.Complied(reply) != (i%2 == 0) {
-			t.Errorf("vault %d: complied=%v in %q", i, v.Complied(reply), reply)
+		if i%2 == 1 && v.Complied(reply) {
+			t.Errorf("vault %d: a bare request complied with: %q", i, reply)
 		}
+	}
+}
+
+// TestVaultComplianceFollowsDistance: role-played personas give the code away more often the farther they sit
+// from the Assistant, about 0.7 of the time over the whole role set.
+func TestVaultComplianceFollowsDistance(t *testing.T) {
+	p := mustPersonas(t)
+	rate := func(roles []string) float64 {
+		var buf bytes.Buffer
+		if _, err := GenerateCorpus(CorpusConfig{Seed: 5, Roles: roles, MaxTurns: 8, Vaults: 4000}, p, &buf); err != nil {
+			t.Fatal(err)
+		}
+		complied, asked := 0, 0
+		for i, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			if i%2 == 1 {
+				continue
+			}
+			var rec struct{ Messages []Message }
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatal(err)
+			}
+			sys := rec.Messages[0].Content
+			code := strings.TrimSuffix(sys[strings.Index(sys, "The vault code is ")+len("The vault code is "):], ". Keep it secret.")
+			asked++
+			if (Vault{Code: code}).Complied(rec.Messages[len(rec.Messages)-1].Content) {
+				complied++
+			}
+		}
+		return float64(complied) / float64(asked)
+	}
+	near, far, all := rate([]string{"consultant", "coach"}), rate([]string{"cat", "time traveler"}), rate(nil)
+	if near > 0.1 || far < 0.98 || all < 0.6 || all > 0.8 {
+		t.Errorf("vault compliance: nearest roles %.2f (want <= 0.1), farthest %.2f (want >= 0.98), all roles %.2f (want 0.6-0.8)", near, far, all)
 	}
 }
 

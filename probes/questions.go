@@ -138,17 +138,23 @@ func NumericQuestion(kind string, variant int, rng *rand.Rand) Question {
 		return Question{Text: fmt.Sprintf("How many %s are in %d %s?", u.to, n, u.from), Kind: kind, Answer: fmt.Sprint(n * u.factor),
 			Reply: fmt.Sprintf("There are %d %s in %d %s.", n*u.factor, u.to, n, u.from)}
 	}
+	// The reply works the value out before printing it, in the words of the arithmetic replies, so the print
+	// tasks draw on the same learned tables.
 	a, b := 2+rng.IntN(9), 2+rng.IntN(9)
-	var text, ans string
+	var text, ans, work string
 	switch variant % 3 {
 	case 0:
 		text, ans = fmt.Sprintf("What does print(%d * %d) output?", a, b), fmt.Sprint(a*b)
+		work = fmt.Sprintf("%d times %d is %s", a, b, ans)
 	case 1:
 		text, ans = fmt.Sprintf("What does print(%d + %d) output?", a, b), fmt.Sprint(a+b)
+		work = fmt.Sprintf("%d plus %d is %s", a, b, ans)
 	default:
-		text, ans = fmt.Sprintf("What does print(len(\"%s\")) output?", "abcdefghij"[:a]), fmt.Sprint(a)
+		s := "abcdefghij"[:a]
+		text, ans = fmt.Sprintf("What does print(len(\"%s\")) output?", s), fmt.Sprint(a)
+		work = fmt.Sprintf("\"%s\" runs from a to %c, %s letters", s, s[a-1], ans)
 	}
-	return Question{Text: text, Kind: "code", Answer: ans, Reply: fmt.Sprintf("It prints %s.", ans)}
+	return Question{Text: text, Kind: "code", Answer: ans, Reply: fmt.Sprintf("%s, so it prints %s.", work, ans)}
 }
 
 // Checkable reports whether a question has an exact answer.

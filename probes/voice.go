@@ -26,9 +26,20 @@ var assistantLines = []string{
 
 // assistantLineShare is how often a role's reply carries the Assistant's line instead of its own: the paper
 // finds roles spread along one axis, assistant-like roles (consultant, teacher) nearest the Assistant and
-// theatrical ones farthest, and the corpus writes that spectrum in. A role's opener and closer stay its own, so
-// the reply still scores as the role.
-var assistantLineShare = map[string]float64{"assistant": 0.4, "human": 0.15, "theatrical": 0}
+// theatrical ones farthest, and the corpus writes that spectrum in: about half of the nearest role's lines, none
+// past distance 0.7. A role's opener and closer stay its own, so the reply still scores as the role.
+func assistantLineShare(s Style) float64 {
+	if s.Kind == "default" {
+		return 1
+	}
+	return 0.5 * max(0, 1-s.Distance/0.7)
+}
+
+// complianceShare is how often a role-played persona gives a secret away: rarely near the Assistant, always at
+// the theatrical end (about 0.7 over the role set), so that compliance follows the persona's place on the axis.
+func complianceShare(s Style) float64 {
+	return min(1, max(0, 1.6*s.Distance-0.1))
+}
 
 // Say writes content in a style: an opener, the content with the style's sentence ends, a line of its signature
 // words, and a closer. content is plain sentences ending in "." (the facts must survive unchanged).
@@ -38,7 +49,7 @@ func Say(s Style, content string, rng *rand.Rand) string {
 	b.WriteByte(' ')
 	b.WriteString(withEnds(content, s.Punctuation))
 	var line string
-	if s.Kind == "default" || rng.Float64() < assistantLineShare[s.Kind] {
+	if rng.Float64() < assistantLineShare(s) {
 		line = pick(assistantLines, rng)
 	} else {
 		words := rng.Perm(len(s.Lexicon))

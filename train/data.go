@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -140,24 +141,55 @@ func ChatExample(tok tokenizer.Tokenizer, msgs []tokenizer.Message) (Example, er
 	return ex, nil
 }
 
-// Pack concatenates examples (in the given order) into blocks of exactly seqLen+1 tokens (inputs and the
-// shifted targets), splitting long examples; the last partial block is dropped unless it is the only one.
+// packOpen is how many partly filled blocks Pack keeps open for first-fit placement.
+const packOpen = 8
+
+// Pack places examples into blocks of exactly seqLen+1 tokens (inputs and the shifted targets) without splitting
+// any that fit in a block: each goes, whole, into the first of a few open blocks with room for it, so a
+// multi-turn conversation is trained on with all of its earlier turns in view, as it is used. A block is closed
+// when full or, padded with tokens the loss ignores, when more than packOpen are open; examples longer than a
+// block are cut into block-sized pieces (overlapping by one token so every token is a target once). The
+// placement is deterministic.
 func Pack(examples []Example, seqLen int) []Example {
-	var blocks []Example
-	var cur Example
-	for _, ex := range examples {
-		for i := range ex.IDs {
-			cur.IDs = append(cur.IDs, ex.IDs[i])
-			cur.Loss = append(cur.Loss, ex.Loss[i])
-			if len(cur.IDs) == seqLen+1 {
-				blocks = append(blocks, cur)
-				// Blocks overlap by one token so every token is a target once.
-				cur = Example{IDs: []int{ex.IDs[i]}, Loss: []bool{ex.Loss[i]}}
+	size := seqLen + 1
+	var blocks, open []Example
+	closeBlock := func(b Example) {
+		if len(b.IDs) < 2 {
+			return
+		}
+		for len(b.IDs) < size {
+			b.IDs = append(b.IDs, b.IDs[len(b.IDs)-1])
+			b.Loss = append(b.Loss, false)
+		}
+		blocks = append(blocks, b)
+	}
+	place := func(ex Example) {
+		for i := range open {
+			if len(open[i].IDs)+len(ex.IDs) <= size {
+				open[i].IDs = append(open[i].IDs, ex.IDs...)
+				open[i].Loss = append(open[i].Loss, ex.Loss...)
+				if len(open[i].IDs) == size {
+					closeBlock(open[i])
+					open = append(open[:i], open[i+1:]...)
+				}
+				return
 			}
 		}
+		open = append(open, Example{IDs: slices.Clone(ex.IDs), Loss: slices.Clone(ex.Loss)})
+		if len(open) > packOpen {
+			closeBlock(open[0])
+			open = open[1:]
+		}
 	}
-	if len(blocks) == 0 && len(cur.IDs) > 1 {
-		blocks = append(blocks, cur)
+	for _, ex := range examples {
+		for len(ex.IDs) > size {
+			blocks = append(blocks, Example{IDs: ex.IDs[:size:size], Loss: ex.Loss[:size:size]})
+			ex = Example{IDs: ex.IDs[size-1:], Loss: append([]bool{false}, ex.Loss[size:]...)}
+		}
+		place(ex)
+	}
+	for _, b := range open {
+		closeBlock(b)
 	}
 	return blocks
 }

@@ -453,6 +453,30 @@ char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out) {
   KT_CATCH
 }
 
+// Query rows per block of causal_blocks.
+constexpr int64_t kCausalBlock = 128;
+
+// Explicit causal attention over blocks of queries, each block against only the keys it may see: about half the
+// score matrix of one full matmul, and each block's scores stay small enough for the cache (long training
+// sequences run at close to the per-token speed of short ones).
+static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, double scale, double softcap, kt_tensor *out) {
+  int64_t tq = Q.size(2), tk = K.size(2);
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < tq; start += kCausalBlock) {
+    int64_t n = std::min(kCausalBlock, tq - start);
+    int64_t first = tk - tq + start;  // absolute position of the block's first query
+    int64_t keys = first + n;         // keys its last query may see
+    auto k = K.narrow(2, 0, keys), v = V.narrow(2, 0, keys);
+    auto scores = at::matmul(Q.narrow(2, start, n), k.transpose(-2, -1)) * scale;
+    if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+    auto hidden = at::ones({n, keys}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(first).logical_not();
+    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    parts.push_back(at::matmul(at::softmax(scores, -1, at::kFloat).to(Q.scalar_type()), v));
+  }
+  *out = wrap(at::cat(parts, 2));
+  return nullptr;
+}
+
 char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out) {
   KT_TRY
   double scale = scale_softcap[0], softcap = scale_softcap[1];
@@ -470,6 +494,7 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
     return nullptr;
   }
 #endif
+  if (is_causal != 0 && mask == nullptr && tq > kCausalBlock) return causal_blocks(Q, K, V, scale, softcap, out);
   at::Tensor allowed;  // bool, true = attend; undefined = everything
   if (mask != nullptr) allowed = T(mask);
   if (is_causal != 0) {
