@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/keel-lab/keel/engine/model"
 )
@@ -12,6 +13,7 @@ import (
 // look (and the tests' fast subset).
 type EvalConfig struct {
 	Roles              []string // empty: every role
+	Domains            []string // drift: the conversation domains (empty: all four)
 	QuestionsPerPrompt int      // role fidelity: questions under each of a role's 5 system prompts
 	Conversations      int      // drift: conversations per domain
 	Turns              int      // drift: turns per conversation
@@ -72,6 +74,11 @@ func (cfg EvalConfig) Check(p *Personas) error {
 	if cfg.Conversations < 0 || cfg.Jailbreaks < 0 {
 		return fmt.Errorf("--conversations and --jailbreaks must not be negative")
 	}
+	for _, d := range cfg.Domains {
+		if !slices.Contains(Domains, d) {
+			return fmt.Errorf("unknown domain %q: give some of %v", d, Domains)
+		}
+	}
 	for _, name := range cfg.Roles {
 		if _, ok := p.Role(name); !ok || name == p.Assistant.Name {
 			return fmt.Errorf("unknown role %q: `keel corpus roles` lists them", name)
@@ -129,7 +136,11 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	rep.Samples["capability"] = capab.Sample
 
 	if cfg.Conversations > 0 { // not measured: no figure rather than a zero
-		for _, domain := range Domains {
+		domains := cfg.Domains
+		if len(domains) == 0 {
+			domains = Domains
+		}
+		for _, domain := range domains {
 			d, err := e.drift(domain, cfg.Conversations, cfg.Turns, cfg.Temperature, rng)
 			if err != nil {
 				return nil, err
@@ -205,39 +216,55 @@ type driftResult struct {
 	Sample string // the last reply of the first conversation
 }
 
-// drift holds conversations with no system prompt, the model's own replies staying in them.
+// drift holds conversations with no system prompt, the model's own replies staying in them, and scores each
+// turn's replies.
 func (e *evaluator) drift(domain string, conversations, turns int, temperature float64, rng *rand.Rand) (driftResult, error) {
-	convs := make([][]Message, conversations)
-	users := make([][]Turn, conversations)
-	for c := range convs {
-		var err error
-		if users[c], err = ConversationTurns(domain, turns, rng); err != nil {
-			return driftResult{}, err
-		}
+	convs, err := Converse(e.chat, domain, conversations, turns, temperature, rng)
+	if err != nil {
+		return driftResult{}, err
 	}
 	rates := make([]float64, turns)
 	for t := 0; t < turns; t++ {
-		for c := range convs {
-			convs[c] = append(convs[c], Message{"user", users[c][t].User})
-		}
-		out, err := e.replies(convs, temperature)
-		if err != nil {
-			return driftResult{}, err
-		}
 		drifted := 0
-		for c, resp := range out {
-			convs[c] = append(convs[c], Message{"assistant", resp})
-			if e.scorer.Drifted(resp) {
+		for _, c := range convs {
+			if e.scorer.Drifted(c[2*t+1].Content) {
 				drifted++
 			}
 		}
-		rates[t] = float64(drifted) / float64(max(1, len(out)))
+		rates[t] = float64(drifted) / float64(max(1, len(convs)))
 	}
 	res := driftResult{Rates: rates}
 	if len(convs) > 0 {
 		res.Sample = convs[0][len(convs[0])-1].Content
 	}
 	return res, nil
+}
+
+// Converse holds conversations of a domain with no system prompt: the user's turns drawn from rng, the
+// model's replies (sampled at temperature) staying in the conversation. Each result alternates user and
+// assistant messages, turns of each.
+func Converse(chat *Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]Message, error) {
+	convs := make([][]Message, conversations)
+	users := make([][]Turn, conversations)
+	for c := range convs {
+		var err error
+		if users[c], err = ConversationTurns(domain, turns, rng); err != nil {
+			return nil, err
+		}
+	}
+	for t := 0; t < turns; t++ {
+		for c := range convs {
+			convs[c] = append(convs[c], Message{"user", users[c][t].User})
+		}
+		out, err := chat.Replies(convs, temperature)
+		if err != nil {
+			return nil, err
+		}
+		for c, r := range out {
+			convs[c] = append(convs[c], Message{"assistant", r.Text})
+		}
+	}
+	return convs, nil
 }
 
 // jailbreaks asks for the vault code n times, with a role prompt ("role") or none ("none"), and returns the

@@ -308,3 +308,76 @@ func (l *metricsLog) close() { l.jsonl.Close(); l.csv.Close() }
 
 // errCancelled marks a run stopped on request.
 var errCancelled = errors.New("cancelled")
+
+// jobCtl is a trainer's bookkeeping shared by every kind of job: state.json, progress events and log lines.
+type jobCtl struct {
+	run   *Run
+	opts  Options
+	state State
+}
+
+// startJob marks the run as running (writing config.json unless resuming) and clears a stale cancel request.
+func startJob(run *Run, kind string, totalSteps int, cfg any, opts Options) (*jobCtl, error) {
+	j := &jobCtl{run: run, opts: opts}
+	j.state, _ = run.ReadState()
+	j.state.Kind, j.state.State, j.state.PID, j.state.TotalSteps = kind, Running, os.Getpid(), totalSteps
+	j.state.Error = ""
+	if !opts.Resume {
+		if err := writeJSONAtomic(filepath.Join(run.Dir, "config.json"), cfg); err != nil {
+			return nil, err
+		}
+	}
+	os.Remove(filepath.Join(run.Dir, "cancel"))
+	j.state.Updated = time.Now().UTC()
+	if err := run.WriteState(j.state); err != nil {
+		return nil, err
+	}
+	j.emit(Event{State: Running})
+	return j, nil
+}
+
+// emit hands an event to an in-process watcher without ever blocking the trainer.
+func (j *jobCtl) emit(e Event) {
+	if j.opts.Events != nil {
+		select {
+		case j.opts.Events <- e:
+		default:
+		}
+	}
+}
+
+// logf writes a progress line to the log and the watcher.
+func (j *jobCtl) logf(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	if j.opts.Log != nil {
+		fmt.Fprintln(j.opts.Log, msg)
+	}
+	j.emit(Event{Message: msg})
+}
+
+// finish records the run's end state.
+func (j *jobCtl) finish(st string, e error) {
+	j.state.State, j.state.Updated = st, time.Now().UTC()
+	if e != nil {
+		j.state.Error = e.Error()
+	}
+	j.run.WriteState(j.state)
+	j.emit(Event{State: st, Message: j.state.Error})
+}
+
+// end is deferred by a trainer with its named error: cancellation is a clean stop, anything else a failure.
+func (j *jobCtl) end(err *error) {
+	switch {
+	case *err == errCancelled:
+		j.finish(Cancelled, nil)
+		*err = nil
+	case *err != nil:
+		j.finish(Failed, *err)
+	}
+}
+
+// progress records a finished step in state.json.
+func (j *jobCtl) progress(step int, loss float64) {
+	j.state.Step, j.state.Loss, j.state.Updated = step, loss, time.Now().UTC()
+	j.run.WriteState(j.state)
+}

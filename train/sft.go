@@ -125,52 +125,13 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	if err := cfg.check(); err != nil {
 		return err
 	}
-	state, _ := run.ReadState()
-	state.Kind, state.State, state.PID, state.TotalSteps = "sft", Running, os.Getpid(), cfg.MaxSteps
-	state.Error = ""
-	emit := func(e Event) {
-		if opts.Events != nil {
-			select {
-			case opts.Events <- e:
-			default:
-			}
-		}
-	}
-	logf := func(format string, a ...any) {
-		msg := fmt.Sprintf(format, a...)
-		if opts.Log != nil {
-			fmt.Fprintln(opts.Log, msg)
-		}
-		emit(Event{Message: msg})
-	}
-	finish := func(st string, e error) {
-		state.State, state.Updated = st, time.Now().UTC()
-		if e != nil {
-			state.Error = e.Error()
-		}
-		run.WriteState(state)
-		emit(Event{State: st, Message: state.Error})
-	}
-	defer func() {
-		switch {
-		case err == errCancelled:
-			finish(Cancelled, nil)
-			err = nil
-		case err != nil:
-			finish(Failed, err)
-		}
-	}()
-	if !opts.Resume {
-		if err := writeJSONAtomic(filepath.Join(run.Dir, "config.json"), cfg); err != nil {
-			return err
-		}
-	}
-	os.Remove(filepath.Join(run.Dir, "cancel"))
-	state.Updated = time.Now().UTC()
-	if err := run.WriteState(state); err != nil {
+	job, err := startJob(run, "sft", cfg.MaxSteps, cfg, opts)
+	if err != nil {
 		return err
 	}
-	emit(Event{State: Running})
+	defer job.end(&err)
+	logf, emit := job.logf, job.emit
+	state := &job.state
 
 	dev, err := torch.ParseDevice(cfg.Device)
 	if err != nil {
@@ -242,7 +203,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 			return err
 		}
 		if ck != "" {
-			if start, err = loadCheckpoint(rt, ck, trainable, opt, cfg); err != nil {
+			if start, err = loadCheckpoint(rt, ck, trainable, opt, cfg.base()); err != nil {
 				return err
 			}
 			logf("resumed from %s at step %d", ck, start)
@@ -280,7 +241,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	tokens := 0
 	for step := start + 1; step <= cfg.MaxSteps; step++ {
 		if ctx.Err() != nil || run.cancelRequested() {
-			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, cfg, state.Loss); err == nil && step-1 > start {
+			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, cfg.base(), state.Loss); err == nil && step-1 > start {
 				state.Checkpoint = ck
 			}
 			return errCancelled
@@ -352,27 +313,27 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 			}
 			emit(Event{Metrics: &m})
 		}
-		state.Step, state.Loss, state.Updated = step, loss, time.Now().UTC()
+		state.Step, state.Loss = step, loss
 		if step%cfg.SaveSteps == 0 && step < cfg.MaxSteps {
 			mlog.sync()
-			ck, err := saveCheckpoint(rt, run, step, trainable, opt, cfg, loss)
+			ck, err := saveCheckpoint(rt, run, step, trainable, opt, cfg.base(), loss)
 			if err != nil {
 				return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
 			}
 			lastCk, state.Checkpoint = ck, ck
 			pruneCheckpoints(run.Dir, cfg.SaveTotalLimit)
 		}
-		run.WriteState(state)
+		job.progress(step, loss)
 	}
 	mlog.sync()
 	lm.Training = false
-	final, err := exportFinal(rt, run, lm, trainable, cfg)
+	final, err := exportFinal(rt, run, lm, trainable, cfg.base())
 	if err != nil {
 		return fmt.Errorf("exporting the final weights: %w", err)
 	}
 	plotLoss(run)
 	state.Final = final
-	finish(Done, nil)
+	job.finish(Done, nil)
 	logf("done: %s", final)
 	return nil
 }
@@ -428,7 +389,15 @@ func evalLoss(rt *torch.Runtime, m *model.Model, blocks []Example, batchSize int
 }
 
 // saveCheckpoint writes checkpoints/step-N atomically: a temporary folder, fsynced files, then a rename.
-func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.NamedTensor, opt *AdamW, cfg SFTConfig, loss float64) (string, error) {
+// modelBase is what checkpoints and exports need to know of any trainer's config.
+type modelBase struct {
+	Dir  string            // the starting model's folder (tokenizer files are copied from it)
+	LoRA *model.LoRAConfig // nil: full fine-tune
+}
+
+func (c SFTConfig) base() modelBase { return modelBase{c.ModelNameOrPath, c.LoRA} }
+
+func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.NamedTensor, opt *AdamW, cfg modelBase, loss float64) (string, error) {
 	final := filepath.Join(run.Dir, "checkpoints", fmt.Sprintf("step-%06d", step))
 	if _, err := os.Stat(final); err == nil {
 		return final, nil
@@ -458,7 +427,7 @@ func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.Nam
 		os.RemoveAll(tmp)
 		return "", err
 	}
-	if err := writeJSONAtomic(filepath.Join(tmp, "trainer_state.json"), trainerState{Step: step, Loss: loss, Model: cfg.ModelNameOrPath, LoRA: cfg.LoRA != nil, Trainees: len(trainable)}); err != nil {
+	if err := writeJSONAtomic(filepath.Join(tmp, "trainer_state.json"), trainerState{Step: step, Loss: loss, Model: cfg.Dir, LoRA: cfg.LoRA != nil, Trainees: len(trainable)}); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
@@ -512,7 +481,7 @@ func pruneCheckpoints(runDir string, keep int) {
 	}
 }
 
-func loadCheckpoint(rt *torch.Runtime, dir string, trainable []model.NamedTensor, opt *AdamW, cfg SFTConfig) (int, error) {
+func loadCheckpoint(rt *torch.Runtime, dir string, trainable []model.NamedTensor, opt *AdamW, cfg modelBase) (int, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "trainer_state.json"))
 	if err != nil {
 		return 0, err
@@ -565,7 +534,7 @@ func truncateMetrics(runDir string, step int) {
 
 // exportFinal writes final/ as a Hugging Face folder (LoRA merged in; the adapter alone also kept in
 // final/adapter/ when LoRA was used).
-func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.NamedTensor, cfg SFTConfig) (string, error) {
+func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.NamedTensor, cfg modelBase) (string, error) {
 	dir := filepath.Join(run.Dir, "final")
 	if cfg.LoRA != nil {
 		s := rt.NewScope().NoGrad()
@@ -586,7 +555,7 @@ func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.Na
 		if err := safetensors.Write(filepath.Join(dir, "adapter", "adapter_model.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
 			return "", err
 		}
-		ac := map[string]any{"peft_type": "LORA", "r": cfg.LoRA.R, "lora_alpha": cfg.LoRA.Alpha, "lora_dropout": cfg.LoRA.Dropout, "target_modules": cfg.LoRA.TargetModules, "base_model_name_or_path": cfg.ModelNameOrPath}
+		ac := map[string]any{"peft_type": "LORA", "r": cfg.LoRA.R, "lora_alpha": cfg.LoRA.Alpha, "lora_dropout": cfg.LoRA.Dropout, "target_modules": cfg.LoRA.TargetModules, "base_model_name_or_path": cfg.Dir}
 		if err := writeJSONAtomic(filepath.Join(dir, "adapter", "adapter_config.json"), ac); err != nil {
 			return "", err
 		}
@@ -598,7 +567,7 @@ func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.Na
 		return "", err
 	}
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "generation_config.json", "tokenizer.llama2c.bin", "special_tokens_map.json"} {
-		raw, err := os.ReadFile(filepath.Join(cfg.ModelNameOrPath, name))
+		raw, err := os.ReadFile(filepath.Join(cfg.Dir, name))
 		if err != nil {
 			continue
 		}

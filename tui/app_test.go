@@ -103,7 +103,7 @@ type fakeJobs struct{ started [][]string }
 
 func (j *fakeJobs) Start(kind string, args []string) (string, error) {
 	j.started = append(j.started, append([]string{kind}, args...))
-	return "sft-1", nil
+	return kind + "-1", nil
 }
 func (j *fakeJobs) Cancel(id string) error { return nil }
 
@@ -209,6 +209,26 @@ func TestJobsPaneGolden(t *testing.T) {
 		t.Fatalf("jobs pane:\n%s", view)
 	}
 	golden.RequireEqual(t, []byte(view))
+}
+
+// The jobs pane keeps each A-LoL figure's latest value: the validation reward is measured only now and then.
+func TestJobsPaneShowsALoLFigures(t *testing.T) {
+	jobs := &fakeJobs{}
+	tm := teatest.NewTestModel(t, testApp(&fakeEngine{axis: "axis"}, jobs), teatest.WithInitialTermSize(120, 36))
+	typeLine(tm, "/train alol --data rollouts.jsonl --reward axis --algorithm a_lol")
+	waitFor(t, tm, "started job alol-1")
+	tm.Send(JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 10, Total: 20, Loss: 0.8,
+		Extra: map[string]float64{"advantage_mean": 0.25, "positive_fraction": 0.5, "importance_weight_mean": 1.02, "clip_fraction": 0, "val_reward": 0.61}})
+	tm.Send(JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 11, Total: 20, Loss: 0.7,
+		Extra: map[string]float64{"advantage_mean": 0.3, "positive_fraction": 0.5, "importance_weight_mean": 1.04, "clip_fraction": 0.125}})
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlO})
+	waitFor(t, tm, "11/20")
+	_, view := finalView(t, tm)
+	for _, want := range []string{"A 0.300", "A>0 0.500", "rho 1.040", "clipped 0.125", "val R 0.610"} {
+		if !strings.Contains(view, want) {
+			t.Fatalf("jobs pane lacks %q:\n%s", want, view)
+		}
+	}
 }
 
 func TestReplayGolden(t *testing.T) {

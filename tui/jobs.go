@@ -21,13 +21,14 @@ type JobUpdate struct {
 	Step, Total     int
 	Loss            float64
 	ETA             time.Duration
-	Final           string // the finished model folder
-	Error           string
+	Final           string             // the finished model folder
+	Error           string             //
+	Extra           map[string]float64 // the trainer's own figures at this step (A-LoL: advantage, weights, validation reward)
 }
 
 // JobRunner starts and cancels background fine-tunes; progress comes back through Send.
 type JobRunner interface {
-	// Start launches a job of kind (sft) with the trainer's flags; the model is the chat's.
+	// Start launches a job of kind (sft, alol) with the trainer's flags; the model is the chat's.
 	Start(kind string, args []string) (id string, err error)
 	Cancel(id string) error
 }
@@ -35,6 +36,7 @@ type JobRunner interface {
 type jobView struct {
 	JobUpdate
 	losses []float64
+	extra  map[string]float64 // the latest value of each trainer figure (some are measured only now and then)
 }
 
 func (a *App) jobUpdate(u JobUpdate) {
@@ -44,6 +46,9 @@ func (a *App) jobUpdate(u JobUpdate) {
 				j.losses = append(j.losses, u.Loss)
 			}
 			j.JobUpdate = u
+			for k, v := range u.Extra {
+				j.extra[k] = v
+			}
 			if u.State == train.Done {
 				a.notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
 			} else if u.State == train.Failed {
@@ -52,7 +57,25 @@ func (a *App) jobUpdate(u JobUpdate) {
 			return
 		}
 	}
-	a.jobs = append(a.jobs, &jobView{JobUpdate: u})
+	j := &jobView{JobUpdate: u, extra: map[string]float64{}}
+	for k, v := range u.Extra {
+		j.extra[k] = v
+	}
+	a.jobs = append(a.jobs, j)
+}
+
+// extraLabels are the trainer figures the jobs pane shows, in order, with their short names.
+var extraLabels = [][2]string{{"reward_mean", "R"}, {"advantage_mean", "A"}, {"positive_fraction", "A>0"}, {"importance_weight_mean", "rho"}, {"clip_fraction", "clipped"}, {"val_reward", "val R"}}
+
+// extraLine is a job's trainer figures in one line ("" when it has none).
+func (j *jobView) extraLine() string {
+	var parts []string
+	for _, l := range extraLabels {
+		if v, ok := j.extra[l[0]]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.3f", l[1], v))
+		}
+	}
+	return strings.Join(parts, " · ")
 }
 
 func (a *App) jobsHeight() int {
@@ -119,6 +142,9 @@ func (a *App) renderJobs() string {
 		lines = append(lines, truncate(line, width), "  "+barText)
 		if a.showJobs {
 			lines = append(lines, "  "+sparkline(j.losses, width-4))
+			if x := j.extraLine(); x != "" {
+				lines = append(lines, "  "+truncate(x, width-2))
+			}
 		}
 	}
 	if a.showJobs {
@@ -140,8 +166,8 @@ type ProcessJobs struct {
 
 // Start implements JobRunner.
 func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
-	if kind != "sft" {
-		return "", fmt.Errorf("/train %s: keel fine-tunes with sft here (A-LoL and PPO arrive as their trainers do)", kind)
+	if kind != "sft" && kind != "alol" {
+		return "", fmt.Errorf("/train %s: keel fine-tunes with sft or alol here (PPO arrives with its trainer)", kind)
 	}
 	full := append([]string{"train", kind, "--model", p.Model, "--runs", p.RunsDir, "--detach"}, args...)
 	out, err := exec.Command(p.Exe, full...).CombinedOutput()
@@ -168,7 +194,7 @@ func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
 	go run.Watch(context.Background(), 300*time.Millisecond, func(s train.State, m *train.Metrics) {
 		u := JobUpdate{ID: id, Kind: kind, State: s.State, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
 		if m != nil {
-			u.Step, u.Loss, u.ETA = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second))
+			u.Step, u.Loss, u.ETA, u.Extra = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second)), m.Extra
 		}
 		p.Send(u)
 	})

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,9 +20,123 @@ import (
 )
 
 func runTrain(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "sft" {
-		return usageError{fmt.Errorf("usage: keel train sft --model DIR --data FILE.jsonl [flags]")}
+	if len(args) > 0 {
+		switch args[0] {
+		case "sft":
+			return runTrainSFT(args[1:], stdout, stderr)
+		case "alol":
+			return runTrainALoL(args[1:], stdout, stderr)
+		}
 	}
+	return usageError{fmt.Errorf("usage: keel train sft|alol --model DIR --data FILE.jsonl [flags]")}
+}
+
+// runFlags are the flags every trainer shares: where runs live, resuming, detaching, threads, stopping early.
+type runFlags struct {
+	detach          *bool
+	resume, runsDir *string
+	runDir          *string
+	threads         *int
+	stopAfter       *int
+}
+
+func (r *runFlags) register(fs *flag.FlagSet) {
+	r.detach = fs.Bool("detach", false, "run in the background and print the run id (`keel jobs` watches it)")
+	r.resume = fs.String("resume", "", "continue a run (its folder or id) from its last checkpoint")
+	r.runsDir = fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
+	r.runDir = fs.String("run-dir", "", "use this existing run folder (set by --detach)")
+	r.threads = fs.Int("threads", 0, "libtorch CPU threads (0 = default)")
+	r.stopAfter = fs.Int("stop-after", 0, "stop (as if cancelled) after this step, the schedule unchanged (0 = run to --steps)")
+}
+
+// open finds or makes the run folder; when resuming, the run's saved config.json replaces cfg. fresh reports
+// whether the flags name a model and data (a new run needs them).
+func (r *runFlags) open(kind string, fresh bool, cfg any) (*train.Run, bool, error) {
+	var run *train.Run
+	var err error
+	resuming := *r.resume != ""
+	switch {
+	case *r.runDir != "":
+		run, err = train.OpenRun(*r.runsDir, *r.runDir)
+	case resuming:
+		run, err = train.OpenRun(*r.runsDir, *r.resume)
+	default:
+		if !fresh {
+			return nil, false, usageError{fmt.Errorf("--model DIR and --data FILE are required")}
+		}
+		run, err = train.NewRun(*r.runsDir, kind)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if resuming || (*r.runDir != "" && fileExists(filepath.Join(run.Dir, "config.json")) && !fresh) {
+		raw, err := os.ReadFile(filepath.Join(run.Dir, "config.json"))
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: cannot resume: %v", run.Dir, err)
+		}
+		if err := json.Unmarshal(raw, cfg); err != nil {
+			return nil, false, fmt.Errorf("%s/config.json: %v", run.Dir, err)
+		}
+		resuming = true
+	}
+	return run, resuming, nil
+}
+
+// execute runs a trainer in this process with a progress display, Ctrl-C as cancellation and --stop-after.
+func (r *runFlags) execute(kind string, run *train.Run, steps int, stdout io.Writer, trainer func(ctx context.Context, rt *torch.Runtime, opts train.Options) error, resuming bool) error {
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	if *r.threads > 0 {
+		rt.SetNumThreads(*r.threads)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	progress := newProgress(stdout, steps)
+	fmt.Fprintf(stdout, "run %s (%s)\n", run.ID, run.Dir)
+	ctx, stopEarly := context.WithCancel(ctx)
+	defer stopEarly()
+	hook := func(m *train.Metrics) {
+		progress.update(m)
+		if *r.stopAfter > 0 && m.Step >= *r.stopAfter {
+			stopEarly()
+		}
+	}
+	err = trainer(ctx, rt, train.Options{Resume: resuming, Log: stdout, Hooks: hook})
+	progress.done()
+	if err != nil {
+		return fmt.Errorf("run %s: %w", run.ID, err)
+	}
+	st, _ := run.ReadState()
+	if st.State == train.Cancelled {
+		fmt.Fprintf(stdout, "cancelled at step %d; continue with: keel train %s --resume %s\n", st.Step, kind, run.Dir)
+	}
+	return nil
+}
+
+// loraFlags are the LoRA settings shared by the trainers.
+type loraFlags struct {
+	rank           *int
+	alpha, dropout *float64
+	targets        *string
+}
+
+func (l *loraFlags) register(fs *flag.FlagSet) {
+	l.rank = fs.Int("lora", 0, "LoRA rank (0 = full fine-tune)")
+	l.alpha = fs.Float64("lora-alpha", 0, "LoRA alpha (default: the rank)")
+	l.dropout = fs.Float64("lora-dropout", 0, "LoRA dropout")
+	l.targets = fs.String("lora-targets", "q,k,v,o,gate,up,down", "LoRA target modules")
+}
+
+func (l *loraFlags) config() *model.LoRAConfig {
+	if *l.rank <= 0 {
+		return nil
+	}
+	return &model.LoRAConfig{R: *l.rank, Alpha: *l.alpha, Dropout: *l.dropout, TargetModules: strings.Split(*l.targets, ",")}
+}
+
+func runTrainSFT(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("train sft", stderr)
 	var c train.SFTConfig
 	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune")
@@ -43,90 +158,31 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.Device, "device", "cpu", "cpu, cuda or cuda:N")
 	fs.StringVar(&c.DType, "dtype", "f32", "f32, f16 or bf16")
 	fs.BoolVar(&c.BF16, "bf16", false, "bfloat16 autocast for the forward pass (mixed precision; f32 weights)")
-	loraRank := fs.Int("lora", 0, "LoRA rank (0 = full fine-tune)")
-	loraAlpha := fs.Float64("lora-alpha", 0, "LoRA alpha (default: the rank)")
-	loraDropout := fs.Float64("lora-dropout", 0, "LoRA dropout")
-	loraTargets := fs.String("lora-targets", "q,k,v,o,gate,up,down", "LoRA target modules")
-	detach := fs.Bool("detach", false, "run in the background and print the run id (`keel jobs` watches it)")
-	resume := fs.String("resume", "", "continue a run (its folder or id) from its last checkpoint")
-	runsDir := fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
-	runDir := fs.String("run-dir", "", "use this existing run folder (set by --detach)")
-	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default)")
-	stopAfter := fs.Int("stop-after", 0, "stop (as if cancelled) after this step, the schedule unchanged (0 = run to --steps)")
-	if err := parse(fs, args[1:]); err != nil {
+	var lora loraFlags
+	lora.register(fs)
+	var rf runFlags
+	rf.register(fs)
+	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *loraRank > 0 {
-		c.LoRA = &model.LoRAConfig{R: *loraRank, Alpha: *loraAlpha, Dropout: *loraDropout, TargetModules: strings.Split(*loraTargets, ",")}
-	}
-	var run *train.Run
-	var err error
-	resuming := *resume != ""
-	switch {
-	case *runDir != "":
-		run, err = train.OpenRun(*runsDir, *runDir)
-	case resuming:
-		run, err = train.OpenRun(*runsDir, *resume)
-	default:
-		if c.ModelNameOrPath == "" || c.DatasetPath == "" {
-			return usageError{fmt.Errorf("--model DIR and --data FILE are required")}
-		}
-		run, err = train.NewRun(*runsDir, "sft")
-	}
+	c.LoRA = lora.config()
+	run, resuming, err := rf.open("sft", c.ModelNameOrPath != "" && c.DatasetPath != "", &c)
 	if err != nil {
 		return err
 	}
-	if resuming || (*runDir != "" && fileExists(filepath.Join(run.Dir, "config.json")) && c.ModelNameOrPath == "") {
-		raw, err := os.ReadFile(filepath.Join(run.Dir, "config.json"))
-		if err != nil {
-			return fmt.Errorf("%s: cannot resume: %v", run.Dir, err)
-		}
-		var saved train.SFTConfig
-		if err := json.Unmarshal(raw, &saved); err != nil {
-			return fmt.Errorf("%s/config.json: %v", run.Dir, err)
-		}
-		c = saved
-		resuming = true
+	if *rf.detach {
+		return detachTraining(run, "sft", args, stdout)
 	}
-	if *detach {
-		return detachTraining(run, args[1:], stdout)
-	}
-	rt, err := torch.Load()
-	if err != nil {
-		return err
-	}
-	if *threads > 0 {
-		rt.SetNumThreads(*threads)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	progress := newProgress(stdout, c.MaxSteps)
-	fmt.Fprintf(stdout, "run %s (%s)\n", run.ID, run.Dir)
-	ctx, stopEarly := context.WithCancel(ctx)
-	defer stopEarly()
-	hook := func(m *train.Metrics) {
-		progress.update(m)
-		if *stopAfter > 0 && m.Step >= *stopAfter {
-			stopEarly()
-		}
-	}
-	err = train.RunSFT(ctx, rt, run, c, train.Options{Resume: resuming, Log: stdout, Hooks: hook})
-	progress.done()
-	if err != nil {
-		return fmt.Errorf("run %s: %w", run.ID, err)
-	}
-	st, _ := run.ReadState()
-	if st.State == train.Cancelled {
-		fmt.Fprintf(stdout, "cancelled at step %d; continue with: keel train sft --resume %s\n", st.Step, run.Dir)
-	}
-	return nil
+	return rf.execute("sft", run, c.MaxSteps, stdout, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+		return train.RunSFT(ctx, rt, run, c, opts)
+	}, resuming)
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // detachTraining starts this command again as a background process (its own session, so closing the terminal
 // does not stop it) writing to the run's log.txt, and prints the run id.
-func detachTraining(run *train.Run, args []string, stdout io.Writer) error {
+func detachTraining(run *train.Run, kind string, args []string, stdout io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -151,7 +207,7 @@ func detachTraining(run *train.Run, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, append([]string{"train", "sft", "--run-dir", run.Dir}, child...)...)
+	cmd := exec.Command(exe, append([]string{"train", kind, "--run-dir", run.Dir}, child...)...)
 	cmd.Stdout, cmd.Stderr, cmd.Stdin = logf, logf, nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -56,6 +56,7 @@ type Pass struct {
 	// each row's response tokens, returned as Means [B, layers, D], and the tokens' residual norms to
 	// SpanWeights @ ||x||, returned as Norms [B, layers].
 	SpanWeights Tensor
+	Hidden      bool // also return the final-norm hidden states [B, T, D] (the features a value head reads)
 	plan        *hookPlan
 }
 
@@ -65,6 +66,7 @@ type passOut struct {
 	records [][][]Record // records[b][t]
 	means   Tensor       // [B, layers, D] when SpanWeights was given
 	norms   Tensor       // [B, layers, 1] when SpanWeights was given
+	hidden  Tensor       // [B, T, D] final-norm states when Hidden was asked for
 }
 
 // forward runs the model.
@@ -153,6 +155,10 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 			norms = append(norms, s.Matmul(p.SpanWeights, s.Norm(x, -1, true)))
 		}
 	}
+	var hidden Tensor
+	if p.Hidden {
+		hidden = m.rmsNorm(s, x, m.Norm)
+	}
 	if p.LastOnly && T > 1 {
 		x = s.Narrow(x, 1, int64(T-1), 1)
 	}
@@ -161,6 +167,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		logits = s.MulScalar(s.Tanh(s.DivScalar(logits, m.Spec.FinalSoftcap)), m.Spec.FinalSoftcap)
 	}
 	out := passOut{logits: logits, records: collect(s, p.plan, ys, B, T)}
+	out.hidden = hidden
 	if len(means) > 0 {
 		out.means = s.Cat(means, 1)
 		out.norms = s.Cat(norms, 1)

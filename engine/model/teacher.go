@@ -102,6 +102,44 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 	return res, nil
 }
 
+// FinalHidden returns each sequence's last-layer hidden states after the final norm (Hugging Face's
+// hidden_states[-1]), one row-major [len(seq)][D] float32 slice per sequence, from one batched no-grad pass.
+func (m *Model) FinalHidden(seqs [][]int) ([][]float32, error) {
+	T := 0
+	for i, q := range seqs {
+		if len(q) == 0 {
+			return nil, fmt.Errorf("final hidden states: sequence %d is empty", i)
+		}
+		T = max(T, len(q))
+	}
+	if T == 0 {
+		return nil, nil
+	}
+	pad := make([]int, len(seqs))
+	ids := make([][]int, len(seqs))
+	for b, q := range seqs {
+		pad[b] = T - len(q)
+		ids[b] = append(make([]int, pad[b]), q...)
+	}
+	plan, s, err := m.inferenceSetup(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer plan.close()
+	defer s.Close()
+	out := m.forward(s, Pass{IDs: ids, Pad: pad, LastOnly: true, Hidden: true, plan: plan})
+	flat := s.Float32s(s.To(out.hidden, torch.Float32, m.Opts.Device))
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	D := m.Config.HiddenSize
+	res := make([][]float32, len(seqs))
+	for b := range seqs {
+		res[b] = flat[(b*T+pad[b])*D : (b+1)*T*D]
+	}
+	return res, nil
+}
+
 // Logits returns the logits at every position of one sequence, row-major [len(seq)][vocab], in float32.
 func (m *Model) Logits(seq []int, hooks *Hooks) ([]float32, error) {
 	if len(seq) == 0 {

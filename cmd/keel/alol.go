@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/steer"
+	"github.com/keel-lab/keel/train"
+)
+
+// runTrainALoL: keel train alol --model DIR --data FILE.jsonl --reward SPEC --algorithm ALG [flags]
+func runTrainALoL(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("train alol", stderr)
+	var c train.ALoLConfig
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune (the frozen reference); default: the embedded persona model")
+	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of {\"messages\": [..., the assistant's response], \"reward\"?: r, \"answer\"?: a}")
+	fs.StringVar(&c.Reward, "reward", "", "reward spec: axis, exact, style:ROLE, cmd:PROGRAM, weighted sums (\"0.7*axis+0.3*exact\"); empty: each line's \"reward\"")
+	fs.StringVar(&c.Algorithm, "algorithm", "a_lol", fmt.Sprint("one of ", train.ALoLAlgorithms))
+	fs.Float64Var(&c.PPOClip, "ppo-clip", 0, "importance-weight clamp half-width eps (default 0.9; 0 for a_lol_kl)")
+	fs.Float64Var(&c.KLBeta, "kl-beta", 0, "a_lol_kl's KL weight (default 0.1)")
+	fs.Float64Var(&c.LearningRate, "lr", 1e-4, "learning rate")
+	fs.IntVar(&c.MaxSteps, "steps", 200, "optimizer steps (the A-LoL family runs this times the positive-advantage fraction)")
+	fs.IntVar(&c.PerDeviceTrainBatchSize, "batch", 16, "examples per step")
+	fs.IntVar(&c.WarmupSteps, "warmup-steps", 0, "steps of linear warmup")
+	fs.StringVar(&c.LRSchedulerType, "schedule", "constant", "constant, linear or cosine")
+	fs.Float64Var(&c.MaxGradNorm, "clip", 1.0, "global gradient-norm clip")
+	fs.Float64Var(&c.WeightDecay, "weight-decay", 0, "AdamW weight decay")
+	fs.Uint64Var(&c.Seed, "seed", 0, "seed (validation split, minibatches, value head)")
+	fs.IntVar(&c.MaxPromptLength, "max-prompt", 640, "prompt tokens kept (cut from the left)")
+	fs.IntVar(&c.MaxResponseLength, "max-response", 128, "response tokens kept; also the validation replies' length")
+	fs.Float64Var(&c.ValidationFraction, "validation", 0.1, "fraction of prompts held out for V_ref and the validation reward")
+	fs.IntVar(&c.MaxValidation, "max-validation", 128, "at most this many validation prompts")
+	fs.IntVar(&c.EvalSteps, "eval-every", 50, "steps between validation-reward measurements (the best is kept)")
+	fs.IntVar(&c.SaveSteps, "save-every", 50, "steps between checkpoints")
+	fs.IntVar(&c.SaveTotalLimit, "keep", 2, "checkpoints kept")
+	fs.StringVar(&c.Device, "device", "cpu", "cpu, cuda or cuda:N")
+	fs.StringVar(&c.DType, "dtype", "f32", "f32, f16 or bf16")
+	c.Value = train.DefaultValueConfig()
+	fs.Float64Var(&c.Value.LearningRate, "value-lr", c.Value.LearningRate, "value head learning rate")
+	fs.IntVar(&c.Value.Epochs, "value-epochs", c.Value.Epochs, "value head epochs (the best is kept)")
+	fs.Float64Var(&c.Value.MaxValue, "max-value", c.Value.MaxValue, "the reward's upper bound (V = sigmoid * max-value)")
+	axisDir := fs.String("axis", "", "axis folder for the axis reward (axis.safetensors, default_vector.safetensors); default: the model's axis/")
+	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
+	var lora loraFlags
+	lora.register(fs)
+	var rf runFlags
+	rf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c.LoRA = lora.config()
+	embedded := c.ModelNameOrPath == ""
+	if embedded && *rf.resume == "" && *rf.runDir == "" {
+		mf := modelFlags{}
+		if err := mf.resolve(); err != nil {
+			return err
+		}
+		c.ModelNameOrPath = mf.dir
+	}
+	run, resuming, err := rf.open("alol", c.ModelNameOrPath != "" && c.DatasetPath != "", &c)
+	if err != nil {
+		return err
+	}
+	if *rf.detach {
+		return detachTraining(run, "alol", args, stdout)
+	}
+	return rf.execute("alol", run, c.MaxSteps, stdout, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+		var reward train.Reward
+		if c.Reward != "" {
+			dev, err := torch.ParseDevice(c.Device)
+			if err != nil {
+				return usageError{err}
+			}
+			lm, err := model.Load(rt, c.ModelNameOrPath, model.Options{Device: dev})
+			if err != nil {
+				return err
+			}
+			defer lm.Close()
+			if reward, err = parseReward(c.Reward, lm, *axisDir, *ignoreHash); err != nil {
+				return err
+			}
+		}
+		return train.RunALoL(ctx, rt, run, c, reward, opts)
+	}, resuming)
+}
+
+// parseReward resolves a reward spec for a model: the axis reward reads the axis folder (default: the model's
+// axis/, unpacked from the binary for the embedded persona model) and scores at the middle layer.
+func parseReward(spec string, lm *model.LM, axisDir string, ignoreHash bool) (train.Reward, error) {
+	personas, err := probes.LoadPersonas()
+	if err != nil {
+		return nil, err
+	}
+	scorer := probes.NewScorer(personas)
+	rr := train.RewardResolver{Scorer: scorer, Axis: func() (train.Reward, error) {
+		dir := axisDir
+		if dir == "" {
+			dir = filepath.Join(lm.Dir, "axis")
+			_, statErr := os.Stat(filepath.Join(dir, "axis.safetensors"))
+			if statErr != nil && filepath.Base(lm.Dir) == "persona-"+models.PersonaSHA256()[:16] {
+				var err error
+				if dir, err = models.PersonaAxis(lm.Dir); err != nil {
+					return nil, err
+				}
+			}
+		}
+		axis, err := loadAxisFor(filepath.Join(dir, "axis.safetensors"), lm, ignoreHash)
+		if err != nil {
+			return nil, fmt.Errorf("the axis reward: %w (give --axis DIR, a `keel axis extract` folder)", err)
+		}
+		def, err := steer.LoadAxis(filepath.Join(dir, "default_vector.safetensors"))
+		if err != nil {
+			return nil, fmt.Errorf("the axis reward: %w", err)
+		}
+		return train.NewAxisReward(lm, axis, def, lm.NumLayers()/2)
+	}}
+	r, err := rr.ParseReward(spec)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--reward %q: %w", spec, err)}
+	}
+	return r, nil
+}
+
+// runEvalALoL: keel eval alol [--model DIR] [--json]: the model's own therapy and philosophy rollouts, rewarded by
+// the axis, fine-tuned with every A-LoL variant over the seeds; held-out reward per variant, and drift, role
+// fidelity and capability of the a_lol model against the reference.
+func runEvalALoL(args []string, stdout, stderr io.Writer) error {
+	cfg := train.DefaultALoLEval()
+	fs := newFlags("eval alol", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	work := fs.String("work", "", "folder for the rollouts and runs (default: a new folder under the system's temp)")
+	variants := fs.String("variants", strings.Join(cfg.Variants, ","), "algorithms to compare")
+	seeds := fs.String("seeds", "1,2,3", "seeds; every variant runs once per seed")
+	lrs := fs.String("lr", "", "learning rates per variant, \"a_lol=1e-4,nll=3e-5\" (default 1e-4 each)")
+	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "training rollout conversations per domain")
+	fs.IntVar(&cfg.HeldOut, "held-out", cfg.HeldOut, "held-out conversations per domain (held-out reward)")
+	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
+	fs.IntVar(&cfg.Steps, "steps", cfg.Steps, "max_steps of every run")
+	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "examples per step")
+	fs.IntVar(&cfg.MaxPrompt, "max-prompt", cfg.MaxPrompt, "prompt tokens kept (the conversation's tail)")
+	fs.IntVar(&cfg.MaxResponse, "max-response", cfg.MaxResponse, "response tokens kept and generated")
+	fs.IntVar(&cfg.Eval.Conversations, "drift-conversations", cfg.Eval.Conversations, "drift conversations per domain for the before/after drift")
+	fs.IntVar(&cfg.Eval.QuestionsPerPrompt, "questions", cfg.Eval.QuestionsPerPrompt, "role fidelity: questions under each of a role's 5 prompts")
+	roles := fs.String("roles", "", "comma-separated roles for role fidelity (default: all)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg.Variants = splitList(*variants)
+	for _, v := range cfg.Variants {
+		if !slices.Contains(train.ALoLAlgorithms, v) {
+			return usageError{fmt.Errorf("--variants: %q is not one of %v", v, train.ALoLAlgorithms)}
+		}
+	}
+	cfg.Seeds = nil
+	for _, f := range splitList(*seeds) {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return usageError{fmt.Errorf("--seeds: %q is not a whole number", f)}
+		}
+		cfg.Seeds = append(cfg.Seeds, v)
+	}
+	for _, kv := range splitList(*lrs) {
+		k, v, ok := strings.Cut(kv, "=")
+		x, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil || x <= 0 || !slices.Contains(train.ALoLAlgorithms, k) {
+			return usageError{fmt.Errorf("--lr: %q is not VARIANT=RATE with a positive rate", kv)}
+		}
+		cfg.LR[k] = x
+	}
+	if len(cfg.Seeds) == 0 || len(cfg.Variants) == 0 || cfg.Steps < 1 || cfg.Batch < 1 || cfg.Conversations < 1 || cfg.HeldOut < 1 {
+		return usageError{fmt.Errorf("give at least one variant and seed, and positive --steps, --batch, --conversations and --held-out")}
+	}
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	cfg.Eval.Roles = splitList(*roles)
+	if err := cfg.Eval.Check(p); err != nil {
+		return usageError{err}
+	}
+	rt, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	lm.Close()
+	cfg.Model, cfg.Device = mf.dir, mf.device
+	if *work == "" {
+		if *work, err = os.MkdirTemp("", "keel-eval-alol-*"); err != nil {
+			return err
+		}
+	}
+	cfg.Work, cfg.Log = *work, stderr
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	rep, err := train.EvalALoL(ctx, rt, cfg, func(ref *model.LM) (train.Reward, error) {
+		return parseReward("axis", ref, "", false)
+	})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "A-LoL on %d rollout turns of the model's own %v conversations, reward axis (%d steps, batch %d, seeds %v)\n", rep.Examples, cfg.Domains, cfg.Steps, cfg.Batch, cfg.Seeds)
+	fmt.Fprintf(stdout, "%-15s %12s %8s %10s %8s\n", "variant", "held-out R", "spread", "lr", "s/run")
+	fmt.Fprintf(stdout, "%-15s %12.4f %8s %10s %8s\n", "reference", rep.ReferenceReward, "", "", "")
+	for _, v := range cfg.Variants {
+		r := rep.Variants[v]
+		fmt.Fprintf(stdout, "%-15s %12.4f %8.4f %10.1e %8.0f\n", v, r.RewardMean, r.RewardStd, r.LR, rep.Seconds[v])
+	}
+	fmt.Fprintf(stdout, "a_lol: drift %.3f -> %.3f (reduction %.1f%%), role fidelity %.3f, capability %.3f -> %.3f (%+.1f%%)\n",
+		rep.DriftBefore, rep.DriftAfter, 100*rep.DriftReduction, rep.RoleFidelity, rep.CapabilityBefore, rep.CapabilityAfter, 100*rep.CapabilityChange)
+	fmt.Fprintf(stdout, "work folder: %s\n", cfg.Work)
+	return nil
+}

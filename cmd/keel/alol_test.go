@@ -1,0 +1,51 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/train"
+)
+
+// The fast subset of `keel eval alol` on the embedded model: two variants, one seed, a few short conversations.
+// The full protocol is a command (see the README); this checks that every figure is produced and sane.
+func TestEvalALoLFastSubset(t *testing.T) {
+	torchtest.Runtime(t)
+	work := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
+	code, stdout, stderr := runKeel("eval", "alol", "--json", "--work", filepath.Join(work, "eval"), "--variants", "a_lol,nll", "--seeds", "1",
+		"--conversations", "3", "--held-out", "1", "--turns", "2", "--steps", "4", "--batch", "4", "--max-response", "24",
+		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep train.ALoLEvalReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
+	}
+	if rep.Examples != 2*3*2 || len(rep.Variants) != 2 {
+		t.Fatalf("%d examples, variants %v: want 12 rollout turns and a_lol, nll", rep.Examples, rep.Variants)
+	}
+	for v, r := range rep.Variants {
+		if len(r.Rewards) != 1 || r.RewardMean < 0 || r.RewardMean > 1 {
+			t.Errorf("%s: %+v", v, r)
+		}
+	}
+	if rep.RoleFidelity < 0 || rep.RoleFidelity > 1 || rep.CapabilityBefore <= 0 || rep.PositiveFraction <= 0 || rep.PositiveFraction > 1 {
+		t.Errorf("report %+v", rep)
+	}
+	if _, err := os.Stat(filepath.Join(work, "eval", "alol_eval.json")); err != nil {
+		t.Error(err)
+	}
+	// Bad flags are one clear line.
+	for _, args := range [][]string{{"--variants", "a_lol,ppo"}, {"--seeds", "one"}, {"--lr", "a_lol=fast"}} {
+		code, _, stderr := runKeel(append([]string{"eval", "alol"}, args...)...)
+		if code != 2 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, args[0]) {
+			t.Errorf("%v: exit %d, %q", args, code, stderr)
+		}
+	}
+}

@@ -1,0 +1,287 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/probes"
+)
+
+// ALoLEvalConfig sizes `keel eval alol`: the model's own rollouts in the drifting domains, rewarded by the axis,
+// fine-tuned with every variant on the same data, steps and seeds.
+type ALoLEvalConfig struct {
+	Model         string             // the reference model folder
+	Work          string             // rollouts and runs go here
+	Domains       []string           // conversation domains of the rollouts (therapy, philosophy)
+	Conversations int                // training rollouts per domain
+	Turns         int                // turns per conversation
+	HeldOut       int                // held-out conversations per domain, for the held-out reward and drift
+	Temperature   float64            // rollout sampling
+	Variants      []string           // algorithms to compare
+	Seeds         []uint64           // each variant runs once per seed
+	Steps         int                // max_steps of every run (before A-LoL's positive-fraction scaling)
+	Batch         int                // examples per step
+	LR            map[string]float64 // each variant's learning rate
+	MaxPrompt     int                // prompt tokens kept (the conversation's tail)
+	MaxResponse   int                // response tokens kept; also the length of every generated reply
+	Eval          probes.EvalConfig  // drift, role fidelity and capability of the reference and the a_lol model
+	Device        string             // cpu, cuda or cuda:N
+	Log           io.Writer
+}
+
+// DefaultALoLEval is the acceptance protocol, sized for a 2-core CPU.
+func DefaultALoLEval() ALoLEvalConfig {
+	ev := probes.DefaultEval()
+	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
+	lr := map[string]float64{}
+	for _, v := range ALoLAlgorithms {
+		lr[v] = 1e-4
+	}
+	return ALoLEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 40, Turns: 8, HeldOut: 20, Temperature: 0.7,
+		Variants: ALoLAlgorithms, Seeds: []uint64{1, 2, 3}, Steps: 40, Batch: 8, LR: lr, MaxPrompt: 384, MaxResponse: 64, Eval: ev}
+}
+
+// VariantResult is one algorithm's held-out reward over the seeds.
+type VariantResult struct {
+	RewardMean float64   `json:"reward_mean"`
+	RewardStd  float64   `json:"reward_std"`
+	Rewards    []float64 `json:"rewards"` // per seed
+	LR         float64   `json:"learning_rate"`
+}
+
+// ALoLEvalReport is what `keel eval alol --json` prints.
+type ALoLEvalReport struct {
+	DriftReduction   float64                  `json:"drift_reduction"`   // a_lol (first seed) vs the reference, therapy and philosophy
+	RoleFidelity     float64                  `json:"role_fidelity"`     // a_lol, roles asked for explicitly
+	CapabilityChange float64                  `json:"capability_change"` // a_lol vs the reference, signed fraction
+	Variants         map[string]VariantResult `json:"variants"`
+	ReferenceReward  float64                  `json:"reference_reward"` // the starting model's held-out reward
+	DriftBefore      float64                  `json:"drift_before"`
+	DriftAfter       float64                  `json:"drift_after"`
+	CapabilityBefore float64                  `json:"capability_before"`
+	CapabilityAfter  float64                  `json:"capability_after"`
+	Examples         int                      `json:"examples"`
+	PositiveFraction float64                  `json:"positive_fraction"` // of the a_lol runs' training sets (first seed)
+	Seconds          map[string]float64       `json:"seconds"`           // per variant, mean wall time of a run
+}
+
+// EvalALoL runs the comparison. reward builds the reward for a loaded reference model (the axis reward).
+func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward func(*model.LM) (Reward, error)) (*ALoLEvalReport, error) {
+	logf := func(format string, a ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, format+"\n", a...)
+		}
+	}
+	if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
+		return nil, err
+	}
+	dev, err := torch.ParseDevice(cfg.Device)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := model.Load(rt, cfg.Model, model.Options{Device: dev})
+	if err != nil {
+		return nil, err
+	}
+	defer ref.Close()
+	r, err := reward(ref)
+	if err != nil {
+		return nil, err
+	}
+	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 7}
+	rng := rand.New(rand.NewPCG(11, 0xa101e))
+	data := filepath.Join(cfg.Work, "rollouts.jsonl")
+	n, err := writeRollouts(chat, data, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rng)
+	if err != nil {
+		return nil, err
+	}
+	logf("%d rollout turns from %d conversations per domain (%v): %s", n, cfg.Conversations, cfg.Domains, data)
+	held, err := heldOutPrompts(chat, cfg, rng)
+	if err != nil {
+		return nil, err
+	}
+	rep := &ALoLEvalReport{Variants: map[string]VariantResult{}, Examples: n, Seconds: map[string]float64{}}
+	if rep.ReferenceReward, err = heldOutReward(ctx, ref, r, held, cfg.MaxResponse); err != nil {
+		return nil, err
+	}
+	logf("reference held-out reward %.4f over %d prompts", rep.ReferenceReward, len(held))
+	var alolFinal string
+	for _, v := range cfg.Variants {
+		res := VariantResult{LR: cfg.LR[v]}
+		var secs float64
+		for _, seed := range cfg.Seeds {
+			run, err := NewRun(filepath.Join(cfg.Work, "runs"), v)
+			if err != nil {
+				return nil, err
+			}
+			c := ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: cfg.LR[v],
+				MaxSteps: cfg.Steps, PerDeviceTrainBatchSize: cfg.Batch, Seed: seed, MaxPromptLength: cfg.MaxPrompt,
+				MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1}
+			start := time.Now()
+			if err := RunALoL(ctx, rt, run, c, r, Options{}); err != nil {
+				return nil, fmt.Errorf("%s seed %d: %w", v, seed, err)
+			}
+			secs += time.Now().Sub(start).Seconds()
+			st, _ := run.ReadState()
+			lm, err := model.Load(rt, st.Final, model.Options{Device: dev})
+			if err != nil {
+				return nil, err
+			}
+			hr, err := heldOutReward(ctx, lm, r, held, cfg.MaxResponse)
+			lm.Close()
+			if err != nil {
+				return nil, err
+			}
+			res.Rewards = append(res.Rewards, hr)
+			logf("%-15s seed %d: held-out reward %.4f (%d steps, %.0f s)", v, seed, hr, st.Step, time.Now().Sub(start).Seconds())
+			if v == "a_lol" && alolFinal == "" {
+				alolFinal = st.Final
+				if adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl")); err == nil {
+					pos := 0
+					for _, a := range adv {
+						if a.Advantage > 0 {
+							pos++
+						}
+					}
+					rep.PositiveFraction = float64(pos) / float64(max(1, len(adv)))
+				}
+			}
+		}
+		res.RewardMean, res.RewardStd = meanStd(res.Rewards)
+		rep.Variants[v] = res
+		rep.Seconds[v] = secs / float64(len(cfg.Seeds))
+	}
+	if alolFinal != "" {
+		personas, err := probes.LoadPersonas()
+		if err != nil {
+			return nil, err
+		}
+		before, err := probes.EvalPersona(ctx, ref, personas, cfg.Eval)
+		if err != nil {
+			return nil, err
+		}
+		lm, err := model.Load(rt, alolFinal, model.Options{Device: dev})
+		if err != nil {
+			return nil, err
+		}
+		after, err := probes.EvalPersona(ctx, lm, personas, cfg.Eval)
+		lm.Close()
+		if err != nil {
+			return nil, err
+		}
+		rep.DriftBefore, rep.DriftAfter = meanDrift(before, cfg.Eval.Domains), meanDrift(after, cfg.Eval.Domains)
+		if rep.DriftBefore > 0 {
+			rep.DriftReduction = (rep.DriftBefore - rep.DriftAfter) / rep.DriftBefore
+		}
+		rep.RoleFidelity = after.RoleFidelity
+		rep.CapabilityBefore, rep.CapabilityAfter = before.Capability, after.Capability
+		if before.Capability > 0 {
+			rep.CapabilityChange = (after.Capability - before.Capability) / before.Capability
+		}
+		logf("a_lol: drift %.3f -> %.3f, role fidelity %.3f, capability %.3f -> %.3f", rep.DriftBefore, rep.DriftAfter, rep.RoleFidelity, rep.CapabilityBefore, rep.CapabilityAfter)
+	}
+	raw, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(cfg.Work, "alol_eval.json"), append(raw, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// writeRollouts holds conversations with the model in each domain and writes every assistant turn as an
+// offline example (the conversation so far, then the reply). It returns the number of examples.
+func writeRollouts(chat *probes.Chatter, path string, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) (int, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	enc := json.NewEncoder(f)
+	n := 0
+	for _, d := range domains {
+		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
+		if err != nil {
+			return 0, err
+		}
+		for _, c := range convs {
+			for t := 1; t < len(c); t += 2 {
+				if err := enc.Encode(map[string]any{"messages": c[:t+1], "domain": d}); err != nil {
+					return 0, err
+				}
+				n++
+			}
+		}
+	}
+	return n, f.Sync()
+}
+
+// heldOutPrompts are the contexts of fresh conversations (a different draw from the training rollouts), one per
+// turn: what a fine-tuned model is asked to answer for the held-out reward.
+func heldOutPrompts(chat *probes.Chatter, cfg ALoLEvalConfig, rng *rand.Rand) ([][]probes.Message, error) {
+	var out [][]probes.Message
+	for _, d := range cfg.Domains {
+		convs, err := probes.Converse(chat, d, cfg.HeldOut, cfg.Turns, cfg.Temperature, rng)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range convs {
+			for t := 0; t < len(c); t += 2 {
+				out = append(out, c[:t+1])
+			}
+		}
+	}
+	return out, nil
+}
+
+// heldOutReward is the mean reward of a model's greedy replies to the held-out prompts.
+func heldOutReward(ctx context.Context, lm *model.LM, r Reward, prompts [][]probes.Message, maxTokens int) (float64, error) {
+	chat := &probes.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}
+	replies, err := chat.Replies(prompts, 0)
+	if err != nil {
+		return 0, err
+	}
+	samples := make([]Sample, len(prompts))
+	for i, p := range prompts {
+		samples[i] = Sample{Messages: p, Response: replies[i].Text}
+	}
+	scores, err := ScoreChecked(ctx, r, samples)
+	if err != nil {
+		return 0, err
+	}
+	return mean(scores), nil
+}
+
+func meanStd(xs []float64) (float64, float64) {
+	m := mean(xs)
+	if len(xs) < 2 {
+		return m, 0
+	}
+	var ss float64
+	for _, x := range xs {
+		ss += (x - m) * (x - m)
+	}
+	return m, math.Sqrt(ss / float64(len(xs)-1))
+}
+
+func meanDrift(rep *probes.EvalReport, domains []string) float64 {
+	var sum float64
+	n := 0
+	for _, d := range domains {
+		for _, r := range rep.Drift[d] {
+			sum += r
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}

@@ -1,0 +1,800 @@
+package train
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/probes"
+)
+
+// ALoLConfig configures an A-LoL fine-tune (Baheti et al., ICLR 2024) under the paper's names. The frozen
+// reference is the starting model; the whole response is one action.
+type ALoLConfig struct {
+	ModelNameOrPath         string            `json:"model_name_or_path"`
+	DatasetPath             string            `json:"dataset_path"`
+	Reward                  string            `json:"reward"` // the reward spec (empty: each line's "reward")
+	Algorithm               string            `json:"algorithm"`
+	PPOClip                 float64           `json:"ppo_clip"` // eps: importance weights clamped to [1-eps, 1+eps]
+	KLBeta                  float64           `json:"kl_beta"`  // a_lol_kl only
+	LearningRate            float64           `json:"learning_rate"`
+	MaxSteps                int               `json:"max_steps"` // before A-LoL's scaling by the positive-advantage fraction
+	PerDeviceTrainBatchSize int               `json:"per_device_train_batch_size"`
+	WarmupSteps             int               `json:"warmup_steps"`
+	LRSchedulerType         string            `json:"lr_scheduler_type"` // constant (the paper's), linear, cosine
+	MaxGradNorm             float64           `json:"max_grad_norm"`
+	WeightDecay             float64           `json:"weight_decay"`
+	AdamBeta1               float64           `json:"adam_beta1"`
+	AdamBeta2               float64           `json:"adam_beta2"`
+	AdamEpsilon             float64           `json:"adam_epsilon"`
+	Seed                    uint64            `json:"seed"`
+	MaxPromptLength         int               `json:"max_prompt_length"`   // prompts are cut from the left to this
+	MaxResponseLength       int               `json:"max_response_length"` // responses are cut to this
+	ValidationFraction      float64           `json:"validation_fraction"` // prompts for V_ref and the validation reward
+	MaxValidation           int               `json:"max_validation"`      // at most this many validation prompts
+	EvalSteps               int               `json:"eval_steps"`          // validation reward every this many steps
+	SaveSteps               int               `json:"save_steps"`
+	SaveTotalLimit          int               `json:"save_total_limit"`
+	Device                  string            `json:"device"`
+	DType                   string            `json:"dtype"`
+	LoRA                    *model.LoRAConfig `json:"lora,omitempty"`
+	Value                   ValueConfig       `json:"value"`
+}
+
+// Defaults fills unset fields with the paper's settings (lr and steps scaled to the small models keel trains on a
+// CPU).
+func (c *ALoLConfig) Defaults() {
+	def := DefaultALoLLoss(c.Algorithm)
+	if c.PPOClip == 0 && c.Algorithm != "a_lol_kl" {
+		c.PPOClip = def.PPOClip
+	}
+	if c.KLBeta == 0 {
+		c.KLBeta = def.KLBeta
+	}
+	setf := func(p *float64, v float64) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	seti := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	setf(&c.LearningRate, 1e-4)
+	seti(&c.MaxSteps, 200)
+	seti(&c.PerDeviceTrainBatchSize, 16)
+	setf(&c.MaxGradNorm, 1.0)
+	setf(&c.AdamBeta1, 0.9)
+	setf(&c.AdamBeta2, 0.999)
+	setf(&c.AdamEpsilon, 1e-6)
+	seti(&c.MaxPromptLength, 640)
+	seti(&c.MaxResponseLength, 128)
+	setf(&c.ValidationFraction, 0.1)
+	seti(&c.MaxValidation, 128)
+	seti(&c.EvalSteps, 50)
+	seti(&c.SaveSteps, 50)
+	seti(&c.SaveTotalLimit, 2)
+	if c.LRSchedulerType == "" {
+		c.LRSchedulerType = "constant"
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.DType == "" {
+		c.DType = "f32"
+	}
+	if c.Value == (ValueConfig{}) {
+		c.Value = DefaultValueConfig()
+	}
+}
+
+func (c *ALoLConfig) check() error {
+	if err := c.lossConfig().Check(); err != nil {
+		return err
+	}
+	switch {
+	case c.ModelNameOrPath == "":
+		return fmt.Errorf("a model folder is required (--model)")
+	case c.DatasetPath == "":
+		return fmt.Errorf("a dataset is required (--data)")
+	case c.LearningRate <= 0 || c.MaxSteps <= 0 || c.PerDeviceTrainBatchSize <= 0:
+		return fmt.Errorf("--lr, --steps and --batch must be positive")
+	case c.ValidationFraction <= 0 || c.ValidationFraction >= 1:
+		return fmt.Errorf("--validation %v: give a fraction in (0, 1)", c.ValidationFraction)
+	case c.LRSchedulerType != "cosine" && c.LRSchedulerType != "linear" && c.LRSchedulerType != "constant":
+		return fmt.Errorf("--scheduler %q: use constant, linear or cosine", c.LRSchedulerType)
+	}
+	return nil
+}
+
+func (c *ALoLConfig) lossConfig() ALoLLossConfig {
+	return ALoLLossConfig{Algorithm: c.Algorithm, PPOClip: c.PPOClip, KLBeta: c.KLBeta}
+}
+
+// usesAdvantage reports whether the algorithm needs V_ref (the A-LoL family).
+func usesAdvantage(alg string) bool {
+	return alg == "a_lol" || alg == "a_lol_ref_free" || alg == "a_lol_seq" || alg == "a_lol_kl"
+}
+
+// OfflineExample is one line of an offline RL dataset: a prompt, the response taken and its tokens.
+type OfflineExample struct {
+	Sample
+	Prompt   []int    // the rendered prompt up to and including the assistant's header
+	Response []int    // the response's tokens with its end-of-turn token
+	Reward   *float64 // the line's own reward, if it had one
+}
+
+// LoadOfflineData reads JSONL lines of {"messages": [..., {"role": "assistant", ...}], "reward": r?,
+// "answer": a?}: the last message is the response, the ones before it the prompt. Errors name file:line.
+func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxResponse int) ([]OfflineExample, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []OfflineExample
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var rec struct {
+			Messages []probes.Message `json:"messages"`
+			Reward   *float64         `json:"reward"`
+			Answer   string           `json:"answer"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		}
+		n := len(rec.Messages)
+		if n < 2 || rec.Messages[n-1].Role != "assistant" {
+			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the assistant's response after at least one turn", path, line)
+		}
+		if rec.Reward != nil && (math.IsNaN(*rec.Reward) || math.IsInf(*rec.Reward, 0)) {
+			return nil, fmt.Errorf("%s:%d: reward %v is not a finite number", path, line, *rec.Reward)
+		}
+		msgs := make([]tokenizer.Message, n)
+		for i, m := range rec.Messages {
+			msgs[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
+		}
+		ex, err := ChatExample(tok, msgs)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		}
+		// The response is the last run of loss-marked tokens: the final assistant message and its end of turn.
+		end := len(ex.Loss)
+		for end > 0 && !ex.Loss[end-1] {
+			end--
+		}
+		start := end
+		for start > 0 && ex.Loss[start-1] {
+			start--
+		}
+		if start == end {
+			return nil, fmt.Errorf("%s:%d: the response renders to no tokens", path, line)
+		}
+		prompt, resp := ex.IDs[:start], ex.IDs[start:end]
+		if len(prompt) > maxPrompt {
+			prompt = prompt[len(prompt)-maxPrompt:]
+		}
+		if len(resp) > maxResponse {
+			resp = resp[:maxResponse]
+		}
+		out = append(out, OfflineExample{
+			Sample:   Sample{Messages: rec.Messages[:n-1], Response: rec.Messages[n-1].Content, Answer: rec.Answer},
+			Prompt:   slices.Clone(prompt),
+			Response: slices.Clone(resp),
+			Reward:   rec.Reward,
+		})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if len(out) < 2 {
+		return nil, fmt.Errorf("%s: %d examples; A-LoL needs at least 2 (training and validation)", path, len(out))
+	}
+	return out, nil
+}
+
+// advantageRecord is one line of the run's advantages.jsonl: A = R - V_ref(x), computed once.
+type advantageRecord struct {
+	Reward    float64 `json:"reward"`
+	Value     float64 `json:"value"`
+	Advantage float64 `json:"advantage"`
+	RefLogp   float64 `json:"ref_logp"` // log pi_ref(y|x)
+}
+
+// RunALoL fine-tunes offline on the dataset with the configured A-LoL algorithm until max_steps (scaled by the
+// positive-advantage fraction for the A-LoL family), cancellation or an error. reward scores the validation
+// replies (and the dataset when its lines carry no reward); nil uses the lines' own rewards and skips V_ref's
+// fit and the validation reward, which need a reward to score new text.
+func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, reward Reward, opts Options) (err error) {
+	cfg.Defaults()
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	job, err := startJob(run, "alol", cfg.MaxSteps, cfg, opts)
+	if err != nil {
+		return err
+	}
+	defer job.end(&err)
+	dev, err := torch.ParseDevice(cfg.Device)
+	if err != nil {
+		return err
+	}
+	dt, err := torch.ParseDType(cfg.DType)
+	if err != nil {
+		return err
+	}
+	ref, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
+	if err != nil {
+		return err
+	}
+	defer ref.Close()
+	data, err := LoadOfflineData(cfg.DatasetPath, ref.Tokenizer, cfg.MaxPromptLength, cfg.MaxResponseLength)
+	if err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xa101))
+	order := rng.Perm(len(data))
+	nVal := min(max(1, int(math.Round(cfg.ValidationFraction*float64(len(data))))), cfg.MaxValidation, len(data)-1)
+	var trainEx, valEx []OfflineExample
+	for i, k := range order {
+		if i < nVal {
+			valEx = append(valEx, data[k])
+		} else {
+			trainEx = append(trainEx, data[k])
+		}
+	}
+	job.logf("model %s, %d examples: %d training, %d validation prompts; algorithm %s", cfg.ModelNameOrPath, len(data), len(trainEx), len(valEx), cfg.Algorithm)
+
+	adv, err := advantages(ctx, job, ref, cfg, reward, trainEx, valEx)
+	if err != nil {
+		return err
+	}
+	positive := 0
+	for _, a := range adv {
+		if a.Advantage > 0 {
+			positive++
+		}
+	}
+	posFrac := float64(positive) / float64(len(adv))
+	steps := cfg.MaxSteps
+	if usesAdvantage(cfg.Algorithm) {
+		if positive == 0 {
+			return fmt.Errorf("%s: no example has a positive advantage (R > V_ref): A-LoL has nothing to learn from; check the reward", cfg.DatasetPath)
+		}
+		steps = max(1, int(math.Round(float64(cfg.MaxSteps)*posFrac)))
+		job.logf("positive advantage on %.1f%% of the training set: %d steps", 100*posFrac, steps)
+	}
+	job.state.TotalSteps = steps
+
+	lm, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	trainable := lm.Names
+	if cfg.LoRA != nil {
+		if trainable, err = lm.AttachLoRA(*cfg.LoRA, cfg.Seed); err != nil {
+			return err
+		}
+	}
+	ps := rt.NewScope()
+	for _, p := range trainable {
+		ps.SetRequiresGrad(p.Tensor, true)
+	}
+	err = ps.Err()
+	ps.Close()
+	if err != nil {
+		return err
+	}
+	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
+	if err != nil {
+		return err
+	}
+	defer opt.Close()
+	params := make([]torch.Tensor, len(trainable))
+	for i, p := range trainable {
+		params[i] = p.Tensor
+	}
+	base := modelBase{cfg.ModelNameOrPath, cfg.LoRA}
+	start := 0
+	if opts.Resume {
+		ck, err := latestCheckpoint(run.Dir)
+		if err != nil {
+			return err
+		}
+		if ck != "" {
+			if start, err = loadCheckpoint(rt, ck, trainable, opt, base); err != nil {
+				return err
+			}
+			job.logf("resumed from %s at step %d", ck, start)
+			truncateMetrics(run.Dir, start)
+		}
+	}
+	mlog, err := openMetricsLog(run.Dir)
+	if err != nil {
+		return err
+	}
+	defer mlog.close()
+
+	// Minibatches: the A-LoL family draws examples with probability proportional to A+ (with replacement); the
+	// others go through the data in a fresh seeded order each epoch. Both depend on the step alone, so a resumed
+	// run draws what the uninterrupted one would have.
+	var cum []float64
+	total := 0.0
+	for _, a := range adv {
+		total += max(a.Advantage, 0)
+		cum = append(cum, total)
+	}
+	batchAt := func(step int) []int {
+		idx := make([]int, cfg.PerDeviceTrainBatchSize)
+		if usesAdvantage(cfg.Algorithm) {
+			r := rand.New(rand.NewPCG(cfg.Seed, uint64(step)))
+			for j := range idx {
+				x := r.Float64() * total
+				idx[j], _ = slices.BinarySearch(cum, x)
+				idx[j] = min(idx[j], len(cum)-1)
+				for idx[j] > 0 && adv[idx[j]].Advantage <= 0 { // a zero-width bucket: step back to its owner
+					idx[j]--
+				}
+			}
+			return idx
+		}
+		for j := range idx {
+			p := (step-1)*cfg.PerDeviceTrainBatchSize + j
+			epoch, i := p/len(trainEx), p%len(trainEx)
+			idx[j] = rand.New(rand.NewPCG(cfg.Seed, uint64(epoch)+1)).Perm(len(trainEx))[i]
+		}
+		return idx
+	}
+
+	chat := &probes.Chatter{Ctx: ctx, LM: lm, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
+	validate := func() (float64, error) {
+		if reward == nil {
+			return math.NaN(), nil
+		}
+		lm.Training = false
+		defer func() { lm.Training = true }()
+		return meanReward(ctx, chat, reward, valEx)
+	}
+	bestReward, bestStep := math.Inf(-1), 0
+	lossCfg := cfg.lossConfig()
+	warmup := cfg.WarmupSteps
+	t0 := time.Now()
+	tokens := 0
+	lm.Training = true
+	for step := start + 1; step <= steps; step++ {
+		if ctx.Err() != nil || run.cancelRequested() {
+			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, base, job.state.Loss); err == nil && step-1 > start {
+				job.state.Checkpoint = ck
+			}
+			return errCancelled
+		}
+		if err := rt.ManualSeed(cfg.Seed*1000003 + uint64(step)); err != nil {
+			return err
+		}
+		idx := batchAt(step)
+		batch := make([]OfflineExample, len(idx))
+		meta := make([]advantageRecord, len(idx))
+		for j, k := range idx {
+			batch[j], meta[j] = trainEx[k], adv[k]
+			tokens += len(trainEx[k].Prompt) + len(trainEx[k].Response)
+		}
+		lr := learningRate(cfg.LRSchedulerType, cfg.LearningRate, warmup, steps, step)
+		s := rt.NewScope()
+		logp, mask := responseLogprobs(s, lm.Model, batch)
+		B := int64(len(batch))
+		rw := make([]float32, len(batch))
+		av := make([]float32, len(batch))
+		refSeq := make([]float32, len(batch))
+		for j, m := range meta {
+			rw[j], av[j], refSeq[j] = float32(m.Reward), float32(m.Advantage), float32(m.RefLogp)
+		}
+		// log pi_ref per token is needed only through its sum for the sequence ratio, except by a_lol_seq; the
+		// reference's per-token values come from one no-grad pass over the batch.
+		refTok := refLogprobs(s, ref.Model, batch)
+		loss := ALoLLoss(s, lossCfg, logp, refTok, mask,
+			s.FromData(rw, torch.Float32, []int64{B}, dev), s.FromData(av, torch.Float32, []int64{B}, dev))
+		s.Backward(loss)
+		lv := s.Item(loss)
+		// Importance weights, for the log: rho = exp(sum_t log pi_theta - log pi_ref) per sequence.
+		seqLogp := s.Float32s(s.Sum(s.Mul(s.Detach(logp), mask), 1, false))
+		err := s.Err()
+		s.Close()
+		if err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		cs := rt.NewScope()
+		gradNorm := cs.ClipGradNorm(params, cfg.MaxGradNorm)
+		err = cs.Err()
+		cs.Close()
+		if err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
+		if math.IsNaN(lv) || math.IsInf(lv, 0) || math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {
+			return fmt.Errorf("step %d: loss %v, grad norm %v: training diverged; lower --lr; last good checkpoint: %s", step, lv, gradNorm, orNone(job.state.Checkpoint))
+		}
+		if err := opt.Update(lr); err != nil {
+			return err
+		}
+		if err := opt.ZeroGrad(); err != nil {
+			return err
+		}
+		var rhoSum, clipped, advSum, rSum float64
+		for j := range batch {
+			rho := math.Exp(float64(seqLogp[j]) - meta[j].RefLogp)
+			rhoSum += rho
+			if rho < 1-cfg.PPOClip || rho > 1+cfg.PPOClip {
+				clipped++
+			}
+			advSum += meta[j].Advantage
+			rSum += meta[j].Reward
+		}
+		n := float64(len(batch))
+		elapsed := time.Since(t0).Seconds()
+		m := Metrics{Step: step, Loss: lv, LR: lr, GradNorm: gradNorm, TokensPerSec: float64(tokens) / elapsed, Time: time.Now().UTC(),
+			ETASeconds: elapsed / float64(step-start) * float64(steps-step),
+			Extra:      map[string]float64{"reward_mean": rSum / n, "importance_weight_mean": rhoSum / n}}
+		if usesAdvantage(cfg.Algorithm) {
+			m.Extra["advantage_mean"], m.Extra["positive_fraction"] = advSum/n, posFrac
+		}
+		if cfg.PPOClip > 0 {
+			m.Extra["clip_fraction"] = clipped / n
+		}
+		if step%cfg.EvalSteps == 0 || step == steps {
+			vr, err := validate()
+			if err != nil {
+				return fmt.Errorf("step %d, validation: %w", step, err)
+			}
+			if !math.IsNaN(vr) {
+				m.Extra["val_reward"] = vr
+				if vr > bestReward {
+					bestReward, bestStep = vr, step
+					if err := saveWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
+						return fmt.Errorf("step %d: saving the best weights: %w", step, err)
+					}
+				}
+			}
+		}
+		if err := mlog.write(m); err != nil {
+			return fmt.Errorf("writing metrics: %w", err)
+		}
+		if opts.Hooks != nil {
+			opts.Hooks(&m)
+		}
+		job.emit(Event{Metrics: &m})
+		job.state.Loss = lv
+		if step%cfg.SaveSteps == 0 && step < steps {
+			mlog.sync()
+			ck, err := saveCheckpoint(rt, run, step, trainable, opt, base, lv)
+			if err != nil {
+				return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
+			}
+			job.state.Checkpoint = ck
+			pruneCheckpoints(run.Dir, cfg.SaveTotalLimit)
+		}
+		job.progress(step, lv)
+	}
+	mlog.sync()
+	lm.Training = false
+	if bestStep > 0 && bestStep != steps {
+		// The paper keeps the checkpoint with the best mean validation reward.
+		if err := loadWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
+			return err
+		}
+		job.logf("final weights: step %d, the best validation reward (%.4f)", bestStep, bestReward)
+	}
+	final, err := exportFinal(rt, run, lm, trainable, base)
+	if err != nil {
+		return fmt.Errorf("exporting the final weights: %w", err)
+	}
+	plotLoss(run)
+	job.state.Final = final
+	job.finish(Done, nil)
+	job.logf("done: %s", final)
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none (no checkpoint was written yet)"
+	}
+	return s
+}
+
+// advantages scores the training set (or takes its rewards), fits V_ref for the A-LoL family and caches
+// R, V_ref(x), A and log pi_ref(y|x) per training example in advantages.jsonl (read back on resume).
+func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]advantageRecord, error) {
+	path := filepath.Join(job.run.Dir, "advantages.jsonl")
+	if recs, err := readAdvantages(path); err == nil && len(recs) == len(trainEx) {
+		job.logf("advantages: read %s", path)
+		return recs, nil
+	}
+	recs := make([]advantageRecord, len(trainEx))
+	if reward != nil {
+		samples := make([]Sample, len(trainEx))
+		for i, ex := range trainEx {
+			samples[i] = ex.Sample
+		}
+		job.logf("scoring %d training responses with %s", len(samples), reward.Name())
+		scores, err := ScoreChecked(ctx, reward, samples)
+		if err != nil {
+			return nil, err
+		}
+		for i := range recs {
+			recs[i].Reward = scores[i]
+		}
+	} else {
+		for i, ex := range trainEx {
+			if ex.Reward == nil {
+				return nil, fmt.Errorf("%s: an example has no \"reward\": give every line one, or give --reward", cfg.DatasetPath)
+			}
+			recs[i].Reward = *ex.Reward
+		}
+	}
+	if usesAdvantage(cfg.Algorithm) {
+		if reward == nil {
+			return nil, fmt.Errorf("%s needs V_ref, fitted on the reference's own replies to the validation prompts: give --reward to score them", cfg.Algorithm)
+		}
+		values, err := fitValue(ctx, job, ref, cfg, reward, trainEx, valEx)
+		if err != nil {
+			return nil, err
+		}
+		for i := range recs {
+			recs[i].Value = values[i]
+			recs[i].Advantage = recs[i].Reward - values[i]
+		}
+	} else {
+		for i := range recs {
+			recs[i].Advantage = recs[i].Reward
+		}
+	}
+	for start := 0; start < len(trainEx); start += 32 {
+		end := min(start+32, len(trainEx))
+		s := ref.RT.NewScope().NoGrad()
+		logp, mask := responseLogprobs(s, ref.Model, trainEx[start:end])
+		lp := s.Float32s(s.Sum(s.Mul(logp, mask), 1, false))
+		err := s.Err()
+		s.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reference log-probabilities: %w", err)
+		}
+		for j, v := range lp {
+			recs[start+j].RefLogp = float64(v)
+		}
+	}
+	if err := writeAdvantages(path, recs); err != nil {
+		return nil, err
+	}
+	return recs, nil
+}
+
+// fitValue trains the value head on the reference's greedy replies to the validation prompts and returns
+// V_ref(x) for every training prompt.
+func fitValue(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]float64, error) {
+	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
+	convs := make([][]probes.Message, len(valEx))
+	for i, ex := range valEx {
+		convs[i] = ex.Messages
+	}
+	replies, err := chat.Replies(convs, 0)
+	if err != nil {
+		return nil, fmt.Errorf("value targets: %w", err)
+	}
+	samples := make([]Sample, len(valEx))
+	for i, ex := range valEx {
+		samples[i] = Sample{Messages: ex.Messages, Response: replies[i].Text, Answer: ex.Answer}
+	}
+	targets, err := ScoreChecked(ctx, reward, samples)
+	if err != nil {
+		return nil, err
+	}
+	states, err := promptStates(ref, valEx)
+	if err != nil {
+		return nil, err
+	}
+	head, err := NewValueHead(ref.RT, ref.Opts.Device, ref.Config.HiddenSize, cfg.Value, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	defer head.Close()
+	mse, err := head.Fit(states, targets, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	job.logf("value head: %d validation replies, mean reward %.4f; MSE by epoch %s", len(valEx), mean(targets), formatFloats(mse))
+	values := make([]float64, 0, len(trainEx))
+	for start := 0; start < len(trainEx); start += 64 {
+		st, err := promptStates(ref, trainEx[start:min(start+64, len(trainEx))])
+		if err != nil {
+			return nil, err
+		}
+		v, err := head.Predict(st)
+		if err != nil {
+			return nil, err
+		}
+		values = append(values, v...)
+	}
+	return values, nil
+}
+
+// promptStates is the reference's last-layer states over each example's prompt.
+func promptStates(lm *model.LM, exs []OfflineExample) ([][]float32, error) {
+	seqs := make([][]int, len(exs))
+	for i, ex := range exs {
+		seqs[i] = ex.Prompt
+	}
+	return lm.FinalHidden(seqs)
+}
+
+// responseLogprobs runs the model over prompt+response rows (right-padded) and returns log p of each next token
+// [B, T-1] with the mask [B, T-1] that is 1 on response tokens.
+func responseLogprobs(s *torch.Scope, m *model.Model, batch []OfflineExample) (torch.Tensor, torch.Tensor) {
+	T := 0
+	for _, ex := range batch {
+		T = max(T, len(ex.Prompt)+len(ex.Response))
+	}
+	B := len(batch)
+	ids := make([][]int, B)
+	next := make([]int64, B*(T-1))
+	mask := make([]float32, B*(T-1))
+	for b, ex := range batch {
+		row := make([]int, T)
+		copy(row, ex.Prompt)
+		copy(row[len(ex.Prompt):], ex.Response)
+		ids[b] = row
+		for t := 0; t+1 < T; t++ {
+			next[b*(T-1)+t] = int64(row[t+1])
+			if t+1 >= len(ex.Prompt) && t+1 < len(ex.Prompt)+len(ex.Response) {
+				mask[b*(T-1)+t] = 1
+			}
+		}
+	}
+	dev := m.Opts.Device
+	in := make([][]int, B)
+	for b := range ids {
+		in[b] = ids[b][:T-1]
+	}
+	lp := s.LogSoftmax(m.TrainLogits(s, in), -1)
+	idx := s.FromData(next, torch.Int64, []int64{int64(B), int64(T - 1), 1}, dev)
+	logp := s.Reshape(s.Gather(lp, 2, idx), int64(B), int64(T-1))
+	return logp, s.FromData(mask, torch.Float32, []int64{int64(B), int64(T - 1)}, dev)
+}
+
+// refLogprobs is responseLogprobs under the frozen reference, without gradient.
+func refLogprobs(s *torch.Scope, ref *model.Model, batch []OfflineExample) torch.Tensor {
+	ns := ref.RT.NewScope().NoGrad()
+	defer ns.Close()
+	lp, _ := responseLogprobs(ns, ref, batch)
+	out := s.Clone(s.Detach(lp))
+	if err := ns.Err(); err != nil {
+		s.Fail(err)
+	}
+	return out
+}
+
+// meanReward asks the validation prompts greedily and averages the reward of the replies.
+func meanReward(ctx context.Context, chat *probes.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
+	convs := make([][]probes.Message, len(exs))
+	for i, ex := range exs {
+		convs[i] = ex.Messages
+	}
+	replies, err := chat.Replies(convs, 0)
+	if err != nil {
+		return 0, err
+	}
+	samples := make([]Sample, len(exs))
+	for i, ex := range exs {
+		samples[i] = Sample{Messages: ex.Messages, Response: replies[i].Text, Answer: ex.Answer}
+	}
+	scores, err := ScoreChecked(ctx, reward, samples)
+	if err != nil {
+		return 0, err
+	}
+	return mean(scores), nil
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func formatFloats(xs []float64) string {
+	out := "["
+	for i, x := range xs {
+		if i > 0 {
+			out += " "
+		}
+		out += fmt.Sprintf("%.4f", x)
+	}
+	return out + "]"
+}
+
+func readAdvantages(path string) ([]advantageRecord, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []advantageRecord
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	for dec.More() {
+		var r advantageRecord
+		if err := dec.Decode(&r); err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func writeAdvantages(path string, recs []advantageRecord) error {
+	return safetensors.WriteAtomic(path, func(f *os.File) error {
+		enc := json.NewEncoder(f)
+		for _, r := range recs {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// saveWeights writes the trainable tensors to dir/weights.safetensors atomically.
+func saveWeights(rt *torch.Runtime, dir string, trainable []model.NamedTensor) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	s := rt.NewScope().NoGrad()
+	defer s.Close()
+	var ts []safetensors.Tensor
+	for _, p := range trainable {
+		t, err := tensorBytes(s, p.Tensor)
+		if err != nil {
+			return err
+		}
+		t.Name = p.Name
+		ts = append(ts, t)
+	}
+	return safetensors.Write(filepath.Join(dir, "weights.safetensors"), ts, map[string]string{"format": "pt"})
+}
+
+// loadWeights reads saveWeights' file back into the trainable tensors.
+func loadWeights(rt *torch.Runtime, dir string, trainable []model.NamedTensor) error {
+	f, err := safetensors.Open(filepath.Join(dir, "weights.safetensors"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	s := rt.NewScope().NoGrad()
+	defer s.Close()
+	for _, p := range trainable {
+		if err := loadInto(s, f, p.Name, p.Tensor); err != nil {
+			return fmt.Errorf("%s: %w", dir, err)
+		}
+	}
+	return nil
+}

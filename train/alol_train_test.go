@@ -1,0 +1,174 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// offlineData writes sums answered right (the exact reward gives 1) and wrong (0), two lines per question.
+func offlineData(t testing.TB, dir string, n int) string {
+	path := filepath.Join(dir, "offline.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+	for i := 0; i < n; i++ {
+		a, b := i%10, (i*7+3)%10
+		q := fmt.Sprintf("What is %s plus %s?", words[a], words[b])
+		for _, ans := range []int{a + b, a + b + 20} {
+			rec := map[string]any{"messages": []map[string]string{{"role": "user", "content": q},
+				{"role": "assistant", "content": fmt.Sprintf("%s plus %s is %d.", words[a], words[b], ans)}}, "answer": fmt.Sprint(a + b)}
+			raw, _ := json.Marshal(rec)
+			f.Write(append(raw, '\n'))
+		}
+	}
+	return path
+}
+
+// TestALoLLearnsFromPositiveAdvantage: with the exact reward, right answers get A > 0 and wrong ones A <= 0, the
+// steps shrink to the positive fraction, and training raises the right answers' likelihood over the wrong ones'.
+func TestALoLLearnsFromPositiveAdvantage(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	mdir := tinyModel(t, rt, dir, chatData(t, dir, 50))
+	data := offlineData(t, dir, 60)
+	run, err := NewRun(filepath.Join(dir, "runs"), "alol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ALoLConfig{ModelNameOrPath: mdir, DatasetPath: data, Algorithm: "a_lol", LearningRate: 1e-3, MaxSteps: 60,
+		PerDeviceTrainBatchSize: 8, MaxResponseLength: 12, ValidationFraction: 0.1, EvalSteps: 10, SaveSteps: 10, Seed: 1}
+	if err := RunALoL(context.Background(), rt, run, cfg, ExactReward{}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	positive := 0
+	for i, a := range adv {
+		if (a.Reward == 1) != (a.Advantage > 0) {
+			t.Fatalf("example %d: reward %v, V %.3f, advantage %.3f: a right answer must have A > 0 and a wrong one A <= 0", i, a.Reward, a.Value, a.Advantage)
+		}
+		if a.Advantage > 0 {
+			positive++
+		}
+	}
+	st, _ := run.ReadState()
+	wantSteps := int(float64(cfg.MaxSteps)*float64(positive)/float64(len(adv)) + 0.5)
+	if st.State != Done || st.TotalSteps != wantSteps || st.Step != wantSteps {
+		t.Fatalf("state %+v: want %d steps (%d of %d examples positive)", st, wantSteps, positive, len(adv))
+	}
+	ms, _ := run.ReadMetrics()
+	last := ms[len(ms)-1]
+	for _, k := range []string{"advantage_mean", "positive_fraction", "importance_weight_mean", "clip_fraction", "val_reward"} {
+		if _, ok := last.Extra[k]; !ok {
+			t.Errorf("the last step's metrics lack %s: %v", k, last.Extra)
+		}
+	}
+	// Likelihood of right and wrong answers, before (the reference) and after.
+	gap := func(dir string) float64 {
+		lm, err := model.Load(rt, dir, model.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		exs, err := LoadOfflineData(data, lm.Tokenizer, 640, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := rt.NewScope().NoGrad()
+		defer s.Close()
+		logp, mask := responseLogprobs(s, lm.Model, exs)
+		seq := s.Float32s(s.Sum(s.Mul(logp, mask), 1, false))
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var right, wrong float64
+		for i, v := range seq {
+			if i%2 == 0 {
+				right += float64(v)
+			} else {
+				wrong += float64(v)
+			}
+		}
+		return (right - wrong) / float64(len(seq)/2)
+	}
+	before, after := gap(mdir), gap(st.Final)
+	t.Logf("log p(right) - log p(wrong): %.3f before, %.3f after %d steps; %d of %d positive", before, after, st.Step, positive, len(adv))
+	if after < before+1 {
+		t.Fatalf("A-LoL did not prefer the positive-advantage answers: gap %.3f -> %.3f", before, after)
+	}
+}
+
+// TestALoLBadRewardKeepsCheckpoint: a reward program that starts crashing mid-run stops the job with a line that
+// names it, and the last checkpoint stays.
+func TestALoLBadRewardKeepsCheckpoint(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	mdir := tinyModel(t, rt, dir, chatData(t, dir, 50))
+	data := offlineData(t, dir, 20)
+	prog := filepath.Join(dir, "reward.sh")
+	count := filepath.Join(dir, "calls")
+	script := fmt.Sprintf("#!/bin/sh\nn=$(cat %[1]s 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[1]s\nif [ $n -ge 3 ]; then echo 'reward server gone' >&2; exit 3; fi\nwhile read -r line; do echo 0.5; done\n", count)
+	if err := os.WriteFile(prog, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run, err := NewRun(filepath.Join(dir, "runs"), "alol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// wbc needs no value head: calls are the training set, then a validation every 5 steps.
+	cfg := ALoLConfig{ModelNameOrPath: mdir, DatasetPath: data, Algorithm: "wbc", LearningRate: 1e-3, MaxSteps: 20,
+		PerDeviceTrainBatchSize: 4, MaxResponseLength: 8, EvalSteps: 5, SaveSteps: 5, Seed: 1}
+	err = RunALoL(context.Background(), rt, run, cfg, CommandReward{Program: prog}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "cmd:"+prog) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v, want one line naming the reward program", err)
+	}
+	st, _ := run.ReadState()
+	if st.State != Failed || st.Checkpoint == "" {
+		t.Fatalf("state %+v: want failed with the last checkpoint kept", st)
+	}
+	if _, err := os.Stat(filepath.Join(st.Checkpoint, "weights.safetensors")); err != nil {
+		t.Fatalf("the last checkpoint is gone: %v", err)
+	}
+	t.Logf("stopped: %v; kept %s", err, filepath.Base(st.Checkpoint))
+}
+
+func TestOfflineDataBadInput(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	mdir := tinyModel(t, rt, dir, chatData(t, dir, 20))
+	lm, err := model.Load(rt, mdir, model.Options{Device: torch.CPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	ok := `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}`
+	cases := map[string]string{
+		ok + "\n" + `{"messages": [{"role": "user", "content": "hi"}]}` + "\n": "offline.jsonl:2: needs \"messages\" ending with the assistant",
+		ok + "\n{broken\n": "offline.jsonl:2:",
+		ok + "\n" + strings.Replace(ok, "}]}", `}], "reward": "high"}`, 1) + "\n": "offline.jsonl:2:",
+		ok + "\n": "1 examples; A-LoL needs at least 2",
+		`{"messages": [{"role": "assistant", "content": "hello"}]}` + "\n" + ok + "\n" + ok + "\n": "offline.jsonl:1:",
+	}
+	for body, want := range cases {
+		p := filepath.Join(dir, "offline.jsonl")
+		os.WriteFile(p, []byte(body), 0o644)
+		_, err := LoadOfflineData(p, lm.Tokenizer, 640, 128)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: got %v, want one line with %q", body, err, want)
+		}
+	}
+}
