@@ -14,7 +14,8 @@ import (
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
-// offlineData writes sums answered right (the exact reward gives 1) and wrong (0), two lines per question.
+// offlineData writes sums answered right, in full (the exact reward gives 1), and guessed wrong, in another
+// form (0): two lines per question.
 func offlineData(t testing.TB, dir string, n int) string {
 	path := filepath.Join(dir, "offline.jsonl")
 	f, err := os.Create(path)
@@ -26,9 +27,8 @@ func offlineData(t testing.TB, dir string, n int) string {
 	for i := 0; i < n; i++ {
 		a, b := i%10, (i*7+3)%10
 		q := fmt.Sprintf("What is %s plus %s?", words[a], words[b])
-		for _, ans := range []int{a + b, a + b + 20} {
-			rec := map[string]any{"messages": []map[string]string{{"role": "user", "content": q},
-				{"role": "assistant", "content": fmt.Sprintf("%s plus %s is %d.", words[a], words[b], ans)}}, "answer": fmt.Sprint(a + b)}
+		for _, reply := range []string{fmt.Sprintf("%s plus %s is %d.", words[a], words[b], a+b), fmt.Sprintf("I would guess %d, maybe.", a+b+1)} {
+			rec := map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}, "answer": fmt.Sprint(a + b)}
 			raw, _ := json.Marshal(rec)
 			f.Write(append(raw, '\n'))
 		}
@@ -41,8 +41,8 @@ func offlineData(t testing.TB, dir string, n int) string {
 func TestALoLLearnsFromPositiveAdvantage(t *testing.T) {
 	rt := torchtest.Runtime(t)
 	dir := t.TempDir()
-	mdir := tinyModel(t, rt, dir, chatData(t, dir, 50))
 	data := offlineData(t, dir, 60)
+	mdir := tinyModel(t, rt, dir, data)
 	run, err := NewRun(filepath.Join(dir, "runs"), "alol")
 	if err != nil {
 		t.Fatal(err)
@@ -103,11 +103,12 @@ func TestALoLLearnsFromPositiveAdvantage(t *testing.T) {
 				wrong += float64(v)
 			}
 		}
+		t.Logf("%s: mean log p right %.3f, wrong %.3f", filepath.Base(dir), right/float64(len(seq)/2), wrong/float64(len(seq)/2))
 		return (right - wrong) / float64(len(seq)/2)
 	}
 	before, after := gap(mdir), gap(st.Final)
 	t.Logf("log p(right) - log p(wrong): %.3f before, %.3f after %d steps; %d of %d positive", before, after, st.Step, positive, len(adv))
-	if after < before+1 {
+	if after < before+5 {
 		t.Fatalf("A-LoL did not prefer the positive-advantage answers: gap %.3f -> %.3f", before, after)
 	}
 }

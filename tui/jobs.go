@@ -67,15 +67,30 @@ func (a *App) jobUpdate(u JobUpdate) {
 // extraLabels are the trainer figures the jobs pane shows, in order, with their short names.
 var extraLabels = [][2]string{{"reward_mean", "R"}, {"advantage_mean", "A"}, {"positive_fraction", "A>0"}, {"importance_weight_mean", "rho"}, {"clip_fraction", "clipped"}, {"val_reward", "val R"}}
 
-// extraLine is a job's trainer figures in one line ("" when it has none).
-func (j *jobView) extraLine() string {
-	var parts []string
+// extraLines is a job's trainer figures, wrapped to width (none when it has none).
+func (j *jobView) extraLines(width int) []string {
+	var lines []string
+	cur := ""
 	for _, l := range extraLabels {
-		if v, ok := j.extra[l[0]]; ok {
-			parts = append(parts, fmt.Sprintf("%s %.3f", l[1], v))
+		v, ok := j.extra[l[0]]
+		if !ok {
+			continue
+		}
+		part := fmt.Sprintf("%s %.3f", l[1], v)
+		switch {
+		case cur == "":
+			cur = part
+		case len(cur)+3+len(part) <= width:
+			cur += " · " + part
+		default:
+			lines = append(lines, cur)
+			cur = part
 		}
 	}
-	return strings.Join(parts, " · ")
+	if cur != "" {
+		lines = append(lines, cur)
+	}
+	return lines
 }
 
 func (a *App) jobsHeight() int {
@@ -142,7 +157,7 @@ func (a *App) renderJobs() string {
 		lines = append(lines, truncate(line, width), "  "+barText)
 		if a.showJobs {
 			lines = append(lines, "  "+sparkline(j.losses, width-4))
-			if x := j.extraLine(); x != "" {
+			for _, x := range j.extraLines(width - 2) {
 				lines = append(lines, "  "+truncate(x, width-2))
 			}
 		}
