@@ -11,7 +11,7 @@ import (
 
 // slashHelp lists the slash commands.
 const slashHelp = "/system TEXT · /set temperature|top-p|max-tokens|seed V · /cap on|off|p25|A:B · /steer C [LAYER]|off · " +
-	"/layer N · /axis DIR · /model DIR · /train sft|alol --data F --steps N · /jobs · /cancel ID · /load ID · /save FILE · " +
+	"/layer N · /axis DIR · /model DIR · /train sft|alol|ppo ... · /jobs · /cancel ID · /load ID · /save FILE · " +
 	"/replay FILE · /mark LABEL · /tint · /mouse · /clear · /quit"
 
 // jobStartedMsg is a background job launched off the UI goroutine.
@@ -157,7 +157,7 @@ func (a *App) runCommand(line string) tea.Cmd {
 			return nil
 		}
 		if len(f) < 2 {
-			a.notice = "/train sft --data FILE --steps N [--lora R] [--lr LR] · /train alol --data FILE --reward SPEC [--algorithm a_lol]"
+			a.notice = "/train sft --data FILE --steps N [--lora R] [--lr LR] · /train alol --data FILE --reward SPEC [--algorithm a_lol] · /train ppo --prompts FILE --reward SPEC"
 			return nil
 		}
 		jobs, kind, args := a.opt.Jobs, f[1], f[2:]

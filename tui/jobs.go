@@ -28,7 +28,7 @@ type JobUpdate struct {
 
 // JobRunner starts and cancels background fine-tunes; progress comes back through Send.
 type JobRunner interface {
-	// Start launches a job of kind (sft, alol) with the trainer's flags; the model is the chat's.
+	// Start launches a job of kind (sft, alol, ppo) with the trainer's flags; the model is the chat's.
 	Start(kind string, args []string) (id string, err error)
 	Cancel(id string) error
 }
@@ -65,7 +65,8 @@ func (a *App) jobUpdate(u JobUpdate) {
 }
 
 // extraLabels are the trainer figures the jobs pane shows, in order, with their short names.
-var extraLabels = [][2]string{{"reward_mean", "R"}, {"advantage_mean", "A"}, {"positive_fraction", "A>0"}, {"importance_weight_mean", "rho"}, {"clip_fraction", "clipped"}, {"val_reward", "val R"}}
+var extraLabels = [][2]string{{"reward_mean", "R"}, {"advantage_mean", "A"}, {"positive_fraction", "A>0"}, {"importance_weight_mean", "rho"},
+	{"clip_fraction", "clipped"}, {"val_reward", "val R"}, {"ref_kl", "KL"}, {"approx_kl", "approx KL"}, {"response_length", "len"}, {"perplexity", "ppl"}}
 
 // extraLines is a job's trainer figures, wrapped to width (none when it has none).
 func (j *jobView) extraLines(width int) []string {
@@ -181,8 +182,8 @@ type ProcessJobs struct {
 
 // Start implements JobRunner.
 func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
-	if kind != "sft" && kind != "alol" {
-		return "", fmt.Errorf("/train %s: keel fine-tunes with sft or alol here (PPO arrives with its trainer)", kind)
+	if kind != "sft" && kind != "alol" && kind != "ppo" {
+		return "", fmt.Errorf("/train %s: keel fine-tunes with sft, alol or ppo", kind)
 	}
 	full := append([]string{"train", kind, "--model", p.Model, "--runs", p.RunsDir, "--detach"}, args...)
 	out, err := exec.Command(p.Exe, full...).CombinedOutput()

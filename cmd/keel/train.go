@@ -26,9 +26,11 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 			return runTrainSFT(args[1:], stdout, stderr)
 		case "alol":
 			return runTrainALoL(args[1:], stdout, stderr)
+		case "ppo":
+			return runTrainPPO(args[1:], stdout, stderr)
 		}
 	}
-	return usageError{fmt.Errorf("usage: keel train sft|alol --model DIR --data FILE.jsonl [flags]")}
+	return usageError{fmt.Errorf("usage: keel train sft|alol|ppo --model DIR --data FILE.jsonl (ppo: --prompts FILE.jsonl) [flags]")}
 }
 
 // runFlags are the flags every trainer shares: where runs live, resuming, detaching, threads, stopping early.

@@ -166,6 +166,17 @@ func (m *Model) TrainLogits(s *torch.Scope, ids [][]int) Tensor {
 	return out.logits
 }
 
+// TrainForward is TrainLogits that also returns the final-norm hidden states [B, T, D] (in float32), the features
+// of a value head trained with the model.
+func (m *Model) TrainForward(s *torch.Scope, ids [][]int) (logits, hidden Tensor) {
+	out := m.forward(s, Pass{IDs: ids, Hidden: true})
+	logits, hidden = out.logits, out.hidden
+	if m.Opts.DType != torch.Float32 {
+		logits, hidden = s.To(logits, torch.Float32, m.Opts.Device), s.To(hidden, torch.Float32, m.Opts.Device)
+	}
+	return logits, hidden
+}
+
 // inferenceSetup compiles the hooks' current list and opens a no-grad scope for one forward pass.
 func (m *Model) inferenceSetup(hooks *Hooks) (*hookPlan, *torch.Scope, error) {
 	list, version := hooks.snapshot()

@@ -1,0 +1,135 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// wordReward scores the share of a response's words that are the word (a reward a tiny model can learn).
+type wordReward struct{ word string }
+
+func (w wordReward) Name() string { return "word:" + w.word }
+
+func (w wordReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i, s := range samples {
+		words := strings.Fields(s.Response)
+		for _, x := range words {
+			if strings.Trim(x, ".,?!") == w.word {
+				out[i]++
+			}
+		}
+		out[i] /= float64(max(1, len(words)))
+	}
+	return out, nil
+}
+
+func ppoPrompts(t testing.TB, dir string) string {
+	path := filepath.Join(dir, "prompts.jsonl")
+	var b strings.Builder
+	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+	for i := 0; i < 30; i++ {
+		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("What is %s plus %s?", words[i%10], words[(i*3+1)%10])}}})
+		b.Write(append(raw, '\n'))
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// sftTiny is a tiny model after a short SFT on the sums: PPO starts from a model that answers.
+func sftTiny(t *testing.T, dir string) string {
+	rt := torchtest.Runtime(t)
+	data := chatData(t, dir, 200)
+	mdir := tinyModel(t, rt, dir, data)
+	sft, err := NewRun(filepath.Join(dir, "runs"), "sft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RunSFT(context.Background(), rt, sft, SFTConfig{ModelNameOrPath: mdir, DatasetPath: data, MaxSteps: 30, LearningRate: 2e-3,
+		PerDeviceTrainBatchSize: 8, MaxSeqLength: 64, Seed: 1}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := sft.ReadState()
+	return st.Final
+}
+
+// PPO raises the mean reward of a tiny SFT'd model and logs the collapse monitors.
+func TestPPORaisesReward(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	policy := sftTiny(t, dir)
+	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 12, RolloutBatchSize: 16,
+		MiniBatchSize: 8, NumPPOEpochs: 2, KLCoef: 0.02, MaxNewTokens: 12, RewardNormalize: true, CriticWarmupSteps: 1, Seed: 1, SaveSteps: 4}
+	if err := RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ms, _ := run.ReadMetrics()
+	if len(ms) != cfg.MaxSteps {
+		t.Fatalf("%d logged iterations, want %d", len(ms), cfg.MaxSteps)
+	}
+	early := (ms[0].Extra["reward_mean"] + ms[1].Extra["reward_mean"] + ms[2].Extra["reward_mean"]) / 3
+	late := (ms[9].Extra["reward_mean"] + ms[10].Extra["reward_mean"] + ms[11].Extra["reward_mean"]) / 3
+	for _, k := range []string{"ref_kl", "approx_kl", "clip_fraction", "value_clip_fraction", "response_length", "perplexity", "reward_std", "entropy"} {
+		if _, ok := ms[len(ms)-1].Extra[k]; !ok {
+			t.Errorf("the monitors lack %s", k)
+		}
+	}
+	t.Logf("reward %.3f -> %.3f; ref KL %.3f -> %.3f; length %.1f -> %.1f", early, late, ms[0].Extra["ref_kl"], ms[11].Extra["ref_kl"], ms[0].Extra["response_length"], ms[11].Extra["response_length"])
+	if late < early+0.05 {
+		t.Fatalf("PPO did not raise the reward: %.3f -> %.3f", early, late)
+	}
+	if fin, _ := run.ReadState(); fin.State != Done || fin.Final == "" {
+		t.Fatalf("state %+v", fin)
+	}
+}
+
+// No KL penalty and a large learning rate: the policy runs away from the reference and the collapse monitor
+// stops the job, saying why, with the last checkpoint written under the target kept.
+func TestPPOCollapseMonitorStops(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	policy := sftTiny(t, dir)
+	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-3, MaxSteps: 12, RolloutBatchSize: 16,
+		MiniBatchSize: 8, NumPPOEpochs: 2, KLCoef: 0, MaxNewTokens: 12, KLTarget: 2, KLStopSteps: 2, SaveSteps: 1, Seed: 1}
+	err = RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{})
+	var collapse ErrCollapse
+	if ms, _ := run.ReadMetrics(); err == nil {
+		for _, m := range ms {
+			t.Logf("step %d: ref KL %.3f reward %.3f ppl %.2f len %.1f ent %.3f", m.Step, m.Extra["ref_kl"], m.Extra["reward_mean"], m.Extra["perplexity"], m.Extra["response_length"], m.Extra["entropy"])
+		}
+	}
+	if !errors.As(err, &collapse) || !strings.Contains(err.Error(), "ref KL") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v, want the collapse monitor's one-line stop", err)
+	}
+	st, _ := run.ReadState()
+	if st.State != Failed || !strings.Contains(st.Error, "collapse monitor") {
+		t.Fatalf("state %+v", st)
+	}
+	ms, _ := run.ReadMetrics()
+	if st.Checkpoint != "" {
+		var k int
+		fmt.Sscanf(filepath.Base(st.Checkpoint), "step-%d", &k)
+		if k < 1 || k > len(ms) || ms[k-1].Extra["ref_kl"] > cfg.KLTarget {
+			t.Fatalf("kept checkpoint %s, written at ref KL %v over the target", st.Checkpoint, ms[k-1].Extra["ref_kl"])
+		}
+	}
+	t.Logf("%v", err)
+}
