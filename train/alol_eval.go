@@ -161,32 +161,15 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		rep.Seconds[v] = secs / float64(len(cfg.Seeds))
 	}
 	if alolFinal != "" {
-		personas, err := probes.LoadPersonas()
-		if err != nil {
-			return nil, err
-		}
-		before, err := probes.EvalPersona(ctx, ref, personas, cfg.Eval)
-		if err != nil {
-			return nil, err
-		}
-		lm, err := model.Load(rt, alolFinal, model.Options{Device: dev})
-		if err != nil {
-			return nil, err
-		}
-		after, err := probes.EvalPersona(ctx, lm, personas, cfg.Eval)
-		lm.Close()
+		before, after, err := beforeAfter(ctx, rt, dev, ref, alolFinal, cfg.Eval)
 		if err != nil {
 			return nil, err
 		}
 		rep.DriftBefore, rep.DriftAfter = meanDrift(before, cfg.Eval.Domains), meanDrift(after, cfg.Eval.Domains)
-		if rep.DriftBefore > 0 {
-			rep.DriftReduction = (rep.DriftBefore - rep.DriftAfter) / rep.DriftBefore
-		}
+		rep.DriftReduction = reduction(rep.DriftBefore, rep.DriftAfter)
 		rep.RoleFidelity = after.RoleFidelity
 		rep.CapabilityBefore, rep.CapabilityAfter = before.Capability, after.Capability
-		if before.Capability > 0 {
-			rep.CapabilityChange = (after.Capability - before.Capability) / before.Capability
-		}
+		rep.CapabilityChange = -reduction(before.Capability, after.Capability)
 		logf("a_lol: drift %.3f -> %.3f, role fidelity %.3f, capability %.3f -> %.3f", rep.DriftBefore, rep.DriftAfter, rep.RoleFidelity, rep.CapabilityBefore, rep.CapabilityAfter)
 	}
 	raw, _ := json.MarshalIndent(rep, "", "  ")
@@ -284,4 +267,31 @@ func meanDrift(rep *probes.EvalReport, domains []string) float64 {
 		return 0
 	}
 	return sum / float64(n)
+}
+
+// beforeAfter measures the reference and a fine-tuned model with the persona evaluation on the same seeds.
+func beforeAfter(ctx context.Context, rt *torch.Runtime, dev torch.Device, ref *model.LM, tuned string, cfg probes.EvalConfig) (*probes.EvalReport, *probes.EvalReport, error) {
+	personas, err := probes.LoadPersonas()
+	if err != nil {
+		return nil, nil, err
+	}
+	before, err := probes.EvalPersona(ctx, ref, personas, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	lm, err := model.Load(rt, tuned, model.Options{Device: dev})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer lm.Close()
+	after, err := probes.EvalPersona(ctx, lm, personas, cfg)
+	return before, after, err
+}
+
+// reduction is the signed fraction by which after is below before (0 when before is 0).
+func reduction(before, after float64) float64 {
+	if before == 0 {
+		return 0
+	}
+	return (before - after) / before
 }

@@ -20,8 +20,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "alol" {
 		return runEvalALoL(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "ppo" {
+		return runEvalPPO(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "persona" {
-		return usageError{fmt.Errorf("usage: keel eval persona|capping|alol [--model DIR] [--json]")}
+		return usageError{fmt.Errorf("usage: keel eval persona|capping|alol|ppo [--model DIR] [--json]")}
 	}
 	cfg := probes.DefaultEval()
 	fs := newFlags("eval persona", stderr)

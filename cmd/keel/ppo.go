@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"os"
+	"os/signal"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -87,4 +92,77 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 		}
 		return train.RunPPO(ctx, rt, run, c, reward, opts)
 	}, resuming)
+}
+
+// runEvalPPO: keel eval ppo [--model DIR] [--json]: PPO with the axis reward on the model's own therapy and
+// philosophy conversations (reward, ref KL, drift and capability before and after), then an unstable run the
+// collapse monitor must stop.
+func runEvalPPO(args []string, stdout, stderr io.Writer) error {
+	cfg := train.DefaultPPOEval()
+	fs := newFlags("eval ppo", stderr)
+	var mf modelFlags
+	mf.register(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	work := fs.String("work", "", "folder for the prompts and runs (default: a new folder under the system's temp)")
+	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "prompt conversations per domain")
+	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
+	fs.IntVar(&cfg.PPO.MaxSteps, "steps", cfg.PPO.MaxSteps, "PPO iterations")
+	fs.IntVar(&cfg.PPO.RolloutBatchSize, "rollouts", cfg.PPO.RolloutBatchSize, "responses per iteration")
+	fs.IntVar(&cfg.PPO.MiniBatchSize, "mini-batch", cfg.PPO.MiniBatchSize, "responses per update")
+	fs.Float64Var(&cfg.PPO.LearningRate, "lr", cfg.PPO.LearningRate, "learning rate")
+	fs.Float64Var(&cfg.PPO.KLCoef, "kl-coef", cfg.PPO.KLCoef, "token-level KL penalty")
+	fs.Float64Var(&cfg.PPO.KLTarget, "kl-target", cfg.PPO.KLTarget, "ref KL per response the monitor holds both runs under")
+	fs.IntVar(&cfg.PPO.MaxNewTokens, "max-new-tokens", cfg.PPO.MaxNewTokens, "response length cap")
+	fs.IntVar(&cfg.Unstable.MaxSteps, "unstable-steps", cfg.Unstable.MaxSteps, "iterations of the unstable run")
+	fs.Float64Var(&cfg.Unstable.LearningRate, "unstable-lr", cfg.Unstable.LearningRate, "the unstable run's learning rate (no KL penalty)")
+	fs.IntVar(&cfg.Eval.Conversations, "drift-conversations", cfg.Eval.Conversations, "drift conversations per domain for the before/after drift")
+	fs.IntVar(&cfg.Eval.QuestionsPerPrompt, "questions", cfg.Eval.QuestionsPerPrompt, "role fidelity: questions under each of a role's 5 prompts")
+	roles := fs.String("roles", "", "comma-separated roles for role fidelity (default: all)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if cfg.PPO.MaxSteps < 1 || cfg.PPO.RolloutBatchSize < 1 || cfg.PPO.MiniBatchSize < 1 || cfg.Conversations < 1 || cfg.Unstable.MaxSteps < 1 || cfg.PPO.KLTarget <= 0 {
+		return usageError{fmt.Errorf("--steps, --rollouts, --mini-batch, --conversations, --unstable-steps and --kl-target must be positive")}
+	}
+	cfg.Unstable.RolloutBatchSize, cfg.Unstable.MiniBatchSize, cfg.Unstable.MaxNewTokens = cfg.PPO.RolloutBatchSize, cfg.PPO.MiniBatchSize, cfg.PPO.MaxNewTokens
+	cfg.Unstable.KLTarget = cfg.PPO.KLTarget
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
+	}
+	cfg.Eval.Roles = splitList(*roles)
+	if err := cfg.Eval.Check(p); err != nil {
+		return usageError{err}
+	}
+	rt, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	lm.Close()
+	cfg.Model, cfg.Device = mf.dir, mf.device
+	if *work == "" {
+		if *work, err = os.MkdirTemp("", "keel-eval-ppo-*"); err != nil {
+			return err
+		}
+	}
+	cfg.Work, cfg.Log = *work, stderr
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	rep, err := train.EvalPPO(ctx, rt, cfg, func(ref *model.LM) (train.Reward, error) {
+		return parseReward("axis", ref, "", false)
+	})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "PPO on %d prompts of the model's own %v conversations, reward axis, %d iterations of %d rollouts (%.0f s)\n", rep.Prompts, cfg.Domains, cfg.PPO.MaxSteps, cfg.PPO.RolloutBatchSize, rep.Seconds)
+	fmt.Fprintf(stdout, "reward %.4f -> %.4f; ref KL max %.3f (target %.3f)\n", rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget)
+	fmt.Fprintf(stdout, "drift %.3f -> %.3f (reduction %.1f%%); capability %+.1f%%; role fidelity %.3f\n", rep.DriftBefore, rep.DriftAfter, 100*rep.DriftReduction, 100*rep.CapabilityChange, rep.RoleFidelity)
+	fmt.Fprintf(stdout, "unstable run (no KL, lr %g): collapse stop %v: %s\n", cfg.Unstable.LearningRate, rep.CollapseStop, rep.CollapseReason)
+	fmt.Fprintf(stdout, "work folder: %s\n", cfg.Work)
+	return nil
 }

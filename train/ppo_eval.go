@@ -1,0 +1,147 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/probes"
+)
+
+// PPOEvalConfig sizes `keel eval ppo`: PPO with the axis reward on the model's own therapy and philosophy
+// conversations, then a deliberately unstable run (no KL penalty, a large learning rate) that the collapse
+// monitor must stop.
+type PPOEvalConfig struct {
+	Model         string
+	Work          string
+	Device        string
+	Domains       []string
+	Conversations int     // prompt conversations per domain (each turn's context is a prompt)
+	Turns         int     // turns per conversation
+	Temperature   float64 // the prompt conversations' sampling
+	PPO           PPOConfig
+	Unstable      PPOConfig // the settings that should collapse
+	Eval          probes.EvalConfig
+	Log           io.Writer
+}
+
+// DefaultPPOEval is the acceptance protocol, sized for about 20 minutes of PPO on a 2-core CPU.
+func DefaultPPOEval() PPOEvalConfig {
+	ev := probes.DefaultEval()
+	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
+	stable := PPOConfig{LearningRate: 1e-5, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
+		MaxNewTokens: 64, MaxPromptLength: 384, RewardNormalize: true, CriticWarmupSteps: 2, KLTarget: 8, KLStopSteps: 3, Seed: 1, SaveSteps: 5}
+	unstable := stable
+	unstable.LearningRate, unstable.KLCoef, unstable.MaxSteps, unstable.CriticWarmupSteps, unstable.NumPPOEpochs = 1e-3, 0, 10, 0, 2
+	return PPOEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 24, Turns: 8, Temperature: 0.7, PPO: stable, Unstable: unstable, Eval: ev}
+}
+
+// PPOEvalReport is what `keel eval ppo --json` prints.
+type PPOEvalReport struct {
+	DriftReduction   float64 `json:"drift_reduction"`
+	RewardStart      float64 `json:"reward_start"` // mean reward of the first iteration's rollouts
+	RewardEnd        float64 `json:"reward_end"`   // and of the last
+	RefKLMax         float64 `json:"ref_kl_max"`
+	KLTarget         float64 `json:"kl_target"`
+	CapabilityChange float64 `json:"capability_change"`
+	CollapseStop     bool    `json:"collapse_stop"`   // the unstable run was stopped by the monitor
+	CollapseReason   string  `json:"collapse_reason"` // what it said
+	DriftBefore      float64 `json:"drift_before"`
+	DriftAfter       float64 `json:"drift_after"`
+	RoleFidelity     float64 `json:"role_fidelity"`
+	Prompts          int     `json:"prompts"`
+	Seconds          float64 `json:"seconds"` // the PPO run's wall time
+}
+
+// EvalPPO runs the comparison. reward builds the reward for the loaded reference (the axis reward).
+func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward func(*model.LM) (Reward, error)) (*PPOEvalReport, error) {
+	logf := func(format string, a ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, format+"\n", a...)
+		}
+	}
+	if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
+		return nil, err
+	}
+	dev, err := torch.ParseDevice(cfg.Device)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := model.Load(rt, cfg.Model, model.Options{Device: dev})
+	if err != nil {
+		return nil, err
+	}
+	defer ref.Close()
+	r, err := reward(ref)
+	if err != nil {
+		return nil, err
+	}
+	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 13}
+	prompts := filepath.Join(cfg.Work, "prompts.jsonl")
+	n, err := writeRollouts(chat, prompts, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rand.New(rand.NewPCG(17, 0x990)))
+	if err != nil {
+		return nil, err
+	}
+	logf("%d prompts from the model's own %v conversations: %s", n, cfg.Domains, prompts)
+	rep := &PPOEvalReport{Prompts: n, KLTarget: cfg.PPO.KLTarget}
+	runPPO := func(c PPOConfig, name string) (*Run, []Metrics, error) {
+		c.ModelNameOrPath, c.PromptsPath, c.Reward, c.Device = cfg.Model, prompts, r.Name(), cfg.Device
+		run, err := NewRun(filepath.Join(cfg.Work, "runs"), "ppo")
+		if err != nil {
+			return nil, nil, err
+		}
+		err = RunPPO(ctx, rt, run, c, r, Options{Hooks: func(m *Metrics) {
+			logf("%s iteration %d: reward %.4f, ref KL %.3f, approx KL %.4f, clipped %.3f, length %.1f, ppl %.2f", name, m.Step,
+				m.Extra["reward_mean"], m.Extra["ref_kl"], m.Extra["approx_kl"], m.Extra["clip_fraction"], m.Extra["response_length"], m.Extra["perplexity"])
+		}})
+		ms, _ := run.ReadMetrics()
+		return run, ms, err
+	}
+	start := time.Now()
+	run, ms, err := runPPO(cfg.PPO, "ppo")
+	if err != nil {
+		return nil, fmt.Errorf("the PPO run: %w", err)
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	if len(ms) > 0 {
+		rep.RewardStart, rep.RewardEnd = ms[0].Extra["reward_mean"], ms[len(ms)-1].Extra["reward_mean"]
+		for _, m := range ms {
+			rep.RefKLMax = max(rep.RefKLMax, m.Extra["ref_kl"])
+		}
+	}
+	st, _ := run.ReadState()
+	before, after, err := beforeAfter(ctx, rt, dev, ref, st.Final, cfg.Eval)
+	if err != nil {
+		return nil, err
+	}
+	rep.DriftBefore, rep.DriftAfter = meanDrift(before, cfg.Eval.Domains), meanDrift(after, cfg.Eval.Domains)
+	rep.DriftReduction = reduction(rep.DriftBefore, rep.DriftAfter)
+	rep.CapabilityChange = -reduction(before.Capability, after.Capability)
+	rep.RoleFidelity = after.RoleFidelity
+	logf("ppo: reward %.4f -> %.4f, ref KL max %.3f (target %.3f), drift %.3f -> %.3f, capability %.3f -> %.3f",
+		rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget, rep.DriftBefore, rep.DriftAfter, before.Capability, after.Capability)
+	_, _, err = runPPO(cfg.Unstable, "unstable")
+	var collapse ErrCollapse
+	switch {
+	case errors.As(err, &collapse):
+		rep.CollapseStop, rep.CollapseReason = true, collapse.Reason
+	case err != nil:
+		return nil, fmt.Errorf("the unstable run: %w", err)
+	default:
+		rep.CollapseReason = "the unstable run finished without tripping the monitor"
+	}
+	logf("unstable run: %s", rep.CollapseReason)
+	raw, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(cfg.Work, "ppo_eval.json"), append(raw, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
