@@ -49,3 +49,26 @@ func TestEvalALoLFastSubset(t *testing.T) {
 		}
 	}
 }
+
+// The fast subset of `keel eval ppo` on the embedded model: a few short iterations and an unstable run.
+func TestEvalPPOFastSubset(t *testing.T) {
+	torchtest.Runtime(t)
+	work := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
+	code, stdout, stderr := runKeel("eval", "ppo", "--json", "--work", filepath.Join(work, "eval"), "--conversations", "2", "--turns", "2",
+		"--steps", "2", "--rollouts", "4", "--mini-batch", "4", "--max-new-tokens", "16", "--unstable-steps", "3",
+		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep train.PPOEvalReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
+	}
+	if rep.Prompts != 2*2*2 || rep.RewardStart <= 0 || rep.RewardStart > 1 || rep.KLTarget <= 0 || rep.CollapseReason == "" {
+		t.Fatalf("report %+v", rep)
+	}
+	if _, err := os.Stat(filepath.Join(work, "eval", "ppo_eval.json")); err != nil {
+		t.Error(err)
+	}
+}
