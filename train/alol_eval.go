@@ -30,7 +30,8 @@ type ALoLEvalConfig struct {
 	Seeds         []uint64           // each variant runs once per seed
 	Steps         int                // max_steps of every run (before A-LoL's positive-fraction scaling)
 	Batch         int                // examples per step
-	LR            map[string]float64 // each variant's learning rate
+	LR            map[string]float64 // each variant's learning rate (when not tuned)
+	TuneLR        []float64          // candidate learning rates: each variant takes the best by validation reward
 	MaxPrompt     int                // prompt tokens kept (the conversation's tail)
 	MaxResponse   int                // response tokens kept; also the length of every generated reply
 	Eval          probes.EvalConfig  // drift, role fidelity and capability of the reference and the a_lol model
@@ -115,22 +116,59 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	}
 	logf("reference held-out reward %.4f over %d prompts", rep.ReferenceReward, len(held))
 	var alolFinal string
+	// fineTune runs one variant at one seed and learning rate; it returns the run and its best validation reward
+	// (the tuning criterion: the held-out prompts are never used to choose).
+	fineTune := func(v string, seed uint64, lr float64) (*Run, float64, error) {
+		run, err := NewRun(filepath.Join(cfg.Work, "runs"), v)
+		if err != nil {
+			return nil, 0, err
+		}
+		c := ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: lr,
+			MaxSteps: cfg.Steps, PerDeviceTrainBatchSize: cfg.Batch, Seed: seed, MaxPromptLength: cfg.MaxPrompt,
+			MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1}
+		if err := RunALoL(ctx, rt, run, c, r, Options{}); err != nil {
+			return nil, 0, fmt.Errorf("%s seed %d lr %g: %w", v, seed, lr, err)
+		}
+		best := math.Inf(-1)
+		ms, _ := run.ReadMetrics()
+		for _, m := range ms {
+			if vr, ok := m.Extra["val_reward"]; ok {
+				best = max(best, vr)
+			}
+		}
+		return run, best, nil
+	}
 	for _, v := range cfg.Variants {
 		res := VariantResult{LR: cfg.LR[v]}
 		var secs float64
-		for _, seed := range cfg.Seeds {
-			run, err := NewRun(filepath.Join(cfg.Work, "runs"), v)
-			if err != nil {
-				return nil, err
+		var tuned *Run
+		if len(cfg.TuneLR) > 0 {
+			// Each variant gets its own learning rate: the one whose first-seed run reaches the best validation
+			// reward; that run counts as the first seed's.
+			bestVal := math.Inf(-1)
+			for _, lr := range cfg.TuneLR {
+				start := time.Now()
+				run, val, err := fineTune(v, cfg.Seeds[0], lr)
+				if err != nil {
+					return nil, err
+				}
+				logf("%-15s lr %.1e: best validation reward %.4f (%.0f s)", v, lr, val, time.Since(start).Seconds())
+				if val > bestVal {
+					bestVal, tuned, res.LR = val, run, lr
+					secs = time.Since(start).Seconds()
+				}
 			}
-			c := ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: cfg.LR[v],
-				MaxSteps: cfg.Steps, PerDeviceTrainBatchSize: cfg.Batch, Seed: seed, MaxPromptLength: cfg.MaxPrompt,
-				MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1}
+		}
+		for i, seed := range cfg.Seeds {
 			start := time.Now()
-			if err := RunALoL(ctx, rt, run, c, r, Options{}); err != nil {
-				return nil, fmt.Errorf("%s seed %d: %w", v, seed, err)
+			run := tuned
+			if i > 0 || tuned == nil {
+				var err error
+				if run, _, err = fineTune(v, seed, res.LR); err != nil {
+					return nil, err
+				}
+				secs += time.Since(start).Seconds()
 			}
-			secs += time.Now().Sub(start).Seconds()
 			st, _ := run.ReadState()
 			lm, err := model.Load(rt, st.Final, model.Options{Device: dev})
 			if err != nil {
@@ -142,7 +180,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 				return nil, err
 			}
 			res.Rewards = append(res.Rewards, hr)
-			logf("%-15s seed %d: held-out reward %.4f (%d steps, %.0f s)", v, seed, hr, st.Step, time.Now().Sub(start).Seconds())
+			logf("%-15s seed %d lr %.1e: held-out reward %.4f (%d steps)", v, seed, res.LR, hr, st.Step)
 			if v == "a_lol" && alolFinal == "" {
 				alolFinal = st.Final
 				if adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl")); err == nil {

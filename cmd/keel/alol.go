@@ -145,7 +145,8 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 	work := fs.String("work", "", "folder for the rollouts and runs (default: a new folder under the system's temp)")
 	variants := fs.String("variants", strings.Join(cfg.Variants, ","), "algorithms to compare")
 	seeds := fs.String("seeds", "1,2,3", "seeds; every variant runs once per seed")
-	lrs := fs.String("lr", "", "learning rates per variant, \"a_lol=1e-4,nll=3e-5\" (default 1e-4 each)")
+	lrs := fs.String("lr", "", "learning rates per variant, \"a_lol=1e-4,nll=3e-5\" (default 1e-4 each), used when --tune-lr is empty")
+	tune := fs.String("tune-lr", "1e-4,3e-4,1e-3", "candidate learning rates: each variant takes the one with the best validation reward on the first seed (empty: --lr)")
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "training rollout conversations per domain")
 	fs.IntVar(&cfg.HeldOut, "held-out", cfg.HeldOut, "held-out conversations per domain (held-out reward)")
 	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
@@ -180,6 +181,13 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 			return usageError{fmt.Errorf("--lr: %q is not VARIANT=RATE with a positive rate", kv)}
 		}
 		cfg.LR[k] = x
+	}
+	for _, f := range splitList(*tune) {
+		x, err := strconv.ParseFloat(f, 64)
+		if err != nil || x <= 0 {
+			return usageError{fmt.Errorf("--tune-lr: %q is not a positive rate", f)}
+		}
+		cfg.TuneLR = append(cfg.TuneLR, x)
 	}
 	if len(cfg.Seeds) == 0 || len(cfg.Variants) == 0 || cfg.Steps < 1 || cfg.Batch < 1 || cfg.Conversations < 1 || cfg.HeldOut < 1 {
 		return usageError{fmt.Errorf("give at least one variant and seed, and positive --steps, --batch, --conversations and --held-out")}

@@ -18,7 +18,7 @@ func TestEvalALoLFastSubset(t *testing.T) {
 	work := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
 	code, stdout, stderr := runKeel("eval", "alol", "--json", "--work", filepath.Join(work, "eval"), "--variants", "a_lol,nll", "--seeds", "1",
-		"--conversations", "3", "--held-out", "1", "--turns", "2", "--steps", "4", "--batch", "4", "--max-response", "24",
+		"--conversations", "3", "--held-out", "1", "--turns", "2", "--steps", "4", "--batch", "4", "--max-response", "24", "--tune-lr", "1e-4,1e-3",
 		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -31,7 +31,7 @@ func TestEvalALoLFastSubset(t *testing.T) {
 		t.Fatalf("%d examples, variants %v: want 12 rollout turns and a_lol, nll", rep.Examples, rep.Variants)
 	}
 	for v, r := range rep.Variants {
-		if len(r.Rewards) != 1 || r.RewardMean < 0 || r.RewardMean > 1 {
+		if len(r.Rewards) != 1 || r.RewardMean < 0 || r.RewardMean > 1 || (r.LR != 1e-4 && r.LR != 1e-3) {
 			t.Errorf("%s: %+v", v, r)
 		}
 	}
