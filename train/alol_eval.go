@@ -101,9 +101,29 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 7}
 	rng := rand.New(rand.NewPCG(11, 0xa101e))
 	data := filepath.Join(cfg.Work, "rollouts.jsonl")
-	n, err := writeRollouts(chat, data, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rng)
-	if err != nil {
-		return nil, err
+	// Rollouts are reused when the work folder holds ones made the same way (a rerun after an interruption).
+	key, _ := json.Marshal(map[string]any{"model": cfg.Model, "domains": cfg.Domains, "conversations": cfg.Conversations,
+		"turns": cfg.Turns, "temperature": cfg.Temperature, "max_response": cfg.MaxResponse})
+	keyPath := filepath.Join(cfg.Work, "rollouts.key.json")
+	n := 0
+	if old, err := os.ReadFile(keyPath); err == nil && string(old) == string(key) {
+		exs, err := LoadOfflineData(data, ref.Tokenizer, cfg.MaxPrompt, cfg.MaxResponse)
+		if err != nil {
+			return nil, err
+		}
+		n = len(exs)
+		for i := 0; i < len(cfg.Domains)*cfg.Conversations; i++ { // the same draws as the run that wrote them
+			if _, err := probes.ConversationTurns(cfg.Domains[i/cfg.Conversations], cfg.Turns, rng); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		if n, err = writeRollouts(chat, data, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rng); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(keyPath, key, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	logf("%d rollout turns from %d conversations per domain (%v): %s", n, cfg.Conversations, cfg.Domains, data)
 	held, err := heldOutPrompts(chat, cfg, rng)
