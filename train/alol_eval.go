@@ -145,7 +145,8 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		}
 		c := ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: lr,
 			MaxSteps: cfg.Steps, PerDeviceTrainBatchSize: cfg.Batch, Seed: seed, MaxPromptLength: cfg.MaxPrompt,
-			MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1}
+			MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1,
+			ScoreCache: filepath.Join(cfg.Work, "scores.json")}
 		if err := RunALoL(ctx, rt, run, c, r, Options{}); err != nil {
 			return nil, 0, fmt.Errorf("%s seed %d lr %g: %w", v, seed, lr, err)
 		}

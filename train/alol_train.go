@@ -51,6 +51,9 @@ type ALoLConfig struct {
 	DType                   string            `json:"dtype"`
 	LoRA                    *model.LoRAConfig `json:"lora,omitempty"`
 	Value                   ValueConfig       `json:"value"`
+	// ScoreCache, when set, keeps each dataset example's reward and log pi_ref(y|x) across runs on the same
+	// data, reward and reference (a comparison of variants and seeds scores the data once).
+	ScoreCache string `json:"score_cache,omitempty"`
 }
 
 // Defaults fills unset fields with the paper's settings (lr and steps scaled to the small models keel trains on a
@@ -131,6 +134,7 @@ func usesAdvantage(alg string) bool {
 
 // OfflineExample is one line of an offline RL dataset: a prompt, the response taken and its tokens.
 type OfflineExample struct {
+	Index int // its place among the dataset's examples
 	Sample
 	Prompt   []int    // the rendered prompt up to and including the assistant's header
 	Response []int    // the response's tokens with its end-of-turn token
@@ -197,6 +201,7 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			resp = resp[:maxResponse]
 		}
 		out = append(out, OfflineExample{
+			Index:    len(out),
 			Sample:   Sample{Messages: rec.Messages[:n-1], Response: rec.Messages[n-1].Content, Answer: rec.Answer},
 			Prompt:   slices.Clone(prompt),
 			Response: slices.Clone(resp),
@@ -529,18 +534,30 @@ func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig,
 		return recs, nil
 	}
 	recs := make([]advantageRecord, len(trainEx))
+	cache, err := openScoreCache(cfg, reward)
+	if err != nil {
+		return nil, err
+	}
 	if reward != nil {
-		samples := make([]Sample, len(trainEx))
+		var samples []Sample
+		var todo []int
 		for i, ex := range trainEx {
-			samples[i] = ex.Sample
+			if v, ok := cache.Reward[ex.Index]; ok {
+				recs[i].Reward = v
+			} else {
+				samples, todo = append(samples, ex.Sample), append(todo, i)
+			}
 		}
-		job.logf("scoring %d training responses with %s", len(samples), reward.Name())
-		scores, err := ScoreChecked(ctx, reward, samples)
-		if err != nil {
-			return nil, err
-		}
-		for i := range recs {
-			recs[i].Reward = scores[i]
+		if len(samples) > 0 {
+			job.logf("scoring %d training responses with %s", len(samples), reward.Name())
+			scores, err := ScoreChecked(ctx, reward, samples)
+			if err != nil {
+				return nil, err
+			}
+			for j, i := range todo {
+				recs[i].Reward = scores[j]
+				cache.Reward[trainEx[i].Index] = scores[j]
+			}
 		}
 	} else {
 		for i, ex := range trainEx {
@@ -567,19 +584,35 @@ func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig,
 			recs[i].Advantage = recs[i].Reward
 		}
 	}
-	for start := 0; start < len(trainEx); start += 32 {
-		end := min(start+32, len(trainEx))
+	var todo []int
+	for i, ex := range trainEx {
+		if v, ok := cache.RefLogp[ex.Index]; ok {
+			recs[i].RefLogp = v
+		} else {
+			todo = append(todo, i)
+		}
+	}
+	for start := 0; start < len(todo); start += 32 {
+		idx := todo[start:min(start+32, len(todo))]
+		batch := make([]OfflineExample, len(idx))
+		for j, i := range idx {
+			batch[j] = trainEx[i]
+		}
 		s := ref.RT.NewScope().NoGrad()
-		logp, mask := responseLogprobs(s, ref.Model, trainEx[start:end])
+		logp, mask := responseLogprobs(s, ref.Model, batch)
 		lp := s.Float32s(s.Sum(s.Mul(logp, mask), 1, false))
 		err := s.Err()
 		s.Close()
 		if err != nil {
 			return nil, fmt.Errorf("reference log-probabilities: %w", err)
 		}
-		for j, v := range lp {
-			recs[start+j].RefLogp = float64(v)
+		for j, i := range idx {
+			recs[i].RefLogp = float64(lp[j])
+			cache.RefLogp[trainEx[i].Index] = float64(lp[j])
 		}
+	}
+	if err := cache.save(); err != nil {
+		return nil, err
 	}
 	if err := writeAdvantages(path, recs); err != nil {
 		return nil, err
@@ -797,4 +830,57 @@ func loadWeights(rt *torch.Runtime, dir string, trainable []model.NamedTensor) e
 		}
 	}
 	return nil
+}
+
+// scoreCache is ALoLConfig.ScoreCache's file: per dataset example, its reward and log pi_ref(y|x), under a key
+// naming what they depend on.
+type scoreCache struct {
+	Key     string          `json:"key"`
+	Reward  map[int]float64 `json:"reward"`
+	RefLogp map[int]float64 `json:"ref_logp"`
+	path    string
+}
+
+// openScoreCache reads the cache when it was made for the same data, reward, reference and lengths; otherwise
+// (or with no cache configured) it starts empty.
+func openScoreCache(cfg ALoLConfig, reward Reward) (*scoreCache, error) {
+	c := &scoreCache{Reward: map[int]float64{}, RefLogp: map[int]float64{}, path: cfg.ScoreCache}
+	if cfg.ScoreCache == "" {
+		return c, nil
+	}
+	st, err := os.Stat(cfg.DatasetPath)
+	if err != nil {
+		return nil, err
+	}
+	name := "line rewards"
+	if reward != nil {
+		name = reward.Name()
+	}
+	key, _ := json.Marshal([]any{cfg.DatasetPath, st.Size(), st.ModTime().UnixNano(), name, cfg.ModelNameOrPath, cfg.MaxPromptLength, cfg.MaxResponseLength})
+	c.Key = string(key)
+	raw, err := os.ReadFile(cfg.ScoreCache)
+	if err != nil {
+		return c, nil
+	}
+	var old scoreCache
+	if json.Unmarshal(raw, &old) == nil && old.Key == c.Key {
+		for k, v := range old.Reward {
+			c.Reward[k] = v
+		}
+		for k, v := range old.RefLogp {
+			c.RefLogp[k] = v
+		}
+	}
+	return c, nil
+}
+
+func (c *scoreCache) save() error {
+	if c.path == "" {
+		return nil
+	}
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return safetensors.WriteAtomic(c.path, func(f *os.File) error { _, err := f.Write(raw); return err })
 }
