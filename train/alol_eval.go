@@ -126,7 +126,9 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		}
 	}
 	logf("%d rollout turns from %d conversations per domain (%v): %s", n, cfg.Conversations, cfg.Domains, data)
-	held, err := heldOutPrompts(chat, cfg, rng)
+	// The held-out conversations get a chatter of their own, so they are the same whether the rollouts were
+	// made now or read back.
+	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 8}, cfg, rng)
 	if err != nil {
 		return nil, err
 	}
