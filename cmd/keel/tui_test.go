@@ -94,7 +94,12 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 				t.Fatalf("escape sequences on a dumb terminal")
 			}
 			s.keys("C-k")
-			s.waitFor("the status line to show the cap", 10*time.Second, func(sc string) bool { return capOn.MatchString(sc) })
+			screen = s.waitFor("the status line to show the cap", 10*time.Second, func(sc string) bool { return capOn.MatchString(sc) })
+			// The cap line is drawn on a capped layer: plot the window's first layer (the best window from the
+			// embedded model's capping.json need not hold the middle one).
+			first := regexp.MustCompile(`cap p\d+ layers (\d+):`).FindStringSubmatch(screen)[1]
+			s.keys("/layer "+first, "Enter")
+			s.waitFor("the plot on layer "+first, 10*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer "+first) })
 			s.keys("Tell me more.", "Enter")
 			s.waitFor("the cap line in the plot", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "■ tau") })
 			s.keys("/train sft --data "+data+" --steps 6 --batch 2 --seq-len 64 --save-every 3", "Enter")
