@@ -77,27 +77,12 @@ type ALoLEvalReport struct {
 
 // EvalALoL runs the comparison. reward builds the reward for a loaded reference model (the axis reward).
 func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward func(*model.LM) (Reward, error)) (*ALoLEvalReport, error) {
-	logf := func(format string, a ...any) {
-		if cfg.Log != nil {
-			fmt.Fprintf(cfg.Log, format+"\n", a...)
-		}
-	}
-	if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
-		return nil, err
-	}
-	dev, err := torch.ParseDevice(cfg.Device)
-	if err != nil {
-		return nil, err
-	}
-	ref, err := model.Load(rt, cfg.Model, model.Options{Device: dev})
+	logf := logTo(cfg.Log)
+	ref, dev, r, err := openComparison(rt, cfg.Work, cfg.Model, cfg.Device, reward)
 	if err != nil {
 		return nil, err
 	}
 	defer ref.Close()
-	r, err := reward(ref)
-	if err != nil {
-		return nil, err
-	}
 	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 7}
 	rng := rand.New(rand.NewPCG(11, 0xa101e))
 	data := filepath.Join(cfg.Work, "rollouts.jsonl")
@@ -355,4 +340,34 @@ func reduction(before, after float64) float64 {
 		return 0
 	}
 	return (before - after) / before
+}
+
+// logTo writes progress lines to w (nowhere when w is nil).
+func logTo(w io.Writer) func(format string, a ...any) {
+	return func(format string, a ...any) {
+		if w != nil {
+			fmt.Fprintf(w, format+"\n", a...)
+		}
+	}
+}
+
+// openComparison makes the work folder and loads the reference model on the device with its reward.
+func openComparison(rt *torch.Runtime, work, modelDir, device string, reward func(*model.LM) (Reward, error)) (*model.LM, torch.Device, Reward, error) {
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return nil, torch.Device{}, nil, err
+	}
+	dev, err := torch.ParseDevice(device)
+	if err != nil {
+		return nil, torch.Device{}, nil, err
+	}
+	ref, err := model.Load(rt, modelDir, model.Options{Device: dev})
+	if err != nil {
+		return nil, torch.Device{}, nil, err
+	}
+	r, err := reward(ref)
+	if err != nil {
+		ref.Close()
+		return nil, torch.Device{}, nil, err
+	}
+	return ref, dev, r, nil
 }

@@ -66,30 +66,20 @@ func (c *ALoLConfig) Defaults() {
 	if c.KLBeta == 0 {
 		c.KLBeta = def.KLBeta
 	}
-	setf := func(p *float64, v float64) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	seti := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setf(&c.LearningRate, 1e-4)
-	seti(&c.MaxSteps, 200)
-	seti(&c.PerDeviceTrainBatchSize, 16)
-	setf(&c.MaxGradNorm, 1.0)
-	setf(&c.AdamBeta1, 0.9)
-	setf(&c.AdamBeta2, 0.999)
-	setf(&c.AdamEpsilon, 1e-6)
-	seti(&c.MaxPromptLength, 640)
-	seti(&c.MaxResponseLength, 128)
-	setf(&c.ValidationFraction, 0.1)
-	seti(&c.MaxValidation, 128)
-	seti(&c.EvalSteps, 50)
-	seti(&c.SaveSteps, 50)
-	seti(&c.SaveTotalLimit, 2)
+	setDefault(&c.LearningRate, 1e-4)
+	setDefault(&c.MaxSteps, 200)
+	setDefault(&c.PerDeviceTrainBatchSize, 16)
+	setDefault(&c.MaxGradNorm, 1.0)
+	setDefault(&c.AdamBeta1, 0.9)
+	setDefault(&c.AdamBeta2, 0.999)
+	setDefault(&c.AdamEpsilon, 1e-6)
+	setDefault(&c.MaxPromptLength, 640)
+	setDefault(&c.MaxResponseLength, 128)
+	setDefault(&c.ValidationFraction, 0.1)
+	setDefault(&c.MaxValidation, 128)
+	setDefault(&c.EvalSteps, 50)
+	setDefault(&c.SaveSteps, 50)
+	setDefault(&c.SaveTotalLimit, 2)
 	if c.LRSchedulerType == "" {
 		c.LRSchedulerType = "constant"
 	}

@@ -63,27 +63,12 @@ type PPOEvalReport struct {
 
 // EvalPPO runs the comparison. reward builds the reward for the loaded reference (the axis reward).
 func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward func(*model.LM) (Reward, error)) (*PPOEvalReport, error) {
-	logf := func(format string, a ...any) {
-		if cfg.Log != nil {
-			fmt.Fprintf(cfg.Log, format+"\n", a...)
-		}
-	}
-	if err := os.MkdirAll(cfg.Work, 0o755); err != nil {
-		return nil, err
-	}
-	dev, err := torch.ParseDevice(cfg.Device)
-	if err != nil {
-		return nil, err
-	}
-	ref, err := model.Load(rt, cfg.Model, model.Options{Device: dev})
+	logf := logTo(cfg.Log)
+	ref, dev, r, err := openComparison(rt, cfg.Work, cfg.Model, cfg.Device, reward)
 	if err != nil {
 		return nil, err
 	}
 	defer ref.Close()
-	r, err := reward(ref)
-	if err != nil {
-		return nil, err
-	}
 	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 13}
 	prompts := filepath.Join(cfg.Work, "prompts.jsonl")
 	n, err := writeRollouts(chat, prompts, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rand.New(rand.NewPCG(17, 0x990)))

@@ -63,38 +63,28 @@ type PPOConfig struct {
 
 // Defaults fills unset fields with PPO-max's settings (buffer and batch sizes scaled to a CPU).
 func (c *PPOConfig) Defaults() {
-	setf := func(p *float64, v float64) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	seti := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setf(&c.LearningRate, 1e-5)
-	seti(&c.MaxSteps, 20)
-	seti(&c.RolloutBatchSize, 32)
-	seti(&c.MiniBatchSize, 8)
-	seti(&c.NumPPOEpochs, 1)
-	setf(&c.Cliprange, 0.2)
-	setf(&c.CliprangeValue, 0.2)
-	setf(&c.VFCoef, 1.0)
-	setf(&c.Gamma, 1.0)
-	setf(&c.Lam, 0.95)
-	setf(&c.RewardClip, 5)
-	setf(&c.MaxGradNorm, 1.0)
-	setf(&c.Temperature, 0.8)
-	setf(&c.TopP, 0.9)
-	setf(&c.RepetitionPenalty, 1.1)
-	seti(&c.MaxNewTokens, 64)
-	seti(&c.MaxPromptLength, 512)
-	setf(&c.AdamBeta1, 0.9)
-	setf(&c.AdamBeta2, 0.95)
-	setf(&c.AdamEpsilon, 1e-8)
-	seti(&c.SaveSteps, 5)
-	seti(&c.SaveTotalLimit, 2)
+	setDefault(&c.LearningRate, 1e-5)
+	setDefault(&c.MaxSteps, 20)
+	setDefault(&c.RolloutBatchSize, 32)
+	setDefault(&c.MiniBatchSize, 8)
+	setDefault(&c.NumPPOEpochs, 1)
+	setDefault(&c.Cliprange, 0.2)
+	setDefault(&c.CliprangeValue, 0.2)
+	setDefault(&c.VFCoef, 1.0)
+	setDefault(&c.Gamma, 1.0)
+	setDefault(&c.Lam, 0.95)
+	setDefault(&c.RewardClip, 5)
+	setDefault(&c.MaxGradNorm, 1.0)
+	setDefault(&c.Temperature, 0.8)
+	setDefault(&c.TopP, 0.9)
+	setDefault(&c.RepetitionPenalty, 1.1)
+	setDefault(&c.MaxNewTokens, 64)
+	setDefault(&c.MaxPromptLength, 512)
+	setDefault(&c.AdamBeta1, 0.9)
+	setDefault(&c.AdamBeta2, 0.95)
+	setDefault(&c.AdamEpsilon, 1e-8)
+	setDefault(&c.SaveSteps, 5)
+	setDefault(&c.SaveTotalLimit, 2)
 	if c.Device == "" {
 		c.Device = "cpu"
 	}

@@ -48,31 +48,28 @@ type SFTConfig struct {
 	MergeLoRA                 bool              `json:"merge_lora_on_export"`
 }
 
+// setDefault gives an unset (zero) config field its default.
+func setDefault[T int | float64](p *T, v T) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
 // Defaults fills unset fields.
 func (c *SFTConfig) Defaults() {
-	set := func(p *float64, v float64) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	seti := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	set(&c.LearningRate, 3e-4)
-	seti(&c.MaxSteps, 200)
-	seti(&c.PerDeviceTrainBatchSize, 8)
-	seti(&c.GradientAccumulationSteps, 1)
-	set(&c.MaxGradNorm, 1.0)
-	set(&c.AdamBeta1, 0.9)
-	set(&c.AdamBeta2, 0.999)
-	set(&c.AdamEpsilon, 1e-8)
-	seti(&c.MaxSeqLength, 256)
-	seti(&c.EvalSteps, 50)
-	seti(&c.SaveSteps, 50)
-	seti(&c.SaveTotalLimit, 2)
-	seti(&c.LoggingSteps, 1)
+	setDefault(&c.LearningRate, 3e-4)
+	setDefault(&c.MaxSteps, 200)
+	setDefault(&c.PerDeviceTrainBatchSize, 8)
+	setDefault(&c.GradientAccumulationSteps, 1)
+	setDefault(&c.MaxGradNorm, 1.0)
+	setDefault(&c.AdamBeta1, 0.9)
+	setDefault(&c.AdamBeta2, 0.999)
+	setDefault(&c.AdamEpsilon, 1e-8)
+	setDefault(&c.MaxSeqLength, 256)
+	setDefault(&c.EvalSteps, 50)
+	setDefault(&c.SaveSteps, 50)
+	setDefault(&c.SaveTotalLimit, 2)
+	setDefault(&c.LoggingSteps, 1)
 	if c.LRSchedulerType == "" {
 		c.LRSchedulerType = "cosine"
 	}
