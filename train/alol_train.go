@@ -291,12 +291,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 			return err
 		}
 	}
-	ps := rt.NewScope()
-	for _, p := range trainable {
-		ps.SetRequiresGrad(p.Tensor, true)
-	}
-	err = ps.Err()
-	ps.Close()
+	params, err := requireGrad(rt, trainable)
 	if err != nil {
 		return err
 	}
@@ -305,10 +300,6 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		return err
 	}
 	defer opt.Close()
-	params := make([]torch.Tensor, len(trainable))
-	for i, p := range trainable {
-		params[i] = p.Tensor
-	}
 	base := modelBase{cfg.ModelNameOrPath, cfg.LoRA}
 	start := 0
 	if opts.Resume {

@@ -252,18 +252,9 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	}
 	defer head.close()
 	trainable = append(append([]model.NamedTensor(nil), trainable...), head.params...)
-	ps := rt.NewScope()
-	for _, p := range trainable {
-		ps.SetRequiresGrad(p.Tensor, true)
-	}
-	err = ps.Err()
-	ps.Close()
+	params, err := requireGrad(rt, trainable)
 	if err != nil {
 		return err
-	}
-	params := make([]torch.Tensor, len(trainable))
-	for i, p := range trainable {
-		params[i] = p.Tensor
 	}
 	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
 	if err != nil {

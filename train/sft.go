@@ -178,15 +178,10 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 		trainable = lm.Names
 	}
 	lm.Training = true
-	ps := rt.NewScope()
-	for _, p := range trainable {
-		ps.SetRequiresGrad(p.Tensor, true)
-	}
-	if err := ps.Err(); err != nil {
-		ps.Close()
+	params, err := requireGrad(rt, trainable)
+	if err != nil {
 		return err
 	}
-	ps.Close()
 	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
 	if err != nil {
 		return err
@@ -219,10 +214,6 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 
 	perStep := cfg.PerDeviceTrainBatchSize * cfg.GradientAccumulationSteps
 	warmup := int(math.Round(cfg.WarmupRatio * float64(cfg.MaxSteps)))
-	params := make([]torch.Tensor, len(trainable))
-	for i, p := range trainable {
-		params[i] = p.Tensor
-	}
 	batchAt := func(pos int) []Example {
 		out := make([]Example, cfg.PerDeviceTrainBatchSize)
 		for j := range out {
@@ -573,4 +564,17 @@ func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.Na
 		}
 	}
 	return dir, nil
+}
+
+// requireGrad marks the tensors a trainer updates as requiring gradients and returns them as a list (what
+// gradient clipping takes).
+func requireGrad(rt *torch.Runtime, trainable []model.NamedTensor) ([]torch.Tensor, error) {
+	ps := rt.NewScope()
+	defer ps.Close()
+	params := make([]torch.Tensor, len(trainable))
+	for i, p := range trainable {
+		ps.SetRequiresGrad(p.Tensor, true)
+		params[i] = p.Tensor
+	}
+	return params, ps.Err()
 }
