@@ -552,7 +552,7 @@ func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig,
 		if reward == nil {
 			return nil, fmt.Errorf("%s needs V_ref, fitted on the reference's own replies to the validation prompts: give --reward to score them", cfg.Algorithm)
 		}
-		values, err := fitValue(ctx, job, ref, cfg, reward, trainEx, valEx)
+		values, err := cachedValues(ctx, job, ref, cfg, reward, trainEx, valEx, cache)
 		if err != nil {
 			return nil, err
 		}
@@ -599,6 +599,35 @@ func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig,
 		return nil, err
 	}
 	return recs, nil
+}
+
+// cachedValues is fitValue's V_ref, read from the score cache when a run with the same seed, split and head
+// settings already fitted it.
+func cachedValues(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample, cache *scoreCache) ([]float64, error) {
+	key := valueKey(cfg)
+	if old := cache.Values[key]; old != nil {
+		values := make([]float64, len(trainEx))
+		hit := true
+		for i, ex := range trainEx {
+			if values[i], hit = old[ex.Index]; !hit {
+				break
+			}
+		}
+		if hit {
+			job.logf("value head: V_ref of %d training prompts read from %s", len(trainEx), cache.path)
+			return values, nil
+		}
+	}
+	values, err := fitValue(ctx, job, ref, cfg, reward, trainEx, valEx)
+	if err != nil {
+		return nil, err
+	}
+	byIndex := make(map[int]float64, len(trainEx))
+	for i, ex := range trainEx {
+		byIndex[ex.Index] = values[i]
+	}
+	cache.Values[key] = byIndex
+	return values, nil
 }
 
 // fitValue trains the value head on the reference's greedy replies to the validation prompts and returns
@@ -814,18 +843,26 @@ func loadWeights(rt *torch.Runtime, dir string, trainable []model.NamedTensor) e
 }
 
 // scoreCache is ALoLConfig.ScoreCache's file: per dataset example, its reward and log pi_ref(y|x), under a key
-// naming what they depend on.
+// naming what they depend on; and V_ref per example for each value fit (seed, validation split and head
+// settings), so runs that differ only in algorithm or learning rate fit the value head once.
 type scoreCache struct {
-	Key     string          `json:"key"`
-	Reward  map[int]float64 `json:"reward"`
-	RefLogp map[int]float64 `json:"ref_logp"`
+	Key     string                     `json:"key"`
+	Reward  map[int]float64            `json:"reward"`
+	RefLogp map[int]float64            `json:"ref_logp"`
+	Values  map[string]map[int]float64 `json:"values"`
 	path    string
+}
+
+// valueKey names what a value fit depends on beyond the cache's key.
+func valueKey(cfg ALoLConfig) string {
+	k, _ := json.Marshal([]any{cfg.Seed, cfg.ValidationFraction, cfg.MaxValidation, cfg.Value})
+	return string(k)
 }
 
 // openScoreCache reads the cache when it was made for the same data, reward, reference and lengths; otherwise
 // (or with no cache configured) it starts empty.
 func openScoreCache(cfg ALoLConfig, reward Reward) (*scoreCache, error) {
-	c := &scoreCache{Reward: map[int]float64{}, RefLogp: map[int]float64{}, path: cfg.ScoreCache}
+	c := &scoreCache{Reward: map[int]float64{}, RefLogp: map[int]float64{}, Values: map[string]map[int]float64{}, path: cfg.ScoreCache}
 	if cfg.ScoreCache == "" {
 		return c, nil
 	}
@@ -850,6 +887,9 @@ func openScoreCache(cfg ALoLConfig, reward Reward) (*scoreCache, error) {
 		}
 		for k, v := range old.RefLogp {
 			c.RefLogp[k] = v
+		}
+		for k, v := range old.Values {
+			c.Values[k] = v
 		}
 	}
 	return c, nil

@@ -173,3 +173,43 @@ func TestOfflineDataBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestALoLValueFitSharedThroughCache: a second run on the same data, seed and split reads V_ref from the score
+// cache instead of fitting the value head again, and gets the same advantages.
+func TestALoLValueFitSharedThroughCache(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	data := offlineData(t, dir, 30)
+	mdir := tinyModel(t, rt, dir, data)
+	var advs [][]advantageRecord
+	var logs []string
+	for _, alg := range []string{"a_lol_seq", "a_lol"} {
+		run, err := NewRun(filepath.Join(dir, "runs"), alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log strings.Builder
+		cfg := ALoLConfig{ModelNameOrPath: mdir, DatasetPath: data, Algorithm: alg, LearningRate: 1e-3, MaxSteps: 2,
+			PerDeviceTrainBatchSize: 4, MaxResponseLength: 12, ValidationFraction: 0.2, EvalSteps: 10, SaveSteps: 10, Seed: 3,
+			ScoreCache: filepath.Join(dir, "scores.json")}
+		if err := RunALoL(context.Background(), rt, run, cfg, ExactReward{}, Options{Log: &log}); err != nil {
+			t.Fatal(err)
+		}
+		adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		advs, logs = append(advs, adv), append(logs, log.String())
+	}
+	if strings.Contains(logs[0], "read from") || !strings.Contains(logs[1], "V_ref of") {
+		t.Fatalf("the first run must fit the value head and the second read it:\nfirst:\n%s\nsecond:\n%s", logs[0], logs[1])
+	}
+	if len(advs[0]) != len(advs[1]) {
+		t.Fatalf("%d vs %d advantages", len(advs[0]), len(advs[1]))
+	}
+	for i := range advs[0] {
+		if advs[0][i].Value != advs[1][i].Value || advs[0][i].Advantage != advs[1][i].Advantage {
+			t.Fatalf("example %d: V %v / A %v first, V %v / A %v from the cache", i, advs[0][i].Value, advs[0][i].Advantage, advs[1][i].Value, advs[1][i].Advantage)
+		}
+	}
+}
