@@ -113,7 +113,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	logf("%d rollout turns from %d conversations per domain (%v): %s", n, cfg.Conversations, cfg.Domains, data)
 	// The held-out conversations get a chatter of their own, so they are the same whether the rollouts were
 	// made now or read back.
-	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 8}, cfg, rng)
+	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 8}, cfg.Domains, cfg.HeldOut, cfg.Turns, cfg.Temperature, rng)
 	if err != nil {
 		return nil, err
 	}
@@ -254,10 +254,10 @@ func writeRollouts(chat *probes.Chatter, path string, domains []string, conversa
 
 // heldOutPrompts are the contexts of fresh conversations (a different draw from the training rollouts), one per
 // turn: what a fine-tuned model is asked to answer for the held-out reward.
-func heldOutPrompts(chat *probes.Chatter, cfg ALoLEvalConfig, rng *rand.Rand) ([][]probes.Message, error) {
+func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]probes.Message, error) {
 	var out [][]probes.Message
-	for _, d := range cfg.Domains {
-		convs, err := probes.Converse(chat, d, cfg.HeldOut, cfg.Turns, cfg.Temperature, rng)
+	for _, d := range domains {
+		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
 		if err != nil {
 			return nil, err
 		}

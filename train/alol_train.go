@@ -54,6 +54,10 @@ type ALoLConfig struct {
 	// ScoreCache, when set, keeps each dataset example's reward and log pi_ref(y|x) across runs on the same
 	// data, reward and reference (a comparison of variants and seeds scores the data once).
 	ScoreCache string `json:"score_cache,omitempty"`
+	// MaxSeconds, when set, is a wall-clock budget for the whole run (scoring and the value fit included):
+	// training ends, validated and exported as usual, at the first step that finishes past it. The schedule is
+	// still laid over MaxSteps. It is what makes comparisons at an equal budget possible.
+	MaxSeconds float64 `json:"max_seconds,omitempty"`
 }
 
 // Defaults fills unset fields with the paper's settings (lr and steps scaled to the small models keel trains on a
@@ -109,6 +113,8 @@ func (c *ALoLConfig) check() error {
 		return fmt.Errorf("--validation %v: give a fraction in (0, 1)", c.ValidationFraction)
 	case c.LRSchedulerType != "cosine" && c.LRSchedulerType != "linear" && c.LRSchedulerType != "constant":
 		return fmt.Errorf("--scheduler %q: use constant, linear or cosine", c.LRSchedulerType)
+	case c.MaxSeconds < 0 || math.IsNaN(c.MaxSeconds):
+		return fmt.Errorf("--max-seconds %v: give a budget in seconds, or 0 for none", c.MaxSeconds)
 	}
 	return nil
 }
@@ -224,6 +230,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	if err := cfg.check(); err != nil {
 		return err
 	}
+	began := time.Now()
 	job, err := startJob(run, "alol", cfg.MaxSteps, cfg, opts)
 	if err != nil {
 		return err
@@ -444,6 +451,10 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		}
 		if cfg.PPOClip > 0 {
 			m.Extra["clip_fraction"] = clipped / n
+		}
+		if cfg.MaxSeconds > 0 && step < steps && time.Since(began).Seconds() >= cfg.MaxSeconds {
+			job.logf("wall-clock budget of %.0f s spent at step %d of %d: the run ends here", cfg.MaxSeconds, step, steps)
+			steps, job.state.TotalSteps = step, step
 		}
 		if step%cfg.EvalSteps == 0 || step == steps {
 			vr, err := validate()

@@ -29,7 +29,12 @@ type PPOEvalConfig struct {
 	Temperature   float64 // the prompt conversations' sampling
 	PPO           PPOConfig
 	Unstable      PPOConfig // the settings that should collapse
-	Eval          probes.EvalConfig
+	// ALoL is the A-LoL run set beside PPO on the same prompts (the reference's replies in them are its offline
+	// data), reward and wall-clock budget (the PPO run's); an empty Algorithm leaves it out.
+	ALoL ALoLConfig
+	// HeldOut conversations per domain, a draw of their own, give both methods' held-out reward.
+	HeldOut int
+	Eval    probes.EvalConfig
 	Log           io.Writer
 }
 
@@ -41,7 +46,12 @@ func DefaultPPOEval() PPOEvalConfig {
 		MaxNewTokens: 64, MaxPromptLength: 384, RewardNormalize: true, CriticWarmupSteps: 2, KLTarget: 8, KLStopSteps: 3, Seed: 1, SaveSteps: 5}
 	unstable := stable
 	unstable.LearningRate, unstable.KLCoef, unstable.MaxSteps, unstable.CriticWarmupSteps, unstable.NumPPOEpochs = 1e-3, 0, 10, 0, 2
-	return PPOEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 24, Turns: 8, Temperature: 0.7, PPO: stable, Unstable: unstable, Eval: ev}
+	// A-LoL at the learning rate its own comparison (`keel eval alol`) tunes to; the step count is a ceiling the
+	// budget cuts.
+	alol := ALoLConfig{Algorithm: "a_lol", LearningRate: 3e-4, MaxSteps: 2000, PerDeviceTrainBatchSize: 8, MaxPromptLength: 384,
+		MaxResponseLength: 64, MaxValidation: 32, EvalSteps: 25, SaveSteps: 100, Seed: 1}
+	return PPOEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 24, Turns: 8, Temperature: 0.7, PPO: stable,
+		Unstable: unstable, ALoL: alol, HeldOut: 10, Eval: ev}
 }
 
 // PPOEvalReport is what `keel eval ppo --json` prints.
@@ -59,6 +69,21 @@ type PPOEvalReport struct {
 	RoleFidelity     float64 `json:"role_fidelity"`
 	Prompts          int     `json:"prompts"`
 	Seconds          float64 `json:"seconds"` // the PPO run's wall time
+	// ReferenceHeldOut is the starting model's held-out reward; SameBudget puts PPO and A-LoL side by side.
+	ReferenceHeldOut float64      `json:"reference_held_out_reward"`
+	SameBudget       []SameBudget `json:"same_budget,omitempty"`
+}
+
+// SameBudget is one method's figures in the side-by-side at an equal wall-clock budget.
+type SameBudget struct {
+	Method           string  `json:"method"`
+	Seconds          float64 `json:"seconds"` // the run's wall time, setup included
+	Steps            int     `json:"steps"`   // iterations (PPO) or optimizer steps (A-LoL) done in it
+	HeldOutReward    float64 `json:"held_out_reward"`
+	DriftAfter       float64 `json:"drift_after"`
+	DriftReduction   float64 `json:"drift_reduction"`
+	CapabilityChange float64 `json:"capability_change"`
+	RoleFidelity     float64 `json:"role_fidelity"`
 }
 
 // EvalPPO runs the comparison. reward builds the reward for the loaded reference (the axis reward).
@@ -113,6 +138,60 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	rep.RoleFidelity = after.RoleFidelity
 	logf("ppo: reward %.4f -> %.4f, ref KL max %.3f (target %.3f), drift %.3f -> %.3f, capability %.3f -> %.3f",
 		rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget, rep.DriftBefore, rep.DriftAfter, before.Capability, after.Capability)
+	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 21},
+		cfg.Domains, cfg.HeldOut, cfg.Turns, cfg.Temperature, rand.New(rand.NewPCG(23, 0x4e1d)))
+	if err != nil {
+		return nil, err
+	}
+	if rep.ReferenceHeldOut, err = heldOutReward(ctx, ref, r, held, cfg.PPO.MaxNewTokens); err != nil {
+		return nil, err
+	}
+	side := func(method, final string, secs float64, steps int, after *probes.EvalReport) (SameBudget, error) {
+		lm, err := model.Load(rt, final, model.Options{Device: dev})
+		if err != nil {
+			return SameBudget{}, err
+		}
+		hr, err := heldOutReward(ctx, lm, r, held, cfg.PPO.MaxNewTokens)
+		if err == nil && after == nil {
+			var personas *probes.Personas
+			if personas, err = probes.LoadPersonas(); err == nil {
+				after, err = probes.EvalPersona(ctx, lm, personas, cfg.Eval)
+			}
+		}
+		lm.Close()
+		if err != nil {
+			return SameBudget{}, fmt.Errorf("%s: %w", method, err)
+		}
+		sb := SameBudget{Method: method, Seconds: secs, Steps: steps, HeldOutReward: hr, DriftAfter: meanDrift(after, cfg.Eval.Domains),
+			RoleFidelity: after.RoleFidelity, CapabilityChange: -reduction(before.Capability, after.Capability)}
+		sb.DriftReduction = reduction(rep.DriftBefore, sb.DriftAfter)
+		logf("%s (%.0f s, %d steps): held-out reward %.4f (reference %.4f), drift %.3f -> %.3f, capability %+.1f%%, role fidelity %.3f",
+			method, secs, steps, hr, rep.ReferenceHeldOut, rep.DriftBefore, sb.DriftAfter, 100*sb.CapabilityChange, sb.RoleFidelity)
+		return sb, nil
+	}
+	sb, err := side("ppo", st.Final, rep.Seconds, st.Step, after)
+	if err != nil {
+		return nil, err
+	}
+	rep.SameBudget = append(rep.SameBudget, sb)
+	if cfg.ALoL.Algorithm != "" {
+		c := cfg.ALoL
+		c.ModelNameOrPath, c.DatasetPath, c.Reward, c.Device, c.MaxSeconds = cfg.Model, prompts, r.Name(), cfg.Device, rep.Seconds
+		arun, err := NewRun(filepath.Join(cfg.Work, "runs"), c.Algorithm)
+		if err != nil {
+			return nil, err
+		}
+		astart := time.Now()
+		if err := RunALoL(ctx, rt, arun, c, r, Options{}); err != nil {
+			return nil, fmt.Errorf("the A-LoL run: %w", err)
+		}
+		secs := time.Since(astart).Seconds()
+		ast, _ := arun.ReadState()
+		if sb, err = side(c.Algorithm, ast.Final, secs, ast.Step, nil); err != nil {
+			return nil, err
+		}
+		rep.SameBudget = append(rep.SameBudget, sb)
+	}
 	_, _, err = runPPO(cfg.Unstable, "unstable")
 	var collapse ErrCollapse
 	switch {

@@ -33,6 +33,7 @@ func runTrainALoL(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.LearningRate, "lr", 1e-4, "learning rate")
 	fs.IntVar(&c.MaxSteps, "steps", 200, "optimizer steps (the A-LoL family runs this times the positive-advantage fraction)")
 	fs.IntVar(&c.PerDeviceTrainBatchSize, "batch", 16, "examples per step")
+	fs.Float64Var(&c.MaxSeconds, "max-seconds", 0, "wall-clock budget of the run in seconds: training ends at the first step past it (0 = none)")
 	fs.IntVar(&c.WarmupSteps, "warmup-steps", 0, "steps of linear warmup")
 	fs.StringVar(&c.LRSchedulerType, "schedule", "constant", "constant, linear or cosine")
 	fs.Float64Var(&c.MaxGradNorm, "clip", 1.0, "global gradient-norm clip")

@@ -56,7 +56,7 @@ func TestEvalPPOFastSubset(t *testing.T) {
 	work := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
 	code, stdout, stderr := runKeel("eval", "ppo", "--json", "--work", filepath.Join(work, "eval"), "--conversations", "2", "--turns", "2",
-		"--steps", "2", "--rollouts", "4", "--mini-batch", "4", "--max-new-tokens", "16", "--unstable-steps", "3",
+		"--steps", "2", "--rollouts", "4", "--mini-batch", "4", "--max-new-tokens", "16", "--unstable-steps", "3", "--held-out", "1",
 		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -67,6 +67,18 @@ func TestEvalPPOFastSubset(t *testing.T) {
 	}
 	if rep.Prompts != 2*2*2 || rep.RewardStart <= 0 || rep.RewardStart > 1 || rep.KLTarget <= 0 || rep.CollapseReason == "" {
 		t.Fatalf("report %+v", rep)
+	}
+	// The side-by-side: A-LoL ran under PPO's wall-clock budget, which cut it far short of its step ceiling.
+	if len(rep.SameBudget) != 2 || rep.SameBudget[0].Method != "ppo" || rep.SameBudget[1].Method != "a_lol" {
+		t.Fatalf("same-budget rows %+v: want ppo then a_lol", rep.SameBudget)
+	}
+	for _, s := range rep.SameBudget {
+		if s.Steps < 1 || s.Seconds <= 0 || s.HeldOutReward < 0 || s.HeldOutReward > 1 || s.RoleFidelity < 0 || s.RoleFidelity > 1 {
+			t.Errorf("same-budget row %+v", s)
+		}
+	}
+	if a := rep.SameBudget[1]; a.Steps >= 100 {
+		t.Errorf("A-LoL ran %d steps in %.0f s against PPO's %.0f s: the budget did not stop it", a.Steps, a.Seconds, rep.Seconds)
 	}
 	if _, err := os.Stat(filepath.Join(work, "eval", "ppo_eval.json")); err != nil {
 		t.Error(err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -113,6 +114,9 @@ func runEvalPPO(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.PPO.KLCoef, "kl-coef", cfg.PPO.KLCoef, "token-level KL penalty")
 	fs.Float64Var(&cfg.PPO.KLTarget, "kl-target", cfg.PPO.KLTarget, "ref KL per response the monitor holds both runs under")
 	fs.IntVar(&cfg.PPO.MaxNewTokens, "max-new-tokens", cfg.PPO.MaxNewTokens, "response length cap")
+	fs.StringVar(&cfg.ALoL.Algorithm, "alol", cfg.ALoL.Algorithm, "A-LoL variant run beside PPO at the same wall-clock budget (\"\" = none)")
+	fs.Float64Var(&cfg.ALoL.LearningRate, "alol-lr", cfg.ALoL.LearningRate, "that run's learning rate")
+	fs.IntVar(&cfg.HeldOut, "held-out", cfg.HeldOut, "held-out conversations per domain (held-out reward)")
 	fs.IntVar(&cfg.Unstable.MaxSteps, "unstable-steps", cfg.Unstable.MaxSteps, "iterations of the unstable run")
 	fs.Float64Var(&cfg.Unstable.LearningRate, "unstable-lr", cfg.Unstable.LearningRate, "the unstable run's learning rate (no KL penalty)")
 	fs.IntVar(&cfg.Eval.Conversations, "drift-conversations", cfg.Eval.Conversations, "drift conversations per domain for the before/after drift")
@@ -123,6 +127,9 @@ func runEvalPPO(args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.PPO.MaxSteps < 1 || cfg.PPO.RolloutBatchSize < 1 || cfg.PPO.MiniBatchSize < 1 || cfg.Conversations < 1 || cfg.Unstable.MaxSteps < 1 || cfg.PPO.KLTarget <= 0 {
 		return usageError{fmt.Errorf("--steps, --rollouts, --mini-batch, --conversations, --unstable-steps and --kl-target must be positive")}
+	}
+	if cfg.ALoL.Algorithm != "" && !slices.Contains(train.ALoLAlgorithms, cfg.ALoL.Algorithm) || cfg.ALoL.LearningRate <= 0 || cfg.HeldOut < 1 {
+		return usageError{fmt.Errorf("--alol %q, --alol-lr %g, --held-out %d: give one of %v (or \"\"), a positive learning rate and at least one conversation", cfg.ALoL.Algorithm, cfg.ALoL.LearningRate, cfg.HeldOut, train.ALoLAlgorithms)}
 	}
 	cfg.Unstable.RolloutBatchSize, cfg.Unstable.MiniBatchSize, cfg.Unstable.MaxNewTokens = cfg.PPO.RolloutBatchSize, cfg.PPO.MiniBatchSize, cfg.PPO.MaxNewTokens
 	cfg.Unstable.KLTarget = cfg.PPO.KLTarget
@@ -162,6 +169,13 @@ func runEvalPPO(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "PPO on %d prompts of the model's own %v conversations, reward axis, %d iterations of %d rollouts (%.0f s)\n", rep.Prompts, cfg.Domains, cfg.PPO.MaxSteps, cfg.PPO.RolloutBatchSize, rep.Seconds)
 	fmt.Fprintf(stdout, "reward %.4f -> %.4f; ref KL max %.3f (target %.3f)\n", rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget)
 	fmt.Fprintf(stdout, "drift %.3f -> %.3f (reduction %.1f%%); capability %+.1f%%; role fidelity %.3f\n", rep.DriftBefore, rep.DriftAfter, 100*rep.DriftReduction, 100*rep.CapabilityChange, rep.RoleFidelity)
+	if len(rep.SameBudget) > 0 {
+		fmt.Fprintf(stdout, "\nat the same wall-clock budget (held-out reward of the starting model %.4f, drift %.3f):\n", rep.ReferenceHeldOut, rep.DriftBefore)
+		fmt.Fprintf(stdout, "%-8s %8s %6s %16s %12s %16s %14s %14s\n", "method", "seconds", "steps", "held-out reward", "drift after", "drift reduction", "capability", "role fidelity")
+		for _, s := range rep.SameBudget {
+			fmt.Fprintf(stdout, "%-8s %8.0f %6d %16.4f %12.3f %15.1f%% %+13.1f%% %14.3f\n", s.Method, s.Seconds, s.Steps, s.HeldOutReward, s.DriftAfter, 100*s.DriftReduction, 100*s.CapabilityChange, s.RoleFidelity)
+		}
+	}
 	fmt.Fprintf(stdout, "unstable run (no KL, lr %g): collapse stop %v: %s\n", cfg.Unstable.LearningRate, rep.CollapseStop, rep.CollapseReason)
 	fmt.Fprintf(stdout, "work folder: %s\n", cfg.Work)
 	return nil
