@@ -35,7 +35,7 @@ type PPOEvalConfig struct {
 	// HeldOut conversations per domain, a draw of their own, give both methods' held-out reward.
 	HeldOut int
 	Eval    probes.EvalConfig
-	Log           io.Writer
+	Log     io.Writer
 }
 
 // DefaultPPOEval is the acceptance protocol, sized for about 20 minutes of PPO on a 2-core CPU.
