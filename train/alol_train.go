@@ -236,11 +236,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		return err
 	}
 	defer job.end(&err)
-	dev, err := torch.ParseDevice(cfg.Device)
-	if err != nil {
-		return err
-	}
-	dt, err := torch.ParseDType(cfg.DType)
+	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
 	if err != nil {
 		return err
 	}
@@ -310,16 +306,8 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	base := modelBase{cfg.ModelNameOrPath, cfg.LoRA}
 	start := 0
 	if opts.Resume {
-		ck, err := latestCheckpoint(run.Dir)
-		if err != nil {
+		if start, _, err = resumeRun(rt, run, trainable, opt, base, job.logf); err != nil {
 			return err
-		}
-		if ck != "" {
-			if start, err = loadCheckpoint(rt, ck, trainable, opt, base); err != nil {
-				return err
-			}
-			job.logf("resumed from %s at step %d", ck, start)
-			truncateMetrics(run.Dir, start)
 		}
 	}
 	mlog, err := openMetricsLog(run.Dir)

@@ -199,11 +199,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		return err
 	}
 	defer job.end(&err)
-	dev, err := torch.ParseDevice(cfg.Device)
-	if err != nil {
-		return err
-	}
-	dt, err := torch.ParseDType(cfg.DType)
+	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
 	if err != nil {
 		return err
 	}
@@ -265,14 +261,11 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	var st ppoState
 	start := 0
 	if opts.Resume {
-		ck, err := latestCheckpoint(run.Dir)
-		if err != nil {
+		var ck string
+		if start, ck, err = resumeRun(rt, run, trainable, opt, base, job.logf); err != nil {
 			return err
 		}
-		if ck != "" {
-			if start, err = loadCheckpoint(rt, ck, trainable, opt, base); err != nil {
-				return err
-			}
+		if ck != "" { // the running reward statistics continue where they were
 			raw, err := os.ReadFile(filepath.Join(ck, "ppo_state.json"))
 			if err == nil {
 				err = json.Unmarshal(raw, &st)
@@ -280,8 +273,6 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 			if err != nil {
 				return fmt.Errorf("%s: ppo_state.json: %v", ck, err)
 			}
-			job.logf("resumed from %s at step %d", ck, start)
-			truncateMetrics(run.Dir, start)
 		}
 	}
 	mlog, err := openMetricsLog(run.Dir)

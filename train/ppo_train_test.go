@@ -133,3 +133,53 @@ func TestPPOCollapseMonitorStops(t *testing.T) {
 	}
 	t.Logf("%v", err)
 }
+
+// TestPPOResumesAfterCancel: a run cancelled after a checkpoint resumes from it (weights, optimizer and the
+// running reward statistics of ppo_state.json) and logs every iteration exactly once.
+func TestPPOResumesAfterCancel(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	policy := sftTiny(t, dir)
+	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 4, RolloutBatchSize: 8,
+		MiniBatchSize: 8, KLCoef: 0.02, MaxNewTokens: 8, RewardNormalize: true, Seed: 1, SaveSteps: 2}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = RunPPO(ctx, rt, run, cfg, wordReward{"plus"}, Options{Hooks: func(m *Metrics) {
+		if m.Step == 2 {
+			cancel()
+		}
+	}})
+	if st, _ := run.ReadState(); st.State == Done {
+		t.Fatalf("the cancelled run finished: %+v (err %v)", st, err)
+	}
+	ck, err := latestCheckpoint(run.Dir)
+	if err != nil || ck == "" {
+		t.Fatalf("no checkpoint after the cancel: %q %v", ck, err)
+	}
+	if _, err := os.Stat(filepath.Join(ck, "ppo_state.json")); err != nil {
+		t.Fatalf("the checkpoint lacks the reward statistics: %v", err)
+	}
+	var log strings.Builder
+	if err := RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{Resume: true, Log: &log}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "resumed from "+ck) {
+		t.Fatalf("the second run did not resume from %s:\n%s", ck, log.String())
+	}
+	ms, _ := run.ReadMetrics()
+	if len(ms) != cfg.MaxSteps {
+		t.Fatalf("%d logged iterations, want %d", len(ms), cfg.MaxSteps)
+	}
+	for i, m := range ms {
+		if m.Step != i+1 {
+			t.Fatalf("iteration %d logged as step %d", i+1, m.Step)
+		}
+	}
+	if st, _ := run.ReadState(); st.State != Done || st.Final == "" {
+		t.Fatalf("state %+v", st)
+	}
+}

@@ -130,11 +130,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	logf, emit := job.logf, job.emit
 	state := &job.state
 
-	dev, err := torch.ParseDevice(cfg.Device)
-	if err != nil {
-		return err
-	}
-	dt, err := torch.ParseDType(cfg.DType)
+	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
 	if err != nil {
 		return err
 	}
@@ -190,21 +186,9 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 
 	start := 0
 	if opts.Resume {
-		ck, err := latestCheckpoint(run.Dir)
-		if err != nil {
+		if start, _, err = resumeRun(rt, run, trainable, opt, cfg.base(), logf); err != nil {
 			return err
 		}
-		if ck != "" {
-			if start, err = loadCheckpoint(rt, ck, trainable, opt, cfg.base()); err != nil {
-				return err
-			}
-			logf("resumed from %s at step %d", ck, start)
-		} else {
-			logf("no checkpoint in %s: starting from step 0", run.Dir)
-		}
-	}
-	if start > 0 {
-		truncateMetrics(run.Dir, start) // before opening the log: it replaces the file
 	}
 	mlog, err := openMetricsLog(run.Dir)
 	if err != nil {
@@ -428,6 +412,36 @@ func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.Nam
 		d.Close()
 	}
 	return final, nil
+}
+
+// deviceDType parses a trainer's --device and --dtype.
+func deviceDType(device, dtype string) (torch.Device, torch.DType, error) {
+	dev, err := torch.ParseDevice(device)
+	if err != nil {
+		return dev, 0, err
+	}
+	dt, err := torch.ParseDType(dtype)
+	return dev, dt, err
+}
+
+// resumeRun loads the run's latest checkpoint into the weights and optimizer and cuts the metrics log back to
+// its step (before the log is opened: truncation replaces the file). It returns the step and the checkpoint
+// folder, 0 and "" when the run has none.
+func resumeRun(rt *torch.Runtime, run *Run, trainable []model.NamedTensor, opt *AdamW, base modelBase, logf func(string, ...any)) (int, string, error) {
+	ck, err := latestCheckpoint(run.Dir)
+	if err != nil || ck == "" {
+		if err == nil {
+			logf("no checkpoint in %s: starting from step 0", run.Dir)
+		}
+		return 0, "", err
+	}
+	start, err := loadCheckpoint(rt, ck, trainable, opt, base)
+	if err != nil {
+		return 0, "", err
+	}
+	logf("resumed from %s at step %d", ck, start)
+	truncateMetrics(run.Dir, start)
+	return start, ck, nil
 }
 
 func latestCheckpoint(runDir string) (string, error) {
