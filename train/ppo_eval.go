@@ -42,7 +42,7 @@ type PPOEvalConfig struct {
 func DefaultPPOEval() PPOEvalConfig {
 	ev := probes.DefaultEval()
 	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
-	stable := PPOConfig{LearningRate: 1e-5, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
+	stable := PPOConfig{LearningRate: 1e-4, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
 		MaxNewTokens: 64, MaxPromptLength: 384, RewardNormalize: true, CriticWarmupSteps: 2, KLTarget: 8, KLStopSteps: 3, Seed: 1, SaveSteps: 5}
 	unstable := stable
 	unstable.LearningRate, unstable.KLCoef, unstable.MaxSteps, unstable.CriticWarmupSteps, unstable.NumPPOEpochs = 1e-3, 0, 10, 0, 2
