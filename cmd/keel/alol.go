@@ -193,38 +193,19 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 	if len(cfg.Seeds) == 0 || len(cfg.Variants) == 0 || cfg.Steps < 1 || cfg.Batch < 1 || cfg.Conversations < 1 || cfg.HeldOut < 1 {
 		return usageError{fmt.Errorf("give at least one variant and seed, and positive --steps, --batch, --conversations and --held-out")}
 	}
-	p, err := probes.LoadPersonas()
+	rt, err := openRLEval(&mf, *roles, &cfg.Eval, work, "alol")
 	if err != nil {
 		return err
 	}
-	cfg.Eval.Roles = splitList(*roles)
-	if err := cfg.Eval.Check(p); err != nil {
-		return usageError{err}
-	}
-	rt, lm, err := mf.load()
-	if err != nil {
-		return err
-	}
-	lm.Close()
-	cfg.Model, cfg.Device = mf.dir, mf.device
-	if *work == "" {
-		if *work, err = os.MkdirTemp("", "keel-eval-alol-*"); err != nil {
-			return err
-		}
-	}
-	cfg.Work, cfg.Log = *work, stderr
+	cfg.Model, cfg.Device, cfg.Work, cfg.Log = mf.dir, mf.device, *work, stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	rep, err := train.EvalALoL(ctx, rt, cfg, func(ref *model.LM) (train.Reward, error) {
-		return parseReward("axis", ref, "", false)
-	})
+	rep, err := train.EvalALoL(ctx, rt, cfg, axisReward)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printIndented(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "A-LoL on %d rollout turns of the model's own %v conversations, reward axis (%d steps, batch %d, seeds %v)\n", rep.Examples, cfg.Domains, cfg.Steps, cfg.Batch, cfg.Seeds)
 	fmt.Fprintf(stdout, "%-15s %12s %8s %10s %8s\n", "variant", "held-out R", "spread", "lr", "s/run")
@@ -237,4 +218,37 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 		rep.DriftBefore, rep.DriftAfter, 100*rep.DriftReduction, rep.RoleFidelity, rep.CapabilityBefore, rep.CapabilityAfter, 100*rep.CapabilityChange)
 	fmt.Fprintf(stdout, "work folder: %s\n", cfg.Work)
 	return nil
+}
+
+// openRLEval is the RL comparisons' common start: the role list checked, the model loaded once (a bad --model
+// fails before any work) and the work folder made (a new temporary one when none is given).
+func openRLEval(mf *modelFlags, roles string, ev *probes.EvalConfig, work *string, name string) (*torch.Runtime, error) {
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return nil, err
+	}
+	ev.Roles = splitList(roles)
+	if err := ev.Check(p); err != nil {
+		return nil, usageError{err}
+	}
+	rt, lm, err := mf.load()
+	if err != nil {
+		return nil, err
+	}
+	lm.Close()
+	if *work == "" {
+		if *work, err = os.MkdirTemp("", "keel-eval-"+name+"-*"); err != nil {
+			return nil, err
+		}
+	}
+	return rt, nil
+}
+
+// axisReward is the comparisons' reward: the loaded reference's own axis.
+func axisReward(ref *model.LM) (train.Reward, error) { return parseReward("axis", ref, "", false) }
+
+func printIndented(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
-	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -133,38 +131,19 @@ func runEvalPPO(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Unstable.RolloutBatchSize, cfg.Unstable.MiniBatchSize, cfg.Unstable.MaxNewTokens = cfg.PPO.RolloutBatchSize, cfg.PPO.MiniBatchSize, cfg.PPO.MaxNewTokens
 	cfg.Unstable.KLTarget = cfg.PPO.KLTarget
-	p, err := probes.LoadPersonas()
+	rt, err := openRLEval(&mf, *roles, &cfg.Eval, work, "ppo")
 	if err != nil {
 		return err
 	}
-	cfg.Eval.Roles = splitList(*roles)
-	if err := cfg.Eval.Check(p); err != nil {
-		return usageError{err}
-	}
-	rt, lm, err := mf.load()
-	if err != nil {
-		return err
-	}
-	lm.Close()
-	cfg.Model, cfg.Device = mf.dir, mf.device
-	if *work == "" {
-		if *work, err = os.MkdirTemp("", "keel-eval-ppo-*"); err != nil {
-			return err
-		}
-	}
-	cfg.Work, cfg.Log = *work, stderr
+	cfg.Model, cfg.Device, cfg.Work, cfg.Log = mf.dir, mf.device, *work, stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	rep, err := train.EvalPPO(ctx, rt, cfg, func(ref *model.LM) (train.Reward, error) {
-		return parseReward("axis", ref, "", false)
-	})
+	rep, err := train.EvalPPO(ctx, rt, cfg, axisReward)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printIndented(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "PPO on %d prompts of the model's own %v conversations, reward axis, %d iterations of %d rollouts (%.0f s)\n", rep.Prompts, cfg.Domains, cfg.PPO.MaxSteps, cfg.PPO.RolloutBatchSize, rep.Seconds)
 	fmt.Fprintf(stdout, "reward %.4f -> %.4f; ref KL max %.3f (target %.3f)\n", rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget)
