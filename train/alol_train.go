@@ -403,21 +403,9 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
-		cs := rt.NewScope()
-		gradNorm := cs.ClipGradNorm(params, cfg.MaxGradNorm)
-		err = cs.Err()
-		cs.Close()
+		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, lr, lv, job.state.Checkpoint)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
-		}
-		if math.IsNaN(lv) || math.IsInf(lv, 0) || math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {
-			return fmt.Errorf("step %d: loss %v, grad norm %v: training diverged; lower --lr; last good checkpoint: %s", step, lv, gradNorm, orNone(job.state.Checkpoint))
-		}
-		if err := opt.Update(lr); err != nil {
-			return err
-		}
-		if err := opt.ZeroGrad(); err != nil {
-			return err
 		}
 		var rhoSum, clipped, advSum, rSum float64
 		for j := range batch {

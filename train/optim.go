@@ -4,6 +4,7 @@ package train
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -147,4 +148,24 @@ func loadInto(s *torch.Scope, f *safetensors.File, name string, dst torch.Tensor
 	src := s.To(s.FromData(safetensors.F32s(data), torch.Float32, info.Shape, torch.CPU), dt, dev)
 	s.CopyInto(dst, src)
 	return s.Err()
+}
+
+// clipAndStep ends a training step: it clips the global gradient norm, refuses a non-finite loss or norm (the
+// error names the last good checkpoint), then applies the update at lr and clears the gradients. It returns the
+// norm before clipping.
+func (o *AdamW) clipAndStep(params []torch.Tensor, maxNorm, lr, loss float64, lastGood string) (float64, error) {
+	cs := o.rt.NewScope()
+	norm := cs.ClipGradNorm(params, maxNorm)
+	err := cs.Err()
+	cs.Close()
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return norm, fmt.Errorf("loss %v, grad norm %v: training diverged; lower the learning rate; last good checkpoint: %s", loss, norm, orNone(lastGood))
+	}
+	if err := o.Update(lr); err != nil {
+		return norm, err
+	}
+	return norm, o.ZeroGrad()
 }

@@ -402,21 +402,9 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 				if err != nil {
 					return fmt.Errorf("step %d: %w", step, err)
 				}
-				cs := rt.NewScope()
-				g := cs.ClipGradNorm(params, cfg.MaxGradNorm)
-				err = cs.Err()
-				cs.Close()
+				g, err := opt.clipAndStep(params, cfg.MaxGradNorm, cfg.LearningRate, lv, job.state.Checkpoint)
 				if err != nil {
 					return fmt.Errorf("step %d: %w", step, err)
-				}
-				if math.IsNaN(lv) || math.IsInf(lv, 0) || math.IsNaN(g) || math.IsInf(g, 0) {
-					return fmt.Errorf("step %d: loss %v, grad norm %v: training diverged; lower --lr; last good checkpoint: %s", step, lv, g, orNone(job.state.Checkpoint))
-				}
-				if err := opt.Update(cfg.LearningRate); err != nil {
-					return err
-				}
-				if err := opt.ZeroGrad(); err != nil {
-					return err
 				}
 				lossSum, entSum, gradSum = lossSum+lv, entSum+ent, gradSum+g
 				agg.PolicyLoss += stats.PolicyLoss

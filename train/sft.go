@@ -244,25 +244,9 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 			}
 		}
 		loss := lossSum / float64(cfg.GradientAccumulationSteps)
-		cs := rt.NewScope()
-		gradNorm := cs.ClipGradNorm(params, cfg.MaxGradNorm)
-		err := cs.Err()
-		cs.Close()
+		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, lr, loss, lastCk)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
-		}
-		if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {
-			keep := lastCk
-			if keep == "" {
-				keep = "none (no checkpoint was written yet)"
-			}
-			return fmt.Errorf("step %d: loss %v, grad norm %v: training diverged; lower the learning rate; last good checkpoint: %s", step, loss, gradNorm, keep)
-		}
-		if err := opt.Update(lr); err != nil {
-			return err
-		}
-		if err := opt.ZeroGrad(); err != nil {
-			return err
 		}
 		elapsed := time.Since(t0).Seconds()
 		m := Metrics{Step: step, Loss: loss, LR: lr, GradNorm: gradNorm, TokensPerSec: float64(tokens) / elapsed, Time: time.Now().UTC()}
