@@ -62,39 +62,44 @@ func runTrainALoL(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c.LoRA = lora.config()
-	embedded := c.ModelNameOrPath == ""
-	if embedded && *rf.resume == "" && *rf.runDir == "" {
-		mf := modelFlags{}
-		if err := mf.resolve(); err != nil {
-			return err
-		}
-		c.ModelNameOrPath = mf.dir
+	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
+		return err
 	}
 	run, resuming, err := rf.open("alol", c.ModelNameOrPath != "" && c.DatasetPath != "", &c)
 	if err != nil {
 		return err
 	}
-	if *rf.detach {
-		return detachTraining(run, "alol", args, stdout)
-	}
-	return rf.execute("alol", run, c.MaxSteps, stdout, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+	return rf.launch("alol", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
 		var reward train.Reward
-		if c.Reward != "" {
-			dev, err := torch.ParseDevice(c.Device)
-			if err != nil {
-				return usageError{err}
-			}
-			lm, err := model.Load(rt, c.ModelNameOrPath, model.Options{Device: dev})
+		if c.Reward != "" { // otherwise each line's own "reward"
+			r, release, err := trainerReward(rt, c.Reward, c.ModelNameOrPath, c.Device, *axisDir, *ignoreHash)
 			if err != nil {
 				return err
 			}
-			defer lm.Close()
-			if reward, err = parseReward(c.Reward, lm, *axisDir, *ignoreHash); err != nil {
-				return err
-			}
+			defer release()
+			reward = r
 		}
 		return train.RunALoL(ctx, rt, run, c, reward, opts)
-	}, resuming)
+	})
+}
+
+// trainerReward loads the model a reward is computed with (the axis reward reads its activations) and parses
+// the spec; release frees the model once the run is over.
+func trainerReward(rt *torch.Runtime, spec, modelDir, device, axisDir string, ignoreHash bool) (train.Reward, func(), error) {
+	dev, err := torch.ParseDevice(device)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	lm, err := model.Load(rt, modelDir, model.Options{Device: dev})
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := parseReward(spec, lm, axisDir, ignoreHash)
+	if err != nil {
+		lm.Close()
+		return nil, nil, err
+	}
+	return r, func() { lm.Close() }, nil
 }
 
 // parseReward resolves a reward spec for a model: the axis reward reads the axis folder (default: the model's

@@ -84,3 +84,39 @@ func TestEvalPPOFastSubset(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// `keel train alol` and `keel train ppo` on the embedded model (no --model) with the axis reward: each finishes
+// its run and exports final weights; a reward spec that names nothing known is one clear line.
+func TestTrainALoLAndPPOCommands(t *testing.T) {
+	torchtest.Runtime(t)
+	work := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
+	data := filepath.Join(work, "data.jsonl")
+	var b strings.Builder
+	for i, q := range []string{"How do I sort a list?", "What is 3 times 4?", "Who are you?", "How can I save money?", "What is the capital of France?", "How do I learn a language?"} {
+		reply := []string{"Use a sort function.", "3 times 4 is 12.", "I am an AI assistant.", "Set a budget.", "Paris.", "Practice every day."}[i]
+		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}})
+		b.Write(append(raw, '\n'))
+	}
+	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs := filepath.Join(work, "runs")
+	for _, args := range [][]string{
+		{"train", "alol", "--data", data, "--reward", "axis", "--algorithm", "wbc", "--steps", "2", "--batch", "2", "--max-response", "16", "--validation", "0.34"},
+		{"train", "ppo", "--prompts", data, "--steps", "1", "--rollouts", "2", "--mini-batch", "2", "--max-new-tokens", "8"},
+	} {
+		code, _, stderr := runKeel(append(args, "--runs", runs, "--threads", "2")...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args[:2], code, stderr)
+		}
+	}
+	finals, _ := filepath.Glob(filepath.Join(runs, "*", "final", "model.safetensors"))
+	if len(finals) != 2 {
+		t.Fatalf("final weights %v: want one per run", finals)
+	}
+	code, _, stderr := runKeel("train", "ppo", "--prompts", data, "--reward", "charm", "--runs", runs)
+	if code == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, "charm") {
+		t.Errorf("unknown reward: exit %d, %q", code, stderr)
+	}
+}

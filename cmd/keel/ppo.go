@@ -8,7 +8,6 @@ import (
 	"os/signal"
 	"slices"
 
-	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/train"
 )
@@ -61,36 +60,21 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c.LoRA = lora.config()
-	if c.ModelNameOrPath == "" && *rf.resume == "" && *rf.runDir == "" {
-		mf := modelFlags{}
-		if err := mf.resolve(); err != nil {
-			return err
-		}
-		c.ModelNameOrPath = mf.dir
+	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
+		return err
 	}
 	run, resuming, err := rf.open("ppo", c.ModelNameOrPath != "" && c.PromptsPath != "", &c)
 	if err != nil {
 		return err
 	}
-	if *rf.detach {
-		return detachTraining(run, "ppo", args, stdout)
-	}
-	return rf.execute("ppo", run, c.MaxSteps, stdout, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
-		dev, err := torch.ParseDevice(c.Device)
-		if err != nil {
-			return usageError{err}
-		}
-		lm, err := model.Load(rt, c.ModelNameOrPath, model.Options{Device: dev})
+	return rf.launch("ppo", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+		reward, release, err := trainerReward(rt, c.Reward, c.ModelNameOrPath, c.Device, *axisDir, *ignoreHash)
 		if err != nil {
 			return err
 		}
-		defer lm.Close()
-		reward, err := parseReward(c.Reward, lm, *axisDir, *ignoreHash)
-		if err != nil {
-			return err
-		}
+		defer release()
 		return train.RunPPO(ctx, rt, run, c, reward, opts)
-	}, resuming)
+	})
 }
 
 // runEvalPPO: keel eval ppo [--model DIR] [--json]: PPO with the axis reward on the model's own therapy and

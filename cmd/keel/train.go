@@ -84,6 +84,27 @@ func (r *runFlags) open(kind string, fresh bool, cfg any) (*train.Run, bool, err
 	return run, resuming, nil
 }
 
+// defaultModel points a fresh run given no --model at the embedded persona model (a resumed run keeps its own).
+func (r *runFlags) defaultModel(dir *string) error {
+	if *dir != "" || *r.resume != "" || *r.runDir != "" {
+		return nil
+	}
+	var mf modelFlags
+	if err := mf.resolve(); err != nil {
+		return err
+	}
+	*dir = mf.dir
+	return nil
+}
+
+// launch starts the run in the background (--detach) or runs it here.
+func (r *runFlags) launch(kind string, args []string, run *train.Run, steps int, stdout io.Writer, resuming bool, trainer func(ctx context.Context, rt *torch.Runtime, opts train.Options) error) error {
+	if *r.detach {
+		return detachTraining(run, kind, args, stdout)
+	}
+	return r.execute(kind, run, steps, stdout, trainer, resuming)
+}
+
 // execute runs a trainer in this process with a progress display, Ctrl-C as cancellation and --stop-after.
 func (r *runFlags) execute(kind string, run *train.Run, steps int, stdout io.Writer, trainer func(ctx context.Context, rt *torch.Runtime, opts train.Options) error, resuming bool) error {
 	rt, err := torch.Load()
@@ -172,12 +193,9 @@ func runTrainSFT(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *rf.detach {
-		return detachTraining(run, "sft", args, stdout)
-	}
-	return rf.execute("sft", run, c.MaxSteps, stdout, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+	return rf.launch("sft", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
 		return train.RunSFT(ctx, rt, run, c, opts)
-	}, resuming)
+	})
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
