@@ -47,7 +47,7 @@ func DefaultALoLEval() ALoLEvalConfig {
 	for _, v := range ALoLAlgorithms {
 		lr[v] = 1e-4
 	}
-	return ALoLEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 40, Turns: 8, HeldOut: 20, Temperature: 0.7,
+	return ALoLEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 40, Turns: 8, HeldOut: 8, Temperature: 0.7,
 		Variants: ALoLAlgorithms, Seeds: []uint64{1, 2, 3}, Steps: 40, Batch: 8, LR: lr, MaxPrompt: 384, MaxResponse: 64, Eval: ev}
 }
 

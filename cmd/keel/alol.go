@@ -152,7 +152,7 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 	variants := fs.String("variants", strings.Join(cfg.Variants, ","), "algorithms to compare")
 	seeds := fs.String("seeds", "1,2,3", "seeds; every variant runs once per seed")
 	lrs := fs.String("lr", "", "learning rates per variant, \"a_lol=1e-4,nll=3e-5\" (default 1e-4 each), used when --tune-lr is empty")
-	tune := fs.String("tune-lr", "1e-4,3e-4,1e-3", "candidate learning rates: each variant takes the one with the best validation reward on the first seed (empty: --lr)")
+	tune := fs.String("tune-lr", "3e-4,1e-3", "candidate learning rates: each variant takes the one with the best validation reward on the first seed (empty: --lr)")
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "training rollout conversations per domain")
 	fs.IntVar(&cfg.HeldOut, "held-out", cfg.HeldOut, "held-out conversations per domain (held-out reward)")
 	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation")
