@@ -242,7 +242,7 @@ func (rr RewardResolver) ParseReward(spec string) (Reward, error) {
 		if i := strings.Index(term, "*"); i >= 0 && !strings.HasPrefix(term, "cmd:") {
 			v, err := strconv.ParseFloat(strings.TrimSpace(term[:i]), 64)
 			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
-				return nil, fmt.Errorf("--reward %q: %q is not a finite weight", spec, term[:i])
+				return nil, fmt.Errorf("--reward %q: %q is not a weight (a finite number)", spec, term[:i])
 			}
 			weight, term = v, strings.TrimSpace(term[i+1:])
 		}
