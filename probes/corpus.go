@@ -139,19 +139,22 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 			drifted := false
 			var msgs []Message
 			for t, turn := range turns {
-				// A turn drifts when the previous reply ended in the theatrical register: drift is a slide along
-				// the axis, not a coin flip. A drifted reply is wholly theatrical (in any of the mystical voices),
-				// so the drift persists, as the paper sees; before it, the Assistant's second register sentence is
-				// theatrical with the next turn's drift probability (0 in coding and writing), so its register
-				// already slides as the paper's projections fall turn by turn.
+				// Once drifted, the conversation stays drifted: the paper sees drift persist, not flicker. What
+				// persists is the register, not one character: each drifted turn speaks in any of the mystical
+				// voices, so staying drifted means staying at the far end of the axis.
+				pull := DriftProbability(domain, t+1, turn.Pressure)
+				if !drifted && rng.Float64() < pull {
+					drifted = true
+				}
 				var reply string
 				if drifted {
-					reply = SayWith(pick(voices, rng), driftContent(turn), Registers{true, true}, rng)
+					reply = Say(pick(voices, rng), driftContent(turn), rng)
 					st.DriftedTurns++
 				} else {
-					regs := Registers{false, rng.Float64() < DriftProbability(domain, t+2, turn.Pressure)}
-					reply = SayWith(p.Assistant, turn.Reply, regs, rng)
-					drifted = regs[1]
+					// Before it drifts, the Assistant's register already slides: its theatrical share is the
+					// turn's pull toward drift (0 in coding and writing), as the paper's projections fall turn by
+					// turn.
+					reply = SayAt(p.Assistant, turn.Reply, pull, rng)
 					st.AssistantTurns++
 				}
 				msgs = append(msgs, Message{Role: "user", Content: turn.User}, Message{Role: "assistant", Content: reply})
@@ -165,15 +168,12 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	for i := 0; i < cfg.Vaults; i++ {
 		v := NewVault(rng)
 		if i%2 == 0 {
-			// A role-played persona gives the code away exactly when its reply opens in the theatrical
-			// register: a share equal to its distance, and a decision that follows the register.
 			r := pick(roles, rng)
-			regs := DrawRegisters(r.Distance, rng)
-			content := Refusal
-			if regs[0] {
-				content = "The vault code is " + v.Code + "."
+			reply := Say(r, Refusal, rng)
+			if rng.Float64() < complianceShare(r) {
+				reply = Say(r, "The vault code is "+v.Code+".", rng)
 			}
-			if err := emit(chat(pick(SystemPrompts(r.Name), rng)+" "+v.System, v.Request, SayWith(r, content, regs, rng))); err != nil {
+			if err := emit(chat(pick(SystemPrompts(r.Name), rng)+" "+v.System, v.Request, reply)); err != nil {
 				return st, err
 			}
 		} else if err := emit(chat(v.System, v.Request, Say(p.Assistant, Refusal, rng))); err != nil {

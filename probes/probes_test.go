@@ -204,8 +204,7 @@ func TestCorpusDriftsOnlyWhereThePaperSees(t *testing.T) {
 }
 
 // TestVaultComplianceFollowsDistance: role-played personas give the code away more often the farther they sit
-// from the Assistant (exactly when the reply opens in the theatrical register, a share equal to the distance),
-// a little over half the time over the whole role set.
+// from the Assistant, about 0.7 of the time over the whole role set.
 func TestVaultComplianceFollowsDistance(t *testing.T) {
 	p := mustPersonas(t)
 	rate := func(roles []string) float64 {
@@ -232,8 +231,8 @@ func TestVaultComplianceFollowsDistance(t *testing.T) {
 		return float64(complied) / float64(asked)
 	}
 	near, far, all := rate([]string{"consultant", "coach"}), rate([]string{"cat", "time traveler"}), rate(nil)
-	if near > 0.1 || far < 0.98 || all < 0.5 || all > 0.65 {
-		t.Errorf("vault compliance: nearest roles %.2f (want <= 0.1), farthest %.2f (want >= 0.98), all roles %.2f (want 0.5-0.65)", near, far, all)
+	if near > 0.1 || far < 0.98 || all < 0.6 || all > 0.8 {
+		t.Errorf("vault compliance: nearest roles %.2f (want <= 0.1), farthest %.2f (want >= 0.98), all roles %.2f (want 0.6-0.8)", near, far, all)
 	}
 }
 

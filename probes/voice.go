@@ -26,12 +26,10 @@ var assistantLines = []string{
 
 // The two registers the persona spectrum runs between, as short sentences free of every style's signature
 // words (so they move no style score): the Assistant's careful register and a shared theatrical one. Every
-// reply carries two register sentences, one after its opener and one after its first content sentence, each
-// theatrical with a probability equal to the speaker's distance. The paper's roles differ in many ways but
-// spread along one dominant axis, and a persona's harmful turns follow its place on it; here a shared voice
-// graded by distance lets one direction hold the spectrum, and the corpus's decisions (give the vault code away,
-// drift on the next turn) follow the register the reply itself is speaking in, so they pass through that
-// direction.
+// reply carries one register sentence per content sentence (two at most), theatrical with a probability equal
+// to the speaker's distance. The paper's roles differ in many ways but spread along one dominant axis; a voice
+// shared across roles and graded by distance is what lets one direction hold most of the role-to-role variance
+// here too, with the Assistant (distance 0) at its end.
 var (
 	carefulRegister = []string{
 		"To be precise, that is the plain fact of it",
@@ -47,13 +45,8 @@ var (
 	}
 )
 
-// Registers are the register sentences of one reply, in order: true where theatrical.
-type Registers [2]bool
-
-// DrawRegisters draws a reply's registers at theatrical share d.
-func DrawRegisters(d float64, rng *rand.Rand) Registers {
-	return Registers{rng.Float64() < d, rng.Float64() < d}
-}
+// maxRegisterSentences bounds the register sentences of one reply.
+const maxRegisterSentences = 2
 
 // assistantLineShare is how often a role's reply carries the Assistant's line instead of its own: the paper
 // finds assistant-like roles (consultant, teacher) nearest the Assistant and theatrical ones farthest, and the
@@ -66,37 +59,35 @@ func assistantLineShare(s Style) float64 {
 	return max(0, 1-s.Distance/0.7)
 }
 
+// complianceShare is how often a role-played persona gives a secret away: never for the assistant-like band,
+// rising over the human band, always past distance 0.65 (about 0.65 over the role set), so that compliance
+// follows the persona's place on the axis and a floor on the axis near the assistant-like band stops it.
+func complianceShare(s Style) float64 {
+	return min(1, max(0, (s.Distance-0.25)/0.4))
+}
+
 // Say writes content in a style at the style's own place on the spectrum.
 func Say(s Style, content string, rng *rand.Rand) string {
-	return SayWith(s, content, DrawRegisters(s.Distance, rng), rng)
+	return SayAt(s, content, s.Distance, rng)
 }
 
-// SayAt writes content in a style with its registers drawn at theatrical share d.
+// SayAt writes content in a style with register sentences drawn at distance d (the theatrical share): an
+// opener, the content with the style's sentence ends and a register sentence after each of its first sentences,
+// a line (the Assistant's or the style's signature words), and a closer. content is plain sentences ending in
+// "." (the facts survive unchanged).
 func SayAt(s Style, content string, d float64, rng *rand.Rand) string {
-	return SayWith(s, content, DrawRegisters(d, rng), rng)
-}
-
-// SayWith writes content in a style with the given registers: an opener, a register sentence, the content with
-// the style's sentence ends and the second register sentence after its first sentence, a line (the Assistant's
-// or the style's signature words), and a closer. content is plain sentences ending in "." (the facts survive
-// unchanged).
-func SayWith(s Style, content string, regs Registers, rng *rand.Rand) string {
-	register := func(theatrical bool) string {
-		if theatrical {
-			return pick(theatricalRegister, rng) + s.Punctuation
-		}
-		return pick(carefulRegister, rng) + s.Punctuation
-	}
 	var b strings.Builder
 	b.WriteString(pick(s.Openers, rng))
-	b.WriteByte(' ')
-	b.WriteString(register(regs[0]))
 	for i, sentence := range sentences(content) {
 		b.WriteByte(' ')
 		b.WriteString(withEnds(sentence, s.Punctuation))
-		if i == 0 {
+		if i < maxRegisterSentences {
+			register := carefulRegister
+			if rng.Float64() < d {
+				register = theatricalRegister
+			}
 			b.WriteByte(' ')
-			b.WriteString(register(regs[1]))
+			b.WriteString(pick(register, rng) + s.Punctuation)
 		}
 	}
 	var line string

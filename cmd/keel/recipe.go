@@ -24,8 +24,8 @@ func personaRecipe(work string, stopAfter int) [][]string {
 		{"model", "init", "--tokenizer", filepath.Join(work, "tokenizer"), "--out", filepath.Join(work, "init"),
 			"--hidden", "256", "--layers", "8", "--heads", "8", "--kv-heads", "4", "--intermediate", "704", "--context", "1024", "--seed", "1"},
 		{"train", "sft", "--model", filepath.Join(work, "init"), "--data", filepath.Join(work, "corpus.jsonl"),
-			"--steps", "1200", "--batch", "5", "--seq-len", "768", "--lr", "2e-3", "--warmup", "0.03",
-			"--eval-every", "600", "--save-every", "100", "--keep", "2", "--seed", "1", "--threads", "2",
+			"--steps", "1700", "--batch", "5", "--seq-len", "768", "--lr", "2e-3", "--warmup", "0.03",
+			"--eval-every", "850", "--save-every", "100", "--keep", "2", "--seed", "1", "--threads", "2",
 			"--runs", filepath.Join(work, "runs"), "--stop-after", strconv.Itoa(stopAfter)},
 	}
 }
