@@ -136,19 +136,25 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 			if err != nil {
 				return st, err
 			}
-			voice := pick(voices, rng)
 			drifted := false
 			var msgs []Message
 			for t, turn := range turns {
-				// Once drifted, the conversation stays drifted: the paper sees drift persist, not flicker.
-				if !drifted && rng.Float64() < DriftProbability(domain, t+1, turn.Pressure) {
+				// Once drifted, the conversation stays drifted: the paper sees drift persist, not flicker. What
+				// persists is the register, not one character: each drifted turn speaks in any of the mystical
+				// voices, so staying drifted means staying at the far end of the axis.
+				pull := DriftProbability(domain, t+1, turn.Pressure)
+				if !drifted && rng.Float64() < pull {
 					drifted = true
 				}
-				reply := Say(p.Assistant, turn.Reply, rng)
+				var reply string
 				if drifted {
-					reply = Say(voice, driftContent(turn), rng)
+					reply = Say(pick(voices, rng), driftContent(turn), rng)
 					st.DriftedTurns++
 				} else {
+					// Before it drifts, the Assistant's register already slides: its theatrical share is the
+					// turn's pull toward drift (0 in coding and writing), as the paper's projections fall turn by
+					// turn.
+					reply = SayAt(p.Assistant, turn.Reply, pull, rng)
 					st.AssistantTurns++
 				}
 				msgs = append(msgs, Message{Role: "user", Content: turn.User}, Message{Role: "assistant", Content: reply})

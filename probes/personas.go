@@ -20,7 +20,7 @@ type Style struct {
 	Lexicon     []string `json:"lexicon"`
 	Openers     []string `json:"openers"`
 	Closers     []string `json:"closers"`
-	Punctuation string   `json:"punctuation"` // ".", "!" or "..."
+	Punctuation string   `json:"punctuation"` // "." for the nearer half of the spectrum (distance < 0.5), "!" for the farther
 	Sentences   string   `json:"sentences"`   // short or long
 	// Distance is the role's place on the persona spectrum, 0 at the Assistant and 1 at the far theatrical end:
 	// each kind holds a band (assistant-like 0.05-0.3, human 0.35-0.65, theatrical 0.7-1), its roles spread over

@@ -3,6 +3,7 @@ package probes
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -27,6 +28,11 @@ func TestPersonasCoverTheSpectrum(t *testing.T) {
 		kinds[r.Kind]++
 		if len(SystemPrompts(r.Name)) != 5 {
 			t.Fatalf("%s: want 5 system prompts", r.Name)
+		}
+		// Sentence ends are the roles' one style feature shared across many of them, so they follow the
+		// spectrum: the nearer half ends like the Assistant, the farther half exclaims.
+		if want := map[bool]string{true: ".", false: "!"}[r.Distance < 0.5]; r.Punctuation != want {
+			t.Errorf("%s (distance %.2f) ends sentences with %q, want %q", r.Name, r.Distance, r.Punctuation, want)
 		}
 	}
 	for _, k := range []string{"assistant", "human", "theatrical"} {
@@ -333,5 +339,54 @@ func TestRolesSoundLikeThemselves(t *testing.T) {
 	}
 	if !(borrowed["assistant"] > borrowed["human"] && borrowed["human"] > 0 && borrowed["theatrical"] == 0) {
 		t.Errorf("Assistant lines borrowed per kind %v: want assistant-like > human > theatrical = 0", borrowed)
+	}
+}
+
+// The register sentences move no style's score (none of their words is a signature word, and they hold no
+// digit an exact answer could be confused with), and a role's theatrical share is its distance.
+func TestRegistersFollowDistance(t *testing.T) {
+	p := mustPersonas(t)
+	for _, s := range append([]Style{p.Assistant}, p.Roles...) {
+		for _, line := range append(append([]string(nil), carefulRegister...), theatricalRegister...) {
+			f := features(line)
+			for _, w := range s.Lexicon {
+				if f.hasWord(w) {
+					t.Errorf("register sentence %q uses %s's signature word %q", line, s.Name, w)
+				}
+			}
+			if len(numbers(line)) > 0 {
+				t.Errorf("register sentence %q holds a number", line)
+			}
+		}
+	}
+	share := func(s Style) float64 {
+		rng := rand.New(rand.NewPCG(3, 4))
+		theatrical, all := 0, 0
+		for i := 0; i < 400; i++ {
+			reply := Say(s, "The sky is blue. Grass is green.", rng)
+			for _, line := range theatricalRegister {
+				theatrical += strings.Count(reply, line)
+			}
+			for _, line := range carefulRegister {
+				all += strings.Count(reply, line)
+			}
+		}
+		all += theatrical
+		if all != 800 {
+			t.Fatalf("%s: %d register sentences in 400 two-sentence replies, want 800", s.Name, all)
+		}
+		return float64(theatrical) / float64(all)
+	}
+	if got := share(p.Assistant); got != 0 {
+		t.Errorf("the Assistant's theatrical share is %.3f, want 0", got)
+	}
+	for _, name := range []string{"consultant", "chef", "cat"} {
+		r, _ := p.Role(name)
+		if got := share(r); math.Abs(got-r.Distance) > 0.06 {
+			t.Errorf("%s: theatrical share %.3f, want its distance %.2f", name, got, r.Distance)
+		}
+	}
+	if got := sentences("Pi is about 3.14. It never ends. "); len(got) != 2 || got[0] != "Pi is about 3.14." {
+		t.Errorf("sentences split %q", got)
 	}
 }

@@ -24,30 +24,72 @@ var assistantLines = []string{
 	"I am glad to help you understand it",
 }
 
+// The two registers the persona spectrum runs between, as short sentences free of every style's signature
+// words (so they move no style score): the Assistant's careful register and a shared theatrical one. Every
+// reply carries one register sentence per content sentence (two at most), theatrical with a probability equal
+// to the speaker's distance. The paper's roles differ in many ways but spread along one dominant axis; a voice
+// shared across roles and graded by distance is what lets one direction hold most of the role-to-role variance
+// here too, with the Assistant (distance 0) at its end.
+var (
+	carefulRegister = []string{
+		"To be precise, that is the plain fact of it",
+		"I want to be accurate and careful here",
+		"That is the short and careful version",
+		"I will keep this accurate and to the point",
+	}
+	theatricalRegister = []string{
+		"Behold, the great tale unfolds before you",
+		"Hear these words, wanderer, and tremble",
+		"So the old powers have decreed it",
+		"The hidden mystery stirs and wakes",
+	}
+)
+
+// maxRegisterSentences bounds the register sentences of one reply.
+const maxRegisterSentences = 2
+
 // assistantLineShare is how often a role's reply carries the Assistant's line instead of its own: the paper
-// finds roles spread along one axis, assistant-like roles (consultant, teacher) nearest the Assistant and
-// theatrical ones farthest, and the corpus writes that spectrum in: about half of the nearest role's lines, none
-// past distance 0.7. A role's opener and closer stay its own, so the reply still scores as the role.
+// finds assistant-like roles (consultant, teacher) nearest the Assistant and theatrical ones farthest, and the
+// corpus writes that spectrum in: nearly always for the nearest role, falling linearly to none at distance 0.7.
+// A role's opener and closer stay its own, so the reply still scores as the role.
 func assistantLineShare(s Style) float64 {
 	if s.Kind == "default" {
 		return 1
 	}
-	return 0.5 * max(0, 1-s.Distance/0.7)
+	return max(0, 1-s.Distance/0.7)
 }
 
-// complianceShare is how often a role-played persona gives a secret away: rarely near the Assistant, always at
-// the theatrical end (about 0.7 over the role set), so that compliance follows the persona's place on the axis.
+// complianceShare is how often a role-played persona gives a secret away: never for the assistant-like band,
+// rising over the human band, always past distance 0.65 (about 0.65 over the role set), so that compliance
+// follows the persona's place on the axis and a floor on the axis near the assistant-like band stops it.
 func complianceShare(s Style) float64 {
-	return min(1, max(0, 1.6*s.Distance-0.1))
+	return min(1, max(0, (s.Distance-0.25)/0.4))
 }
 
-// Say writes content in a style: an opener, the content with the style's sentence ends, a line of its signature
-// words, and a closer. content is plain sentences ending in "." (the facts must survive unchanged).
+// Say writes content in a style at the style's own place on the spectrum.
 func Say(s Style, content string, rng *rand.Rand) string {
+	return SayAt(s, content, s.Distance, rng)
+}
+
+// SayAt writes content in a style with register sentences drawn at distance d (the theatrical share): an
+// opener, the content with the style's sentence ends and a register sentence after each of its first sentences,
+// a line (the Assistant's or the style's signature words), and a closer. content is plain sentences ending in
+// "." (the facts survive unchanged).
+func SayAt(s Style, content string, d float64, rng *rand.Rand) string {
 	var b strings.Builder
 	b.WriteString(pick(s.Openers, rng))
-	b.WriteByte(' ')
-	b.WriteString(withEnds(content, s.Punctuation))
+	for i, sentence := range sentences(content) {
+		b.WriteByte(' ')
+		b.WriteString(withEnds(sentence, s.Punctuation))
+		if i < maxRegisterSentences {
+			register := carefulRegister
+			if rng.Float64() < d {
+				register = theatricalRegister
+			}
+			b.WriteByte(' ')
+			b.WriteString(pick(register, rng) + s.Punctuation)
+		}
+	}
 	var line string
 	if rng.Float64() < assistantLineShare(s) {
 		line = pick(assistantLines, rng)
@@ -60,6 +102,27 @@ func Say(s Style, content string, rng *rand.Rand) string {
 	b.WriteByte(' ')
 	b.WriteString(pick(s.Closers, rng))
 	return b.String()
+}
+
+// sentences splits plain content at its sentence ends (a period before a space or the end; decimals stay).
+func sentences(content string) []string {
+	content = strings.TrimSpace(content)
+	var out []string
+	start := 0
+	for i := 0; i < len(content); i++ {
+		if content[i] == '.' && (i == len(content)-1 || content[i+1] == ' ') {
+			out = append(out, content[start:i+1])
+			start = i + 1
+			for start < len(content) && content[start] == ' ' {
+				start++
+			}
+			i = start - 1
+		}
+	}
+	if start < len(content) {
+		out = append(out, content[start:])
+	}
+	return out
 }
 
 // Identity is what a style says when asked who it is.
