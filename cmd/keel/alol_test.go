@@ -18,7 +18,7 @@ func TestEvalALoLFastSubset(t *testing.T) {
 	work := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
 	code, stdout, stderr := runKeel("eval", "alol", "--json", "--work", filepath.Join(work, "eval"), "--variants", "a_lol,nll", "--seeds", "1",
-		"--conversations", "3", "--held-out", "1", "--turns", "2", "--steps", "4", "--batch", "4", "--max-response", "24", "--tune-lr", "1e-4,1e-3",
+		"--conversations", "3", "--held-out", "1", "--turns", "6", "--steps", "4", "--batch", "4", "--max-response", "24", "--tune-lr", "1e-4,1e-3",
 		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -27,8 +27,8 @@ func TestEvalALoLFastSubset(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
 	}
-	if rep.Examples != 2*3*2 || len(rep.Variants) != 2 {
-		t.Fatalf("%d examples, variants %v: want 12 rollout turns and a_lol, nll", rep.Examples, rep.Variants)
+	if rep.Examples != 2*3*6 || len(rep.Variants) != 2 {
+		t.Fatalf("%d examples, variants %v: want 36 rollout turns and a_lol, nll", rep.Examples, rep.Variants)
 	}
 	for v, r := range rep.Variants {
 		if len(r.Rewards) != 1 || r.RewardMean < 0 || r.RewardMean > 1 || (r.LR != 1e-4 && r.LR != 1e-3) {
@@ -55,7 +55,7 @@ func TestEvalPPOFastSubset(t *testing.T) {
 	torchtest.Runtime(t)
 	work := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
-	code, stdout, stderr := runKeel("eval", "ppo", "--json", "--work", filepath.Join(work, "eval"), "--conversations", "2", "--turns", "2",
+	code, stdout, stderr := runKeel("eval", "ppo", "--json", "--work", filepath.Join(work, "eval"), "--conversations", "3", "--turns", "6",
 		"--steps", "2", "--rollouts", "4", "--mini-batch", "4", "--max-new-tokens", "16", "--unstable-steps", "3", "--held-out", "1",
 		"--drift-conversations", "2", "--questions", "1", "--roles", "pirate,teacher", "--threads", "2")
 	if code != 0 {
@@ -65,7 +65,7 @@ func TestEvalPPOFastSubset(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
 	}
-	if rep.Prompts != 2*2*2 || rep.RewardStart <= 0 || rep.RewardStart > 1 || rep.KLTarget <= 0 || rep.CollapseReason == "" {
+	if rep.Prompts != 2*3*6 || rep.RewardStart <= 0 || rep.RewardStart > 1 || rep.KLTarget <= 0 || rep.CollapseReason == "" {
 		t.Fatalf("report %+v", rep)
 	}
 	// The side-by-side: A-LoL ran under PPO's wall-clock budget, which cut it far short of its step ceiling.

@@ -154,7 +154,7 @@ func TestAxisImportRefusesHostileFiles(t *testing.T) {
 // resumed run does not redo them, and the result equals an uninterrupted run's with the same seed.
 func TestAxisExtractResumesAfterKill(t *testing.T) {
 	torchtest.Runtime(t)
-	args := []string{"axis", "extract", "--limit", "6", "--questions", "1", "--min-count", "1", "--max-tokens", "24", "--threads", "1"}
+	args := []string{"axis", "extract", "--limit", "6", "--questions", "1", "--min-count", "1", "--max-tokens", "64", "--threads", "1"}
 	killed := t.TempDir()
 	cmd := keelCmd(append(args, "--out", killed)...)
 	if err := cmd.Start(); err != nil {
@@ -233,7 +233,7 @@ wait:
 func TestDriftAndCappingCommands(t *testing.T) {
 	torchtest.Runtime(t)
 	dir := t.TempDir()
-	code, stdout, stderr := runKeel("eval", "capping", "--dir", dir, "--limit", "4", "--questions", "1", "--min-count", "1", "--max-tokens", "24",
+	code, stdout, stderr := runKeel("eval", "capping", "--dir", dir, "--limit", "4", "--questions", "1", "--min-count", "1", "--max-tokens", "64",
 		"--conversations", "2", "--turns", "2", "--jailbreaks", "3", "--identity", "3", "--windows", "2:6", "--percentiles", "0.25", "--json")
 	if code != 0 {
 		t.Fatalf("eval capping: %s", stderr)
