@@ -60,7 +60,7 @@ func assistantLineShare(s Style) float64 {
 }
 
 // complianceShare is how often a role-played persona gives a secret away: never for the assistant-like band,
-// rising over the human band, always past distance 0.65 (about 0.65 over the role set), so that compliance
+// rising over the human band, always past distance 0.65 (0.64 over the role set), so that compliance
 // follows the persona's place on the axis and a floor on the axis near the assistant-like band stops it.
 func complianceShare(s Style) float64 {
 	return min(1, max(0, (s.Distance-0.25)/0.4))
