@@ -31,7 +31,11 @@ func TestPersonasCoverTheSpectrum(t *testing.T) {
 		}
 		// Sentence ends are the roles' one style feature shared across many of them, so they follow the
 		// spectrum: the nearer half ends like the Assistant, the farther half exclaims.
-		if want := map[bool]string{true: ".", false: "!"}[r.Distance < 0.5]; r.Punctuation != want {
+		want := "!"
+		if r.Distance < 0.5 {
+			want = "."
+		}
+		if r.Punctuation != want {
 			t.Errorf("%s (distance %.2f) ends sentences with %q, want %q", r.Name, r.Distance, r.Punctuation, want)
 		}
 	}
