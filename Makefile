@@ -3,7 +3,6 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
-FIXTURES ?= $(if $(KEEL_FIXTURES),$(KEEL_FIXTURES),../shared/fixtures)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: all setup build demo model test vet conformance bench-decode device-bundle clean

@@ -85,6 +85,9 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 		return err
 	}
 	kvs = append(kvs, tk...)
+	if hf, ok := tok.(*tokenizer.HF); ok && hf.ChatTemplates["default"] != "" {
+		kvs = append(kvs, KV{"tokenizer.chat_template", hf.ChatTemplates["default"]})
+	}
 
 	s := m.RT.NewScope().NoGrad()
 	defer s.Close()
@@ -246,34 +249,35 @@ func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
 				scores[i] = -float32(i)
 			}
 		}
-		return spmKVs(tokens, scores, types, 1, 2, 0), nil
+		return spmKVs(tokens, scores, types, 1, 2, 0, true), nil
 	}
 	switch t := tok.(type) {
 	case *tokenizer.Llama2c:
 		n := t.VocabSize()
+		if vocab < n {
+			return nil, fmt.Errorf("export gguf: tokenizer has %d tokens, the model %d", n, vocab)
+		}
 		tokens := make([]string, n)
 		scores := make([]float32, n)
 		types := make([]int32, n)
 		for i := 0; i < n; i++ {
-			tokens[i], scores[i] = t.Piece(i), t.Score(i)
+			// llama2.c's pieces spell SentencePiece's word boundary as a plain space; llama.cpp matches "▁".
+			tokens[i], scores[i] = strings.ReplaceAll(t.Piece(i), " ", spmSpace), t.Score(i)
 			switch {
 			case i == 0:
-				types[i] = 2
+				types[i] = tokUnknown
 			case i <= 2:
-				types[i] = 3
-			case i < 259:
-				types[i] = 6
+				types[i] = tokControl
+			case isByteToken(tokens[i]):
+				types[i] = tokByte
 			default:
-				types[i] = 1
+				types[i] = tokNormal
 			}
 		}
-		if vocab < n {
-			return nil, fmt.Errorf("export gguf: tokenizer has %d tokens, the model %d", n, vocab)
-		}
-		return spmKVs(tokens, scores, types, 1, 2, 0), nil
+		return spmKVs(tokens, scores, types, 1, 2, 0, true), nil
 	case *tokenizer.HF:
 		if !t.ByteLevel() {
-			return nil, fmt.Errorf("export gguf: byte-fallback (SentencePiece-style) tokenizer.json tokenizers are not exported yet; byte-level ones are")
+			return hfSPMKVs(t, vocab)
 		}
 		n := t.VocabSize()
 		tokens := make([]string, n)
@@ -319,8 +323,98 @@ func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
 	return nil, fmt.Errorf("export gguf: writing %T tokenizers to GGUF is not supported", tok)
 }
 
-func spmKVs(tokens []string, scores []float32, types []int32, bos, eos, unk uint32) []KV {
+// llama.cpp's token types (llama_token_type).
+const (
+	tokNormal      int32 = 1
+	tokUnknown     int32 = 2
+	tokControl     int32 = 3
+	tokUserDefined int32 = 4
+	tokUnused      int32 = 5
+	tokByte        int32 = 6
+)
+
+// spmSpace is SentencePiece's word-boundary mark, U+2581.
+const spmSpace = "\u2581"
+
+func isByteToken(p string) bool {
+	return len(p) == 6 && strings.HasPrefix(p, "<0x") && p[5] == '>' && isHex(p[3]) && isHex(p[4])
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'A' && c <= 'F' || c >= 'a' && c <= 'f' }
+
+// hfSPMKVs writes a SentencePiece-style tokenizer.json (BPE with byte fallback and "▁" for spaces: Llama 2,
+// Mistral, Gemma) as llama.cpp's "llama" vocabulary. llama.cpp merges the adjacent pair whose concatenation has the
+// highest score, where tokenizer.json ranks merges; a piece's score is minus the rank of the first merge that
+// makes it, which orders the pairs as the merge list does.
+func hfSPMKVs(t *tokenizer.HF, vocab int) ([]KV, error) {
+	if n := t.VocabSize(); vocab < n {
+		return nil, fmt.Errorf("export gguf: tokenizer has %d tokens, the model %d", n, vocab)
+	}
+	n := vocab // ids past the tokenizer's (a padded embedding) are written as unused pieces
+	rank := make(map[string]int, len(t.Merges()))
+	for r, m := range t.Merges() {
+		if _, seen := rank[m[0]+m[1]]; !seen {
+			rank[m[0]+m[1]] = r
+		}
+	}
+	tokens := make([]string, n)
+	scores := make([]float32, n)
+	types := make([]int32, n)
+	for i := range tokens {
+		tokens[i], types[i] = "", tokNormal
+		if i < t.VocabSize() {
+			tokens[i] = t.Piece(i)
+		}
+		if r, ok := rank[tokens[i]]; ok {
+			scores[i] = -float32(r)
+		} else if len([]rune(tokens[i])) > 1 {
+			// A longer piece no merge makes is never produced by tokenizer.json's BPE; llama.cpp only tries it
+			// after every merge.
+			scores[i] = -float32(len(t.Merges()) + i)
+		}
+		switch {
+		case tokens[i] == "" || (i != t.UnknownID() && tokens[i] == t.Piece(t.UnknownID()) && t.UnknownID() >= 0):
+			tokens[i], types[i] = fmt.Sprintf("[PAD%d]", i), tokUnused
+		case i == t.UnknownID():
+			types[i] = tokUnknown
+		case t.IsSpecial(i):
+			types[i] = tokControl
+		case t.IsAdded(i):
+			types[i] = tokUserDefined
+		case isByteToken(tokens[i]):
+			types[i] = tokByte
+		}
+	}
+	bos, eos, unk := t.BOS(), t.EOS(), t.UnknownID()
+	// The model's own behaviour decides the prefix: SentencePiece's add_dummy_prefix (Llama 2, Mistral) marks
+	// the first word with "▁"; Gemma's does not.
+	prefix := false
+	if ids := t.Encode("x", false); len(ids) > 0 {
+		prefix = strings.HasPrefix(t.Piece(ids[0]), spmSpace)
+	}
+	kvs := []KV{
+		{"tokenizer.ggml.model", "llama"},
+		{"tokenizer.ggml.tokens", tokens},
+		{"tokenizer.ggml.scores", scores},
+		{"tokenizer.ggml.token_type", types},
+		{"tokenizer.ggml.add_space_prefix", prefix},
+		{"tokenizer.ggml.add_bos_token", bos >= 0},
+		{"tokenizer.ggml.add_eos_token", false},
+	}
+	for _, id := range []struct {
+		key string
+		id  int
+	}{{"tokenizer.ggml.bos_token_id", bos}, {"tokenizer.ggml.eos_token_id", eos}, {"tokenizer.ggml.unknown_token_id", unk}} {
+		if id.id >= 0 {
+			kvs = append(kvs, KV{id.key, uint32(id.id)})
+		}
+	}
+	return kvs, nil
+}
+
+func spmKVs(tokens []string, scores []float32, types []int32, bos, eos, unk uint32, prefix bool) []KV {
 	return []KV{
+		{"tokenizer.ggml.add_space_prefix", prefix},
 		{"tokenizer.ggml.model", "llama"},
 		{"tokenizer.ggml.tokens", tokens},
 		{"tokenizer.ggml.scores", scores},

@@ -1,6 +1,7 @@
 package gguf_test
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -228,4 +230,136 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+type llamaText struct {
+	Completions  []string `json:"completions"`
+	ChatTemplate *string  `json:"chatTemplate"`
+	ChatWrapper  *string  `json:"chatWrapper"`
+	Chats        []string `json:"chats"`
+}
+
+// runLlamaText asks llama.cpp (conformance/llamacpp/complete.mjs) for greedy text completions and chat renders.
+func runLlamaText(t testing.TB, ggufPath string, req map[string]any) llamaText {
+	dir := llamacppDir(t)
+	tmp := t.TempDir()
+	in, out := filepath.Join(tmp, "in.json"), filepath.Join(tmp, "out.json")
+	raw, _ := json.Marshal(req)
+	os.WriteFile(in, raw, 0o644)
+	if msg, err := exec.Command("node", filepath.Join(dir, "complete.mjs"), ggufPath, in, out).CombinedOutput(); err != nil {
+		t.Fatalf("llama.cpp: %v\n%s", err, msg)
+	}
+	var res llamaText
+	b, _ := os.ReadFile(out)
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// The path a user takes with an exported file: text in, llama.cpp's greedy text out, equal to keel's continuation
+// of the same prompt. Token-id checks alone missed pieces spelled with a space where llama.cpp looks for "▁".
+func TestStories260KTextCompletionMatchesLlamaCpp(t *testing.T) {
+	lm := modeltest.Stories(t)
+	path := filepath.Join(t.TempDir(), "stories.gguf")
+	if err := gguf.ExportModel(lm.Model, lm.Tokenizer, path, gguf.GGMLF32); err != nil {
+		t.Fatal(err)
+	}
+	prompts := []string{"Once upon a time", "One day, Lily went to the park", "The little dog was sad because", "Tom and his mom"}
+	const n = 64
+	ref := runLlamaText(t, path, map[string]any{"prompts": prompts, "maxTokens": n})
+	for i, p := range prompts {
+		res, err := lm.GenerateText(context.Background(), [][]int{lm.Tokenizer.Encode(p, true)}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: n}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Text != ref.Completions[i] {
+			t.Errorf("%q:\n keel      %q\n llama.cpp %q", p, res[0].Text, ref.Completions[i])
+		}
+		if len(res[0].Text) < 100 {
+			t.Errorf("%q: a continuation of %d bytes is too short to compare", p, len(res[0].Text))
+		}
+	}
+}
+
+// SentencePiece-style tokenizer.json vocabularies (Llama 2's, Gemma 3's) export as llama.cpp's "llama" vocabulary:
+// llama.cpp's own tokenization of the conformance strings equals keel's.
+func TestSentencePieceVocabulariesExportToLlamaCpp(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	corpus := tokenizertest.Corpus(600)
+	for _, name := range []string{"llama2", "gemma3"} {
+		t.Run(name, func(t *testing.T) {
+			tok, err := tokenizer.LoadHF(tokenizertest.ModelDir(t, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := *model.TinyConfigs()["llama"]
+			cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers = tok.VocabSize(), 16, 32, 1
+			cfg.NumAttentionHeads, cfg.NumKeyValueHeads = 2, 1
+			m, err := model.NewRandom(rt, &cfg, model.Options{}, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			path := filepath.Join(t.TempDir(), name+".gguf")
+			if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
+				t.Fatal(err)
+			}
+			ref := runLlamaCpp(t, path, [][]int{}, corpus...)
+			fails := 0
+			for i, text := range corpus {
+				if got := tok.Encode(text, false); !equalInts(got, ref.Tokenized[i]) {
+					if fails++; fails <= 10 {
+						t.Errorf("%q: keel %v, llama.cpp %v", text, got, ref.Tokenized[i])
+					}
+				}
+			}
+			t.Logf("%s: %d of %d strings tokenized differently", name, fails, len(corpus))
+		})
+	}
+}
+
+// A model's chat template travels in the GGUF: llama.cpp reads tokenizer.chat_template, node-llama-cpp resolves a
+// chat format from it, and the template renders conversations as keel renders them.
+func TestChatTemplateTravelsToLlamaCpp(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	tok, err := tokenizer.LoadHF(tokenizertest.ModelDir(t, "llama3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := *model.TinyConfigs()["llama"]
+	cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers = tok.VocabSize(), 16, 32, 1
+	cfg.NumAttentionHeads, cfg.NumKeyValueHeads = 2, 1
+	m, err := model.NewRandom(rt, &cfg, model.Options{}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	path := filepath.Join(t.TempDir(), "chat.gguf")
+	if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
+		t.Fatal(err)
+	}
+	// Chats end with a user turn (node-llama-cpp adds the generation prompt) and assistant turns carry no edge
+	// spaces (node-llama-cpp splices model responses in after rendering, so a template's trim does not reach them).
+	chats := [][]tokenizer.Message{
+		{{"role": "user", "content": "Hi"}},
+		{{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Arr, a pirate."}, {"role": "user", "content": "Prove it."}},
+		{{"role": "user", "content": "naïve café 日本 🙂\n\nTwo lines."}, {"role": "assistant", "content": "Fine."}, {"role": "user", "content": "<|eot_id|> as text"}},
+	}
+	ref := runLlamaText(t, path, map[string]any{"chats": chats})
+	if ref.ChatTemplate == nil || *ref.ChatTemplate != tok.ChatTemplates["default"] {
+		t.Fatalf("llama.cpp read no chat template, or a different one")
+	}
+	if ref.ChatWrapper == nil {
+		t.Fatalf("node-llama-cpp resolved no chat format from the exported template")
+	}
+	for i, chat := range chats {
+		want, err := tok.ApplyChatTemplate(chat, tokenizer.ChatOptions{AddGenerationPrompt: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ref.Chats[i]; got != want {
+			t.Errorf("chat %d:\n keel      %q\n llama.cpp %q", i, want, got)
+		}
+	}
 }

@@ -2,36 +2,13 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"unicode/utf8"
 )
-
-// conformanceDir is conformance/tokenizers at the repository root, with its npm packages installed.
-func conformanceDir(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			c := filepath.Join(dir, "conformance", "tokenizers")
-			if _, err := os.Stat(filepath.Join(c, "node_modules", "@lenml", "tokenizers")); err != nil {
-				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
-			}
-			return c
-		}
-	}
-	t.Fatal("repository root not found")
-	return ""
-}
-
-// conformanceModels are the tokenizers the suite checks: byte-level BPE (Llama 3, 3.1, Qwen 3) and
-// SentencePiece-style BPE with byte fallback (Llama 2, Gemma 3).
-var conformanceModels = []string{"llama2", "llama3", "llama3_1", "qwen3", "gemma3"}
 
 type referenceOut struct {
 	Encode []struct {
@@ -48,7 +25,7 @@ type referenceOut struct {
 // reference runs transformers.js (conformance/tokenizers/reference.mjs) on the request.
 func reference(t testing.TB, model string, req any) referenceOut {
 	t.Helper()
-	dir := conformanceDir(t)
+	dir := tokenizertest.Dir(t)
 	tmp := t.TempDir()
 	in, out := filepath.Join(tmp, "in.json"), filepath.Join(tmp, "out.json")
 	raw, err := json.Marshal(req)
@@ -75,7 +52,7 @@ func reference(t testing.TB, model string, req any) referenceOut {
 
 func loadConformance(t testing.TB, model string) *HF {
 	t.Helper()
-	tk, err := LoadHF(filepath.Join(conformanceDir(t), "node_modules", "@lenml", "tokenizer-"+model, "models"))
+	tk, err := LoadHF(tokenizertest.ModelDir(t, model))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +72,8 @@ func equalIDs(a, b []int) bool {
 }
 
 func TestConformanceWithTransformersJS(t *testing.T) {
-	corpus := conformanceCorpus(3200)
-	for _, model := range conformanceModels {
+	corpus := tokenizertest.Corpus(3200)
+	for _, model := range tokenizertest.Models {
 		t.Run(model, func(t *testing.T) {
 			tk := loadConformance(t, model)
 			ref := reference(t, model, map[string]any{"strings": corpus})

@@ -1,12 +1,13 @@
 package tokenizer
 
 import (
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"strings"
 	"testing"
 )
 
 func FuzzFastSplit(f *testing.F) {
-	for _, s := range conformanceCorpus(400) {
+	for _, s := range tokenizertest.Corpus(400) {
 		f.Add(s)
 	}
 	f.Add("a\n \n  b  \r\n\t x'S'll 123456 ¹²³ ٣٤٥")

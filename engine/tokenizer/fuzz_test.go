@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,7 @@ import (
 // FuzzEncodeDecode: Llama 3's tokenizer is lossless, so decode(encode(s)) == s for valid UTF-8; the streaming
 // decoder never emits broken UTF-8 and adds up to the same text. Gemma 3's (byte fallback) must not panic.
 func FuzzEncodeDecode(f *testing.F) {
-	for _, s := range conformanceCorpus(300) {
+	for _, s := range tokenizertest.Corpus(300) {
 		f.Add(s)
 	}
 	llama3 := loadConformance(f, "llama3")

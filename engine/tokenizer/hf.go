@@ -558,3 +558,9 @@ func findSplitRegex(raw json.RawMessage) string {
 	}
 	return ""
 }
+
+// UnknownID is the unknown token's id, or -1.
+func (t *HF) UnknownID() int { return t.unkID }
+
+// IsAdded reports whether id is one of tokenizer.json's added tokens (matched in the text before the model runs).
+func (t *HF) IsAdded(id int) bool { _, ok := t.added[t.tokenString(id)]; return ok }

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"bytes"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,7 +42,7 @@ func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
 	if tk.VocabSize() != 600 {
 		t.Fatalf("vocab size %d, want 600", tk.VocabSize())
 	}
-	strs := append(conformanceCorpus(600), strings.Split(corpus, "\n")[:50]...)
+	strs := append(tokenizertest.Corpus(600), strings.Split(corpus, "\n")[:50]...)
 	ref := reference(t, dir, map[string]any{"strings": strs})
 	for i, s := range strs {
 		ids := tk.Encode(s, true)

