@@ -2,15 +2,20 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/model/modeltest"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
@@ -40,13 +45,13 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "qwen-3-32b")
 	writePT(t, filepath.Join(dir, "assistant_axis.pt"), &ptfile.Tensor{Shape: []int64{L, D}, Data: axis})
 	writePT(t, filepath.Join(dir, "role_vectors", "pirate.pt"), &ptfile.Tensor{Shape: []int64{L, D}, Data: axis})
-	// Role-ward unit vectors at layers 2 and 3 (minus the axis there), with ceilings.
+	// Role-ward vectors at layers 2 and 3 (minus the axis there) of length 5, not 1, with ceilings.
 	roleWard := func(l int) *ptfile.Tensor {
 		v := axis[l*D : (l+1)*D]
 		n := steer.Norm(v)
 		out := make([]float32, D)
 		for i := range out {
-			out[i] = float32(-float64(v[i]) / n)
+			out[i] = float32(-5 * float64(v[i]) / n)
 		}
 		return &ptfile.Tensor{Shape: []int64{D}, Data: out}
 	}
@@ -89,10 +94,15 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 	if c.Operation != steer.OpCap || c.Percentile != 0.25 || len(c.Caps()) != 2 {
 		t.Fatalf("cap header %+v", c.Header)
 	}
-	// The paper's ceiling h - max(<h,v> - cap, 0) v against keel's floor h - u min(<h,u> - tau, 0).
+	// The paper's ceiling on the normalised vector, h - max(<h,v/|v|> - cap, 0) v/|v|, against keel's floor
+	// h - u min(<h,u> - tau, 0).
 	for trial := 0; trial < 200; trial++ {
 		for _, iv := range c.Caps() {
-			v := roleWard(iv.Layer).Data
+			raw := roleWard(iv.Layer).Data
+			v := make([]float32, D)
+			for i := range v {
+				v[i] = float32(float64(raw[i]) / steer.Norm(raw))
+			}
 			h := make([]float32, D)
 			for i := range h {
 				h[i] = float32(3 * rng.NormFloat64())
@@ -293,5 +303,98 @@ func TestDriftAndCappingCommands(t *testing.T) {
 	code, _, stderr = runKeel("drift", "--axis", filepath.Join(dir, "axis.safetensors"), "--model", storiesDir(t))
 	if code == 0 || !strings.Contains(stderr, "extract an axis for it") {
 		t.Fatalf("an axis of another model: exit %d, %q", code, stderr)
+	}
+}
+
+// A capping config with vectors of lengths 5 and 0.3 (not unit), imported and applied by keel, gives the same
+// 64 greedy tokens as the paper's hook written out directly on the raw vectors (proj = <h, v/|v|>,
+// h -= max(proj - cap, 0) v/|v|) in a plain llama2.c loop over the fixture's own file.
+func TestImportedCapsGenerateAsThePapersHook(t *testing.T) {
+	ref := modeltest.StoriesReference(t)
+	lm := modeltest.Stories(t)
+	prompt := lm.Tokenizer.Encode("Once upon a time", true)
+	const n = 64
+	D := ref.Dim
+	lengths := map[int]float64{2: 5, 3: 0.3}
+	raw := map[int][]float32{}
+	unit := map[int][]float32{}
+	for l, length := range lengths {
+		u := modeltest.Unit(D, uint64(17+l))
+		unit[l] = u
+		raw[l] = make([]float32, D)
+		for i := range u {
+			raw[l][i] = float32(length * float64(u[i]))
+		}
+	}
+	// Caps at the median uncapped projection, so that the hook acts on about half the tokens.
+	projs := map[int][]float64{}
+	uncapped := ref.Greedy(prompt, n, func(l int, x []float32) {
+		if u, ok := unit[l]; ok {
+			projs[l] = append(projs[l], steer.Dot(x, u))
+		}
+	})
+	caps := map[int]float64{}
+	for l, p := range projs {
+		sorted := append([]float64(nil), p...)
+		slices.Sort(sorted)
+		caps[l] = sorted[len(sorted)/2]
+	}
+	paper := ref.Greedy(prompt, n, func(l int, x []float32) {
+		v, ok := raw[l]
+		if !ok {
+			return
+		}
+		norm := steer.Norm(v)
+		proj := 0.0
+		for i := range x {
+			proj += float64(x[i]) * float64(v[i]) / norm
+		}
+		if excess := proj - caps[l]; excess > 0 {
+			for i := range x {
+				x[i] -= float32(excess * float64(v[i]) / norm)
+			}
+		}
+	})
+	if slices.Equal(paper, uncapped) {
+		t.Fatalf("the caps change nothing; the test would not see a wrong threshold")
+	}
+
+	dir := filepath.Join(t.TempDir(), "stories260k")
+	writePT(t, filepath.Join(dir, "capping_config.pt"), map[string]any{
+		"vectors": map[string]any{
+			"v2": map[string]any{"vector": &ptfile.Tensor{Shape: []int64{int64(D)}, Data: raw[2]}, "layer": 2},
+			"v3": map[string]any{"vector": &ptfile.Tensor{Shape: []int64{int64(D)}, Data: raw[3]}, "layer": 3}},
+		"experiments": []any{map[string]any{"id": "layers_2:4-p0.5", "interventions": []any{
+			map[string]any{"vector": "v2", "cap": caps[2]}, map[string]any{"vector": "v3", "cap": caps[3]}}}},
+	})
+	out := filepath.Join(t.TempDir(), "imported")
+	if code, _, stderr := runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--n-layers", "5", "--out", out); code != 0 {
+		t.Fatalf("import: %s", stderr)
+	}
+	c, err := steer.LoadAxis(filepath.Join(out, "caps", "layers_2:4-p0.5.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range lengths {
+		if math.Abs(c.Tau[l]+caps[l]) > 1e-9 {
+			t.Errorf("layer %d: tau %v, want -cap = %v whatever the vector's length", l, c.Tau[l], -caps[l])
+		}
+	}
+	res, err := lm.GenerateText(context.Background(), [][]int{prompt}, model.TextConfig{
+		GenerateConfig: model.GenerateConfig{MaxTokens: n, Hooks: model.NewHooks(c.Caps()...)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := res[0].IDs
+	if len(got) < n && res[0].Reason != "eos" || len(got) < 32 {
+		t.Fatalf("keel stopped after %d tokens (%s)", len(got), res[0].Reason)
+	}
+	if !slices.Equal(got, paper[:len(got)]) {
+		st := tokenizer.NewStreamAfter(lm.Tokenizer, prompt[len(prompt)-1])
+		var text strings.Builder
+		for _, id := range paper {
+			text.WriteString(st.Next(id))
+		}
+		t.Fatalf("capped greedy tokens differ:\n keel  %q\n paper %q", res[0].Text, text.String())
 	}
 }

@@ -190,7 +190,7 @@ func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int) (
 				u[k] = float32(-float64(x) / n)
 			}
 			raw[src.layer] = u
-			h.Tau[src.layer] = -capF / n
+			h.Tau[src.layer] = -capF
 		}
 		a, err := steer.NewAxis(h, raw, nLayers)
 		if err != nil {

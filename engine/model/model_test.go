@@ -46,6 +46,11 @@ func TestStories260KGreedyMatchesKnownOutput(t *testing.T) {
 		t.Fatalf("greedy output differs from stories260K.md\n got: %q\nwant: %q", got, want)
 	}
 	t.Logf("%d tokens identical to the known sample (stopped: %s)", len(res[0].IDs), res[0].Reason)
+	// The plain-Go llama2.c loop that other tests use as a reference reproduces the same story.
+	ref := modeltest.StoriesReference(t).Greedy([]int{1}, len(res[0].IDs), nil)
+	if !equalInts(ref, res[0].IDs) {
+		t.Fatalf("the llama2.c reference loop's greedy ids differ from keel's:\n ref  %v\n keel %v", ref, res[0].IDs)
+	}
 }
 
 func TestStories260KTokenizerRoundTrip(t *testing.T) {
