@@ -17,6 +17,7 @@ import (
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
 	"github.com/keel-lab/keel/train"
 )
@@ -168,6 +169,7 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 	tau := fs.Float64("tau", 0, "cap threshold (floor on <h, u>)")
 	steerLayer := fs.Int("steer-layer", -1, "layer to steer (-1 = none)")
 	steerCoeff := fs.Float64("steer-coeff", 0, "steering coefficient")
+	capsFile := fs.String("caps", "", "a keel cap file (keel axis import of a capping config) to apply as well")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -198,6 +200,13 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 				hooks = append(hooks, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{u}, Tau: *tau})
 			}
 		}
+	}
+	if *capsFile != "" {
+		c, err := steer.LoadAxis(*capsFile)
+		if err != nil {
+			return err
+		}
+		hooks = append(hooks, c.Caps()...)
 	}
 	res, err := m.Generate(context.Background(), [][]int{ids}, model.GenerateConfig{MaxTokens: *maxTokens, EOS: []int{-1}, Hooks: model.NewHooks(hooks...)})
 	if err != nil {
