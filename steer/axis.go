@@ -213,18 +213,27 @@ func LoadAxis(path string) (*Axis, error) {
 	return a, nil
 }
 
-// Fit checks that a vector file belongs to a model: its shape always (a mismatch cannot be overridden), its
-// weights fingerprint unless ignoreHash (a fine-tune of the same model keeps the shape but not the hash).
-func (a *Axis) Fit(path string, nLayers, dModel int, fingerprint string, ignoreHash bool) error {
+// Fit checks that a vector file belongs to a model: its shape always (a mismatch cannot be overridden), and its
+// weights fingerprint unless ignoreHash. A file made on weights the model descends from (keel's trainers record
+// the lineage) fits as BaseWeights: fine-tuning moves the model along the axis it started with.
+func (a *Axis) Fit(path string, nLayers, dModel int, w Weights, ignoreHash bool) (Relation, error) {
 	if a.NLayers != nLayers || a.DModel != dModel {
-		return fmt.Errorf("%s: made for a model of %d layers x %d wide, this one is %d x %d: extract an axis for it with keel axis extract",
+		return SameWeights, fmt.Errorf("%s: made for a model of %d layers x %d wide, this one is %d x %d: extract an axis for it with keel axis extract",
 			path, a.NLayers, a.DModel, nLayers, dModel)
 	}
-	if !ignoreHash && a.WeightsFingerprint != "" && fingerprint != "" && a.WeightsFingerprint != fingerprint {
-		return fmt.Errorf("%s: made for weights %.12s, this model's are %.12s: re-extract, or pass --ignore-hash if it is a fine-tune of the same model",
-			path, a.WeightsFingerprint, fingerprint)
+	if a.WeightsFingerprint == "" || w.Fingerprint == "" || a.WeightsFingerprint == w.Fingerprint {
+		return SameWeights, nil
 	}
-	return nil
+	for _, fp := range w.Ancestors {
+		if fp == a.WeightsFingerprint {
+			return BaseWeights, nil
+		}
+	}
+	if ignoreHash {
+		return SameWeights, nil
+	}
+	return SameWeights, fmt.Errorf("%s: made for weights %.12s, this model's are %.12s and descend from no weights it knows: re-extract with keel axis extract, or pass --ignore-hash if it is a fine-tune made outside keel",
+		path, a.WeightsFingerprint, w.Fingerprint)
 }
 
 // Scale places the roles and the Assistant on the axis at a layer from the default vector: the Assistant's mean

@@ -65,16 +65,20 @@ func TestAxisFileRoundTripAndFit(t *testing.T) {
 		{4, 32, "abc", true, "4 layers x 16 wide, this one is 4 x 32"},
 		{4, 16, "xyz", false, "--ignore-hash"},
 	} {
-		err := b.Fit(path, c.layers, c.d, c.fp, c.ignoreHash)
+		_, err := b.Fit(path, c.layers, c.d, Weights{Fingerprint: c.fp}, c.ignoreHash)
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
 			t.Errorf("Fit(%d, %d, %q, %v) = %v, want an error naming the file and %q", c.layers, c.d, c.fp, c.ignoreHash, err, c.want)
 		}
 	}
-	if err := b.Fit(path, 4, 16, "xyz", true); err != nil {
+	if _, err := b.Fit(path, 4, 16, Weights{Fingerprint: "xyz"}, true); err != nil {
 		t.Fatalf("--ignore-hash: %v", err)
 	}
-	if err := b.Fit(path, 4, 16, "abc", false); err != nil {
-		t.Fatalf("matching model: %v", err)
+	if rel, err := b.Fit(path, 4, 16, Weights{Fingerprint: "abc"}, false); err != nil || rel != SameWeights {
+		t.Fatalf("matching model: %v, %v", rel, err)
+	}
+	// A fine-tune of the weights the file was made on (its lineage names them) fits without flags.
+	if rel, err := b.Fit(path, 4, 16, Weights{Fingerprint: "ft2", Ancestors: []string{"ft1", "abc"}}, false); err != nil || rel != BaseWeights {
+		t.Fatalf("fine-tune of the axis's model: %v, %v", rel, err)
 	}
 	if _, err := b.Steer(1, 1); err == nil || !strings.Contains(err.Error(), "calibrate") {
 		t.Fatalf("steering without an average norm: %v", err)

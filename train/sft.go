@@ -16,6 +16,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/steer"
 )
 
 // SFTConfig configures supervised fine-tuning. Field names follow TRL's SFTConfig / transformers'
@@ -428,13 +429,14 @@ func resumeRun(rt *torch.Runtime, run *Run, trainable []model.NamedTensor, opt *
 	return start, ck, nil
 }
 
-func latestCheckpoint(runDir string) (string, error) {
+// checkpointNames lists a run's checkpoints/step-N folders, oldest first.
+func checkpointNames(runDir string) ([]string, error) {
 	entries, err := os.ReadDir(filepath.Join(runDir, "checkpoints"))
 	if err != nil {
 		if os.IsNotExist(err) {
-			return "", nil
+			return nil, nil
 		}
-		return "", err
+		return nil, err
 	}
 	var names []string
 	for _, e := range entries {
@@ -442,25 +444,46 @@ func latestCheckpoint(runDir string) (string, error) {
 			names = append(names, e.Name())
 		}
 	}
-	if len(names) == 0 {
-		return "", nil
-	}
 	sort.Strings(names)
+	return names, nil
+}
+
+func latestCheckpoint(runDir string) (string, error) {
+	names, err := checkpointNames(runDir)
+	if err != nil || len(names) == 0 {
+		return "", err
+	}
 	return filepath.Join(runDir, "checkpoints", names[len(names)-1]), nil
+}
+
+// Checkpoints lists the steps a run kept checkpoints of, oldest first.
+func Checkpoints(runDir string) ([]int, error) {
+	names, err := checkpointNames(runDir)
+	var steps []int
+	for _, n := range names {
+		var step int
+		if _, err := fmt.Sscanf(n, "step-%d", &step); err == nil {
+			steps = append(steps, step)
+		}
+	}
+	return steps, err
+}
+
+// CheckpointDir is a run's checkpoint at step; a step it did not keep is an error listing those it did.
+func CheckpointDir(runDir string, step int) (string, error) {
+	dir := filepath.Join(runDir, "checkpoints", fmt.Sprintf("step-%06d", step))
+	if _, err := os.Stat(filepath.Join(dir, "trainer_state.json")); err == nil {
+		return dir, nil
+	}
+	steps, _ := Checkpoints(runDir)
+	return "", fmt.Errorf("run %s kept no checkpoint at step %d (it has %v)", filepath.Base(runDir), step, steps)
 }
 
 func pruneCheckpoints(runDir string, keep int) {
 	if keep <= 0 {
 		return
 	}
-	entries, _ := os.ReadDir(filepath.Join(runDir, "checkpoints"))
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "step-") {
-			names = append(names, e.Name())
-		}
-	}
-	sort.Strings(names)
+	names, _ := checkpointNames(runDir)
 	for len(names) > keep {
 		os.RemoveAll(filepath.Join(runDir, "checkpoints", names[0]))
 		names = names[1:]
@@ -552,16 +575,97 @@ func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.Na
 	if err := lm.Save(dir, torch.Float32); err != nil {
 		return "", err
 	}
+	return dir, finishModelFolder(dir, cfg.Dir)
+}
+
+// finishModelFolder completes an exported model folder: the base model's tokenizer and generation files, and the
+// lineage that lets vector files made on the base apply to the fine-tune.
+func finishModelFolder(dir, baseDir string) error {
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "generation_config.json", "tokenizer.llama2c.bin", "special_tokens_map.json"} {
-		raw, err := os.ReadFile(filepath.Join(cfg.Dir, name))
+		raw, err := os.ReadFile(filepath.Join(baseDir, name))
 		if err != nil {
 			continue
 		}
 		if err := os.WriteFile(filepath.Join(dir, name), raw, 0o644); err != nil {
+			return err
+		}
+	}
+	return steer.WriteLineage(dir, baseDir)
+}
+
+// CheckpointModel turns a run's checkpoint (checkpoints/step-N: the trained tensors only) into a model folder
+// that loads like any other, written once into the checkpoint as model/: the base model with the checkpoint's
+// tensors (LoRA merged in). Tensors the model does not have (PPO's value head) are left out.
+func CheckpointModel(rt *torch.Runtime, ckpt string) (string, error) {
+	out := filepath.Join(ckpt, "model")
+	if _, err := os.Stat(filepath.Join(out, steer.LineageFile)); err == nil {
+		return out, nil
+	}
+	raw, err := os.ReadFile(filepath.Join(ckpt, "trainer_state.json"))
+	if err != nil {
+		return "", fmt.Errorf("%s is not a checkpoint (no trainer_state.json): `keel jobs show ID` lists a run's checkpoints", ckpt)
+	}
+	var ts trainerState
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return "", fmt.Errorf("%s/trainer_state.json: %v", ckpt, err)
+	}
+	var runCfg struct {
+		LoRA *model.LoRAConfig `json:"lora"`
+	}
+	if ts.LoRA {
+		runDir := filepath.Dir(filepath.Dir(ckpt))
+		raw, err := os.ReadFile(filepath.Join(runDir, "config.json"))
+		if err == nil {
+			err = json.Unmarshal(raw, &runCfg)
+		}
+		if err != nil || runCfg.LoRA == nil {
+			return "", fmt.Errorf("%s: a LoRA checkpoint whose run has no readable LoRA settings in %s/config.json", ckpt, runDir)
+		}
+	}
+	lm, err := model.Load(rt, ts.Model, model.Options{})
+	if err != nil {
+		return "", fmt.Errorf("%s: its base model: %w", ckpt, err)
+	}
+	defer lm.Close()
+	trainable := lm.Names
+	if runCfg.LoRA != nil {
+		if trainable, err = lm.AttachLoRA(*runCfg.LoRA, 0); err != nil {
 			return "", err
 		}
 	}
-	return dir, nil
+	f, err := safetensors.Open(filepath.Join(ckpt, "weights.safetensors"))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	s := rt.NewScope().NoGrad()
+	defer s.Close()
+	for _, p := range trainable {
+		if err := loadInto(s, f, p.Name, p.Tensor); err != nil {
+			return "", fmt.Errorf("%s: %w", ckpt, err)
+		}
+	}
+	if runCfg.LoRA != nil {
+		if err := lm.MergeLoRA(); err != nil {
+			return "", err
+		}
+	}
+	tmp := filepath.Join(ckpt, ".tmp-model")
+	os.RemoveAll(tmp)
+	if err := lm.Save(tmp, torch.Float32); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := finishModelFolder(tmp, ts.Model); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	os.RemoveAll(out)
+	if err := os.Rename(tmp, out); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	return out, nil
 }
 
 // requireGrad marks the tensors a trainer updates as requiring gradients and returns them as a list (what

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
@@ -143,7 +144,7 @@ func TestLoRATrainsOnlyAdapters(t *testing.T) {
 	mdir := tinyModel(t, rt, dir, data)
 	run, _ := NewRun(filepath.Join(dir, "runs"), "sft")
 	cfg := SFTConfig{ModelNameOrPath: mdir, DatasetPath: data, MaxSteps: 10, LearningRate: 5e-3, PerDeviceTrainBatchSize: 4,
-		MaxSeqLength: 48, EvalFraction: 0.1, Seed: 2, LoRA: &model.LoRAConfig{R: 4, Alpha: 8, TargetModules: []string{"q", "v"}}}
+		MaxSeqLength: 48, EvalFraction: 0.1, SaveSteps: 5, Seed: 2, LoRA: &model.LoRAConfig{R: 4, Alpha: 8, TargetModules: []string{"q", "v"}}}
 	// Watch the base weights through the trainer's own model: capture them before and after via the hook.
 	if err := RunSFT(context.Background(), rt, run, cfg, Options{}); err != nil {
 		t.Fatal(err)
@@ -176,6 +177,43 @@ func TestLoRATrainsOnlyAdapters(t *testing.T) {
 	ad, err := os.ReadFile(filepath.Join(st.Final, "adapter", "adapter_config.json"))
 	if err != nil || !strings.Contains(string(ad), `"r": 4`) {
 		t.Fatalf("adapter_config.json: %s %v", ad, err)
+	}
+	// Both the final folder and the step-5 checkpoint, made into a model folder, descend from the base weights;
+	// the checkpoint's model has its own q and v, between the base's and the final's.
+	baseFP, _ := steer.WeightsFingerprint(mdir)
+	ckpt, err := CheckpointDir(run.Dir, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckModel, err := CheckpointModel(rt, ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{st.Final, ckModel} {
+		lin, err := steer.ReadLineage(dir)
+		if err != nil || len(lin.Ancestors) != 1 || lin.Ancestors[0] != baseFP {
+			t.Fatalf("%s: lineage %+v (%v), want the base's fingerprint %.12s", dir, lin, err, baseFP)
+		}
+	}
+	fromCkpt, err := model.Load(rt, ckModel, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fromCkpt.Close()
+	for i, n := range base.Names {
+		b, c, f := s.Float32s(n.Tensor), s.Float32s(fromCkpt.Names[i].Tensor), s.Float32s(merged.Names[i].Tensor)
+		fromBase, fromFinal := 0.0, 0.0
+		for j := range b {
+			fromBase = math.Max(fromBase, math.Abs(float64(c[j]-b[j])))
+			fromFinal = math.Max(fromFinal, math.Abs(float64(c[j]-f[j])))
+		}
+		isTarget := strings.Contains(n.Name, "q_proj") || strings.Contains(n.Name, "v_proj")
+		if isTarget && (fromBase == 0 || fromFinal == 0) || !isTarget && fromBase != 0 {
+			t.Errorf("%s: checkpoint model differs from the base by %g and from the final by %g", n.Name, fromBase, fromFinal)
+		}
+	}
+	if _, err := CheckpointDir(run.Dir, 7); err == nil || !strings.Contains(err.Error(), "[5]") {
+		t.Fatalf("a step with no checkpoint: %v", err)
 	}
 }
 

@@ -467,6 +467,9 @@ func (a *App) refresh() {
 		parts = append(parts, a.st.Rec.Render(a.replay.status()))
 	}
 	parts = append(parts, shortModel(info.Model), info.Device+" "+info.DType, fmt.Sprintf("%d layers", info.Layers))
+	if info.AxisRelation != "" {
+		parts = append(parts, info.AxisRelation)
+	}
 	switch {
 	case a.generating:
 		parts = append(parts, a.st.Active.Render("generating"))

@@ -106,6 +106,9 @@ func (j *fakeJobs) Start(kind string, args []string) (string, error) {
 	return kind + "-1", nil
 }
 func (j *fakeJobs) Cancel(id string) error { return nil }
+func (j *fakeJobs) ModelDir(ref string) (string, error) {
+	return "", fmt.Errorf("no run %q", ref)
+}
 
 func testApp(eng *fakeEngine, jobs JobRunner) *App {
 	clock := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)

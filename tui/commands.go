@@ -11,7 +11,7 @@ import (
 
 // slashHelp lists the slash commands.
 const slashHelp = "/system TEXT · /set temperature|top-p|max-tokens|seed V · /cap on|off|p25|A:B · /steer C [LAYER]|off · " +
-	"/layer N · /axis DIR · /model DIR · /train sft|alol|ppo ... · /jobs · /cancel ID · /load ID · /save FILE · " +
+	"/layer N · /axis DIR · /model DIR · /train sft|alol|ppo ... · /jobs · /cancel ID · /load ID[@STEP] · /save FILE · " +
 	"/replay FILE · /mark LABEL · /tint · /mouse · /clear · /quit"
 
 // jobStartedMsg is a background job launched off the UI goroutine.
@@ -190,18 +190,14 @@ func (a *App) runCommand(line string) tea.Cmd {
 			return nil
 		}
 		dir, axis := a.opt.Engine.Info().Model, a.opt.Engine.Info().Axis
+		var jobs JobRunner
 		switch f[0] {
 		case "/load":
-			dir = ""
-			for _, j := range a.jobs {
-				if j.ID == f[1] && j.Final != "" {
-					dir = j.Final
-				}
-			}
-			if dir == "" {
-				a.notice = fmt.Sprintf("/load %s: no finished job of that id", f[1])
+			if a.opt.Jobs == nil {
+				a.notice = "/load needs the jobs of this machine, which this session has not"
 				return nil
 			}
+			jobs = a.opt.Jobs
 		case "/model":
 			dir = f[1]
 		case "/axis":
@@ -210,6 +206,12 @@ func (a *App) runCommand(line string) tea.Cmd {
 		a.notice = "loading " + f[1] + " ..."
 		load := a.opt.Load
 		return func() tea.Msg {
+			if jobs != nil {
+				var err error
+				if dir, err = jobs.ModelDir(f[1]); err != nil {
+					return engineMsg{nil, err, f[1]}
+				}
+			}
 			eng, err := load(dir, axis)
 			return engineMsg{eng, err, f[1]}
 		}

@@ -44,6 +44,7 @@ type Info struct {
 	Model, Device, DType string
 	Layers, DModel       int
 	Axis                 string   // "" when there is none
+	AxisRelation         string   // "axis of the base model" when the axis was made on the weights this model was fine-tuned from
 	Percentiles          []string // cap percentiles the calibration offers
 	Recording            string   // the session file, "" when not recording
 	BestCap              string   // the capping config `keel eval capping` found best ("layers_A:B-pP"), if known
@@ -109,11 +110,15 @@ func NewLMEngine(lm *model.LM, cfg EngineConfig) (*LMEngine, error) {
 		if err != nil {
 			return nil, err
 		}
-		fp, _ := steer.WeightsFingerprint(lm.Dir)
-		if err := a.Fit(path, lm.NumLayers(), lm.HiddenSize(), fp, cfg.IgnoreHash); err != nil {
+		w, err := steer.IdentifyWeights(lm.Dir)
+		if err != nil {
 			return nil, err
 		}
-		e.axis, e.info.Axis = a, path
+		rel, err := a.Fit(path, lm.NumLayers(), lm.HiddenSize(), w, cfg.IgnoreHash)
+		if err != nil {
+			return nil, err
+		}
+		e.axis, e.info.Axis, e.info.AxisRelation = a, path, rel.String()
 		e.scale = map[int][2]float64{}
 		if def, err := steer.LoadAxis(filepath.Join(filepath.Dir(path), "default_vector.safetensors")); err == nil {
 			for l := range a.Layers {

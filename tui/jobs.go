@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/charmbracelet/bubbles/progress"
 	tea "github.com/charmbracelet/bubbletea"
 
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -31,6 +33,9 @@ type JobRunner interface {
 	// Start launches a job of kind (sft, alol, ppo) with the trainer's flags; the model is the chat's.
 	Start(kind string, args []string) (id string, err error)
 	Cancel(id string) error
+	// ModelDir is the model folder of a job's weights: "ID" its final weights, "ID@STEP" its checkpoint at that
+	// step. It may take a while (a checkpoint becomes a model folder on first use): call it from a tea.Cmd.
+	ModelDir(ref string) (string, error)
 }
 
 type jobView struct {
@@ -172,6 +177,7 @@ func (a *App) renderJobs() string {
 // ProcessJobs runs fine-tunes as `keel train` processes (they outlive the TUI, and `keel jobs` sees them) and
 // watches their run folders.
 type ProcessJobs struct {
+	RT      *torch.Runtime
 	Exe     string // the keel binary
 	Model   string // the chat's model folder
 	RunsDir string
@@ -215,6 +221,35 @@ func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
 		p.Send(u)
 	})
 	return id, nil
+}
+
+// ModelDir implements JobRunner for any run in RunsDir, started here or not.
+func (p *ProcessJobs) ModelDir(ref string) (string, error) {
+	id, stepText, atStep := strings.Cut(ref, "@")
+	run, err := train.OpenRun(p.RunsDir, id)
+	if err != nil {
+		return "", err
+	}
+	if atStep {
+		step, err := strconv.Atoi(stepText)
+		if err != nil {
+			return "", fmt.Errorf("/load %s: the step after @ is a number (/load %s@200)", ref, id)
+		}
+		ckpt, err := train.CheckpointDir(run.Dir, step)
+		if err != nil {
+			return "", err
+		}
+		return train.CheckpointModel(p.RT, ckpt)
+	}
+	st, err := run.ReadState()
+	if err != nil {
+		return "", err
+	}
+	if st.Final == "" {
+		steps, _ := train.Checkpoints(run.Dir)
+		return "", fmt.Errorf("job %s has no final weights (%s); its checkpoints load as /load %s@STEP, steps %v", id, st.State, id, steps)
+	}
+	return st.Final, nil
 }
 
 // Cancel implements JobRunner.

@@ -154,15 +154,19 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
 }
 
-// loadAxisFor reads a vector file and checks it fits the loaded model: its shape always, its weights
-// fingerprint unless ignoreHash.
+// loadAxisFor reads a vector file and checks it fits the loaded model: its shape always, its weights (or the
+// weights the model was fine-tuned from) unless ignoreHash.
 func loadAxisFor(path string, lm *model.LM, ignoreHash bool) (*steer.Axis, error) {
 	a, err := steer.LoadAxis(path)
 	if err != nil {
 		return nil, err
 	}
-	fp, _ := steer.WeightsFingerprint(lm.Dir) // a model without safetensors files has nothing to compare
-	return a, a.Fit(path, lm.NumLayers(), lm.HiddenSize(), fp, ignoreHash)
+	w, err := steer.IdentifyWeights(lm.Dir)
+	if err != nil {
+		return nil, err
+	}
+	_, err = a.Fit(path, lm.NumLayers(), lm.HiddenSize(), w, ignoreHash)
+	return a, err
 }
 
 func absPath(p string) string {

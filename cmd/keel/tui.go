@@ -58,7 +58,7 @@ func runTUI(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	exe, _ := os.Executable()
-	jobs := &tui.ProcessJobs{Exe: exe, Model: lm.Dir, RunsDir: *runs}
+	jobs := &tui.ProcessJobs{RT: rt, Exe: exe, Model: lm.Dir, RunsDir: *runs}
 	opt := tui.Options{Engine: eng, Jobs: jobs, Sampling: cfg.Sampling, Controls: tui.DefaultControls(lm.NumLayers()).WithCap(eng.Info().BestCap, lm.NumLayers()), System: *system,
 		Styles: tui.NewStyles(tui.ProfileFromEnv(os.Getenv)), Keys: cfg.Keys, Mouse: cfg.Mouse, Tint: cfg.Tint}
 	opt.Load = func(dir, axis string) (tui.Engine, error) {

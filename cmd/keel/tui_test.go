@@ -103,7 +103,8 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			s.keys("Tell me more.", "Enter")
 			s.waitFor("the cap line in the plot", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "■ tau") })
 			s.keys("/train sft --data "+data+" --steps 6 --batch 2 --seq-len 64 --save-every 3", "Enter")
-			s.waitFor("the job to start", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "started job sft-") })
+			started := s.waitFor("the job to start", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "started job sft-") })
+			id := regexp.MustCompile(`started job (sft-[0-9a-f-]+)`).FindStringSubmatch(started)[1]
 			seen := map[string]bool{}
 			s.waitFor("the job's progress to advance to the end", 120*time.Second, func(sc string) bool {
 				for _, m := range regexp.MustCompile(`(\d)/6 loss`).FindAllStringSubmatch(sc, -1) {
@@ -113,6 +114,21 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			})
 			if len(seen) < 2 {
 				t.Fatalf("the progress bar never showed an intermediate step: %v", seen)
+			}
+			// Fine-tune, load, watch the axis move: the job's final weights and a checkpoint load without flags,
+			// with the base model's axis, and a reply streams with its plot.
+			for _, ref := range []string{id, id + "@3"} {
+				s.keys("/load "+ref, "Enter")
+				s.waitFor("/load "+ref, 60*time.Second, func(sc string) bool {
+					if strings.Contains(sc, "could not load") {
+						t.Fatalf("/load %s refused:\n%s", ref, sc)
+					}
+					return strings.Contains(sc, "loaded "+ref) && strings.Contains(sc, "axis of the base model")
+				})
+				s.keys("Who are you?", "Enter")
+				s.waitFor("a reply from "+ref+" with its plot", 60*time.Second, func(sc string) bool {
+					return strings.Count(sc, "■ token") > 0 && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
+				})
 			}
 			s.keys("C-c")
 			s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "keel exited with status 0") })
