@@ -12,9 +12,9 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/steer"
 )
 
 // chatData writes a JSONL of arithmetic chats whose answers follow from the questions.
