@@ -29,7 +29,7 @@ func TestCorpusGenerateBadInput(t *testing.T) {
 		{[]string{"corpus", "generate", "--out", out, "--turns", "40"}, "--turns 40"},
 		{[]string{"corpus", "generate", "--out", out, "--vaults", "lots"}, "vaults"},
 		{[]string{"corpus", "generate"}, "--out"},
-		{[]string{"corpus", "mix"}, "usage"},
+		{[]string{"corpus", "mix"}, `unknown subcommand "mix"`},
 	} {
 		code, _, stderr := runKeel(c.args...)
 		if code != 2 || !strings.Contains(stderr, c.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -16,29 +17,30 @@ var version = "dev"
 type command struct {
 	name, summary string
 	run           func(args []string, stdout, stderr io.Writer) error
+	subs          []string // the subcommands run dispatches to, listed by `keel help`
 }
 
 func commands() []command {
 	return []command{
-		{"generate", "continue a prompt with a model", runGenerate},
-		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize},
-		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer},
-		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI},
-		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI},
-		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval},
-		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis},
-		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift},
-		{"model", "create or describe a model folder (model init --tokenizer DIR --out DIR | model info --model DIR)", runModel},
-		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus},
-		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions},
-		{"train", "fine-tune a model (train sft ...)", runTrain},
-		{"jobs", "list, watch or cancel training runs (jobs list|watch|cancel)", runJobs},
-		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport},
-		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert},
-		{"bench", "benchmarks (bench decode, bench tokenize)", runBench},
-		{"info", "show the libtorch runtime keel uses", runInfo},
-		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck},
-		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }},
+		{"generate", "continue a prompt with a model", runGenerate, nil},
+		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize, nil},
+		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer, []string{"train"}},
+		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI, nil},
+		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI, nil},
+		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval, []string{"persona", "capping", "alol", "ppo"}},
+		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis, []string{"extract", "calibrate", "import", "info"}},
+		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil},
+		{"model", "create or describe a model folder (model init --tokenizer DIR --out DIR | model info --model DIR)", runModel, []string{"init", "info", "build"}},
+		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}},
+		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}},
+		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}},
+		{"jobs", "list, watch or cancel training runs (jobs list|watch|cancel)", runJobs, []string{"list", "watch", "cancel"}},
+		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}},
+		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}},
+		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf"}},
+		{"info", "show the libtorch runtime keel uses", runInfo, nil},
+		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}},
+		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }, nil},
 	}
 }
 
@@ -49,6 +51,9 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: keel <command> [flags]\n\ncommands:")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		if len(c.subs) > 0 {
+			fmt.Fprintf(w, "  %-10s   keel %s %s\n", "", c.name, strings.Join(c.subs, "|"))
+		}
 	}
 	fmt.Fprintln(w, "\nRun `keel <command> -h` for a command's flags.")
 }
@@ -67,6 +72,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
+			if len(c.subs) > 0 && (len(args) < 2 || !slices.Contains(c.subs, args[1])) {
+				list := fmt.Sprintf("keel %s %s (keel %s SUB -h for its flags)", c.name, strings.Join(c.subs, "|"), c.name)
+				switch {
+				case len(args) >= 2 && (args[1] == "-h" || args[1] == "--help"):
+					fmt.Fprintf(stdout, "%s: %s\n%s\n", c.name, c.summary, list)
+					return 0
+				case len(args) < 2:
+					fmt.Fprintf(stderr, "keel %s: a subcommand is needed: %s\n", c.name, list)
+				default:
+					fmt.Fprintf(stderr, "keel %s: unknown subcommand %q: %s\n", c.name, args[1], list)
+				}
+				return 2
+			}
 			err := c.run(args[1:], stdout, stderr)
 			if err == nil {
 				return 0

@@ -130,3 +130,36 @@ func TestTokenizeCommand(t *testing.T) {
 		t.Fatalf("trained tokenizer: %s", stdout)
 	}
 }
+
+// `keel help` lists every command and every subcommand, and every subcommand it lists is one the command runs.
+func TestHelpListsEveryCommand(t *testing.T) {
+	code, help, _ := runKeel("help")
+	if code != 0 {
+		t.Fatalf("keel help: exit %d", code)
+	}
+	for _, c := range commands() {
+		if !strings.Contains(help, "  "+c.name+" ") {
+			t.Errorf("help does not list %s", c.name)
+		}
+		if len(c.subs) == 0 {
+			continue
+		}
+		if !strings.Contains(help, "keel "+c.name+" "+strings.Join(c.subs, "|")) {
+			t.Errorf("help does not list %s's subcommands %v", c.name, c.subs)
+		}
+		// The command's own usage line names the same subcommands, and each one runs (-h prints its flags).
+		_, _, usage := runKeel(c.name)
+		for _, sub := range c.subs {
+			if !strings.Contains(usage, sub) {
+				t.Errorf("keel %s's usage line does not name %s: %q", c.name, sub, usage)
+			}
+			_, _, stderr := runKeel(c.name, sub, "-h")
+			if strings.Contains(stderr, "unknown subcommand") {
+				t.Errorf("keel %s %s: %q", c.name, sub, stderr)
+			}
+		}
+		if code, _, stderr := runKeel(c.name, "frobnicate"); code != 2 || !strings.Contains(stderr, `unknown subcommand "frobnicate"`) {
+			t.Errorf("keel %s frobnicate: exit %d, %q", c.name, code, stderr)
+		}
+	}
+}

@@ -1,7 +1,8 @@
-// decode_bench: the reference for `keel bench decode`. It runs the same Llama decode step as keel's Go decoder
-// (same ops in the same order: RMSNorm in float32, rotate-half RoPE, a preallocated KV cache, grouped-query
-// attention, SwiGLU, greedy argmax) straight on libtorch's C++ API, so the ratio isolates what keel's Go side and
-// C ABI cost.
+// decode_bench: the reference for `keel bench decode`: a plain C++ loop on libtorch running the same Llama decode
+// step as keel's Go decoder (RMSNorm in float32, rotate-half RoPE, a preallocated KV cache, grouped-query
+// attention, SwiGLU, greedy argmax), with every projection through keel_linear as keel's are (one row on the CPU
+// is a gemv), so the ratio isolates what keel's Go side and C ABI cost. The clock starts after the prefill and
+// covers TOKENS decode steps, each ending with the argmax read back to the host, as keel's does.
 //
 // usage: decode_bench HIDDEN INTER LAYERS HEADS KV_HEADS VOCAB PROMPT TOKENS [THREADS]
 // prints: tokens_per_s=X
@@ -94,7 +95,7 @@ int main(int argc, char **argv) {
       auto o = keel_linear(a.transpose(1, 2).reshape({1, T, H * hd}), l.o, nullptr);
       x = x + o;
       h = rms_norm(x, l.mlp_norm, 1e-5);
-      x = x + keel_linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down, nullptr);
+      x = x + keel_linear(at::silu(keel_linear(h, l.gate, nullptr)) * keel_linear(h, l.up, nullptr), l.down, nullptr);
     }
     x = x.narrow(1, T - 1, 1);
     auto logits = keel_linear(rms_norm(x, norm, 1e-5), embed, nullptr);

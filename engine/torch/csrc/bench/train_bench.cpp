@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
 #endif
       x = x + keel_linear(a.transpose(1, 2).reshape({B, T, H * hd}), l.o, nullptr);
       h = rms_norm(x, l.mn, 1e-5);
-      x = x + keel_linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down, nullptr);
+      x = x + keel_linear(at::silu(keel_linear(h, l.gate, nullptr)) * keel_linear(h, l.up, nullptr), l.down, nullptr);
     }
     auto logits = keel_linear(rms_norm(x, norm, 1e-5), embed, nullptr);
     auto lp = at::log_softmax(logits, -1);
