@@ -163,3 +163,23 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+// keel tokenize reads standard input when no text is given: the same ids as the text given as an argument.
+func TestTokenizeReadsStandardInput(t *testing.T) {
+	dir := storiesDir(t)
+	text := "Once upon a time\nthere was a cat."
+	_, want, _ := runKeel("tokenize", "--model", dir, "--json", text)
+	f, err := os.CreateTemp(t.TempDir(), "stdin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(text)
+	f.Seek(0, 0)
+	saved := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = saved; f.Close() }()
+	code, got, stderr := runKeel("tokenize", "--model", dir, "--json")
+	if code != 0 || got != want || !strings.Contains(got, `"decoded":"Once upon a time\nthere was a cat."`) {
+		t.Fatalf("from stdin: exit %d %q %s\nas an argument: %s", code, got, stderr, want)
+	}
+}

@@ -10,7 +10,11 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
-// runTokenize: keel tokenize --model DIR [--json] [--chat FILE.json [--generation-prompt]] [--no-special] TEXT
+// maxStdinText bounds what keel tokenize reads from a pipe.
+const maxStdinText = 64 << 20
+
+// runTokenize: keel tokenize --model DIR [--json] [--chat FILE.json [--generation-prompt]] [--no-special] [TEXT]
+// Without TEXT (or with -) the text is standard input, byte for byte.
 func runTokenize(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("tokenize", stderr)
 	dir := fs.String("model", "", "model folder (tokenizer files are enough)")
@@ -48,10 +52,20 @@ func runTokenize(args []string, stdout, stderr io.Writer) error {
 		_, err = io.WriteString(stdout, text)
 		return err
 	}
-	if fs.NArg() == 0 {
-		return usageError{fmt.Errorf("give the text to tokenize as an argument")}
-	}
 	text := strings.Join(fs.Args(), " ")
+	if fs.NArg() == 0 || text == "-" {
+		if fs.NArg() == 0 && stdinIsTerminal() {
+			return usageError{fmt.Errorf("give the text to tokenize as an argument, or pipe it in")}
+		}
+		raw, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdinText+1))
+		if err != nil {
+			return fmt.Errorf("reading standard input: %w", err)
+		}
+		if len(raw) > maxStdinText {
+			return fmt.Errorf("standard input holds more than %d MiB: tokenize a smaller piece", maxStdinText>>20)
+		}
+		text = string(raw)
+	}
 	ids := tok.Encode(text, !*noSpecial)
 	pieces := make([]string, len(ids))
 	for i, id := range ids {
