@@ -363,6 +363,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	tokens := 0
 	lm.Training = true
 	for step := start + 1; step <= steps; step++ {
+		t0 = t0.Add(job.holdWhilePaused(ctx))
 		if ctx.Err() != nil || run.cancelRequested() {
 			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, base, job.state.Loss); err == nil && step-1 > start {
 				job.state.Checkpoint = ck

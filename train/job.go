@@ -132,7 +132,7 @@ func (r *Run) ReadState() (State, error) {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return State{}, fmt.Errorf("%s/state.json: %v", r.Dir, err)
 	}
-	if s.State == Running && s.PID > 0 && !processAlive(s.PID) {
+	if (s.State == Running || s.State == Paused) && s.PID > 0 && !processAlive(s.PID) {
 		s.State = Failed
 		if s.Error == "" {
 			s.Error = "the training process is gone (killed?): resume it with --resume " + r.Dir
@@ -191,6 +191,32 @@ func (r *Run) RequestCancel() error {
 
 func (r *Run) cancelRequested() bool {
 	_, err := os.Stat(filepath.Join(r.Dir, "cancel"))
+	return err == nil
+}
+
+// RequestPause asks the run's process to hold before its next step (a pause file it polls); the model stays
+// loaded, so RequestResume continues the same run where it stopped.
+func (r *Run) RequestPause() error {
+	s, err := r.ReadState()
+	if err != nil {
+		return err
+	}
+	if s.State != Running && s.State != Queued && s.State != Paused {
+		return fmt.Errorf("run %s is %s: only a queued or running job pauses", r.ID, s.State)
+	}
+	return os.WriteFile(filepath.Join(r.Dir, "pause"), nil, 0o644)
+}
+
+// RequestResume lets a paused run continue.
+func (r *Run) RequestResume() error {
+	if err := os.Remove(filepath.Join(r.Dir, "pause")); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+func (r *Run) pauseRequested() bool {
+	_, err := os.Stat(filepath.Join(r.Dir, "pause"))
 	return err == nil
 }
 
@@ -328,6 +354,7 @@ func startJob(run *Run, kind string, totalSteps int, cfg any, opts Options) (*jo
 		}
 	}
 	os.Remove(filepath.Join(run.Dir, "cancel"))
+	os.Remove(filepath.Join(run.Dir, "pause"))
 	j.state.Updated = time.Now().UTC()
 	if err := run.WriteState(j.state); err != nil {
 		return nil, err
@@ -374,6 +401,28 @@ func (j *jobCtl) end(err *error) {
 	case *err != nil:
 		j.finish(Failed, *err)
 	}
+}
+
+// holdWhilePaused waits, in the paused state, while the run's pause file exists; a cancel request or the end of
+// ctx ends the wait (the caller's cancel check follows). It returns how long it held, for the caller's ETA clock.
+func (j *jobCtl) holdWhilePaused(ctx context.Context) time.Duration {
+	if !j.run.pauseRequested() {
+		return 0
+	}
+	t0 := time.Now()
+	j.state.State, j.state.Updated = Paused, t0.UTC()
+	j.run.WriteState(j.state)
+	j.emit(Event{State: Paused})
+	for j.run.pauseRequested() && !j.run.cancelRequested() && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	j.state.State, j.state.Updated = Running, time.Now().UTC()
+	j.run.WriteState(j.state)
+	j.emit(Event{State: Running})
+	return time.Since(t0)
 }
 
 // progress records a finished step in state.json.

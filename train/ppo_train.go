@@ -298,6 +298,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	t0 := time.Now()
 	tokens := 0
 	for step := start + 1; step <= cfg.MaxSteps; step++ {
+		t0 = t0.Add(job.holdWhilePaused(ctx))
 		if ctx.Err() != nil || run.cancelRequested() {
 			if step-1 > start && st.Over == 0 {
 				save(step-1, job.state.Loss)

@@ -213,6 +213,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	t0 := time.Now()
 	tokens := 0
 	for step := start + 1; step <= cfg.MaxSteps; step++ {
+		t0 = t0.Add(job.holdWhilePaused(ctx))
 		if ctx.Err() != nil || run.cancelRequested() {
 			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, cfg.base(), state.Loss); err == nil && step-1 > start {
 				state.Checkpoint = ck

@@ -170,6 +170,26 @@ func TestAnotherProcessWatchesADetachedRun(t *testing.T) {
 		}
 		return len(steps) >= 2 && last > first
 	})
+	// Pause from another process: the run holds in the paused state and its step stops; resume lets it go on.
+	if out, err := keelCmd("jobs", "pause", id, "--runs", runs).CombinedOutput(); err != nil {
+		t.Fatalf("pause: %v %s", err, out)
+	}
+	var held train.State
+	waitFor(t, "the run to pause", 30*time.Second, func() bool { held, _ = run.ReadState(); return held.State == train.Paused })
+	time.Sleep(1500 * time.Millisecond)
+	if st, _ := run.ReadState(); st.State != train.Paused || st.Step != held.Step {
+		t.Fatalf("a paused run moved: %+v, paused at step %d", st, held.Step)
+	}
+	if list, _ := keelCmd("jobs", "list", "--runs", runs).Output(); !strings.Contains(string(list), "paused") {
+		t.Fatalf("jobs list does not show the pause: %s", list)
+	}
+	if out, err := keelCmd("jobs", "resume", id, "--runs", runs).CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v %s", err, out)
+	}
+	waitFor(t, "the run to go on after resume", 60*time.Second, func() bool {
+		st, _ := run.ReadState()
+		return st.State == train.Running && st.Step > held.Step
+	})
 	if out, err := keelCmd("jobs", "cancel", id, "--runs", runs).CombinedOutput(); err != nil {
 		t.Fatalf("cancel: %v %s", err, out)
 	}

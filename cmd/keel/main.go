@@ -34,7 +34,7 @@ func commands() []command {
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}},
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}},
 		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}},
-		{"jobs", "list, watch or cancel training runs (jobs list|watch|cancel)", runJobs, []string{"list", "watch", "cancel"}},
+		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}},
 		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}},
 		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf"}},

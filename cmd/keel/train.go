@@ -278,10 +278,10 @@ func (p *progress) done() {
 	}
 }
 
-// runJobs: keel jobs list | watch RUN | cancel RUN
+// runJobs: keel jobs list | watch RUN | cancel RUN | pause RUN | resume RUN
 func runJobs(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel jobs list|watch RUN|cancel RUN")}
+		return usageError{fmt.Errorf("usage: keel jobs list|watch RUN|cancel RUN|pause RUN|resume RUN")}
 	}
 	fs := newFlags("jobs "+args[0], stderr)
 	runsDir := fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
@@ -303,7 +303,7 @@ func runJobs(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "%-34s %-10s %-11s %-8.4f %d/%d\n", s.ID, s.Kind, s.State, s.Loss, s.Step, s.TotalSteps)
 		}
 		return nil
-	case "watch", "cancel":
+	case "watch", "cancel", "pause", "resume":
 		if fs.NArg() != 1 {
 			return usageError{fmt.Errorf("usage: keel jobs %s RUN (a run id or folder)", args[0])}
 		}
@@ -311,11 +311,24 @@ func runJobs(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if args[0] == "cancel" {
+		switch args[0] {
+		case "cancel":
 			if err := run.RequestCancel(); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "asked %s to stop (it saves a checkpoint first)\n", run.ID)
+			return nil
+		case "pause":
+			if err := run.RequestPause(); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "asked %s to pause before its next step (it keeps the model loaded; keel jobs resume %s)\n", run.ID, run.ID)
+			return nil
+		case "resume":
+			if err := run.RequestResume(); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s resumes\n", run.ID)
 			return nil
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -336,5 +349,5 @@ func runJobs(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s: %s at step %d/%d %s\n", run.ID, final.State, final.Step, final.TotalSteps, final.Error)
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown jobs command %q: list, watch or cancel", args[0])}
+	return usageError{fmt.Errorf("unknown jobs command %q: list, watch, cancel, pause or resume", args[0])}
 }
