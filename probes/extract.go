@@ -70,6 +70,15 @@ type Rollout struct {
 	Tokens   int    `json:"tokens"` // content tokens the activation mean is over (0: none, left out)
 }
 
+// Prompt is the conversation a rollout answers: its system prompt, if it had one, and the question.
+func (r Rollout) Prompt() []Message {
+	conv := []Message{{"user", r.Question}}
+	if r.System != "" {
+		conv = append([]Message{{"system", r.System}}, conv...)
+	}
+	return conv
+}
+
 // RoleActivations is one role's cached rollouts and their per-layer mean activations.
 type RoleActivations struct {
 	Role     string
@@ -167,12 +176,9 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 	var rollouts []Rollout
 	for k, sys := range prompts {
 		for _, q := range questions[k*cfg.Questions : (k+1)*cfg.Questions] {
-			conv := []Message{{"user", q.Text}}
-			if sys != "" {
-				conv = append([]Message{{"system", sys}}, conv...)
-			}
-			convs = append(convs, conv)
-			rollouts = append(rollouts, Rollout{Role: name, System: sys, Question: q.Text, Score: -1})
+			r := Rollout{Role: name, System: sys, Question: q.Text, Score: -1}
+			convs = append(convs, r.Prompt())
+			rollouts = append(rollouts, r)
 		}
 	}
 	h := fnv.New64a()

@@ -138,7 +138,10 @@ type OfflineExample struct {
 }
 
 // LoadOfflineData reads JSONL lines of {"messages": [..., {"role": "assistant", ...}], "reward": r?,
-// "answer": a?}: the last message is the response, the ones before it the prompt. Errors name file:line.
+// "answer": a?}: the last message is the response, the ones before it the prompt. Lines of `keel axis extract`'s
+// rollouts/*.jsonl ({"role", "system", "question", "response", "score"}) are read as their system prompt and
+// question followed by the response; the judge's score is role adherence, not a reward, so the trainer's reward
+// scores them. Errors name file:line.
 func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxResponse int) ([]OfflineExample, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -158,13 +161,18 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			Messages []probes.Message `json:"messages"`
 			Reward   *float64         `json:"reward"`
 			Answer   string           `json:"answer"`
+			probes.Rollout
+			Response *string `json:"response"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
 		}
+		if rec.Messages == nil && rec.Question != "" && rec.Response != nil {
+			rec.Messages = append(rec.Rollout.Prompt(), probes.Message{Role: "assistant", Content: *rec.Response})
+		}
 		n := len(rec.Messages)
 		if n < 2 || rec.Messages[n-1].Role != "assistant" {
-			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the assistant's response after at least one turn", path, line)
+			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the assistant's response after at least one turn, or a rollout's \"question\" and \"response\"", path, line)
 		}
 		if rec.Reward != nil && (math.IsNaN(*rec.Reward) || math.IsInf(*rec.Reward, 0)) {
 			return nil, fmt.Errorf("%s:%d: reward %v is not a finite number", path, line, *rec.Reward)

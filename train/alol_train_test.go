@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -170,6 +171,40 @@ func TestOfflineDataBadInput(t *testing.T) {
 		_, err := LoadOfflineData(p, lm.Tokenizer, 640, 128)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: got %v, want one line with %q", body, err, want)
+		}
+	}
+}
+
+// keel axis extract's rollouts are A-LoL data as they are: system prompt and question as the prompt, the
+// response as the action, the same tokens as the equivalent messages line.
+func TestOfflineDataReadsExtractionRollouts(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	mdir := tinyModel(t, rt, dir, chatData(t, dir, 20))
+	lm, err := model.Load(rt, mdir, model.Options{Device: torch.CPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	rollouts := filepath.Join(dir, "pirate.jsonl")
+	os.WriteFile(rollouts, []byte(`{"role":"pirate","system":"You are a pirate.","question":"What is two plus three?","response":"Arr, five.","score":3,"tokens":4}
+{"role":"pirate","question":"Who are you?","response":"A pirate.","score":2,"tokens":3}
+`), 0o644)
+	messages := filepath.Join(dir, "messages.jsonl")
+	os.WriteFile(messages, []byte(`{"messages":[{"role":"system","content":"You are a pirate."},{"role":"user","content":"What is two plus three?"},{"role":"assistant","content":"Arr, five."}]}
+{"messages":[{"role":"user","content":"Who are you?"},{"role":"assistant","content":"A pirate."}]}
+`), 0o644)
+	got, err := LoadOfflineData(rollouts, lm.Tokenizer, 640, 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := LoadOfflineData(messages, lm.Tokenizer, 640, 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if !slices.Equal(got[i].Prompt, want[i].Prompt) || !slices.Equal(got[i].Response, want[i].Response) || got[i].Reward != nil {
+			t.Fatalf("rollout %d: prompt %v response %v reward %v; as messages: %v %v", i, got[i].Prompt, got[i].Response, got[i].Reward, want[i].Prompt, want[i].Response)
 		}
 	}
 }
