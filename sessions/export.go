@@ -176,16 +176,22 @@ func (s *Session) Export(format, path string) error {
 }
 
 // DatasetRecord is one line of `keel sessions export-dataset`: the conversation up to a labelled assistant
-// turn, and a reward (1 for good, 0 for bad).
+// turn, and a reward: 1 for a turn marked good, 0 for one marked bad; unmarked turns take the automatic label,
+// when one is given.
 type DatasetRecord struct {
 	Messages []map[string]string `json:"messages"`
 	Reward   float64             `json:"reward"`
+	Label    string              `json:"label"` // "good", "bad", or the automatic label's name
 	Session  string              `json:"session"`
 	Turn     int                 `json:"turn"`
 }
 
-// Dataset returns the assistant turns labelled good or bad, each with the conversation before it.
-func (s *Session) Dataset() []DatasetRecord {
+// AutoLabel labels an assistant turn nobody marked (nil: such turns are left out); ok false leaves it out too.
+type AutoLabel func(text string) (label string, reward float64, ok bool)
+
+// Dataset returns the labelled assistant turns, each with the conversation before it. A turn's own good or bad
+// mark comes first; auto labels the rest.
+func (s *Session) Dataset(auto AutoLabel) []DatasetRecord {
 	var out []DatasetRecord
 	var msgs []map[string]string
 	for _, t := range s.Turns() {
@@ -193,18 +199,21 @@ func (s *Session) Dataset() []DatasetRecord {
 		if t.Role != "assistant" {
 			continue
 		}
+		label, reward, ok := "", 0.0, false
 		for _, l := range t.Labels {
-			reward := -1.0
-			switch l {
-			case "good":
-				reward = 1
-			case "bad":
-				reward = 0
-			}
-			if reward >= 0 {
-				out = append(out, DatasetRecord{Messages: append([]map[string]string(nil), msgs...), Reward: reward, Session: s.Path, Turn: t.Index})
+			if l == "good" || l == "bad" {
+				label, ok = l, true
+				if l == "good" {
+					reward = 1
+				}
 				break
 			}
+		}
+		if !ok && auto != nil {
+			label, reward, ok = auto(t.Text)
+		}
+		if ok {
+			out = append(out, DatasetRecord{Messages: append([]map[string]string(nil), msgs...), Reward: reward, Label: label, Session: s.Path, Turn: t.Index})
 		}
 	}
 	return out

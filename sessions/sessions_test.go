@@ -146,9 +146,40 @@ func TestExportsAndDataset(t *testing.T) {
 	if !strings.HasPrefix(string(cast), `{"term":{"cols":60,"rows":12}`) && !strings.Contains(strings.SplitN(string(cast), "\n", 2)[0], `"version":3`) {
 		t.Fatalf("cast header: %s", strings.SplitN(string(cast), "\n", 2)[0])
 	}
-	ds := s.Dataset()
-	if len(ds) != 1 || ds[0].Reward != 1 || len(ds[0].Messages) != 2 {
+	ds := s.Dataset(nil)
+	if len(ds) != 1 || ds[0].Reward != 1 || ds[0].Label != "good" || len(ds[0].Messages) != 2 {
 		t.Fatalf("dataset: %+v", ds)
+	}
+	// An automatic label takes the turns nobody marked, never a marked one: a second reply, left unmarked.
+	path2 := filepath.Join(dir, "two.jsonl")
+	rec, err := Create(path2, Header{Keel: "test", Model: "stories260K", Term: Term{Cols: 60, Rows: 12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Recording{Rec: rec, Screen: NewScreen(rec.Header())}
+	for i, prompt := range []string{"Once upon a time", "One day"} {
+		if err := r.Say("user", "Tell me a story."); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := r.Generate(context.Background(), lm, lm.Tokenizer.Encode(prompt, true), nil, model.GenerateConfig{MaxTokens: 12, EOS: []int{-1}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			r.Mark("good")
+		}
+	}
+	rec.Close()
+	two, err := Load(path2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	ds = two.Dataset(func(text string) (string, float64, bool) { seen = append(seen, text); return "drifted", 0, true })
+	if len(ds) != 2 || ds[0].Label != "good" || ds[0].Reward != 1 || ds[1].Label != "drifted" || ds[1].Reward != 0 || len(seen) != 1 || len(ds[1].Messages) != 4 {
+		t.Fatalf("with an automatic label: %+v (unmarked turns seen: %q)", ds, seen)
+	}
+	if len(two.Dataset(nil)) != 1 {
+		t.Fatal("without an automatic label an unmarked turn was exported")
 	}
 }
 
@@ -189,6 +220,6 @@ func FuzzParse(f *testing.F) {
 		s.Turns()
 		s.Frames()
 		s.Transcript()
-		s.Dataset()
+		s.Dataset(nil)
 	})
 }

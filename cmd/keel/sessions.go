@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
 )
@@ -25,6 +26,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	axisPath := fs.String("axis", "", "reproject: the axis file to project onto")
 	ignoreHash := fs.Bool("ignore-hash", false, "reproject: accept an axis made for other weights of the same shape")
 	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis)")
+	styleLabels := fs.Bool("style", true, "export-dataset: label unmarked assistant turns with the persona style scorer (a role's register: drifted, reward 0; the Assistant's: reward 1)")
 	var mf modelFlags
 	mf.register(fs)
 	if err := parse(fs, args[1:]); err != nil {
@@ -93,6 +95,25 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer f.Close()
+		var auto sessions.AutoLabel
+		if *styleLabels {
+			p, err := probes.LoadPersonas()
+			if err != nil {
+				return err
+			}
+			sc := probes.NewScorer(p)
+			// The persona style scorer reads the reply's register: a role's register is drift (reward 0), the
+			// Assistant's is kept (1); a reply showing neither is left out.
+			auto = func(text string) (string, float64, bool) {
+				switch {
+				case sc.Drifted(text):
+					return "drifted", 0, true
+				case sc.AssistantLike(text):
+					return "assistant", 1, true
+				}
+				return "", 0, false
+			}
+		}
 		enc := json.NewEncoder(f)
 		n := 0
 		for _, p := range fs.Args() {
@@ -100,7 +121,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			for _, r := range s.Dataset() {
+			for _, r := range s.Dataset(auto) {
 				if err := enc.Encode(r); err != nil {
 					return err
 				}
