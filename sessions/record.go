@@ -68,6 +68,25 @@ func (r *Recording) Control(name string, value any) error {
 	return r.add(Event{Type: Control, Name: name, Value: raw})
 }
 
+// JobState is what a job event carries besides the job's id and state.
+type JobState struct {
+	Kind  string  `json:"kind,omitempty"`
+	Step  int     `json:"step"`
+	Total int     `json:"total"`
+	Loss  float64 `json:"loss"`
+	Final string  `json:"final,omitempty"` // the model folder a finished job wrote
+	Error string  `json:"error,omitempty"`
+}
+
+// Job records a training job's change of state (started, paused, done, failed, cancelled) seen during the chat.
+func (r *Recording) Job(id, state string, js JobState) error {
+	raw, err := json.Marshal(js)
+	if err != nil {
+		return err
+	}
+	return r.add(Event{Type: Job, Name: id, Label: state, Value: raw})
+}
+
 // Mark records a label (good, bad, or a bookmark) on the current turn.
 func (r *Recording) Mark(label string) error { return r.add(Event{Type: Marker, Label: label}) }
 

@@ -52,6 +52,8 @@ func (sc *Screen) Apply(e Event) {
 		sc.status = fmt.Sprintf("%s=%s", e.Name, string(e.Value))
 	case Marker:
 		sc.status = "marked " + e.Label
+	case Job:
+		sc.status = "job " + e.Name + " " + e.Label
 	}
 }
 

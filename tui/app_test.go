@@ -31,6 +31,7 @@ type fakeEngine struct {
 	delay    time.Duration
 	replies  int
 	axis     string
+	jobs     []string // recorded job events, "id state"
 }
 
 func (f *fakeEngine) Info() Info {
@@ -98,6 +99,13 @@ func (f *fakeEngine) Mark(label string) error {
 }
 
 func (f *fakeEngine) Close() error { return nil }
+
+func (f *fakeEngine) RecordJob(u JobUpdate) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.jobs = append(f.jobs, u.ID+" "+u.State)
+	return nil
+}
 
 type fakeJobs struct{ started [][]string }
 
@@ -196,7 +204,8 @@ func TestHelpGolden(t *testing.T) {
 
 func TestJobsPaneGolden(t *testing.T) {
 	jobs := &fakeJobs{}
-	tm := teatest.NewTestModel(t, testApp(&fakeEngine{axis: "axis"}, jobs), teatest.WithInitialTermSize(120, 36))
+	eng := &fakeEngine{axis: "axis"}
+	tm := teatest.NewTestModel(t, testApp(eng, jobs), teatest.WithInitialTermSize(120, 36))
 	typeLine(tm, "/train sft --data chats.jsonl --steps 40")
 	waitFor(t, tm, "started job sft-1")
 	for step := 1; step <= 30; step++ {
@@ -212,6 +221,12 @@ func TestJobsPaneGolden(t *testing.T) {
 		t.Fatalf("jobs pane:\n%s", view)
 	}
 	golden.RequireEqual(t, []byte(view))
+	// The session records the job's changes of state, not every step.
+	eng.mu.Lock()
+	defer eng.mu.Unlock()
+	if strings.Join(eng.jobs, ",") != "sft-1 queued,sft-1 running" {
+		t.Fatalf("recorded job events: %v", eng.jobs)
+	}
 }
 
 // The jobs pane keeps each A-LoL figure's latest value: the validation reward is measured only now and then.

@@ -72,6 +72,8 @@ type Engine interface {
 	Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error)
 	// Mark labels the current turn in the recording.
 	Mark(label string) error
+	// RecordJob records a job's change of state in the recording.
+	RecordJob(u JobUpdate) error
 	Close() error
 }
 
@@ -280,6 +282,11 @@ func (e *LMEngine) Generate(ctx context.Context, msgs []Message, s Sampling, emi
 
 // Mark implements Engine.
 func (e *LMEngine) Mark(label string) error { return e.rec.Mark(label) }
+
+// RecordJob implements Engine.
+func (e *LMEngine) RecordJob(u JobUpdate) error {
+	return e.rec.Job(u.ID, u.State, sessions.JobState{Kind: u.Kind, Step: u.Step, Total: u.Total, Loss: u.Loss, Final: u.Final, Error: u.Error})
+}
 
 // Close implements Engine: it ends the recording and frees the model.
 func (e *LMEngine) Close() error {

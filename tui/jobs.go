@@ -47,6 +47,9 @@ type jobView struct {
 func (a *App) jobUpdate(u JobUpdate) {
 	for _, j := range a.jobs {
 		if j.ID == u.ID {
+			if u.State != j.State {
+				a.recordJob(u)
+			}
 			if u.Step > j.Step && u.Loss != 0 {
 				j.losses = append(j.losses, u.Loss)
 			}
@@ -67,6 +70,14 @@ func (a *App) jobUpdate(u JobUpdate) {
 		j.extra[k] = v
 	}
 	a.jobs = append(a.jobs, j)
+	a.recordJob(u)
+}
+
+// recordJob puts a job's change of state into the session recording.
+func (a *App) recordJob(u JobUpdate) {
+	if err := a.opt.Engine.RecordJob(u); err != nil {
+		a.notice = "recording the job event: " + err.Error()
+	}
 }
 
 // extraLabels are the trainer figures the jobs pane shows, in order, with their short names.
