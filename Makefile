@@ -18,7 +18,7 @@ setup:
 build: setup
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/keel ./cmd/keel
 
-# Chats with the embedded persona model (a recorded line REPL until the TUI lands).
+# Opens the workbench on the embedded persona model.
 demo: build
 	bin/keel
 
