@@ -136,7 +136,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 		order = append(order, "hooks_"+name)
 	}
 	return printFigures(stdout, figures, order, *asJSON, map[string]string{
-		"decode": "reference = the same decode step in C++ on libtorch (engine/torch/csrc/bench)",
+		"decode": "reference = a plain C++ loop on libtorch running the same decode step (engine/torch/csrc/bench/decode_bench.cpp: every projection one gemv as keel's, a preallocated KV cache, greedy argmax read back each token; the clock starts after the prefill, as keel's)",
 		"hooks":  "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
 	})
 }

@@ -63,6 +63,6 @@ func runBenchTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	figs := map[string]figure{"train_5m": ratio(median(keel), median(ref), "tok/s")}
 	return printFigures(stdout, figs, []string{"train_5m"}, *asJSON, map[string]string{
-		"train": fmt.Sprintf("SFT step (forward, loss, backward, clip, AdamW), 5.4M Llama, batch %d x %d tokens; reference = the same step in C++ on libtorch", *batch, *seq),
+		"train": fmt.Sprintf("SFT step (forward, loss, backward, clip, AdamW), 5.4M Llama, batch %d x %d tokens; reference = a plain C++ loop on libtorch running the same step (engine/torch/csrc/bench/train_bench.cpp, one warm-up step before the clock, as keel's)", *batch, *seq),
 	})
 }
