@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,16 +126,26 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 					}
 					return strings.Contains(sc, "loaded "+ref) && strings.Contains(sc, "axis of the base model")
 				})
-				s.keys("Who are you?", "Enter")
+				// A prompt of its own, so that the wait ends with this reply (the status reads "generating"
+				// from the moment the prompt shows until the reply is done).
+				prompt := "Who are you, " + ref[len(ref)-2:] + "?"
+				s.keys(prompt, "Enter")
 				s.waitFor("a reply from "+ref+" with its plot", 60*time.Second, func(sc string) bool {
-					return strings.Count(sc, "■ token") > 0 && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
+					return strings.Contains(sc, prompt) && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 				})
 			}
 			s.keys("C-c")
 			s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "keel exited with status 0") })
+			// One session per model chatted with (a session's header names its model): the base, the job's final
+			// weights, its checkpoint. The first holds the job's changes of state.
 			sessions, _ := filepath.Glob(filepath.Join(dir, "keel", "sessions", "*.jsonl"))
-			if len(sessions) != 1 {
-				t.Fatalf("the chat was not recorded: %v", sessions)
+			if len(sessions) != 3 {
+				t.Fatalf("want a recorded session for each of the three models: %v", sessions)
+			}
+			slices.Sort(sessions)
+			base, _ := os.ReadFile(sessions[0])
+			if !regexp.MustCompile(`\{"type":"job".*"name":"` + id + `".*"label":"done"\}`).Match(base) {
+				t.Fatalf("the first session does not record the job's end:\n%s", base)
 			}
 		})
 	}
