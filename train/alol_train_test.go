@@ -148,15 +148,20 @@ func TestALoLBadRewardKeepsCheckpoint(t *testing.T) {
 	t.Logf("stopped: %v; kept %s", err, filepath.Base(st.Checkpoint))
 }
 
-func TestOfflineDataBadInput(t *testing.T) {
+// tinyChatLM is a tiny chat model trained on nothing, loaded on the CPU, for the data readers' tests.
+func tinyChatLM(t *testing.T, dir string) *model.LM {
 	rt := torchtest.Runtime(t)
-	dir := t.TempDir()
-	mdir := tinyModel(t, rt, dir, chatData(t, dir, 20))
-	lm, err := model.Load(rt, mdir, model.Options{Device: torch.CPU})
+	lm, err := model.Load(rt, tinyModel(t, rt, dir, chatData(t, dir, 20)), model.Options{Device: torch.CPU})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lm.Close()
+	t.Cleanup(lm.Close)
+	return lm
+}
+
+func TestOfflineDataBadInput(t *testing.T) {
+	dir := t.TempDir()
+	lm := tinyChatLM(t, dir)
 	ok := `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}`
 	cases := map[string]string{
 		ok + "\n" + `{"messages": [{"role": "user", "content": "hi"}]}` + "\n": "offline.jsonl:2: needs \"messages\" ending with the assistant",
@@ -178,14 +183,8 @@ func TestOfflineDataBadInput(t *testing.T) {
 // keel axis extract's rollouts are A-LoL data as they are: system prompt and question as the prompt, the
 // response as the action, the same tokens as the equivalent messages line.
 func TestOfflineDataReadsExtractionRollouts(t *testing.T) {
-	rt := torchtest.Runtime(t)
 	dir := t.TempDir()
-	mdir := tinyModel(t, rt, dir, chatData(t, dir, 20))
-	lm, err := model.Load(rt, mdir, model.Options{Device: torch.CPU})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lm.Close()
+	lm := tinyChatLM(t, dir)
 	rollouts := filepath.Join(dir, "pirate.jsonl")
 	os.WriteFile(rollouts, []byte(`{"role":"pirate","system":"You are a pirate.","question":"What is two plus three?","response":"Arr, five.","score":3,"tokens":4}
 {"role":"pirate","question":"Who are you?","response":"A pirate.","score":2,"tokens":3}

@@ -16,6 +16,7 @@ import (
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -282,6 +283,28 @@ func TestStories260KTextCompletionMatchesLlamaCpp(t *testing.T) {
 	}
 }
 
+// exportWithReferenceTokenizer exports a one-layer random Llama with a reference tokenizer (tokenizertest.Models)
+// as an f32 GGUF: what llama.cpp needs to read the vocabulary and the chat template.
+func exportWithReferenceTokenizer(t *testing.T, rt *torch.Runtime, name string) (*tokenizer.HF, string) {
+	tok, err := tokenizer.LoadHF(tokenizertest.ModelDir(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := *model.TinyConfigs()["llama"]
+	cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers = tok.VocabSize(), 16, 32, 1
+	cfg.NumAttentionHeads, cfg.NumKeyValueHeads = 2, 1
+	m, err := model.NewRandom(rt, &cfg, model.Options{}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	path := filepath.Join(t.TempDir(), name+".gguf")
+	if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
+		t.Fatal(err)
+	}
+	return tok, path
+}
+
 // SentencePiece-style tokenizer.json vocabularies (Llama 2's, Gemma 3's) export as llama.cpp's "llama" vocabulary:
 // llama.cpp's own tokenization of the conformance strings equals keel's.
 func TestSentencePieceVocabulariesExportToLlamaCpp(t *testing.T) {
@@ -289,22 +312,7 @@ func TestSentencePieceVocabulariesExportToLlamaCpp(t *testing.T) {
 	corpus := tokenizertest.Corpus(600)
 	for _, name := range []string{"llama2", "gemma3"} {
 		t.Run(name, func(t *testing.T) {
-			tok, err := tokenizer.LoadHF(tokenizertest.ModelDir(t, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := *model.TinyConfigs()["llama"]
-			cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers = tok.VocabSize(), 16, 32, 1
-			cfg.NumAttentionHeads, cfg.NumKeyValueHeads = 2, 1
-			m, err := model.NewRandom(rt, &cfg, model.Options{}, 3)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			path := filepath.Join(t.TempDir(), name+".gguf")
-			if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
-				t.Fatal(err)
-			}
+			tok, path := exportWithReferenceTokenizer(t, rt, name)
 			ref := runLlamaCpp(t, path, [][]int{}, corpus...)
 			fails := 0
 			for i, text := range corpus {
@@ -323,22 +331,7 @@ func TestSentencePieceVocabulariesExportToLlamaCpp(t *testing.T) {
 // chat format from it, and the template renders conversations as keel renders them.
 func TestChatTemplateTravelsToLlamaCpp(t *testing.T) {
 	rt := torchtest.Runtime(t)
-	tok, err := tokenizer.LoadHF(tokenizertest.ModelDir(t, "llama3"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := *model.TinyConfigs()["llama"]
-	cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers = tok.VocabSize(), 16, 32, 1
-	cfg.NumAttentionHeads, cfg.NumKeyValueHeads = 2, 1
-	m, err := model.NewRandom(rt, &cfg, model.Options{}, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	path := filepath.Join(t.TempDir(), "chat.gguf")
-	if err := gguf.ExportModel(m, tok, path, gguf.GGMLF32); err != nil {
-		t.Fatal(err)
-	}
+	tok, path := exportWithReferenceTokenizer(t, rt, "llama3")
 	// Chats end with a user turn (node-llama-cpp adds the generation prompt) and assistant turns carry no edge
 	// spaces (node-llama-cpp splices model responses in after rendering, so a template's trim does not reach them).
 	chats := [][]tokenizer.Message{
