@@ -73,6 +73,9 @@ func (lm *LM) GenerateText(ctx context.Context, prompts [][]int, tc TextConfig) 
 	streams := make([]*tokenizer.Stream, len(prompts))
 	texts := make([]strings.Builder, len(prompts))
 	for i, p := range prompts {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("prompt %d is empty: start it with the BOS token", i)
+		}
 		streams[i] = tokenizer.NewStreamAfter(lm.Tokenizer, p[len(p)-1])
 	}
 	isEOS := map[int]bool{}

@@ -274,3 +274,12 @@ func TestStopStrings(t *testing.T) {
 		t.Fatalf("stop string: reason %q, text %q", res[0].Reason, res[0].Text)
 	}
 }
+
+// An empty prompt is refused in one line by the text path too (it used to index past the end).
+func TestGenerateTextRefusesAnEmptyPrompt(t *testing.T) {
+	lm := stories(t)
+	_, err := lm.GenerateText(context.Background(), [][]int{{1}, {}}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 4}})
+	if err == nil || !strings.Contains(err.Error(), "prompt 1 is empty") {
+		t.Fatalf("empty prompt: %v", err)
+	}
+}

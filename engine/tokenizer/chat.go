@@ -279,7 +279,11 @@ func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) {
 		if err != nil {
 			return nil, err
 		}
-		return hf.Encode(text, false), nil
+		ids := hf.Encode(text, false)
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("the chat template renders these messages to no tokens: check tokenizer_config.json's chat_template")
+		}
+		return ids, nil
 	}
 	var text string
 	for _, m := range msgs {

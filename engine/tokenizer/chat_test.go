@@ -95,3 +95,13 @@ func TestTemplateErrorsNameTheLine(t *testing.T) {
 		t.Fatalf("got %q, %v", out, err)
 	}
 }
+
+// A chat template that renders nothing (an empty chat_template) is one clear error, not an empty prompt.
+func TestEmptyChatTemplateIsAnError(t *testing.T) {
+	tk := loadConformance(t, "qwen3")
+	tk.ChatTemplates = map[string]string{"default": ""}
+	_, err := ChatPrompt(tk, []Message{{"role": "user", "content": "Hi"}})
+	if err == nil || !strings.Contains(err.Error(), "chat_template") {
+		t.Fatalf("empty template: %v", err)
+	}
+}
