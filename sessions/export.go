@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/safetensors"
 	"io"
 	"os"
 	"strconv"
@@ -115,6 +116,10 @@ func (s *Session) WriteCSV(w io.Writer) error {
 
 // WritePNG plots every generated token's projection at each recorded layer.
 func (s *Session) WritePNG(path string) error {
+	return safetensors.WriteAtomic(path, s.writePNG)
+}
+
+func (s *Session) writePNG(f *os.File) error {
 	if len(s.Header.Layers) == 0 {
 		return fmt.Errorf("the session recorded no projections (it was recorded without an axis)")
 	}
@@ -144,35 +149,42 @@ func (s *Session) WritePNG(path string) error {
 	if err := plotutil.AddLines(p, args...); err != nil {
 		return err
 	}
-	return p.Save(10*vg.Inch, 4*vg.Inch, path)
+	w, err := p.WriterTo(10*vg.Inch, 4*vg.Inch, "png")
+	if err != nil {
+		return err
+	}
+	_, err = w.WriteTo(f)
+	return err
 }
 
-// Export writes the session in format (cast, transcript, csv, png) to path.
+// Export writes the session in format (cast, transcript, csv, png) to path, whole or not at all: a failed export
+// leaves whatever was at path as it was, and the session's own file is never an export's destination.
 func (s *Session) Export(format, path string) error {
-	if format == "png" {
-		return s.WritePNG(path)
+	if s.Path != "" {
+		if a, err := os.Stat(s.Path); err == nil {
+			if b, err := os.Stat(path); err == nil && os.SameFile(a, b) {
+				return fmt.Errorf("--out %s is the session being exported: choose another file", path)
+			}
+		}
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+	var write func(f *os.File) error
 	switch format {
+	case "png":
+		write = s.writePNG
 	case "cast":
-		err = s.WriteCast(f)
+		write = func(f *os.File) error { return s.WriteCast(f) }
 	case "transcript":
-		enc := json.NewEncoder(f)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(s.Transcript())
+		write = func(f *os.File) error {
+			enc := json.NewEncoder(f)
+			enc.SetIndent("", "  ")
+			return enc.Encode(s.Transcript())
+		}
 	case "csv":
-		err = s.WriteCSV(f)
+		write = func(f *os.File) error { return s.WriteCSV(f) }
 	default:
-		err = fmt.Errorf("unknown format %q: use cast, transcript, csv or png", format)
+		return fmt.Errorf("unknown format %q: use cast, transcript, csv or png", format)
 	}
-	if err != nil {
-		return err
-	}
-	return f.Close()
+	return safetensors.WriteAtomic(path, write)
 }
 
 // DatasetRecord is one line of `keel sessions export-dataset`: the conversation up to a labelled assistant

@@ -223,3 +223,35 @@ func FuzzParse(f *testing.F) {
 		s.Dataset(nil)
 	})
 }
+
+// An export never destroys: a failed one leaves the file at --out as it was, and the session itself is refused as
+// the destination.
+func TestExportKeepsWhatIsThere(t *testing.T) {
+	lm := stories(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.jsonl")
+	record(t, lm, path)
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	if err := s.Export("csv", path); err == nil || !strings.Contains(err.Error(), "is the session being exported") {
+		t.Fatalf("export onto the session: %v", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatal("the session file changed")
+	}
+	out := filepath.Join(dir, "plot.png")
+	os.WriteFile(out, []byte("a good file"), 0o644)
+	s.Header.Layers = nil // nothing to plot: the PNG export fails
+	if err := s.Export("png", out); err == nil {
+		t.Fatal("a PNG of a session without projections was written")
+	}
+	if got, _ := os.ReadFile(out); string(got) != "a good file" {
+		t.Fatalf("a failed export left %q where a good file was", got)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(dir, ".plot.png.tmp*")); len(leftovers) != 0 {
+		t.Fatalf("temporary files left: %v", leftovers)
+	}
+}
