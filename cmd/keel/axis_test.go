@@ -127,6 +127,20 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 			}
 		}
 	}
+	// An import never replaces a vector file silently.
+	axisFile := filepath.Join(out, "assistant_axis.safetensors")
+	before, _ := os.ReadFile(axisFile)
+	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "role_vectors", "pirate.pt"), "--out", out, "--model-id", "other")
+	if code != 1 || !strings.Contains(stderr, "exists: pass --force") {
+		t.Fatalf("re-import over an existing file: exit %d, %q", code, stderr)
+	}
+	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "assistant_axis.pt"), "--out", out, "--model-id", "other")
+	if after, _ := os.ReadFile(axisFile); code != 1 || string(after) != string(before) {
+		t.Fatalf("the axis was replaced without --force: exit %d, %q", code, stderr)
+	}
+	if code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "assistant_axis.pt"), "--out", out, "--force"); code != 0 {
+		t.Fatalf("--force: %q", stderr)
+	}
 	// Caps need the model's depth: alone, the config is refused with the fix.
 	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--out", out)
 	if code == 0 || !strings.Contains(stderr, "--n-layers") {

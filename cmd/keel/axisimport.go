@@ -23,6 +23,7 @@ func runAxisImport(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "folder for the keel vector files")
 	modelID := fs.String("model-id", "", "the model the files are for (default: the folder the first file is in)")
 	nLayers := fs.Int("n-layers", 0, "the model's layer count, for capping_config.pt (default: from an axis imported alongside)")
+	force := fs.Bool("force", false, "replace vector files already in --out")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -55,7 +56,7 @@ func runAxisImport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, f := range files {
-		written, err := importPT(f.path, f.v, *out, *modelID, *nLayers)
+		written, err := importPT(f.path, f.v, *out, *modelID, *nLayers, *force)
 		if err != nil {
 			return err
 		}
@@ -67,7 +68,7 @@ func runAxisImport(args []string, stdout, stderr io.Writer) error {
 }
 
 // importPT converts one .pt value and returns the files it wrote.
-func importPT(path string, v any, out, modelID string, nLayers int) ([]string, error) {
+func importPT(path string, v any, out, modelID string, nLayers int, force bool) ([]string, error) {
 	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	src := "imported from " + filepath.Base(path)
 	switch x := v.(type) {
@@ -97,19 +98,22 @@ func importPT(path string, v any, out, modelID string, nLayers int) ([]string, e
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
+		if err := refuseToReplace(dest, force); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			return nil, err
 		}
 		return []string{dest}, steer.SaveAxis(dest, a)
 	case *ptfile.Dict:
-		return importCaps(path, x, out, modelID, nLayers)
+		return importCaps(path, x, out, modelID, nLayers, force)
 	}
 	return nil, fmt.Errorf("%s: holds a %T; keel imports [layers, d_model] tensors and capping configs", path, v)
 }
 
 // importCaps converts AA's capping config: role-ward unit vectors v with ceilings <h, v> <= cap become keel's
 // floors <h, u> >= tau on u = -v/|v|, tau = -cap/|v| (the same half-space).
-func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int) ([]string, error) {
+func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int, force bool) ([]string, error) {
 	bad := func(what string) error {
 		return fmt.Errorf("%s: %s; a capping config is {'vectors': {name: {'vector', 'layer'}}, 'experiments': [{'id', 'interventions': [{'vector', 'cap'}]}]}", path, what)
 	}
@@ -197,10 +201,21 @@ func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int) (
 			return nil, fmt.Errorf("%s: experiment %s: %w", path, id, err)
 		}
 		dest := filepath.Join(out, "caps", id+".safetensors")
+		if err := refuseToReplace(dest, force); err != nil {
+			return nil, err
+		}
 		if err := steer.SaveAxis(dest, a); err != nil {
 			return nil, err
 		}
 		written = append(written, dest)
 	}
 	return written, nil
+}
+
+// refuseToReplace keeps an existing vector file unless the user asked for it to be replaced.
+func refuseToReplace(dest string, force bool) error {
+	if _, err := os.Stat(dest); err == nil && !force {
+		return fmt.Errorf("%s exists: pass --force to replace it, or import into another --out", dest)
+	}
+	return nil
 }
