@@ -2,6 +2,7 @@ package tui
 
 import (
 	"fmt"
+	"github.com/keel-lab/keel/engine/model"
 	"os"
 	"strconv"
 	"strings"
@@ -267,14 +268,22 @@ func (a *App) setCommand(f []string) tea.Cmd {
 		return nil
 	}
 	switch f[1] {
-	case "temperature":
-		a.sampling.Temperature = v
-	case "top-p":
-		if v == 0 || v > 1 {
-			a.notice = "/set top-p: give a value in (0, 1]"
+	case "temperature", "top-p":
+		next := model.Sampling{Temperature: a.sampling.Temperature, TopP: a.sampling.TopP}
+		if f[1] == "temperature" {
+			next.Temperature = v
+		} else {
+			next.TopP = v
+		}
+		err := next.Check()
+		if err == nil && next.TopP == 0 {
+			err = fmt.Errorf("top-p 0: give a number in (0, 1] (1 = off)")
+		}
+		if err != nil {
+			a.notice = "/set " + err.Error()
 			return nil
 		}
-		a.sampling.TopP = v
+		a.sampling.Temperature, a.sampling.TopP = next.Temperature, next.TopP
 	case "max-tokens":
 		if v < 1 {
 			a.notice = "/set max-tokens: give at least 1"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"bufio"
 	"context"
 	"crypto/sha256"
@@ -51,6 +52,9 @@ func runChat(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	sampling := model.Sampling{Temperature: *temperature, TopP: *topP, Seed: *seed}
+	if err := sampling.Check(); err != nil {
+		return usageError{fmt.Errorf("--%w", err)}
+	}
 	var rec *sessions.Recording
 	if !*noRecord {
 		path := *record
@@ -165,21 +169,29 @@ func chatCommand(line string, msgs *[]tokenizer.Message, sampling *model.Samplin
 			return false, "usage: /set temperature|top-p|max-tokens|seed VALUE"
 		}
 		v, err := strconv.ParseFloat(f[2], 64)
-		if err != nil || v < 0 {
+		if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 			return false, fmt.Sprintf("bad value %q for %s: want a non-negative number", f[2], f[1])
 		}
+		next := *sampling
 		switch f[1] {
 		case "temperature":
-			sampling.Temperature = v
+			next.Temperature = v
 		case "top-p":
-			sampling.TopP = v
+			next.TopP = v
 		case "max-tokens":
+			if v < 1 || v > 1e9 {
+				return false, fmt.Sprintf("max-tokens %s: give a count from 1", f[2])
+			}
 			*maxTokens = int(v)
 		case "seed":
-			sampling.Seed = uint64(v)
+			next.Seed = uint64(v)
 		default:
 			return false, fmt.Sprintf("unknown setting %q: temperature, top-p, max-tokens, seed", f[1])
 		}
+		if err := next.Check(); err != nil {
+			return false, err.Error()
+		}
+		*sampling = next
 		if rec != nil {
 			rec.Control(f[1], v)
 		}

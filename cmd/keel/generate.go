@@ -95,8 +95,15 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q (the prompt goes in --prompt)", fs.Arg(0))}
 	}
-	if *temperature < 0 || *maxTokens <= 0 {
-		return usageError{fmt.Errorf("--temperature must be >= 0 and --max-tokens > 0")}
+	sampling := model.Sampling{Temperature: *temperature, TopK: *topK, TopP: *topP, MinP: *minP, RepetitionPenalty: *rep, Seed: *seed}
+	if err := sampling.Check(); err != nil {
+		return usageError{fmt.Errorf("--%w", err)}
+	}
+	if *rep == 0 {
+		return usageError{fmt.Errorf("--repetition-penalty 0: give a number > 0 (1 = off)")}
+	}
+	if *maxTokens <= 0 {
+		return usageError{fmt.Errorf("--max-tokens %d: give at least 1", *maxTokens)}
 	}
 	_, lm, err := mf.load()
 	if err != nil {
@@ -110,8 +117,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	_, err = lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
-		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: model.Sampling{
-			Temperature: *temperature, TopK: *topK, TopP: *topP, MinP: *minP, RepetitionPenalty: *rep, Seed: *seed}},
+		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: sampling},
 		OnText: func(text string, _ model.Step) error {
 			_, err := io.WriteString(stdout, text)
 			return err

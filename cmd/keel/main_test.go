@@ -60,6 +60,12 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"bad device", "", []string{"generate", "--model", dir, "--device", "tpu"}, 2, []string{"tpu", "cpu, cuda"}},
 		{"bad dtype", "", []string{"generate", "--model", dir, "--dtype", "int4"}, 2, []string{"int4", "f32"}},
 		{"unknown command", "", []string{"frobnicate"}, 2, []string{"frobnicate", "keel help"}},
+		{"temperature NaN", "", []string{"generate", "--model", dir, "--temperature", "NaN"}, 2, []string{"temperature NaN", ">= 0"}},
+		{"top-p 2", "", []string{"generate", "--model", dir, "--top-p", "2"}, 2, []string{"top-p 2", "(0, 1]"}},
+		{"top-k -5", "", []string{"generate", "--model", dir, "--top-k", "-5"}, 2, []string{"top-k -5"}},
+		{"min-p 2", "", []string{"generate", "--model", dir, "--min-p", "2"}, 2, []string{"min-p 2", "[0, 1)"}},
+		{"repetition penalty 0", "", []string{"generate", "--model", dir, "--repetition-penalty", "0"}, 2, []string{"repetition-penalty 0", "1 = off"}},
+		{"chat temperature Inf", "", []string{"chat", "--model", dir, "--temperature", "+Inf", "--no-record"}, 2, []string{"temperature +Inf"}},
 		{"truncated llama2c", "", []string{"convert", "llama2c", truncated, filepath.Join(torchtest.Fixtures(t), "stories260k", "tok512.bin"), t.TempDir()}, 1, []string{truncated, "truncated"}},
 	}
 	for _, c := range cases {

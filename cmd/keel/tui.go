@@ -38,6 +38,9 @@ func runTUI(args []string, stdout, stderr io.Writer) error {
 	if err := tui.LoadConfig(&cfg); err != nil {
 		return err
 	}
+	if err := (model.Sampling{Temperature: cfg.Sampling.Temperature, TopP: cfg.Sampling.TopP}).Check(); err != nil {
+		return usageError{fmt.Errorf("--%w (or in the config file)", err)}
+	}
 	embedded := mf.dir == ""
 	rt, lm, err := mf.load()
 	if err != nil {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -14,6 +15,26 @@ type Sampling struct {
 	MinP              float64 `json:"min_p,omitempty"`              // 0 = off
 	RepetitionPenalty float64 `json:"repetition_penalty,omitempty"` // 0 or 1 = off (Hugging Face's form)
 	Seed              uint64  `json:"seed"`
+}
+
+// Check refuses settings that cannot mean anything, in one line naming the setting: the one rule the command line,
+// the workbench and the REPL apply to what a user types. Zero keeps its meaning for top-p and the repetition
+// penalty (off).
+func (sp Sampling) Check() error {
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	switch {
+	case !finite(sp.Temperature) || sp.Temperature < 0:
+		return fmt.Errorf("temperature %v: give a number >= 0 (0 = greedy)", sp.Temperature)
+	case sp.TopK < 0:
+		return fmt.Errorf("top-k %d: give 0 (off) or a positive count", sp.TopK)
+	case !finite(sp.TopP) || sp.TopP < 0 || sp.TopP > 1:
+		return fmt.Errorf("top-p %v: give a number in (0, 1] (1 = off)", sp.TopP)
+	case !finite(sp.MinP) || sp.MinP < 0 || sp.MinP >= 1:
+		return fmt.Errorf("min-p %v: give a number in [0, 1) (0 = off)", sp.MinP)
+	case !finite(sp.RepetitionPenalty) || sp.RepetitionPenalty < 0:
+		return fmt.Errorf("repetition penalty %v: give a number > 0 (1 = off)", sp.RepetitionPenalty)
+	}
+	return nil
 }
 
 // greedyOnDevice reports whether the choice needs no logits on the host.
