@@ -163,8 +163,16 @@ func SaveAxis(path string, a *Axis) error {
 	return os.Rename(tmp, path)
 }
 
-// LoadAxis reads a vector file written by SaveAxis.
+// LoadAxis reads a vector file written by SaveAxis, or the axis.safetensors of an extraction folder.
 func LoadAxis(path string) (*Axis, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		// An extraction folder stands for its axis.
+		inside := filepath.Join(path, "axis.safetensors")
+		if _, err := os.Stat(inside); err != nil {
+			return nil, fmt.Errorf("%s is a folder with no axis.safetensors: give a vector file, or a folder keel axis extract wrote", path)
+		}
+		path = inside
+	}
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err

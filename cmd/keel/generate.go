@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -55,6 +56,9 @@ func (f *modelFlags) loadForRun() (context.Context, *model.LM, func(), error) {
 func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
 	if err := f.resolve(); err != nil {
 		return nil, nil, err
+	}
+	if limit := 4 * runtime.NumCPU(); f.threads < 0 || f.threads > limit {
+		return nil, nil, usageError{fmt.Errorf("--threads %d: give 0 (libtorch's default) to %d (4 per core here)", f.threads, limit)}
 	}
 	dev, err := torch.ParseDevice(f.device)
 	if err != nil {
@@ -113,6 +117,9 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	ids := lm.Tokenizer.Encode(*prompt, true)
 	if len(ids) == 0 {
 		return fmt.Errorf("the prompt encodes to no tokens and the tokenizer has no BOS")
+	}
+	if window := lm.Config.MaxPositionEmbeddings; window > 0 && len(ids) >= window {
+		return fmt.Errorf("the prompt is %d tokens, the model's context window %d: shorten it", len(ids), window)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

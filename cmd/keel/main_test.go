@@ -65,6 +65,9 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"top-k -5", "", []string{"generate", "--model", dir, "--top-k", "-5"}, 2, []string{"top-k -5"}},
 		{"min-p 2", "", []string{"generate", "--model", dir, "--min-p", "2"}, 2, []string{"min-p 2", "[0, 1)"}},
 		{"repetition penalty 0", "", []string{"generate", "--model", dir, "--repetition-penalty", "0"}, 2, []string{"repetition-penalty 0", "1 = off"}},
+		{"prompt past the window", "", []string{"generate", "--model", dir, "--prompt", strings.Repeat("Once upon a time ", 300)}, 1, []string{"context window 512", "shorten"}},
+		{"threads 100000", "", []string{"generate", "--model", dir, "--threads", "100000"}, 2, []string{"--threads 100000"}},
+		{"axis folder without an axis", "", []string{"chat", "--model", dir, "--axis", dir, "--no-record"}, 1, []string{"no axis.safetensors"}},
 		{"chat temperature Inf", "", []string{"chat", "--model", dir, "--temperature", "+Inf", "--no-record"}, 2, []string{"temperature +Inf"}},
 		{"truncated llama2c", "", []string{"convert", "llama2c", truncated, filepath.Join(torchtest.Fixtures(t), "stories260k", "tok512.bin"), t.TempDir()}, 1, []string{truncated, "truncated"}},
 	}

@@ -52,6 +52,11 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 	if g.MaxTokens <= 0 {
 		return nil, fmt.Errorf("max tokens must be positive (got %d)", g.MaxTokens)
 	}
+	// No reply is longer than the model's context window: a larger request would only allocate a cache the
+	// model has no positions for. (Prompts are the caller's to bound: a batch keeps every row's own budget.)
+	if window := m.Config.MaxPositionEmbeddings; window > 0 {
+		g.MaxTokens = min(g.MaxTokens, window)
+	}
 	pad := make([]int, B)
 	rows := make([][]int, B)
 	for i, p := range prompts {

@@ -97,7 +97,20 @@ func checkOptions(rt *torch.Runtime, opts Options) error {
 		return err
 	}
 	switch opts.DType {
-	case torch.Float32, torch.Float16, torch.BFloat16:
+	case torch.Float32, torch.BFloat16:
+		return nil
+	case torch.Float16:
+		if opts.Device.CUDA {
+			return nil
+		}
+		// Some libtorch builds have no half-precision matmul on the CPU: find out before loading a model.
+		s := rt.NewScope().NoGrad()
+		defer s.Close()
+		x := s.To(s.FromData([]float32{1, 2, 3, 4}, torch.Float32, []int64{2, 2}, opts.Device), torch.Float16, opts.Device)
+		s.Linear(x, x, torch.Tensor{})
+		if err := s.Err(); err != nil {
+			return fmt.Errorf("--dtype f16 on the CPU: this libtorch cannot multiply half-precision matrices on the CPU: use f32 or bf16 there (f16 on CUDA)")
+		}
 		return nil
 	}
 	return fmt.Errorf("unsupported compute dtype %s: use f32, f16 or bf16", opts.DType)

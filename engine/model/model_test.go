@@ -13,6 +13,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -281,5 +282,31 @@ func TestGenerateTextRefusesAnEmptyPrompt(t *testing.T) {
 	_, err := lm.GenerateText(context.Background(), [][]int{{1}, {}}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 4}})
 	if err == nil || !strings.Contains(err.Error(), "prompt 1 is empty") {
 		t.Fatalf("empty prompt: %v", err)
+	}
+}
+
+// A max-tokens far past the context window generates at most a window's worth instead of allocating for it.
+func TestMaxTokensIsBoundedByTheWindow(t *testing.T) {
+	lm := stories(t)
+	window := lm.Config.MaxPositionEmbeddings
+	res, err := lm.Generate(context.Background(), [][]int{{1}}, model.GenerateConfig{MaxTokens: 1_000_000_000, EOS: []int{-1}})
+	if err != nil || len(res[0].IDs) != window || res[0].Reason != "length" {
+		t.Fatalf("max-tokens 1e9: %v, %d tokens (%s), window %d", err, len(res[0].IDs), res[0].Reason, window)
+	}
+}
+
+// f16 on the CPU either works or says in one line what to use instead (libtorch builds differ).
+func TestF16OnTheCPUIsClear(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	lm, err := model.Load(rt, modeltest.StoriesDir(t), model.Options{DType: torch.Float16})
+	if err != nil {
+		if !strings.Contains(err.Error(), "use f32 or bf16") {
+			t.Fatalf("f16 on the CPU: %v", err)
+		}
+		return
+	}
+	defer lm.Close()
+	if _, err := lm.Generate(context.Background(), [][]int{{1}}, model.GenerateConfig{MaxTokens: 4}); err != nil {
+		t.Fatalf("f16 loaded but does not generate: %v", err)
 	}
 }
