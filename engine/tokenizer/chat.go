@@ -53,6 +53,13 @@ func (t *HF) ApplyChatTemplate(messages []Message, opts ChatOptions) (string, er
 	}
 	msgs := make([]any, len(messages))
 	for i, m := range messages {
+		// Templates join content with strings; Python's Jinja refuses str + number, and a number here only ever
+		// rendered as garbage. Text, nothing, or structured parts (a list or an object) are content.
+		switch c := m["content"].(type) {
+		case string, nil, []any, map[string]any:
+		default:
+			return "", fmt.Errorf("message %d: content %v is a %T, not text: give the content as a string", i, c, c)
+		}
 		msgs[i] = map[string]any(m)
 	}
 	vars["messages"] = msgs

@@ -105,3 +105,14 @@ func TestEmptyChatTemplateIsAnError(t *testing.T) {
 		t.Fatalf("empty template: %v", err)
 	}
 }
+
+// Content that is a number or a boolean is refused in one line (it rendered as "5.0" with the header lost).
+func TestChatContentMustBeText(t *testing.T) {
+	tk := loadConformance(t, "qwen3")
+	for _, c := range []any{5.0, true, int64(3)} {
+		_, err := tk.ApplyChatTemplate([]Message{{"role": "user", "content": c}}, ChatOptions{AddGenerationPrompt: true})
+		if err == nil || !strings.Contains(err.Error(), "message 0: content") || !strings.Contains(err.Error(), "string") {
+			t.Errorf("content %v: %v", c, err)
+		}
+	}
+}
