@@ -3,9 +3,9 @@ package sessions
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Screen turns events into frames: the transcript wrapped to the terminal width (the rows that fit), and a
@@ -60,14 +60,13 @@ func (sc *Screen) Apply(e Event) {
 // View is the current frame.
 func (sc *Screen) View() string {
 	cols, rows := sc.Header.Term.Cols, sc.Header.Term.Rows
-	lines := append([]string(nil), sc.lines...)
+	body := max(rows-2, 0)
+	var cur []string
 	if sc.role != "" {
-		lines = append(lines, wrap(sc.role+": "+sc.cur.String(), cols)...)
+		cur = wrapTail(sc.role+": "+sc.cur.String(), cols, body)
 	}
-	body := rows - 2
-	if len(lines) > body {
-		lines = lines[len(lines)-body:]
-	}
+	done := sc.lines[max(len(sc.lines)-(body-len(cur)), 0):]
+	lines := append(append([]string(nil), done...), cur...)
 	var b strings.Builder
 	for _, l := range lines {
 		b.WriteString(l)
@@ -109,14 +108,38 @@ func signed2(v float32) string {
 func wrap(s string, cols int) []string {
 	var out []string
 	for _, para := range strings.Split(s, "\n") {
-		for utf8.RuneCountInString(para) > cols {
-			r := []rune(para)
-			out = append(out, string(r[:cols]))
-			para = string(r[cols:])
-		}
-		out = append(out, para)
+		out = append(out, chunk([]rune(para), cols)...)
 	}
 	return out
+}
+
+// chunk cuts a paragraph into lines of cols runes (the last may be shorter, or empty).
+func chunk(r []rune, cols int) []string {
+	var out []string
+	for len(r) > cols {
+		out = append(out, string(r[:cols]))
+		r = r[cols:]
+	}
+	return append(out, string(r))
+}
+
+// wrapTail is the last n lines of wrap(s, cols), read from the end of s: a frame shows only those, and the turn
+// being streamed grows by a token per frame.
+func wrapTail(s string, cols, n int) []string {
+	var rev []string
+	for len(rev) < n {
+		i := strings.LastIndexByte(s, '\n')
+		lines := chunk([]rune(s[i+1:]), cols)
+		for j := len(lines) - 1; j >= 0 && len(rev) < n; j-- {
+			rev = append(rev, lines[j])
+		}
+		if i < 0 {
+			break
+		}
+		s = s[:i]
+	}
+	slices.Reverse(rev)
+	return rev
 }
 
 func truncate(s string, cols int) string {

@@ -15,6 +15,9 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 )
 
+// maxTerm bounds a recorded terminal's columns and rows (a frame is cols x rows).
+const maxTerm = 1000
+
 // SchemaVersion is the session format this keel writes and reads.
 const SchemaVersion = 1
 
@@ -211,6 +214,10 @@ func Parse(raw []byte) (*Session, error) {
 	}
 	if s.Header.Schema != SchemaVersion {
 		return nil, fmt.Errorf("session schema version %d; this keel reads version %d: open it with the keel that wrote it", s.Header.Schema, SchemaVersion)
+	}
+	if t := s.Header.Term; t.Cols < 0 || t.Rows < 0 || t.Cols > maxTerm || t.Rows > maxTerm {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("the header's terminal of %dx%d is not one a person uses: replayed and exported at 80x24", t.Cols, t.Rows))
+		s.Header.Term = Term{Cols: 80, Rows: 24}
 	}
 	last := len(lines) - 1
 	for last > 0 && len(bytes.TrimSpace(lines[last])) == 0 {

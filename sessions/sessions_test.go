@@ -1,11 +1,14 @@
 package sessions
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -253,5 +256,42 @@ func TestExportKeepsWhatIsThere(t *testing.T) {
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(dir, ".plot.png.tmp*")); len(leftovers) != 0 {
 		t.Fatalf("temporary files left: %v", leftovers)
+	}
+}
+
+// A frame wraps only the lines it shows: the same lines as wrapping the whole text.
+func TestWrapTailIsTheTailOfWrap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	pieces := []string{"a", "bc ", "é", "日本", "\n", "\n\n", strings.Repeat("x", 97), "🙂 "}
+	for trial := 0; trial < 300; trial++ {
+		var b strings.Builder
+		for i := rng.IntN(60); i > 0; i-- {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		s, cols, n := b.String(), 1+rng.IntN(20), rng.IntN(12)
+		all := wrap(s, cols)
+		want := all[max(len(all)-n, 0):]
+		if got := wrapTail(s, cols, n); !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+			t.Fatalf("%q cols %d n %d: %q, want %q", s, cols, n, got, want)
+		}
+	}
+}
+
+// A header claiming an absurd terminal is replayed at 80x24 with a warning, not allocated.
+func TestAbsurdTerminalInHeader(t *testing.T) {
+	raw := `{"type":"header","schema":1,"keel":"x","model":"m","layers":[],"term":{"cols":1000000000,"rows":1000000000}}
+{"type":"turn_start","t":0,"turn":1,"role":"user"}
+{"type":"turn_end","t":0.1,"turn":1,"role":"user","text":"hi"}
+`
+	s, err := Parse([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Header.Term != (Term{Cols: 80, Rows: 24}) || len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "80x24") {
+		t.Fatalf("term %+v, warnings %q", s.Header.Term, s.Warnings)
+	}
+	var b bytes.Buffer
+	if err := s.WriteCast(&b); err != nil || b.Len() > 1<<16 {
+		t.Fatalf("cast: %v, %d bytes", err, b.Len())
 	}
 }
