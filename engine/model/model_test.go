@@ -310,3 +310,12 @@ func TestF16OnTheCPUIsClear(t *testing.T) {
 		t.Fatalf("f16 loaded but does not generate: %v", err)
 	}
 }
+
+// A token id outside the vocabulary (a hand-edited session, say) is one error from teacher forcing, not a panic.
+func TestTeacherForceRefusesUnknownIDs(t *testing.T) {
+	lm := stories(t)
+	_, err := lm.TeacherForce([][]int{{1, 5, 9}, {1, 70000, 3}}, nil, [][2]int{{1, 3}, {1, 3}})
+	if err == nil || !strings.Contains(err.Error(), "70000 outside the vocabulary") {
+		t.Fatalf("out-of-vocabulary id: %v", err)
+	}
+}

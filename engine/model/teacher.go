@@ -61,6 +61,9 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 		pass.SpanWeights = s.To(s.FromData(w, torch.Float32, []int64{int64(B), 1, int64(T)}, m.Opts.Device), m.Opts.DType, m.Opts.Device)
 	}
 	out := m.forward(s, pass)
+	if err := s.Err(); err != nil { // a bad token id, a shape the model refuses: before any result is sliced
+		return nil, err
+	}
 	// log p(next token): gather from log_softmax over positions 0..T-2 of the padded rows.
 	next := make([]int64, B*(T-1))
 	for b := range ids {
@@ -73,6 +76,9 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 		lp := s.LogSoftmax(s.To(s.Narrow(out.logits, 1, 0, int64(T-1)), torch.Float32, m.Opts.Device), -1)
 		idx := s.FromData(next, torch.Int64, []int64{int64(B), int64(T - 1), 1}, m.Opts.Device)
 		all := s.Float32s(s.Gather(lp, 2, idx))
+		if err := s.Err(); err != nil {
+			return nil, err
+		}
 		for b := range ids {
 			res.Logprobs[b] = all[b*(T-1)+pad[b] : (b+1)*(T-1)]
 		}
@@ -86,6 +92,9 @@ func (m *Model) TeacherForce(seqs [][]int, hooks *Hooks, spans [][2]int) (*Teach
 		L, D := len(m.Layers), m.Config.HiddenSize
 		flat := s.Float32s(out.means)
 		norms := s.Float32s(out.norms)
+		if err := s.Err(); err != nil {
+			return nil, err
+		}
 		res.Means = make([][][]float32, B)
 		res.Norms = make([][]float32, B)
 		for b := range res.Means {
