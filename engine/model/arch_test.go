@@ -218,6 +218,8 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 		{"garbage weights", func() { os.WriteFile(weights, []byte("this is not a safetensors file at all"), 0o644) }, model.Options{}, []string{weights}},
 		{"shape differs from config", func() { editConfig("intermediate_size", 96) }, model.Options{}, []string{weights, "gate_proj", "config.json"}},
 		{"unknown architecture", func() { editConfig("architectures", []string{"FalconForCausalLM"}) }, model.Options{}, []string{"config.json", "FalconForCausalLM", "LlamaForCausalLM"}},
+		{"negative norm epsilon", func() { editConfig("rms_norm_eps", -1) }, model.Options{}, []string{"config.json", "rms_norm_eps -1"}},
+		{"rotary base below 1", func() { editConfig("rope_theta", 0.5) }, model.Options{}, []string{"config.json", "rope_theta 0.5"}},
 		{"unsupported compute dtype", func() {}, model.Options{DType: torch.Int64}, []string{"dtype", "f32, f16 or bf16"}},
 		{"missing config", func() { os.Remove(filepath.Join(dir, "config.json")) }, model.Options{}, []string{"config.json", "not found"}},
 	}
@@ -256,5 +258,28 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 	os.WriteFile(weights, []byte(raw), 0o644)
 	if err := load(model.Options{}); err == nil || !strings.Contains(err.Error(), "I32") {
 		t.Errorf("integer weights: %v", err)
+	}
+}
+
+// Weights holding NaN stop generation with one line, greedy or sampled, instead of emitting garbage tokens.
+func TestNaNWeightsStopGeneration(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	_, m := tinyCheckpoint(t, rt, "llama", torch.Float32)
+	s := rt.NewScope().NoGrad()
+	d := m.Config.HiddenSize
+	nan := make([]float32, d)
+	for i := range nan {
+		nan[i] = float32(math.NaN())
+	}
+	s.CopyInto(m.Norm, s.FromData(nan, torch.Float32, []int64{int64(d)}, torch.CPU))
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, temp := range []float64{0, 0.8} {
+		_, err := m.Generate(context.Background(), [][]int{{1, 5}}, model.GenerateConfig{MaxTokens: 4, Sampling: model.Sampling{Temperature: temp}})
+		if err == nil || !strings.Contains(err.Error(), "NaN or Inf") {
+			t.Fatalf("temperature %v: %v", temp, err)
+		}
 	}
 }

@@ -3,6 +3,7 @@
 package model
 
 import (
+	"math"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -142,14 +143,23 @@ func (c *Config) check() error {
 	if c.RMSNormEps == 0 {
 		c.RMSNormEps = 1e-6
 	}
+	if !(c.RMSNormEps > 0 && c.RMSNormEps < 1) {
+		return fmt.Errorf("rms_norm_eps %v: a norm's epsilon is a small positive number (1e-6, 1e-5)", c.RMSNormEps)
+	}
 	if err := c.readRopeParameters(); err != nil {
 		return err
 	}
 	if c.RopeTheta == 0 {
 		c.RopeTheta = 10000
 	}
+	if !(c.RopeTheta > 1) || math.IsInf(c.RopeTheta, 0) {
+		return fmt.Errorf("rope_theta %v: the rotary base is a number above 1 (10000, 500000)", c.RopeTheta)
+	}
 	if c.MaxPositionEmbeddings == 0 {
 		c.MaxPositionEmbeddings = 2048
+	}
+	if c.MaxPositionEmbeddings < 0 {
+		return fmt.Errorf("max_position_embeddings %d must be positive", c.MaxPositionEmbeddings)
 	}
 	switch k := c.RopeScaling.Kind(); k {
 	case "default", "linear":

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"math"
 	"context"
 	"fmt"
 
@@ -172,10 +173,15 @@ func (m *Model) choose(s *torch.Scope, logits Tensor, smp *sampler, rows [][]int
 	out := make([]int, B)
 	if smp.cfg.greedyOnDevice() {
 		ids := s.Int64s(s.Argmax(logits, -1, false))
+		// The row maxima say whether the logits are numbers at all (max propagates NaN).
+		tops := s.Float32s(s.To(s.Max(logits, -1, false), torch.Float32, m.Opts.Device))
 		if err := s.Err(); err != nil {
 			return nil, err
 		}
 		for b := range out {
+			if err := finiteLogits(b, tops[b]); err != nil {
+				return nil, err
+			}
 			out[b] = int(ids[b])
 		}
 		return out, nil
@@ -187,7 +193,28 @@ func (m *Model) choose(s *torch.Scope, logits Tensor, smp *sampler, rows [][]int
 		return nil, err
 	}
 	for b := range out {
-		out[b] = smp.pick(b, host[b*V:(b+1)*V], rows[b][pad[b]:])
+		row := host[b*V : (b+1)*V]
+		top := float32(math.Inf(-1))
+		for _, v := range row {
+			if v != v {
+				top = v
+				break
+			}
+			top = max(top, v)
+		}
+		if err := finiteLogits(b, top); err != nil {
+			return nil, err
+		}
+		out[b] = smp.pick(b, row, rows[b][pad[b]:])
 	}
 	return out, nil
+}
+
+// finiteLogits refuses a step whose logits are not numbers: weights holding NaN or Inf give NaN logits, and a
+// token chosen from them is garbage.
+func finiteLogits(row int, top float32) error {
+	if math.IsNaN(float64(top)) || math.IsInf(float64(top), 0) {
+		return fmt.Errorf("row %d: the model's logits are %v: its weights or config hold NaN or Inf", row, top)
+	}
+	return nil
 }
