@@ -1,9 +1,9 @@
 package model
 
 import (
-	"math"
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/keel-lab/keel/engine/torch"
 )

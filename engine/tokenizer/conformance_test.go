@@ -2,12 +2,13 @@ package tokenizer
 
 import (
 	"encoding/json"
-	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 )
 
 type referenceOut struct {

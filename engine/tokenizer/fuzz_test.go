@@ -1,12 +1,13 @@
 package tokenizer
 
 import (
-	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 )
 
 // FuzzEncodeDecode: Llama 3's tokenizer is lossless, so decode(encode(s)) == s for valid UTF-8; the streaming

@@ -53,20 +53,22 @@ func (s *Stream) Next(id int) string {
 	s.pending = append(s.pending, s.tok.TokenBytes(id, s.prev)...)
 	s.prev = id
 	n := validPrefix(s.pending)
-	out := string(s.pending[:n])
+	// Bytes that can never become a character (a sampled stray continuation byte, say) become U+FFFD, as a
+	// whole-text decode makes them: what streams is always valid UTF-8.
+	out := decodeUTF8(s.pending[:n])
 	s.pending = append(s.pending[:0], s.pending[n:]...)
 	return out
 }
 
 // Flush returns what is still held back, with invalid bytes replaced by U+FFFD.
 func (s *Stream) Flush() string {
-	out := string([]rune(string(s.pending)))
+	out := decodeUTF8(s.pending)
 	s.pending = s.pending[:0]
 	return out
 }
 
 // validPrefix is the length of the longest prefix of b that does not end inside an incomplete UTF-8 sequence;
-// invalid bytes that can never become valid are passed through as they are.
+// invalid bytes that can never become valid are part of the prefix (the caller replaces them).
 func validPrefix(b []byte) int {
 	i := 0
 	for i < len(b) {

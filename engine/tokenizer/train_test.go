@@ -3,11 +3,12 @@ package tokenizer
 import (
 	"bytes"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 )
 
 func trainingCorpus() string {
