@@ -75,7 +75,12 @@ func LoadDataset(path string, tok tokenizer.Tokenizer) ([]Example, error) {
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: the dataset is empty", path)
 	}
-	return out, nil
+	for _, ex := range out {
+		if slices.Contains(ex.Loss, true) {
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: no example has a token to learn (chats need an assistant turn; text lines need text): training on it would change nothing", path)
 }
 
 func plainExample(tok tokenizer.Tokenizer, text string) Example {

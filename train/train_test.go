@@ -232,6 +232,7 @@ func TestBadDatasetsAreClearErrors(t *testing.T) {
 		"{\"prompt\": \"x\"}\n": "data.jsonl:1: needs \"messages\"",
 		"\n\n":                  "empty",
 		"{\"messages\": [{\"content\": \"no role\"}]}\n": "data.jsonl:1: message 0 needs",
+		"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n{\"messages\": [{\"role\": \"system\", \"content\": \"be\"}]}\n": "no example has a token to learn",
 	}
 	for body, want := range cases {
 		p := filepath.Join(dir, "data.jsonl")
