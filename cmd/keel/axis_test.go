@@ -164,6 +164,9 @@ func TestAxisImportRefusesHostileFiles(t *testing.T) {
 	var vector bytes.Buffer
 	ptfile.Write(&vector, "archive", &ptfile.Tensor{Shape: []int64{3}, Data: []float32{1, 2, 3}})
 	files["vector.pt"] = vector.Bytes()
+	var empty bytes.Buffer
+	ptfile.Write(&empty, "archive", &ptfile.Tensor{Shape: []int64{0, 256}, Data: nil})
+	files["empty.pt"] = empty.Bytes()
 	for name, raw := range files {
 		path := filepath.Join(dir, name)
 		os.WriteFile(path, raw, 0o644)

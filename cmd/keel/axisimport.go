@@ -77,6 +77,9 @@ func importPT(path string, v any, out, modelID string, nLayers int, force bool) 
 			return nil, fmt.Errorf("%s: a tensor of shape %v; keel imports [layers, d_model] vectors", path, x.Shape)
 		}
 		L, D := int(x.Shape[0]), int(x.Shape[1])
+		if L == 0 || D == 0 {
+			return nil, fmt.Errorf("%s: a tensor of shape %v holds no vectors; keel imports [layers, d_model] with both above 0", path, x.Shape)
+		}
 		raw := map[int][]float32{}
 		for l := 0; l < L; l++ {
 			raw[l] = x.Data[l*D : (l+1)*D]
