@@ -346,6 +346,10 @@ type jobCtl struct {
 func startJob(run *Run, kind string, totalSteps int, cfg any, opts Options) (*jobCtl, error) {
 	j := &jobCtl{run: run, opts: opts}
 	j.state, _ = run.ReadState()
+	// One writer per run: ReadState reads a run whose process is gone as failed, so a live owner is still training.
+	if st := j.state; (st.State == Running || st.State == Paused) && st.PID > 0 && st.PID != os.Getpid() {
+		return nil, fmt.Errorf("run %s is being trained by process %d: wait for it, or stop it with keel jobs cancel %s, then resume", run.ID, st.PID, run.ID)
+	}
 	j.state.Kind, j.state.State, j.state.PID, j.state.TotalSteps = kind, Running, os.Getpid(), totalSteps
 	j.state.Error = ""
 	if !opts.Resume {

@@ -170,6 +170,10 @@ func TestAnotherProcessWatchesADetachedRun(t *testing.T) {
 		}
 		return len(steps) >= 2 && last > first
 	})
+	// A second writer is refused while the run's process lives, and the run goes on untouched.
+	if out, err := keelCmd("train", "sft", "--resume", id, "--runs", runs).CombinedOutput(); err == nil || !strings.Contains(string(out), "is being trained by process") {
+		t.Fatalf("resume of a live run: %v %s", err, out)
+	}
 	// Pause from another process: the run holds in the paused state and its step stops; resume lets it go on.
 	if out, err := keelCmd("jobs", "pause", id, "--runs", runs).CombinedOutput(); err != nil {
 		t.Fatalf("pause: %v %s", err, out)
