@@ -56,6 +56,8 @@ func TestMalformedTokenizerFilesGiveClearErrors(t *testing.T) {
 		{`{"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}`, `model.type "Unigram"`},
 		{`{"model": {"type": "BPE", "vocab": {}, "merges": []}}`, "model.vocab"},
 		{`{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["ab"]}}`, "model.merges[0]"},
+		{`{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}`, `"ab" is not in model.vocab`},
+		{`{"model": {"type": "BPE", "vocab": {"a": 0, "ab": 1}, "merges": ["a b"]}}`, `"b" is not in model.vocab`},
 		{`{"model": {"type": "BPE", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}}`, "pre_tokenizer"},
 		{`{"model": {"type": "BPE", "vocab": {"a": 0}}, "normalizer": {"type": "Precompiled"}}`, `normalizer type "Precompiled"`},
 	}

@@ -116,6 +116,14 @@ func ParseHF(raw []byte, cfg map[string]json.RawMessage) (*HF, error) {
 	if err != nil {
 		return nil, err
 	}
+	// As Hugging Face's tokenizers: a merge joins two vocabulary tokens into a third.
+	for i, m := range merges {
+		for _, part := range []string{m[0], m[1], m[0] + m[1]} {
+			if _, ok := vocab[part]; !ok {
+				return nil, fmt.Errorf("model.merges[%d] = %q %q: %q is not in model.vocab", i, m[0], m[1], part)
+			}
+		}
+	}
 	t := &HF{tokenToID: map[string]int{}, added: map[string]addedToken{}, special: map[string]bool{}, unkID: -1, bosID: -1,
 		SpecialTokens: map[string]string{}, ChatTemplates: map[string]string{}}
 	size := 0
