@@ -68,6 +68,7 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"prompt past the window", "", []string{"generate", "--model", dir, "--prompt", strings.Repeat("Once upon a time ", 300)}, 1, []string{"context window 512", "shorten"}},
 		{"threads 100000", "", []string{"generate", "--model", dir, "--threads", "100000"}, 2, []string{"--threads 100000"}},
 		{"axis folder without an axis", "", []string{"chat", "--model", dir, "--axis", dir, "--no-record"}, 1, []string{"no axis.safetensors"}},
+		{"model info on cut weights", "", []string{"model", "info", "--model", cutModel(t, dir)}, 1, []string{"model.safetensors", "truncated"}},
 		{"chat temperature Inf", "", []string{"chat", "--model", dir, "--temperature", "+Inf", "--no-record"}, 2, []string{"temperature +Inf"}},
 		{"truncated llama2c", "", []string{"convert", "llama2c", truncated, filepath.Join(torchtest.Fixtures(t), "stories260k", "tok512.bin"), t.TempDir()}, 1, []string{truncated, "truncated"}},
 	}
@@ -191,4 +192,20 @@ func TestTokenizeReadsStandardInput(t *testing.T) {
 	if code != 0 || got != want || !strings.Contains(got, `"decoded":"Once upon a time\nthere was a cat."`) {
 		t.Fatalf("from stdin: exit %d %q %s\nas an argument: %s", code, got, stderr, want)
 	}
+}
+
+// cutModel copies a model folder with its weights cut at half their length.
+func cutModel(t *testing.T, dir string) string {
+	out := t.TempDir()
+	for _, name := range []string{"config.json", "model.safetensors"} {
+		raw, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "model.safetensors" {
+			raw = raw[:len(raw)/2]
+		}
+		os.WriteFile(filepath.Join(out, name), raw, 0o644)
+	}
+	return out
 }

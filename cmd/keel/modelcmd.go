@@ -153,6 +153,12 @@ func runModelInfo(args []string, stdout, stderr io.Writer) error {
 	files, _ := filepath.Glob(filepath.Join(*dir, "*.safetensors"))
 	sort.Strings(files)
 	for _, f := range files {
+		// A file cut short or not safetensors at all is named, not hashed as if it were weights.
+		st, err := safetensors.Open(f)
+		if err != nil {
+			return err
+		}
+		st.Close()
 		raw, err := os.ReadFile(f)
 		if err != nil {
 			return err
