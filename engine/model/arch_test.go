@@ -218,6 +218,7 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 		{"garbage weights", func() { os.WriteFile(weights, []byte("this is not a safetensors file at all"), 0o644) }, model.Options{}, []string{weights}},
 		{"shape differs from config", func() { editConfig("intermediate_size", 96) }, model.Options{}, []string{weights, "gate_proj", "config.json"}},
 		{"unknown architecture", func() { editConfig("architectures", []string{"FalconForCausalLM"}) }, model.Options{}, []string{"config.json", "FalconForCausalLM", "LlamaForCausalLM"}},
+		{"fewer layers in config than in the weights", func() { editConfig("num_hidden_layers", 2) }, model.Options{}, []string{"decoder layers 0..2", "num_hidden_layers is 2"}},
 		{"negative norm epsilon", func() { editConfig("rms_norm_eps", -1) }, model.Options{}, []string{"config.json", "rms_norm_eps -1"}},
 		{"rotary base below 1", func() { editConfig("rope_theta", 0.5) }, model.Options{}, []string{"config.json", "rope_theta 0.5"}},
 		{"unsupported compute dtype", func() {}, model.Options{DType: torch.Int64}, []string{"dtype", "f32, f16 or bf16"}},

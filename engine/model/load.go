@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"unsafe"
 
 	"github.com/keel-lab/keel/engine/safetensors"
@@ -80,6 +81,10 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 		return nil, err
 	}
 	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), files: files, inv: invFreq(cfg)}
+	if err := layersMatchConfig(files, cfg, dir); err != nil {
+		files.Close()
+		return nil, err
+	}
 	aliased, err := m.build(m.loadTensor, files.Has("lm_head.weight"))
 	if err != nil {
 		m.Close()
@@ -90,6 +95,28 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 		m.files = nil
 	}
 	return m, nil
+}
+
+// layersMatchConfig refuses weights holding decoder layers past config.json's num_hidden_layers: the model would
+// load without them and compute something else than the checkpoint.
+func layersMatchConfig(files *safetensors.Set, cfg *Config, dir string) error {
+	deepest := -1
+	for _, f := range files.Files {
+		for name := range f.Header.Tensors {
+			rest, ok := strings.CutPrefix(name, "model.layers.")
+			if !ok {
+				continue
+			}
+			i, err := strconv.Atoi(rest[:max(strings.IndexByte(rest, '.'), 0)])
+			if err == nil {
+				deepest = max(deepest, i)
+			}
+		}
+	}
+	if deepest >= cfg.NumHiddenLayers {
+		return fmt.Errorf("%s: the weights hold decoder layers 0..%d, config.json's num_hidden_layers is %d: the weights and config.json do not belong together", dir, deepest, cfg.NumHiddenLayers)
+	}
+	return nil
 }
 
 func checkOptions(rt *torch.Runtime, opts Options) error {

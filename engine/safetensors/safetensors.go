@@ -86,6 +86,25 @@ func ParseHeader(raw []byte, dataLen int64) (*Header, error) {
 		}
 		h.Tensors[name] = Info{Name: name, DType: e.DType, Shape: e.Shape, Offset: [2]int64{b, end}}
 	}
+	// Each byte belongs to one tensor: overlapping ranges (every tensor at offset 0, say) are a corrupt or crafted
+	// file, never weights.
+	ranges := make([]Info, 0, len(h.Tensors))
+	for _, t := range h.Tensors {
+		if t.Offset[1] > t.Offset[0] {
+			ranges = append(ranges, t)
+		}
+	}
+	sort.Slice(ranges, func(i, j int) bool {
+		if ranges[i].Offset[0] != ranges[j].Offset[0] {
+			return ranges[i].Offset[0] < ranges[j].Offset[0]
+		}
+		return ranges[i].Name < ranges[j].Name
+	})
+	for i := 1; i < len(ranges); i++ {
+		if a, b := ranges[i-1], ranges[i]; b.Offset[0] < a.Offset[1] {
+			return nil, fmt.Errorf("tensors %q and %q overlap at bytes [%d, %d): a corrupt file, not weights", a.Name, b.Name, b.Offset[0], min(a.Offset[1], b.Offset[1]))
+		}
+	}
 	return h, nil
 }
 

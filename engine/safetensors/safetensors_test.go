@@ -54,6 +54,7 @@ func TestBadFilesGiveClearErrors(t *testing.T) {
 		"garbage header": {`not json at all`, 0, "not a JSON object"},
 		"bad dtype":      {`{"w":{"dtype":"Q4","shape":[4],"data_offsets":[0,4]}}`, 4, "unsupported dtype"},
 		"negative dim":   {`{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}`, 4, "negative"},
+		"overlapping":    {`{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}`, 16, "overlap"},
 	}
 	for name, c := range cases {
 		path := writeRaw(t, c.header, c.data)
