@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -219,6 +220,7 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 		{"shape differs from config", func() { editConfig("intermediate_size", 96) }, model.Options{}, []string{weights, "gate_proj", "config.json"}},
 		{"unknown architecture", func() { editConfig("architectures", []string{"FalconForCausalLM"}) }, model.Options{}, []string{"config.json", "FalconForCausalLM", "LlamaForCausalLM"}},
 		{"fewer layers in config than in the weights", func() { editConfig("num_hidden_layers", 2) }, model.Options{}, []string{"decoder layers 0..2", "num_hidden_layers is 2"}},
+		{"weights that are a FIFO", func() { os.Remove(weights); syscall.Mkfifo(weights, 0o644) }, model.Options{}, []string{weights, "not a regular file"}},
 		{"negative norm epsilon", func() { editConfig("rms_norm_eps", -1) }, model.Options{}, []string{"config.json", "rms_norm_eps -1"}},
 		{"rotary base below 1", func() { editConfig("rope_theta", 0.5) }, model.Options{}, []string{"config.json", "rope_theta 0.5"}},
 		{"unsupported compute dtype", func() {}, model.Options{DType: torch.Int64}, []string{"dtype", "f32, f16 or bf16"}},
@@ -233,6 +235,7 @@ func TestBadCheckpointsGiveClearErrors(t *testing.T) {
 		}{"cuda where there is none", func() {}, model.Options{Device: torch.Device{CUDA: true}}, []string{"--device cpu"}})
 	}
 	for _, c := range cases {
+		os.Remove(weights) // a case may leave a FIFO there, which a write would block on
 		os.WriteFile(weights, good, 0o644)
 		os.WriteFile(filepath.Join(dir, "config.json"), cfgRaw, 0o644)
 		c.setup()

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/keel-lab/keel/engine/safetensors"
 )
 
 // RopeScaling is config.json's rope_scaling.
@@ -90,7 +92,11 @@ type Config struct {
 // ReadConfig loads and checks dir/config.json.
 func ReadConfig(dir string) (*Config, error) {
 	path := filepath.Join(dir, "config.json")
-	raw, err := os.ReadFile(path)
+	err := safetensors.RegularFile(path)
+	var raw []byte
+	if err == nil {
+		raw, err = os.ReadFile(path)
+	}
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, fmt.Errorf("%s: not found: --model must be a Hugging Face model folder (config.json, *.safetensors, tokenizer)", path)

@@ -108,6 +108,19 @@ func ParseHeader(raw []byte, dataLen int64) (*Header, error) {
 	return h, nil
 }
 
+// RegularFile refuses what only looks like a file: opening a FIFO blocks until someone writes to it, and a
+// device never ends.
+func RegularFile(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file (%s): give the file itself", path, st.Mode().Type())
+	}
+	return nil
+}
+
 // File is an mmap'ed safetensors file.
 type File struct {
 	Path   string
@@ -118,6 +131,9 @@ type File struct {
 
 // Open maps path and parses its header.
 func Open(path string) (*File, error) {
+	if err := RegularFile(path); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
