@@ -45,7 +45,10 @@ const (
 	maxStack    = 1 << 16
 	maxMemo     = 1 << 20
 	maxElements = 1 << 28 // elements of one tensor (1 GiB as float32)
-	maxPickle   = 256 << 20
+	maxPickle   = 16 << 20
+	// maxFileBytes bounds what one file may make the reader hold: inflated storages plus the float32 tensors read
+	// out of them. The largest vector files (a 70B model's [80, 8192] axis, a capping config) need a few MiB.
+	maxFileBytes = 96 << 20
 )
 
 // Read parses a torch.save file from memory; name labels errors.
@@ -73,7 +76,7 @@ func Read(raw []byte, name string) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: %v", name, pkl.Name, err)
 	}
-	m := &machine{name: name, code: code, storages: map[string][]byte{}}
+	m := &machine{name: name, code: code, storages: map[string][]byte{}, budget: maxFileBytes}
 	m.loadStorage = func(key string, limit int64) ([]byte, error) {
 		if b, ok := m.storages[key]; ok {
 			return b, nil
@@ -81,6 +84,9 @@ func Read(raw []byte, name string) (any, error) {
 		f, ok := files[prefix+"data/"+key]
 		if !ok {
 			return nil, fmt.Errorf("storage %q missing from the archive", key)
+		}
+		if err := m.spend(limit); err != nil {
+			return nil, err
 		}
 		b, err := readEntry(f, limit)
 		if err != nil {
@@ -134,6 +140,16 @@ type machine struct {
 	memo        map[uint64]any
 	storages    map[string][]byte
 	loadStorage func(key string, limit int64) ([]byte, error)
+	budget      int64 // bytes the file may still make the reader hold
+}
+
+// spend takes n bytes from the file's budget, or says the file asks for more than a vector file holds.
+func (m *machine) spend(n int64) error {
+	if n > m.budget {
+		return fmt.Errorf("the file's tensors need more than %d MiB: more than any vector file holds (a crafted or wrong file?)", maxFileBytes>>20)
+	}
+	m.budget -= n
+	return nil
 }
 
 var errTruncated = errors.New("pickle ends early (truncated file)")
@@ -631,12 +647,20 @@ func (m *machine) rebuild(args []any) (any, error) {
 	if n > 0 && last >= ref.numel {
 		return nil, fmt.Errorf("tensor %v (stride %v, offset %d) reaches past its storage of %d elements", shape, stride, offset, ref.numel)
 	}
+	// A view with more elements than its storage repeats elements (stride 0, overlapping strides): a way to make
+	// a few bytes ask for gigabytes, never how a vector is saved.
+	if n > ref.numel {
+		return nil, fmt.Errorf("tensor %v (stride %v) has more elements than its storage of %d: keel reads tensors saved from their own data, not expanded views", shape, stride, ref.numel)
+	}
 	data, err := m.loadStorage(ref.key, ref.numel*int64(size))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(data)) < ref.numel*int64(size) {
 		return nil, fmt.Errorf("storage %q holds %d bytes, %d %s elements need %d (truncated archive?)", ref.key, len(data), ref.numel, ref.dtype, ref.numel*int64(size))
+	}
+	if err := m.spend(4 * n); err != nil {
+		return nil, err
 	}
 	out := make([]float32, n)
 	idx := make([]int64, len(shape))

@@ -19,7 +19,16 @@ func (p *pk) str(s string) *pk {
 	return p
 }
 func (p *pk) op(b ...byte) *pk { p.Write(b); return p }
-func (p *pk) int(n int) *pk    { p.WriteByte('K'); p.WriteByte(byte(n)); return p }
+func (p *pk) int(n int) *pk {
+	if n >= 0 && n < 256 {
+		p.WriteByte('K') // BININT1
+		p.WriteByte(byte(n))
+		return p
+	}
+	p.WriteByte('J') // BININT, four bytes
+	binary.Write(&p.Buffer, binary.LittleEndian, int32(n))
+	return p
+}
 
 // tensorPickle emits _rebuild_tensor_v2(storage key, offset, size, stride, False, OrderedDict()).
 func (p *pk) tensor(key string, numel int, offset int, size, stride []int) *pk {
@@ -118,6 +127,10 @@ func TestHostileFilesAreRefused(t *testing.T) {
 		"short storage":    {archive(t, good, map[string][]float32{"0": {1, 2}}), "truncated archive"},
 		"wrong shape":      {archive(t, (&pk{}).op(0x80, 2).tensor("0", 6, 0, []int{4, 3}, []int{3, 1}).op('.').Bytes(), map[string][]float32{"0": {1, 2, 3, 4, 5, 6}}), "reaches past its storage"},
 		"truncated pickle": {archive(t, good[:len(good)/2], map[string][]float32{"0": {1, 2, 3, 4, 5, 6}}), "truncated"},
+		// A few bytes asking for gigabytes: one element viewed as 16384 x 16384 (stride 0), and a storage claiming
+		// 2^27 floats. Both are refused before anything that large is allocated or inflated.
+		"stride-0 expansion": {archive(t, (&pk{}).op(0x80, 2).tensor("0", 1, 0, []int{16384, 16384}, []int{0, 0}).op('.').Bytes(), map[string][]float32{"0": {1}}), "more elements than its storage"},
+		"huge storage":       {archive(t, (&pk{}).op(0x80, 2).tensor("0", 1<<27, 0, []int{1 << 27}, []int{1}).op('.').Bytes(), map[string][]float32{"0": {1, 2, 3}}), "more than 96 MiB"},
 	}
 	for name, c := range cases {
 		_, err := Read(c.raw, "bad.pt")
@@ -133,7 +146,7 @@ func FuzzRead(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		Read(raw, "fuzz.pt") // must not panic or allocate without bound
 		// The pickle alone, with storages of whatever size it asks (bounded), exercises the machine directly.
-		m := &machine{name: "fuzz", code: raw, storages: map[string][]byte{}}
+		m := &machine{name: "fuzz", code: raw, storages: map[string][]byte{}, budget: maxFileBytes}
 		m.loadStorage = func(key string, limit int64) ([]byte, error) { return make([]byte, min(limit, 1<<16)), nil }
 		m.run()
 	})
