@@ -82,6 +82,7 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (stri
 	ctx := exec.EmptyContext().Update(builtins.GlobalFunctions).Update(builtins.GlobalVariables)
 	ctx.Set("raise_exception", func(msg string) (string, error) { return "", errTemplateRaised{msg} })
 	ctx.Set("strftime_now", func(format string) string { return strftime(now(), format) })
+	ctx.Set("range", boundedRange)
 	env := &exec.Environment{Context: ctx, Filters: filters, Tests: builtins.Tests, ControlStructures: builtins.ControlStructures, Methods: builtins.Methods}
 	loader, err := loaders.NewShiftedLoader("chat_template", strings.NewReader(src), loaders.MustNewFileSystemLoader(""))
 	if err != nil {
@@ -91,7 +92,7 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (stri
 	if err != nil {
 		return "", fmt.Errorf("chat template: %s", oneLineTemplateError(err))
 	}
-	var out bytes.Buffer
+	out := cappedBuffer{limit: maxRendered}
 	if err := tpl.Execute(&out, exec.NewContext(vars)); err != nil {
 		var raised errTemplateRaised
 		if errors.As(err, &raised) {
@@ -101,6 +102,66 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (stri
 	}
 	return out.String(), nil
 }
+
+// Bounds on what a chat template may do: no chat needs a loop of a million turns or a prompt of 64 MiB, and a
+// template from a stranger must not hang or exhaust the machine.
+const (
+	maxRange    = 1_000_000
+	maxRendered = 64 << 20
+)
+
+// boundedRange is Jinja's range([start,] stop[, step]) as a list, refusing more than maxRange items.
+func boundedRange(_ *exec.Evaluator, params *exec.VarArgs) ([]int, error) {
+	var start, stop, step = 0, 0, 1
+	args := params.Args
+	for _, a := range args {
+		if !a.IsInteger() {
+			return nil, exec.ErrInvalidCall(errors.New("range takes integers: [start, ]stop[, step]"))
+		}
+	}
+	switch len(args) {
+	case 1:
+		stop = args[0].Integer()
+	case 2:
+		start, stop = args[0].Integer(), args[1].Integer()
+	case 3:
+		start, stop, step = args[0].Integer(), args[1].Integer(), args[2].Integer()
+	default:
+		return nil, exec.ErrInvalidCall(errors.New("range takes [start, ]stop[, step]"))
+	}
+	if step == 0 {
+		return nil, exec.ErrInvalidCall(errors.New("range step cannot be 0"))
+	}
+	n := 0
+	if step > 0 && stop > start {
+		n = (stop - start + step - 1) / step
+	} else if step < 0 && stop < start {
+		n = (start - stop - step - 1) / -step
+	}
+	if n > maxRange {
+		return nil, exec.ErrInvalidCall(fmt.Errorf("range of %d items: chat templates may loop over at most %d", n, maxRange))
+	}
+	out := make([]int, n)
+	for i := range out {
+		out[i] = start + i*step
+	}
+	return out, nil
+}
+
+// cappedBuffer refuses writes past limit bytes.
+type cappedBuffer struct {
+	bytes.Buffer
+	limit int
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.limit {
+		return 0, fmt.Errorf("the rendered prompt passes %d MiB: no chat is that long", b.limit>>20)
+	}
+	return b.Buffer.Write(p)
+}
+
+func (b *cappedBuffer) WriteString(s string) (int, error) { return b.Write([]byte(s)) }
 
 type errTemplateRaised struct{ msg string }
 
