@@ -60,6 +60,7 @@ func TestMalformedTokenizerFilesGiveClearErrors(t *testing.T) {
 		{`{"model": {"type": "BPE", "vocab": {"a": 0, "ab": 1}, "merges": ["a b"]}}`, `"b" is not in model.vocab`},
 		{`{"model": {"type": "BPE", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}}`, "pre_tokenizer"},
 		{`{"model": {"type": "BPE", "vocab": {"a": 0}}, "normalizer": {"type": "Precompiled"}}`, `normalizer type "Precompiled"`},
+		{`{"model": {"type": "BPE", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated"}}`, "backtracks catastrophically"},
 	}
 	for _, c := range cases {
 		write("tokenizer.json", c.body)

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/dlclark/regexp2"
 )
@@ -105,7 +106,41 @@ func compileJSRegex(src string) (*jsRegex, error) {
 	if err != nil {
 		return nil, fmt.Errorf("regex %q: %v", src, err)
 	}
+	if err := probeBacktracking(re); err != nil {
+		return nil, fmt.Errorf("regex %q: %v", src, err)
+	}
+	// A match that still runs away on some text stops here; the rest of that text stays one piece.
+	re.MatchTimeout = matchTimeout
 	return &jsRegex{re: re}, nil
+}
+
+// matchTimeout bounds one regex match; probeTimeout bounds a load-time probe.
+const (
+	matchTimeout = 2 * time.Second
+	probeTimeout = 250 * time.Millisecond
+)
+
+// backtrackingProbes are short runs of the characters tokenizer patterns repeat, each ending in one that breaks
+// the run: a nested quantifier such as (a+)+$ takes exponential time on them, an ordinary pattern microseconds.
+var backtrackingProbes = []string{
+	strings.Repeat("a", 40) + "!", strings.Repeat(" ", 40) + "x", strings.Repeat("1", 40) + "x",
+	strings.Repeat("a ", 20) + "!", strings.Repeat("\n", 40) + "x", strings.Repeat("aA1", 14) + "\u0301",
+}
+
+// probeBacktracking refuses a pattern that backtracks catastrophically, before it can hang tokenization.
+func probeBacktracking(re *regexp2.Regexp) error {
+	re.MatchTimeout = probeTimeout
+	defer func() { re.MatchTimeout = 0 }()
+	for _, p := range backtrackingProbes {
+		m, err := re.FindStringMatch(p)
+		for err == nil && m != nil {
+			m, err = re.FindNextMatch(m)
+		}
+		if err != nil {
+			return fmt.Errorf("backtracks catastrophically (over %v on a %d-character probe): this tokenizer.json cannot be tokenized safely", probeTimeout, len([]rune(p)))
+		}
+	}
+	return nil
 }
 
 func literalRegex(s string) *jsRegex {
