@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/probes"
@@ -151,7 +153,17 @@ func (r *AxisReward) Score(ctx context.Context, samples []Sample) ([]float64, er
 }
 
 // CommandReward runs an external program: samples as JSON lines on its stdin, one score per line on its stdout.
-type CommandReward struct{ Program string }
+type CommandReward struct {
+	Program string
+	Timeout time.Duration // per call; 0 is commandTimeout
+}
+
+// commandTimeout bounds one call of a reward program (a judge model scoring a batch takes minutes, not hours);
+// maxCommandOutput bounds what it may print.
+const (
+	commandTimeout   = 10 * time.Minute
+	maxCommandOutput = 16 << 20
+)
 
 // Name implements Reward.
 func (r CommandReward) Name() string { return "cmd:" + r.Program }
@@ -169,18 +181,38 @@ func (r CommandReward) Score(ctx context.Context, samples []Sample) ([]float64, 
 	if len(f) == 0 {
 		return nil, fmt.Errorf("cmd: give a program")
 	}
-	cmd := exec.CommandContext(ctx, f[0], f[1:]...)
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = commandTimeout
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, f[0], f[1:]...)
 	cmd.Stdin = &in
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	// The program runs in its own process group, stopped whole on timeout or cancellation: no orphaned judge
+	// keeps running (or holds the pipes) after the trainer has moved on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr cappedWriter
+	stdout.limit, stderr.limit = maxCommandOutput, 64<<10
+	stdout.onOver = cancel // a program that floods its output is stopped, not read forever
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if stdout.over {
+		return nil, fmt.Errorf("%s printed more than %d MiB: it must print one score per line", r.Program, maxCommandOutput>>20)
+	}
 	if err != nil {
+		if cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			return nil, fmt.Errorf("%s gave no scores within %v for %d samples: it must print one score per line and exit", r.Program, timeout, len(samples))
+		}
 		msg := strings.TrimSpace(stderr.String())
 		if i := strings.LastIndex(msg, "\n"); i >= 0 {
 			msg = msg[i+1:]
 		}
 		return nil, fmt.Errorf("%s failed (%v): %s", r.Program, err, msg)
 	}
+	out := stdout.buf.Bytes()
 	var scores []float64
 	for i, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		line = strings.TrimSpace(line)
@@ -195,6 +227,29 @@ func (r CommandReward) Score(ctx context.Context, samples []Sample) ([]float64, 
 	}
 	return scores, nil
 }
+
+// cappedWriter keeps the first limit bytes written to it, notes whether more came and calls onOver then. (It
+// holds its buffer in a field: an embedded bytes.Buffer would lend it ReadFrom, which io.Copy prefers to Write.)
+type cappedWriter struct {
+	buf    bytes.Buffer
+	limit  int
+	over   bool
+	onOver func()
+}
+
+func (w *cappedWriter) Write(p []byte) (int, error) {
+	if room := w.limit - w.buf.Len(); len(p) > room {
+		w.buf.Write(p[:max(room, 0)])
+		if !w.over && w.onOver != nil {
+			w.onOver()
+		}
+		w.over = true
+		return len(p), nil
+	}
+	return w.buf.Write(p)
+}
+
+func (w *cappedWriter) String() string { return w.buf.String() }
 
 // WeightedReward is a weighted sum of rewards ("0.7*axis+0.3*style:pirate").
 type WeightedReward struct {

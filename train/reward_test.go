@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -89,6 +90,16 @@ func TestCommandRewardBadPrograms(t *testing.T) {
 		_, err := ScoreChecked(context.Background(), CommandReward{Program: prog}, rewardSamples())
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: %v, want one line with %q", filepath.Base(prog), err, want)
+		}
+	}
+	// A program that never answers, and one that never stops printing, are bounded.
+	for prog, want := range map[string]string{
+		script("silent.sh", `sleep 600`):    "gave no scores within 1s",
+		script("flood.sh", `yes 1; exit 0`): "printed more than 16 MiB",
+	} {
+		_, err := ScoreChecked(context.Background(), CommandReward{Program: prog, Timeout: time.Second}, rewardSamples())
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", filepath.Base(prog), err, want)
 		}
 	}
 }

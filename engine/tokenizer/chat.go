@@ -148,20 +148,23 @@ func boundedRange(_ *exec.Evaluator, params *exec.VarArgs) ([]int, error) {
 	return out, nil
 }
 
-// cappedBuffer refuses writes past limit bytes.
+// cappedBuffer refuses writes past limit bytes. (Its buffer is a field: an embedded bytes.Buffer would lend it
+// ReadFrom and WriteString, which writers prefer to Write.)
 type cappedBuffer struct {
-	bytes.Buffer
+	buf   bytes.Buffer
 	limit int
 }
 
 func (b *cappedBuffer) Write(p []byte) (int, error) {
-	if b.Len()+len(p) > b.limit {
+	if b.buf.Len()+len(p) > b.limit {
 		return 0, fmt.Errorf("the rendered prompt passes %d MiB: no chat is that long", b.limit>>20)
 	}
-	return b.Buffer.Write(p)
+	return b.buf.Write(p)
 }
 
 func (b *cappedBuffer) WriteString(s string) (int, error) { return b.Write([]byte(s)) }
+
+func (b *cappedBuffer) String() string { return b.buf.String() }
 
 type errTemplateRaised struct{ msg string }
 
