@@ -6,6 +6,7 @@ import (
 	"os"
 
 	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/term"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -62,8 +63,13 @@ func runTUI(args []string, stdout, stderr io.Writer) error {
 	}
 	exe, _ := os.Executable()
 	jobs := &tui.ProcessJobs{RT: rt, Exe: exe, Model: lm.Dir, RunsDir: *runs}
+	profile := tui.ProfileFromEnv(os.Getenv)
+	// The bubbles components style themselves through lipgloss's default renderer: give it the environment's
+	// profile and keel's fixed dark background, so every pane follows the same colours as keel's own styles.
+	lipgloss.SetColorProfile(profile)
+	lipgloss.SetHasDarkBackground(true)
 	opt := tui.Options{Engine: eng, Jobs: jobs, Sampling: cfg.Sampling, Controls: tui.DefaultControls(lm.NumLayers()).WithCap(eng.Info().BestCap, lm.NumLayers()), System: *system,
-		Styles: tui.NewStyles(tui.ProfileFromEnv(os.Getenv)), Keys: cfg.Keys, Mouse: cfg.Mouse, Tint: cfg.Tint}
+		Styles: tui.NewStyles(profile), Keys: cfg.Keys, Mouse: cfg.Mouse, Tint: cfg.Tint}
 	opt.Load = func(dir, axis string) (tui.Engine, error) {
 		dev, _ := torch.ParseDevice(mf.device)
 		dt, _ := torch.ParseDType(mf.dtype)
