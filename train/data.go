@@ -187,9 +187,20 @@ func Pack(examples []Example, seqLen int) []Example {
 		}
 	}
 	for _, ex := range examples {
-		for len(ex.IDs) > size {
-			blocks = append(blocks, Example{IDs: ex.IDs[:size:size], Loss: ex.Loss[:size:size]})
-			ex = Example{IDs: ex.IDs[size-1:], Loss: append([]bool{false}, ex.Loss[size:]...)}
+		// A long example becomes blocks that overlap by one token (the next block's first token is context, not a
+		// target), cut by index so that a huge example costs its own size, not its size squared.
+		start := 0
+		for ; len(ex.IDs)-start > size; start += size - 1 {
+			loss := slices.Clone(ex.Loss[start : start+size])
+			if start > 0 {
+				loss[0] = false
+			}
+			blocks = append(blocks, Example{IDs: ex.IDs[start : start+size : start+size], Loss: loss})
+		}
+		if start > 0 {
+			rest := Example{IDs: ex.IDs[start:], Loss: slices.Clone(ex.Loss[start:])}
+			rest.Loss[0] = false
+			ex = rest
 		}
 		place(ex)
 	}

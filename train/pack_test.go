@@ -78,3 +78,39 @@ func TestPackKeepsExamplesWhole(t *testing.T) {
 		t.Fatalf("padding is %.0f%% of the packed tokens; first-fit should keep it under 10%%", 100*waste)
 	}
 }
+
+// A long example is cut into blocks overlapping by one context token, as before, in time and memory linear in
+// its length: one message of millions of tokens packs at once.
+func TestPackLongExamples(t *testing.T) {
+	// The cut written the plain way, as the reference for small examples.
+	plain := func(ex Example, size int) []Example {
+		var out []Example
+		for len(ex.IDs) > size {
+			out = append(out, Example{IDs: ex.IDs[:size], Loss: ex.Loss[:size]})
+			ex = Example{IDs: ex.IDs[size-1:], Loss: append([]bool{false}, ex.Loss[size:]...)}
+		}
+		return out
+	}
+	rng := rand.New(rand.NewPCG(8, 9))
+	for trial := 0; trial < 50; trial++ {
+		n, seq := 1+rng.IntN(400), 8+rng.IntN(40)
+		ex := Example{IDs: make([]int, n), Loss: make([]bool, n)}
+		for i := range ex.IDs {
+			ex.IDs[i], ex.Loss[i] = rng.IntN(1000), rng.IntN(2) == 0
+		}
+		got, want := Pack([]Example{ex}, seq), plain(ex, seq+1)
+		if len(got) < len(want) {
+			t.Fatalf("n %d seq %d: %d blocks, the plain cut makes %d full ones", n, seq, len(got), len(want))
+		}
+		for i := range want {
+			if !slices.Equal(got[i].IDs, want[i].IDs) || !slices.Equal(got[i].Loss, want[i].Loss) {
+				t.Fatalf("n %d seq %d: block %d differs from the plain cut", n, seq, i)
+			}
+		}
+	}
+	huge := Example{IDs: make([]int, 4_000_000), Loss: make([]bool, 4_000_000)}
+	// Blocks of 65 tokens stepping by 64: 62,499 full ones and the padded rest.
+	if blocks := Pack([]Example{huge}, 64); len(blocks) != 62_500 {
+		t.Fatalf("4M tokens at 64: %d blocks", len(blocks))
+	}
+}
