@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,7 @@ type State struct {
 	Kind       string    `json:"kind"`
 	State      string    `json:"state"`
 	PID        int       `json:"pid"`
+	PIDStart   uint64    `json:"pid_start,omitempty"` // the process's start time (clock ticks after boot): a pid alone may be reused
 	Step       int       `json:"step"`
 	TotalSteps int       `json:"total_steps"`
 	Loss       float64   `json:"loss"`
@@ -132,7 +134,7 @@ func (r *Run) ReadState() (State, error) {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return State{}, fmt.Errorf("%s/state.json: %v", r.Dir, err)
 	}
-	if (s.State == Running || s.State == Paused) && s.PID > 0 && !processAlive(s.PID) {
+	if (s.State == Running || s.State == Paused) && s.PID > 0 && !s.ownerAlive() {
 		s.State = Failed
 		if s.Error == "" {
 			s.Error = "the training process is gone (killed?): resume it with --resume " + r.Dir
@@ -141,17 +143,39 @@ func (r *Run) ReadState() (State, error) {
 	return s, nil
 }
 
-func processAlive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
+// ownerAlive reports whether the process that wrote the state still runs: the same pid and, when recorded, the
+// same start time (after a reboot or pid reuse the pid may name a stranger).
+func (s State) ownerAlive() bool {
+	start, ok := processStart(s.PID)
+	if !ok {
 		return false
 	}
-	// A zombie (exited, not yet reaped) is not alive.
+	return s.PIDStart == 0 || start == s.PIDStart
+}
+
+// processStart is a live process's start time from /proc/PID/stat (false when it is gone or a zombie).
+func processStart(pid int) (uint64, bool) {
+	if syscall.Kill(pid, 0) != nil {
+		return 0, false
+	}
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return true
+		return 0, true // no /proc to read: the signal check is all there is
 	}
-	fields := strings.Fields(string(raw))
-	return len(fields) < 3 || fields[2] != "Z"
+	// The command name may hold spaces and parentheses: the fields after it start past the last ')'.
+	rest := string(raw)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	fields := strings.Fields(rest) // state is field 3 of the whole line, start time field 22
+	if len(fields) < 20 || fields[0] == "Z" {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return 0, true
+	}
+	return start, true
 }
 
 // ListRuns returns every run under root, newest first.
@@ -183,7 +207,7 @@ func (r *Run) RequestCancel() error {
 		return err
 	}
 	s, err := r.ReadState()
-	if err == nil && s.State == Running && s.PID > 0 && s.PID != os.Getpid() {
+	if err == nil && s.State == Running && s.PID > 0 && s.PID != os.Getpid() && s.ownerAlive() {
 		syscall.Kill(s.PID, syscall.SIGTERM)
 	}
 	return nil
@@ -351,6 +375,7 @@ func startJob(run *Run, kind string, totalSteps int, cfg any, opts Options) (*jo
 		return nil, fmt.Errorf("run %s is being trained by process %d: wait for it, or stop it with keel jobs cancel %s, then resume", run.ID, st.PID, run.ID)
 	}
 	j.state.Kind, j.state.State, j.state.PID, j.state.TotalSteps = kind, Running, os.Getpid(), totalSteps
+	j.state.PIDStart, _ = processStart(os.Getpid())
 	j.state.Error = ""
 	if !opts.Resume {
 		if err := writeJSONAtomic(filepath.Join(run.Dir, "config.json"), cfg); err != nil {

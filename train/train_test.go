@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -265,5 +268,40 @@ func TestBF16AutocastTrains(t *testing.T) {
 	t.Logf("bf16 autocast: held-out loss %.3f -> %.3f", evals[0], evals[len(evals)-1])
 	if evals[len(evals)-1] > evals[0]-1 {
 		t.Fatalf("autocast training did not learn: %v", evals)
+	}
+}
+
+// Job control knows a run's process by pid and start time: a reused pid (a stranger now) is never signalled, and
+// the run reads as failed.
+func TestJobControlNeverSignalsAStranger(t *testing.T) {
+	stranger := exec.Command("sleep", "30")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Process.Kill()
+	start, ok := processStart(stranger.Process.Pid)
+	if !ok || start == 0 {
+		t.Fatalf("start time of a live process: %d %v", start, ok)
+	}
+	run, err := NewRun(t.TempDir(), "sft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state names the stranger's pid with another start time, as after a reboot.
+	run.WriteState(State{ID: run.ID, Kind: "sft", State: Running, PID: stranger.Process.Pid, PIDStart: start + 1})
+	if st, _ := run.ReadState(); st.State != Failed {
+		t.Fatalf("a run whose pid was reused reads as %s", st.State)
+	}
+	if err := run.RequestCancel(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if syscall.Kill(stranger.Process.Pid, 0) != nil {
+		t.Fatal("cancel signalled a process that is not the run's")
+	}
+	// With its own start time the same process is the run's owner.
+	run.WriteState(State{ID: run.ID, Kind: "sft", State: Running, PID: stranger.Process.Pid, PIDStart: start})
+	if st, _ := run.ReadState(); st.State != Running {
+		t.Fatalf("the owner alive reads as %s", st.State)
 	}
 }
