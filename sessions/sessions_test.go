@@ -126,7 +126,8 @@ func TestReprojectionReproducesRecordedProjections(t *testing.T) {
 	}
 }
 
-func TestExportsAndDataset(t *testing.T) {
+// recorded is a freshly recorded session (record's), loaded back, with its model, folder and path.
+func recorded(t *testing.T) (*model.LM, string, string, *Session) {
 	lm := stories(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.jsonl")
@@ -135,6 +136,11 @@ func TestExportsAndDataset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return lm, dir, path, s
+}
+
+func TestExportsAndDataset(t *testing.T) {
+	lm, dir, _, s := recorded(t)
 	for _, f := range []string{"cast", "transcript", "csv", "png"} {
 		out := filepath.Join(dir, "out."+f)
 		if err := s.Export(f, out); err != nil {
@@ -230,14 +236,7 @@ func FuzzParse(f *testing.F) {
 // An export never destroys: a failed one leaves the file at --out as it was, and the session itself is refused as
 // the destination.
 func TestExportKeepsWhatIsThere(t *testing.T) {
-	lm := stories(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "s.jsonl")
-	record(t, lm, path)
-	s, err := Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dir, path, s := recorded(t)
 	before, _ := os.ReadFile(path)
 	if err := s.Export("csv", path); err == nil || !strings.Contains(err.Error(), "is the session being exported") {
 		t.Fatalf("export onto the session: %v", err)
