@@ -239,13 +239,13 @@ func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
 		for i := range tokens {
 			switch {
 			case i == 0:
-				tokens[i], types[i] = "<unk>", 2
+				tokens[i], types[i] = "<unk>", tokUnknown
 			case i <= 2:
-				tokens[i], types[i] = []string{"", "<s>", "</s>"}[i], 3
+				tokens[i], types[i] = []string{"", "<s>", "</s>"}[i], tokControl
 			case i < 259:
-				tokens[i], types[i] = fmt.Sprintf("<0x%02X>", i-3), 6
+				tokens[i], types[i] = fmt.Sprintf("<0x%02X>", i-3), tokByte
 			default:
-				tokens[i], types[i] = "▁t"+strconv.Itoa(i), 1
+				tokens[i], types[i] = spmSpace+"t"+strconv.Itoa(i), tokNormal
 				scores[i] = -float32(i)
 			}
 		}
@@ -283,12 +283,12 @@ func tokenizerKVs(tok tokenizer.Tokenizer, vocab int) ([]KV, error) {
 		tokens := make([]string, n)
 		types := make([]int32, n)
 		for i := range tokens {
-			tokens[i], types[i] = t.Piece(i), 1
+			tokens[i], types[i] = t.Piece(i), tokNormal
 			if tokens[i] == "" {
-				tokens[i], types[i] = fmt.Sprintf("[PAD%d]", i), 5 // unused id
+				tokens[i], types[i] = fmt.Sprintf("[PAD%d]", i), tokUnused
 			}
 			if t.IsSpecial(i) {
-				types[i] = 3
+				types[i] = tokControl
 			}
 		}
 		merges := make([]string, len(t.Merges()))
