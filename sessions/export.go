@@ -4,12 +4,12 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/safetensors"
 	"io"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/engine/safetensors"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"

@@ -2,12 +2,12 @@ package tui
 
 import (
 	"fmt"
-	"github.com/keel-lab/keel/engine/model"
 	"os"
 	"strconv"
 	"strings"
 
 	tea "github.com/charmbracelet/bubbletea"
+	"github.com/keel-lab/keel/engine/model"
 )
 
 // slashHelp lists the slash commands.
