@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 )
@@ -59,7 +60,34 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	stop := startProfile(os.Stderr)
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// startProfile writes a Go CPU profile of the whole command to $KEEL_CPUPROFILE when it is set (read it with
+// `go tool pprof`); the returned function ends it. Profiling a real command is how the decode path's
+// per-token costs are found.
+func startProfile(stderr io.Writer) func() {
+	path := os.Getenv("KEEL_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "keel: KEEL_CPUPROFILE: %v (unset it or name a writable file)\n", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(stderr, "keel: KEEL_CPUPROFILE: %v\n", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 func run(args []string, stdout, stderr io.Writer) int {

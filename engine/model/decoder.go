@@ -117,6 +117,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	var means, norms []Tensor
 	for i := range m.Layers {
 		l := &m.Layers[i]
+		mark, yielded := s.Mark(), len(ys)
 		h := m.rmsNorm(s, x, l.AttnNorm)
 		q := s.Reshape(m.proj(s, i, "q", h, l.Q, l.QBias), int64(B), int64(T), H, hd)
 		k := s.Reshape(m.proj(s, i, "k", h, l.K, l.KBias), int64(B), int64(T), KV, hd)
@@ -154,6 +155,16 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 			means = append(means, s.Matmul(p.SpanWeights, x))
 			norms = append(norms, s.Matmul(p.SpanWeights, s.Norm(x, -1, true)))
 		}
+		// The layer's intermediates go now: what later code reads is the residual stream, this layer's
+		// captures and span means, and the masks (built lazily in the first layer that needs them).
+		keep := []Tensor{x, masks.built[0], masks.built[1]}
+		for _, y := range ys[yielded:] {
+			keep = append(keep, y.t)
+		}
+		if len(means) > 0 {
+			keep = append(keep, means[len(means)-1], norms[len(norms)-1])
+		}
+		s.ReleaseSince(mark, keep...)
 	}
 	var hidden Tensor
 	if p.Hidden {
@@ -238,7 +249,9 @@ func newMasks(m *Model, s *torch.Scope, pad []int, start, T int) *masks {
 }
 
 // get returns (mask, causal): no mask and causal=false when every key may be seen (one new token, no padding,
-// no window in effect); causal=true alone when only causality constrains; otherwise an explicit bool mask.
+// no window in effect); causal=true alone when only causality constrains; otherwise an explicit bool mask, with
+// causal=true beside it when more than one query is asked (the mask already holds causality; the flag lets the
+// attention op work over blocks of queries instead of holding all [B, H, T, S] scores).
 func (k *masks) get(sliding bool) (Tensor, bool) {
 	S := k.start + k.T
 	window := k.m.Spec.SlidingWindow
@@ -255,7 +268,7 @@ func (k *masks) get(sliding bool) (Tensor, bool) {
 		i = 1
 	}
 	if k.done[i] {
-		return k.built[i], false
+		return k.built[i], k.T > 1
 	}
 	B := len(k.pad)
 	allowed := make([]bool, B*k.T*S)
@@ -274,5 +287,5 @@ func (k *masks) get(sliding bool) (Tensor, bool) {
 	}
 	k.built[i] = k.s.FromData(allowed, torch.Bool, []int64{int64(B), 1, int64(k.T), int64(S)}, k.m.Opts.Device)
 	k.done[i] = true
-	return k.built[i], false
+	return k.built[i], k.T > 1
 }

@@ -3,6 +3,7 @@ package torch
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -219,6 +220,27 @@ func (s *Scope) Release() {
 		s.rt.free(h)
 	}
 	s.owned = s.owned[:0]
+}
+
+// Mark is the position of the next tensor the scope will own (see ReleaseSince).
+func (s *Scope) Mark() int { return len(s.owned) }
+
+// ReleaseSince frees the tensors made since mark except keep: a loop's intermediates (one decoder layer's) go as
+// soon as the loop moves on, so a forward pass holds one layer's activations, not all of them. Autograd keeps its
+// own references to what backward needs, so this is safe under grad mode too.
+func (s *Scope) ReleaseSince(mark int, keep ...Tensor) {
+	if mark < 0 || mark > len(s.owned) {
+		return
+	}
+	kept := s.owned[:mark]
+	for _, h := range s.owned[mark:] { // kept never overtakes the element being read
+		if slices.ContainsFunc(keep, func(t Tensor) bool { return t.h == h }) {
+			kept = append(kept, h)
+			continue
+		}
+		s.rt.free(h)
+	}
+	s.owned = kept
 }
 
 // MoveTo transfers ownership of ts from s to dst.

@@ -8,6 +8,8 @@
 #include <torch/version.h>
 #include <ATen/autocast_mode.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -107,6 +109,26 @@ at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
   return x.unsqueeze(2).expand({x.size(0), kv, n, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
 }
 
+// OpenBLAS (Debian's libtorch multiplies through it) keeps a thread pool of its own, sized to the machine, whose
+// idle workers spin in sched_yield. It must use libtorch's thread count: with --threads 1 on two cores its spare
+// worker took a third of the CPU time of an A-LoL evaluation (perf), time the next op's thread then lacked.
+void set_blas_threads(int n) {
+  using setter = void (*)(int);
+  for (const char *lib : {"libopenblas.so.0", "libblas.so.3"}) {
+    void *h = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == nullptr) continue;
+    auto set = reinterpret_cast<setter>(dlsym(h, "openblas_set_num_threads"));
+    dlclose(h);
+    if (set != nullptr) {
+      set(n);
+      return;
+    }
+  }
+}
+
+// At load, BLAS starts at libtorch's default thread count (the physical cores) rather than every logical CPU.
+__attribute__((constructor)) void match_blas_threads_at_load() { set_blas_threads(at::get_num_threads()); }
+
 }  // namespace
 
 extern "C" {
@@ -127,6 +149,7 @@ void kt_free(kt_tensor t) { delete static_cast<at::Tensor *>(t); }
 char *kt_set_num_threads(int64_t n) {
   KT_TRY
   at::set_num_threads(static_cast<int>(n));
+  set_blas_threads(static_cast<int>(n));
   KT_CATCH
 }
 int64_t kt_get_num_threads(void) { return at::get_num_threads(); }
@@ -458,8 +481,10 @@ constexpr int64_t kCausalBlock = 128;
 
 // Explicit causal attention over blocks of queries, each block against only the keys it may see: about half the
 // score matrix of one full matmul, and each block's scores stay small enough for the cache (long training
-// sequences run at close to the per-token speed of short ones).
-static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, double scale, double softcap, kt_tensor *out) {
+// sequences run at close to the per-token speed of short ones). allowed (bool, broadcastable to [B, H, tq, tk];
+// undefined = no constraint beyond causality) is the padding or window mask, narrowed to each block: a padded batch
+// of long conversations never holds the whole [B, H, T, T] score tensor.
+static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const at::Tensor &allowed, double scale, double softcap, kt_tensor *out) {
   int64_t tq = Q.size(2), tk = K.size(2);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < tq; start += kCausalBlock) {
@@ -470,6 +495,7 @@ static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::T
     auto scores = at::matmul(Q.narrow(2, start, n), k.transpose(-2, -1)) * scale;
     if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
     auto hidden = at::ones({n, keys}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(first).logical_not();
+    if (allowed.defined()) hidden = at::logical_or(hidden, at::logical_not(allowed.narrow(-2, start, n).narrow(-1, 0, keys)));
     scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
     parts.push_back(at::matmul(at::softmax(scores, -1, at::kFloat).to(Q.scalar_type()), v));
   }
@@ -494,9 +520,12 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
     return nullptr;
   }
 #endif
-  if (is_causal != 0 && mask == nullptr && tq > kCausalBlock) return causal_blocks(Q, K, V, scale, softcap, out);
   at::Tensor allowed;  // bool, true = attend; undefined = everything
   if (mask != nullptr) allowed = T(mask);
+  // A mask with SDPA (libtorch 2) stays with SDPA's memory-efficient kernels; everything else causal and long
+  // goes over blocks.
+  bool masked_sdpa = TORCH_VERSION_MAJOR >= 2 && softcap <= 0 && allowed.defined();
+  if (is_causal != 0 && tq > kCausalBlock && !masked_sdpa) return causal_blocks(Q, K, V, allowed, scale, softcap, out);
   if (is_causal != 0) {
     // Query i sits at absolute position tk - tq + i.
     auto causal = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq);

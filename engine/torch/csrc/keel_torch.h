@@ -81,7 +81,8 @@ char *kt_rms_norm(kt_tensor x, kt_tensor w, const double *eps_offset, kt_tensor 
 char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out);
 
 /* attention: q [B,H,T,D], k/v [B,Hkv,S,D] (Hkv divides H); mask nullable, bool [B|1,1,T,S], true = attend.
- * softcap > 0 applies cap*tanh(scores/cap) before masking (Gemma 2) and forces the explicit path. */
+ * is_causal != 0 adds causality (queries at the end of the keys), with or without a mask: long causal inputs are
+ * computed over blocks of queries, so the full score matrix is never held. softcap > 0 applies cap*tanh(scores/cap) before masking (Gemma 2) and forces the explicit path. */
 char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out);
 
 /* activation cap along a unit vector u (u_col [D,1], u_row [D]) with threshold *tau:
