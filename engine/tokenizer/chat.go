@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"runtime"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/nikolalohinski/gonja/v2/config"
 	"github.com/nikolalohinski/gonja/v2/exec"
 	"github.com/nikolalohinski/gonja/v2/loaders"
+	"github.com/nikolalohinski/gonja/v2/nodes"
 )
 
 // Message is one chat turn. Content is a string, or a list of parts ({"type": "text", "text": ...}) for
@@ -92,6 +94,7 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (stri
 	if err != nil {
 		return "", fmt.Errorf("chat template: %s", oneLineTemplateError(err))
 	}
+	boundMacroDepth(tpl, ctx)
 	out := cappedBuffer{limit: maxRendered}
 	if err := tpl.Execute(&out, exec.NewContext(vars)); err != nil {
 		var raised errTemplateRaised
@@ -103,11 +106,37 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (stri
 	return out.String(), nil
 }
 
+// boundMacroDepth makes every macro of tpl check, as it starts, how deep the renderer's Go stack is: a macro that
+// calls itself without end would otherwise overflow the stack and end the process, which no recover can catch.
+// The check is a call to a function of the context, put at the head of each macro's body.
+func boundMacroDepth(tpl *exec.Template, ctx *exec.Context) {
+	const name = "__keel_macro_depth"
+	pcs := make([]uintptr, maxRenderFrames+1)
+	ctx.Set(name, func() (string, error) {
+		if runtime.Callers(0, pcs) > maxRenderFrames {
+			return "", errors.New("macros nest too deeply (a macro that calls itself without end?): chat templates may nest a few hundred calls")
+		}
+		return "", nil
+	})
+	for _, m := range tpl.Macros() {
+		if m.Wrapper == nil || m.Location == nil {
+			continue
+		}
+		at := *m.Location
+		at.Val = name
+		check := &nodes.Output{Start: m.Location, End: m.Location,
+			Expression: &nodes.Call{Location: m.Location, Func: &nodes.Name{Name: &at}, Kwargs: map[string]nodes.Expression{}}}
+		m.Wrapper.Nodes = append([]nodes.Node{check}, m.Wrapper.Nodes...)
+	}
+}
+
 // Bounds on what a chat template may do: no chat needs a loop of a million turns or a prompt of 64 MiB, and a
 // template from a stranger must not hang or exhaust the machine.
 const (
 	maxRange    = 1_000_000
 	maxRendered = 64 << 20
+	// Go stack frames a render may reach: a few hundred nested macro calls, a few MiB of stack.
+	maxRenderFrames = 10_000
 )
 
 // boundedRange is Jinja's range([start,] stop[, step]) as a list, refusing more than maxRange items.

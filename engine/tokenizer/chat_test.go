@@ -116,3 +116,32 @@ func TestChatContentMustBeText(t *testing.T) {
 		}
 	}
 }
+
+// A template from a stranger cannot hang the process, exhaust its memory or overflow its stack: each bound is one
+// line naming what the template did. Legitimate shallow recursion still renders.
+func TestTemplatesAreBounded(t *testing.T) {
+	refused := []struct{ name, src, want string }{
+		{"huge range", `{% for i in range(1000000000) %}x{% endfor %}`, "at most 1000000"},
+		{"64 MiB output", `{% for i in range(1000000) %}{{ "x" * 100 }}{% endfor %}`, "MiB"},
+		{"self-recursive macro", `{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}`, "nest too deeply"},
+		{"mutually recursive macros", `{% macro a(n) %}{{ b(n) }}{% endmacro %}{% macro b(n) %}{{ a(n + 1) }}{% endmacro %}{{ a(0) }}`, "nest too deeply"},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { _, err := RenderTemplate(c.src, nil, nil); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("want one line containing %q, got %v", c.want, err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("rendering did not stop within 60 s")
+			}
+		})
+	}
+	out, err := RenderTemplate(`{% macro count(n) %}{% if n > 0 %}{{ n }},{{ count(n - 1) }}{% endif %}{% endmacro %}{{ count(100) }}`, nil, nil)
+	if err != nil || !strings.HasPrefix(out, "100,99,") || !strings.HasSuffix(out, "2,1,") {
+		t.Fatalf("bounded recursion of depth 100: %q, %v", out, err)
+	}
+}
