@@ -1,0 +1,3 @@
+module early.keel-lab/noquery
+
+go 1.26.0
