@@ -100,7 +100,8 @@ std::vector<at::Tensor> tensors(const kt_tensor *ts, int64_t n) {
   return v;
 }
 
-// Repeats key/value heads so that grouped-query attention becomes ordinary multi-head attention.
+#if TORCH_VERSION_MAJOR >= 2
+// Repeats key/value heads so that grouped-query attention becomes ordinary multi-head attention (SDPA's input).
 at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
   int64_t kv = x.size(1);
   if (kv == heads) return x;
@@ -108,6 +109,7 @@ at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
   auto n = heads / kv;
   return x.unsqueeze(2).expand({x.size(0), kv, n, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
 }
+#endif
 
 // OpenBLAS (Debian's libtorch multiplies through it) keeps a thread pool of its own, sized to the machine, whose
 // idle workers spin in sched_yield. It must use libtorch's thread count: with --threads 1 on two cores its spare
@@ -479,6 +481,22 @@ char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out) {
 // Query rows per block of causal_blocks.
 constexpr int64_t kCausalBlock = 128;
 
+// Grouped-query attention without repeating keys and values: the n query heads that share a key/value head are
+// stacked along the query axis, so one matmul per group reads K and V (a KV cache) where they lie. Repeating them
+// copied the whole cache at every decode step, 470 MB per token for a batch of 64 at 450 positions.
+// hidden (bool, true = masked out; [T, S] or [B|1, 1, T, S]; undefined = none) applies to every head.
+static at::Tensor grouped_attention(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const at::Tensor &hidden, double scale, double softcap) {
+  int64_t B = Q.size(0), H = Q.size(1), T = Q.size(2), D = Q.size(3), KV = K.size(1), S = K.size(2), n = H / KV;
+  auto scores = at::matmul(Q.reshape({B, KV, n * T, D}), K.transpose(-2, -1)) * scale;  // [B, KV, n*T, S]
+  if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+  if (hidden.defined()) {
+    auto h = hidden.dim() == 4 ? hidden.unsqueeze(1) : hidden;  // [B|1, 1, 1, T, S] against [B, KV, n, T, S]
+    scores = scores.view({B, KV, n, T, S}).masked_fill(h, -std::numeric_limits<double>::infinity()).view({B, KV, n * T, S});
+  }
+  auto probs = at::softmax(scores, -1, at::kFloat).to(Q.scalar_type());
+  return at::matmul(probs, V).view({B, H, T, V.size(3)});
+}
+
 // Explicit causal attention over blocks of queries, each block against only the keys it may see: about half the
 // score matrix of one full matmul, and each block's scores stay small enough for the cache (long training
 // sequences run at close to the per-token speed of short ones). allowed (bool, broadcastable to [B, H, tq, tk];
@@ -491,13 +509,9 @@ static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::T
     int64_t n = std::min(kCausalBlock, tq - start);
     int64_t first = tk - tq + start;  // absolute position of the block's first query
     int64_t keys = first + n;         // keys its last query may see
-    auto k = K.narrow(2, 0, keys), v = V.narrow(2, 0, keys);
-    auto scores = at::matmul(Q.narrow(2, start, n), k.transpose(-2, -1)) * scale;
-    if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
     auto hidden = at::ones({n, keys}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(first).logical_not();
     if (allowed.defined()) hidden = at::logical_or(hidden, at::logical_not(allowed.narrow(-2, start, n).narrow(-1, 0, keys)));
-    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
-    parts.push_back(at::matmul(at::softmax(scores, -1, at::kFloat).to(Q.scalar_type()), v));
+    parts.push_back(grouped_attention(Q.narrow(2, start, n), K.narrow(2, 0, keys), V.narrow(2, 0, keys), hidden, scale, softcap));
   }
   *out = wrap(at::cat(parts, 2));
   return nullptr;
@@ -507,43 +521,42 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
   KT_TRY
   double scale = scale_softcap[0], softcap = scale_softcap[1];
   auto &Q = T(q);
-  if (Q.dim() != 4 || T(k).dim() != 4 || T(v).dim() != 4) throw std::invalid_argument("attention expects 4-d q, k, v");
+  auto &K = T(k);
+  auto &V = T(v);
+  if (Q.dim() != 4 || K.dim() != 4 || V.dim() != 4) throw std::invalid_argument("attention expects 4-d q, k, v");
   int64_t heads = Q.size(1);
-  auto K = repeat_kv(T(k), heads);
-  auto V = repeat_kv(T(v), heads);
+  if (K.size(1) == 0 || heads % K.size(1) != 0 || V.size(1) != K.size(1)) throw std::invalid_argument("attention heads not a multiple of key/value heads");
   int64_t tq = Q.size(2), tk = K.size(2);
-#if TORCH_VERSION_MAJOR >= 2
-  // Causality alone, with as many queries as keys, goes to SDPA's is_causal (its flash kernel; the flag means
-  // top-left alignment, right only when tq == tk). Everything else gets an explicit mask below.
-  if (softcap <= 0 && is_causal != 0 && mask == nullptr && tq == tk) {
-    *out = wrap(at::scaled_dot_product_attention(Q, K, V, c10::nullopt, 0.0, true, scale));
-    return nullptr;
-  }
-#endif
   at::Tensor allowed;  // bool, true = attend; undefined = everything
   if (mask != nullptr) allowed = T(mask);
-  // A mask with SDPA (libtorch 2) stays with SDPA's memory-efficient kernels; everything else causal and long
-  // goes over blocks.
-  bool masked_sdpa = TORCH_VERSION_MAJOR >= 2 && softcap <= 0 && allowed.defined();
-  if (is_causal != 0 && tq > kCausalBlock && !masked_sdpa) return causal_blocks(Q, K, V, allowed, scale, softcap, out);
-  if (is_causal != 0) {
-    // Query i sits at absolute position tk - tq + i.
-    auto causal = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq);
-    allowed = allowed.defined() ? at::logical_and(allowed, causal) : causal;
-  }
 #if TORCH_VERSION_MAJOR >= 2
-  if (softcap <= 0) {
+  // libtorch 2 has SDPA (flash and memory-efficient kernels). Causality alone, with as many queries as keys, goes
+  // to its is_causal (the flag means top-left alignment, right only when tq == tk); a mask, or a short causal
+  // block, goes with an explicit mask; long causal inputs without a mask go over blocks below.
+  if (softcap <= 0 && is_causal != 0 && !allowed.defined() && tq == tk) {
+    *out = wrap(at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), c10::nullopt, 0.0, true, scale));
+    return nullptr;
+  }
+  if (softcap <= 0 && (allowed.defined() || is_causal == 0 || tq <= kCausalBlock)) {
+    if (is_causal != 0) {
+      auto causal = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq);
+      allowed = allowed.defined() ? at::logical_and(allowed, causal) : causal;
+    }
     c10::optional<at::Tensor> m;
     if (allowed.defined()) m = allowed;
-    *out = wrap(at::scaled_dot_product_attention(Q, K, V, m, 0.0, false, scale));
+    *out = wrap(at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), m, 0.0, false, scale));
     return nullptr;
   }
 #endif
-  auto scores = at::matmul(Q, K.transpose(-2, -1)) * scale;
-  if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
-  if (allowed.defined()) scores = scores.masked_fill(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
-  auto probs = at::softmax(scores, -1, at::kFloat).to(Q.scalar_type());
-  *out = wrap(at::matmul(probs, V));
+  if (is_causal != 0 && tq > kCausalBlock) return causal_blocks(Q, K, V, allowed, scale, softcap, out);
+  at::Tensor hidden;
+  if (allowed.defined()) hidden = at::logical_not(allowed);
+  if (is_causal != 0) {
+    // Query i sits at absolute position tk - tq + i.
+    auto later = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq).logical_not();
+    hidden = hidden.defined() ? at::logical_or(hidden, later) : later;
+  }
+  *out = wrap(grouped_attention(Q, K, V, hidden, scale, softcap));
   KT_CATCH
 }
 
