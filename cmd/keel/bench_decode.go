@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keel-lab/keel/engine/convert"
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 )
@@ -51,8 +52,17 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default), passed to the C++ reference too")
 	noRef := fs.Bool("no-reference", false, "skip the C++ libtorch reference (e.g. on a machine without the compiled bench)")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	l2c := fs.String("llama2c", "", "a llama2.c checkpoint (MODEL.bin,TOKENIZER.bin): keel against a plain C loop on it, one thread")
+	text := fs.String("text", "Once upon a time", "the prompt of --llama2c")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *l2c != "" {
+		n := 256
+		if v, err := strconv.Atoi(*tokens); err == nil && v > 0 {
+			n = v
+		}
+		return benchLlama2c(*l2c, *text, n, *reps, *asJSON, stdout, stderr)
 	}
 	dev, err := torch.ParseDevice(*device)
 	if err != nil {
@@ -141,6 +151,90 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
+// benchLlama2c decodes a llama2.c checkpoint greedily with keel (converted to a model folder, one libtorch thread)
+// and with keel-llama2c-bench, the plain C loop, on the same prompt and token count; the two must choose the same
+// tokens, or the figure would compare different work.
+func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr io.Writer) error {
+	bin, tok, ok := strings.Cut(files, ",")
+	if !ok {
+		return usageError{fmt.Errorf("--llama2c wants MODEL.bin,TOKENIZER.bin (e.g. testdata/stories260k/stories260K.bin,testdata/stories260k/tok512.bin)")}
+	}
+	rt, err := torch.Load()
+	if err != nil {
+		return err
+	}
+	if err := rt.SetNumThreads(1); err != nil {
+		return err
+	}
+	ref, err := findBench("keel-llama2c-bench")
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "keel-bench-llama2c-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := convert.Llama2c(bin, tok, dir); err != nil {
+		return err
+	}
+	lm, err := model.Load(rt, dir, model.Options{})
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	prompt := lm.Tokenizer.Encode(text, true)
+	if len(prompt)+n > lm.Config.MaxPositionEmbeddings {
+		return usageError{fmt.Errorf("%d prompt + %d tokens pass the checkpoint's %d positions: ask fewer --tokens", len(prompt), n, lm.Config.MaxPositionEmbeddings)}
+	}
+	ids := make([]string, len(prompt))
+	for i, id := range prompt {
+		ids[i] = strconv.Itoa(id)
+	}
+	fmt.Fprintf(stderr, "bench decode --llama2c: %d prompt + %d tokens (%q), %d reps, one thread\n", len(prompt), n, text, reps)
+	var kept, refs []float64
+	for r := 0; r < reps; r++ {
+		var t0 time.Time
+		res, err := lm.Generate(context.Background(), [][]int{prompt}, model.GenerateConfig{MaxTokens: n, EOS: []int{-1},
+			OnStep: func(st model.Step) (bool, error) {
+				if st.Index == 0 {
+					t0 = time.Now()
+				}
+				return false, nil
+			}})
+		if err != nil {
+			return err
+		}
+		kept = append(kept, float64(n-1)/time.Since(t0).Seconds())
+		out, err := exec.Command(ref, bin, strconv.Itoa(n), strings.Join(ids, ",")).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", ref, err, strings.TrimSpace(string(out)))
+		}
+		var refIDs string
+		var tps float64
+		for _, line := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(line, "ids="); ok {
+				refIDs = v
+			}
+			if v, ok := strings.CutPrefix(line, "tokens_per_s="); ok {
+				tps, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		got := make([]string, len(res[0].IDs))
+		for i, id := range res[0].IDs {
+			got[i] = strconv.Itoa(id)
+		}
+		if strings.Join(got, ",") != refIDs {
+			return fmt.Errorf("keel and the C loop chose different tokens on %s: the figures would compare different work\n keel %s\n C    %s", bin, strings.Join(got, ","), refIDs)
+		}
+		refs = append(refs, tps)
+	}
+	figs := map[string]figure{"decode_llama2c": ratio(median(kept), median(refs), "tok/s")}
+	return printFigures(stdout, figs, []string{"decode_llama2c"}, asJSON, map[string]string{
+		"decode_llama2c": "keel generate (greedy, one libtorch thread) on the converted checkpoint; reference = a plain C loop on the .bin (engine/torch/csrc/bench/llama2c_bench.c, -O3, one thread, no BLAS); both choose the same tokens; the clock starts after the prompt",
+	})
+}
+
 func perShape(s string) (map[string]int, error) {
 	out := map[string]int{}
 	for _, part := range strings.Split(s, ",") {
@@ -212,12 +306,15 @@ func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int, extraSync 
 	return float64(n) / time.Since(t0).Seconds(), nil
 }
 
-func findDecodeBench() (string, error) {
+func findDecodeBench() (string, error) { return findBench("keel-decode-bench") }
+
+// findBench finds a compiled reference beside the shim (make setup builds them into build/).
+func findBench(name string) (string, error) {
 	shim, err := torch.Load()
 	if err != nil {
 		return "", err
 	}
-	p := filepath.Join(filepath.Dir(shim.Path), "keel-decode-bench")
+	p := filepath.Join(filepath.Dir(shim.Path), name)
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("C++ reference %s not found: run `make setup` (or pass --no-reference)", p)
 	}

@@ -379,3 +379,21 @@ func TestLongSlidingWindowBatchEqualsSingle(t *testing.T) {
 		m.Close()
 	}
 }
+
+// BenchmarkStoriesDecode is keel's greedy decode on stories260K, one thread, per token (for profilers; the
+// figure against the plain C loop is `keel bench decode --llama2c`).
+func BenchmarkStoriesDecode(b *testing.B) {
+	lm := modeltest.Stories(b)
+	if err := lm.RT.SetNumThreads(1); err != nil {
+		b.Fatal(err)
+	}
+	prompt := lm.Tokenizer.Encode("Once upon a time", true)
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		n := min(256, b.N-done+1)
+		if _, err := lm.Generate(context.Background(), [][]int{prompt}, model.GenerateConfig{MaxTokens: n, EOS: []int{-1}}); err != nil {
+			b.Fatal(err)
+		}
+		done += n
+	}
+}

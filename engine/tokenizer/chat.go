@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 

@@ -22,4 +22,13 @@ inline at::Tensor repeat_kv(const at::Tensor &x, int64_t heads) {
   return x.unsqueeze(2).expand({x.size(0), kv, heads / kv, x.size(2), x.size(3)}).reshape({x.size(0), heads, x.size(2), x.size(3)});
 }
 
+// attend is softmax(q k^T * scale) v for grouped-query heads without repeating k and v: the query heads that share
+// a key/value head are stacked along the query axis. hidden (bool [T, S], true = masked; undefined = none).
+inline at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &hidden, double scale) {
+  int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), KV = k.size(1), S = k.size(2), n = H / KV;
+  auto scores = at::matmul(q.reshape({B, KV, n * T, D}), k.transpose(-2, -1)) * scale;
+  if (hidden.defined()) scores = scores.view({B, KV, n, T, S}).masked_fill(hidden, -INFINITY).view({B, KV, n * T, S});
+  return at::matmul(at::softmax(scores, -1, at::kFloat), v).view({B, H, T, D});
+}
+
 }  // namespace keelbench

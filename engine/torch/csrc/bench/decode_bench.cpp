@@ -26,6 +26,7 @@ struct Layer {
 
 }  // namespace
 
+using keelbench::attend;
 using keelbench::repeat_kv;
 using keelbench::rms_norm;
 using keelbench::rope;
@@ -79,18 +80,14 @@ int main(int argc, char **argv) {
       v = v.transpose(1, 2);
       kc[i].narrow(2, start, T).copy_(k);
       vc[i].narrow(2, start, T).copy_(v);
-      auto K = repeat_kv(kc[i].narrow(2, 0, start + T), H);
-      auto Vv = repeat_kv(vc[i].narrow(2, 0, start + T), H);
       at::Tensor a;
 #if TORCH_VERSION_MAJOR >= 2
-      a = at::scaled_dot_product_attention(q, K, Vv, c10::nullopt, 0.0, T > 1, scale);
+      a = at::scaled_dot_product_attention(q, repeat_kv(kc[i].narrow(2, 0, start + T), H), repeat_kv(vc[i].narrow(2, 0, start + T), H),
+                                           c10::nullopt, 0.0, T > 1, scale);
 #else
-      auto scores = at::matmul(q, K.transpose(-2, -1)) * scale;
-      if (T > 1) {
-        auto allowed = at::ones({T, start + T}, at::kBool).tril(start);
-        scores = scores.masked_fill(at::logical_not(allowed), -INFINITY);
-      }
-      a = at::matmul(at::softmax(scores, -1, at::kFloat), Vv);
+      at::Tensor hidden;
+      if (T > 1) hidden = at::ones({T, start + T}, at::kBool).tril(start).logical_not();
+      a = attend(q, kc[i].narrow(2, 0, start + T), vc[i].narrow(2, 0, start + T), hidden, scale);
 #endif
       auto o = keel_linear(a.transpose(1, 2).reshape({1, T, H * hd}), l.o, nullptr);
       x = x + o;

@@ -18,6 +18,7 @@
 
 
 
+using keelbench::attend;
 using keelbench::repeat_kv;
 using keelbench::rms_norm;
 using keelbench::rope;
@@ -69,12 +70,10 @@ int main(int argc, char **argv) {
       auto q = rope(keel_linear(h, l.q, nullptr).reshape({B, T, H, hd}).transpose(1, 2), cos, sin);
       auto k = rope(keel_linear(h, l.k, nullptr).reshape({B, T, KV, hd}).transpose(1, 2), cos, sin);
       auto v = keel_linear(h, l.v, nullptr).reshape({B, T, KV, hd}).transpose(1, 2);
-      auto K = repeat_kv(k, H), Vv = repeat_kv(v, H);
 #if TORCH_VERSION_MAJOR >= 2
-      auto a = at::scaled_dot_product_attention(q, K, Vv, c10::nullopt, 0.0, true, scale);
+      auto a = at::scaled_dot_product_attention(q, repeat_kv(k, H), repeat_kv(v, H), c10::nullopt, 0.0, true, scale);
 #else
-      auto scores = (at::matmul(q, K.transpose(-2, -1)) * scale).masked_fill(at::logical_not(causal), -INFINITY);
-      auto a = at::matmul(at::softmax(scores, -1, at::kFloat), Vv);
+      auto a = attend(q, k, v, at::logical_not(causal), scale);
 #endif
       x = x + keel_linear(a.transpose(1, 2).reshape({B, T, H * hd}), l.o, nullptr);
       h = rms_norm(x, l.mn, 1e-5);
