@@ -52,6 +52,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default), passed to the C++ reference too")
 	noRef := fs.Bool("no-reference", false, "skip the C++ libtorch reference (e.g. on a machine without the compiled bench)")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	batches := fs.String("batch", "", "also measure keel's batched throughput at these batch sizes (e.g. 8,32; tokens/s summed over rows, against batch 1)")
 	l2c := fs.String("llama2c", "", "a llama2.c checkpoint (MODEL.bin,TOKENIZER.bin): keel against a plain C loop on it, one thread")
 	text := fs.String("text", "Once upon a time", "the prompt of --llama2c")
 	if err := parse(fs, args); err != nil {
@@ -117,13 +118,13 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 		hooks := benchHooks(m)
 		var plain, hooked, ref []float64
 		for r := 0; r < *reps; r++ {
-			tps, err := decodeRate(m, nil, *prompt, n, false)
+			tps, err := decodeRate(m, nil, *prompt, n, 1, false)
 			if err != nil {
 				m.Close()
 				return err
 			}
 			plain = append(plain, tps)
-			if tps, err = decodeRate(m, hooks, *prompt, n, false); err != nil {
+			if tps, err = decodeRate(m, hooks, *prompt, n, 1, false); err != nil {
 				m.Close()
 				return err
 			}
@@ -137,6 +138,24 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 				ref = append(ref, tps)
 			}
 		}
+		for _, bs := range strings.Split(*batches, ",") {
+			b, err := strconv.Atoi(bs)
+			if bs == "" {
+				continue
+			}
+			if err != nil || b < 1 {
+				m.Close()
+				return usageError{fmt.Errorf("bad --batch %q: use sizes like 8,32", *batches)}
+			}
+			tps, err := decodeRate(m, nil, *prompt, n, b, false)
+			if err != nil {
+				m.Close()
+				return err
+			}
+			key := fmt.Sprintf("batch%d_%s", b, name)
+			figures[key] = ratio(tps, median(plain), "tok/s")
+			order = append(order, key)
+		}
 		m.Close()
 		if refBin != "" {
 			figures["decode_"+name] = ratio(median(plain), median(ref), "tok/s")
@@ -148,6 +167,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	return printFigures(stdout, figures, order, *asJSON, map[string]string{
 		"decode": "reference = a plain C++ loop on libtorch running the same decode step (engine/torch/csrc/bench/decode_bench.cpp: every projection one gemv as keel's, a preallocated KV cache, greedy argmax read back each token; the clock starts after the prefill, as keel's)",
 		"hooks":  "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
+		"batch":  "keel's decode throughput at batch N (tokens/s over all rows); reference = keel at batch 1",
 	})
 }
 
@@ -277,16 +297,25 @@ func benchHooks(m *model.Model) *model.Hooks {
 	return model.NewHooks(list...)
 }
 
-// decodeRate generates prompt+n tokens greedily and returns decode tokens/s (the prefill is not counted).
-// extraSync adds one device synchronisation per token (a diagnostic of what a sync costs).
-func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int, extraSync bool) (float64, error) {
-	ids := []int{1}
-	for len(ids) < promptLen {
-		ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
+// decodeRate generates prompt+n tokens greedily in a batch of `batch` rows (prompts differing in their last
+// token) and returns decode tokens/s summed over the rows (the prefill is not counted). extraSync adds one device
+// synchronisation per token (a diagnostic of what a sync costs).
+func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n, batch int, extraSync bool) (float64, error) {
+	prompts := make([][]int, max(1, batch))
+	for b := range prompts {
+		ids := []int{1}
+		for len(ids) < promptLen {
+			ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
+		}
+		ids[len(ids)-1] = 3 + (ids[len(ids)-1]+b)%(m.Config.VocabSize-3)
+		prompts[b] = ids
 	}
 	var t0 time.Time
-	_, err := m.Generate(context.Background(), [][]int{ids}, model.GenerateConfig{MaxTokens: n + 1, EOS: []int{-1}, Hooks: hooks,
+	_, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: n + 1, EOS: []int{-1}, Hooks: hooks,
 		OnStep: func(st model.Step) (bool, error) {
+			if st.Row != 0 {
+				return false, nil
+			}
 			if st.Index == 0 || extraSync {
 				if err := m.RT.Synchronize(m.Opts.Device.Index); err != nil {
 					return false, err
@@ -303,7 +332,7 @@ func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n int, extraSync 
 	if err := m.RT.Synchronize(m.Opts.Device.Index); err != nil {
 		return 0, err
 	}
-	return float64(n) / time.Since(t0).Seconds(), nil
+	return float64(n*len(prompts)) / time.Since(t0).Seconds(), nil
 }
 
 func findDecodeBench() (string, error) { return findBench("keel-decode-bench") }

@@ -71,7 +71,7 @@ func runBenchGGUF(args []string, stdout, stderr io.Writer) error {
 		}
 		var keel, ref []float64
 		for r := 0; r < *reps; r++ {
-			tps, err := decodeRate(m, nil, len(prompt), n, false)
+			tps, err := decodeRate(m, nil, len(prompt), n, 1, false)
 			if err != nil {
 				m.Close()
 				return err

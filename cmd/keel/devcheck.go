@@ -225,6 +225,7 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 	prompt := fs.Int("prompt", 16, "prompt tokens")
 	tokens := fs.Int("tokens", 128, "decode tokens")
 	reps := fs.Int("reps", 3, "runs of each variant (median)")
+	batch := fs.Int("batch", 1, "rows decoded together (tokens/s are summed over rows)")
 	variants := fs.String("variants", "plain,hooks", "plain, hooks (captures on every layer + caps on 8), captures, caps, sync (plain + one extra device sync per token)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -281,7 +282,7 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 	// Warm every variant up first (kernels, cuBLAS handles, the allocator), then interleave the timed runs so
 	// drift in the machine's state spreads over all variants alike.
 	for _, name := range names {
-		if _, err := decodeRate(m, byName[name], *prompt, 32, name == "sync"); err != nil {
+		if _, err := decodeRate(m, byName[name], *prompt, 32, *batch, name == "sync"); err != nil {
 			return err
 		}
 	}
@@ -293,7 +294,7 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 			if dev.CUDA {
 				rt.CUDAResetPeak(dev.Index)
 			}
-			tps, err := decodeRate(m, byName[name], *prompt, *tokens, name == "sync")
+			tps, err := decodeRate(m, byName[name], *prompt, *tokens, *batch, name == "sync")
 			if err != nil {
 				return err
 			}

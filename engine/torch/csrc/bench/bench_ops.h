@@ -1,9 +1,26 @@
 // bench_ops.h: the decoder pieces keel's C++ references share, written with the same libtorch ops, in the same
 // order, as keel's Go decoder (engine/model/decoder.go and the shim's kt_rms_norm / kt_rope).
 #pragma once
+#include <dlfcn.h>
 #include <torch/torch.h>
 
 namespace keelbench {
+
+// set_threads sets libtorch's thread count and OpenBLAS's own pool to match (otherwise OpenBLAS keeps one worker
+// per CPU spinning in sched_yield beside a single-threaded libtorch), as the shim does.
+inline void set_threads(int n) {
+  at::set_num_threads(n);
+  for (const char *lib : {"libopenblas.so.0", "libblas.so.3"}) {
+    void *h = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == nullptr) continue;
+    auto set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"));
+    dlclose(h);
+    if (set != nullptr) {
+      set(n);
+      return;
+    }
+  }
+}
 
 inline at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, double eps) {
   return w * (x * at::rsqrt((x * x).mean(-1, true) + eps));

@@ -38,7 +38,8 @@ int main(int argc, char **argv) {
   }
   int64_t d = std::atoll(argv[1]), ff = std::atoll(argv[2]), L = std::atoll(argv[3]), H = std::atoll(argv[4]),
           KV = std::atoll(argv[5]), V = std::atoll(argv[6]), P = std::atoll(argv[7]), N = std::atoll(argv[8]);
-  if (argc > 9) at::set_num_threads(std::atoi(argv[9]));
+  // Without a count, BLAS follows libtorch's default (as the shim does at load).
+  keelbench::set_threads(argc > 9 ? std::atoi(argv[9]) : at::get_num_threads());
   int64_t hd = d / H;
   torch::NoGradGuard no_grad;
   torch::manual_seed(42);

@@ -30,7 +30,8 @@ int main(int argc, char **argv) {
   }
   int64_t d = std::atoll(argv[1]), ff = std::atoll(argv[2]), L = std::atoll(argv[3]), H = std::atoll(argv[4]),
           KV = std::atoll(argv[5]), V = std::atoll(argv[6]), B = std::atoll(argv[7]), T = std::atoll(argv[8]), N = std::atoll(argv[9]);
-  if (argc > 10) at::set_num_threads(std::atoi(argv[10]));
+  // Without a count, BLAS follows libtorch's default (as the shim does at load).
+  keelbench::set_threads(argc > 10 ? std::atoi(argv[10]) : at::get_num_threads());
   int64_t hd = d / H;
   torch::manual_seed(42);
   std::vector<at::Tensor> params;
