@@ -73,6 +73,16 @@ def check(name, fn):
         ok = False
     checks[name] = ok
     say(f"[{name}] {'PASS' if ok else 'FAIL'} ({time.time() - t0:.1f}s)")
+    write_summary()  # after every check: a run cut short by its time limit still reports what it measured
+
+
+SUMMARY_INFO = {}
+
+
+def write_summary():
+    figures["seconds"] = time.time() - START
+    with open(os.path.join(OUT, "device-summary.json"), "w") as f:
+        json.dump(dict(SUMMARY_INFO, checks=checks, figures=figures, notes=notes), f, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,6 +429,7 @@ def decode_speed():
     tn = statistics.median(gen(N + 1) for _ in range(3))
     hf_tps = N / (tn - t1)
     hf_peak = torch.cuda.max_memory_allocated()
+    n_params = sum(p.numel() for p in model.parameters())
     del model
     torch.cuda.empty_cache()
     k = json.loads(keel("devcheck", "decode", "--shape", "llama-1b", "--device", "cuda", "--dtype", "bf16",
@@ -442,6 +453,51 @@ def decode_speed():
         f"tok/s, ratio {k['tok_s_hooks'] / k['tok_s_plain']:.3f}")
     say(f"  peak GPU memory: keel {k['peak_bytes_plain'] / 2**30:.2f} GiB (hooks {k['peak_bytes_hooks'] / 2**30:.2f}),"
         f" transformers {hf_peak / 2**30:.2f} GiB")
+    # What fraction of memory bandwidth a batch-1 step uses: every weight is read once per token.
+    weight_bytes = 2 * n_params
+    for v in ("plain", "hooks"):
+        figures[f"decode_1b_bf16_weight_read_gb_s_keel_{v}"] = k[f"tok_s_{v}"] * weight_bytes / 1e9
+    say(f"  weights read per second at batch 1: keel {k['tok_s_plain'] * weight_bytes / 1e9:.0f} GB/s, with hooks "
+        f"{k['tok_s_hooks'] * weight_bytes / 1e9:.0f} GB/s ({weight_bytes / 1e9:.2f} GB of bf16 weights per token)")
+    kb = json.loads(keel("devcheck", "decode", "--shape", "llama-1b", "--device", "cuda", "--dtype", "bf16",
+                         "--tokens", "64", "--reps", "1", "--variants", "plain", "--batch", "32", timeout=300))
+    figures["decode_1b_bf16_batch32_tok_s_keel"] = kb["tok_s_plain"]
+    say(f"  batch 32: keel {kb['tok_s_plain']:.0f} tok/s over all rows")
+    # transformers with a static cache and torch.compile (gpt-fast's recipe), the strongest plain reference. Its
+    # compilation takes minutes: skipped when the run is already long, so the checks after it still run.
+    if time.time() - START > float(os.environ.get("KEEL_DEVICE_COMPILE_BEFORE_S", "360")):
+        notes["static_compile"] = "skipped: the run had used its time before torch.compile's warm-up"
+        return True
+    try:
+        with torch.device("cuda"):
+            model = make_hf(cfg, dtype=torch.bfloat16).eval()
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+        def gen_static(n):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                               cache_implementation="static")
+            torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        c0 = time.time()
+        gen_static(N + 1)
+        gen_static(N + 1)
+        say(f"  torch.compile warm-up {time.time() - c0:.0f}s")
+        s1 = statistics.median(gen_static(1) for _ in range(3))
+        sn = statistics.median(gen_static(N + 1) for _ in range(3))
+        st_tps = N / (sn - s1)
+        figures["decode_1b_bf16_tok_s_transformers_static_compile"] = st_tps
+        figures["decode_1b_bf16_ratio_keel_over_transformers_static_compile"] = k["tok_s_plain"] / st_tps
+        say(f"  decode_1b_bf16_static: keel {k['tok_s_plain']:.1f} tok/s, reference (transformers, static cache + "
+            f"torch.compile) {st_tps:.1f} tok/s, ratio {k['tok_s_plain'] / st_tps:.3f}")
+        del model
+        torch.cuda.empty_cache()
+    except Exception as e:
+        notes["static_compile"] = f"transformers static cache + torch.compile failed: {e.__class__.__name__}: {str(e)[:300]}"
+        say(f"  static cache + torch.compile reference failed: {e}")
     return True  # a measurement: the goals are reported, not asserted
 
 
@@ -497,6 +553,7 @@ def main():
             info["device"] = torch.cuda.get_device_name(0)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    SUMMARY_INFO.update(info)
     say(f"device check: {info}")
     if checks["shim_builds"]:
         if not HAVE_HF:
