@@ -17,6 +17,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // ExtractConfig sizes `keel axis extract`. Field names follow the paper's protocol; the defaults fit the
@@ -121,7 +122,7 @@ func (x *Extractor) Run() ([]*RoleActivations, error) {
 		if string(old) != string(state) {
 			return nil, fmt.Errorf("%s: made with other settings or another model; resume with the same ones, or give another folder", statePath)
 		}
-	} else if err := os.WriteFile(statePath, state, 0o644); err != nil {
+	} else if err := atomicfile.WriteFile(statePath, state); err != nil {
 		return nil, err
 	}
 	names := []string{x.Personas.Assistant.Name}
@@ -331,10 +332,7 @@ func (ra *RoleActivations) save(dir string) error {
 		b.WriteByte('\n')
 	}
 	roll := filepath.Join(dir, "rollouts", roleFileName(ra.Role)+".jsonl")
-	if err := os.WriteFile(roll+".tmp", []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(roll+".tmp", roll)
+	return atomicfile.WriteFile(roll, []byte(b.String()))
 }
 
 // LoadRoleActivations reads a finished role from an extraction folder.

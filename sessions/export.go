@@ -9,11 +9,12 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/engine/safetensors"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // WriteCast writes an asciinema v3 recording of the session's frames (each frame redraws the screen).
@@ -116,7 +117,7 @@ func (s *Session) WriteCSV(w io.Writer) error {
 
 // WritePNG plots every generated token's projection at each recorded layer.
 func (s *Session) WritePNG(path string) error {
-	return safetensors.WriteAtomic(path, s.writePNG)
+	return atomicfile.Write(path, s.writePNG)
 }
 
 func (s *Session) writePNG(f *os.File) error {
@@ -184,7 +185,7 @@ func (s *Session) Export(format, path string) error {
 	default:
 		return fmt.Errorf("unknown format %q: use cast, transcript, csv or png", format)
 	}
-	return safetensors.WriteAtomic(path, write)
+	return atomicfile.Write(path, write)
 }
 
 // DatasetRecord is one line of `keel sessions export-dataset`: the conversation up to a labelled assistant

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // LineageFile is written by keel's trainers into every model folder they export (final weights and loaded
@@ -70,7 +72,7 @@ func WriteLineage(dir, baseDir string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, LineageFile), append(raw, '\n'), 0o644)
+	return atomicfile.WriteFile(filepath.Join(dir, LineageFile), append(raw, '\n'))
 }
 
 // Relation is how a vector file's weights relate to the loaded model's.

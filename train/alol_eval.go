@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -106,7 +108,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		if n, err = writeRollouts(chat, data, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rng); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(keyPath, key, 0o644); err != nil {
+		if err := atomicfile.WriteFile(keyPath, key); err != nil {
 			return nil, err
 		}
 	}
@@ -219,7 +221,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		logf("a_lol: drift %.3f -> %.3f, role fidelity %.3f, capability %.3f -> %.3f", rep.DriftBefore, rep.DriftAfter, rep.RoleFidelity, rep.CapabilityBefore, rep.CapabilityAfter)
 	}
 	raw, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(filepath.Join(cfg.Work, "alol_eval.json"), append(raw, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(cfg.Work, "alol_eval.json"), append(raw, '\n')); err != nil {
 		return nil, err
 	}
 	return rep, nil
@@ -228,12 +230,8 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 // writeRollouts holds conversations with the model in each domain and writes every assistant turn as an
 // offline example (the conversation so far, then the reply). It returns the number of examples.
 func writeRollouts(chat *probes.Chatter, path string, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) (int, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	enc := json.NewEncoder(f)
+	var data bytes.Buffer
+	enc := json.NewEncoder(&data)
 	n := 0
 	for _, d := range domains {
 		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
@@ -249,7 +247,7 @@ func writeRollouts(chat *probes.Chatter, path string, domains []string, conversa
 			}
 		}
 	}
-	return n, f.Sync()
+	return n, atomicfile.WriteFile(path, data.Bytes())
 }
 
 // heldOutPrompts are the contexts of fresh conversations (a different draw from the training rollouts), one per

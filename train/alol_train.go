@@ -17,6 +17,7 @@ import (
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -791,7 +792,7 @@ func readAdvantages(path string) ([]advantageRecord, error) {
 }
 
 func writeAdvantages(path string, recs []advantageRecord) error {
-	return safetensors.WriteAtomic(path, func(f *os.File) error {
+	return atomicfile.Write(path, func(f *os.File) error {
 		enc := json.NewEncoder(f)
 		for _, r := range recs {
 			if err := enc.Encode(r); err != nil {
@@ -899,5 +900,5 @@ func (c *scoreCache) save() error {
 	if err != nil {
 		return err
 	}
-	return safetensors.WriteAtomic(c.path, func(f *os.File) error { _, err := f.Write(raw); return err })
+	return atomicfile.Write(c.path, func(f *os.File) error { _, err := f.Write(raw); return err })
 }

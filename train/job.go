@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // Job states.
@@ -111,17 +111,9 @@ func OpenRun(root, ref string) (*Run, error) {
 	return &Run{Dir: dir, ID: filepath.Base(dir)}, nil
 }
 
-func writeJSONAtomic(path string, v any) error {
-	raw, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return safetensors.WriteAtomic(path, func(f *os.File) error { _, err := f.Write(append(raw, '\n')); return err })
-}
-
 // WriteState replaces state.json atomically.
 func (r *Run) WriteState(s State) error {
-	return writeJSONAtomic(filepath.Join(r.Dir, "state.json"), s)
+	return atomicfile.WriteJSON(filepath.Join(r.Dir, "state.json"), s)
 }
 
 // ReadState reads state.json; a running state whose process is gone reads as failed.
@@ -378,7 +370,7 @@ func startJob(run *Run, kind string, totalSteps int, cfg any, opts Options) (*jo
 	j.state.PIDStart, _ = processStart(os.Getpid())
 	j.state.Error = ""
 	if !opts.Resume {
-		if err := writeJSONAtomic(filepath.Join(run.Dir, "config.json"), cfg); err != nil {
+		if err := atomicfile.WriteJSON(filepath.Join(run.Dir, "config.json"), cfg); err != nil {
 			return nil, err
 		}
 	}

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -204,7 +204,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	}
 	logf("unstable run: %s", rep.CollapseReason)
 	raw, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(filepath.Join(cfg.Work, "ppo_eval.json"), append(raw, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(cfg.Work, "ppo_eval.json"), append(raw, '\n')); err != nil {
 		return nil, err
 	}
 	return rep, nil

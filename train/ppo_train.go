@@ -13,6 +13,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -286,7 +287,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 			return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
 		}
 		raw, _ := json.Marshal(st)
-		if err := os.WriteFile(filepath.Join(ck, "ppo_state.json"), raw, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(ck, "ppo_state.json"), raw); err != nil {
 			return err
 		}
 		job.state.Checkpoint = ck

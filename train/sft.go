@@ -16,6 +16,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -385,7 +386,7 @@ func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.Nam
 		os.RemoveAll(tmp)
 		return "", err
 	}
-	if err := writeJSONAtomic(filepath.Join(tmp, "trainer_state.json"), trainerState{Step: step, Loss: loss, Model: cfg.Dir, LoRA: cfg.LoRA != nil, Trainees: len(trainable)}); err != nil {
+	if err := atomicfile.WriteJSON(filepath.Join(tmp, "trainer_state.json"), trainerState{Step: step, Loss: loss, Model: cfg.Dir, LoRA: cfg.LoRA != nil, Trainees: len(trainable)}); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
@@ -538,7 +539,7 @@ func truncateMetrics(runDir string, step int) {
 			keep = append(append(keep, raw...), '\n')
 		}
 	}
-	safetensors.WriteAtomic(filepath.Join(runDir, "metrics.jsonl"), func(f *os.File) error { _, err := f.Write(keep); return err })
+	atomicfile.Write(filepath.Join(runDir, "metrics.jsonl"), func(f *os.File) error { _, err := f.Write(keep); return err })
 	os.Remove(filepath.Join(runDir, "metrics.csv"))
 }
 
@@ -566,7 +567,7 @@ func exportFinal(rt *torch.Runtime, run *Run, lm *model.LM, trainable []model.Na
 			return "", err
 		}
 		ac := map[string]any{"peft_type": "LORA", "r": cfg.LoRA.R, "lora_alpha": cfg.LoRA.Alpha, "lora_dropout": cfg.LoRA.Dropout, "target_modules": cfg.LoRA.TargetModules, "base_model_name_or_path": cfg.Dir}
-		if err := writeJSONAtomic(filepath.Join(dir, "adapter", "adapter_config.json"), ac); err != nil {
+		if err := atomicfile.WriteJSON(filepath.Join(dir, "adapter", "adapter_config.json"), ac); err != nil {
 			return "", err
 		}
 		if err := lm.MergeLoRA(); err != nil {
@@ -587,7 +588,7 @@ func finishModelFolder(dir, baseDir string) error {
 		if err != nil {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(dir, name), raw, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, name), raw); err != nil {
 			return err
 		}
 	}

@@ -2,12 +2,12 @@ package tui
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // slashHelp lists the slash commands.
@@ -225,7 +225,7 @@ func (a *App) runCommand(line string) tea.Cmd {
 		for _, t := range a.turns {
 			fmt.Fprintf(&b, "%s: %s\n\n", t.role, t.text)
 		}
-		if err := os.WriteFile(f[1], []byte(b.String()), 0o644); err != nil {
+		if err := atomicfile.WriteFile(f[1], []byte(b.String())); err != nil {
 			a.notice = err.Error()
 		} else {
 			a.notice = "saved " + f[1]

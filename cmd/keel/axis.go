@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
@@ -122,7 +123,7 @@ func extractAxis(ctx context.Context, lm *model.LM, p *probes.Personas, cfg prob
 		}
 	}
 	rep, _ := json.MarshalIndent(res, "", "  ")
-	if err := os.WriteFile(filepath.Join(dir, "report.json"), rep, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "report.json"), rep); err != nil {
 		return nil, nil, err
 	}
 	return res, axis, nil
@@ -264,7 +265,7 @@ func calibrate(dir string, axis *steer.Axis, acts []*probes.RoleActivations) (*p
 		return nil, nil, err
 	}
 	raw, _ := json.MarshalIndent(cal, "", "  ")
-	if err := os.WriteFile(filepath.Join(dir, "calibration.json"), raw, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "calibration.json"), raw); err != nil {
 		return nil, nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "caps"), 0o755); err != nil {

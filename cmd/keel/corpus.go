@@ -8,7 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -54,7 +54,7 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 		return usageError{err}
 	}
 	var st probes.CorpusStats
-	err = safetensors.WriteAtomic(*out, func(f *os.File) error {
+	err = atomicfile.Write(*out, func(f *os.File) error {
 		var err error
 		st, err = probes.GenerateCorpus(cfg, p, f)
 		return err
@@ -79,7 +79,7 @@ func writeCorpusText(corpus, out string) error {
 		return err
 	}
 	defer f.Close()
-	return safetensors.WriteAtomic(out, func(w *os.File) error {
+	return atomicfile.Write(out, func(w *os.File) error {
 		bw := bufio.NewWriter(w)
 		sc := bufio.NewScanner(f)
 		sc.Buffer(nil, 16<<20)

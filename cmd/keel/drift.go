@@ -17,6 +17,7 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
@@ -165,11 +166,10 @@ func driftChart(curves []probes.DriftCurve) string {
 }
 
 func writeDriftCSV(path string, curves []probes.DriftCurve) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+	return atomicfile.Write(path, func(f *os.File) error { return writeDriftRows(f, curves) })
+}
+
+func writeDriftRows(f *os.File, curves []probes.DriftCurve) error {
 	w := csv.NewWriter(f)
 	w.Write([]string{"domain", "turn", "projection", "drift_rate", "conversations"})
 	for _, c := range curves {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -159,7 +160,7 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	raw, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(filepath.Join(*dir, "capping.json"), raw, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(*dir, "capping.json"), raw); err != nil {
 		return err
 	}
 	if *asJSON {

@@ -13,6 +13,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/models"
 )
 
@@ -67,12 +68,12 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json"} {
-		if err := copyFileAtomic(filepath.Join(*tokDir, name), filepath.Join(*out, name)); err != nil {
+		if err := atomicfile.Copy(filepath.Join(*tokDir, name), filepath.Join(*out, name)); err != nil {
 			return err
 		}
 	}
 	gen, _ := json.MarshalIndent(map[string]any{"eos_token_id": eos, "do_sample": true, "temperature": 0.7, "top_p": 0.9}, "", "  ")
-	if err := safetensors.WriteAtomic(filepath.Join(*out, "generation_config.json"), func(f *os.File) error { _, err := f.Write(append(gen, '\n')); return err }); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, "generation_config.json"), func(f *os.File) error { _, err := f.Write(append(gen, '\n')); return err }); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: LlamaForCausalLM, %d parameters (vocab %d, d_model %d, %d layers)\n", *out, parameterCount(cfg), vocab, *hidden, *layers)

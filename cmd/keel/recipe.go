@@ -8,8 +8,8 @@ import (
 	"strconv"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/train"
 )
@@ -100,7 +100,7 @@ func buildAxis(out, work string, stdout, stderr io.Writer) error {
 	}
 	os.Remove(filepath.Join(out, "axis", "capping.json")) // figures of the weights this build replaces
 	for _, name := range models.PersonaAxisFiles {
-		if err := copyFileAtomic(filepath.Join(work, name), filepath.Join(out, "axis", name)); err != nil {
+		if err := atomicfile.Copy(filepath.Join(work, name), filepath.Join(out, "axis", name)); err != nil {
 			return err
 		}
 	}
@@ -123,7 +123,7 @@ func shipModel(final, runDir, out string, stdout io.Writer) error {
 		return err
 	}
 	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "generation_config.json"} {
-		if err := copyFileAtomic(filepath.Join(final, name), filepath.Join(out, name)); err != nil {
+		if err := atomicfile.Copy(filepath.Join(final, name), filepath.Join(out, name)); err != nil {
 			return err
 		}
 	}
@@ -131,19 +131,10 @@ func shipModel(final, runDir, out string, stdout io.Writer) error {
 		return err
 	}
 	for _, name := range []string{"config.json", "metrics.jsonl", "loss.png"} {
-		if err := copyFileAtomic(filepath.Join(runDir, name), filepath.Join(out, "training", name)); err != nil && name != "loss.png" {
+		if err := atomicfile.Copy(filepath.Join(runDir, name), filepath.Join(out, "training", name)); err != nil && name != "loss.png" {
 			return err
 		}
 	}
 	fmt.Fprintf(stdout, "shipped %s\n", out)
 	return nil
-}
-
-// copyFileAtomic copies src to dst through WriteAtomic (a crash leaves the old dst or the new one).
-func copyFileAtomic(src, dst string) error {
-	raw, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return safetensors.WriteAtomic(dst, func(f *os.File) error { _, err := f.Write(raw); return err })
 }

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
@@ -90,11 +91,6 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		if fs.NArg() == 0 || *out == "" {
 			return usageError{fmt.Errorf("usage: keel sessions export-dataset FILE... --out DATA.jsonl")}
 		}
-		f, err := os.Create(*out)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
 		var auto sessions.AutoLabel
 		if *styleLabels {
 			p, err := probes.LoadPersonas()
@@ -114,7 +110,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 				return "", 0, false
 			}
 		}
-		enc := json.NewEncoder(f)
+		var data bytes.Buffer
+		enc := json.NewEncoder(&data)
 		n := 0
 		for _, p := range fs.Args() {
 			s, err := sessions.Load(p)
@@ -128,8 +125,11 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 				n++
 			}
 		}
+		if err := atomicfile.WriteFile(*out, data.Bytes()); err != nil {
+			return err
+		}
 		fmt.Fprintf(stdout, "wrote %d labelled turns to %s\n", n, *out)
-		return f.Close()
+		return nil
 	case "reproject":
 		s, err := load()
 		if err != nil {
@@ -161,16 +161,14 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		res := map[string]any{"session": s.Path, "axis": *axisPath, "layers": layers, "turns": got}
-		w := stdout
 		if *out != "" {
-			f, err := os.Create(*out)
+			raw, err := json.Marshal(res)
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			w = f
+			return atomicfile.WriteFile(*out, append(raw, '\n'))
 		}
-		return json.NewEncoder(w).Encode(res)
+		return json.NewEncoder(stdout).Encode(res)
 	}
 	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
 }

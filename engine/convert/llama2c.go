@@ -11,6 +11,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // Llama2cHeader is the 7-int32 header of a llama2.c checkpoint.
@@ -131,7 +132,7 @@ func Llama2c(modelPath, tokPath, outDir string) error {
 	if err := safetensors.Write(filepath.Join(outDir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(outDir, tokenizer.Llama2cFile), tokRaw, 0o644)
+	return atomicfile.WriteFile(filepath.Join(outDir, tokenizer.Llama2cFile), tokRaw)
 }
 
 // interleavedToHalves reorders the rows of a q or k projection from llama2.c's RoPE pairing (2i, 2i+1) to
@@ -155,5 +156,5 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(raw, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(raw, '\n'))
 }

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // Metadata value types.
@@ -205,7 +205,7 @@ func Write(path string, kvs []KV, tensors []Tensor) error {
 			return fmt.Errorf("write %s: tensor %s: %d bytes for shape %v", path, t.Name, len(t.Data), t.Shape)
 		}
 	}
-	return safetensors.WriteAtomic(path, func(f *os.File) error {
+	return atomicfile.Write(path, func(f *os.File) error {
 		w := &writer{w: bufio.NewWriterSize(f, 1<<20)}
 		w.u32(magic)
 		w.u32(version)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // NewRandom builds a model of the given config with random weights drawn by libtorch (seeded): linear weights
@@ -141,7 +142,7 @@ func (m *Model) Save(dir string, dtype torch.DType) error {
 	if err != nil {
 		return err
 	}
-	if err := safetensors.WriteAtomic(filepath.Join(dir, "config.json"), func(f *os.File) error { _, err := f.Write(append(raw, '\n')); return err }); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "config.json"), func(f *os.File) error { _, err := f.Write(append(raw, '\n')); return err }); err != nil {
 		return err
 	}
 	return safetensors.Write(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"})

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sort"
 	"syscall"
+
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // maxHeader bounds the JSON header (the reference implementation uses 100 MB).
@@ -303,7 +305,7 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 	for len(raw)%8 != 0 {
 		raw = append(raw, ' ')
 	}
-	return WriteAtomic(path, func(w *os.File) error {
+	return atomicfile.Write(path, func(w *os.File) error {
 		var lenBuf [8]byte
 		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(raw)))
 		if _, err := w.Write(lenBuf[:]); err != nil {
@@ -319,41 +321,4 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 		}
 		return nil
 	})
-}
-
-// WriteAtomic writes a file through a temp file in the same folder, fsyncs it and renames it into place, so a
-// crash leaves either the old file or the new one.
-func WriteAtomic(path string, fill func(*os.File) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	name := tmp.Name()
-	fail := func(err error) error {
-		tmp.Close()
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := fill(tmp); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // TrainConfig configures byte-level BPE training.
@@ -122,7 +122,7 @@ func TrainFile(corpusPath, outDir string, cfg TrainConfig) error {
 		return err
 	}
 	for name, data := range map[string][]byte{"tokenizer.json": tj, "tokenizer_config.json": tc} {
-		if err := safetensors.WriteAtomic(filepath.Join(outDir, name), func(w *os.File) error { _, err := w.Write(data); return err }); err != nil {
+		if err := atomicfile.Write(filepath.Join(outDir, name), func(w *os.File) error { _, err := w.Write(data); return err }); err != nil {
 			return err
 		}
 	}
