@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -84,10 +86,19 @@ func startProfile(stderr io.Writer) func() {
 		f.Close()
 		return func() {}
 	}
-	return func() {
+	stop := func() {
 		pprof.StopCPUProfile()
 		f.Close()
 	}
+	// A long command profiled is often interrupted: the profile is still written.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		stop()
+		os.Exit(130)
+	}()
+	return stop
 }
 
 func run(args []string, stdout, stderr io.Writer) int {

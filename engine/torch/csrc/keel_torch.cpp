@@ -478,8 +478,9 @@ char *kt_rope(kt_tensor x, kt_tensor cos, kt_tensor sin, kt_tensor *out) {
   KT_CATCH
 }
 
-// Query rows per block of causal_blocks.
+// Query rows per block of causal_blocks, and the most score elements one of its matmuls makes on the CPU.
 constexpr int64_t kCausalBlock = 128;
+constexpr int64_t kScoreChunk = 1 << 21;
 
 // Grouped-query attention without repeating keys and values: the n query heads that share a key/value head are
 // stacked along the query axis, so one matmul per group reads K and V (a KV cache) where they lie. Repeating them
@@ -503,15 +504,31 @@ static at::Tensor grouped_attention(const at::Tensor &Q, const at::Tensor &K, co
 // undefined = no constraint beyond causality) is the padding or window mask, narrowed to each block: a padded batch
 // of long conversations never holds the whole [B, H, T, T] score tensor.
 static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const at::Tensor &allowed, double scale, double softcap, kt_tensor *out) {
-  int64_t tq = Q.size(2), tk = K.size(2);
+  int64_t B = Q.size(0), H = Q.size(1), tq = Q.size(2), tk = K.size(2);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < tq; start += kCausalBlock) {
     int64_t n = std::min(kCausalBlock, tq - start);
     int64_t first = tk - tq + start;  // absolute position of the block's first query
     int64_t keys = first + n;         // keys its last query may see
-    auto hidden = at::ones({n, keys}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(first).logical_not();
-    if (allowed.defined()) hidden = at::logical_or(hidden, at::logical_not(allowed.narrow(-2, start, n).narrow(-1, 0, keys)));
-    parts.push_back(grouped_attention(Q.narrow(2, start, n), K.narrow(2, 0, keys), V.narrow(2, 0, keys), hidden, scale, softcap));
+    auto later = at::ones({n, keys}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(first).logical_not();
+    // Rows go in chunks whose scores stay within kScoreChunk elements: a batch of 64 long conversations would
+    // otherwise make every block's scores hundreds of MB, each allocation fresh pages (on the CPU, page faults
+    // and passes over memory cost ten times the arithmetic; measured with perf on a 64 x 450 prefill).
+    int64_t rows = std::max<int64_t>(1, kScoreChunk / std::max<int64_t>(1, H * n * keys));
+    if (Q.is_cuda()) rows = B;  // one launch per block on a GPU
+    std::vector<at::Tensor> chunks;
+    for (int64_t b0 = 0; b0 < B; b0 += rows) {
+      int64_t nb = std::min(rows, B - b0);
+      auto hidden = later;
+      if (allowed.defined()) {
+        auto a = allowed.narrow(-2, start, n).narrow(-1, 0, keys);
+        if (a.dim() == 4 && a.size(0) == B) a = a.narrow(0, b0, nb);
+        hidden = at::logical_or(hidden, at::logical_not(a));
+      }
+      chunks.push_back(grouped_attention(Q.narrow(0, b0, nb).narrow(2, start, n), K.narrow(0, b0, nb).narrow(2, 0, keys),
+                                         V.narrow(0, b0, nb).narrow(2, 0, keys), hidden, scale, softcap));
+    }
+    parts.push_back(chunks.size() == 1 ? chunks[0] : at::cat(chunks, 0));
   }
   *out = wrap(at::cat(parts, 2));
   return nullptr;
