@@ -287,3 +287,60 @@ func TestNaNWeightsStopGeneration(t *testing.T) {
 		}
 	}
 }
+
+// A batch of long prompts is prefilled in chunks through the KV cache: the tokens equal recomputing the whole
+// sequence at every step, and the prompt records (a capture on every layer, a cap on one) equal a teacher-forced
+// pass over the same prompts.
+func TestChunkedPrefillEqualsOnePass(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	cfg := model.TinyConfigs()["llama"]
+	m, err := model.NewRandom(rt, cfg, model.Options{}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var prompts [][]int
+	for b := 0; b < 64; b++ { // 64 rows: chunks of 128 positions, so prompts of up to 300 take three
+		prompts = append(prompts, testPrompt(150+(b*37)%150, cfg.VocabSize, b))
+	}
+	u := make([]float32, cfg.HiddenSize)
+	u[0] = 1
+	hooks := model.NewHooks(model.Intervention{Layer: 0, Kind: model.Cap, Vectors: [][]float32{u}, Tau: 0.1},
+		model.Intervention{Layer: 1, Kind: model.Capture, Vectors: [][]float32{u}})
+	got := map[int][][]model.Record{}
+	gen := func(noCache bool) []model.Result {
+		res, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: 6, NoCache: noCache, EOS: []int{-1}, Hooks: hooks,
+			PromptRecords: func(row int, recs [][]model.Record) {
+				if !noCache {
+					got[row] = recs
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	chunked, full := gen(false), gen(true)
+	for b := range prompts {
+		if !equalInts(chunked[b].IDs, full[b].IDs) {
+			t.Fatalf("row %d: chunked prefill chose %v, recomputation %v", b, chunked[b].IDs, full[b].IDs)
+		}
+	}
+	tf, err := m.TeacherForce(prompts[:4], hooks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b := 0; b < 4; b++ {
+		want := tf.Records[b][:len(prompts[b])-1]
+		if len(got[b]) != len(want) {
+			t.Fatalf("row %d: %d prompt records, want %d", b, len(got[b]), len(want))
+		}
+		for i := range want {
+			for j := range want[i] {
+				if d := maxAbsDiff(got[b][i][j].Values, want[i][j].Values); d > 1e-4 {
+					t.Fatalf("row %d position %d record %d differs from teacher forcing by %g", b, i, j, d)
+				}
+			}
+		}
+	}
+}

@@ -31,6 +31,9 @@ type GenerateConfig struct {
 	NoCache bool
 }
 
+// prefillTokens bounds the tokens (rows x positions) of one prefill pass; longer prompts go through in chunks.
+const prefillTokens = 8192
+
 // Result is one row's generated tokens.
 type Result struct {
 	IDs    []int
@@ -101,6 +104,33 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 				return results, err
 			}
 		}
+		var promptRecs [][][]Record // records of the prompt positions before the last prefill chunk
+		if step == 0 && cache != nil {
+			// The prompt goes through in chunks of at most prefillTokens tokens over the batch: a batch of long
+			// prompts in one pass makes every activation a fresh allocation of tens of MB (fresh pages each
+			// time), and the cache makes chunks exactly equivalent to one pass.
+			chunk := max(16, prefillTokens/B)
+			for len(next[0]) > chunk {
+				head := make([][]int, B)
+				for b := range next {
+					head[b], next[b] = next[b][:chunk], next[b][chunk:]
+				}
+				out := m.forward(s, Pass{IDs: head, Cache: cache, LastOnly: true, plan: plan})
+				if err := s.Err(); err != nil {
+					return results, err
+				}
+				if out.records != nil {
+					if promptRecs == nil {
+						promptRecs = make([][][]Record, B)
+					}
+					for b := range promptRecs {
+						promptRecs[b] = append(promptRecs[b], out.records[b]...)
+					}
+				}
+				cache.Len += chunk
+				s.Release()
+			}
+		}
 		pass := Pass{IDs: next, Cache: cache, LastOnly: true, plan: plan}
 		if g.NoCache {
 			pass.IDs, pass.Pad = rows, pad
@@ -125,7 +155,11 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		}
 		if step == 0 && g.PromptRecords != nil && recs != nil {
 			for b := range recs {
-				g.PromptRecords(b, recs[b][pad[b]:max(T-1, pad[b])])
+				all := recs[b]
+				if promptRecs != nil { // the prompt went through in more than one chunk
+					all = append(promptRecs[b], recs[b]...)
+				}
+				g.PromptRecords(b, all[pad[b]:max(len(all)-1, pad[b])])
 			}
 		}
 		next = make([][]int, B)
