@@ -5,7 +5,7 @@ export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all setup build demo model test vet conformance bench-decode device-bundle clean
+.PHONY: all setup build demo model test vet fuzz conformance bench-decode device-bundle clean
 
 all: build
 
@@ -44,6 +44,19 @@ conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/
 
 test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+# Every parser of untrusted input fuzzed for a short while (FUZZTIME each); a crash found lands in the package's
+# testdata/fuzz, where plain `go test` replays it from then on.
+FUZZTIME ?= 5s
+FUZZ_TARGETS = ./steer/ptfile:FuzzRead ./engine/gguf:FuzzParse ./engine/safetensors:FuzzParseHeader \
+	./engine/tokenizer:FuzzFastSplit ./engine/tokenizer:FuzzEncodeDecode ./engine/tokenizer:FuzzRenderTemplate \
+	./sessions:FuzzParse ./train:FuzzDataFiles ./train:FuzzParseReward
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t%%:*} $${t##*:} ($(FUZZTIME))"; \
+	  $(GO) test "$${t%%:*}" -run '^$$' -fuzz "^$${t##*:}$$" -fuzztime $(FUZZTIME) >/tmp/keel-fuzz.log 2>&1 || { cat /tmp/keel-fuzz.log; exit 1; }; \
+	done
 
 bench-decode: build
 	bin/keel bench decode

@@ -72,7 +72,14 @@ func (t *HF) ApplyChatTemplate(messages []Message, opts ChatOptions) (string, er
 }
 
 // RenderTemplate renders a Jinja chat template with Hugging Face's environment.
-func RenderTemplate(src string, vars map[string]any, now func() time.Time) (string, error) {
+func RenderTemplate(src string, vars map[string]any, now func() time.Time) (rendered string, err error) {
+	// The template engine panics on some arithmetic a template can ask for (0 % 0, found by FuzzRenderTemplate):
+	// a template from a stranger gets one error line, never a crash.
+	defer func() {
+		if p := recover(); p != nil {
+			rendered, err = "", fmt.Errorf("chat template: rendering failed: %v: fix or replace the template", p)
+		}
+	}()
 	if now == nil {
 		now = time.Now
 	}

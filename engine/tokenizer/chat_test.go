@@ -145,3 +145,26 @@ func TestTemplatesAreBounded(t *testing.T) {
 		t.Fatalf("bounded recursion of depth 100: %q, %v", out, err)
 	}
 }
+
+// Any template text renders to a prompt or one error line: no panic, no hang, no crash of the stack.
+func FuzzRenderTemplate(f *testing.F) {
+	for _, seed := range []string{
+		`{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}`,
+		`{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}`,
+		`{% for i in range(1000000000) %}x{% endfor %}`,
+		`{{ messages[0]['content'] | tojson }}{{ raise_exception('no') }}`,
+		`{% set ns = namespace(a=1) %}{% for i in range(3) %}{% set ns.a = ns.a * 10 %}{% endfor %}{{ ns.a }}`,
+	} {
+		f.Add(seed)
+	}
+	msgs := []map[string]any{{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}}
+	f.Fuzz(func(t *testing.T, src string) {
+		out, err := RenderTemplate(src, map[string]any{"messages": msgs, "add_generation_prompt": true}, nil)
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("a multi-line error: %q", err)
+		}
+		if len(out) > maxRendered {
+			t.Fatalf("rendered %d bytes, past the bound", len(out))
+		}
+	})
+}
