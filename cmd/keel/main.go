@@ -33,7 +33,7 @@ func commands() []command {
 		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval, []string{"persona", "capping", "alol", "ppo"}},
 		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis, []string{"extract", "calibrate", "import", "info"}},
 		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil},
-		{"model", "create or describe a model folder (model init --tokenizer DIR --out DIR | model info --model DIR)", runModel, []string{"init", "info", "build"}},
+		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}},
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}},
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}},
 		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}},

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
@@ -19,12 +22,14 @@ import (
 
 // runModel: keel model init --tokenizer DIR --out DIR [shape] | keel model info --model DIR
 func runModel(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "init" && args[0] != "info" && args[0] != "build") {
-		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info [--model DIR] | keel model build --out DIR")}
+	if len(args) == 0 || (args[0] != "init" && args[0] != "info" && args[0] != "build" && args[0] != "fit") {
+		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info [--model DIR] | keel model build --out DIR | keel model fit --model DIR")}
 	}
 	switch args[0] {
 	case "info":
 		return runModelInfo(args[1:], stdout, stderr)
+	case "fit":
+		return runModelFit(args[1:], stdout, stderr)
 	case "build":
 		return runModelBuild(args[1:], stdout, stderr)
 	}
@@ -59,6 +64,10 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	params, err := cfg.Parameters()
+	if err != nil {
+		return err
+	}
 	m, err := model.NewTrainable(rt, cfg, model.Options{Device: torch.CPU}, *seed)
 	if err != nil {
 		return usageError{fmt.Errorf("model shape: %w", err)}
@@ -76,7 +85,7 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	if err := atomicfile.Write(filepath.Join(*out, "generation_config.json"), func(f *os.File) error { _, err := f.Write(append(gen, '\n')); return err }); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: LlamaForCausalLM, %d parameters (vocab %d, d_model %d, %d layers)\n", *out, parameterCount(cfg), vocab, *hidden, *layers)
+	fmt.Fprintf(stdout, "%s: LlamaForCausalLM, %d parameters (vocab %d, d_model %d, %d layers)\n", *out, params, vocab, *hidden, *layers)
 	return nil
 }
 
@@ -115,15 +124,90 @@ func tokenizerShape(dir string) (vocab int, bos *int, eos int, err error) {
 	return vocab, nil, eos, nil
 }
 
-// parameterCount counts a Llama config's parameters.
-func parameterCount(c *model.Config) int {
-	d, kv := c.HiddenSize, c.NumKeyValueHeads*(c.HiddenSize/c.NumAttentionHeads)
-	perLayer := d*d*2 + d*kv*2 + 3*d*c.IntermediateSize + 2*d
-	n := c.VocabSize*d + c.NumHiddenLayers*perLayer + d
-	if c.TieWordEmbeddings == nil || !*c.TieWordEmbeddings {
-		n += c.VocabSize * d
+// runModelFit: keel model fit --model DIR [--dtype bf16] [--context N] [--batch B] [--gpu-memory 80GB,80GB]
+// [--offload N] [--json]: what the model needs on each device, from config.json alone (no weights are read).
+func runModelFit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model fit", stderr)
+	dir := fs.String("model", "", "Hugging Face model folder (only config.json is read)")
+	dtype := fs.String("dtype", "bf16", "weights and compute dtype: f32, f16 or bf16")
+	context := fs.Int("context", 0, "positions the KV cache holds per row (default: the model's max_position_embeddings)")
+	batch := fs.Int("batch", 1, "rows decoded together")
+	gpus := fs.String("gpu-memory", "", "memory of each GPU, e.g. 80GB,80GB (GB = GiB; empty: the CPU alone)")
+	offload := fs.Int("offload", 0, "decoder layers kept on the CPU")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
 	}
-	return n
+	if *dir == "" {
+		return usageError{fmt.Errorf("--model DIR is required (a folder with config.json)")}
+	}
+	cfg, err := model.ReadConfig(*dir)
+	if err != nil {
+		return err
+	}
+	dt, err := torch.ParseDType(*dtype)
+	if err != nil {
+		return usageError{err}
+	}
+	if *context == 0 {
+		*context = cfg.MaxPositionEmbeddings
+	}
+	mems, err := parseMemories(*gpus)
+	if err != nil {
+		return usageError{err}
+	}
+	rep, err := cfg.EstimateFit(model.FitOptions{DTypeBytes: dt.Size(), Context: *context, Batch: *batch, GPUs: mems, Offload: *offload})
+	if err != nil {
+		return usageError{err}
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(rep)
+	}
+	gib := func(n int64) string { return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30)) }
+	fmt.Fprintf(stdout, "%s: %d parameters, %s of %s weights; KV cache %s (%d positions x %d rows)\n",
+		cfg.Architecture(), rep.Parameters, gib(rep.WeightBytes), dt, gib(rep.KVBytes), *context, *batch)
+	for _, d := range rep.Devices {
+		have := "host memory"
+		if d.Memory > 0 {
+			have = gib(d.Memory)
+		}
+		fmt.Fprintf(stdout, "  %-7s %3d layers  weights %s  KV %s  activations %s  reserve %s  = %s of %s\n",
+			d.Name, d.Layers, gib(d.Weights), gib(d.KVCache), gib(d.Activations), gib(d.Reserve), gib(d.Need()), have)
+	}
+	if !rep.Fits {
+		fmt.Fprintf(stdout, "does not fit: %s\n", rep.Advice)
+		return nil
+	}
+	fmt.Fprintln(stdout, "fits")
+	return nil
+}
+
+// parseMemories reads --gpu-memory: sizes like 80GB, 24GiB, 40960MB, comma-separated (GB and MB count 2^30 and
+// 2^20 bytes, as GPU memory is quoted).
+func parseMemories(s string) ([]int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []int64
+	for _, part := range strings.Split(s, ",") {
+		p := strings.ToUpper(strings.TrimSpace(part))
+		unit := int64(1)
+		for _, u := range []struct {
+			suffix string
+			n      int64
+		}{{"GIB", 1 << 30}, {"GB", 1 << 30}, {"G", 1 << 30}, {"MIB", 1 << 20}, {"MB", 1 << 20}, {"M", 1 << 20}} {
+			if strings.HasSuffix(p, u.suffix) {
+				p, unit = strings.TrimSuffix(p, u.suffix), u.n
+				break
+			}
+		}
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v <= 0 || math.IsInf(v, 0) || v > 1<<20 {
+			return nil, fmt.Errorf("bad --gpu-memory %q: sizes like 80GB,80GB", s)
+		}
+		out = append(out, int64(v*float64(unit)))
+	}
+	return out, nil
 }
 
 // runModelInfo prints a model folder's architecture, size and the sha256 of each weight file.
@@ -149,7 +233,9 @@ func runModelInfo(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "model:      %s\narch:       %s (d_model %d, %d layers, %d heads, %d kv heads, vocab %d)\n",
 		*dir, cfg.Architecture(), cfg.HiddenSize, cfg.NumHiddenLayers, cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.VocabSize)
 	if cfg.Architecture() == "LlamaForCausalLM" {
-		fmt.Fprintf(stdout, "parameters: %d\n", parameterCount(cfg))
+		if n, err := cfg.Parameters(); err == nil {
+			fmt.Fprintf(stdout, "parameters: %d\n", n)
+		}
 	}
 	files, _ := filepath.Glob(filepath.Join(*dir, "*.safetensors"))
 	sort.Strings(files)

@@ -1,0 +1,222 @@
+package model
+
+import (
+	"fmt"
+	"strings"
+)
+
+// FitOptions describe a placement to check before loading: the dtype of the weights, the context and batch the
+// KV cache must hold, and the memory of each GPU (bytes; none: the CPU alone).
+type FitOptions struct {
+	DTypeBytes int     // 2 for bf16/f16, 4 for f32
+	Context    int     // positions the KV cache holds per row
+	Batch      int     // rows decoded together
+	GPUs       []int64 // memory of each device, bytes
+	Offload    int     // decoder layers kept on the CPU
+}
+
+// DeviceShare is what one device holds under a placement.
+type DeviceShare struct {
+	Name        string
+	Memory      int64 // what the device has
+	Layers      int   // decoder layers placed on it
+	Weights     int64
+	KVCache     int64
+	Activations int64
+	Reserve     int64 // the CUDA context and allocator slack
+}
+
+// Need is everything the device must hold.
+func (d DeviceShare) Need() int64 { return d.Weights + d.KVCache + d.Activations + d.Reserve }
+
+// FitReport is a placement of a model over devices, computed from config.json alone.
+type FitReport struct {
+	Parameters   int64
+	WeightBytes  int64
+	KVBytes      int64 // the whole KV cache at the context and batch asked for
+	Devices      []DeviceShare
+	Fits         bool
+	Advice       string // when it does not fit: the option that would make it fit
+	LayersOnGPUs int
+}
+
+// gpuReserve is memory a GPU gives up before any tensor: the CUDA context, cuBLAS workspaces and the caching
+// allocator's fragmentation (about what an H100 shows for a 1B model beside its weights).
+const gpuReserve = 1 << 30
+
+// Parameters counts the weights config.json implies: embedding, output head unless tied, and per layer the
+// attention projections (with biases where the architecture has them), the MLP and the norms.
+func (c *Config) Parameters() (int64, error) {
+	build, ok := architectures[c.Architecture()]
+	if !ok {
+		return 0, fmt.Errorf("unknown architecture %q", c.Architecture())
+	}
+	spec, err := build(c)
+	if err != nil {
+		return 0, err
+	}
+	D, V := int64(c.HiddenSize), int64(c.VocabSize)
+	heads := int64(1) // the embedding, and the output head unless it is the embedding
+	if !spec.Tied {
+		heads = 2
+	}
+	return int64(c.NumHiddenLayers)*layerParameters(c, spec) + heads*V*D + D, nil
+}
+
+func layerParameters(c *Config, s Spec) int64 {
+	D, I := int64(c.HiddenSize), int64(c.IntermediateSize)
+	q, kv := int64(c.NumAttentionHeads*c.HeadDim), int64(c.NumKeyValueHeads*c.HeadDim)
+	n := D*q + 2*D*kv + q*D + 3*D*I + 2*D // projections, MLP, the two pre-norms
+	if s.QKVBias {
+		n += q + 2*kv
+	}
+	if s.OBias {
+		n += D
+	}
+	if s.QKNorm {
+		n += 2 * int64(c.HeadDim)
+	}
+	if s.SandwichNorms {
+		n += 2 * D
+	}
+	return n
+}
+
+// EstimateFit places the model: the embedding on the first GPU, the final norm and output head on the last,
+// decoder layers over the GPUs in proportion to the memory each has left, Offload layers (and whatever does not fit, when no GPU is
+// given) on the CPU. Activations are a decode step's plus the largest prefill chunk's working set.
+func (c *Config) EstimateFit(o FitOptions) (*FitReport, error) {
+	r, err := c.place(o)
+	if err != nil || r.Fits {
+		return r, err
+	}
+	r.Advice = c.fitAdvice(o)
+	return r, nil
+}
+
+// place is EstimateFit without the advice.
+func (c *Config) place(o FitOptions) (*FitReport, error) {
+	if o.DTypeBytes <= 0 || o.Context <= 0 || o.Batch <= 0 {
+		return nil, fmt.Errorf("fit: dtype size, context and batch must be positive")
+	}
+	if o.Offload < 0 || o.Offload > c.NumHiddenLayers {
+		return nil, fmt.Errorf("fit: --offload %d outside 0..%d layers", o.Offload, c.NumHiddenLayers)
+	}
+	params, err := c.Parameters()
+	if err != nil {
+		return nil, err
+	}
+	spec, _ := architectures[c.Architecture()](c)
+	L, D, V := int64(c.NumHiddenLayers), int64(c.HiddenSize), int64(c.VocabSize)
+	b := int64(o.DTypeBytes)
+	perLayer := layerParameters(c, spec) * b
+	embed := V * D * b
+	head := D * b
+	if !spec.Tied {
+		head += V * D * b
+	}
+	kvPerLayer := 2 * int64(c.NumKeyValueHeads*c.HeadDim) * int64(o.Context) * int64(o.Batch) * b
+	// One prefill chunk (prefillTokens over the batch) through the widest layer, in the compute dtype, with float32
+	// scores for one attention block, and the float32 logits of the last position of each row.
+	chunk := min(int64(o.Context)*int64(o.Batch), prefillTokens)
+	act := chunk*(4*D+3*int64(c.IntermediateSize))*b + int64(o.Batch)*V*4 +
+		int64(c.NumAttentionHeads)*min(chunk, 128)*int64(o.Context)*4
+	r := &FitReport{Parameters: params, WeightBytes: params * b, KVBytes: L * kvPerLayer}
+	onGPU := c.NumHiddenLayers - o.Offload
+	if len(o.GPUs) == 0 {
+		r.Devices = []DeviceShare{{Name: "cpu", Layers: c.NumHiddenLayers, Weights: params * b, KVCache: L * kvPerLayer, Activations: act}}
+		r.Fits = true
+		return r, nil
+	}
+	// Layers split in proportion to what each GPU has left after its fixed share (the embedding on the first,
+	// the head on the last, the reserve and the activations on all), so that every GPU fills alike.
+	free := make([]int64, len(o.GPUs))
+	var total int64
+	for i, mem := range o.GPUs {
+		free[i] = mem - gpuReserve - act
+		if i == 0 {
+			free[i] -= embed
+		}
+		if i == len(o.GPUs)-1 {
+			free[i] -= head
+		}
+		free[i] = max(free[i], 0)
+		total += free[i]
+	}
+	placed := 0
+	for i, mem := range o.GPUs {
+		d := DeviceShare{Name: fmt.Sprintf("cuda:%d", i), Memory: mem, Reserve: gpuReserve, Activations: act}
+		if i == 0 {
+			d.Weights += embed
+		}
+		if i == len(o.GPUs)-1 {
+			d.Weights += head
+			d.Layers = onGPU - placed
+		} else if total > 0 {
+			d.Layers = min(onGPU-placed, int(float64(onGPU)*float64(free[i])/float64(total)+0.5))
+		}
+		d.Weights += int64(d.Layers) * perLayer
+		d.KVCache = int64(d.Layers) * kvPerLayer
+		placed += d.Layers
+		r.Devices = append(r.Devices, d)
+	}
+	r.LayersOnGPUs = placed
+	if o.Offload > 0 {
+		r.Devices = append(r.Devices, DeviceShare{Name: "cpu", Layers: o.Offload, Weights: int64(o.Offload) * perLayer, KVCache: int64(o.Offload) * kvPerLayer})
+	}
+	r.Fits = true
+	for _, d := range r.Devices {
+		if d.Memory > 0 && d.Need() > d.Memory {
+			r.Fits = false
+		}
+	}
+	return r, nil
+}
+
+// fitAdvice names what would make the model fit: more GPUs of the same size, or layers kept on the CPU.
+func (c *Config) fitAdvice(o FitOptions) string {
+	mem := o.GPUs[0]
+	var tips []string
+	for gpus := len(o.GPUs) + 1; gpus <= 64; gpus++ {
+		if f, err := c.place(FitOptions{DTypeBytes: o.DTypeBytes, Context: o.Context, Batch: o.Batch, GPUs: repeatMem(mem, gpus)}); err == nil && f.Fits {
+			tips = append(tips, fmt.Sprintf("%d GPUs of %s (--device %s)", gpus, humanBytes(mem), deviceList(gpus)))
+			break
+		}
+	}
+	for off := o.Offload + 1; off <= c.NumHiddenLayers; off++ {
+		if f, err := c.place(FitOptions{DTypeBytes: o.DTypeBytes, Context: o.Context, Batch: o.Batch, GPUs: o.GPUs, Offload: off}); err == nil && f.Fits {
+			tips = append(tips, fmt.Sprintf("--offload %d (layers on the CPU run at its speed)", off))
+			break
+		}
+	}
+	if len(tips) == 0 {
+		return "a smaller --context or --dtype, or more GPUs"
+	}
+	return strings.Join(tips, ", or ")
+}
+
+func repeatMem(m int64, n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = m
+	}
+	return out
+}
+
+func deviceList(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = fmt.Sprintf("cuda:%d", i)
+	}
+	return strings.Join(parts, ",")
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d B", n)
+}
