@@ -55,6 +55,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	batches := fs.String("batch", "", "also measure keel's batched throughput at these batch sizes (e.g. 8,32; tokens/s summed over rows, against batch 1)")
 	l2c := fs.String("llama2c", "", "a llama2.c checkpoint (MODEL.bin,TOKENIZER.bin): keel against a plain C loop on it, one thread")
 	text := fs.String("text", "Once upon a time", "the prompt of --llama2c")
+	modelDir := fs.String("model", "", "measure this Hugging Face model folder instead of the random shapes (the C++ reference runs its shape when it is a Llama)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -96,9 +97,23 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	all := map[string]*model.Config(benchShapes())
+	names := strings.Split(*shapes, ",")
+	var folder *model.LM
+	if *modelDir != "" {
+		if folder, err = model.Load(rt, *modelDir, model.Options{Device: dev, DType: dt}); err != nil {
+			return err
+		}
+		defer folder.Close()
+		name := filepath.Base(filepath.Clean(*modelDir))
+		all, names = map[string]*model.Config{name: folder.Config}, []string{name}
+		if refBin != "" && folder.Config.Architecture() != "LlamaForCausalLM" {
+			fmt.Fprintf(stderr, "bench decode: the C++ reference runs Llama shapes only; %s is %s: keel's own figures only\n", name, folder.Config.Architecture())
+			refBin = ""
+		}
+	}
 	figures := map[string]figure{}
 	var order []string
-	for _, name := range strings.Split(*shapes, ",") {
+	for _, name := range names {
 		cfg, ok := all[name]
 		if !ok {
 			return usageError{fmt.Errorf("unknown shape %q: use 5m or llama-1b", name)}
@@ -111,28 +126,35 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 			n = 32
 		}
 		fmt.Fprintf(stderr, "bench decode %s: %d prompt + %d decode tokens, %d reps, %s %s\n", name, *prompt, n, *reps, dev, dt)
-		m, err := model.NewRandom(rt, cfg, model.Options{Device: dev, DType: dt}, 42)
-		if err != nil {
+		var m *model.Model
+		if folder != nil {
+			m = folder.Model
+		} else if m, err = model.NewRandom(rt, cfg, model.Options{Device: dev, DType: dt}, 42); err != nil {
 			return err
+		}
+		closeModel := func() {
+			if folder == nil {
+				m.Close()
+			}
 		}
 		hooks := benchHooks(m)
 		var plain, hooked, ref []float64
 		for r := 0; r < *reps; r++ {
 			tps, err := decodeRate(m, nil, *prompt, n, 1, false)
 			if err != nil {
-				m.Close()
+				closeModel()
 				return err
 			}
 			plain = append(plain, tps)
 			if tps, err = decodeRate(m, hooks, *prompt, n, 1, false); err != nil {
-				m.Close()
+				closeModel()
 				return err
 			}
 			hooked = append(hooked, tps)
 			if refBin != "" {
 				tps, err := runDecodeBench(refBin, cfg, *prompt, n, *threads)
 				if err != nil {
-					m.Close()
+					closeModel()
 					return err
 				}
 				ref = append(ref, tps)
@@ -144,19 +166,19 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 				continue
 			}
 			if err != nil || b < 1 {
-				m.Close()
+				closeModel()
 				return usageError{fmt.Errorf("bad --batch %q: use sizes like 8,32", *batches)}
 			}
 			tps, err := decodeRate(m, nil, *prompt, n, b, false)
 			if err != nil {
-				m.Close()
+				closeModel()
 				return err
 			}
 			key := fmt.Sprintf("batch%d_%s", b, name)
 			figures[key] = ratio(tps, median(plain), "tok/s")
 			order = append(order, key)
 		}
-		m.Close()
+		closeModel()
 		if refBin != "" {
 			figures["decode_"+name] = ratio(median(plain), median(ref), "tok/s")
 			order = append(order, "decode_"+name)
