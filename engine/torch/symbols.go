@@ -11,6 +11,7 @@ import (
 // few hundred ops of a decode step.
 type symbols struct {
 	Free            uintptr
+	FreeMany        uintptr
 	FromData        uintptr
 	FromBlob        uintptr
 	Full            uintptr
@@ -64,7 +65,7 @@ type symbolRef struct {
 
 func (s *symbols) table() []symbolRef {
 	return []symbolRef{
-		{"kt_free", &s.Free},
+		{"kt_free", &s.Free}, {"kt_free_many", &s.FreeMany},
 		{"kt_from_data", &s.FromData},
 		{"kt_from_blob", &s.FromBlob},
 		{"kt_full", &s.Full},

@@ -147,6 +147,9 @@ char *kt_info(char *buf, int64_t n) {
 
 void kt_free_string(char *s) { std::free(s); }
 void kt_free(kt_tensor t) { delete static_cast<at::Tensor *>(t); }
+void kt_free_many(const kt_tensor *ts, int64_t n) {
+  for (int64_t i = 0; i < n; i++) delete static_cast<at::Tensor *>(ts[i]);
+}
 
 char *kt_set_num_threads(int64_t n) {
   KT_TRY

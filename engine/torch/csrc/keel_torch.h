@@ -23,6 +23,8 @@ enum { KT_F32 = 0, KT_F16 = 1, KT_BF16 = 2, KT_I64 = 3, KT_I32 = 4, KT_BOOL = 5,
 char *kt_info(char *buf, int64_t n); /* "libtorch=X.Y.Z cuda=0|1 cuda_version=..." */
 void kt_free_string(char *s);
 void kt_free(kt_tensor t);
+/* Frees n handles in one call (a scope releasing a decode step's ~100 tensors). */
+void kt_free_many(const kt_tensor *ts, int64_t n);
 char *kt_set_num_threads(int64_t n);
 int64_t kt_get_num_threads(void);
 char *kt_manual_seed(uint64_t seed);
