@@ -107,6 +107,31 @@ func TestBenchDecodeEndsWithRatioLines(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(stdout, "{") || !strings.Contains(stdout, `"decode_5m"`) {
 		t.Fatalf("--json: %s", stdout)
 	}
+	// The plain C loop on the real stories260K checkpoint: the bench only prints when both choose the same tokens.
+	dir := filepath.Join(torchtest.Fixtures(t), "stories260k")
+	code, stdout, stderr = runKeel("bench", "decode", "--llama2c", filepath.Join(dir, "stories260K.bin")+","+filepath.Join(dir, "tok512.bin"), "--tokens", "64", "--reps", "1")
+	if code != 0 || !regexp.MustCompile(`(?m)^decode_llama2c: keel [0-9.]+ tok/s, reference [0-9.]+ tok/s, ratio [0-9.]+$`).MatchString(stdout) {
+		t.Fatalf("--llama2c: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// `keel model fit` on the paper's 70B config: one 80 GB GPU is refused with the way out, two fit.
+func TestModelFitCommand(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"architectures":["LlamaForCausalLM"],"hidden_size":8192,
+	"intermediate_size":28672,"num_hidden_layers":80,"num_attention_heads":64,"num_key_value_heads":8,"vocab_size":128256,
+	"rms_norm_eps":1e-5,"rope_theta":500000,"max_position_embeddings":131072,"tie_word_embeddings":false}`), 0o644)
+	code, stdout, stderr := runKeel("model", "fit", "--model", dir, "--context", "8192", "--gpu-memory", "80GB")
+	if code != 0 || !strings.Contains(stdout, "70553706496 parameters") || !strings.Contains(stdout, "does not fit: 2 GPUs") {
+		t.Fatalf("one GPU: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, _ = runKeel("model", "fit", "--model", dir, "--context", "8192", "--gpu-memory", "80GB,80GB")
+	if code != 0 || !strings.HasSuffix(strings.TrimSpace(stdout), "fits") {
+		t.Fatalf("two GPUs: exit %d\n%s", code, stdout)
+	}
+	if code, _, stderr = runKeel("model", "fit", "--model", dir, "--gpu-memory", "lots"); code != 2 || !strings.Contains(stderr, "--gpu-memory") {
+		t.Fatalf("bad --gpu-memory: exit %d %s", code, stderr)
+	}
 }
 
 func TestTokenizeCommand(t *testing.T) {
