@@ -31,36 +31,49 @@ func (d DeviceShare) Need() int64 { return d.Weights + d.KVCache + d.Activations
 
 // FitReport is a placement of a model over devices, computed from config.json alone.
 type FitReport struct {
-	Parameters   int64
-	WeightBytes  int64
-	KVBytes      int64 // the whole KV cache at the context and batch asked for
-	Devices      []DeviceShare
-	Fits         bool
-	Advice       string // when it does not fit: the option that would make it fit
-	LayersOnGPUs int
+	Parameters  int64
+	WeightBytes int64
+	KVBytes     int64 // the whole KV cache at the context and batch asked for
+	Devices     []DeviceShare
+	Fits        bool
+	Advice      string // when it does not fit: the option that would make it fit
 }
 
-// gpuReserve is memory a GPU gives up before any tensor: the CUDA context, cuBLAS workspaces and the caching
-// allocator's fragmentation (about what an H100 shows for a 1B model beside its weights).
+// gpuReserve is a fixed allowance for what a GPU gives up before any tensor: the CUDA context, cuBLAS workspaces
+// and the caching allocator's fragmentation.
 const gpuReserve = 1 << 30
 
 // Parameters counts the weights config.json implies: embedding, output head unless tied, and per layer the
 // attention projections (with biases where the architecture has them), the MLP and the norms.
 func (c *Config) Parameters() (int64, error) {
-	build, ok := architectures[c.Architecture()]
-	if !ok {
-		return 0, fmt.Errorf("unknown architecture %q", c.Architecture())
-	}
-	spec, err := build(c)
+	n, err := c.parameterShares()
 	if err != nil {
 		return 0, err
 	}
-	D, V := int64(c.HiddenSize), int64(c.VocabSize)
-	heads := int64(1) // the embedding, and the output head unless it is the embedding
-	if !spec.Tied {
-		heads = 2
+	return n.total(c.NumHiddenLayers), nil
+}
+
+// parameterShares are the parameters of one decoder layer, of the embedding (first device) and of the final norm
+// with the output head unless it is the embedding (last device).
+type parameterShares struct{ layer, embed, head int64 }
+
+func (n parameterShares) total(layers int) int64 { return int64(layers)*n.layer + n.embed + n.head }
+
+func (c *Config) parameterShares() (parameterShares, error) {
+	build, ok := architectures[c.Architecture()]
+	if !ok {
+		return parameterShares{}, fmt.Errorf("unknown architecture %q", c.Architecture())
 	}
-	return int64(c.NumHiddenLayers)*layerParameters(c, spec) + heads*V*D + D, nil
+	spec, err := build(c)
+	if err != nil {
+		return parameterShares{}, err
+	}
+	D, V := int64(c.HiddenSize), int64(c.VocabSize)
+	n := parameterShares{layer: layerParameters(c, spec), embed: V * D, head: D}
+	if !spec.Tied {
+		n.head += V * D
+	}
+	return n, nil
 }
 
 func layerParameters(c *Config, s Spec) int64 {
@@ -83,8 +96,8 @@ func layerParameters(c *Config, s Spec) int64 {
 }
 
 // EstimateFit places the model: the embedding on the first GPU, the final norm and output head on the last,
-// decoder layers over the GPUs in proportion to the memory each has left, Offload layers (and whatever does not fit, when no GPU is
-// given) on the CPU. Activations are a decode step's plus the largest prefill chunk's working set.
+// decoder layers over the GPUs in proportion to the memory each has left, Offload layers on the CPU (everything,
+// when no GPU is given). Activations are one prefill chunk's working set and the last positions' logits.
 func (c *Config) EstimateFit(o FitOptions) (*FitReport, error) {
 	r, err := c.place(o)
 	if err != nil || r.Fits {
@@ -102,19 +115,14 @@ func (c *Config) place(o FitOptions) (*FitReport, error) {
 	if o.Offload < 0 || o.Offload > c.NumHiddenLayers {
 		return nil, fmt.Errorf("fit: --offload %d outside 0..%d layers", o.Offload, c.NumHiddenLayers)
 	}
-	params, err := c.Parameters()
+	n, err := c.parameterShares()
 	if err != nil {
 		return nil, err
 	}
-	spec, _ := architectures[c.Architecture()](c)
 	L, D, V := int64(c.NumHiddenLayers), int64(c.HiddenSize), int64(c.VocabSize)
 	b := int64(o.DTypeBytes)
-	perLayer := layerParameters(c, spec) * b
-	embed := V * D * b
-	head := D * b
-	if !spec.Tied {
-		head += V * D * b
-	}
+	params := n.total(c.NumHiddenLayers)
+	perLayer, embed, head := n.layer*b, n.embed*b, n.head*b
 	kvPerLayer := 2 * int64(c.NumKeyValueHeads*c.HeadDim) * int64(o.Context) * int64(o.Batch) * b
 	// One prefill chunk (prefillTokens over the batch) through the widest layer, in the compute dtype, with float32
 	// scores for one attention block, and the float32 logits of the last position of each row.
@@ -160,7 +168,6 @@ func (c *Config) place(o FitOptions) (*FitReport, error) {
 		placed += d.Layers
 		r.Devices = append(r.Devices, d)
 	}
-	r.LayersOnGPUs = placed
 	if o.Offload > 0 {
 		r.Devices = append(r.Devices, DeviceShare{Name: "cpu", Layers: o.Offload, Weights: int64(o.Offload) * perLayer, KVCache: int64(o.Offload) * kvPerLayer})
 	}
