@@ -248,19 +248,14 @@ func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr i
 			return err
 		}
 		kept = append(kept, float64(n-1)/time.Since(t0).Seconds())
-		out, err := exec.Command(ref, bin, strconv.Itoa(n), strings.Join(ids, ",")).CombinedOutput()
+		out, err := runReference(ref, []string{"ids", "tokens_per_s"}, bin, strconv.Itoa(n), strings.Join(ids, ","))
 		if err != nil {
-			return fmt.Errorf("%s: %v: %s", ref, err, strings.TrimSpace(string(out)))
+			return err
 		}
-		var refIDs string
-		var tps float64
-		for _, line := range strings.Split(string(out), "\n") {
-			if v, ok := strings.CutPrefix(line, "ids="); ok {
-				refIDs = v
-			}
-			if v, ok := strings.CutPrefix(line, "tokens_per_s="); ok {
-				tps, _ = strconv.ParseFloat(v, 64)
-			}
+		refIDs := out["ids"]
+		tps, err := strconv.ParseFloat(out["tokens_per_s"], 64)
+		if err != nil {
+			return fmt.Errorf("%s: tokens_per_s %q: %v", ref, out["tokens_per_s"], err)
 		}
 		got := make([]string, len(res[0].IDs))
 		for i, id := range res[0].IDs {
@@ -379,16 +374,32 @@ func runDecodeBench(bin string, c *model.Config, promptLen, n, threads int) (flo
 	if threads > 0 {
 		args = append(args, strconv.Itoa(threads))
 	}
-	out, err := exec.Command(bin, args...).CombinedOutput()
+	out, err := runReference(bin, []string{"tokens_per_s"}, args...)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %v: %s", bin, err, strings.TrimSpace(string(out)))
+		return 0, err
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "tokens_per_s="); ok {
-			return strconv.ParseFloat(v, 64)
+	return strconv.ParseFloat(out["tokens_per_s"], 64)
+}
+
+// runReference runs a compiled reference and returns the KEY=VALUE lines it printed, failing with its output when
+// it fails or leaves out one of the keys it must print.
+func runReference(bin string, keys []string, args ...string) (map[string]string, error) {
+	raw, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %s", bin, err, strings.TrimSpace(string(raw)))
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			out[k] = v
 		}
 	}
-	return 0, fmt.Errorf("%s printed no tokens_per_s: %s", bin, out)
+	for _, k := range keys {
+		if _, ok := out[k]; !ok {
+			return nil, fmt.Errorf("%s printed no %s: %s", bin, k, raw)
+		}
+	}
+	return out, nil
 }
 
 func ratio(keel, ref float64, unit string) figure {
