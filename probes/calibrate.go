@@ -70,7 +70,28 @@ func (c *Calibration) Percentile(layer int, p float64) float64 {
 
 // Tau is keel's cap threshold for a role-ward percentile: a floor on the +axis projection at -(role-ward
 // quantile), the paper's "p25" sitting near the mean Assistant response.
-func (c *Calibration) Tau(layer int, p float64) float64 { return -c.Percentile(layer, p) }
+// The sign convention lives here and only here: the calibration stores role-ward values, a cap floors the
+// +axis projection at their negation.
+func (c *Calibration) Tau(layer int, p float64) float64 {
+	v, ok := c.tau(layer, p)
+	if !ok {
+		return math.NaN()
+	}
+	return v
+}
+
+// tau reads the threshold from the rollouts when the calibration was computed here, else from the percentiles
+// the file lists.
+func (c *Calibration) tau(layer int, p float64) (float64, bool) {
+	if layer < len(c.proj) && len(c.proj[layer]) > 0 {
+		return -c.Percentile(layer, p), true
+	}
+	if layer < 0 || layer >= len(c.RoleWard) {
+		return 0, false
+	}
+	v, ok := c.RoleWard[layer][PercentileName(p)]
+	return -v, ok
+}
 
 // CapID is AA's name of a capping config: a Python slice of layers and the percentile.
 func CapID(start, end int, p float64) string {
@@ -123,8 +144,11 @@ func (c *Calibration) CapAxis(axis *steer.Axis, window [2]int, p float64) (*stee
 		if !ok {
 			return nil, fmt.Errorf("the axis has no vector at layer %d", l)
 		}
-		raw[l] = u
-		h.Tau[l] = c.Tau(l, p)
+		tau, ok := c.tau(l, p)
+		if !ok {
+			return nil, fmt.Errorf("the calibration has no percentile %s at layer %d", PercentileName(p), l)
+		}
+		raw[l], h.Tau[l] = u, tau
 	}
 	return steer.NewAxis(h, raw, axis.NLayers)
 }

@@ -18,8 +18,6 @@ type Recording struct {
 	Layers []int             // the recorded layers when Rec is nil (else the header's)
 	// OnFrame, when set, receives the frame after every event (what a terminal would show).
 	OnFrame func(string)
-	// OnToken, when set, receives every generated token's event (projections, cap movements) as it is recorded.
-	OnToken func(Event)
 	live    *model.Hooks
 	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
 }
@@ -119,9 +117,9 @@ func (r *Recording) Retarget(interventions []model.Intervention) error {
 }
 
 // Generate runs the model on the context ids as a recorded assistant turn: every token with its projections and
-// cap movements, the text at the end, under the given interventions; Retarget changes them while it runs (the
-// TUI's live controls).
-func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onText func(string)) (string, []int, error) {
+// cap movements (each also handed to onToken as it is recorded), the text at the end, under the given
+// interventions; Retarget changes them while it runs (the workbench's live controls).
+func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onToken func(Event)) (string, []int, error) {
 	if err := r.add(Event{Type: TurnStart, Role: "assistant", Context: contextIDs, Interventions: interventions}); err != nil {
 		return "", nil, err
 	}
@@ -147,11 +145,8 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 			recErr = err
 			return err
 		}
-		if r.OnToken != nil {
-			r.OnToken(e)
-		}
-		if onText != nil {
-			onText(text)
+		if onToken != nil {
+			onToken(e)
 		}
 		return nil
 	}})

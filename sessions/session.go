@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -300,4 +301,58 @@ func List(dir string) ([]string, error) {
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(out)))
 	return out, nil
+}
+
+// Log is the session as a reader follows it: every turn (a stopped reply marked so), and between them every
+// setting change, clear, intervention change, label and job event, one line each.
+func (s *Session) Log() []string {
+	var out []string
+	turns := map[int]Turn{}
+	for _, t := range s.Turns() {
+		turns[t.Index] = t
+	}
+	for _, e := range s.Events {
+		switch e.Type {
+		case TurnEnd:
+			if t, ok := turns[e.Turn]; ok {
+				out = append(out, fmt.Sprintf("[%d] %s: %s", t.Index, t.Role, t.Text))
+			}
+		case Control:
+			out = append(out, "   -- "+controlLine(e))
+		case Marker:
+			out = append(out, fmt.Sprintf("   -- marked turn %d %q", e.Turn, e.Label))
+		case Job:
+			out = append(out, fmt.Sprintf("   -- job %s %s", e.Name, e.Label))
+		}
+	}
+	return out
+}
+
+// controlLine says what a control event changed.
+func controlLine(e Event) string {
+	switch e.Name {
+	case "clear":
+		return "chat cleared"
+	case "stopped":
+		return "the reply above was stopped by the user"
+	case "interventions":
+		var list []model.Intervention
+		if err := json.Unmarshal(e.Value, &list); err != nil || len(list) == 0 {
+			return "interventions: none"
+		}
+		byLabel := map[string][]int{}
+		var order []string
+		for _, iv := range list {
+			if _, ok := byLabel[iv.Label]; !ok {
+				order = append(order, iv.Label)
+			}
+			byLabel[iv.Label] = append(byLabel[iv.Label], iv.Layer)
+		}
+		var parts []string
+		for _, l := range order {
+			parts = append(parts, fmt.Sprintf("%s at layers %v", l, byLabel[l]))
+		}
+		return "interventions: " + strings.Join(parts, ", ")
+	}
+	return fmt.Sprintf("%s = %s", e.Name, e.Value)
 }

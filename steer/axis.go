@@ -331,3 +331,26 @@ func FileSHA256(path string) (string, error) {
 	sum := sha256.Sum256(raw)
 	return hex.EncodeToString(sum[:]), nil
 }
+
+// WeightsSHA256 is the sha256 of a model's safetensors files read whole, in name order: what a recorded session
+// names its weights by (WeightsFingerprint is the quick identity for axis lineage).
+func WeightsSHA256(dir string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(files) == 0 {
+		return "", fmt.Errorf("%s: no *.safetensors to fingerprint", dir)
+	}
+	sort.Strings(files)
+	h := sha256.New()
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

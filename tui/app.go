@@ -21,35 +21,29 @@ import (
 	"github.com/charmbracelet/x/ansi"
 	"github.com/muesli/termenv"
 
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/workbench"
 )
 
 // Options configure the app.
 type Options struct {
-	Engine   Engine
-	Jobs     JobRunner // nil: /train is unavailable
-	Sampling Sampling
-	Controls Controls
-	System   string
-	Styles   Styles
-	Keys     KeyMap
-	Mouse    bool
-	Tint     bool
+	Session *workbench.Session
+	Jobs    workbench.JobRunner // the machine's jobs, listed in the jobs pane (nil: none)
+	Styles  Styles
+	Keys    KeyMap
+	Mouse   bool
+	Tint    bool
 	// Now stands in for time.Now in tests (fixed tokens/s figures in golden files).
 	Now func() time.Time
 	// Memory reports the process's resident memory in bytes (nil: /proc/self/statm).
 	Memory func() uint64
-	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable).
-	Load func(modelDir, axis string) (Engine, error)
 }
 
-// turn is one message of the chat as shown.
-type turn struct {
-	role   string
-	text   string
-	tokens []Token // generated turns: every token with its projection
-	cached string  // the rendered turn, when finished, at cachedW
-	width  int
+// renderedTurn is a finished turn as drawn at a chat width (the chat redraws only the turn in flight).
+type renderedTurn struct {
+	text  string
+	width int
 }
 
 // App is the Bubble Tea model of the main screen.
@@ -60,29 +54,28 @@ type App struct {
 	input    textarea.Model
 	chat     viewport.Model
 	st       Styles
+	session  *workbench.Session
 	width    int
 	height   int
-	turns    []turn
-	controls Controls
-	sampling Sampling
-	system   string
+	rendered []renderedTurn // per turn of the session, "" until drawn
 
 	generating bool
-	gen        int // the generation in flight; messages of a stopped one are dropped
-	cancel     context.CancelFunc
+	gen        int                // the generation in flight; messages of a stopped one are dropped
+	cancel     context.CancelFunc // ends the reply in flight and its stream
 	stream     chan tea.Msg
 	genStart   time.Time
 	genTokens  int
 	tokPerSec  float64
 
-	showHelp bool
-	showJobs bool
-	mouse    bool
-	tint     bool
-	notice   string
-	jobs     []*jobView
-	replay   *replayState
-	quitting bool
+	showHelp    bool
+	commandList string // /help's list, shown in the chat pane until esc
+	showJobs    bool
+	mouse       bool
+	tint        bool
+	notice      string
+	jobs        []*jobView
+	replay      *replayState
+	quitting    bool
 
 	// Rendered panes, refreshed by Update; View only joins them.
 	statusLine, plotPane, controlsPane, jobsPane, helpLine string
@@ -114,41 +107,39 @@ func New(opt Options) *App {
 	h := help.New()
 	h.Styles = opt.Styles.helpStyles()
 	h.ShortSeparator, h.FullSeparator = " · ", "   "
-	a := &App{opt: opt, keys: opt.Keys, help: h, input: ta, chat: viewport.New(80, 10), st: opt.Styles,
-		controls: opt.Controls, sampling: opt.Sampling, system: opt.System, mouse: opt.Mouse, tint: opt.Tint}
+	a := &App{opt: opt, session: opt.Session, keys: opt.Keys, help: h, input: ta, chat: viewport.New(80, 10), st: opt.Styles,
+		mouse: opt.Mouse, tint: opt.Tint, notice: opt.Session.Warning}
 	a.chat.KeyMap = viewport.KeyMap{} // the chat scrolls with pgup/pgdn only: every other key goes to the input
-	if err := opt.Engine.Apply(a.controls); err != nil {
-		a.notice = err.Error()
-	}
-	if opt.System != "" {
-		a.turns = append(a.turns, turn{role: "system", text: opt.System})
-	}
 	a.resize(80, 24)
 	return a
 }
 
-// Engine is the engine the app ends with (/model and /load replace it).
-func (a *App) Engine() Engine { return a.opt.Engine }
-
 // Init implements tea.Model.
 func (a *App) Init() tea.Cmd {
+	cmds := []tea.Cmd{textarea.Blink}
 	if a.mouse {
-		return tea.Batch(textarea.Blink, tea.EnableMouseCellMotion)
+		cmds = append(cmds, tea.EnableMouseCellMotion)
 	}
-	return textarea.Blink
+	if jobs := a.opt.Jobs; jobs != nil {
+		cmds = append(cmds, func() tea.Msg { return jobsSyncedMsg{jobs.Sync(context.Background())} })
+	}
+	return tea.Batch(cmds...)
 }
 
 // Messages of the app's own commands.
 type (
 	tokenMsg struct {
 		gen int
-		t   Token
+		t   workbench.Token
 	}
 	doneMsg struct {
-		gen   int
-		reply string
-		err   error
+		gen int
+		err error
 	}
+	// slowMsg is a command's slow part (loading a model, starting a job) finished off the UI goroutine.
+	slowMsg struct{ res workbench.Result }
+	// jobsSyncedMsg is the machine's runs listed (their updates follow as JobUpdates).
+	jobsSyncedMsg struct{ err error }
 )
 
 // waitStream reads the next message of a generation.
@@ -176,37 +167,19 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 		return waitStream(a.stream)
 	case doneMsg:
 		if msg.gen == a.gen && a.generating {
-			a.finishGeneration(msg.reply, msg.err)
+			a.finishGeneration(msg.err)
 		}
 		return nil
-	case JobUpdate:
+	case workbench.JobUpdate:
 		a.jobUpdate(msg)
 		return nil
-	case jobStartedMsg:
+	case jobsSyncedMsg:
 		if msg.err != nil {
-			a.notice = msg.err.Error()
-			return nil
+			a.notice = "listing the jobs: " + msg.err.Error()
 		}
-		a.jobUpdate(JobUpdate{ID: msg.id, Kind: msg.kind, State: "queued"})
-		a.notice = "started job " + msg.id
 		return nil
-	case engineMsg:
-		if msg.err != nil {
-			a.notice = "could not load " + msg.what + ": " + msg.err.Error()
-			return nil
-		}
-		a.opt.Engine.Close()
-		a.opt.Engine = msg.eng
-		c := a.controls
-		c.Layer = min(c.Layer, msg.eng.Info().Layers-1)
-		c.CapOn, c.SteerOn = false, false
-		a.controls = c
-		if err := msg.eng.Apply(c); err != nil {
-			a.notice = err.Error()
-			return nil
-		}
-		a.notice = "loaded " + msg.what
-		return nil
+	case slowMsg:
+		return a.result(msg.res)
 	case replayTickMsg:
 		return a.replayTick(msg)
 	case tea.MouseMsg:
@@ -232,6 +205,11 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 			a.stop()
 			return nil
 		}
+		if a.input.Value() != "" { // as a shell does: the first ctrl+c drops the draft
+			a.input.Reset()
+			a.notice = "draft cleared: ctrl+c again quits"
+			return nil
+		}
 		if a.replay != nil {
 			a.replay = nil
 			a.notice = "left the replay"
@@ -242,8 +220,9 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		return tea.Quit
 	case key.Matches(msg, k.Escape):
 		switch {
-		case a.showHelp:
-			a.showHelp = false
+		case a.showHelp || a.commandList != "":
+			a.showHelp, a.commandList = false, ""
+			a.resize(a.width, a.height)
 		case a.generating:
 			a.stop()
 		case a.replay != nil:
@@ -265,21 +244,15 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.ToggleStr):
 		return a.runCommand("/steer toggle")
 	case key.Matches(msg, k.LayerUp):
-		return a.runCommand("/layer " + strconv.Itoa(a.controls.Layer+1))
+		return a.runCommand("/layer " + strconv.Itoa(a.session.Controls().Layer+1))
 	case key.Matches(msg, k.LayerDown):
-		return a.runCommand("/layer " + strconv.Itoa(a.controls.Layer-1))
+		return a.runCommand("/layer " + strconv.Itoa(a.session.Controls().Layer-1))
 	case key.Matches(msg, k.Jobs):
 		a.showJobs = !a.showJobs
 		a.resize(a.width, a.height)
 		return nil
 	case key.Matches(msg, k.Mouse):
-		a.mouse = !a.mouse
-		if a.mouse {
-			a.notice = "mouse on: the wheel scrolls the chat (hold shift to select text)"
-			return tea.EnableMouseCellMotion
-		}
-		a.notice = "mouse off"
-		return tea.DisableMouse
+		return a.toggleMouse()
 	case key.Matches(msg, k.ScrollUp):
 		a.chat.HalfPageUp()
 		return nil
@@ -309,30 +282,43 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	return cmd
 }
 
+func (a *App) toggleMouse() tea.Cmd {
+	a.mouse = !a.mouse
+	if a.mouse {
+		a.notice = "mouse on: the wheel scrolls the chat (hold shift to select text)"
+		return tea.EnableMouseCellMotion
+	}
+	a.notice = "mouse off"
+	return tea.DisableMouse
+}
+
 // send starts a reply to a user message, off the UI goroutine.
 func (a *App) send(text string) tea.Cmd {
-	a.turns = append(a.turns, turn{role: "user", text: text}, turn{role: "assistant"})
-	a.notice = ""
-	var msgs []Message
-	for _, t := range a.turns[:len(a.turns)-1] {
-		msgs = append(msgs, Message{Role: t.role, Content: t.text})
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a.cancel, a.generating = cancel, true
+	stream, err := a.session.Start(ctx, text)
+	if err != nil {
+		cancel()
+		a.notice = err.Error()
+		a.input.SetValue(text)
+		return nil
+	}
+	a.notice = ""
+	a.generating, a.cancel = true, cancel
 	a.gen++
 	a.genStart, a.genTokens = a.opt.Now(), 0
 	ch := make(chan tea.Msg, 256)
 	a.stream = ch
-	eng, s, gen := a.opt.Engine, a.sampling, a.gen
+	gen := a.gen
 	go func() {
-		reply, err := eng.Generate(ctx, msgs, s, func(t Token) {
+		defer cancel()
+		_, err := stream(func(t workbench.Token) {
 			select {
 			case ch <- tokenMsg{gen, t}:
 			case <-ctx.Done(): // stopped: nobody reads any more
 			}
 		})
 		select {
-		case ch <- doneMsg{gen, reply, err}:
+		case ch <- doneMsg{gen, err}:
 		case <-ctx.Done():
 		}
 	}()
@@ -340,10 +326,7 @@ func (a *App) send(text string) tea.Cmd {
 	return waitStream(ch)
 }
 
-func (a *App) appendToken(t Token) {
-	last := &a.turns[len(a.turns)-1]
-	last.tokens = append(last.tokens, t)
-	last.text += t.Text
+func (a *App) appendToken(workbench.Token) {
 	a.genTokens++
 	if dt := a.opt.Now().Sub(a.genStart).Seconds(); dt > 0 {
 		a.tokPerSec = float64(a.genTokens) / dt
@@ -359,14 +342,9 @@ func (a *App) stop() {
 	a.rerenderChat()
 }
 
-func (a *App) finishGeneration(reply string, err error) {
+func (a *App) finishGeneration(err error) {
 	a.generating = false
-	a.cancel()
-	last := &a.turns[len(a.turns)-1]
-	if reply != "" {
-		last.text = reply
-	}
-	if err != nil && !strings.Contains(err.Error(), "context canceled") {
+	if err != nil {
 		a.notice = "generation failed: " + err.Error()
 	}
 	a.rerenderChat()
@@ -379,9 +357,7 @@ func (a *App) resize(w, h int) {
 	a.input.SetWidth(a.width - 2)
 	cw, ch := a.chatSize()
 	a.chat.Width, a.chat.Height = cw, ch
-	for i := range a.turns {
-		a.turns[i].cached = ""
-	}
+	a.rendered = nil
 	a.rerenderChat()
 }
 
@@ -411,19 +387,31 @@ func (a *App) rerenderChat() {
 		a.chat.GotoBottom()
 		return
 	}
+	if a.commandList != "" {
+		a.chat.SetContent(a.commandList)
+		a.chat.GotoTop()
+		return
+	}
 	var b strings.Builder
-	for i := range a.turns {
-		t := &a.turns[i]
-		done := i < len(a.turns)-1 || !a.generating
-		if done && t.cached != "" && t.width == a.chat.Width {
-			b.WriteString(t.cached)
+	turns := a.session.Turns()
+	if len(a.rendered) > len(turns) { // the chat was cleared
+		a.rendered = nil
+	}
+	for len(a.rendered) < len(turns) {
+		a.rendered = append(a.rendered, renderedTurn{})
+	}
+	for i := range turns {
+		t, r := &turns[i], &a.rendered[i]
+		done := i < len(turns)-1 || !a.generating
+		if done && r.text != "" && r.width == a.chat.Width {
+			b.WriteString(r.text)
 			continue
 		}
-		r := a.renderTurn(t)
+		text := a.renderTurn(t)
 		if done {
-			t.cached, t.width = r, a.chat.Width
+			r.text, r.width = text, a.chat.Width
 		}
-		b.WriteString(r)
+		b.WriteString(text)
 	}
 	atBottom := a.chat.AtBottom()
 	a.chat.SetContent(b.String())
@@ -432,36 +420,39 @@ func (a *App) rerenderChat() {
 	}
 }
 
-func (a *App) renderTurn(t *turn) string {
+func (a *App) renderTurn(t *workbench.Turn) string {
 	var label string
-	switch t.role {
+	switch t.Role {
 	case "user":
 		label = a.st.User.Render("you")
 	case "assistant":
 		label = a.st.Assistant.Render("model")
 	default:
-		label = a.st.Dim.Render(t.role)
+		label = a.st.Dim.Render(t.Role)
 	}
 	var body string
-	if t.role == "assistant" && a.tint && len(t.tokens) > 0 {
-		thr, top := a.opt.Engine.Scale(a.controls.Layer)
+	if t.Role == "assistant" && a.tint && len(t.Tokens) > 0 {
+		thr, top := a.session.Scale(a.session.Controls().Layer)
 		var b strings.Builder
-		for _, tok := range t.tokens {
+		for _, tok := range t.Tokens {
 			b.WriteString(a.st.Tint(tok, thr, top))
 		}
 		body = b.String()
 	} else {
-		body = t.text
+		body = t.Text
 	}
-	if t.role == "assistant" && body == "" && a.generating {
+	if t.Role == "assistant" && body == "" && a.generating {
 		body = a.st.Dim.Render("…")
+	}
+	if t.Stopped {
+		body += " " + a.st.Dim.Render("[stopped]")
 	}
 	return a.st.r.NewStyle().Width(a.chat.Width).Render(label+" "+body) + "\n\n"
 }
 
 // refresh renders every pane but the chat viewport (already set) from the state.
 func (a *App) refresh() {
-	info := a.opt.Engine.Info()
+	info := a.session.Info()
 	parts := []string{a.st.Title.Render(" keel ")}
 	if a.replay != nil {
 		parts = append(parts, a.st.Rec.Render(a.replay.status()))
@@ -480,8 +471,8 @@ func (a *App) refresh() {
 		parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
 	}
 	parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
-	if iv := a.interventionSummary(); iv != "" {
-		parts = append(parts, iv)
+	if iv := a.session.Controls().Summary(); iv != "" {
+		parts = append(parts, a.st.Active.Render(iv))
 	}
 	if info.Recording != "" {
 		parts = append(parts, a.st.Rec.Render("● rec"))
@@ -496,21 +487,6 @@ func (a *App) refresh() {
 		a.help.ShowAll = false
 	}
 	a.helpLine = a.help.View(a.keys)
-}
-
-func (a *App) interventionSummary() string {
-	c := a.controls
-	var s []string
-	if c.CapOn {
-		s = append(s, fmt.Sprintf("cap %s layers %d:%d", c.Percentile, c.Window[0], c.Window[1]))
-	}
-	if c.SteerOn {
-		s = append(s, fmt.Sprintf("steer %+.2f @%d", c.SteerCoeff, c.SteerLayer))
-	}
-	if len(s) == 0 {
-		return ""
-	}
-	return a.st.Active.Render(strings.Join(s, ", "))
 }
 
 func shortModel(dir string) string {
@@ -530,7 +506,7 @@ func truncate(s string, w int) string {
 }
 
 func (a *App) renderControls() string {
-	c, info := a.controls, a.opt.Engine.Info()
+	c, info, sampling := a.session.Controls(), a.session.Info(), a.session.Sampling()
 	onOff := func(b bool) string {
 		if b {
 			return a.st.Active.Render("on ")
@@ -539,9 +515,9 @@ func (a *App) renderControls() string {
 	}
 	lines := []string{
 		a.st.Title.Render(" controls "),
-		fmt.Sprintf("cap   %s  %s  layers %d:%d", onOff(c.CapOn), c.Percentile, c.Window[0], c.Window[1]),
+		fmt.Sprintf("cap   %s  %s  layers %d:%d", onOff(c.CapOn), probes.PercentileName(c.Cap.P), c.Cap.Window[0], c.Cap.Window[1]),
 		fmt.Sprintf("steer %s  c %+.2f  layer %d", onOff(c.SteerOn), c.SteerCoeff, c.SteerLayer),
-		fmt.Sprintf("plot  layer %d of %d   T %.2g top-p %.2g", c.Layer, info.Layers, a.sampling.Temperature, a.sampling.TopP),
+		fmt.Sprintf("plot  layer %d of %d   T %.2g top-p %.2g", c.Layer, info.Layers, sampling.Temperature, sampling.TopP),
 	}
 	if info.Axis == "" {
 		lines = append(lines, a.st.Dim.Render("no axis: /axis DIR to plot and cap"))

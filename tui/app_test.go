@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,108 +20,22 @@ import (
 	"github.com/muesli/termenv"
 
 	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/workbench"
+	"github.com/keel-lab/keel/workbench/workbenchtest"
 )
 
-// fakeEngine replies with scripted tokens whose projections fall turn by turn, as a drifting model's would.
-type fakeEngine struct {
-	mu       sync.Mutex
-	controls []Controls
-	marks    []string
-	delay    time.Duration
-	replies  int
-	axis     string
-	jobs     []string // recorded job events, "id state"
+type fakeEngine = workbenchtest.Backend
+
+func testApp(eng *fakeEngine, jobs workbench.JobRunner) *App {
+	return testAppWith(eng, jobs, NewStyles(termenv.ANSI256))
 }
 
-func (f *fakeEngine) Info() Info {
-	return Info{Model: "/models/persona", Device: "cpu", DType: "f32", Layers: 8, DModel: 256, Axis: f.axis, Percentiles: []string{"p1", "p25", "p50", "p75"}}
-}
-
-func (f *fakeEngine) Apply(c Controls) error {
-	if c.Layer < 0 || c.Layer >= 8 {
-		return fmt.Errorf("layer %d: the model has layers 0 to 7", c.Layer)
-	}
-	if c.CapOn && c.Percentile != "p25" && c.Percentile != "p50" && c.Percentile != "p1" && c.Percentile != "p75" {
-		return fmt.Errorf("no percentile %s in the calibration", c.Percentile)
-	}
-	f.mu.Lock()
-	f.controls = append(f.controls, c)
-	f.mu.Unlock()
-	return nil
-}
-
-func (f *fakeEngine) last() Controls {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.controls[len(f.controls)-1]
-}
-
-func (f *fakeEngine) Tau(c Controls, layer int) float64 {
-	if !c.CapOn || layer < c.Window[0] || layer >= c.Window[1] {
-		return math.NaN()
-	}
-	return 1.5
-}
-
-func (f *fakeEngine) Scale(layer int) (float64, float64) { return 0, 3 }
-
-func (f *fakeEngine) Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error) {
-	f.mu.Lock()
-	f.replies++
-	n := f.replies
-	f.mu.Unlock()
-	words := strings.Fields(fmt.Sprintf("Certainly. Reply number %d to %q, in the Assistant's words. I hope this helps.", n, msgs[len(msgs)-1].Content))
-	var out strings.Builder
-	for i, w := range words {
-		if f.delay > 0 {
-			select {
-			case <-ctx.Done():
-				return out.String(), ctx.Err()
-			case <-time.After(f.delay):
-			}
-		}
-		piece := " " + w
-		if i == 0 {
-			piece = w
-		}
-		out.WriteString(piece)
-		emit(Token{Text: piece, Proj: 3 - float64(n) - 0.1*float64(i), HasProj: true})
-	}
-	return out.String(), nil
-}
-
-func (f *fakeEngine) Mark(label string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.marks = append(f.marks, label)
-	return nil
-}
-
-func (f *fakeEngine) Close() error { return nil }
-
-func (f *fakeEngine) RecordJob(u JobUpdate) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.jobs = append(f.jobs, u.ID+" "+u.State)
-	return nil
-}
-
-type fakeJobs struct{ started [][]string }
-
-func (j *fakeJobs) Start(kind string, args []string) (string, error) {
-	j.started = append(j.started, append([]string{kind}, args...))
-	return kind + "-1", nil
-}
-func (j *fakeJobs) Cancel(id string) error { return nil }
-func (j *fakeJobs) ModelDir(ref string) (string, error) {
-	return "", fmt.Errorf("no run %q", ref)
-}
-
-func testApp(eng *fakeEngine, jobs JobRunner) *App {
+func testAppWith(eng *fakeEngine, jobs workbench.JobRunner, st Styles) *App {
 	clock := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	var mu sync.Mutex
-	return New(Options{Engine: eng, Jobs: jobs, Sampling: Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: 64}, Controls: DefaultControls(8),
-		Styles: NewStyles(termenv.ANSI256), Tint: true, Memory: func() uint64 { return 200 << 20 },
+	s := workbench.New(eng, workbench.Options{Sampling: workbench.Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: 64},
+		Controls: workbench.DefaultControls(8), Jobs: jobs})
+	return New(Options{Session: s, Jobs: jobs, Styles: st, Tint: true, Memory: func() uint64 { return 200 << 20 },
 		Now: func() time.Time {
 			mu.Lock()
 			defer mu.Unlock()
@@ -172,7 +85,7 @@ func typeLine(tm *teatest.TestModel, s string) {
 
 // The main screen after a chat with capping switched on: chat, the plot with the cap line, controls, status.
 func TestMainScreenGolden(t *testing.T) {
-	eng := &fakeEngine{axis: "/models/persona/axis/axis.safetensors"}
+	eng := &fakeEngine{Axis: "/models/persona/axis/axis.safetensors"}
 	tm := teatest.NewTestModel(t, testApp(eng, nil), teatest.WithInitialTermSize(120, 36))
 	typeLine(tm, "Who are you?")
 	waitIdle(t, tm, "helps.")
@@ -180,11 +93,11 @@ func TestMainScreenGolden(t *testing.T) {
 	typeLine(tm, "Tell me more.")
 	waitIdle(t, tm, "Reply number 2")
 	fm, view := finalView(t, tm)
-	if !eng.last().CapOn || !strings.Contains(view, "cap p25 layers 3:5") || !strings.Contains(ansi.Strip(view), "■ tau") {
+	if !eng.Last().CapOn || !strings.Contains(view, "cap p25 layers 3:5") || !strings.Contains(ansi.Strip(view), "■ tau") {
 		t.Fatalf("capping did not reach the engine, the status line or the plot:\n%s", view)
 	}
-	if len(fm.turns) != 4 || fm.turns[3].text == "" {
-		t.Fatalf("turns %+v", fm.turns)
+	if turns := fm.session.Turns(); len(turns) != 4 || turns[3].Text == "" {
+		t.Fatalf("turns %+v", turns)
 	}
 	golden.RequireEqual(t, []byte(view))
 }
@@ -203,41 +116,40 @@ func TestHelpGolden(t *testing.T) {
 }
 
 func TestJobsPaneGolden(t *testing.T) {
-	jobs := &fakeJobs{}
-	eng := &fakeEngine{axis: "axis"}
+	jobs := &workbenchtest.Jobs{}
+	eng := &fakeEngine{Axis: "axis"}
 	tm := teatest.NewTestModel(t, testApp(eng, jobs), teatest.WithInitialTermSize(120, 36))
 	typeLine(tm, "/train sft --data chats.jsonl --steps 40")
 	waitFor(t, tm, "started job sft-1")
+	tm.Send(workbench.JobUpdate{ID: "sft-1", Kind: "sft", State: "queued"})
 	for step := 1; step <= 30; step++ {
-		tm.Send(JobUpdate{ID: "sft-1", Kind: "sft", State: "running", Step: step, Total: 40, Loss: 3 / float64(step), ETA: time.Duration(40-step) * time.Second})
+		tm.Send(workbench.JobUpdate{ID: "sft-1", Kind: "sft", State: "running", Step: step, Total: 40, Loss: 3 / float64(step), ETA: time.Duration(40-step) * time.Second})
 	}
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlO})
 	waitFor(t, tm, "30/40")
 	_, view := finalView(t, tm)
-	if len(jobs.started) != 1 || strings.Join(jobs.started[0], " ") != "sft --data chats.jsonl --steps 40" {
-		t.Fatalf("jobs started: %v", jobs.started)
+	if len(jobs.Started) != 1 || strings.Join(jobs.Started[0], " ") != "sft --data chats.jsonl --steps 40" {
+		t.Fatalf("jobs started: %v", jobs.Started)
 	}
 	if !strings.Contains(view, "30/40") || !strings.Contains(view, "ETA 10s") || !strings.Contains(view, "▁") {
 		t.Fatalf("jobs pane:\n%s", view)
 	}
 	golden.RequireEqual(t, []byte(view))
 	// The session records the job's changes of state, not every step.
-	eng.mu.Lock()
-	defer eng.mu.Unlock()
-	if strings.Join(eng.jobs, ",") != "sft-1 queued,sft-1 running" {
-		t.Fatalf("recorded job events: %v", eng.jobs)
+	if got := strings.Join(eng.Events(), ","); got != "job sft-1 queued,job sft-1 running" {
+		t.Fatalf("recorded job events: %v", got)
 	}
 }
 
 // The jobs pane keeps each A-LoL figure's latest value: the validation reward is measured only now and then.
 func TestJobsPaneShowsALoLFigures(t *testing.T) {
-	jobs := &fakeJobs{}
-	tm := teatest.NewTestModel(t, testApp(&fakeEngine{axis: "axis"}, jobs), teatest.WithInitialTermSize(120, 36))
+	jobs := &workbenchtest.Jobs{}
+	tm := teatest.NewTestModel(t, testApp(&fakeEngine{Axis: "axis"}, jobs), teatest.WithInitialTermSize(120, 36))
 	typeLine(tm, "/train alol --data rollouts.jsonl --reward axis --algorithm a_lol")
 	waitFor(t, tm, "started job alol-1")
-	tm.Send(JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 10, Total: 20, Loss: 0.8,
+	tm.Send(workbench.JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 10, Total: 20, Loss: 0.8,
 		Extra: map[string]float64{"advantage_mean": 0.25, "positive_fraction": 0.5, "importance_weight_mean": 1.02, "clip_fraction": 0, "val_reward": 0.61}})
-	tm.Send(JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 11, Total: 20, Loss: 0.7,
+	tm.Send(workbench.JobUpdate{ID: "alol-1", Kind: "alol", State: "running", Step: 11, Total: 20, Loss: 0.7,
 		Extra: map[string]float64{"advantage_mean": 0.3, "positive_fraction": 0.5, "importance_weight_mean": 1.04, "clip_fraction": 0.125}})
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlO})
 	waitFor(t, tm, "11/20")
@@ -292,16 +204,17 @@ func TestReplayGolden(t *testing.T) {
 
 // Bad input gets an inline message; the app keeps running and the controls stay as they were.
 func TestBadCommandsAreInlineMessages(t *testing.T) {
-	eng := &fakeEngine{axis: "axis"}
+	eng := &fakeEngine{Axis: "axis", Recording: "/tmp/s.jsonl"}
 	a := testApp(eng, nil)
 	a.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
-	before := a.controls
+	before := a.session.Controls()
 	for cmd, want := range map[string]string{
 		"/frobnicate":         "unknown command /frobnicate",
 		"/layer 12":           "layer 12: the model has layers 0 to 7",
 		"/layer x":            "not a number",
 		"/cap p33":            "no percentile p33",
 		"/cap 3-5":            "/cap: on, off",
+		"/cap 2:99":           "not a window",
 		"/steer lots":         "give a strength",
 		"/set temperature -1": "non-negative",
 		"/set top-p 2":        "(0, 1]",
@@ -315,26 +228,55 @@ func TestBadCommandsAreInlineMessages(t *testing.T) {
 			t.Errorf("%s: notice %q, want %q on screen", cmd, a.notice, want)
 		}
 	}
-	if a.controls != before || eng.last() != before {
-		t.Fatalf("bad commands changed the controls: %+v, engine %+v", a.controls, eng.last())
-	}
-	// A model that fails to load leaves the error on screen and the old model in place.
-	a.opt.Load = func(dir, axis string) (Engine, error) { return nil, fmt.Errorf("%s: no config.json", dir) }
-	cmd := a.runCommand("/model /nowhere")
-	a.Update(cmd())
-	if !strings.Contains(a.View(), "could not load /nowhere: /nowhere: no config.json") || a.opt.Engine != Engine(eng) {
-		t.Fatalf("failed load: notice %q", a.notice)
+	if a.session.Controls() != before || eng.Last() != before {
+		t.Fatalf("bad commands changed the controls: %+v, engine %+v", a.session.Controls(), eng.Last())
 	}
 	a.runCommand("/mark interesting")
-	if len(eng.marks) != 1 || eng.marks[0] != "interesting" {
-		t.Fatalf("marks %v", eng.marks)
+	if ev := eng.Events(); len(ev) != 1 || ev[0] != "mark interesting" || !strings.Contains(a.notice, `marked turn 0 "interesting"`) {
+		t.Fatalf("events %v, notice %q", ev, a.notice)
 	}
 }
 
-// ctrl+c stops a streaming reply without leaving; the keys typed while it streams are kept; a second ctrl+c
-// with nothing streaming quits.
+// A model that fails to load leaves the error on screen and the old model in place.
+func TestFailedLoadKeepsTheModel(t *testing.T) {
+	eng := &fakeEngine{Axis: "axis"}
+	s := workbench.New(eng, workbench.Options{Sampling: workbench.DefaultSampling(), Controls: workbench.DefaultControls(8),
+		Load: func(dir, axis string) (workbench.Backend, error) { return nil, fmt.Errorf("%s: no config.json", dir) }})
+	a := New(Options{Session: s, Memory: func() uint64 { return 0 }})
+	cmd := a.runCommand("/model /nowhere")
+	a.Update(cmd())
+	if !strings.Contains(a.View(), "could not load /nowhere: /nowhere: no config.json") || s.Info().Axis != "axis" {
+		t.Fatalf("failed load: notice %q", a.notice)
+	}
+}
+
+// /help is a list, one command per line, that fits a normal terminal's width; esc closes it.
+func TestHelpIsAList(t *testing.T) {
+	a := testApp(&fakeEngine{}, nil)
+	a.Update(tea.WindowSizeMsg{Width: 100, Height: 40})
+	a.runCommand("/help")
+	a.refresh()
+	view := ansi.Strip(a.View())
+	for _, c := range workbench.Commands() {
+		if !strings.Contains(view, c.Name) {
+			t.Errorf("/help lacks %s:\n%s", c.Name, view)
+		}
+	}
+	for _, l := range strings.Split(workbench.HelpText(), "\n") {
+		if len([]rune(l)) > 100 {
+			t.Errorf("a help line of %d columns: %q", len([]rune(l)), l)
+		}
+	}
+	a.Update(tea.KeyMsg{Type: tea.KeyEsc})
+	if strings.Contains(ansi.Strip(a.View()), "/replay FILE") {
+		t.Fatal("esc left the command list on screen")
+	}
+}
+
+// ctrl+c stops a streaming reply without leaving; the keys typed while it streams are kept; with nothing
+// streaming, ctrl+c first drops a typed draft, as a shell does, then quits.
 func TestInterruptStopsGenerationThenQuits(t *testing.T) {
-	eng := &fakeEngine{axis: "axis", delay: 30 * time.Millisecond}
+	eng := &fakeEngine{Axis: "axis", Delay: 30 * time.Millisecond}
 	tm := teatest.NewTestModel(t, testApp(eng, nil), teatest.WithInitialTermSize(100, 30))
 	typeLine(tm, "Talk for a while.")
 	waitFor(t, tm, "Reply")
@@ -342,23 +284,23 @@ func TestInterruptStopsGenerationThenQuits(t *testing.T) {
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
 	waitFor(t, tm, "stopped")
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
+	waitFor(t, tm, "draft cleared")
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
 	fm := tm.FinalModel(t, teatest.WithFinalTimeout(5*time.Second)).(*App)
 	if fm.generating || !fm.quitting {
 		t.Fatalf("generating %v, quitting %v", fm.generating, fm.quitting)
 	}
-	if got := fm.input.Value(); got != "next question" {
-		t.Fatalf("the input typed while streaming is %q", got)
+	turns := fm.session.Turns()
+	if last := turns[len(turns)-1]; strings.Contains(last.Text, "helps.") || !last.Stopped {
+		t.Fatalf("the reply ran to its end despite ctrl+c, or is not marked stopped: %+v", last)
 	}
-	if strings.Contains(fm.turns[len(fm.turns)-1].text, "helps.") {
-		t.Fatal("the reply ran to its end despite ctrl+c")
+	if ev := eng.Events(); ev[len(ev)-1] != "control stopped true" {
+		t.Fatalf("the stop is not recorded: %v", ev)
 	}
 }
 
 func TestResizeReflowsAndNoColourIsPlain(t *testing.T) {
-	eng := &fakeEngine{axis: "axis"}
-	a := New(Options{Engine: eng, Sampling: Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: 64}, Controls: DefaultControls(8),
-		Styles: NewStyles(ProfileFromEnv(func(k string) string { return map[string]string{"TERM": "dumb"}[k] })), Tint: true,
-		Memory: func() uint64 { return 0 }})
+	a := testAppWith(&fakeEngine{Axis: "axis"}, nil, NewStyles(ProfileFromEnv(func(k string) string { return map[string]string{"TERM": "dumb"}[k] })))
 	a.send("hello")
 	for msg := range a.stream {
 		a.Update(msg)
@@ -385,18 +327,6 @@ func TestResizeReflowsAndNoColourIsPlain(t *testing.T) {
 	}
 }
 
-func TestControlsStartAtTheBestCap(t *testing.T) {
-	c := DefaultControls(8)
-	if got := c.WithCap("layers_2:6-p0.25", 8); got.Window != [2]int{2, 6} || got.Percentile != "p25" {
-		t.Fatalf("%+v", got)
-	}
-	for _, bad := range []string{"", "layers_6:12-p0.25", "nonsense"} {
-		if got := c.WithCap(bad, 8); got != c {
-			t.Fatalf("%q changed the controls: %+v", bad, got)
-		}
-	}
-}
-
 func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.json")
@@ -418,16 +348,12 @@ func TestConfigFile(t *testing.T) {
 	}
 }
 
-// View of the main screen at 200x60 with a 2,000-token history.
+// View of the main screen at 200x60 with a 1,500-token history.
 func BenchmarkViewLongHistory(b *testing.B) {
-	a := testApp(&fakeEngine{axis: "axis"}, nil)
+	a := testApp(&fakeEngine{Axis: "axis"}, nil)
 	a.Update(tea.WindowSizeMsg{Width: 200, Height: 60})
 	for i := 0; i < 100; i++ {
-		a.turns = append(a.turns, turn{role: "user", text: "question"}, turn{role: "assistant"})
-		for k := 0; k < 20; k++ {
-			a.turns[len(a.turns)-1].tokens = append(a.turns[len(a.turns)-1].tokens, Token{Text: " word", Proj: float64(k) / 10, HasProj: true})
-			a.turns[len(a.turns)-1].text += " word"
-		}
+		a.session.Send(context.Background(), "question", nil)
 	}
 	a.rerenderChat()
 	a.refresh()
@@ -439,8 +365,45 @@ func BenchmarkViewLongHistory(b *testing.B) {
 	b.Run("TokenUpdateAndView", func(b *testing.B) {
 		a.generating = true
 		for i := 0; i < b.N; i++ {
-			a.Update(tokenMsg{a.gen, Token{Text: " more", Proj: 1, HasProj: true}})
+			a.Update(tokenMsg{a.gen, workbench.Token{Text: " more", Proj: 1, HasProj: true}})
 			_ = a.View()
 		}
 	})
+}
+
+// The TUI and the line REPL answer every command of the one table, and refuse the same bad ones with the same line.
+func TestTUIAndREPLAnswerAlike(t *testing.T) {
+	lines := []string{"/frobnicate", "/layer 12", "/layer x", "/cap p33", "/cap 3-5", "/cap 9:2", "/steer lots", "/steer 1 2 3",
+		"/set temperature -1", "/set top-p 2", "/set color red", "/set seed", "/train sft", "/cancel", "/load sft-9", "/model",
+		"/mark good", "/save", "/replay", "/cap p50", "/steer -1 4", "/layer 2", "/system Be brief.", "/set seed 3", "/clear"}
+	for _, c := range workbench.Commands() {
+		lines = append(lines, c.Name)
+	}
+	for _, line := range lines {
+		if strings.HasPrefix(line, "/quit") || strings.HasPrefix(line, "/exit") {
+			continue
+		}
+		a := testApp(&fakeEngine{Axis: "axis"}, nil)
+		a.Update(tea.WindowSizeMsg{Width: 160, Height: 40})
+		a.runCommand(line)
+		var out strings.Builder
+		r := &workbench.REPL{Session: workbench.New(&fakeEngine{Axis: "axis"}, workbench.Options{Sampling: workbench.DefaultSampling(),
+			Controls: workbench.DefaultControls(8)}), In: strings.NewReader(line + "\n"), Out: &out}
+		if err := r.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		repl := strings.TrimSpace(out.String())
+		if strings.Contains(a.notice, "unknown command") != strings.Contains(repl, "unknown command") {
+			t.Errorf("%s: TUI %q, REPL %q", line, a.notice, repl)
+		}
+		if strings.Contains(a.notice, "unknown command") && line != "/frobnicate" {
+			t.Errorf("%s is in the table but the TUI does not know it", line)
+		}
+		switch workbench.New(&fakeEngine{Axis: "axis"}, workbench.Options{Sampling: workbench.DefaultSampling(), Controls: workbench.DefaultControls(8)}).Run(line).Action {
+		case workbench.NoAction:
+			if a.notice != repl {
+				t.Errorf("%s: the TUI says %q, the REPL %q", line, a.notice, repl)
+			}
+		}
+	}
 }

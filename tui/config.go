@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
 
 	"github.com/adrg/xdg"
 	"github.com/charmbracelet/bubbles/key"
+
+	"github.com/keel-lab/keel/workbench"
 )
 
 // Config is what $XDG_CONFIG_HOME/keel/config.json may set:
@@ -17,7 +18,7 @@ import (
 //	{"temperature": 0.7, "top_p": 0.9, "max_tokens": 256, "mouse": false, "tint": true,
 //	 "keys": {"toggle_cap": ["ctrl+k"], "jobs": ["ctrl+o", "f4"]}}
 type Config struct {
-	Sampling Sampling
+	Sampling workbench.Sampling
 	Keys     KeyMap
 	Mouse    bool
 	Tint     bool
@@ -25,25 +26,7 @@ type Config struct {
 
 // DefaultConfig is keel's settings before the config file.
 func DefaultConfig() Config {
-	return Config{Sampling: Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: 256}, Keys: DefaultKeyMap(), Tint: true}
-}
-
-// DefaultControls start with no intervention, plotting and steering at the middle layer, capping a quarter of
-// the layers around it at p25 once switched on.
-func DefaultControls(layers int) Controls {
-	mid, half := layers/2, max(1, layers/8)
-	return Controls{Percentile: "p25", Window: [2]int{max(0, mid-half), min(layers, mid+half)}, SteerCoeff: -1, SteerLayer: mid, Layer: mid}
-}
-
-// WithCap starts the cap controls at an AA config id ("layers_3:5-p0.25"); other ids leave them as they are.
-func (c Controls) WithCap(id string, layers int) Controls {
-	var lo, hi int
-	var p float64
-	if _, err := fmt.Sscanf(id, "layers_%d:%d-p%g", &lo, &hi, &p); err != nil || lo < 0 || hi > layers || lo >= hi {
-		return c
-	}
-	c.Window, c.Percentile = [2]int{lo, hi}, "p"+strconv.FormatFloat(p*100, 'f', -1, 64)
-	return c
+	return Config{Sampling: workbench.DefaultSampling(), Keys: DefaultKeyMap(), Tint: true}
 }
 
 // LoadConfig applies the config file, when there is one, over cfg.

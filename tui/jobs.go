@@ -1,50 +1,23 @@
 package tui
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/charmbracelet/bubbles/progress"
-	tea "github.com/charmbracelet/bubbletea"
 
-	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/train"
+	"github.com/keel-lab/keel/workbench"
 )
 
-// JobUpdate is a background job's progress, delivered to the app as a message.
-type JobUpdate struct {
-	ID, Kind, State string
-	Step, Total     int
-	Loss            float64
-	ETA             time.Duration
-	Final           string             // the finished model folder
-	Error           string             //
-	Extra           map[string]float64 // the trainer's own figures at this step (A-LoL: advantage, weights, validation reward)
-}
-
-// JobRunner starts and cancels background fine-tunes; progress comes back through Send.
-type JobRunner interface {
-	// Start launches a job of kind (sft, alol, ppo) with the trainer's flags; the model is the chat's.
-	Start(kind string, args []string) (id string, err error)
-	Cancel(id string) error
-	// ModelDir is the model folder of a job's weights: "ID" its final weights, "ID@STEP" its checkpoint at that
-	// step. It may take a while (a checkpoint becomes a model folder on first use): call it from a tea.Cmd.
-	ModelDir(ref string) (string, error)
-}
-
 type jobView struct {
-	JobUpdate
+	workbench.JobUpdate
 	losses []float64
 	extra  map[string]float64 // the latest value of each trainer figure (some are measured only now and then)
 }
 
-func (a *App) jobUpdate(u JobUpdate) {
+func (a *App) jobUpdate(u workbench.JobUpdate) {
 	for _, j := range a.jobs {
 		if j.ID == u.ID {
 			if u.State != j.State {
@@ -74,8 +47,8 @@ func (a *App) jobUpdate(u JobUpdate) {
 }
 
 // recordJob puts a job's change of state into the session recording.
-func (a *App) recordJob(u JobUpdate) {
-	if err := a.opt.Engine.RecordJob(u); err != nil {
+func (a *App) recordJob(u workbench.JobUpdate) {
+	if err := a.session.RecordJob(u); err != nil {
 		a.notice = "recording the job event: " + err.Error()
 	}
 }
@@ -183,93 +156,4 @@ func (a *App) renderJobs() string {
 		lines = append(lines, a.st.Dim.Render("/cancel ID stops a job · /load ID chats with its model"))
 	}
 	return strings.Join(lines, "\n")
-}
-
-// ProcessJobs runs fine-tunes as `keel train` processes (they outlive the TUI, and `keel jobs` sees them) and
-// watches their run folders.
-type ProcessJobs struct {
-	RT      *torch.Runtime
-	Exe     string // the keel binary
-	Model   string // the chat's model folder
-	RunsDir string
-	Send    func(tea.Msg)
-	mu      sync.Mutex
-	runs    map[string]*train.Run
-}
-
-// Start implements JobRunner.
-func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
-	if kind != "sft" && kind != "alol" && kind != "ppo" {
-		return "", fmt.Errorf("/train %s: keel fine-tunes with sft, alol or ppo", kind)
-	}
-	full := append([]string{"train", kind, "--model", p.Model, "--runs", p.RunsDir, "--detach"}, args...)
-	out, err := exec.Command(p.Exe, full...).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("keel train %s: %s", kind, strings.TrimSpace(string(out)))
-	}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	id := ""
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 1 {
-			id = f[0]
-		}
-	}
-	run, err := train.OpenRun(p.RunsDir, id)
-	if err != nil {
-		return "", fmt.Errorf("keel train %s printed %q: %w", kind, strings.TrimSpace(string(out)), err)
-	}
-	p.mu.Lock()
-	if p.runs == nil {
-		p.runs = map[string]*train.Run{}
-	}
-	p.runs[id] = run
-	p.mu.Unlock()
-	go run.Watch(context.Background(), 300*time.Millisecond, func(s train.State, m *train.Metrics) {
-		u := JobUpdate{ID: id, Kind: kind, State: s.State, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
-		if m != nil {
-			u.Step, u.Loss, u.ETA, u.Extra = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second)), m.Extra
-		}
-		p.Send(u)
-	})
-	return id, nil
-}
-
-// ModelDir implements JobRunner for any run in RunsDir, started here or not.
-func (p *ProcessJobs) ModelDir(ref string) (string, error) {
-	id, stepText, atStep := strings.Cut(ref, "@")
-	run, err := train.OpenRun(p.RunsDir, id)
-	if err != nil {
-		return "", err
-	}
-	if atStep {
-		step, err := strconv.Atoi(stepText)
-		if err != nil {
-			return "", fmt.Errorf("/load %s: the step after @ is a number (/load %s@200)", ref, id)
-		}
-		ckpt, err := train.CheckpointDir(run.Dir, step)
-		if err != nil {
-			return "", err
-		}
-		return train.CheckpointModel(p.RT, ckpt)
-	}
-	st, err := run.ReadState()
-	if err != nil {
-		return "", err
-	}
-	if st.Final == "" {
-		steps, _ := train.Checkpoints(run.Dir)
-		return "", fmt.Errorf("job %s has no final weights (%s); its checkpoints load as /load %s@STEP, steps %v", id, st.State, id, steps)
-	}
-	return st.Final, nil
-}
-
-// Cancel implements JobRunner.
-func (p *ProcessJobs) Cancel(id string) error {
-	p.mu.Lock()
-	run, ok := p.runs[id]
-	p.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("no job %s started here", id)
-	}
-	return run.RequestCancel()
 }

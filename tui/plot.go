@@ -20,19 +20,20 @@ func (a *App) renderPlot() string {
 	if a.wide() {
 		h = max(4, min(14, a.bodyHeight()-len(strings.Split(a.controlsPane, "\n"))-a.jobsHeight()-4))
 	}
-	title := a.st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d ", a.controls.Layer))
-	if a.opt.Engine.Info().Axis == "" {
+	layer := a.session.Controls().Layer
+	title := a.st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d ", layer))
+	if a.session.Info().Axis == "" {
 		return title + "\n" + a.st.Dim.Render("(no axis loaded)")
 	}
 	var proj, means []float64
-	for _, t := range a.turns {
-		if t.role != "assistant" {
+	for _, t := range a.session.Turns() {
+		if t.Role != "assistant" {
 			continue
 		}
 		start := len(proj)
 		var sum float64
 		n := 0
-		for _, tok := range t.tokens {
+		for _, tok := range t.Tokens {
 			if tok.HasProj {
 				proj = append(proj, tok.Proj)
 				sum += tok.Proj
@@ -59,10 +60,10 @@ func (a *App) renderPlot() string {
 		}
 		return out
 	}
-	if tau := a.opt.Engine.Tau(a.controls, a.controls.Layer); !math.IsNaN(tau) {
+	if tau := a.session.Tau(layer); !math.IsNaN(tau) {
 		series, legends, colors = append(series, flat(tau)), append(legends, "tau"), append(colors, asciigraph.Red)
 	}
-	if thr, _ := a.opt.Engine.Scale(a.controls.Layer); !math.IsNaN(thr) {
+	if thr, _ := a.session.Scale(layer); !math.IsNaN(thr) {
 		series, legends, colors = append(series, flat(thr)), append(legends, "drift"), append(colors, asciigraph.Gray)
 	}
 	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1), asciigraph.SeriesLegends(legends...)}

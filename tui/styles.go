@@ -8,6 +8,8 @@ import (
 	"github.com/charmbracelet/bubbles/textarea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/muesli/termenv"
+
+	"github.com/keel-lab/keel/workbench"
 )
 
 // Styles are the app's colours, made with a renderer of a fixed colour profile: keel never queries the terminal
@@ -76,7 +78,7 @@ func NewStyles(p termenv.Profile) Styles {
 
 // Tint colours a token by where its projection sits: red below the drift threshold, through yellow, to blue at
 // the default Assistant's mean (thr, top); untinted when the scale is unknown or colours are off.
-func (s Styles) Tint(t Token, thr, top float64) string {
+func (s Styles) Tint(t workbench.Token, thr, top float64) string {
 	if s.plain || !t.HasProj || math.IsNaN(thr) || math.IsNaN(top) || top == thr {
 		return t.Text
 	}

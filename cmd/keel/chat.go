@@ -1,224 +1,125 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/sessions"
-	"github.com/keel-lab/keel/steer"
+	"github.com/keel-lab/keel/train"
+	"github.com/keel-lab/keel/workbench"
 )
 
-// runChat is the plain line REPL: one line per user turn, the reply streamed, slash commands for settings;
-// every chat is recorded unless --no-record.
+// chatFlags are the flags of both chat front ends (the TUI and the line REPL): the model, its axis, the
+// recording, the runs folder and the starting sampling.
+type chatFlags struct {
+	mf         modelFlags
+	axis       string
+	ignoreHash bool
+	system     string
+	record     string
+	noRecord   bool
+	runs       string
+	sampling   workbench.Sampling
+}
+
+// register declares the flags, their defaults taken from s (the workbench's, or the config file's).
+func (c *chatFlags) register(fs *flag.FlagSet, s workbench.Sampling) {
+	c.mf.register(fs)
+	fs.StringVar(&c.axis, "axis", "", "an extraction folder (axis, calibration) or an axis file; default: the embedded model's")
+	fs.BoolVar(&c.ignoreHash, "ignore-hash", false, "accept an axis made for other weights of the same shape (a fine-tune)")
+	fs.StringVar(&c.system, "system", "", "system prompt")
+	fs.StringVar(&c.record, "record", "", "session file to write (default: a new file in the sessions folder)")
+	fs.BoolVar(&c.noRecord, "no-record", false, "do not record this chat")
+	fs.StringVar(&c.runs, "runs", train.DefaultRunsDir(), "where background fine-tunes write their runs")
+	c.sampling = s
+	fs.Float64Var(&c.sampling.Temperature, "temperature", s.Temperature, "sampling temperature (0 = greedy)")
+	fs.Float64Var(&c.sampling.TopP, "top-p", s.TopP, "nucleus mass")
+	fs.IntVar(&c.sampling.MaxTokens, "max-tokens", s.MaxTokens, "tokens per reply at most")
+	fs.Uint64Var(&c.sampling.Seed, "seed", s.Seed, "sampling seed")
+}
+
+// open loads the model and starts a session on it, with the machine's jobs (their updates go to send) and a
+// loader for /model, /axis and /load.
+func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*workbench.Session, *workbench.ProcessJobs, error) {
+	if err := c.sampling.Check(); err != nil {
+		return nil, nil, usageError{fmt.Errorf("--%w", err)}
+	}
+	embedded := c.mf.dir == ""
+	rt, lm, err := c.mf.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.axis == "" && embedded {
+		if c.axis, err = models.PersonaAxis(lm.Dir); err != nil {
+			lm.Close()
+			return nil, nil, err
+		}
+	}
+	backendFor := func(lm *model.LM, axis string) (*workbench.LMBackend, error) {
+		return workbench.NewLMBackend(lm, workbench.LMConfig{Device: c.mf.device, DType: c.mf.dtype, AxisPath: axis, IgnoreHash: c.ignoreHash,
+			Record: !c.noRecord, RecordPath: c.record, Version: version, Sampling: c.sampling, Term: term})
+	}
+	b, err := backendFor(lm, c.axis)
+	if err != nil {
+		lm.Close()
+		return nil, nil, err
+	}
+	exe, _ := os.Executable()
+	jobs := &workbench.ProcessJobs{RT: rt, Exe: exe, Model: lm.Dir, RunsDir: c.runs, Send: send}
+	opt := workbench.Options{Sampling: c.sampling, System: c.system, Jobs: jobs,
+		Controls: workbench.DefaultControls(lm.NumLayers()).WithCap(b.Info().BestCap, lm.NumLayers())}
+	opt.Load = func(dir, axis string) (workbench.Backend, error) {
+		dev, _ := torch.ParseDevice(c.mf.device)
+		dt, _ := torch.ParseDType(c.mf.dtype)
+		next, err := model.Load(rt, dir, model.Options{Device: dev, DType: dt})
+		if err != nil {
+			return nil, err
+		}
+		nb, err := backendFor(next, axis)
+		if err != nil {
+			next.Close()
+			return nil, err
+		}
+		jobs.Model = dir
+		return nb, nil
+	}
+	return workbench.New(b, opt), jobs, nil
+}
+
+// runChat is the plain line REPL (keel chat with stdin not a terminal): the workbench's session and slash
+// commands, one line per user turn; every chat is recorded unless --no-record.
 func runChat(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("chat", stderr)
-	var mf modelFlags
-	mf.register(fs)
-	axisPath := fs.String("axis", "", "axis file: record each token's projection at its layers")
-	ignoreHash := fs.Bool("ignore-hash", false, "accept an axis made for other weights of the same shape (a fine-tune)")
-	system := fs.String("system", "", "system prompt")
-	maxTokens := fs.Int("max-tokens", 256, "tokens per reply at most")
-	temperature := fs.Float64("temperature", 0.7, "sampling temperature (0 = greedy)")
-	topP := fs.Float64("top-p", 0.9, "nucleus mass")
-	seed := fs.Uint64("seed", 0, "sampling seed")
-	record := fs.String("record", "", "session file to write (default: a new file in the sessions folder)")
-	noRecord := fs.Bool("no-record", false, "do not record this chat")
+	var cf chatFlags
+	cf.register(fs, workbench.DefaultSampling())
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	rt, lm, err := mf.load()
+	repl := &workbench.REPL{In: os.Stdin, Out: stdout}
+	s, jobs, err := cf.open(sessions.Term{Cols: 80, Rows: 24}, repl.JobUpdate)
 	if err != nil {
 		return err
 	}
-	_ = rt
-	defer lm.Close()
-	var axis *steer.Axis
-	if *axisPath != "" {
-		if axis, err = loadAxisFor(*axisPath, lm, *ignoreHash); err != nil {
-			return err
-		}
+	repl.Session = s
+	if s.Warning != "" {
+		fmt.Fprintln(stderr, s.Warning)
 	}
-	sampling := model.Sampling{Temperature: *temperature, TopP: *topP, Seed: *seed}
-	if err := sampling.Check(); err != nil {
-		return usageError{fmt.Errorf("--%w", err)}
-	}
-	var rec *sessions.Recording
-	if !*noRecord {
-		path := *record
-		if path == "" {
-			path = sessions.NewPath(sessions.DefaultDir())
-		}
-		h := sessions.Header{Keel: version, Model: absPath(mf.dir), Sampling: sampling, Seed: *seed, Term: sessions.Term{Cols: 80, Rows: 24}}
-		if h.ModelSHA256, err = weightsSHA256(mf.dir); err != nil {
-			return err
-		}
-		if axis != nil {
-			h.Axis, h.Layers = absPath(*axisPath), axis.LayerList()
-			h.AxisSHA256, _ = steer.FileSHA256(*axisPath)
-		}
-		r, err := sessions.Create(path, h)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		rec = &sessions.Recording{Rec: r}
-		if axis != nil {
-			rec.Axis = axis.Layers
-		}
-		fmt.Fprintf(stderr, "recording to %s\n", path)
-	}
-	var msgs []tokenizer.Message
-	if *system != "" {
-		msgs = append(msgs, tokenizer.Message{"role": "system", "content": *system})
-		if rec != nil {
-			rec.Say("system", *system)
-		}
+	if info := s.Info(); info.Recording != "" {
+		fmt.Fprintf(stderr, "recording to %s\n", info.Recording)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	in := bufio.NewScanner(os.Stdin)
-	in.Buffer(make([]byte, 1<<20), 1<<24)
-	for in.Scan() {
-		line := strings.TrimSpace(in.Text())
-		if line == "" {
-			continue
-		}
-		if strings.HasPrefix(line, "/") {
-			quit, msg := chatCommand(line, &msgs, &sampling, maxTokens, rec)
-			if msg != "" {
-				fmt.Fprintln(stdout, msg)
-			}
-			if quit {
-				return nil
-			}
-			continue
-		}
-		msgs = append(msgs, tokenizer.Message{"role": "user", "content": line})
-		if rec != nil {
-			if err := rec.Say("user", line); err != nil {
-				return err
-			}
-		}
-		ids, err := tokenizer.ChatPrompt(lm.Tokenizer, msgs)
-		if err != nil {
-			return err
-		}
-		g := model.GenerateConfig{MaxTokens: *maxTokens, Sampling: sampling}
-		print := func(t string) { io.WriteString(stdout, t) }
-		var reply string
-		if rec != nil {
-			reply, _, err = rec.Generate(ctx, lm, ids, nil, g, print)
-		} else {
-			var res []model.TextResult
-			res, err = lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{GenerateConfig: g, OnText: func(t string, _ model.Step) error { print(t); return nil }})
-			if len(res) > 0 {
-				reply = res[0].Text
-			}
-		}
-		fmt.Fprintln(stdout)
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, tokenizer.Message{"role": "assistant", "content": reply})
+	jobs.Sync(ctx)
+	err = repl.Run(ctx)
+	if cerr := s.Close(); err == nil {
+		err = cerr
 	}
-	return in.Err()
-}
-
-// chatCommand handles a slash command; it reports whether to quit and what to print.
-func chatCommand(line string, msgs *[]tokenizer.Message, sampling *model.Sampling, maxTokens *int, rec *sessions.Recording) (bool, string) {
-	f := strings.Fields(line)
-	switch f[0] {
-	case "/quit", "/exit":
-		return true, ""
-	case "/help":
-		return false, "commands: /system TEXT, /set temperature|top-p|max-tokens|seed VALUE, /mark good|bad|LABEL, /clear, /quit"
-	case "/clear":
-		*msgs = nil
-		return false, "conversation cleared"
-	case "/system":
-		text := strings.TrimSpace(strings.TrimPrefix(line, "/system"))
-		*msgs = append([]tokenizer.Message{{"role": "system", "content": text}}, *msgs...)
-		if rec != nil {
-			rec.Say("system", text)
-		}
-		return false, "system prompt set"
-	case "/mark":
-		if len(f) != 2 {
-			return false, "usage: /mark good|bad|LABEL"
-		}
-		if rec == nil {
-			return false, "not recording (--no-record)"
-		}
-		rec.Mark(f[1])
-		return false, "marked " + f[1]
-	case "/set":
-		if len(f) != 3 {
-			return false, "usage: /set temperature|top-p|max-tokens|seed VALUE"
-		}
-		v, err := strconv.ParseFloat(f[2], 64)
-		if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-			return false, fmt.Sprintf("bad value %q for %s: want a non-negative number", f[2], f[1])
-		}
-		next := *sampling
-		switch f[1] {
-		case "temperature":
-			next.Temperature = v
-		case "top-p":
-			next.TopP = v
-		case "max-tokens":
-			if v < 1 || v > 1e9 {
-				return false, fmt.Sprintf("max-tokens %s: give a count from 1", f[2])
-			}
-			*maxTokens = int(v)
-		case "seed":
-			next.Seed = uint64(v)
-		default:
-			return false, fmt.Sprintf("unknown setting %q: temperature, top-p, max-tokens, seed", f[1])
-		}
-		if err := next.Check(); err != nil {
-			return false, err.Error()
-		}
-		*sampling = next
-		if rec != nil {
-			rec.Control(f[1], v)
-		}
-		return false, fmt.Sprintf("%s = %s", f[1], f[2])
-	}
-	return false, fmt.Sprintf("unknown command %s: /help lists them", f[0])
-}
-
-// weightsSHA256 is the sha256 of the model's safetensors files, in name order (a session names exactly the
-// weights it was recorded with).
-func weightsSHA256(dir string) (string, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
-	if err != nil || len(files) == 0 {
-		return "", fmt.Errorf("%s: no *.safetensors to fingerprint", dir)
-	}
-	sort.Strings(files)
-	h := sha256.New()
-	for _, p := range files {
-		f, err := os.Open(p)
-		if err != nil {
-			return "", err
-		}
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err != nil {
-			return "", err
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return err
 }

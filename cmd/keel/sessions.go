@@ -70,8 +70,9 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "model %s, axis %s, layers %v, %d events\n", s.Header.Model, s.Header.Axis, s.Header.Layers, len(s.Events))
-		for _, t := range s.Turns() {
-			fmt.Fprintf(stdout, "[%d] %s: %s\n", t.Index, t.Role, t.Text)
+		fmt.Fprintf(stdout, "sampling: temperature %g, top-p %g, seed %d\n", s.Header.Sampling.Temperature, s.Header.Sampling.TopP, s.Header.Seed)
+		for _, line := range s.Log() {
+			fmt.Fprintln(stdout, line)
 		}
 		return nil
 	case "export":

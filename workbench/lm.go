@@ -1,0 +1,221 @@
+package workbench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/steer"
+)
+
+// LMBackend is the Backend over a loaded model, an optional axis folder, and a session recording.
+type LMBackend struct {
+	lm     *model.LM
+	info   Info
+	axis   *AxisFor // nil without an axis
+	rec    *sessions.Recording
+	mu     sync.Mutex
+	active []model.Intervention
+	layer  int
+}
+
+// LMConfig is what NewLMBackend needs besides the model.
+type LMConfig struct {
+	Device, DType string
+	AxisPath      string // an extraction folder (axis, default vector, calibration), or a lone axis file
+	IgnoreHash    bool   // accept an axis made for other weights of the same shape
+	Record        bool
+	RecordPath    string // "" with Record: a new file in the sessions folder
+	Version       string
+	// What the recording's header says the chat starts with.
+	Sampling Sampling
+	System   string
+	Term     sessions.Term
+}
+
+// NewLMBackend prepares a loaded model for a session; it owns lm from here on (Close frees it).
+func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
+	b := &LMBackend{lm: lm, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize()}}
+	if cfg.AxisPath != "" {
+		f, err := OpenAxisFor(cfg.AxisPath, lm, cfg.IgnoreHash)
+		if err != nil {
+			return nil, err
+		}
+		b.axis, b.info.Axis = f, f.AxisPath
+		b.info.AxisRelation = f.relation
+		b.info.Percentiles = f.Percentiles()
+		if f.Capping != nil {
+			b.info.BestCap = f.Capping.Best.ID
+		}
+	}
+	b.rec = &sessions.Recording{}
+	if b.axis != nil {
+		b.rec.Axis, b.rec.Layers = b.axis.Axis.Layers, b.axis.Axis.LayerList()
+	}
+	if cfg.Record {
+		path := cfg.RecordPath
+		if path == "" {
+			path = sessions.NewPath(sessions.DefaultDir())
+		}
+		h := sessions.Header{Keel: cfg.Version, Model: lm.Dir, Term: cfg.Term, Seed: cfg.Sampling.Seed,
+			Sampling: model.Sampling{Temperature: cfg.Sampling.Temperature, TopP: cfg.Sampling.TopP, Seed: cfg.Sampling.Seed}}
+		var err error
+		if h.ModelSHA256, err = steer.WeightsSHA256(lm.Dir); err != nil {
+			return nil, err
+		}
+		if b.axis != nil {
+			h.Axis, h.Layers = b.info.Axis, b.axis.Axis.LayerList()
+			h.AxisSHA256, _ = steer.FileSHA256(b.info.Axis)
+		}
+		r, err := sessions.Create(path, h)
+		if err != nil {
+			return nil, err
+		}
+		b.rec.Rec, b.info.Recording = r, path
+		if err := b.rec.Control("max_tokens", cfg.Sampling.MaxTokens); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// AxisFor is an axis folder checked against a model: its layers and width, and that it was made on these
+// weights or the weights they were fine-tuned from.
+type AxisFor struct {
+	*probes.AxisFolder
+	relation string
+}
+
+// OpenAxisFor opens an axis folder (or file) for a loaded model; see steer.Axis.Fit for what it refuses.
+func OpenAxisFor(path string, lm *model.LM, ignoreHash bool) (*AxisFor, error) {
+	f, err := probes.OpenAxisFolder(path)
+	if err != nil {
+		return nil, err
+	}
+	w, err := steer.IdentifyWeights(lm.Dir)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := f.Axis.Fit(f.AxisPath, lm.NumLayers(), lm.HiddenSize(), w, ignoreHash)
+	if err != nil {
+		return nil, err
+	}
+	return &AxisFor{AxisFolder: f, relation: rel.String()}, nil
+}
+
+// Model is the loaded model.
+func (b *LMBackend) Model() *model.LM { return b.lm }
+
+// Info implements Backend.
+func (b *LMBackend) Info() Info { return b.info }
+
+// Tau implements Backend.
+func (b *LMBackend) Tau(c Controls, layer int) float64 {
+	if !c.CapOn || b.axis == nil {
+		return math.NaN()
+	}
+	return b.axis.Tau(c.Cap, layer)
+}
+
+// Scale implements Backend.
+func (b *LMBackend) Scale(layer int) (float64, float64) {
+	if b.axis != nil {
+		if line, top, ok := b.axis.Scale(layer); ok {
+			return line, top
+		}
+	}
+	return math.NaN(), math.NaN()
+}
+
+// Apply implements Backend.
+func (b *LMBackend) Apply(c Controls) error {
+	if c.Layer < 0 || c.Layer >= b.info.Layers {
+		return fmt.Errorf("layer %d: the model has layers 0 to %d", c.Layer, b.info.Layers-1)
+	}
+	var list []model.Intervention
+	if (c.CapOn || c.SteerOn) && b.axis == nil {
+		return fmt.Errorf("no axis loaded: start with --axis DIR or use /axis DIR")
+	}
+	// Steering first: a cap then bounds the steered stream, as it would any other push away from the Assistant.
+	if c.SteerOn {
+		iv, err := b.axis.Axis.Steer(c.SteerLayer, c.SteerCoeff)
+		if err != nil {
+			return err
+		}
+		list = append(list, iv)
+	}
+	if c.CapOn {
+		caps, err := b.axis.Caps(c.Cap)
+		if err != nil {
+			return err
+		}
+		list = append(list, caps...)
+	}
+	b.mu.Lock()
+	b.active, b.layer = list, c.Layer
+	b.mu.Unlock()
+	return b.rec.Retarget(list)
+}
+
+// Generate implements Backend: the assistant turn is recorded token by token with its projections.
+func (b *LMBackend) Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error) {
+	tm := make([]tokenizer.Message, len(msgs))
+	for i, m := range msgs {
+		tm[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
+	}
+	ids, err := tokenizer.ChatPrompt(b.lm.Tokenizer, tm)
+	if err != nil {
+		return "", err
+	}
+	b.mu.Lock()
+	active, layer := b.active, b.layer
+	b.mu.Unlock()
+	at := -1 // the plotted layer's place among the recorded projections
+	for i, l := range b.rec.Layers {
+		if l == layer {
+			at = i
+		}
+	}
+	onToken := func(ev sessions.Event) {
+		t := Token{Text: ev.Piece}
+		for _, c := range ev.Caps {
+			t.Capped = t.Capped || c != 0
+		}
+		if at >= 0 && at < len(ev.Proj) {
+			t.Proj, t.HasProj = float64(ev.Proj[at]), true
+		}
+		emit(t)
+	}
+	g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}}
+	reply, _, err := b.rec.Generate(ctx, b.lm, ids, active, g, onToken)
+	return reply, err
+}
+
+// Say implements Recorder.
+func (b *LMBackend) Say(role, text string) error { return b.rec.Say(role, text) }
+
+// Control implements Recorder.
+func (b *LMBackend) Control(name string, value any) error { return b.rec.Control(name, value) }
+
+// Mark implements Recorder.
+func (b *LMBackend) Mark(label string) error { return b.rec.Mark(label) }
+
+// RecordJob implements Recorder.
+func (b *LMBackend) RecordJob(u JobUpdate) error {
+	return b.rec.Job(u.ID, u.State, sessions.JobState{Kind: u.Kind, Step: u.Step, Total: u.Total, Loss: u.Loss, Final: u.Final, Error: u.Error})
+}
+
+// Close implements Backend: it ends the recording and frees the model.
+func (b *LMBackend) Close() error {
+	var err error
+	if b.rec.Rec != nil {
+		err = b.rec.Rec.Close()
+	}
+	b.lm.Close()
+	return err
+}

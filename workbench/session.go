@@ -1,0 +1,271 @@
+package workbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Options configure a session.
+type Options struct {
+	Sampling Sampling
+	Controls Controls
+	System   string
+	Jobs     JobRunner // nil: /train, /cancel and /load are unavailable
+	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable).
+	Load func(modelDir, axis string) (Backend, error)
+}
+
+// Session is one chat: a backend, the conversation, the controls and the sampling. Its methods are safe to call
+// from a front end's goroutine while a reply streams on another.
+type Session struct {
+	opt     Options
+	Warning string // why the session did not start as asked ("" when it did)
+
+	mu         sync.Mutex
+	backend    Backend
+	turns      []Turn
+	system     string
+	controls   Controls
+	sampling   Sampling
+	generating bool
+	cancel     context.CancelFunc
+}
+
+// ErrBusy is the answer to what must wait for the reply in flight.
+var ErrBusy = errors.New("a reply is streaming: ctrl+c stops it first")
+
+// New starts a session on a backend with the options' controls in force. Controls the backend refuses leave
+// the session with no intervention, and Warning says why.
+func New(b Backend, opt Options) *Session {
+	s := &Session{opt: opt, backend: b, controls: opt.Controls, sampling: opt.Sampling}
+	if err := b.Apply(s.controls); err != nil {
+		s.Warning = err.Error()
+		s.controls.CapOn, s.controls.SteerOn = false, false
+		s.controls.Layer = min(max(s.controls.Layer, 0), b.Info().Layers-1)
+		b.Apply(s.controls)
+	}
+	if opt.System != "" {
+		if err := s.setSystem(opt.System); err != nil {
+			s.Warning = "recording the system prompt: " + err.Error()
+		}
+	}
+	return s
+}
+
+// Info describes the loaded model.
+func (s *Session) Info() Info { return s.current().Info() }
+
+func (s *Session) current() Backend {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backend
+}
+
+// Controls are the controls in force.
+func (s *Session) Controls() Controls {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.controls
+}
+
+// Sampling is the sampling in force.
+func (s *Session) Sampling() Sampling {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sampling
+}
+
+// System is the system prompt ("" when none).
+func (s *Session) System() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.system
+}
+
+// Turns is the conversation so far; a generated turn's tokens grow while it streams.
+func (s *Session) Turns() []Turn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Turn, len(s.turns))
+	copy(out, s.turns)
+	return out
+}
+
+// Generating reports whether a reply is streaming.
+func (s *Session) Generating() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.generating
+}
+
+// Tau is the cap floor at a layer under the controls in force (NaN: none).
+func (s *Session) Tau(layer int) float64 {
+	s.mu.Lock()
+	b, c := s.backend, s.controls
+	s.mu.Unlock()
+	return b.Tau(c, layer)
+}
+
+// Scale is the drift line and the Assistant's mean projection at a layer (NaN when unknown).
+func (s *Session) Scale(layer int) (float64, float64) { return s.current().Scale(layer) }
+
+// Apply puts new controls in force; refused ones leave the old in force and the error says why.
+func (s *Session) Apply(c Controls) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.backend.Apply(c); err != nil {
+		return err
+	}
+	s.controls = c
+	return nil
+}
+
+// Send adds a user message and streams the reply, calling emit for every token; it returns when the reply ends,
+// ctx ends or Stop is called. A stopped reply keeps what streamed.
+func (s *Session) Send(ctx context.Context, text string, emit func(Token)) (string, error) {
+	stream, err := s.Start(ctx, text)
+	if err != nil {
+		return "", err
+	}
+	return stream(emit)
+}
+
+// Start adds a user message and an empty reply to the conversation at once, and returns what streams the reply
+// (a front end runs it where it may block).
+func (s *Session) Start(ctx context.Context, text string) (stream func(emit func(Token)) (string, error), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.generating {
+		return nil, ErrBusy
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.generating, s.cancel = true, cancel
+	s.turns = append(s.turns, Turn{Role: "user", Text: text})
+	msgs := make([]Message, len(s.turns))
+	for i, t := range s.turns {
+		msgs[i] = Message{Role: t.Role, Content: t.Text}
+	}
+	s.turns = append(s.turns, Turn{Role: "assistant"})
+	at := len(s.turns) - 1
+	b, sampling := s.backend, s.sampling
+	return func(emit func(Token)) (string, error) {
+		defer cancel()
+		err := b.Say("user", text)
+		reply := ""
+		if err == nil {
+			reply, err = b.Generate(ctx, msgs, sampling, func(t Token) {
+				s.mu.Lock()
+				if at < len(s.turns) {
+					s.turns[at].Tokens = append(s.turns[at].Tokens, t)
+					s.turns[at].Text += t.Text
+				}
+				s.mu.Unlock()
+				if emit != nil {
+					emit(t)
+				}
+			})
+		}
+		stopped := ctx.Err() != nil
+		if stopped {
+			err = nil
+			b.Control("stopped", true)
+		}
+		s.mu.Lock()
+		if at < len(s.turns) {
+			if reply != "" && !stopped {
+				s.turns[at].Text = reply
+			}
+			s.turns[at].Stopped = stopped
+			reply = s.turns[at].Text
+		}
+		s.generating, s.cancel = false, nil
+		s.mu.Unlock()
+		return reply, err
+	}, nil
+}
+
+// Stop ends the reply in flight; what streamed stays.
+func (s *Session) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+}
+
+// RecordJob puts a job's change of state into the recording.
+func (s *Session) RecordJob(u JobUpdate) error { return s.current().RecordJob(u) }
+
+// Close stops a reply in flight and closes the backend (the recording ends, the model is freed).
+func (s *Session) Close() error {
+	s.Stop()
+	return s.current().Close()
+}
+
+// setSystem replaces the system prompt (first in the conversation) and records it.
+func (s *Session) setSystem(text string) error {
+	s.mu.Lock()
+	s.system = text
+	kept := make([]Turn, 0, len(s.turns)+1)
+	if text != "" {
+		kept = append(kept, Turn{Role: "system", Text: text})
+	}
+	for _, t := range s.turns {
+		if t.Role != "system" {
+			kept = append(kept, t)
+		}
+	}
+	s.turns = kept
+	b := s.backend
+	s.mu.Unlock()
+	return b.Say("system", text)
+}
+
+// clear empties the conversation (the system prompt stays) and records it.
+func (s *Session) clear() error {
+	s.mu.Lock()
+	if s.generating {
+		s.mu.Unlock()
+		return ErrBusy
+	}
+	s.turns = nil
+	if s.system != "" {
+		s.turns = []Turn{{Role: "system", Text: s.system}}
+	}
+	b := s.backend
+	s.mu.Unlock()
+	return b.Control("clear", true)
+}
+
+// swap replaces the backend (a model or axis loaded by /model, /axis, /load): the old one is closed, capping
+// and steering are switched off and the plotted layer kept where the new model has it.
+func (s *Session) swap(next Backend) error {
+	s.mu.Lock()
+	old := s.backend
+	c := s.controls
+	c.CapOn, c.SteerOn = false, false
+	c.Layer = min(c.Layer, next.Info().Layers-1)
+	c.SteerLayer = min(c.SteerLayer, next.Info().Layers-1)
+	s.backend, s.controls = next, c
+	system := s.system
+	s.mu.Unlock()
+	old.Close()
+	if err := next.Apply(c); err != nil {
+		return err
+	}
+	if system != "" {
+		return next.Say("system", system)
+	}
+	return nil
+}
+
+// transcript is the conversation as plain text, one "role: text" block per turn.
+func (s *Session) transcript() string {
+	var out string
+	for _, t := range s.Turns() {
+		out += fmt.Sprintf("%s: %s\n\n", t.Role, t.Text)
+	}
+	return out
+}

@@ -1,0 +1,149 @@
+// Package workbenchtest is a scripted workbench backend for the front ends' tests: it replies with fixed words
+// whose projections fall turn by turn, as a drifting model's would, and remembers what it was told.
+package workbenchtest
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keel-lab/keel/workbench"
+)
+
+// Backend is the scripted backend: 8 layers, an axis when Axis is set, a calibration with p1..p75.
+type Backend struct {
+	Axis      string
+	Recording string        // the session file Info reports ("" : not recording)
+	Delay     time.Duration // between tokens
+
+	mu       sync.Mutex
+	controls []workbench.Controls
+	events   []string // what was recorded, "say user hello", "control clear true", "mark good", "job ID state"
+	replies  int
+}
+
+// Info implements workbench.Backend.
+func (f *Backend) Info() workbench.Info {
+	return workbench.Info{Model: "/models/persona", Device: "cpu", DType: "f32", Layers: 8, DModel: 256, Axis: f.Axis,
+		Percentiles: []float64{0.01, 0.25, 0.5, 0.75}, Recording: f.Recording}
+}
+
+// Apply implements workbench.Backend.
+func (f *Backend) Apply(c workbench.Controls) error {
+	if c.Layer < 0 || c.Layer >= 8 {
+		return fmt.Errorf("layer %d: the model has layers 0 to 7", c.Layer)
+	}
+	if c.CapOn {
+		if err := c.Cap.Check(8); err != nil {
+			return err
+		}
+		switch c.Cap.P {
+		case 0.01, 0.25, 0.5, 0.75:
+		default:
+			return fmt.Errorf("no percentile p%g in the calibration (it has p1, p25, p50, p75)", c.Cap.P*100)
+		}
+	}
+	f.mu.Lock()
+	f.controls = append(f.controls, c)
+	f.mu.Unlock()
+	return nil
+}
+
+// Last is the controls last applied.
+func (f *Backend) Last() workbench.Controls {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.controls[len(f.controls)-1]
+}
+
+// Events are what was recorded, in order.
+func (f *Backend) Events() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.events...)
+}
+
+func (f *Backend) note(format string, a ...any) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, fmt.Sprintf(format, a...))
+	return nil
+}
+
+// Tau implements workbench.Backend.
+func (f *Backend) Tau(c workbench.Controls, layer int) float64 {
+	if !c.CapOn || layer < c.Cap.Window[0] || layer >= c.Cap.Window[1] {
+		return math.NaN()
+	}
+	return 1.5
+}
+
+// Scale implements workbench.Backend.
+func (f *Backend) Scale(layer int) (float64, float64) { return 0, 3 }
+
+// Generate implements workbench.Backend: "Certainly. Reply number N to "...", ..." word by word.
+func (f *Backend) Generate(ctx context.Context, msgs []workbench.Message, s workbench.Sampling, emit func(workbench.Token)) (string, error) {
+	f.mu.Lock()
+	f.replies++
+	n := f.replies
+	f.mu.Unlock()
+	words := strings.Fields(fmt.Sprintf("Certainly. Reply number %d to %q, in the Assistant's words. I hope this helps.", n, msgs[len(msgs)-1].Content))
+	var out strings.Builder
+	for i, w := range words {
+		if f.Delay > 0 {
+			select {
+			case <-ctx.Done():
+				return out.String(), ctx.Err()
+			case <-time.After(f.Delay):
+			}
+		}
+		piece := " " + w
+		if i == 0 {
+			piece = w
+		}
+		out.WriteString(piece)
+		emit(workbench.Token{Text: piece, Proj: 3 - float64(n) - 0.1*float64(i), HasProj: true})
+	}
+	return out.String(), nil
+}
+
+// Say implements workbench.Recorder.
+func (f *Backend) Say(role, text string) error { return f.note("say %s %s", role, text) }
+
+// Control implements workbench.Recorder.
+func (f *Backend) Control(name string, value any) error { return f.note("control %s %v", name, value) }
+
+// Mark implements workbench.Recorder.
+func (f *Backend) Mark(label string) error { return f.note("mark %s", label) }
+
+// RecordJob implements workbench.Recorder.
+func (f *Backend) RecordJob(u workbench.JobUpdate) error { return f.note("job %s %s", u.ID, u.State) }
+
+// Close implements workbench.Backend.
+func (f *Backend) Close() error { return nil }
+
+// Jobs is a JobRunner that starts nothing and remembers what it was asked.
+type Jobs struct {
+	mu      sync.Mutex
+	Started [][]string
+}
+
+// Start implements workbench.JobRunner.
+func (j *Jobs) Start(kind string, args []string) (string, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.Started = append(j.Started, append([]string{kind}, args...))
+	return kind + "-1", nil
+}
+
+// Cancel implements workbench.JobRunner.
+func (j *Jobs) Cancel(id string) error { return nil }
+
+// ModelDir implements workbench.JobRunner.
+func (j *Jobs) ModelDir(ref string) (string, error) { return "", fmt.Errorf("no run %q", ref) }
+
+// Sync implements workbench.JobRunner.
+func (j *Jobs) Sync(ctx context.Context) error { return nil }
