@@ -55,6 +55,7 @@ type State struct {
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
 	Error      string    `json:"error,omitempty"`
+	Phase      string    `json:"phase,omitempty"` // the last thing the trainer said it was doing (scoring, fitting the value head)
 	Final      string    `json:"final,omitempty"`
 	Checkpoint string    `json:"checkpoint,omitempty"`
 }
@@ -258,7 +259,8 @@ func (r *Run) ReadMetrics() ([]Metrics, error) {
 	return out, sc.Err()
 }
 
-// Watch calls fn with every metrics line as it appears and with state changes, until the run ends or ctx does.
+// Watch calls fn with every metrics line as it appears and with changes of state or phase, until the run ends or
+// ctx does.
 func (r *Run) Watch(ctx context.Context, poll time.Duration, fn func(State, *Metrics)) (State, error) {
 	seen := 0
 	last := ""
@@ -274,9 +276,9 @@ func (r *Run) Watch(ctx context.Context, poll time.Duration, fn func(State, *Met
 		for ; seen < len(ms); seen++ {
 			fn(s, &ms[seen])
 		}
-		if s.State != last {
+		if s.State+"\x00"+s.Phase != last {
 			fn(s, nil)
-			last = s.State
+			last = s.State + "\x00" + s.Phase
 		}
 		switch s.State {
 		case Done, Failed, Cancelled:
@@ -394,12 +396,16 @@ func (j *jobCtl) emit(e Event) {
 	}
 }
 
-// logf writes a progress line to the log and the watcher.
+// logf writes a progress line to the log, the watcher and the run's state.
 func (j *jobCtl) logf(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	if j.opts.Log != nil {
 		fmt.Fprintln(j.opts.Log, msg)
 	}
+	// A watcher in another process sees the phase in state.json: before the first step (scoring rollouts,
+	// fitting a value head) it is all there is to show.
+	j.state.Phase, j.state.Updated = msg, time.Now().UTC()
+	j.run.WriteState(j.state)
 	j.emit(Event{Message: msg})
 }
 

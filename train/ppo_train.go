@@ -299,12 +299,19 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	t0 := time.Now()
 	tokens := 0
 	for step := start + 1; step <= cfg.MaxSteps; step++ {
-		t0 = t0.Add(job.holdWhilePaused(ctx))
-		if ctx.Err() != nil || run.cancelRequested() {
+		// A cancel is honoured between the phases of an iteration, not only between iterations (one PPO
+		// iteration of rollouts, scoring and epochs can take minutes). Until the first update of the iteration the
+		// weights are still the previous step's, which may be saved.
+		cancelled := func() bool { return ctx.Err() != nil || run.cancelRequested() }
+		stop := func() error {
 			if step-1 > start && st.Over == 0 {
 				save(step-1, job.state.Loss)
 			}
 			return errCancelled
+		}
+		t0 = t0.Add(job.holdWhilePaused(ctx))
+		if cancelled() {
+			return stop()
 		}
 		if err := rt.ManualSeed(cfg.Seed*1000003 + uint64(step)); err != nil {
 			return err
@@ -323,7 +330,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 			Sampling: model.Sampling{Temperature: cfg.Temperature, TopP: cfg.TopP, RepetitionPenalty: cfg.RepetitionPenalty, Seed: cfg.Seed*7919 + uint64(step)}}})
 		if err != nil {
 			if ctx.Err() != nil {
-				return errCancelled
+				return stop()
 			}
 			return fmt.Errorf("step %d, rollouts: %w", step, err)
 		}
@@ -339,6 +346,9 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		}
 		// 2. Scores, normalised and clipped with running statistics (PPO-max).
 		scores, err := ScoreChecked(ctx, reward, samples)
+		if cancelled() {
+			return stop()
+		}
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
@@ -384,6 +394,9 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		for epoch := 0; epoch < cfg.NumPPOEpochs; epoch++ {
 			order := r.Perm(len(batch))
 			for m0 := 0; m0 < len(order); m0 += cfg.MiniBatchSize {
+				if cancelled() { // mid-update: these weights are no step's, so nothing is saved
+					return errCancelled
+				}
 				var mb []rollout
 				for _, k := range order[m0:min(m0+cfg.MiniBatchSize, len(order))] {
 					mb = append(mb, batch[k])

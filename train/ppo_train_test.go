@@ -183,3 +183,43 @@ func TestPPOResumesAfterCancel(t *testing.T) {
 		t.Fatalf("state %+v", st)
 	}
 }
+
+// cancelReward asks the run to cancel while it scores the given iteration, as /cancel from another process would.
+type cancelReward struct {
+	wordReward
+	run   *Run
+	calls *int
+	at    int
+}
+
+func (c cancelReward) Score(ctx context.Context, samples []Sample) ([]float64, error) {
+	if *c.calls++; *c.calls == c.at {
+		c.run.RequestCancel()
+	}
+	return c.wordReward.Score(ctx, samples)
+}
+
+// A cancel requested mid-iteration stops the run before that iteration's update, keeping the previous step.
+func TestPPOCancelsWithinAnIteration(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	dir := t.TempDir()
+	policy := sftTiny(t, dir)
+	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 6, RolloutBatchSize: 8,
+		MiniBatchSize: 8, KLCoef: 0.02, MaxNewTokens: 8, Seed: 1, SaveSteps: 10}
+	calls := 0
+	if err := RunPPO(context.Background(), rt, run, cfg, cancelReward{wordReward{"plus"}, run, &calls, 3}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := run.ReadState()
+	ms, _ := run.ReadMetrics()
+	if st.State != Cancelled || len(ms) != 2 {
+		t.Fatalf("state %s after %d logged iterations: the cancel during iteration 3's scoring should end the run before its update", st.State, len(ms))
+	}
+	if ck, err := latestCheckpoint(run.Dir); err != nil || !strings.HasSuffix(ck, "step-000002") {
+		t.Fatalf("checkpoint %q %v, want step 2's weights", ck, err)
+	}
+}

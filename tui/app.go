@@ -120,10 +120,19 @@ func (a *App) Init() tea.Cmd {
 	if a.mouse {
 		cmds = append(cmds, tea.EnableMouseCellMotion)
 	}
-	if jobs := a.opt.Jobs; jobs != nil {
-		cmds = append(cmds, func() tea.Msg { return jobsSyncedMsg{jobs.Sync(context.Background())} })
+	return tea.Batch(append(cmds, a.syncJobs())...)
+}
+
+// jobsSyncEvery is how often the jobs pane looks for runs it does not know yet.
+const jobsSyncEvery = 2 * time.Second
+
+// syncJobs lists the machine's runs off the UI goroutine (their updates come as JobUpdates).
+func (a *App) syncJobs() tea.Cmd {
+	jobs := a.opt.Jobs
+	if jobs == nil {
+		return nil
 	}
-	return tea.Batch(cmds...)
+	return func() tea.Msg { return jobsSyncedMsg{jobs.Sync(context.Background())} }
 }
 
 // Messages of the app's own commands.
@@ -140,6 +149,7 @@ type (
 	slowMsg struct{ res workbench.Result }
 	// jobsSyncedMsg is the machine's runs listed (their updates follow as JobUpdates).
 	jobsSyncedMsg struct{ err error }
+	syncJobsMsg   struct{}
 )
 
 // waitStream reads the next message of a generation.
@@ -177,7 +187,10 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 		if msg.err != nil {
 			a.notice = "listing the jobs: " + msg.err.Error()
 		}
-		return nil
+		// Runs started by other processes (keel train --detach, another chat) appear within a couple of seconds.
+		return tea.Tick(jobsSyncEvery, func(time.Time) tea.Msg { return syncJobsMsg{} })
+	case syncJobsMsg:
+		return a.syncJobs()
 	case slowMsg:
 		return a.result(msg.res)
 	case replayTickMsg:

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/muesli/termenv"
 
 	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/train"
 	"github.com/keel-lab/keel/workbench"
 	"github.com/keel-lab/keel/workbench/workbenchtest"
 )
@@ -405,5 +407,42 @@ func TestTUIAndREPLAnswerAlike(t *testing.T) {
 				t.Errorf("%s: the TUI says %q, the REPL %q", line, a.notice, repl)
 			}
 		}
+	}
+}
+
+// The jobs pane lists a run that another process started, with its progress, from the runs folder.
+func TestJobsPaneShowsRunsOfOtherProcesses(t *testing.T) {
+	dir := t.TempDir()
+	run, err := train.NewRun(dir, "alol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := run.ReadState()
+	st.State, st.PID, st.Phase = train.Running, os.Getpid(), "scoring 120 training responses with axis"
+	if err := run.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	var tm atomic.Pointer[teatest.TestModel]
+	jobs := &workbench.ProcessJobs{RunsDir: dir, Send: func(u workbench.JobUpdate) {
+		for tm.Load() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		tm.Load().Send(u)
+	}}
+	tm.Store(teatest.NewTestModel(t, testApp(&fakeEngine{Axis: "axis"}, jobs), teatest.WithInitialTermSize(120, 36)))
+	tm.Load().Send(tea.KeyMsg{Type: tea.KeyCtrlO})
+	waitFor(t, tm.Load(), "scoring 120 training responses")
+	// The run begins its steps: the pane follows its metrics.
+	st.Step, st.TotalSteps, st.Loss, st.Phase = 3, 10, 0.5, "training"
+	f, _ := os.OpenFile(filepath.Join(run.Dir, "metrics.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	for step := 1; step <= 3; step++ {
+		json.NewEncoder(f).Encode(train.Metrics{Step: step, Loss: 1 / float64(step), Extra: map[string]float64{"reward_mean": 0.1 * float64(step)}})
+	}
+	f.Close()
+	run.WriteState(st)
+	waitFor(t, tm.Load(), run.ID+" running 3/10")
+	_, view := finalView(t, tm.Load())
+	if !strings.Contains(view, "R    ") {
+		t.Fatalf("the reward is not plotted:\n%s", view)
 	}
 }

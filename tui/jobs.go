@@ -14,36 +14,52 @@ import (
 type jobView struct {
 	workbench.JobUpdate
 	losses []float64
-	extra  map[string]float64 // the latest value of each trainer figure (some are measured only now and then)
+	extra  map[string]float64   // the latest value of each trainer figure (some are measured only now and then)
+	series map[string][]float64 // each plotted trainer figure, step by step
+}
+
+// plottedExtras are the trainer figures the open jobs pane plots under the loss.
+var plottedExtras = [][2]string{{"reward_mean", "R"}, {"val_reward", "val R"}, {"ref_kl", "KL"}}
+
+func finished(state string) bool {
+	return state == train.Done || state == train.Failed || state == train.Cancelled
 }
 
 func (a *App) jobUpdate(u workbench.JobUpdate) {
-	for _, j := range a.jobs {
-		if j.ID == u.ID {
-			if u.State != j.State {
-				a.recordJob(u)
-			}
-			if u.Step > j.Step && u.Loss != 0 {
-				j.losses = append(j.losses, u.Loss)
-			}
-			j.JobUpdate = u
-			for k, v := range u.Extra {
-				j.extra[k] = v
-			}
-			if u.State == train.Done {
-				a.notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
-			} else if u.State == train.Failed {
-				a.notice = fmt.Sprintf("job %s failed: %s", u.ID, u.Error)
-			}
-			return
+	var j *jobView
+	for _, v := range a.jobs {
+		if v.ID == u.ID {
+			j = v
 		}
 	}
-	j := &jobView{JobUpdate: u, extra: map[string]float64{}}
+	if j == nil {
+		j = &jobView{JobUpdate: u, extra: map[string]float64{}, series: map[string][]float64{}}
+		a.jobs = append(a.jobs, j)
+		if !finished(u.State) { // a run that ended before this chat began is listed, not recorded
+			a.recordJob(u)
+		}
+	} else if u.State != j.State {
+		a.recordJob(u)
+		if u.State == train.Done {
+			a.notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
+		} else if u.State == train.Failed {
+			a.notice = fmt.Sprintf("job %s failed: %s", u.ID, u.Error)
+		}
+	}
+	if u.Step > j.Step && u.Loss != 0 {
+		j.losses = append(j.losses, u.Loss)
+	}
+	if u.Step > j.Step {
+		for _, x := range plottedExtras {
+			if v, ok := u.Extra[x[0]]; ok {
+				j.series[x[0]] = append(j.series[x[0]], v)
+			}
+		}
+	}
+	j.JobUpdate = u
 	for k, v := range u.Extra {
 		j.extra[k] = v
 	}
-	a.jobs = append(a.jobs, j)
-	a.recordJob(u)
 }
 
 // recordJob puts a job's change of state into the session recording.
@@ -136,6 +152,10 @@ func (a *App) renderJobs() string {
 			frac = float64(j.Step) / float64(j.Total)
 		}
 		line := fmt.Sprintf("%s %s %d/%d loss %.3f", j.ID, j.State, j.Step, j.Total, j.Loss)
+		preparing := j.Step == 0 && j.Phase != "" && !finished(j.State)
+		if preparing {
+			line = j.ID + " " + j.State
+		}
 		if j.State == train.Running && j.ETA > 0 {
 			line += " ETA " + j.ETA.Round(time.Second).String()
 		}
@@ -144,9 +164,19 @@ func (a *App) renderJobs() string {
 			n := int(frac * float64(barWidth-2))
 			barText = "[" + strings.Repeat("#", n) + strings.Repeat(".", barWidth-2-n) + "]"
 		}
-		lines = append(lines, truncate(line, width), "  "+barText)
+		lines = append(lines, truncate(line, width))
+		if preparing { // before the first step the trainer's phase is the progress (scoring, fitting a value head)
+			lines = append(lines, "  "+truncate(j.Phase, width-2))
+		} else {
+			lines = append(lines, "  "+barText)
+		}
 		if a.showJobs {
-			lines = append(lines, "  "+sparkline(j.losses, width-4))
+			lines = append(lines, "  loss "+sparkline(j.losses, width-9))
+			for _, x := range plottedExtras {
+				if len(j.series[x[0]]) > 1 {
+					lines = append(lines, fmt.Sprintf("  %-5s%s", x[1], sparkline(j.series[x[0]], width-9)))
+				}
+			}
 			for _, x := range j.extraLines(width - 2) {
 				lines = append(lines, "  "+truncate(x, width-2))
 			}

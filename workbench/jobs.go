@@ -116,7 +116,7 @@ func (p *ProcessJobs) watch(run *train.Run, kind string) {
 		return
 	}
 	go run.Watch(context.Background(), 300*time.Millisecond, func(s train.State, m *train.Metrics) {
-		u := JobUpdate{ID: run.ID, Kind: kind, State: s.State, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
+		u := JobUpdate{ID: run.ID, Kind: kind, State: s.State, Phase: s.Phase, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
 		if m != nil {
 			u.Step, u.Loss, u.ETA, u.Extra = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second)), m.Extra
 		}

@@ -65,7 +65,7 @@ func runTrainALoL(args []string, stdout, stderr io.Writer) error {
 	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
 		return err
 	}
-	run, resuming, err := rf.open("alol", c.ModelNameOrPath != "" && c.DatasetPath != "", &c)
+	run, resuming, err := rf.open("alol", "--data", c.DatasetPath, &c)
 	if err != nil {
 		return err
 	}

@@ -63,7 +63,7 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
 		return err
 	}
-	run, resuming, err := rf.open("ppo", c.ModelNameOrPath != "" && c.PromptsPath != "", &c)
+	run, resuming, err := rf.open("ppo", "--prompts", c.PromptsPath, &c)
 	if err != nil {
 		return err
 	}

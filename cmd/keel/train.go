@@ -51,9 +51,13 @@ func (r *runFlags) register(fs *flag.FlagSet) {
 	r.stopAfter = fs.Int("stop-after", 0, "stop (as if cancelled) after this step, the schedule unchanged (0 = run to --steps)")
 }
 
-// open finds or makes the run folder; when resuming, the run's saved config.json replaces cfg. fresh reports
-// whether the flags name a model and data (a new run needs them).
-func (r *runFlags) open(kind string, fresh bool, cfg any) (*train.Run, bool, error) {
+// open finds or makes the run folder; when resuming, the run's saved config.json replaces cfg. A new run needs
+// its data file (dataPath, given as dataFlag), checked here before any run folder exists.
+func (r *runFlags) open(kind, dataFlag, dataPath string, cfg any) (*train.Run, bool, error) {
+	fresh := dataPath != ""
+	if _, err := os.Stat(dataPath); fresh && *r.resume == "" && err != nil {
+		return nil, false, usageError{fmt.Errorf("%s %s: no such file: give a JSONL file that exists", dataFlag, dataPath)}
+	}
 	var run *train.Run
 	var err error
 	resuming := *r.resume != ""
@@ -64,7 +68,7 @@ func (r *runFlags) open(kind string, fresh bool, cfg any) (*train.Run, bool, err
 		run, err = train.OpenRun(*r.runsDir, *r.resume)
 	default:
 		if !fresh {
-			return nil, false, usageError{fmt.Errorf("--model DIR and --data FILE are required")}
+			return nil, false, usageError{fmt.Errorf("%s FILE is required (--model defaults to keel's embedded model)", dataFlag)}
 		}
 		run, err = train.NewRun(*r.runsDir, kind)
 	}
@@ -189,7 +193,10 @@ func runTrainSFT(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c.LoRA = lora.config()
-	run, resuming, err := rf.open("sft", c.ModelNameOrPath != "" && c.DatasetPath != "", &c)
+	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
+		return err
+	}
+	run, resuming, err := rf.open("sft", "--data", c.DatasetPath, &c)
 	if err != nil {
 		return err
 	}
