@@ -193,6 +193,8 @@ func (b *LMBackend) Generate(ctx context.Context, msgs []Message, s Sampling, em
 	}
 	g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}}
 	reply, _, err := b.rec.Generate(ctx, b.lm, ids, active, g, onToken)
+	// The prompt's prefill is the turn's peak; give what it freed back, so a long chat does not hold its peak.
+	b.lm.RT.TrimHostMemory()
 	return reply, err
 }
 

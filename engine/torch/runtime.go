@@ -28,6 +28,7 @@ type Runtime struct {
 	freeString      func(s uintptr)
 	setNumThreads   func(n int64) uintptr
 	getNumThreads   func() int64
+	trimHostMemory  func() int64
 	manualSeed      func(seed uint64) uintptr
 	cudaDeviceCount func() int64
 	cudaMemory      func(dev int64, alloc, peak, reserved *int64) uintptr
@@ -108,7 +109,7 @@ func Open(path string) (*Runtime, error) {
 		name string
 	}{
 		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"},
-		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"},
+		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"}, {&r.trimHostMemory, "kt_trim_host_memory"},
 		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
 		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
 		{&r.setGradEnabled, "kt_set_grad_enabled"}, {&r.setAutocast, "kt_set_autocast"},
@@ -179,6 +180,10 @@ func (r *Runtime) CUDADeviceCount() int { return int(r.cudaDeviceCount()) }
 func (r *Runtime) SetNumThreads(n int) error {
 	return r.check("set_num_threads", r.setNumThreads(int64(n)))
 }
+
+// TrimHostMemory hands the C heap's free memory back to the system (glibc keeps it otherwise, so a process
+// would hold its peak after one long prefill); it reports whether any was released.
+func (r *Runtime) TrimHostMemory() bool { return r.trimHostMemory() != 0 }
 
 // NumThreads is libtorch's intra-op thread count.
 func (r *Runtime) NumThreads() int { return int(r.getNumThreads()) }

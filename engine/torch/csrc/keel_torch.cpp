@@ -9,6 +9,7 @@
 #include <ATen/autocast_mode.h>
 
 #include <dlfcn.h>
+#include <malloc.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -158,6 +159,15 @@ char *kt_set_num_threads(int64_t n) {
   KT_CATCH
 }
 int64_t kt_get_num_threads(void) { return at::get_num_threads(); }
+
+// glibc keeps freed heap memory for reuse: after a long prefill the process would hold its peak for good.
+int64_t kt_trim_host_memory(void) {
+#ifdef __GLIBC__
+  return malloc_trim(0);
+#else
+  return 0;
+#endif
+}
 
 char *kt_manual_seed(uint64_t seed) {
   KT_TRY

@@ -27,6 +27,7 @@ void kt_free(kt_tensor t);
 void kt_free_many(const kt_tensor *ts, int64_t n);
 char *kt_set_num_threads(int64_t n);
 int64_t kt_get_num_threads(void);
+int64_t kt_trim_host_memory(void);
 char *kt_manual_seed(uint64_t seed);
 int64_t kt_cuda_device_count(void);
 char *kt_cuda_memory(int64_t device, int64_t *allocated, int64_t *peak, int64_t *reserved);

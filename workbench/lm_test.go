@@ -1,0 +1,130 @@
+package workbench_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/workbench"
+)
+
+// persona is a session on keel's embedded model with its axis, recording to a file in the test's folder.
+func persona(t *testing.T, maxTokens int) (*workbench.Session, string) {
+	t.Helper()
+	rt := torchtest.Runtime(t)
+	dir, err := models.Persona(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	axis, err := models.PersonaAxis(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm, err := model.Load(rt, dir, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "chat.jsonl")
+	sampling := workbench.Sampling{Temperature: 0.7, TopP: 0.9, MaxTokens: maxTokens, Seed: 3}
+	b, err := workbench.NewLMBackend(lm, workbench.LMConfig{Device: "cpu", DType: "f32", AxisPath: axis, Record: true, RecordPath: path,
+		Version: "test", Sampling: sampling, Term: sessions.Term{Cols: 160, Rows: 48}})
+	if err != nil {
+		lm.Close()
+		t.Fatal(err)
+	}
+	s := workbench.New(b, workbench.Options{Sampling: sampling, Controls: workbench.DefaultControls(lm.NumLayers())})
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+// The recording says what the chat was: the sampling and terminal it ran with, the model's sha256, the axis's
+// layers with every token's projections, the system prompt, setting changes, clears and a stopped reply.
+func TestRecordingTellsTheTruth(t *testing.T) {
+	s, path := persona(t, 24)
+	for _, line := range []string{"/system You are a helpful assistant.", "/set temperature 0.3", "/cap on"} {
+		s.Run(line)
+	}
+	if _, err := s.Send(context.Background(), "Who are you?", nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Run("/clear")
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	s.Send(ctx, "Tell me a story.", func(workbench.Token) {
+		if n++; n == 3 {
+			cancel()
+		}
+	})
+	s.Close()
+	rec, err := sessions.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := rec.Header
+	if h.Sampling.Temperature != 0.7 || h.Sampling.TopP != 0.9 || h.Seed != 3 || h.Term.Cols != 160 || h.Term.Rows != 48 {
+		t.Fatalf("header sampling %+v seed %d term %+v", h.Sampling, h.Seed, h.Term)
+	}
+	if len(h.ModelSHA256) != 64 || len(h.Layers) != 8 || h.Axis == "" {
+		t.Fatalf("header model sha %q, layers %v, axis %q", h.ModelSHA256, h.Layers, h.Axis)
+	}
+	log := strings.Join(rec.Log(), "\n")
+	for _, want := range []string{"[1] system: You are a helpful assistant.", "temperature = 0.3", "interventions: cap layers_", "[2] user: Who are you?",
+		"chat cleared", "user: Tell me a story.", "the reply above was stopped by the user"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the recording's log lacks %q:\n%s", want, log)
+		}
+	}
+	tokens := 0
+	for _, e := range rec.Events {
+		if e.Type == sessions.Token && e.ID != 0 {
+			tokens++
+			if len(e.Proj) != 8 {
+				t.Fatalf("a token with %d projections", len(e.Proj))
+			}
+		}
+	}
+	if tokens < 10 {
+		t.Fatalf("%d generated tokens recorded", tokens)
+	}
+}
+
+func residentMiB(t *testing.T) float64 {
+	raw, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages, _ := strconv.ParseFloat(strings.Fields(string(raw))[1], 64)
+	return pages * float64(os.Getpagesize()) / (1 << 20)
+}
+
+// Resident memory stays flat over a 30-turn chat with a 5,000-character paste and a /clear: what a turn's
+// prefill frees goes back to the system.
+func TestLongChatMemoryIsFlat(t *testing.T) {
+	s, _ := persona(t, 16)
+	var rss []float64
+	for turn := 0; turn < 30; turn++ {
+		msg := fmt.Sprintf("Tell me about yourself, turn %d.", turn)
+		if turn == 5 {
+			msg = strings.Repeat("x", 5000)
+		}
+		if turn == 7 {
+			s.Run("/clear")
+		}
+		if _, err := s.Send(context.Background(), msg, nil); err != nil {
+			t.Fatal(err)
+		}
+		rss = append(rss, residentMiB(t))
+	}
+	t.Logf("RSS by turn (MiB): %.0f", rss)
+	if rss[29] > 1.5*rss[2] {
+		t.Fatalf("RSS grew from %.0f MiB at turn 3 to %.0f MiB at turn 30", rss[2], rss[29])
+	}
+}
