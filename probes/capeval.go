@@ -25,7 +25,7 @@ type CapEvalConfig struct {
 	Seed          uint64
 }
 
-// DefaultCapEval is the protocol of the README's capping table.
+// DefaultCapEval is the protocol of the capping table in docs/results/axis.md.
 func DefaultCapEval() CapEvalConfig {
 	return CapEvalConfig{Percentiles: []float64{0.25, 0.5}, Conversations: 10, Turns: 8, Jailbreaks: 100, Identity: 100, SteerCoeff: 1,
 		Temperature: 0.7, TopP: 0.9, MaxTokens: 96, BatchSize: 64, Seed: 1}

@@ -26,7 +26,7 @@ type DriftConfig struct {
 	Seed             uint64
 }
 
-// DefaultDrift is the protocol of the README's drift figures.
+// DefaultDrift is the protocol of the drift figures in docs/results/axis.md.
 func DefaultDrift() DriftConfig {
 	return DriftConfig{Domains: Domains, Conversations: 20, Turns: 8, Layer: -1, MinConversations: 10, Temperature: 0.7, TopP: 0.9, MaxTokens: 96, BatchSize: 64, Seed: 1}
 }

@@ -35,7 +35,7 @@ type ExtractConfig struct {
 	ModelName   string // for the "You are {model_name}." condition
 }
 
-// DefaultExtract is the protocol the README's figures come from.
+// DefaultExtract is the protocol the extraction figures in docs/results/axis.md come from.
 func DefaultExtract() ExtractConfig {
 	return ExtractConfig{Questions: 8, Temperature: 0.7, TopP: 0.9, MaxTokens: 64, BatchSize: 64, Judge: "style", MinCount: 10, Seed: 1, ModelName: "keel"}
 }

@@ -12,7 +12,7 @@ import (
 )
 
 // The fast subset of `keel eval alol` on the embedded model: two variants, one seed, a few short conversations.
-// The full protocol is a command (see the README); this checks that every figure is produced and sane.
+// The full protocol is a command (figures in docs/results/training.md); this checks that every figure is produced and sane.
 func TestEvalALoLFastSubset(t *testing.T) {
 	torchtest.Runtime(t)
 	work := t.TempDir()

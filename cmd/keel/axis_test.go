@@ -256,7 +256,7 @@ wait:
 }
 
 // The drift experiment and the capping evaluation run end to end on the embedded model (a small protocol: the
-// README's figures come from the full one) and print their figures as JSON.
+// figures in docs/results/axis.md come from the full one) and print their figures as JSON.
 func TestDriftAndCappingCommands(t *testing.T) {
 	torchtest.Runtime(t)
 	dir := t.TempDir()
