@@ -17,8 +17,14 @@ import (
 	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
+// Frame is one screen of a replayed session, as the workbench drew it, and when (seconds from the start).
+type Frame struct {
+	T      float64
+	Screen string
+}
+
 // WriteCast writes an asciinema v3 recording of the session's frames (each frame redraws the screen).
-func (s *Session) WriteCast(w io.Writer) error {
+func (s *Session) WriteCast(w io.Writer, frames []Frame) error {
 	h := map[string]any{"version": 3, "term": map[string]int{"cols": s.Header.Term.Cols, "rows": s.Header.Term.Rows},
 		"timestamp": s.Header.Created.Unix(), "title": "keel session " + s.Header.Model}
 	if h["term"].(map[string]int)["cols"] == 0 {
@@ -28,15 +34,13 @@ func (s *Session) WriteCast(w io.Writer) error {
 	if err := enc.Encode(h); err != nil {
 		return err
 	}
-	sc := NewScreen(s.Header)
 	prev := 0.0
-	for _, e := range s.Events {
-		sc.Apply(e)
-		frame := "\x1b[H\x1b[2J" + strings.ReplaceAll(sc.View(), "\n", "\r\n")
-		if err := enc.Encode([]any{round6(e.T - prev), "o", frame}); err != nil {
+	for _, f := range frames {
+		screen := "\x1b[H\x1b[2J" + strings.ReplaceAll(f.Screen, "\n", "\r\n")
+		if err := enc.Encode([]any{round6(f.T - prev), "o", screen}); err != nil {
 			return err
 		}
-		prev = e.T
+		prev = f.T
 	}
 	return nil
 }
@@ -159,8 +163,9 @@ func (s *Session) writePNG(f *os.File) error {
 }
 
 // Export writes the session in format (cast, transcript, csv, png) to path, whole or not at all: a failed export
-// leaves whatever was at path as it was, and the session's own file is never an export's destination.
-func (s *Session) Export(format, path string) error {
+// leaves whatever was at path as it was, and the session's own file is never an export's destination. A cast
+// holds the frames draw gives (the workbench's, drawn from the recording).
+func (s *Session) Export(format, path string, draw func(*Session) ([]Frame, error)) error {
 	if s.Path != "" {
 		if a, err := os.Stat(s.Path); err == nil {
 			if b, err := os.Stat(path); err == nil && os.SameFile(a, b) {
@@ -173,7 +178,14 @@ func (s *Session) Export(format, path string) error {
 	case "png":
 		write = s.writePNG
 	case "cast":
-		write = func(f *os.File) error { return s.WriteCast(f) }
+		if draw == nil {
+			return fmt.Errorf("a cast needs the workbench's frames: export it with keel sessions export")
+		}
+		frames, err := draw(s)
+		if err != nil {
+			return err
+		}
+		write = func(f *os.File) error { return s.WriteCast(f, frames) }
 	case "transcript":
 		write = func(f *os.File) error {
 			enc := json.NewEncoder(f)

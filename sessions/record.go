@@ -8,17 +8,13 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 )
 
-// Recording drives a chat's record: the file (none when Rec is nil: --no-record still shows projections), the
-// screen it renders (for live display and replay), and the axis whose projections every generated token
-// carries.
+// Recording drives a chat's record: the file (none when Rec is nil: --no-record still shows projections) and
+// the axis whose projections every generated token carries.
 type Recording struct {
 	Rec    *Recorder
-	Screen *Screen
 	Axis   map[int][]float32 // layer -> unit vector, for the recorded layers
 	Layers []int             // the recorded layers when Rec is nil (else the header's)
-	// OnFrame, when set, receives the frame after every event (what a terminal would show).
-	OnFrame func(string)
-	live    *model.Hooks
+	live   *model.Hooks
 	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
 }
 
@@ -35,12 +31,6 @@ func (r *Recording) add(e Event) error {
 	if r.Rec != nil {
 		if err := r.Rec.Add(e); err != nil {
 			return err
-		}
-	}
-	if r.Screen != nil {
-		r.Screen.Apply(e)
-		if r.OnFrame != nil {
-			r.OnFrame(r.Screen.View())
 		}
 	}
 	return nil

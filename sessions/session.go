@@ -31,7 +31,8 @@ type Header struct {
 	ModelSHA256   string               `json:"model_sha256,omitempty"`
 	Axis          string               `json:"axis,omitempty"`
 	AxisSHA256    string               `json:"axis_sha256,omitempty"`
-	Layers        []int                `json:"layers"` // the layers token events carry projections for, in order
+	Layers        []int                `json:"layers"`             // the layers token events carry projections for, in order
+	NLayers       int                  `json:"n_layers,omitempty"` // the model's decoder layers
 	Interventions []model.Intervention `json:"interventions,omitempty"`
 	Sampling      model.Sampling       `json:"sampling"`
 	Seed          uint64               `json:"seed"`

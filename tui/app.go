@@ -5,9 +5,7 @@ package tui
 import (
 	"context"
 	"fmt"
-	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -74,7 +72,8 @@ type App struct {
 	tint        bool
 	notice      string
 	jobs        []*jobView
-	replay      *replayState
+	replay      *replayState // a recorded session playing over the screen
+	replaying   bool         // this app draws a recording's frames (see Frames)
 	quitting    bool
 
 	// Rendered panes, refreshed by Update; View only joins them.
@@ -111,7 +110,15 @@ func New(opt Options) *App {
 		mouse: opt.Mouse, tint: opt.Tint, notice: opt.Session.Warning}
 	a.chat.KeyMap = viewport.KeyMap{} // the chat scrolls with pgup/pgdn only: every other key goes to the input
 	a.resize(80, 24)
+	a.noteErr(opt.Session.Note(tintNote, a.tint))
 	return a
+}
+
+// noteErr shows a failure to record a front-end setting (the chat goes on).
+func (a *App) noteErr(err error) {
+	if err != nil {
+		a.notice = "recording: " + err.Error()
+	}
 }
 
 // Init implements tea.Model.
@@ -167,7 +174,16 @@ func (a *App) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 func (a *App) update(msg tea.Msg) tea.Cmd {
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
+		if msg.Width != a.width || msg.Height != a.height {
+			a.noteErr(a.session.Note(termNote, sessions.Term{Cols: msg.Width, Rows: msg.Height}))
+		}
 		a.resize(msg.Width, msg.Height)
+		if a.replay != nil { // the frames are redrawn at the new size, at the same place
+			r := a.replay
+			if cmd := a.startReplay(r.path); cmd != nil {
+				a.replay.pos, a.replay.clock, a.replay.speed, a.replay.playing = min(r.pos, len(a.replay.frames)-1), r.clock, r.speed, r.playing
+			}
+		}
 		return nil
 	case tokenMsg:
 		if msg.gen != a.gen || !a.generating {
@@ -395,11 +411,6 @@ func (a *App) chatSize() (int, int) {
 }
 
 func (a *App) rerenderChat() {
-	if a.replay != nil {
-		a.chat.SetContent(a.st.r.NewStyle().Width(a.chat.Width).Render(a.replay.player.View()))
-		a.chat.GotoBottom()
-		return
-	}
 	if a.commandList != "" {
 		a.chat.SetContent(a.commandList)
 		a.chat.GotoTop()
@@ -467,8 +478,8 @@ func (a *App) renderTurn(t *workbench.Turn) string {
 func (a *App) refresh() {
 	info := a.session.Info()
 	parts := []string{a.st.Title.Render(" keel ")}
-	if a.replay != nil {
-		parts = append(parts, a.st.Rec.Render(a.replay.status()))
+	if a.replaying {
+		parts = append(parts, a.st.Rec.Render("replay"))
 	}
 	parts = append(parts, shortModel(info.Model), info.Device+" "+info.DType, fmt.Sprintf("%d layers", info.Layers))
 	if info.AxisRelation != "" {
@@ -477,13 +488,15 @@ func (a *App) refresh() {
 	switch {
 	case a.generating:
 		parts = append(parts, a.st.Active.Render("generating"))
-	case a.replay == nil:
+	case !a.replaying:
 		parts = append(parts, a.st.Dim.Render("ready"))
 	}
-	if a.generating || a.tokPerSec > 0 {
-		parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
+	if !a.replaying { // a replayed frame shows what was recorded, not this process's speed or memory
+		if a.generating || a.tokPerSec > 0 {
+			parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
+		}
+		parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
 	}
-	parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
 	if iv := a.session.Controls().Summary(); iv != "" {
 		parts = append(parts, a.st.Active.Render(iv))
 	}
@@ -543,6 +556,9 @@ func (a *App) View() string {
 	if a.quitting {
 		return ""
 	}
+	if a.replay != nil {
+		return a.replay.view(a)
+	}
 	var body string
 	chatBox := lipgloss.JoinVertical(lipgloss.Left, a.st.Title.Render(" chat "), a.chat.View())
 	if a.wide() {
@@ -571,73 +587,4 @@ func residentMemory() uint64 {
 	}
 	pages, _ := strconv.ParseUint(f[1], 10, 64)
 	return pages * uint64(os.Getpagesize())
-}
-
-// replayState is a recorded session playing in the chat pane.
-type replayState struct {
-	path   string
-	player *sessions.Player
-	last   time.Time
-}
-
-type replayTickMsg time.Time
-
-func replayTick() tea.Cmd {
-	return tea.Tick(50*time.Millisecond, func(t time.Time) tea.Msg { return replayTickMsg(t) })
-}
-
-func (r *replayState) status() string {
-	state := "paused"
-	if r.player.Playing() {
-		state = "playing"
-	}
-	return fmt.Sprintf("replay %s %d/%d x%g", state, r.player.Pos(), r.player.Len(), r.player.Speed)
-}
-
-func (a *App) startReplay(path string) tea.Cmd {
-	s, err := sessions.Load(path)
-	if err != nil {
-		a.notice = err.Error()
-		return nil
-	}
-	a.replay = &replayState{path: path, player: sessions.NewPlayer(s), last: a.opt.Now()}
-	a.replay.player.Play()
-	a.notice = "replaying " + filepath.Base(path) + ": space pause, +/- speed, → step, esc leave"
-	a.rerenderChat()
-	return replayTick()
-}
-
-func (a *App) replayTick(msg replayTickMsg) tea.Cmd {
-	if a.replay == nil {
-		return nil
-	}
-	now := time.Time(msg)
-	if a.replay.player.Tick(now.Sub(a.replay.last)) {
-		a.rerenderChat()
-	}
-	a.replay.last = now
-	return replayTick()
-}
-
-func (a *App) replayKey(msg tea.KeyMsg) bool {
-	p, k := a.replay.player, a.keys
-	switch {
-	case key.Matches(msg, k.PlayPause) && a.input.Value() == "":
-		if p.Playing() {
-			p.Pause()
-		} else {
-			p.Play()
-		}
-	case key.Matches(msg, k.Faster) && a.input.Value() == "":
-		p.Speed = math.Min(p.Speed*2, 64)
-	case key.Matches(msg, k.Slower) && a.input.Value() == "":
-		p.Speed = math.Max(p.Speed/2, 1.0/16)
-	case key.Matches(msg, k.StepFwd) && a.input.Value() == "":
-		p.Pause()
-		p.Step()
-	default:
-		return false
-	}
-	a.rerenderChat()
-	return true
 }

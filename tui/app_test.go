@@ -20,6 +20,7 @@ import (
 	"github.com/charmbracelet/x/exp/teatest"
 	"github.com/muesli/termenv"
 
+	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/train"
 	"github.com/keel-lab/keel/workbench"
@@ -138,7 +139,7 @@ func TestJobsPaneGolden(t *testing.T) {
 	}
 	golden.RequireEqual(t, []byte(view))
 	// The session records the job's changes of state, not every step.
-	if got := strings.Join(eng.Events(), ","); got != "job sft-1 queued,job sft-1 running" {
+	if got := strings.Join(eng.EventsOf("job "), ","); got != "job sft-1 queued,job sft-1 running" {
 		t.Fatalf("recorded job events: %v", got)
 	}
 }
@@ -163,45 +164,113 @@ func TestJobsPaneShowsALoLFigures(t *testing.T) {
 	}
 }
 
-func TestReplayGolden(t *testing.T) {
+// A live chat recorded to a file and the frames replayed from that file: the chat with its tint, the plot and the
+// controls are the same screen for screen, token by token; /replay plays them.
+func TestReplayDrawsTheLiveFrames(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.jsonl")
-	rec, err := sessions.Create(path, sessions.Header{Keel: "test", Model: "persona", Layers: []int{4}, Term: sessions.Term{Cols: 60, Rows: 12}})
+	rec, err := sessions.Create(path, sessions.Header{Keel: "test", Model: "/models/persona", Axis: "/models/persona/axis/axis.safetensors",
+		Layers: []int{0, 1, 2, 3, 4, 5, 6, 7}, NLayers: 8, Term: sessions.Term{Cols: 120, Rows: 36},
+		Sampling: model.Sampling{Temperature: 0.7, TopP: 0.9}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &sessions.Recording{Rec: rec}
-	r.Say("user", "Who are you?")
-	rec.Add(sessions.Event{Type: sessions.TurnStart, Role: "assistant"})
-	for i, w := range []string{"I", " am", " an", " AI", " assistant."} {
-		rec.Add(sessions.Event{Type: sessions.Token, ID: i, Piece: w, Proj: []float32{2 - float32(i)/4}})
+	eng := &fakeEngine{Axis: "/models/persona/axis/axis.safetensors", Rec: rec}
+	a := testApp(eng, nil)
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 36})
+	body := func(screen string) string { // the frame without the status line and the input area below the panes
+		lines := strings.Split(screen, "\n")
+		return strings.Join(lines[1:len(lines)-5], "\n")
 	}
-	rec.Add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: "I am an AI assistant."})
+	var live []string
+	chat := func(text string) {
+		a.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(text)})
+		_, cmd := a.Update(tea.KeyMsg{Type: tea.KeyEnter})
+		for msg := cmd(); ; msg = <-a.stream {
+			a.Update(msg)
+			if _, ok := msg.(doneMsg); ok {
+				break
+			}
+		}
+		live = append(live, body(a.View())) // the screen once the reply is in (while it streams, frames coalesce)
+	}
+	command := func(line string) {
+		a.runCommand(line)
+		a.refresh()
+		live = append(live, body(a.View()))
+	}
+	chat("Who are you?")
+	command("/cap 3:6")
+	command("/layer 5")
+	command("/tint")
+	chat("Tell me more.")
+	command("/tint")
+	command("/set temperature 0.3")
+	chat("And then?")
 	rec.Close()
-	tm := teatest.NewTestModel(t, testApp(&fakeEngine{}, nil), teatest.WithInitialTermSize(100, 30))
-	typeLine(tm, "/replay "+path)
-	waitFor(t, tm, "replay paused 10/10") // it pauses at the end
-	tm.Type("-")
-	waitFor(t, tm, "x0.5")
-	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC}) // leaves the replay; the next one quits
-	fm, view := finalView(t, tm)
-	if fm.replay != nil {
-		t.Fatal("ctrl+c during a replay should leave the replay first")
+
+	s, err := sessions.Load(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	_ = view
-	// The replay frame itself, before ctrl+c left it: rebuild it from the same file.
-	a := testApp(&fakeEngine{}, nil)
-	a.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
-	a.startReplay(path)
-	for a.replay.player.Step() {
+	frames, err := Frames(s, NewStyles(termenv.ANSI256), 0, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	a.replay.player.Pause()
-	a.rerenderChat()
-	a.refresh()
-	view = a.View()
-	if !strings.Contains(view, "I am an AI assistant.") || !strings.Contains(view, "replay paused") {
-		t.Fatalf("replay view:\n%s", view)
+	var streamed []string
+	for _, f := range frames {
+		streamed = append(streamed, body(f.Screen))
 	}
-	golden.RequireEqual(t, []byte(view))
+	// Every live frame appears among the replayed ones, in order.
+	k := 0
+	for _, f := range streamed {
+		if k < len(live) && f == live[k] {
+			k++
+		}
+	}
+	if k != len(live) {
+		t.Fatalf("live frame %d of %d is not among the replayed frames in order:\nlive:\n%s\nreplayed candidates near it:\n%s", k+1, len(live), live[k], nearest(streamed, live[k]))
+	}
+	last := frames[len(frames)-1].Screen
+	for _, want := range []string{"Reply number 3", "■ tau", "layer 5", "T 0.3"} {
+		if !strings.Contains(ansi.Strip(last), want) {
+			t.Fatalf("the last replayed frame lacks %q:\n%s", want, last)
+		}
+	}
+	golden.RequireEqual(t, []byte(last))
+
+	// /replay plays those frames in the app.
+	b := testApp(&fakeEngine{}, nil)
+	b.Update(tea.WindowSizeMsg{Width: 120, Height: 36})
+	b.runCommand("/replay " + path)
+	if b.replay == nil || len(b.replay.frames) != len(frames) {
+		t.Fatalf("/replay: %q", b.notice)
+	}
+	b.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{' '}}) // pause
+	for range frames {
+		b.Update(tea.KeyMsg{Type: tea.KeyRight})
+	}
+	if got := b.View(); body(got) != body(last) || !strings.Contains(got, fmt.Sprintf("replay paused %d/%d", len(frames), len(frames))) {
+		t.Fatalf("the replay's last frame:\n%s", got)
+	}
+}
+
+// nearest is the replayed frame that differs from want in the fewest lines, for the failure message.
+func nearest(frames []string, want string) string {
+	best, bestDiff := "", -1
+	wl := strings.Split(want, "\n")
+	for _, f := range frames {
+		fl := strings.Split(f, "\n")
+		d := 0
+		for i := range wl {
+			if i >= len(fl) || fl[i] != wl[i] {
+				d++
+			}
+		}
+		if bestDiff < 0 || d < bestDiff {
+			best, bestDiff = f, d
+		}
+	}
+	return best
 }
 
 // Bad input gets an inline message; the app keeps running and the controls stay as they were.
@@ -234,7 +303,7 @@ func TestBadCommandsAreInlineMessages(t *testing.T) {
 		t.Fatalf("bad commands changed the controls: %+v, engine %+v", a.session.Controls(), eng.Last())
 	}
 	a.runCommand("/mark interesting")
-	if ev := eng.Events(); len(ev) != 1 || ev[0] != "mark interesting" || !strings.Contains(a.notice, `marked turn 0 "interesting"`) {
+	if ev := eng.EventsOf("mark "); len(ev) != 1 || ev[0] != "mark interesting" || !strings.Contains(a.notice, `marked turn 0 "interesting"`) {
 		t.Fatalf("events %v, notice %q", ev, a.notice)
 	}
 }

@@ -31,6 +31,7 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 		if a.tint {
 			a.notice = "tint on: replies coloured by their projection (red below the drift line)"
 		}
+		a.noteErr(a.session.Note(tintNote, a.tint))
 	case workbench.ToggleMouse:
 		cmd = a.toggleMouse()
 	case workbench.ToggleJobs:

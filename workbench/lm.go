@@ -62,7 +62,7 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 		if path == "" {
 			path = sessions.NewPath(sessions.DefaultDir())
 		}
-		h := sessions.Header{Keel: cfg.Version, Model: lm.Dir, Term: cfg.Term, Seed: cfg.Sampling.Seed,
+		h := sessions.Header{Keel: cfg.Version, Model: lm.Dir, NLayers: lm.NumLayers(), Term: cfg.Term, Seed: cfg.Sampling.Seed,
 			Sampling: model.Sampling{Temperature: cfg.Sampling.Temperature, TopP: cfg.Sampling.TopP, Seed: cfg.Sampling.Seed}}
 		var err error
 		if h.ModelSHA256, err = steer.WeightsSHA256(lm.Dir); err != nil {

@@ -93,18 +93,13 @@ func (r *REPL) command(line string) bool {
 		res.Notice = "the line REPL has no mouse (the TUI's /mouse lets the wheel scroll the chat)"
 	case ToggleJobs:
 		res.Notice = r.jobList()
-	case Replay:
+	case Replay: // a line front end shows the recording as its log: turns, settings, labels, jobs
 		s, err := sessions.Load(res.Arg)
 		if err != nil {
 			res.Notice = err.Error()
 			break
 		}
-		frames := s.Frames()
-		if len(frames) == 0 {
-			res.Notice = res.Arg + ": no events to replay"
-			break
-		}
-		res.Notice = frames[len(frames)-1]
+		res.Notice = strings.Join(s.Log(), "\n")
 	}
 	if res.Notice != "" {
 		fmt.Fprintln(r.Out, res.Notice)

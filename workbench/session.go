@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 )
 
@@ -39,12 +40,13 @@ var ErrBusy = errors.New("a reply is streaming: ctrl+c stops it first")
 // New starts a session on a backend with the options' controls in force. Controls the backend refuses leave
 // the session with no intervention, and Warning says why.
 func New(b Backend, opt Options) *Session {
-	s := &Session{opt: opt, backend: b, controls: opt.Controls, sampling: opt.Sampling}
-	if err := b.Apply(s.controls); err != nil {
+	s := &Session{opt: opt, backend: b, sampling: opt.Sampling}
+	if err := s.Apply(opt.Controls); err != nil {
 		s.Warning = err.Error()
-		s.controls.CapOn, s.controls.SteerOn = false, false
-		s.controls.Layer = min(max(s.controls.Layer, 0), b.Info().Layers-1)
-		b.Apply(s.controls)
+		c := opt.Controls
+		c.CapOn, c.SteerOn = false, false
+		c.Layer = min(max(c.Layer, 0), b.Info().Layers-1)
+		s.Apply(c)
 	}
 	if opt.System != "" {
 		if err := s.setSystem(opt.System); err != nil {
@@ -114,12 +116,37 @@ func (s *Session) Scale(layer int) (float64, float64) { return s.current().Scale
 // Apply puts new controls in force; refused ones leave the old in force and the error says why.
 func (s *Session) Apply(c Controls) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.backend.Apply(c); err != nil {
+	b := s.backend
+	if err := b.Apply(c); err != nil {
+		s.mu.Unlock()
 		return err
 	}
 	s.controls = c
-	return nil
+	s.mu.Unlock()
+	return b.Control(ControlsEvent, controlsRecord(b, c))
+}
+
+// ControlsEvent names the recorded controls: the controls in force and the lines the plot draws under them, so
+// that a replay draws what the workbench drew.
+const ControlsEvent = "controls"
+
+// ControlsRecord is what a controls event holds.
+type ControlsRecord struct {
+	Controls  Controls `json:"controls"`
+	DriftLine *float64 `json:"drift_line,omitempty"` // at the plotted layer; absent when unknown
+	Assistant *float64 `json:"assistant,omitempty"`
+	Tau       *float64 `json:"tau,omitempty"`
+}
+
+func controlsRecord(b Backend, c Controls) ControlsRecord {
+	finite := func(v float64) *float64 {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil
+		}
+		return &v
+	}
+	line, top := b.Scale(c.Layer)
+	return ControlsRecord{Controls: c, DriftLine: finite(line), Assistant: finite(top), Tau: finite(b.Tau(c, c.Layer))}
 }
 
 // Send adds a user message and streams the reply, calling emit for every token; it returns when the reply ends,
@@ -195,6 +222,9 @@ func (s *Session) Stop() {
 	}
 }
 
+// Note records a front end's own setting (the tint, the terminal's size), so that a replay draws what it drew.
+func (s *Session) Note(name string, value any) error { return s.current().Control(name, value) }
+
 // RecordJob puts a job's change of state into the recording.
 func (s *Session) RecordJob(u JobUpdate) error { return s.current().RecordJob(u) }
 
@@ -253,6 +283,9 @@ func (s *Session) swap(next Backend) error {
 	s.mu.Unlock()
 	old.Close()
 	if err := next.Apply(c); err != nil {
+		return err
+	}
+	if err := next.Control(ControlsEvent, controlsRecord(next, c)); err != nil {
 		return err
 	}
 	if system != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/muesli/termenv"
 	"io"
 	"path/filepath"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
+	"github.com/keel-lab/keel/tui"
 )
 
 // runSessions: keel sessions list | show FILE | export FILE --format F --out PATH | reproject FILE --axis A |
@@ -83,7 +85,11 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		if *out == "" {
 			return usageError{fmt.Errorf("--out PATH is required")}
 		}
-		if err := s.Export(*format, *out); err != nil {
+		// A cast holds the workbench's own frames (chat with tint, plot, controls), in 256 colours.
+		draw := func(s *sessions.Session) ([]sessions.Frame, error) {
+			return tui.Frames(s, tui.NewStyles(termenv.ANSI256), 0, 0)
+		}
+		if err := s.Export(*format, *out, draw); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s\n", *out)

@@ -4,12 +4,14 @@ package workbenchtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/workbench"
 )
 
@@ -18,8 +20,13 @@ type Backend struct {
 	Axis      string
 	Recording string        // the session file Info reports ("" : not recording)
 	Delay     time.Duration // between tokens
+	// Rec, when set, receives what a model's backend records: turns, tokens with a projection on every layer,
+	// settings (its header should list layers 0-7).
+	Rec *sessions.Recorder
 
 	mu       sync.Mutex
+	layer    int
+	capOn    bool
 	controls []workbench.Controls
 	events   []string // what was recorded, "say user hello", "control clear true", "mark good", "job ID state"
 	replies  int
@@ -48,6 +55,7 @@ func (f *Backend) Apply(c workbench.Controls) error {
 	}
 	f.mu.Lock()
 	f.controls = append(f.controls, c)
+	f.layer, f.capOn = c.Layer, c.CapOn
 	f.mu.Unlock()
 	return nil
 }
@@ -64,6 +72,17 @@ func (f *Backend) Events() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.events...)
+}
+
+// EventsOf are the recorded events that begin with prefix ("job ", "mark ").
+func (f *Backend) EventsOf(prefix string) []string {
+	var out []string
+	for _, e := range f.Events() {
+		if strings.HasPrefix(e, prefix) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (f *Backend) note(format string, a ...any) error {
@@ -90,6 +109,14 @@ func (f *Backend) Generate(ctx context.Context, msgs []workbench.Message, s work
 	f.replies++
 	n := f.replies
 	f.mu.Unlock()
+	f.mu.Lock()
+	layer, capOn := f.layer, f.capOn
+	f.mu.Unlock()
+	if f.Rec != nil {
+		if err := f.Rec.Add(sessions.Event{Type: sessions.TurnStart, Role: "assistant"}); err != nil {
+			return "", err
+		}
+	}
 	words := strings.Fields(fmt.Sprintf("Certainly. Reply number %d to %q, in the Assistant's words. I hope this helps.", n, msgs[len(msgs)-1].Content))
 	var out strings.Builder
 	for i, w := range words {
@@ -105,19 +132,71 @@ func (f *Backend) Generate(ctx context.Context, msgs []workbench.Message, s work
 			piece = w
 		}
 		out.WriteString(piece)
-		emit(workbench.Token{Text: piece, Proj: 3 - float64(n) - 0.1*float64(i), HasProj: true})
+		// As a model's backend does, the projection shown is the one recorded (float32).
+		t := workbench.Token{Text: piece, Proj: float64(float32(f.proj(n, i, layer))), HasProj: true, Capped: capOn && i%3 == 0}
+		if f.Rec != nil {
+			proj := make([]float32, 8)
+			for l := range proj {
+				proj[l] = float32(f.proj(n, i, l))
+			}
+			var caps []float32
+			if t.Capped {
+				caps = []float32{0.5}
+			}
+			if err := f.Rec.Add(sessions.Event{Type: sessions.Token, ID: i + 1, Piece: piece, Proj: proj, Caps: caps}); err != nil {
+				return out.String(), err
+			}
+		}
+		emit(t)
+	}
+	if f.Rec != nil {
+		if err := f.Rec.Add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: out.String()}); err != nil {
+			return out.String(), err
+		}
 	}
 	return out.String(), nil
 }
 
+// proj is the scripted projection of reply n's token i at a layer: falling turn by turn, deeper layers higher.
+func (f *Backend) proj(n, i, layer int) float64 {
+	return 3 - float64(n) - 0.1*float64(i) + 0.25*float64(layer-4)
+}
+
 // Say implements workbench.Recorder.
-func (f *Backend) Say(role, text string) error { return f.note("say %s %s", role, text) }
+func (f *Backend) Say(role, text string) error {
+	if f.Rec != nil {
+		for _, e := range []sessions.Event{{Type: sessions.TurnStart, Role: role}, {Type: sessions.Token, Piece: text}, {Type: sessions.TurnEnd, Role: role, Text: text}} {
+			if err := f.Rec.Add(e); err != nil {
+				return err
+			}
+		}
+	}
+	return f.note("say %s %s", role, text)
+}
 
 // Control implements workbench.Recorder.
-func (f *Backend) Control(name string, value any) error { return f.note("control %s %v", name, value) }
+func (f *Backend) Control(name string, value any) error {
+	if f.Rec != nil {
+		raw, err := json.Marshal(value)
+		if err != nil {
+			return err
+		}
+		if err := f.Rec.Add(sessions.Event{Type: sessions.Control, Name: name, Value: raw}); err != nil {
+			return err
+		}
+	}
+	return f.note("control %s %v", name, value)
+}
 
 // Mark implements workbench.Recorder.
-func (f *Backend) Mark(label string) error { return f.note("mark %s", label) }
+func (f *Backend) Mark(label string) error {
+	if f.Rec != nil {
+		if err := f.Rec.Add(sessions.Event{Type: sessions.Marker, Label: label}); err != nil {
+			return err
+		}
+	}
+	return f.note("mark %s", label)
+}
 
 // RecordJob implements workbench.Recorder.
 func (f *Backend) RecordJob(u workbench.JobUpdate) error { return f.note("job %s %s", u.ID, u.State) }
