@@ -15,7 +15,7 @@ type Recording struct {
 	Axis   map[int][]float32 // layer -> unit vector, for the recorded layers
 	Layers []int             // the recorded layers when Rec is nil (else the header's)
 	live   *model.Hooks
-	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
+	mu     sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
 }
 
 func (r *Recording) layers() []int {

@@ -97,7 +97,9 @@ func recorded(t *testing.T) (*model.LM, string, string, *Session) {
 func TestExportsAndDataset(t *testing.T) {
 	lm, dir, _, s := recorded(t)
 	// A cast holds the frames it is given (the workbench draws them; tui's tests check those).
-	draw := func(*Session) ([]Frame, error) { return []Frame{{T: 0, Screen: "one"}, {T: 0.5, Screen: "two\nlines"}}, nil }
+	draw := func(*Session) ([]Frame, error) {
+		return []Frame{{T: 0, Screen: "one"}, {T: 0.5, Screen: "two\nlines"}}, nil
+	}
 	for _, f := range []string{"cast", "transcript", "csv", "png"} {
 		out := filepath.Join(dir, "out."+f)
 		if err := s.Export(f, out, draw); err != nil {
