@@ -457,11 +457,7 @@ func (a *App) renderTurn(t *workbench.Turn) string {
 	var body string
 	if t.Role == "assistant" && a.tint && len(t.Tokens) > 0 {
 		thr, top := a.session.Scale(a.session.Controls().Layer)
-		var b strings.Builder
-		for _, tok := range t.Tokens {
-			b.WriteString(a.st.Tint(tok, thr, top))
-		}
-		body = b.String()
+		body = a.st.TintAll(t.Tokens, thr, top)
 	} else {
 		body = t.Text
 	}

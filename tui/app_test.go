@@ -15,6 +15,7 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
 	"github.com/charmbracelet/x/exp/golden"
 	"github.com/charmbracelet/x/exp/teatest"
@@ -513,5 +514,24 @@ func TestJobsPaneShowsRunsOfOtherProcesses(t *testing.T) {
 	_, view := finalView(t, tm.Load())
 	if !strings.Contains(view, "R    ") {
 		t.Fatalf("the reward is not plotted:\n%s", view)
+	}
+}
+
+// A grapheme cluster split over tokens (a ZWJ family, a flag, a skin tone) is one glyph on a terminal: the tinted
+// reply measures what the terminal draws, so the panes beside it stay where they are.
+func TestTintKeepsGraphemeClustersWhole(t *testing.T) {
+	st := NewStyles(termenv.ANSI256)
+	toks := []workbench.Token{{Text: "Hi 👨", Proj: 3, HasProj: true}, {Text: "\u200d👩", Proj: -1, HasProj: true}, {Text: "\u200d👧 and ", Proj: 1, HasProj: true},
+		{Text: "🇫", Proj: 3, HasProj: true}, {Text: "🇷", Proj: -2, HasProj: true}, {Text: " 👋", Proj: 0, HasProj: true}, {Text: "🏽!", Proj: 2, HasProj: true}}
+	got := st.TintAll(toks, 0, 3)
+	plain := ansi.Strip(got)
+	if plain != "Hi 👨\u200d👩\u200d👧 and 🇫🇷 👋🏽!" {
+		t.Fatalf("text %q", plain)
+	}
+	if w, want := lipgloss.Width(got), ansi.StringWidth(plain); w != want {
+		t.Fatalf("the tinted reply measures %d cells, the terminal draws %d", w, want)
+	}
+	if got == plain {
+		t.Fatal("nothing was tinted")
 	}
 }

@@ -3,11 +3,13 @@ package tui
 import (
 	"io"
 	"math"
+	"strings"
 
 	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/textarea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/muesli/termenv"
+	"github.com/rivo/uniseg"
 
 	"github.com/keel-lab/keel/workbench"
 )
@@ -86,4 +88,40 @@ func (s Styles) Tint(t workbench.Token, thr, top float64) string {
 	i := int(math.Floor((x + 0.5) * 2))
 	i = max(0, min(len(s.tints)-1, i))
 	return s.tints[i].Render(t.Text)
+}
+
+// TintAll colours a reply token by token without ever splitting a grapheme cluster between two colours: a
+// terminal draws a cluster (a ZWJ family, a flag, a skin tone) as one glyph whatever escape sequences sit inside
+// it, and measured in pieces it would count wider than it is drawn, shifting every pane beside it. A cluster
+// spread over several tokens takes the colour of the token it begins in.
+func (s Styles) TintAll(toks []workbench.Token, thr, top float64) string {
+	var full strings.Builder
+	for _, t := range toks {
+		full.WriteString(t.Text)
+	}
+	text := full.String()
+	starts := map[int]bool{} // byte offsets where a cluster begins
+	g := uniseg.NewGraphemes(text)
+	for g.Next() {
+		from, _ := g.Positions()
+		starts[from] = true
+	}
+	var b strings.Builder
+	var seg workbench.Token // the segment being built: its first token's projection, its text to a cluster start
+	segStart, pos := 0, 0
+	for i, t := range toks {
+		if i == 0 || starts[pos] {
+			if pos > segStart {
+				seg.Text = text[segStart:pos]
+				b.WriteString(s.Tint(seg, thr, top))
+			}
+			seg, segStart = t, pos
+		}
+		pos += len(t.Text)
+	}
+	if pos > segStart {
+		seg.Text = text[segStart:pos]
+		b.WriteString(s.Tint(seg, thr, top))
+	}
+	return b.String()
 }
