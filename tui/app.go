@@ -66,6 +66,8 @@ type App struct {
 	tokPerSec  float64
 
 	showHelp    bool
+	plotTurns   bool // the plot shows each reply's mean over the chat, not the latest tokens
+	plotOffset  int  // tokens the token plot's window ends before the latest
 	commandList string // /help's list, shown in the chat pane until esc
 	showJobs    bool
 	mouse       bool
@@ -290,6 +292,17 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		return nil
 	case key.Matches(msg, k.Clear):
 		return a.runCommand("/clear")
+	case key.Matches(msg, k.PlotMode):
+		if a.plotTurns {
+			return a.runCommand("/plot tokens")
+		}
+		return a.runCommand("/plot turns")
+	case key.Matches(msg, k.PanBack):
+		a.plotOffset += max(1, a.sideWidth()/2)
+		return nil
+	case key.Matches(msg, k.PanFwd):
+		a.plotOffset = max(0, a.plotOffset-max(1, a.sideWidth()/2))
+		return nil
 	case key.Matches(msg, k.Send):
 		text := strings.TrimSpace(a.input.Value())
 		if text == "" {

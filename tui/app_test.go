@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -533,5 +534,60 @@ func TestTintKeepsGraphemeClustersWhole(t *testing.T) {
 	}
 	if got == plain {
 		t.Fatal("nothing was tinted")
+	}
+}
+
+// Drift over a long chat shows: the replies plot gives every reply's mean from the first, with the latest named,
+// where the token plot holds only the latest tokens; ctrl+← pans the token window back.
+func TestConversationViewShowsTheWholeDrift(t *testing.T) {
+	a := testApp(&fakeEngine{Axis: "axis"}, nil)
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+	for i := 0; i < 13; i++ {
+		a.session.Send(context.Background(), fmt.Sprintf("turn %d", i), nil)
+	}
+	top := func() float64 { // the plot's highest axis label
+		for _, l := range strings.Split(ansi.Strip(a.plotPane), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && (strings.HasPrefix(f[1], "┤") || strings.HasPrefix(f[1], "┼")) {
+				v, err := strconv.ParseFloat(f[0], 64)
+				if err == nil {
+					return v
+				}
+			}
+		}
+		t.Fatalf("no axis label in\n%s", a.plotPane)
+		return 0
+	}
+	a.refresh()
+	if top() > 0.5 { // the drift line at 0 bounds it from above
+		t.Fatalf("the token plot reaches %.1f: it should hold only the last replies (means near -10)", top())
+	}
+	a.Update(tea.KeyMsg{Type: tea.KeyCtrlLeft})
+	a.refresh()
+	if !strings.Contains(a.plotPane, "tokens ") || !strings.Contains(a.plotPane, " of 195") {
+		t.Fatalf("the panned token plot does not say which tokens it shows:\n%s", a.plotPane)
+	}
+	a.Update(tea.KeyMsg{Type: tea.KeyF3})
+	a.refresh()
+	plot := ansi.Strip(a.plotPane)
+	if top() < 1 || !strings.Contains(plot, "replies 1-13; now: reply 13, mean -10.70") || !strings.Contains(plot, "drift line +0.00") {
+		t.Fatalf("the replies plot:\n%s", plot)
+	}
+}
+
+// Where tau and the drift line fall on one row, tau is drawn there and both values are named.
+func TestTauAndDriftLineStayDistinguishable(t *testing.T) {
+	a := testApp(&fakeEngine{Axis: "axis", DriftLine: 1.5}, nil)
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+	a.session.Send(context.Background(), "hello", nil)
+	a.runCommand("/cap on")
+	a.refresh()
+	plot := a.plotPane
+	if !strings.Contains(ansi.Strip(plot), "drift line +1.50 · tau +1.50") {
+		t.Fatalf("the plot does not name both lines:\n%s", plot)
+	}
+	for _, l := range strings.Split(plot, "\n") {
+		if strings.Contains(ansi.Strip(l), " 1.5 ┼") && !strings.Contains(l, "\x1b[91m") {
+			t.Fatalf("the shared row is not drawn in tau's colour: %q", l)
+		}
 	}
 }

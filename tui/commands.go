@@ -39,6 +39,12 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 		a.resize(a.width, a.height)
 	case workbench.Replay:
 		cmd = a.startReplay(res.Arg)
+	case workbench.PlotMode:
+		a.plotTurns, a.plotOffset = res.Arg == "turns", 0
+		a.notice = "plotting the latest tokens (ctrl+←/→ pans)"
+		if a.plotTurns {
+			a.notice = "plotting each reply's mean over the whole chat"
+		}
 	}
 	if res.Slow != nil {
 		slow := res.Slow

@@ -18,6 +18,9 @@ type KeyMap struct {
 	ScrollUp   key.Binding
 	ScrollDown key.Binding
 	Clear      key.Binding
+	PlotMode   key.Binding
+	PanBack    key.Binding
+	PanFwd     key.Binding
 	// Replay mode
 	PlayPause key.Binding
 	Faster    key.Binding
@@ -42,6 +45,9 @@ func DefaultKeyMap() KeyMap {
 		ScrollUp:   key.NewBinding(key.WithKeys("pgup"), key.WithHelp("pgup", "scroll up")),
 		ScrollDown: key.NewBinding(key.WithKeys("pgdown"), key.WithHelp("pgdn", "scroll down")),
 		Clear:      key.NewBinding(key.WithKeys("ctrl+l"), key.WithHelp("ctrl+l", "clear chat")),
+		PlotMode:   key.NewBinding(key.WithKeys("f3"), key.WithHelp("f3", "plot tokens / replies")),
+		PanBack:    key.NewBinding(key.WithKeys("ctrl+left"), key.WithHelp("ctrl+←", "plot earlier tokens")),
+		PanFwd:     key.NewBinding(key.WithKeys("ctrl+right"), key.WithHelp("ctrl+→", "plot later tokens")),
 		PlayPause:  key.NewBinding(key.WithKeys(" "), key.WithHelp("space", "play/pause")),
 		Faster:     key.NewBinding(key.WithKeys("+", "="), key.WithHelp("+", "faster")),
 		Slower:     key.NewBinding(key.WithKeys("-"), key.WithHelp("-", "slower")),
@@ -58,7 +64,7 @@ func (k KeyMap) ShortHelp() []key.Binding {
 func (k KeyMap) FullHelp() [][]key.Binding {
 	return [][]key.Binding{
 		{k.Send, k.Newline, k.Interrupt, k.Escape, k.Clear, k.Help},
-		{k.ToggleCap, k.ToggleStr, k.LayerUp, k.LayerDown, k.Jobs, k.Mouse},
-		{k.ScrollUp, k.ScrollDown, k.PlayPause, k.Faster, k.Slower, k.StepFwd},
+		{k.ToggleCap, k.ToggleStr, k.LayerUp, k.LayerDown, k.PlotMode, k.PanBack},
+		{k.PanFwd, k.Jobs, k.Mouse, k.ScrollUp, k.ScrollDown, k.PlayPause},
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"github.com/guptarohit/asciigraph"
 )
 
-// renderPlot draws the assistant tokens' projections at the analysis layer (the latest that fit), the mean of
-// each turn, the cap line tau and the drift threshold.
+// renderPlot draws the plotted layer's projections: in token mode the reply tokens in a window that ends at the
+// latest (or, panned, earlier) with each turn's mean; in turn mode each reply's mean over the whole chat, the
+// latest marked. Both draw the drift line and the cap line tau, tau last so that it shows where they meet, and
+// name both values in the legend.
 func (a *App) renderPlot() string {
 	w := a.width - 10
 	if a.wide() {
@@ -18,53 +20,63 @@ func (a *App) renderPlot() string {
 	}
 	h := 8
 	if a.wide() {
-		h = max(4, min(14, a.bodyHeight()-len(strings.Split(a.controlsPane, "\n"))-a.jobsHeight()-4))
+		h = max(4, min(14, a.bodyHeight()-len(strings.Split(a.controlsPane, "\n"))-a.jobsHeight()-6))
 	}
 	layer := a.session.Controls().Layer
-	title := a.st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d ", layer))
+	mode := "tokens"
+	if a.plotTurns {
+		mode = "replies"
+	}
+	title := a.st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d, %s ", layer, mode))
 	if a.session.Info().Axis == "" {
 		return title + "\n" + a.st.Dim.Render("(no axis loaded)")
 	}
-	var proj, means []float64
-	for _, t := range a.session.Turns() {
-		if t.Role != "assistant" {
-			continue
+	var series [][]float64
+	var legends []string
+	var colors []asciigraph.AnsiColor
+	var caption string
+	var values []string
+	if a.plotTurns {
+		means := a.session.TurnMeans()
+		if len(means) == 0 {
+			return title + "\n" + a.st.Dim.Render("(each reply's mean appears as the model replies)")
 		}
-		start := len(proj)
-		var sum float64
-		n := 0
-		for _, tok := range t.Tokens {
-			if tok.HasProj {
-				proj = append(proj, tok.Proj)
-				sum += tok.Proj
-				n++
-			}
+		pts := means
+		if len(pts) == 1 {
+			pts = []float64{means[0], means[0]}
 		}
-		for i := start; i < len(proj); i++ {
-			means = append(means, sum/float64(n))
+		series, legends, colors = [][]float64{pts}, []string{"reply mean"}, []asciigraph.AnsiColor{asciigraph.Orange}
+		caption = fmt.Sprintf("replies 1-%d; now: reply %d, mean %+.2f", len(means), len(means), means[len(means)-1])
+	} else {
+		proj, means := a.tokenSeries()
+		if len(proj) < 2 {
+			return title + "\n" + a.st.Dim.Render("(projections appear as the model replies)")
+		}
+		a.plotOffset = min(a.plotOffset, max(0, len(proj)-w))
+		end := len(proj) - a.plotOffset
+		start := max(0, end-w)
+		series = [][]float64{proj[start:end], means[start:end]}
+		legends = []string{"token", "turn"}
+		colors = []asciigraph.AnsiColor{asciigraph.DodgerBlue, asciigraph.Orange}
+		if a.plotOffset > 0 || start > 0 {
+			caption = fmt.Sprintf("tokens %d-%d of %d", start+1, end, len(proj))
 		}
 	}
-	if len(proj) < 2 {
-		return title + "\n" + a.st.Dim.Render("(projections appear as the model replies)")
-	}
-	if len(proj) > w {
-		proj, means = proj[len(proj)-w:], means[len(means)-w:]
-	}
-	series := [][]float64{proj, means}
-	legends := []string{"token", "turn"}
-	colors := []asciigraph.AnsiColor{asciigraph.DodgerBlue, asciigraph.Orange}
+	n := len(series[0])
 	flat := func(v float64) []float64 {
-		out := make([]float64, len(proj))
+		out := make([]float64, n)
 		for i := range out {
 			out[i] = v
 		}
 		return out
 	}
-	if tau := a.session.Tau(layer); !math.IsNaN(tau) {
-		series, legends, colors = append(series, flat(tau)), append(legends, "tau"), append(colors, asciigraph.Red)
-	}
 	if thr, _ := a.session.Scale(layer); !math.IsNaN(thr) {
 		series, legends, colors = append(series, flat(thr)), append(legends, "drift"), append(colors, asciigraph.Gray)
+		values = append(values, fmt.Sprintf("drift line %+.2f", thr))
+	}
+	if tau := a.session.Tau(layer); !math.IsNaN(tau) {
+		series, legends, colors = append(series, flat(tau)), append(legends, "tau"), append(colors, asciigraph.Red)
+		values = append(values, fmt.Sprintf("tau %+.2f", tau))
 	}
 	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1), asciigraph.SeriesLegends(legends...)}
 	if !a.st.plain {
@@ -74,5 +86,32 @@ func (a *App) renderPlot() string {
 	if a.st.plain {
 		plot = ansi.Strip(plot) // asciigraph resets colours even when it sets none
 	}
+	// The lines' values in words: on one row of the chart the two lines are one line.
+	for _, line := range []string{caption, strings.Join(values, " · ")} {
+		if line != "" {
+			plot += "\n" + a.st.Dim.Render(truncate(line, w+8))
+		}
+	}
 	return title + "\n" + plot
+}
+
+// tokenSeries is every reply token's projection in the chat, and beside each its reply's mean.
+func (a *App) tokenSeries() (proj, means []float64) {
+	for _, t := range a.session.Turns() {
+		if t.Role != "assistant" {
+			continue
+		}
+		start := len(proj)
+		var sum float64
+		for _, tok := range t.Tokens {
+			if tok.HasProj {
+				proj = append(proj, tok.Proj)
+				sum += tok.Proj
+			}
+		}
+		for i := start; i < len(proj); i++ {
+			means = append(means, sum/float64(len(proj)-start))
+		}
+	}
+	return proj, means
 }

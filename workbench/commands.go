@@ -22,6 +22,7 @@ const (
 	ToggleMouse        // the mouse scrolls the chat, or the terminal selects text
 	ToggleJobs         // show or hide the jobs
 	Replay             // play the recorded session at Result.Arg
+	PlotMode           // plot Result.Arg: "tokens" (the latest tokens) or "turns" (each reply's mean over the session)
 )
 
 // Result is what a command did: the line to show, an action for the front end, and slow work (loading a model,
@@ -56,6 +57,7 @@ func Commands() []Command {
 		{Name: "/cap", Args: "[on|off|pP|A:B ...]", Help: "activation capping: toggle, switch, percentile, layer window", run: (*Session).cmdCap},
 		{Name: "/steer", Args: "[on|off|C [LAYER]]", Help: "steer along the axis with strength C (-1 away from the Assistant)", run: (*Session).cmdSteer},
 		{Name: "/layer", Args: "N", Help: "the layer whose projection is plotted", run: (*Session).cmdLayer},
+		{Name: "/plot", Args: "tokens|turns", Help: "plot the latest tokens, or each reply's mean over the whole chat", run: (*Session).cmdPlot},
 		{Name: "/axis", Args: "DIR", Help: "load an axis folder (keel axis extract --out DIR)", run: (*Session).cmdLoad},
 		{Name: "/model", Args: "DIR", Help: "load another model folder", run: (*Session).cmdLoad},
 		{Name: "/train", Args: "sft|alol|ppo FLAGS", Help: "fine-tune the chat's model in the background", run: (*Session).cmdTrain},
@@ -267,6 +269,35 @@ func (s *Session) cmdLayer(c call) Result {
 		return failed(err)
 	}
 	return Result{Notice: fmt.Sprintf("plotting layer %d", l)}
+}
+
+func (s *Session) cmdPlot(c call) Result {
+	if len(c.args) != 1 || (c.args[0] != "tokens" && c.args[0] != "turns") {
+		return Result{Notice: "/plot tokens|turns: the latest tokens, or each reply's mean over the whole chat"}
+	}
+	return Result{Action: PlotMode, Arg: c.args[0]}
+}
+
+// TurnMeans is each assistant reply's mean projection at the layer it was plotted at, over the whole chat.
+func (s *Session) TurnMeans() []float64 {
+	var means []float64
+	for _, t := range s.Turns() {
+		if t.Role != "assistant" {
+			continue
+		}
+		var sum float64
+		n := 0
+		for _, tok := range t.Tokens {
+			if tok.HasProj {
+				sum += tok.Proj
+				n++
+			}
+		}
+		if n > 0 {
+			means = append(means, sum/float64(n))
+		}
+	}
+	return means
 }
 
 func (s *Session) cmdTrain(c call) Result {

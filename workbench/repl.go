@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -93,6 +94,8 @@ func (r *REPL) command(line string) bool {
 		res.Notice = "the line REPL has no mouse (the TUI's /mouse lets the wheel scroll the chat)"
 	case ToggleJobs:
 		res.Notice = r.jobList()
+	case PlotMode:
+		res.Notice = r.plotLines(res.Arg)
 	case Replay: // a line front end shows the recording as its log: turns, settings, labels, jobs
 		s, err := sessions.Load(res.Arg)
 		if err != nil {
@@ -149,4 +152,42 @@ func (r *REPL) projectionLine(toks []Token) string {
 	}
 	line, _ := r.Session.Scale(layer)
 	return fmt.Sprintf("layer %d projection: mean %+.2f, min %+.2f over %d tokens (drift line %+.2f)", layer, sum/float64(n), lo, n, line)
+}
+
+// plotLines is the line REPL's plot: each reply's mean projection over the chat against the drift line and tau
+// ("turns"), or the last reply's tokens ("tokens").
+func (r *REPL) plotLines(mode string) string {
+	c := r.Session.Controls()
+	line, _ := r.Session.Scale(c.Layer)
+	tau := r.Session.Tau(c.Layer)
+	var b strings.Builder
+	fmt.Fprintf(&b, "layer %d: drift line %+.2f", c.Layer, line)
+	if !math.IsNaN(tau) {
+		fmt.Fprintf(&b, ", tau %+.2f", tau)
+	}
+	if mode == "turns" {
+		means := r.Session.TurnMeans()
+		for i, m := range means {
+			fmt.Fprintf(&b, "\nreply %d: %+.2f", i+1, m)
+			if m < line {
+				b.WriteString(" (below the drift line)")
+			}
+			if i == len(means)-1 {
+				b.WriteString(" <- now")
+			}
+		}
+		return b.String()
+	}
+	turns := r.Session.Turns()
+	for i := len(turns) - 1; i >= 0; i-- {
+		if turns[i].Role == "assistant" {
+			for _, t := range turns[i].Tokens {
+				if t.HasProj {
+					fmt.Fprintf(&b, "\n%+6.2f %q", t.Proj, t.Text)
+				}
+			}
+			break
+		}
+	}
+	return b.String()
 }

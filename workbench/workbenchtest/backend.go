@@ -20,6 +20,7 @@ type Backend struct {
 	Axis      string
 	Recording string        // the session file Info reports ("" : not recording)
 	Delay     time.Duration // between tokens
+	DriftLine float64       // what Scale reports as the drift line (the Assistant's mean is 3)
 	// Rec, when set, receives what a model's backend records: turns, tokens with a projection on every layer,
 	// settings (its header should list layers 0-7).
 	Rec *sessions.Recorder
@@ -101,7 +102,7 @@ func (f *Backend) Tau(c workbench.Controls, layer int) float64 {
 }
 
 // Scale implements workbench.Backend.
-func (f *Backend) Scale(layer int) (float64, float64) { return 0, 3 }
+func (f *Backend) Scale(layer int) (float64, float64) { return f.DriftLine, 3 }
 
 // Generate implements workbench.Backend: "Certainly. Reply number N to "...", ..." word by word.
 func (f *Backend) Generate(ctx context.Context, msgs []workbench.Message, s workbench.Sampling, emit func(workbench.Token)) (string, error) {
