@@ -66,8 +66,8 @@ type App struct {
 	tokPerSec  float64
 
 	showHelp    bool
-	plotTurns   bool // the plot shows each reply's mean over the chat, not the latest tokens
-	plotOffset  int  // tokens the token plot's window ends before the latest
+	plotTurns   bool   // the plot shows each reply's mean over the chat, not the latest tokens
+	plotOffset  int    // tokens the token plot's window ends before the latest
 	commandList string // /help's list, shown in the chat pane until esc
 	showJobs    bool
 	mouse       bool
