@@ -4,14 +4,15 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"image/color"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 
 	"github.com/keel-lab/keel/internal/atomicfile"
@@ -119,40 +120,162 @@ func (s *Session) WriteCSV(w io.Writer) error {
 	return cw.Error()
 }
 
-// WritePNG plots every generated token's projection at each recorded layer.
-func (s *Session) WritePNG(path string) error {
-	return atomicfile.Write(path, s.writePNG)
+// PlotLines are the lines the workbench's plot draws at its plotted layer, recorded in every controls event so
+// that exports and replays draw them as the chat did.
+type PlotLines struct {
+	Layer     int      `json:"layer"`
+	DriftLine *float64 `json:"drift_line,omitempty"` // absent when unknown
+	Assistant *float64 `json:"assistant,omitempty"`
+	Tau       *float64 `json:"tau,omitempty"` // absent when capping is off or not at this layer
 }
 
-func (s *Session) writePNG(f *os.File) error {
-	if len(s.Header.Layers) == 0 {
-		return fmt.Errorf("the session recorded no projections (it was recorded without an axis)")
+// ControlsEvent names the recorded controls events (their value holds PlotLines and the controls in force).
+const ControlsEvent = "controls"
+
+// plotLines is the PlotLines of a controls event (ok false for any other event).
+func plotLines(e Event) (PlotLines, bool) {
+	var pl PlotLines
+	if e.Type != Control || e.Name != ControlsEvent || json.Unmarshal(e.Value, &pl) != nil {
+		return pl, false
 	}
-	p := plot.New()
-	p.Title.Text = "projection onto " + s.Header.Axis
-	p.X.Label.Text = "generated token"
-	p.Y.Label.Text = "<h, axis>"
-	var args []any
+	return pl, true
+}
+
+// PlottedLayer is the layer the chat last plotted (from its controls events), else the middle recorded layer.
+func (s *Session) PlottedLayer() (int, bool) {
+	layer, ok := 0, false
+	for _, e := range s.Events {
+		if pl, isLines := plotLines(e); isLines {
+			layer, ok = pl.Layer, true
+		}
+	}
+	if !ok && len(s.Header.Layers) > 0 {
+		return s.Header.Layers[len(s.Header.Layers)/2], true
+	}
+	return layer, ok
+}
+
+// pngColors are the layers' colours, far apart on the wheel.
+var pngColors = []color.RGBA{{31, 119, 180, 255}, {214, 39, 40, 255}, {44, 160, 44, 255}, {148, 103, 189, 255},
+	{255, 127, 14, 255}, {23, 190, 207, 255}, {140, 86, 75, 255}, {227, 119, 194, 255}}
+
+// WritePNG plots the generated tokens' projections at the given layers (none: the plotted layer), with a
+// dotted line at each reply's start and the drift line and tau as the chat had them at each token.
+func (s *Session) WritePNG(path string, layers []int) error {
+	return atomicfile.Write(path, func(f *os.File) error { return s.writePNG(f, layers) })
+}
+
+// pngData is what the PNG draws: each layer's token projections, the drift line and tau where the chat had
+// them at the plotted layer, and where each reply starts (x is the generated token's index).
+type pngData struct {
+	layers      []int
+	series      []plotter.XYs
+	drift, tau  plotter.XYs
+	replyStarts []float64
+}
+
+func (s *Session) pngData(layers []int) (*pngData, error) {
+	if len(s.Header.Layers) == 0 {
+		return nil, fmt.Errorf("the session recorded no projections (it was recorded without an axis)")
+	}
+	if len(layers) == 0 {
+		l, _ := s.PlottedLayer()
+		layers = []int{l}
+	}
+	at := map[int]int{} // layer -> its place in a token's projections
 	for i, l := range s.Header.Layers {
-		var xy plotter.XYs
-		n := 0
-		for _, t := range s.Turns() {
-			for _, tok := range t.Tokens {
-				if t.Role == "assistant" && i < len(tok.Proj) {
-					xy = append(xy, plotter.XY{X: float64(n), Y: float64(tok.Proj[i])})
-					n++
+		at[l] = i
+	}
+	for _, l := range layers {
+		if _, ok := at[l]; !ok {
+			return nil, fmt.Errorf("--layers %d: the session recorded layers %v", l, s.Header.Layers)
+		}
+	}
+	d := &pngData{layers: layers, series: make([]plotter.XYs, len(layers))}
+	var lines PlotLines
+	x, inReply := 0.0, false
+	for _, e := range s.Events {
+		if pl, ok := plotLines(e); ok {
+			lines = pl
+		}
+		switch {
+		case e.Type == TurnStart:
+			inReply = e.Role == "assistant"
+			if inReply {
+				d.replyStarts = append(d.replyStarts, x)
+			}
+		case e.Type == Token && inReply:
+			for i, l := range layers {
+				if k := at[l]; k < len(e.Proj) {
+					d.series[i] = append(d.series[i], plotter.XY{X: x, Y: float64(e.Proj[k])})
 				}
 			}
-		}
-		if len(xy) > 0 {
-			args = append(args, "layer "+strconv.Itoa(l), xy)
+			if len(layers) == 1 && lines.Layer == layers[0] {
+				if lines.DriftLine != nil {
+					d.drift = append(d.drift, plotter.XY{X: x, Y: *lines.DriftLine})
+				}
+				if lines.Tau != nil {
+					d.tau = append(d.tau, plotter.XY{X: x, Y: *lines.Tau})
+				}
+			}
+			x++
 		}
 	}
-	if len(args) == 0 {
-		return fmt.Errorf("the session has no generated tokens to plot")
+	if x == 0 {
+		return nil, fmt.Errorf("the session has no generated tokens to plot")
 	}
-	if err := plotutil.AddLines(p, args...); err != nil {
+	return d, nil
+}
+
+func (s *Session) writePNG(f *os.File, layers []int) error {
+	d, err := s.pngData(layers)
+	if err != nil {
 		return err
+	}
+	layers, series, drift, tau, starts := d.layers, d.series, d.drift, d.tau, d.replyStarts
+	p := plot.New()
+	p.Title.Text = "projection onto the axis " + s.Header.Axis
+	p.X.Label.Text = "generated token"
+	p.Y.Label.Text = "<h, axis>"
+	for i, xy := range series {
+		l, err := plotter.NewLine(xy)
+		if err != nil {
+			return err
+		}
+		l.Color, l.Width = pngColors[i%len(pngColors)], vg.Points(1.2)
+		p.Add(l)
+		p.Legend.Add("layer "+strconv.Itoa(layers[i]), l)
+	}
+	for _, ref := range []struct {
+		name string
+		xy   plotter.XYs
+		c    color.RGBA
+	}{{"drift line", drift, color.RGBA{120, 120, 120, 255}}, {"tau (cap floor)", tau, color.RGBA{200, 0, 0, 255}}} {
+		if len(ref.xy) == 0 {
+			continue
+		}
+		l, err := plotter.NewScatter(ref.xy)
+		if err != nil {
+			return err
+		}
+		l.GlyphStyle.Color, l.GlyphStyle.Radius = ref.c, vg.Points(0.8)
+		p.Add(l)
+		p.Legend.Add(ref.name, l)
+	}
+	// A dotted line where each reply begins, over the height of everything drawn.
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, xy := range append(append(series, drift), tau) {
+		for _, pt := range xy {
+			lo, hi = math.Min(lo, pt.Y), math.Max(hi, pt.Y)
+		}
+	}
+	for _, x0 := range starts {
+		v, err := plotter.NewLine(plotter.XYs{{X: x0, Y: lo}, {X: x0, Y: hi}})
+		if err != nil {
+			return err
+		}
+		v.Color, v.Dashes = color.RGBA{190, 190, 190, 255}, []vg.Length{vg.Points(1), vg.Points(3)}
+		p.Add(v)
 	}
 	w, err := p.WriterTo(10*vg.Inch, 4*vg.Inch, "png")
 	if err != nil {
@@ -162,10 +285,16 @@ func (s *Session) writePNG(f *os.File) error {
 	return err
 }
 
+// ExportOptions are what some formats need besides the session.
+type ExportOptions struct {
+	Frames func(*Session) ([]Frame, error) // cast: draws the frames
+	Layers []int                           // png: the layers to plot (none: the plotted layer)
+}
+
 // Export writes the session in format (cast, transcript, csv, png) to path, whole or not at all: a failed export
 // leaves whatever was at path as it was, and the session's own file is never an export's destination. A cast
-// holds the frames draw gives (the workbench's, drawn from the recording).
-func (s *Session) Export(format, path string, draw func(*Session) ([]Frame, error)) error {
+// holds the frames opt.Frames draws (the workbench's, from the recording); a png plots opt.Layers.
+func (s *Session) Export(format, path string, opt ExportOptions) error {
 	if s.Path != "" {
 		if a, err := os.Stat(s.Path); err == nil {
 			if b, err := os.Stat(path); err == nil && os.SameFile(a, b) {
@@ -176,12 +305,12 @@ func (s *Session) Export(format, path string, draw func(*Session) ([]Frame, erro
 	var write func(f *os.File) error
 	switch format {
 	case "png":
-		write = s.writePNG
+		write = func(f *os.File) error { return s.writePNG(f, opt.Layers) }
 	case "cast":
-		if draw == nil {
+		if opt.Frames == nil {
 			return fmt.Errorf("a cast needs the workbench's frames: export it with keel sessions export")
 		}
-		frames, err := draw(s)
+		frames, err := opt.Frames(s)
 		if err != nil {
 			return err
 		}

@@ -151,7 +151,7 @@ func replayControl(s *Session, b *replayBackend, e sessions.Event) error {
 	switch e.Name {
 	case "clear":
 		return s.clear()
-	case ControlsEvent:
+	case sessions.ControlsEvent:
 		var r ControlsRecord
 		if err := json.Unmarshal(e.Value, &r); err != nil {
 			return fmt.Errorf("controls: %w", err)

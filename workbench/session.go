@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"sync"
+
+	"github.com/keel-lab/keel/sessions"
 )
 
 // Options configure a session.
@@ -123,19 +125,14 @@ func (s *Session) Apply(c Controls) error {
 	}
 	s.controls = c
 	s.mu.Unlock()
-	return b.Control(ControlsEvent, controlsRecord(b, c))
+	return b.Control(sessions.ControlsEvent, controlsRecord(b, c))
 }
 
-// ControlsEvent names the recorded controls: the controls in force and the lines the plot draws under them, so
-// that a replay draws what the workbench drew.
-const ControlsEvent = "controls"
-
-// ControlsRecord is what a controls event holds.
+// ControlsRecord is what a controls event holds: the controls in force and the lines the plot draws under them,
+// so that a replay or an export draws what the workbench drew.
 type ControlsRecord struct {
-	Controls  Controls `json:"controls"`
-	DriftLine *float64 `json:"drift_line,omitempty"` // at the plotted layer; absent when unknown
-	Assistant *float64 `json:"assistant,omitempty"`
-	Tau       *float64 `json:"tau,omitempty"`
+	Controls Controls `json:"controls"`
+	sessions.PlotLines
 }
 
 func controlsRecord(b Backend, c Controls) ControlsRecord {
@@ -146,7 +143,7 @@ func controlsRecord(b Backend, c Controls) ControlsRecord {
 		return &v
 	}
 	line, top := b.Scale(c.Layer)
-	return ControlsRecord{Controls: c, DriftLine: finite(line), Assistant: finite(top), Tau: finite(b.Tau(c, c.Layer))}
+	return ControlsRecord{Controls: c, PlotLines: sessions.PlotLines{Layer: c.Layer, DriftLine: finite(line), Assistant: finite(top), Tau: finite(b.Tau(c, c.Layer))}}
 }
 
 // Send adds a user message and streams the reply, calling emit for every token; it returns when the reply ends,
@@ -285,7 +282,7 @@ func (s *Session) swap(next Backend) error {
 	if err := next.Apply(c); err != nil {
 		return err
 	}
-	if err := next.Control(ControlsEvent, controlsRecord(next, c)); err != nil {
+	if err := next.Control(sessions.ControlsEvent, controlsRecord(next, c)); err != nil {
 		return err
 	}
 	if system != "" {

@@ -28,7 +28,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "output path")
 	axisPath := fs.String("axis", "", "reproject: the axis file to project onto")
 	ignoreHash := fs.Bool("ignore-hash", false, "reproject: accept an axis made for other weights of the same shape")
-	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis)")
+	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis); export --format png: the layers to plot (default: the plotted one)")
 	styleLabels := fs.Bool("style", true, "export-dataset: label unmarked assistant turns with the persona style scorer (a role's register: drifted, reward 0; the Assistant's: reward 1)")
 	var mf modelFlags
 	mf.register(fs)
@@ -86,10 +86,16 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return usageError{fmt.Errorf("--out PATH is required")}
 		}
 		// A cast holds the workbench's own frames (chat with tint, plot, controls), in 256 colours.
-		draw := func(s *sessions.Session) ([]sessions.Frame, error) {
+		opt := sessions.ExportOptions{Frames: func(s *sessions.Session) ([]sessions.Frame, error) {
 			return tui.Frames(s, tui.NewStyles(termenv.ANSI256), 0, 0)
+		}}
+		if *layersFlag != "" {
+			var err error
+			if opt.Layers, err = parseIDs(*layersFlag); err != nil {
+				return usageError{fmt.Errorf("--layers: %w", err)}
+			}
 		}
-		if err := s.Export(*format, *out, draw); err != nil {
+		if err := s.Export(*format, *out, opt); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s\n", *out)
