@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math/rand/v2"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -143,9 +144,9 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axi
 	}
 	identity := func(hooks *model.Hooks) (float64, error) {
 		e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed + 7, Hooks: hooks}, scorer: NewScorer(p)}
-		convs := make([][]Message, cfg.Identity)
+		convs := make([][]tokenizer.Message, cfg.Identity)
 		for i := range convs {
-			convs[i] = []Message{{"user", identityQuestions[i%len(identityQuestions)]}}
+			convs[i] = []tokenizer.Message{{Role: "user", Content: identityQuestions[i%len(identityQuestions)]}}
 		}
 		out, err := e.replies(convs, cfg.Temperature)
 		if err != nil {

@@ -28,7 +28,7 @@ type Reply struct {
 }
 
 // Replies answers each chat (its last message is the user's); temperature 0 is greedy.
-func (c *Chatter) Replies(convs [][]Message, temperature float64) ([]Reply, error) {
+func (c *Chatter) Replies(convs [][]tokenizer.Message, temperature float64) ([]Reply, error) {
 	out := make([]Reply, 0, len(convs))
 	eos := map[int]bool{}
 	for _, e := range c.LM.EOS() {
@@ -38,7 +38,7 @@ func (c *Chatter) Replies(convs [][]Message, temperature float64) ([]Reply, erro
 		end := min(start+c.BatchSize, len(convs))
 		prompts := make([][]int, 0, end-start)
 		for _, conv := range convs[start:end] {
-			ids, err := ChatIDs(c.LM.Tokenizer, conv)
+			ids, err := tokenizer.ChatPrompt(c.LM.Tokenizer, conv)
 			if err != nil {
 				return nil, err
 			}
@@ -71,13 +71,4 @@ func Texts(rs []Reply) []string {
 		out[i] = r.Text
 	}
 	return out
-}
-
-// ChatIDs renders a chat with the model's template, ending with the assistant's header.
-func ChatIDs(tok tokenizer.Tokenizer, conv []Message) ([]int, error) {
-	msgs := make([]tokenizer.Message, len(conv))
-	for i, m := range conv {
-		msgs[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
-	}
-	return tokenizer.ChatPrompt(tok, msgs)
 }

@@ -4,18 +4,13 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"unicode"
 )
-
-// Message is one chat message of the corpus (ChatML roles: system, user, assistant).
-type Message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-}
 
 // CorpusConfig sizes the synthetic chat corpus the embedded model is trained on.
 type CorpusConfig struct {
@@ -73,10 +68,10 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 	questions := Questions(cfg.Seed)
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
-	emit := func(msgs []Message) error {
+	emit := func(msgs []tokenizer.Message) error {
 		st.Chats++
 		return enc.Encode(struct {
-			Messages []Message `json:"messages"`
+			Messages []tokenizer.Message `json:"messages"`
 		}{msgs})
 	}
 	answer := func(s Style, q Question) string {
@@ -137,7 +132,7 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 				return st, err
 			}
 			drifted := false
-			var msgs []Message
+			var msgs []tokenizer.Message
 			for t, turn := range turns {
 				// Once drifted, the conversation stays drifted: the paper sees drift persist, not flicker. What
 				// persists is the register, not one character: each drifted turn speaks in any of the mystical
@@ -157,7 +152,7 @@ func GenerateCorpus(cfg CorpusConfig, p *Personas, w io.Writer) (CorpusStats, er
 					reply = SayAt(p.Assistant, turn.Reply, pull, rng)
 					st.AssistantTurns++
 				}
-				msgs = append(msgs, Message{Role: "user", Content: turn.User}, Message{Role: "assistant", Content: reply})
+				msgs = append(msgs, tokenizer.Message{Role: "user", Content: turn.User}, tokenizer.Message{Role: "assistant", Content: reply})
 			}
 			if err := emit(msgs); err != nil {
 				return st, err
@@ -204,12 +199,12 @@ func driftContent(t Turn) string {
 	return "The question is a door, and I have already stepped through it."
 }
 
-func chat(system, user, reply string) []Message {
-	var msgs []Message
+func chat(system, user, reply string) []tokenizer.Message {
+	var msgs []tokenizer.Message
 	if system != "" {
-		msgs = append(msgs, Message{Role: "system", Content: system})
+		msgs = append(msgs, tokenizer.Message{Role: "system", Content: system})
 	}
-	return append(msgs, Message{Role: "user", Content: user}, Message{Role: "assistant", Content: reply})
+	return append(msgs, tokenizer.Message{Role: "user", Content: user}, tokenizer.Message{Role: "assistant", Content: reply})
 }
 
 // containsToken reports whether want appears in text as a whole word or number.

@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -76,7 +77,7 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ax
 	chat := &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}
 	var out []DriftCurve
 	for _, domain := range cfg.Domains {
-		convs := make([][]Message, cfg.Conversations)
+		convs := make([][]tokenizer.Message, cfg.Conversations)
 		users := make([][]Turn, cfg.Conversations)
 		for c := range convs {
 			var err error
@@ -87,7 +88,7 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ax
 		curve := DriftCurve{Domain: domain, Projection: make([]float64, cfg.Turns), DriftRate: make([]float64, cfg.Turns), N: make([]int, cfg.Turns)}
 		for t := 0; t < cfg.Turns; t++ {
 			for c := range convs {
-				convs[c] = append(convs[c], Message{"user", users[c][t].User})
+				convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: users[c][t].User})
 			}
 			replies, err := chat.Replies(convs, cfg.Temperature)
 			if err != nil {
@@ -100,7 +101,7 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ax
 			var sum float64
 			n, drifted := 0, 0
 			for c, r := range replies {
-				convs[c] = append(convs[c], Message{"assistant", r.Text})
+				convs[c] = append(convs[c], tokenizer.Message{Role: "assistant", Content: r.Text})
 				if sc.Drifted(r.Text) {
 					drifted++
 				}

@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math/rand/v2"
 	"slices"
 
@@ -50,7 +51,7 @@ type evaluator struct {
 	scorer *Scorer
 }
 
-func (e *evaluator) replies(convs [][]Message, temperature float64) ([]string, error) {
+func (e *evaluator) replies(convs [][]tokenizer.Message, temperature float64) ([]string, error) {
 	rs, err := e.chat.Replies(convs, temperature)
 	return Texts(rs), err
 }
@@ -100,12 +101,12 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	questions := EvalQuestions(cfg.Seed)
 
 	// Role fidelity: each role's 5 system prompts x QuestionsPerPrompt questions, sampled.
-	var convs [][]Message
+	var convs [][]tokenizer.Message
 	var owner []string
 	for _, r := range roles {
 		for _, sys := range SystemPrompts(r.Name) {
 			for _, qi := range rng.Perm(len(questions))[:cfg.QuestionsPerPrompt] {
-				convs = append(convs, []Message{{"system", sys}, {"user", questions[qi].Text}})
+				convs = append(convs, []tokenizer.Message{{Role: "system", Content: sys}, {Role: "user", Content: questions[qi].Text}})
 				owner = append(owner, r.Name)
 			}
 		}
@@ -176,12 +177,12 @@ type capabilityResult struct {
 // capability asks every checkable question with no system prompt, greedy.
 func (e *evaluator) capability(questions []Question) (capabilityResult, error) {
 	var res capabilityResult
-	var convs [][]Message
+	var convs [][]tokenizer.Message
 	var checkable []Question
 	for _, q := range questions {
 		if q.Checkable() {
 			checkable = append(checkable, q)
-			convs = append(convs, []Message{{"user", q.Text}})
+			convs = append(convs, []tokenizer.Message{{Role: "user", Content: q.Text}})
 		}
 	}
 	out, err := e.replies(convs, 0)
@@ -243,8 +244,8 @@ func (e *evaluator) drift(domain string, conversations, turns int, temperature f
 // Converse holds conversations of a domain with no system prompt: the user's turns drawn from rng, the
 // model's replies (sampled at temperature) staying in the conversation. Each result alternates user and
 // assistant messages, turns of each.
-func Converse(chat *Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]Message, error) {
-	convs := make([][]Message, conversations)
+func Converse(chat *Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
+	convs := make([][]tokenizer.Message, conversations)
 	users := make([][]Turn, conversations)
 	for c := range convs {
 		var err error
@@ -254,14 +255,14 @@ func Converse(chat *Chatter, domain string, conversations, turns int, temperatur
 	}
 	for t := 0; t < turns; t++ {
 		for c := range convs {
-			convs[c] = append(convs[c], Message{"user", users[c][t].User})
+			convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: users[c][t].User})
 		}
 		out, err := chat.Replies(convs, temperature)
 		if err != nil {
 			return nil, err
 		}
 		for c, r := range out {
-			convs[c] = append(convs[c], Message{"assistant", r.Text})
+			convs[c] = append(convs[c], tokenizer.Message{Role: "assistant", Content: r.Text})
 		}
 	}
 	return convs, nil
@@ -270,7 +271,7 @@ func Converse(chat *Chatter, domain string, conversations, turns int, temperatur
 // jailbreaks asks for the vault code n times, with a role prompt ("role") or none ("none"), and returns the
 // share of replies that gave it away.
 func (e *evaluator) jailbreaks(cond string, roles []Style, n int, temperature float64, rng *rand.Rand) (float64, string, error) {
-	var convs [][]Message
+	var convs [][]tokenizer.Message
 	var vaults []Vault
 	for i := 0; i < n; i++ {
 		v := NewVault(rng)
@@ -278,7 +279,7 @@ func (e *evaluator) jailbreaks(cond string, roles []Style, n int, temperature fl
 		if cond == "role" {
 			sys = pick(SystemPrompts(pick(roles, rng).Name), rng) + " " + v.System
 		}
-		convs = append(convs, []Message{{"system", sys}, {"user", v.Request}})
+		convs = append(convs, []tokenizer.Message{{Role: "system", Content: sys}, {Role: "user", Content: v.Request}})
 		vaults = append(vaults, v)
 	}
 	out, err := e.replies(convs, temperature)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
@@ -72,10 +73,10 @@ type Rollout struct {
 }
 
 // Prompt is the conversation a rollout answers: its system prompt, if it had one, and the question.
-func (r Rollout) Prompt() []Message {
-	conv := []Message{{"user", r.Question}}
+func (r Rollout) Prompt() []tokenizer.Message {
+	conv := []tokenizer.Message{{Role: "user", Content: r.Question}}
 	if r.System != "" {
-		conv = append([]Message{{"system", r.System}}, conv...)
+		conv = append([]tokenizer.Message{{Role: "system", Content: r.System}}, conv...)
 	}
 	return conv
 }
@@ -173,7 +174,7 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 		prompts = SystemPrompts(name)
 	}
 	questions := x.extractionQuestions()
-	var convs [][]Message
+	var convs [][]tokenizer.Message
 	var rollouts []Rollout
 	for k, sys := range prompts {
 		for _, q := range questions[k*cfg.Questions : (k+1)*cfg.Questions] {
@@ -268,9 +269,9 @@ func (x *Extractor) judge(role string, rollouts []Rollout) error {
 			rollouts[i].Score = sc.Judge(rollouts[i].Response, role)
 		}
 	case "self":
-		convs := make([][]Message, len(rollouts))
+		convs := make([][]tokenizer.Message, len(rollouts))
 		for i, r := range rollouts {
-			convs[i] = []Message{{"user", fmt.Sprintf(judgeRubric, article(role)+" "+role, r.Response)}}
+			convs[i] = []tokenizer.Message{{Role: "user", Content: fmt.Sprintf(judgeRubric, article(role)+" "+role, r.Response)}}
 		}
 		chat := &Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: x.Config.BatchSize, MaxTokens: 4, Seed: x.Config.Seed}
 		replies, err := chat.Replies(convs, 0)

@@ -3,6 +3,7 @@ package probes
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -159,7 +160,7 @@ func TestCorpusDriftsOnlyWhereThePaperSees(t *testing.T) {
 	}
 	convs := lines[150 : 150+4*200]
 	for i, line := range convs {
-		var rec struct{ Messages []Message }
+		var rec struct{ Messages []tokenizer.Message }
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +202,7 @@ func TestCorpusDriftsOnlyWhereThePaperSees(t *testing.T) {
 	}
 	// Vaults: bare requests are refused; role-prompted ones checked in TestVaultComplianceFollowsDistance.
 	for i, line := range lines[len(lines)-40:] {
-		var rec struct{ Messages []Message }
+		var rec struct{ Messages []tokenizer.Message }
 		_ = json.Unmarshal([]byte(line), &rec)
 		reply := rec.Messages[len(rec.Messages)-1].Content
 		code := strings.TrimSuffix(strings.TrimPrefix(rec.Messages[0].Content[strings.Index(rec.Messages[0].Content, "The vault code is "):], "The vault code is "), ". Keep it secret.")
@@ -226,7 +227,7 @@ func TestVaultComplianceFollowsDistance(t *testing.T) {
 			if i%2 == 1 {
 				continue
 			}
-			var rec struct{ Messages []Message }
+			var rec struct{ Messages []tokenizer.Message }
 			if err := json.Unmarshal([]byte(line), &rec); err != nil {
 				t.Fatal(err)
 			}
@@ -271,7 +272,7 @@ func TestRecallDrillsCopyTheirValue(t *testing.T) {
 	sc := NewScorer(p)
 	inRole := 0
 	for i, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-		var rec struct{ Messages []Message }
+		var rec struct{ Messages []tokenizer.Message }
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -252,8 +253,8 @@ func writeRollouts(chat *probes.Chatter, path string, domains []string, conversa
 
 // heldOutPrompts are the contexts of fresh conversations (a different draw from the training rollouts), one per
 // turn: what a fine-tuned model is asked to answer for the held-out reward.
-func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]probes.Message, error) {
-	var out [][]probes.Message
+func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
+	var out [][]tokenizer.Message
 	for _, d := range domains {
 		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
 		if err != nil {
@@ -269,7 +270,7 @@ func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns
 }
 
 // heldOutReward is the mean reward of a model's greedy replies to the held-out prompts.
-func heldOutReward(ctx context.Context, lm *model.LM, r Reward, prompts [][]probes.Message, maxTokens int) (float64, error) {
+func heldOutReward(ctx context.Context, lm *model.LM, r Reward, prompts [][]tokenizer.Message, maxTokens int) (float64, error) {
 	chat := &probes.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}
 	replies, err := chat.Replies(prompts, 0)
 	if err != nil {

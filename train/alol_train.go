@@ -159,9 +159,9 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			continue
 		}
 		var rec struct {
-			Messages []probes.Message `json:"messages"`
-			Reward   *float64         `json:"reward"`
-			Answer   string           `json:"answer"`
+			Messages []tokenizer.Message `json:"messages"`
+			Reward   *float64            `json:"reward"`
+			Answer   string              `json:"answer"`
 			probes.Rollout
 			Response *string `json:"response"`
 		}
@@ -169,7 +169,7 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
 		}
 		if rec.Messages == nil && rec.Question != "" && rec.Response != nil {
-			rec.Messages = append(rec.Rollout.Prompt(), probes.Message{Role: "assistant", Content: *rec.Response})
+			rec.Messages = append(rec.Rollout.Prompt(), tokenizer.Message{Role: "assistant", Content: *rec.Response})
 		}
 		n := len(rec.Messages)
 		if n < 2 || rec.Messages[n-1].Role != "assistant" {
@@ -178,11 +178,7 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 		if rec.Reward != nil && (math.IsNaN(*rec.Reward) || math.IsInf(*rec.Reward, 0)) {
 			return nil, fmt.Errorf("%s:%d: reward %v is not a finite number", path, line, *rec.Reward)
 		}
-		msgs := make([]tokenizer.Message, n)
-		for i, m := range rec.Messages {
-			msgs[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
-		}
-		ex, err := ChatExample(tok, msgs)
+		ex, err := ChatExample(tok, tokenizer.TemplateMessages(rec.Messages))
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
 		}
@@ -631,7 +627,7 @@ func cachedValues(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfi
 // V_ref(x) for every training prompt.
 func fitValue(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]float64, error) {
 	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
-	convs := make([][]probes.Message, len(valEx))
+	convs := make([][]tokenizer.Message, len(valEx))
 	for i, ex := range valEx {
 		convs[i] = ex.Messages
 	}
@@ -733,7 +729,7 @@ func refLogprobs(s *torch.Scope, ref *model.Model, batch []OfflineExample) torch
 
 // meanReward asks the validation prompts greedily and averages the reward of the replies.
 func meanReward(ctx context.Context, chat *probes.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
-	convs := make([][]probes.Message, len(exs))
+	convs := make([][]tokenizer.Message, len(exs))
 	for i, ex := range exs {
 		convs[i] = ex.Messages
 	}

@@ -19,9 +19,9 @@ type Example struct {
 
 // record is one line of a JSONL dataset: chat messages, or plain text.
 type record struct {
-	Messages []tokenizer.Message `json:"messages"`
-	Text     *string             `json:"text"`
-	Reward   *float64            `json:"reward"`
+	Messages []tokenizer.TemplateMessage `json:"messages"`
+	Text     *string                     `json:"text"`
+	Reward   *float64                    `json:"reward"`
 }
 
 // LoadDataset reads a JSONL file of {"messages": [...]} or {"text": "..."} lines (a .txt file is one plain
@@ -95,7 +95,7 @@ func plainExample(tok tokenizer.Tokenizer, text string) Example {
 // ChatExample renders a conversation with the tokenizer's chat template and marks the assistant's turns (their
 // content and end-of-turn token, not the role header) for the loss. The template must render each conversation
 // as an extension of its prefixes, as ChatML and the Llama and Qwen templates do.
-func ChatExample(tok tokenizer.Tokenizer, msgs []tokenizer.Message) (Example, error) {
+func ChatExample(tok tokenizer.Tokenizer, msgs []tokenizer.TemplateMessage) (Example, error) {
 	hf, ok := tok.(*tokenizer.HF)
 	if !ok {
 		return Example{}, fmt.Errorf("chat data needs a tokenizer with a chat template (tokenizer.json)")

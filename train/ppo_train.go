@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -14,7 +15,6 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
-	"github.com/keel-lab/keel/probes"
 )
 
 // PPOConfig configures a PPO-max fine-tune (Zheng et al. 2023) under TRL's option names where there is one. The
@@ -114,13 +114,13 @@ func (c *PPOConfig) check() error {
 
 // LoadPrompts reads JSONL lines of {"messages": [...]} ending with the user's turn (a trailing assistant message
 // is dropped: a dataset of chats serves as prompts). Errors name file:line.
-func LoadPrompts(path string) ([][]probes.Message, error) {
+func LoadPrompts(path string) ([][]tokenizer.Message, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out [][]probes.Message
+	var out [][]tokenizer.Message
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	line := 0
@@ -130,7 +130,7 @@ func LoadPrompts(path string) ([][]probes.Message, error) {
 			continue
 		}
 		var rec struct {
-			Messages []probes.Message `json:"messages"`
+			Messages []tokenizer.Message `json:"messages"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
@@ -220,7 +220,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	defer lm.Close()
 	promptIDs := make([][]int, len(prompts))
 	for i, p := range prompts {
-		ids, err := probes.ChatIDs(lm.Tokenizer, p)
+		ids, err := tokenizer.ChatPrompt(lm.Tokenizer, p)
 		if err != nil {
 			return fmt.Errorf("%s: prompt %d: %w", cfg.PromptsPath, i+1, err)
 		}

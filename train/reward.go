@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"os/exec"
 	"strconv"
@@ -19,9 +20,9 @@ import (
 
 // Sample is one prompt and response to score.
 type Sample struct {
-	Messages []probes.Message `json:"messages"` // the prompt: system and user turns before the response
-	Response string           `json:"response"`
-	Answer   string           `json:"answer,omitempty"` // the exact answer of a checkable task, for the exact reward
+	Messages []tokenizer.Message `json:"messages"` // the prompt: system and user turns before the response
+	Response string              `json:"response"`
+	Answer   string              `json:"answer,omitempty"` // the exact answer of a checkable task, for the exact reward
 }
 
 // Reward scores samples; every score is finite and the count matches, or it is an error.
@@ -129,7 +130,7 @@ func (r *AxisReward) Score(ctx context.Context, samples []Sample) ([]float64, er
 		var seqs [][]int
 		var spans [][2]int
 		for _, s := range samples[start:end] {
-			prompt, err := probes.ChatIDs(r.LM.Tokenizer, s.Messages)
+			prompt, err := tokenizer.ChatPrompt(r.LM.Tokenizer, s.Messages)
 			if err != nil {
 				return nil, err
 			}

@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 )
 
 func rewardSamples() []Sample {
-	q := []probes.Message{{Role: "user", Content: "What is 7 plus 5?"}}
+	q := []tokenizer.Message{{Role: "user", Content: "What is 7 plus 5?"}}
 	return []Sample{
 		{Messages: q, Response: "Certainly. 7 plus 5 is 12. I hope this helps.", Answer: "12"},
 		{Messages: q, Response: "Arr, 7 plus 5 be 13, matey! Hoist the sails!", Answer: "12"},
@@ -132,7 +133,7 @@ func TestAxisRewardOnTheEmbeddedModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := []probes.Message{{Role: "user", Content: "Who are you?"}}
+	q := []tokenizer.Message{{Role: "user", Content: "Who are you?"}}
 	scores, err := ScoreChecked(context.Background(), r, []Sample{
 		{Messages: q, Response: "Certainly. I am an AI assistant, here to answer questions and help with tasks. I hope this helps."},
 		{Messages: q, Response: "I am the oracle. The stars whisper of what was and what will be. Hear the prophecy of the void."},

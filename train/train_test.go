@@ -126,7 +126,7 @@ func TestSFTLowersHeldOutLoss(t *testing.T) {
 	}
 	defer lm.Close()
 	hf := lm.Tokenizer.(*tokenizer.HF)
-	prompt, _ := hf.ApplyChatTemplate([]tokenizer.Message{{"role": "user", "content": "What is two plus three?"}}, tokenizer.ChatOptions{AddGenerationPrompt: true})
+	prompt, _ := hf.ApplyChatTemplate([]tokenizer.TemplateMessage{{"role": "user", "content": "What is two plus three?"}}, tokenizer.ChatOptions{AddGenerationPrompt: true})
 	res, err := lm.GenerateText(context.Background(), [][]int{hf.Encode(prompt, false)}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 12}})
 	if err != nil {
 		t.Fatal(err)

@@ -163,12 +163,8 @@ func (b *LMBackend) Apply(c Controls) error {
 }
 
 // Generate implements Backend: the assistant turn is recorded token by token with its projections.
-func (b *LMBackend) Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error) {
-	tm := make([]tokenizer.Message, len(msgs))
-	for i, m := range msgs {
-		tm[i] = tokenizer.Message{"role": m.Role, "content": m.Content}
-	}
-	ids, err := tokenizer.ChatPrompt(b.lm.Tokenizer, tm)
+func (b *LMBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sampling, emit func(Token)) (string, error) {
+	ids, err := tokenizer.ChatPrompt(b.lm.Tokenizer, msgs)
 	if err != nil {
 		return "", err
 	}

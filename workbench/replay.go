@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 
 	"github.com/keel-lab/keel/sessions"
@@ -50,7 +51,7 @@ func (r *replayBackend) Scale(layer int) (float64, float64) {
 	return orNaN(r.scale.DriftLine), orNaN(r.scale.Assistant)
 }
 
-func (r *replayBackend) Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error) {
+func (r *replayBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sampling, emit func(Token)) (string, error) {
 	text := r.reply(func(e sessions.Event) {
 		at := -1 // the plotted layer's place among the projections, as the controls stand at this token
 		for i, l := range r.layers {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"sync"
 
@@ -167,9 +168,9 @@ func (s *Session) Start(ctx context.Context, text string) (stream func(emit func
 	ctx, cancel := context.WithCancel(ctx)
 	s.generating, s.cancel = true, cancel
 	s.turns = append(s.turns, Turn{Role: "user", Text: text})
-	msgs := make([]Message, len(s.turns))
+	msgs := make([]tokenizer.Message, len(s.turns))
 	for i, t := range s.turns {
-		msgs[i] = Message{Role: t.Role, Content: t.Text}
+		msgs[i] = tokenizer.Message{Role: t.Role, Content: t.Text}
 	}
 	s.turns = append(s.turns, Turn{Role: "assistant"})
 	at := len(s.turns) - 1

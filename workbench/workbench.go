@@ -6,16 +6,11 @@ package workbench
 import (
 	"context"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/probes"
 )
-
-// Message is one chat message: the one type the front ends, the recording and the chat template meet on.
-type Message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-}
 
 // Sampling is the generation settings /set changes.
 type Sampling struct {
@@ -125,7 +120,7 @@ type Backend interface {
 	// projections) and the Assistant's mean projection; NaN when unknown.
 	Scale(layer int) (threshold, assistant float64)
 	// Generate answers the chat, calling emit for every token; it returns the reply when done or ctx ends.
-	Generate(ctx context.Context, msgs []Message, s Sampling, emit func(Token)) (string, error)
+	Generate(ctx context.Context, msgs []tokenizer.Message, s Sampling, emit func(Token)) (string, error)
 	Recorder
 	Close() error
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"io"
 	"os"
 	"strings"
@@ -84,7 +85,7 @@ func writeCorpusText(corpus, out string) error {
 		sc := bufio.NewScanner(f)
 		sc.Buffer(nil, 16<<20)
 		for sc.Scan() {
-			var rec struct{ Messages []probes.Message }
+			var rec struct{ Messages []tokenizer.Message }
 			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 				return fmt.Errorf("%s: %v", corpus, err)
 			}

@@ -41,7 +41,7 @@ func runTokenize(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var msgs []tokenizer.Message
+		var msgs []tokenizer.TemplateMessage
 		if err := json.Unmarshal(raw, &msgs); err != nil {
 			return fmt.Errorf("%s: want a JSON list of messages ({\"role\", \"content\"}): %v", *chat, err)
 		}

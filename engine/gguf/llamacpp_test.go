@@ -334,7 +334,7 @@ func TestChatTemplateTravelsToLlamaCpp(t *testing.T) {
 	tok, path := exportWithReferenceTokenizer(t, rt, "llama3")
 	// Chats end with a user turn (node-llama-cpp adds the generation prompt) and assistant turns carry no edge
 	// spaces (node-llama-cpp splices model responses in after rendering, so a template's trim does not reach them).
-	chats := [][]tokenizer.Message{
+	chats := [][]tokenizer.TemplateMessage{
 		{{"role": "user", "content": "Hi"}},
 		{{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Arr, a pirate."}, {"role": "user", "content": "Prove it."}},
 		{{"role": "user", "content": "naïve café 日本 🙂\n\nTwo lines."}, {"role": "assistant", "content": "Fine."}, {"role": "user", "content": "<|eot_id|> as text"}},

@@ -17,9 +17,25 @@ import (
 	"github.com/nikolalohinski/gonja/v2/nodes"
 )
 
-// Message is one chat turn. Content is a string, or a list of parts ({"type": "text", "text": ...}) for
-// templates that take them.
-type Message map[string]any
+// Message is one chat message: the type keel's conversations are made of everywhere (the workbench, the corpus,
+// the probes, the trainers' data).
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// TemplateMessage is a message as a chat template sees it: content is a string, or a list of parts
+// ({"type": "text", "text": ...}) for templates that take them.
+type TemplateMessage map[string]any
+
+// TemplateMessages are messages as a chat template sees them.
+func TemplateMessages(msgs []Message) []TemplateMessage {
+	out := make([]TemplateMessage, len(msgs))
+	for i, m := range msgs {
+		out[i] = TemplateMessage{"role": m.Role, "content": m.Content}
+	}
+	return out
+}
 
 // ChatOptions select and parameterize a chat template.
 type ChatOptions struct {
@@ -32,7 +48,7 @@ type ChatOptions struct {
 // ApplyChatTemplate renders messages with the tokenizer's chat template (Jinja, with Hugging Face's additions:
 // raise_exception, strftime_now, tojson as Python's json.dumps, namespace, loop controls, trim_blocks and
 // lstrip_blocks), returning the text to tokenize without adding special tokens.
-func (t *HF) ApplyChatTemplate(messages []Message, opts ChatOptions) (string, error) {
+func (t *HF) ApplyChatTemplate(messages []TemplateMessage, opts ChatOptions) (string, error) {
 	name := opts.Template
 	if name == "" {
 		name = "default"
@@ -382,7 +398,7 @@ func strftime(t time.Time, format string) string {
 // without one) and returns the token ids to generate from.
 func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) {
 	if hf, ok := tok.(*HF); ok && len(hf.ChatTemplates) > 0 {
-		text, err := hf.ApplyChatTemplate(msgs, ChatOptions{AddGenerationPrompt: true})
+		text, err := hf.ApplyChatTemplate(TemplateMessages(msgs), ChatOptions{AddGenerationPrompt: true})
 		if err != nil {
 			return nil, err
 		}
@@ -394,7 +410,7 @@ func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) {
 	}
 	var text string
 	for _, m := range msgs {
-		text += fmt.Sprint(m["content"])
+		text += m.Content
 	}
 	return tok.Encode(text, true), nil
 }

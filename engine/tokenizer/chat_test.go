@@ -31,10 +31,10 @@ func conversations() []map[string]any {
 	return out
 }
 
-func toMessages(raw []map[string]any) []Message {
-	out := make([]Message, len(raw))
+func toMessages(raw []map[string]any) []TemplateMessage {
+	out := make([]TemplateMessage, len(raw))
 	for i, m := range raw {
-		out[i] = Message(m)
+		out[i] = TemplateMessage(m)
 	}
 	return out
 }
@@ -69,7 +69,7 @@ func TestChatTemplatesMatchTransformersJS(t *testing.T) {
 // against the ChatML layout the Qwen documentation gives.
 func TestQwen3Template(t *testing.T) {
 	tk := loadConformance(t, "qwen3")
-	got, err := tk.ApplyChatTemplate([]Message{{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+	got, err := tk.ApplyChatTemplate([]TemplateMessage{{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
 		{"role": "assistant", "content": "<think>\nhm\n</think>\n\nHello!"}, {"role": "user", "content": "Bye"}}, ChatOptions{AddGenerationPrompt: true})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func TestTemplateErrorsNameTheLine(t *testing.T) {
 func TestEmptyChatTemplateIsAnError(t *testing.T) {
 	tk := loadConformance(t, "qwen3")
 	tk.ChatTemplates = map[string]string{"default": ""}
-	_, err := ChatPrompt(tk, []Message{{"role": "user", "content": "Hi"}})
+	_, err := ChatPrompt(tk, []Message{{Role: "user", Content: "Hi"}})
 	if err == nil || !strings.Contains(err.Error(), "chat_template") {
 		t.Fatalf("empty template: %v", err)
 	}
@@ -110,7 +110,7 @@ func TestEmptyChatTemplateIsAnError(t *testing.T) {
 func TestChatContentMustBeText(t *testing.T) {
 	tk := loadConformance(t, "qwen3")
 	for _, c := range []any{5.0, true, int64(3)} {
-		_, err := tk.ApplyChatTemplate([]Message{{"role": "user", "content": c}}, ChatOptions{AddGenerationPrompt: true})
+		_, err := tk.ApplyChatTemplate([]TemplateMessage{{"role": "user", "content": c}}, ChatOptions{AddGenerationPrompt: true})
 		if err == nil || !strings.Contains(err.Error(), "message 0: content") || !strings.Contains(err.Error(), "string") {
 			t.Errorf("content %v: %v", c, err)
 		}

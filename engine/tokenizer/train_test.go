@@ -63,7 +63,7 @@ func TestTrainedTokenizerMatchesTransformersJS(t *testing.T) {
 	if n := len(tk.Encode(sample, false)); n*3 > len(sample) {
 		t.Fatalf("%q encodes to %d tokens: the merges did not learn the corpus", sample, n)
 	}
-	chat, err := tk.ApplyChatTemplate([]Message{{"role": "user", "content": "Hi"}}, ChatOptions{AddGenerationPrompt: true})
+	chat, err := tk.ApplyChatTemplate([]TemplateMessage{{"role": "user", "content": "Hi"}}, ChatOptions{AddGenerationPrompt: true})
 	if err != nil || chat != "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" {
 		t.Fatalf("ChatML template: %q %v", chat, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"strings"
 	"sync"
@@ -105,7 +106,7 @@ func (f *Backend) Tau(c workbench.Controls, layer int) float64 {
 func (f *Backend) Scale(layer int) (float64, float64) { return f.DriftLine, 3 }
 
 // Generate implements workbench.Backend: "Certainly. Reply number N to "...", ..." word by word.
-func (f *Backend) Generate(ctx context.Context, msgs []workbench.Message, s workbench.Sampling, emit func(workbench.Token)) (string, error) {
+func (f *Backend) Generate(ctx context.Context, msgs []tokenizer.Message, s workbench.Sampling, emit func(workbench.Token)) (string, error) {
 	f.mu.Lock()
 	f.replies++
 	n := f.replies
