@@ -308,18 +308,12 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		return err
 	}
 	defer opt.Close()
-	base := modelBase{cfg.ModelNameOrPath, cfg.LoRA}
-	start := 0
-	if opts.Resume {
-		if start, _, err = resumeRun(rt, run, trainable, opt, base, job.logf); err != nil {
-			return err
-		}
-	}
-	mlog, err := openMetricsLog(run.Dir)
-	if err != nil {
+	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA},
+		seed: cfg.Seed, steps: steps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit}
+	if _, err := loop.open(); err != nil {
 		return err
 	}
-	defer mlog.close()
+	defer loop.close()
 
 	// Minibatches: the A-LoL family draws examples with probability proportional to A+ (with replacement); the
 	// others go through the data in a fresh seeded order each epoch. Both depend on the step alone, so a resumed
@@ -364,36 +358,24 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	bestReward, bestStep := math.Inf(-1), 0
 	lossCfg := cfg.lossConfig()
 	warmup := cfg.WarmupSteps
-	t0 := time.Now()
-	tokens := 0
 	lm.Training = true
-	for step := start + 1; step <= steps; step++ {
-		t0 = t0.Add(job.holdWhilePaused(ctx))
-		if ctx.Err() != nil || run.cancelRequested() {
-			if ck, err := saveCheckpoint(rt, run, step-1, trainable, opt, base, job.state.Loss); err == nil && step-1 > start {
-				job.state.Checkpoint = ck
-			}
-			return errCancelled
-		}
-		if err := rt.ManualSeed(cfg.Seed*1000003 + uint64(step)); err != nil {
-			return err
-		}
+	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
 		idx := batchAt(step)
 		batch := make([]OfflineExample, len(idx))
 		meta := make([]advantageRecord, len(idx))
+		tokens := 0
 		for j, k := range idx {
 			batch[j], meta[j] = trainEx[k], adv[k]
 			tokens += len(trainEx[k].Prompt) + len(trainEx[k].Response)
 		}
-		lr := learningRate(cfg.LRSchedulerType, cfg.LearningRate, warmup, steps, step)
+		lr := learningRate(cfg.LRSchedulerType, cfg.LearningRate, warmup, loop.steps, step)
 		s := rt.NewScope()
 		logp, mask := responseLogprobs(s, lm.Model, batch)
 		B := int64(len(batch))
 		rw := make([]float32, len(batch))
 		av := make([]float32, len(batch))
-		refSeq := make([]float32, len(batch))
 		for j, m := range meta {
-			rw[j], av[j], refSeq[j] = float32(m.Reward), float32(m.Advantage), float32(m.RefLogp)
+			rw[j], av[j] = float32(m.Reward), float32(m.Advantage)
 		}
 		// log pi_ref per token is needed only through its sum for the sequence ratio, except by a_lol_seq; the
 		// reference's per-token values come from one no-grad pass over the batch.
@@ -407,11 +389,11 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		err := s.Err()
 		s.Close()
 		if err != nil {
-			return fmt.Errorf("step %d: %w", step, err)
+			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
 		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, lr, lv, job.state.Checkpoint)
 		if err != nil {
-			return fmt.Errorf("step %d: %w", step, err)
+			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
 		var rhoSum, clipped, advSum, rSum float64
 		for j := range batch {
@@ -424,72 +406,45 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 			rSum += meta[j].Reward
 		}
 		n := float64(len(batch))
-		elapsed := time.Since(t0).Seconds()
-		m := Metrics{Step: step, Loss: lv, LR: lr, GradNorm: gradNorm, TokensPerSec: float64(tokens) / elapsed, Time: time.Now().UTC(),
-			ETASeconds: elapsed / float64(step-start) * float64(steps-step),
-			Extra:      map[string]float64{"reward_mean": rSum / n, "importance_weight_mean": rhoSum / n}}
+		m := Metrics{Loss: lv, LR: lr, GradNorm: gradNorm, Extra: map[string]float64{"reward_mean": rSum / n, "importance_weight_mean": rhoSum / n}}
 		if usesAdvantage(cfg.Algorithm) {
 			m.Extra["advantage_mean"], m.Extra["positive_fraction"] = advSum/n, posFrac
 		}
 		if cfg.PPOClip > 0 {
 			m.Extra["clip_fraction"] = clipped / n
 		}
-		if cfg.MaxSeconds > 0 && step < steps && time.Since(began).Seconds() >= cfg.MaxSeconds {
-			job.logf("wall-clock budget of %.0f s spent at step %d of %d: the run ends here", cfg.MaxSeconds, step, steps)
-			steps, job.state.TotalSteps = step, step
+		if cfg.MaxSeconds > 0 && step < loop.steps && time.Since(began).Seconds() >= cfg.MaxSeconds {
+			job.logf("wall-clock budget of %.0f s spent at step %d of %d: the run ends here", cfg.MaxSeconds, step, loop.steps)
+			loop.steps, job.state.TotalSteps = step, step
 		}
-		if step%cfg.EvalSteps == 0 || step == steps {
+		if step%cfg.EvalSteps == 0 || step == loop.steps {
 			vr, err := validate()
 			if err != nil {
-				return fmt.Errorf("step %d, validation: %w", step, err)
+				return stepResult{}, fmt.Errorf("step %d, validation: %w", step, err)
 			}
 			if !math.IsNaN(vr) {
 				m.Extra["val_reward"] = vr
 				if vr > bestReward {
 					bestReward, bestStep = vr, step
 					if err := saveWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
-						return fmt.Errorf("step %d: saving the best weights: %w", step, err)
+						return stepResult{}, fmt.Errorf("step %d: saving the best weights: %w", step, err)
 					}
 				}
 			}
 		}
-		if err := mlog.write(m); err != nil {
-			return fmt.Errorf("writing metrics: %w", err)
-		}
-		if opts.Hooks != nil {
-			opts.Hooks(&m)
-		}
-		job.emit(Event{Metrics: &m})
-		job.state.Loss = lv
-		if step%cfg.SaveSteps == 0 && step < steps {
-			mlog.sync()
-			ck, err := saveCheckpoint(rt, run, step, trainable, opt, base, lv)
-			if err != nil {
-				return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
-			}
-			job.state.Checkpoint = ck
-			pruneCheckpoints(run.Dir, cfg.SaveTotalLimit)
-		}
-		job.progress(step, lv)
+		return stepResult{metrics: m, tokens: tokens, log: true}, nil
+	})
+	if err != nil {
+		return err
 	}
-	mlog.sync()
-	lm.Training = false
-	if bestStep > 0 && bestStep != steps {
+	if bestStep > 0 && bestStep != loop.steps {
 		// The paper keeps the checkpoint with the best mean validation reward.
 		if err := loadWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
 			return err
 		}
 		job.logf("final weights: step %d, the best validation reward (%.4f)", bestStep, bestReward)
 	}
-	final, err := exportFinal(rt, run, lm, trainable, base)
-	if err != nil {
-		return fmt.Errorf("exporting the final weights: %w", err)
-	}
-	plotLoss(run)
-	job.state.Final = final
-	job.finish(Done, nil)
-	job.logf("done: %s", final)
-	return nil
+	return loop.finish(lm, trainable)
 }
 
 func orNone(s string) string {

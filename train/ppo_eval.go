@@ -108,7 +108,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 		if err != nil {
 			return nil, nil, err
 		}
-		err = RunPPO(ctx, rt, run, c, r, Options{Hooks: func(m *Metrics) {
+		err = RunPPO(ctx, rt, run, c, r, Options{OnMetrics: func(m *Metrics) {
 			logf("%s iteration %d: reward %.4f, ref KL %.3f, approx KL %.4f, clipped %.3f, length %.1f, ppl %.2f", name, m.Step,
 				m.Extra["reward_mean"], m.Extra["ref_kl"], m.Extra["approx_kl"], m.Extra["clip_fraction"], m.Extra["response_length"], m.Extra["perplexity"])
 		}})

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -258,64 +257,32 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		return err
 	}
 	defer opt.Close()
-	base := modelBase{cfg.ModelNameOrPath, cfg.LoRA}
 	var st ppoState
-	start := 0
-	if opts.Resume {
-		var ck string
-		if start, ck, err = resumeRun(rt, run, trainable, opt, base, job.logf); err != nil {
-			return err
-		}
-		if ck != "" { // the running reward statistics continue where they were
-			raw, err := os.ReadFile(filepath.Join(ck, "ppo_state.json"))
-			if err == nil {
-				err = json.Unmarshal(raw, &st)
-			}
-			if err != nil {
-				return fmt.Errorf("%s: ppo_state.json: %v", ck, err)
-			}
-		}
-	}
-	mlog, err := openMetricsLog(run.Dir)
+	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA},
+		seed: cfg.Seed, steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit,
+		// Only checkpoints written while the ref KL is under target count as good.
+		canSave:   func() bool { return st.Over == 0 },
+		saveExtra: func(ck string) error { return atomicfile.WriteJSON(filepath.Join(ck, "ppo_state.json"), st) }}
+	ck, err := loop.open()
 	if err != nil {
 		return err
 	}
-	defer mlog.close()
-	save := func(step int, loss float64) error {
-		ck, err := saveCheckpoint(rt, run, step, trainable, opt, base, loss)
+	defer loop.close()
+	if ck != "" { // the running reward statistics continue where they were
+		raw, err := os.ReadFile(filepath.Join(ck, "ppo_state.json"))
+		if err == nil {
+			err = json.Unmarshal(raw, &st)
+		}
 		if err != nil {
-			return fmt.Errorf("checkpoint at step %d: %w (the previous checkpoint is intact)", step, err)
+			return fmt.Errorf("%s: ppo_state.json: %v", ck, err)
 		}
-		raw, _ := json.Marshal(st)
-		if err := atomicfile.WriteFile(filepath.Join(ck, "ppo_state.json"), raw); err != nil {
-			return err
-		}
-		job.state.Checkpoint = ck
-		pruneCheckpoints(run.Dir, cfg.SaveTotalLimit)
-		return nil
 	}
 	eos := lm.EOS()
 	job.logf("model %s, %d prompts; %d iterations of %d rollouts (kl_coef %g, lr %g)", cfg.ModelNameOrPath, len(prompts), cfg.MaxSteps, cfg.RolloutBatchSize, cfg.KLCoef, cfg.LearningRate)
-	t0 := time.Now()
-	tokens := 0
-	for step := start + 1; step <= cfg.MaxSteps; step++ {
-		// A cancel is honoured between the phases of an iteration, not only between iterations (one PPO
-		// iteration of rollouts, scoring and epochs can take minutes). Until the first update of the iteration the
-		// weights are still the previous step's, which may be saved.
-		cancelled := func() bool { return ctx.Err() != nil || run.cancelRequested() }
-		stop := func() error {
-			if step-1 > start && st.Over == 0 {
-				save(step-1, job.state.Loss)
-			}
-			return errCancelled
-		}
-		t0 = t0.Add(job.holdWhilePaused(ctx))
-		if cancelled() {
-			return stop()
-		}
-		if err := rt.ManualSeed(cfg.Seed*1000003 + uint64(step)); err != nil {
-			return err
-		}
+	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
+		// A cancel is honoured between the phases of an iteration too (one of rollouts, scoring and epochs can
+		// take minutes): until the first update the weights are the previous step's, which may be saved.
+		tokens := 0
 		// 1. Rollouts from the policy.
 		r := rand.New(rand.NewPCG(cfg.Seed, uint64(step)))
 		batch := make([]rollout, cfg.RolloutBatchSize)
@@ -330,9 +297,9 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 			Sampling: model.Sampling{Temperature: cfg.Temperature, TopP: cfg.TopP, RepetitionPenalty: cfg.RepetitionPenalty, Seed: cfg.Seed*7919 + uint64(step)}}})
 		if err != nil {
 			if ctx.Err() != nil {
-				return stop()
+				return stepResult{}, errCancelledBeforeUpdate
 			}
-			return fmt.Errorf("step %d, rollouts: %w", step, err)
+			return stepResult{}, fmt.Errorf("step %d, rollouts: %w", step, err)
 		}
 		samples := make([]Sample, len(batch))
 		for i, g := range gen {
@@ -346,16 +313,16 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		}
 		// 2. Scores, normalised and clipped with running statistics (PPO-max).
 		scores, err := ScoreChecked(ctx, reward, samples)
-		if cancelled() {
-			return stop()
+		if loop.cancelRequested(ctx) {
+			return stepResult{}, errCancelledBeforeUpdate
 		}
 		if err != nil {
-			return fmt.Errorf("step %d: %w", step, err)
+			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
 		st.Moments.Update(scores...)
 		// 3. Old policy, values and reference, without gradient; per-token KL rewards; GAE.
 		if err := ppoOldPass(rt, lm.Model, ref.Model, head, batch); err != nil {
-			return fmt.Errorf("step %d: %w", step, err)
+			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
 		var refKL, logpSum, lenSum float64
 		var allRewards [][]float64
@@ -394,8 +361,8 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		for epoch := 0; epoch < cfg.NumPPOEpochs; epoch++ {
 			order := r.Perm(len(batch))
 			for m0 := 0; m0 < len(order); m0 += cfg.MiniBatchSize {
-				if cancelled() { // mid-update: these weights are no step's, so nothing is saved
-					return errCancelled
+				if loop.cancelRequested(ctx) { // mid-update: these weights are no step's, so nothing is saved
+					return stepResult{}, errCancelled
 				}
 				var mb []rollout
 				for _, k := range order[m0:min(m0+cfg.MiniBatchSize, len(order))] {
@@ -415,11 +382,11 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 				err := s.Err()
 				s.Close()
 				if err != nil {
-					return fmt.Errorf("step %d: %w", step, err)
+					return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 				}
 				g, err := opt.clipAndStep(params, cfg.MaxGradNorm, cfg.LearningRate, lv, job.state.Checkpoint)
 				if err != nil {
-					return fmt.Errorf("step %d: %w", step, err)
+					return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 				}
 				lossSum, entSum, gradSum = lossSum+lv, entSum+ent, gradSum+g
 				agg.PolicyLoss += stats.PolicyLoss
@@ -434,55 +401,32 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		n := float64(len(batch))
 		rMean, rStd := meanStd(scores)
 		kl := refKL / n
-		elapsed := time.Since(t0).Seconds()
-		m := Metrics{Step: step, Loss: lossSum / u, LR: cfg.LearningRate, GradNorm: gradSum / u, TokensPerSec: float64(tokens) / elapsed,
-			ETASeconds: elapsed / float64(step-start) * float64(cfg.MaxSteps-step), Time: time.Now().UTC(),
+		m := Metrics{Loss: lossSum / u, LR: cfg.LearningRate, GradNorm: gradSum / u,
 			Extra: map[string]float64{"reward_mean": rMean, "reward_std": rStd, "ref_kl": kl, "approx_kl": agg.ApproxKL / u,
 				"clip_fraction": agg.ClipFrac / u, "value_clip_fraction": agg.ValueClipFrac / u, "policy_loss": agg.PolicyLoss / u,
 				"value_loss": agg.ValueLoss / u, "entropy": entSum / u, "response_length": lenSum / n, "perplexity": math.Exp(-logpSum / lenSum)}}
 		if warm {
 			m.Extra["critic_warmup"] = 1
 		}
-		if err := mlog.write(m); err != nil {
-			return fmt.Errorf("writing metrics: %w", err)
-		}
-		if opts.Hooks != nil {
-			opts.Hooks(&m)
-		}
-		job.emit(Event{Metrics: &m})
-		job.state.Loss = m.Loss
-		// 5. The collapse monitor: ref KL above target for kl_stop_steps iterations in a row stops the run. Only
-		// checkpoints written while the KL is under target count as good.
+		// 5. The collapse monitor: ref KL above target for kl_stop_steps iterations in a row stops the run, once
+		// this iteration is logged.
 		if cfg.KLTarget > 0 && kl > cfg.KLTarget {
 			st.Over++
 		} else {
 			st.Over = 0
 		}
+		res := stepResult{metrics: m, tokens: tokens, log: true}
 		if cfg.KLStopSteps > 0 && st.Over >= cfg.KLStopSteps {
-			mlog.sync()
-			return ErrCollapse{fmt.Sprintf("ref KL %.3f above the target %.3f for %d iterations in a row at step %d (perplexity %.2f, response length %.1f); stopped; last good checkpoint: %s",
+			res.then = ErrCollapse{fmt.Sprintf("ref KL %.3f above the target %.3f for %d iterations in a row at step %d (perplexity %.2f, response length %.1f); stopped; last good checkpoint: %s",
 				kl, cfg.KLTarget, st.Over, step, m.Extra["perplexity"], m.Extra["response_length"], orNone(job.state.Checkpoint))}
 		}
-		if step%cfg.SaveSteps == 0 && step < cfg.MaxSteps && st.Over == 0 {
-			mlog.sync()
-			if err := save(step, m.Loss); err != nil {
-				return err
-			}
-		}
-		job.progress(step, m.Loss)
-	}
-	mlog.sync()
-	lm.Training = false
-	// The value head is the trainer's, not the model's: the export is the policy alone.
-	final, err := exportFinal(rt, run, lm, trainable[:len(trainable)-len(head.params)], base)
+		return res, nil
+	})
 	if err != nil {
-		return fmt.Errorf("exporting the final weights: %w", err)
+		return err
 	}
-	plotLoss(run)
-	job.state.Final = final
-	job.finish(Done, nil)
-	job.logf("done: %s", final)
-	return nil
+	// The value head is the trainer's, not the model's: the export is the policy alone.
+	return loop.finish(lm, trainable[:len(trainable)-len(head.params)])
 }
 
 // whiten scales values (all rows together) to standard deviation 1 and, when shift, mean 0; without shift the

@@ -148,7 +148,7 @@ func TestPPOResumesAfterCancel(t *testing.T) {
 		MiniBatchSize: 8, KLCoef: 0.02, MaxNewTokens: 8, RewardNormalize: true, Seed: 1, SaveSteps: 2}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	err = RunPPO(ctx, rt, run, cfg, wordReward{"plus"}, Options{Hooks: func(m *Metrics) {
+	err = RunPPO(ctx, rt, run, cfg, wordReward{"plus"}, Options{OnMetrics: func(m *Metrics) {
 		if m.Step == 2 {
 			cancel()
 		}

@@ -130,7 +130,7 @@ func (r *runFlags) execute(kind string, run *train.Run, steps int, stdout io.Wri
 			stopEarly()
 		}
 	}
-	err = trainer(ctx, rt, train.Options{Resume: resuming, Log: stdout, Hooks: hook})
+	err = trainer(ctx, rt, train.Options{Resume: resuming, Log: stdout, OnMetrics: hook})
 	progress.done()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", run.ID, err)
