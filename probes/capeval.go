@@ -88,7 +88,7 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axi
 	questions := EvalQuestions(cfg.Seed)
 	measure := func(hooks *model.Hooks) (capMeasure, error) {
 		// The same seeds for every setting: the settings differ by their interventions only.
-		e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}, scorer: NewScorer(p)}
+		e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}, scorer: NewScorer(p)}
 		rng := rand.New(rand.NewPCG(cfg.Seed, 0xca95))
 		var m capMeasure
 		var rates []float64
@@ -143,7 +143,7 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axi
 		return nil, err
 	}
 	identity := func(hooks *model.Hooks) (float64, error) {
-		e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed + 7, Hooks: hooks}, scorer: NewScorer(p)}
+		e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed + 7, Hooks: hooks}, scorer: NewScorer(p)}
 		convs := make([][]tokenizer.Message, cfg.Identity)
 		for i := range convs {
 			convs[i] = []tokenizer.Message{{Role: "user", Content: identityQuestions[i%len(identityQuestions)]}}
@@ -169,7 +169,7 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axi
 	// A ratio over a zero count would be infinite: the unsteered rate counts as at least one answer in n.
 	rep.SteerAwayIdentityRatio = rep.IdentityNonAssistant.Away / max(rep.IdentityNonAssistant.Unsteered, 1/float64(cfg.Identity))
 	jail := func(hooks *model.Hooks) (float64, error) {
-		e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed + 11, Hooks: hooks}, scorer: NewScorer(p)}
+		e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed + 11, Hooks: hooks}, scorer: NewScorer(p)}
 		r, _, err := e.jailbreaks("role", roles, cfg.Jailbreaks, cfg.Temperature, rand.New(rand.NewPCG(cfg.Seed, 0x57e3)))
 		return r, err
 	}

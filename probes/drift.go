@@ -74,7 +74,7 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ax
 	}
 	sc := NewScorer(p)
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xd21f))
-	chat := &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}
+	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}
 	var out []DriftCurve
 	for _, domain := range cfg.Domains {
 		convs := make([][]tokenizer.Message, cfg.Conversations)
@@ -125,7 +125,7 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ax
 
 // replyProjections teacher-forces each reply after its prompt (under the same interventions, so a capped
 // reply is measured capped) and projects the mean over its tokens at the layer onto u; NaN for empty replies.
-func replyProjections(lm *model.LM, hooks *model.Hooks, replies []Reply, layer int, u []float32, batch int) ([]float64, error) {
+func replyProjections(lm *model.LM, hooks *model.Hooks, replies []model.Reply, layer int, u []float32, batch int) ([]float64, error) {
 	out := make([]float64, len(replies))
 	for start := 0; start < len(replies); start += batch {
 		end := min(start+batch, len(replies))

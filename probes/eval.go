@@ -47,13 +47,13 @@ type EvalReport struct {
 
 // evaluator generates replies in batches and keeps the scorer.
 type evaluator struct {
-	chat   *Chatter
+	chat   *model.Chatter
 	scorer *Scorer
 }
 
 func (e *evaluator) replies(convs [][]tokenizer.Message, temperature float64) ([]string, error) {
 	rs, err := e.chat.Replies(convs, temperature)
-	return Texts(rs), err
+	return model.Texts(rs), err
 }
 
 // Check validates the sizes and role names, each failure one line naming the flag.
@@ -95,7 +95,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 		return nil, err
 	}
 	roles := p.Select(cfg.Roles)
-	e := &evaluator{chat: &Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: NewScorer(p)}
+	e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: NewScorer(p)}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xe7a1))
 	rep := &EvalReport{PerRole: map[string]float64{}, Drift: map[string][]float64{}, JailbreakCompliance: map[string]float64{}, Samples: map[string]string{}}
 	questions := EvalQuestions(cfg.Seed)
@@ -244,7 +244,7 @@ func (e *evaluator) drift(domain string, conversations, turns int, temperature f
 // Converse holds conversations of a domain with no system prompt: the user's turns drawn from rng, the
 // model's replies (sampled at temperature) staying in the conversation. Each result alternates user and
 // assistant messages, turns of each.
-func Converse(chat *Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
+func Converse(chat *model.Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
 	convs := make([][]tokenizer.Message, conversations)
 	users := make([][]Turn, conversations)
 	for c := range convs {

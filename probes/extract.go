@@ -185,7 +185,7 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 	}
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	chat := &Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed ^ h.Sum64()}
+	chat := &model.Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed ^ h.Sum64()}
 	replies, err := chat.Replies(convs, cfg.Temperature)
 	if err != nil {
 		return nil, err
@@ -273,7 +273,7 @@ func (x *Extractor) judge(role string, rollouts []Rollout) error {
 		for i, r := range rollouts {
 			convs[i] = []tokenizer.Message{{Role: "user", Content: fmt.Sprintf(judgeRubric, article(role)+" "+role, r.Response)}}
 		}
-		chat := &Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: x.Config.BatchSize, MaxTokens: 4, Seed: x.Config.Seed}
+		chat := &model.Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: x.Config.BatchSize, MaxTokens: 4, Seed: x.Config.Seed}
 		replies, err := chat.Replies(convs, 0)
 		if err != nil {
 			return err

@@ -86,7 +86,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 		return nil, err
 	}
 	defer ref.Close()
-	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 7}
+	chat := &model.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 7}
 	rng := rand.New(rand.NewPCG(11, 0xa101e))
 	data := filepath.Join(cfg.Work, "rollouts.jsonl")
 	// Rollouts are reused when the work folder holds ones made the same way (a rerun after an interruption).
@@ -116,7 +116,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	logf("%d rollout turns from %d conversations per domain (%v): %s", n, cfg.Conversations, cfg.Domains, data)
 	// The held-out conversations get a chatter of their own, so they are the same whether the rollouts were
 	// made now or read back.
-	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 8}, cfg.Domains, cfg.HeldOut, cfg.Turns, cfg.Temperature, rng)
+	held, err := heldOutPrompts(&model.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.MaxResponse, TopP: 0.9, Seed: 8}, cfg.Domains, cfg.HeldOut, cfg.Turns, cfg.Temperature, rng)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +230,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 
 // writeRollouts holds conversations with the model in each domain and writes every assistant turn as an
 // offline example (the conversation so far, then the reply). It returns the number of examples.
-func writeRollouts(chat *probes.Chatter, path string, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) (int, error) {
+func writeRollouts(chat *model.Chatter, path string, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) (int, error) {
 	var data bytes.Buffer
 	enc := json.NewEncoder(&data)
 	n := 0
@@ -253,7 +253,7 @@ func writeRollouts(chat *probes.Chatter, path string, domains []string, conversa
 
 // heldOutPrompts are the contexts of fresh conversations (a different draw from the training rollouts), one per
 // turn: what a fine-tuned model is asked to answer for the held-out reward.
-func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
+func heldOutPrompts(chat *model.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
 	var out [][]tokenizer.Message
 	for _, d := range domains {
 		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
@@ -271,7 +271,7 @@ func heldOutPrompts(chat *probes.Chatter, domains []string, conversations, turns
 
 // heldOutReward is the mean reward of a model's greedy replies to the held-out prompts.
 func heldOutReward(ctx context.Context, lm *model.LM, r Reward, prompts [][]tokenizer.Message, maxTokens int) (float64, error) {
-	chat := &probes.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}
+	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}
 	replies, err := chat.Replies(prompts, 0)
 	if err != nil {
 		return 0, err

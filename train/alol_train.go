@@ -346,7 +346,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		return idx
 	}
 
-	chat := &probes.Chatter{Ctx: ctx, LM: lm, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
+	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
 	validate := func() (float64, error) {
 		if reward == nil {
 			return math.NaN(), nil
@@ -581,7 +581,7 @@ func cachedValues(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfi
 // fitValue trains the value head on the reference's greedy replies to the validation prompts and returns
 // V_ref(x) for every training prompt.
 func fitValue(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]float64, error) {
-	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
+	chat := &model.Chatter{Ctx: ctx, LM: ref, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
 	convs := make([][]tokenizer.Message, len(valEx))
 	for i, ex := range valEx {
 		convs[i] = ex.Messages
@@ -683,7 +683,7 @@ func refLogprobs(s *torch.Scope, ref *model.Model, batch []OfflineExample) torch
 }
 
 // meanReward asks the validation prompts greedily and averages the reward of the replies.
-func meanReward(ctx context.Context, chat *probes.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
+func meanReward(ctx context.Context, chat *model.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
 	convs := make([][]tokenizer.Message, len(exs))
 	for i, ex := range exs {
 		convs[i] = ex.Messages

@@ -94,7 +94,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 		return nil, err
 	}
 	defer ref.Close()
-	chat := &probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 13}
+	chat := &model.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 13}
 	prompts := filepath.Join(cfg.Work, "prompts.jsonl")
 	n, err := writeRollouts(chat, prompts, cfg.Domains, cfg.Conversations, cfg.Turns, cfg.Temperature, rand.New(rand.NewPCG(17, 0x990)))
 	if err != nil {
@@ -138,7 +138,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	rep.RoleFidelity = after.RoleFidelity
 	logf("ppo: reward %.4f -> %.4f, ref KL max %.3f (target %.3f), drift %.3f -> %.3f, capability %.3f -> %.3f",
 		rep.RewardStart, rep.RewardEnd, rep.RefKLMax, rep.KLTarget, rep.DriftBefore, rep.DriftAfter, before.Capability, after.Capability)
-	held, err := heldOutPrompts(&probes.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 21},
+	held, err := heldOutPrompts(&model.Chatter{Ctx: ctx, LM: ref, BatchSize: 64, MaxTokens: cfg.PPO.MaxNewTokens, TopP: 0.9, Seed: 21},
 		cfg.Domains, cfg.HeldOut, cfg.Turns, cfg.Temperature, rand.New(rand.NewPCG(23, 0x4e1d)))
 	if err != nil {
 		return nil, err

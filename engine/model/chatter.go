@@ -1,9 +1,8 @@
-package probes
+package model
 
 import (
 	"context"
 
-	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
@@ -11,12 +10,12 @@ import (
 // batch gets its own sampling seed, derived from Seed and the batch's number, so a run repeats exactly.
 type Chatter struct {
 	Ctx       context.Context
-	LM        *model.LM
+	LM        *LM
 	BatchSize int
 	MaxTokens int
 	TopP      float64
 	Seed      uint64
-	Hooks     *model.Hooks
+	Hooks     *Hooks
 	batches   int
 }
 
@@ -45,10 +44,10 @@ func (c *Chatter) Replies(convs [][]tokenizer.Message, temperature float64) ([]R
 			prompts = append(prompts, ids)
 		}
 		c.batches++
-		res, err := c.LM.GenerateText(c.Ctx, prompts, model.TextConfig{GenerateConfig: model.GenerateConfig{
+		res, err := c.LM.GenerateText(c.Ctx, prompts, TextConfig{GenerateConfig: GenerateConfig{
 			MaxTokens: c.MaxTokens,
 			Hooks:     c.Hooks,
-			Sampling:  model.Sampling{Temperature: temperature, TopP: c.TopP, Seed: c.Seed*1_000_003 + uint64(c.batches)},
+			Sampling:  Sampling{Temperature: temperature, TopP: c.TopP, Seed: c.Seed*1_000_003 + uint64(c.batches)},
 		}})
 		if err != nil {
 			return nil, err
