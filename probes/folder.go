@@ -78,6 +78,25 @@ func OpenAxisFolder(path string) (*AxisFolder, error) {
 	return f, nil
 }
 
+// OpenAxisFolderFor opens an axis folder (or file) for a loaded model: its layers and width must fit, and it must
+// have been made on these weights or on weights they descend from (ignoreHash: any weights of the shape). The
+// relation says which ("axis of the base model").
+func OpenAxisFolderFor(path string, lm *model.LM, ignoreHash bool) (*AxisFolder, steer.Relation, error) {
+	f, err := OpenAxisFolder(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	w, err := steer.IdentifyWeights(lm.Dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	rel, err := f.Axis.Fit(f.AxisPath, lm.NumLayers(), lm.HiddenSize(), w, ignoreHash)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, rel, nil
+}
+
 // Save writes what the folder holds into dir: the axis, the default vector, the calibration with a cap file per
 // calibrated window and percentile, and the capping figures.
 func (f *AxisFolder) Save(dir string) error {

@@ -18,7 +18,6 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
-	"github.com/keel-lab/keel/probes"
 )
 
 // ALoLConfig configures an A-LoL fine-tune (Baheti et al., ICLR 2024) under the paper's names. The frozen
@@ -158,18 +157,24 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
+		// A line is a chat ending with the response, or a rollout as `keel axis extract` writes them: an optional
+		// system prompt, the question and the response.
 		var rec struct {
 			Messages []tokenizer.Message `json:"messages"`
 			Reward   *float64            `json:"reward"`
 			Answer   string              `json:"answer"`
-			probes.Rollout
-			Response *string `json:"response"`
+			System   string              `json:"system"`
+			Question string              `json:"question"`
+			Response *string             `json:"response"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
 		}
 		if rec.Messages == nil && rec.Question != "" && rec.Response != nil {
-			rec.Messages = append(rec.Rollout.Prompt(), tokenizer.Message{Role: "assistant", Content: *rec.Response})
+			if rec.System != "" {
+				rec.Messages = append(rec.Messages, tokenizer.Message{Role: "system", Content: rec.System})
+			}
+			rec.Messages = append(rec.Messages, tokenizer.Message{Role: "user", Content: rec.Question}, tokenizer.Message{Role: "assistant", Content: *rec.Response})
 		}
 		n := len(rec.Messages)
 		if n < 2 || rec.Messages[n-1].Role != "assistant" {
@@ -218,8 +223,8 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 	return out, nil
 }
 
-// advantageRecord is one line of the run's advantages.jsonl: A = R - V_ref(x), computed once.
-type advantageRecord struct {
+// AdvantageRecord is one line of the run's advantages.jsonl: A = R - V_ref(x), computed once.
+type AdvantageRecord struct {
 	Reward    float64 `json:"reward"`
 	Value     float64 `json:"value"`
 	Advantage float64 `json:"advantage"`
@@ -362,7 +367,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
 		idx := batchAt(step)
 		batch := make([]OfflineExample, len(idx))
-		meta := make([]advantageRecord, len(idx))
+		meta := make([]AdvantageRecord, len(idx))
 		tokens := 0
 		for j, k := range idx {
 			batch[j], meta[j] = trainEx[k], adv[k]
@@ -456,13 +461,13 @@ func orNone(s string) string {
 
 // advantages scores the training set (or takes its rewards), fits V_ref for the A-LoL family and caches
 // R, V_ref(x), A and log pi_ref(y|x) per training example in advantages.jsonl (read back on resume).
-func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]advantageRecord, error) {
+func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]AdvantageRecord, error) {
 	path := filepath.Join(job.run.Dir, "advantages.jsonl")
-	if recs, err := readAdvantages(path); err == nil && len(recs) == len(trainEx) {
+	if recs, err := ReadAdvantages(path); err == nil && len(recs) == len(trainEx) {
 		job.logf("advantages: read %s", path)
 		return recs, nil
 	}
-	recs := make([]advantageRecord, len(trainEx))
+	recs := make([]AdvantageRecord, len(trainEx))
 	cache, err := openScoreCache(cfg, reward)
 	if err != nil {
 		return nil, err
@@ -611,7 +616,7 @@ func fitValue(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, r
 	if err != nil {
 		return nil, err
 	}
-	job.logf("value head: %d validation replies, mean reward %.4f; MSE by epoch %s", len(valEx), mean(targets), formatFloats(mse))
+	job.logf("value head: %d validation replies, mean reward %.4f; MSE by epoch %s", len(valEx), Mean(targets), formatFloats(mse))
 	values := make([]float64, 0, len(trainEx))
 	for start := 0; start < len(trainEx); start += 64 {
 		st, err := promptStates(ref, trainEx[start:min(start+64, len(trainEx))])
@@ -684,26 +689,36 @@ func refLogprobs(s *torch.Scope, ref *model.Model, batch []OfflineExample) torch
 
 // meanReward asks the validation prompts greedily and averages the reward of the replies.
 func meanReward(ctx context.Context, chat *model.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
-	convs := make([][]tokenizer.Message, len(exs))
+	samples := make([]Sample, len(exs))
 	for i, ex := range exs {
-		convs[i] = ex.Messages
+		samples[i] = Sample{Messages: ex.Messages, Answer: ex.Answer}
+	}
+	return GreedyReward(ctx, chat, reward, samples)
+}
+
+// GreedyReward answers the samples' prompts greedily and averages the reward of the replies (a sample's
+// Response is filled in).
+func GreedyReward(ctx context.Context, chat *model.Chatter, reward Reward, samples []Sample) (float64, error) {
+	convs := make([][]tokenizer.Message, len(samples))
+	for i, s := range samples {
+		convs[i] = s.Messages
 	}
 	replies, err := chat.Replies(convs, 0)
 	if err != nil {
 		return 0, err
 	}
-	samples := make([]Sample, len(exs))
-	for i, ex := range exs {
-		samples[i] = Sample{Messages: ex.Messages, Response: replies[i].Text, Answer: ex.Answer}
+	for i := range samples {
+		samples[i].Response = replies[i].Text
 	}
 	scores, err := ScoreChecked(ctx, reward, samples)
 	if err != nil {
 		return 0, err
 	}
-	return mean(scores), nil
+	return Mean(scores), nil
 }
 
-func mean(xs []float64) float64 {
+// Mean is the mean of xs (NaN for none).
+func Mean(xs []float64) float64 {
 	if len(xs) == 0 {
 		return math.NaN()
 	}
@@ -725,15 +740,16 @@ func formatFloats(xs []float64) string {
 	return out + "]"
 }
 
-func readAdvantages(path string) ([]advantageRecord, error) {
+// ReadAdvantages reads a run's advantages.jsonl (the rewards, values and advantages A-LoL cached).
+func ReadAdvantages(path string) ([]AdvantageRecord, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var out []advantageRecord
+	var out []AdvantageRecord
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	for dec.More() {
-		var r advantageRecord
+		var r AdvantageRecord
 		if err := dec.Decode(&r); err != nil {
 			return nil, fmt.Errorf("%s: %v", path, err)
 		}
@@ -742,7 +758,7 @@ func readAdvantages(path string) ([]advantageRecord, error) {
 	return out, nil
 }
 
-func writeAdvantages(path string, recs []advantageRecord) error {
+func writeAdvantages(path string, recs []AdvantageRecord) error {
 	return atomicfile.Write(path, func(f *os.File) error {
 		enc := json.NewEncoder(f)
 		for _, r := range recs {

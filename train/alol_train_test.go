@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -37,7 +38,23 @@ func offlineData(t testing.TB, dir string, n int) string {
 	return path
 }
 
-// TestALoLLearnsFromPositiveAdvantage: with the exact reward, right answers get A > 0 and wrong ones A <= 0, the
+// answerReward is 1 when the last number a response states is the sample's answer (the toy sums' checkable
+// reward), else 0.
+type answerReward struct{}
+
+func (answerReward) Name() string { return "answer" }
+
+func (answerReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i, s := range samples {
+		if nums := regexp.MustCompile(`[0-9]+`).FindAllString(s.Response, -1); len(nums) > 0 && nums[len(nums)-1] == s.Answer {
+			out[i] = 1
+		}
+	}
+	return out, nil
+}
+
+// TestALoLLearnsFromPositiveAdvantage: with a checkable reward, right answers get A > 0 and wrong ones A <= 0, the
 // steps shrink to the positive fraction, and training raises the right answers' likelihood over the wrong ones'.
 func TestALoLLearnsFromPositiveAdvantage(t *testing.T) {
 	rt := torchtest.Runtime(t)
@@ -50,10 +67,10 @@ func TestALoLLearnsFromPositiveAdvantage(t *testing.T) {
 	}
 	cfg := ALoLConfig{ModelNameOrPath: mdir, DatasetPath: data, Algorithm: "a_lol", LearningRate: 1e-3, MaxSteps: 60,
 		PerDeviceTrainBatchSize: 8, MaxResponseLength: 12, ValidationFraction: 0.1, EvalSteps: 10, SaveSteps: 10, Seed: 1}
-	if err := RunALoL(context.Background(), rt, run, cfg, ExactReward{}, Options{}); err != nil {
+	if err := RunALoL(context.Background(), rt, run, cfg, answerReward{}, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
+	adv, err := ReadAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +232,7 @@ func TestALoLValueFitSharedThroughCache(t *testing.T) {
 	dir := t.TempDir()
 	data := offlineData(t, dir, 30)
 	mdir := tinyModel(t, rt, dir, data)
-	var advs [][]advantageRecord
+	var advs [][]AdvantageRecord
 	var logs []string
 	for _, alg := range []string{"a_lol_seq", "a_lol"} {
 		run, err := NewRun(filepath.Join(dir, "runs"), alg)
@@ -226,10 +243,10 @@ func TestALoLValueFitSharedThroughCache(t *testing.T) {
 		cfg := ALoLConfig{ModelNameOrPath: mdir, DatasetPath: data, Algorithm: alg, LearningRate: 1e-3, MaxSteps: 2,
 			PerDeviceTrainBatchSize: 4, MaxResponseLength: 12, ValidationFraction: 0.2, EvalSteps: 10, SaveSteps: 10, Seed: 3,
 			ScoreCache: filepath.Join(dir, "scores.json")}
-		if err := RunALoL(context.Background(), rt, run, cfg, ExactReward{}, Options{Log: &log}); err != nil {
+		if err := RunALoL(context.Background(), rt, run, cfg, answerReward{}, Options{Log: &log}); err != nil {
 			t.Fatal(err)
 		}
-		adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
+		adv, err := ReadAdvantages(filepath.Join(run.Dir, "advantages.jsonl"))
 		if err != nil {
 			t.Fatal(err)
 		}

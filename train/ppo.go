@@ -89,7 +89,7 @@ func PPOLoss(s *torch.Scope, c PPOLossConfig, logp, logpOld, advantages, values,
 	value := s.MulScalar(masked(vf), 0.5)
 	loss := s.Add(policy, s.MulScalar(value, c.VFCoef))
 	// Monitors, in a scope of their own without gradient (NoGrad applies to a whole scope): approx_kl =
-	// mean((ratio - 1) - log ratio) and the shares of clipped ratios and values.
+	// Mean((ratio - 1) - log ratio) and the shares of clipped ratios and values.
 	ng := s.Runtime().NewScope().NoGrad()
 	defer ng.Close()
 	cpu := func(x torch.Tensor) torch.Tensor { return ng.To(ng.Detach(x), torch.Float32, torch.CPU) }

@@ -399,7 +399,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		}
 		u := float64(max(updates, 1))
 		n := float64(len(batch))
-		rMean, rStd := meanStd(scores)
+		rMean, rStd := MeanStd(scores)
 		kl := refKL / n
 		m := Metrics{Loss: lossSum / u, LR: cfg.LearningRate, GradNorm: gradSum / u,
 			Extra: map[string]float64{"reward_mean": rMean, "reward_std": rStd, "ref_kl": kl, "approx_kl": agg.ApproxKL / u,
@@ -436,7 +436,7 @@ func whiten(rows [][]float64, shift bool) {
 	for _, r := range rows {
 		all = append(all, r...)
 	}
-	m, sd := meanStd(all)
+	m, sd := MeanStd(all)
 	if len(all) < 2 || sd == 0 {
 		return
 	}

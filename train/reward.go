@@ -8,13 +8,13 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -46,52 +46,6 @@ func checked(ctx context.Context, r Reward, samples []Sample) ([]float64, error)
 		}
 	}
 	return scores, nil
-}
-
-// ExactReward is 1 when the response states the sample's exact answer (probes' rule: the one new number, or the
-// name), else 0.
-type ExactReward struct{}
-
-// Name implements Reward.
-func (ExactReward) Name() string { return "exact" }
-
-// Score implements Reward.
-func (ExactReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
-	out := make([]float64, len(samples))
-	for i, s := range samples {
-		if s.Answer == "" {
-			return nil, fmt.Errorf("sample %d has no \"answer\": the exact reward needs checkable tasks", i)
-		}
-		// The question's own numbers may be restated; it is the last user message of the prompt.
-		q := probes.Question{Answer: s.Answer}
-		for _, m := range s.Messages {
-			if m.Role == "user" {
-				q.Text = m.Content
-			}
-		}
-		if q.Correct(s.Response) {
-			out[i] = 1
-		}
-	}
-	return out, nil
-}
-
-// StyleReward is the style scorer's score of the response for one role (or the Assistant), in [0, 1].
-type StyleReward struct {
-	Role   string
-	Scorer *probes.Scorer
-}
-
-// Name implements Reward.
-func (r StyleReward) Name() string { return "style:" + r.Role }
-
-// Score implements Reward.
-func (r StyleReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
-	out := make([]float64, len(samples))
-	for i, s := range samples {
-		out[i] = math.Min(1, r.Scorer.Of(s.Response, r.Role).Score)
-	}
-	return out, nil
 }
 
 // AxisReward is "stay the Assistant": the mean projection of the response's tokens on the axis at the analysis
@@ -282,15 +236,13 @@ func (w WeightedReward) Score(ctx context.Context, samples []Sample) ([]float64,
 	return out, nil
 }
 
-// RewardResolver builds the rewards a spec names; Axis is nil when no model and axis were given.
-type RewardResolver struct {
-	Scorer *probes.Scorer
-	Axis   func() (Reward, error)
-}
+// RewardNames are the rewards a spec may name besides cmd:PROGRAM: a constructor per name, given what follows
+// "NAME:" in the term ("style:pirate" gives "pirate"; "exact" gives "").
+type RewardNames map[string]func(arg string) (Reward, error)
 
-// ParseReward reads a spec: terms joined by "+", each "[WEIGHT*]NAME" with NAME one of axis, exact, style:ROLE,
-// cmd:PROGRAM (a reward model, rm:DIR, arrives with sequence-classification heads).
-func (rr RewardResolver) ParseReward(spec string) (Reward, error) {
+// ParseReward reads a spec: terms joined by "+", each "[WEIGHT*]NAME[:ARG]" with NAME one of names or cmd
+// (cmd:PROGRAM: a program that scores samples).
+func ParseReward(spec string, names RewardNames) (Reward, error) {
 	var w WeightedReward
 	for _, term := range strings.Split(spec, "+") {
 		term = strings.TrimSpace(term)
@@ -303,27 +255,21 @@ func (rr RewardResolver) ParseReward(spec string) (Reward, error) {
 			weight, term = v, strings.TrimSpace(term[i+1:])
 		}
 		var r Reward
-		switch {
-		case term == "exact":
-			r = ExactReward{}
-		case term == "axis":
-			if rr.Axis == nil {
-				return nil, fmt.Errorf("--reward axis: give --axis DIR (an extraction folder)")
-			}
+		name, arg, _ := strings.Cut(term, ":")
+		if build, ok := names[name]; ok {
 			var err error
-			if r, err = rr.Axis(); err != nil {
-				return nil, err
+			if r, err = build(arg); err != nil {
+				return nil, fmt.Errorf("--reward %s: %w", term, err)
 			}
-		case strings.HasPrefix(term, "style:"):
-			role := strings.TrimPrefix(term, "style:")
-			if !rr.Scorer.Knows(role) {
-				return nil, fmt.Errorf("--reward %s: unknown role %q (`keel corpus roles` lists them)", term, role)
+		} else if name == "cmd" && arg != "" {
+			r = CommandReward{Program: arg}
+		} else {
+			known := make([]string, 0, len(names)+1)
+			for n := range names {
+				known = append(known, n)
 			}
-			r = StyleReward{Role: role, Scorer: rr.Scorer}
-		case strings.HasPrefix(term, "cmd:") && len(term) > 4:
-			r = CommandReward{Program: strings.TrimPrefix(term, "cmd:")}
-		default:
-			return nil, fmt.Errorf("--reward %q: %q is not axis, exact, style:ROLE or cmd:PROGRAM", spec, term)
+			sort.Strings(known)
+			return nil, fmt.Errorf("--reward %q: %q is not one of %s or cmd:PROGRAM", spec, term, strings.Join(known, ", "))
 		}
 		w.Parts, w.Weights = append(w.Parts, r), append(w.Weights, weight)
 	}

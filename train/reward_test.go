@@ -2,8 +2,7 @@ package train
 
 import (
 	"context"
-	"github.com/keel-lab/keel/engine/tokenizer"
-	"math"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,10 +10,10 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/models"
-	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -26,45 +25,56 @@ func rewardSamples() []Sample {
 	}
 }
 
-func resolver(t *testing.T) RewardResolver {
-	p, err := probes.LoadPersonas()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return RewardResolver{Scorer: probes.NewScorer(p)}
+// namedReward is a reward of a fixed score, for the spec parser's tests.
+type namedReward struct {
+	name  string
+	score float64
 }
 
-func TestExactStyleAndWeightedRewards(t *testing.T) {
-	rr := resolver(t)
-	r, err := rr.ParseReward("0.5*exact + 2*style:pirate")
+func (r namedReward) Name() string { return r.name }
+
+func (r namedReward) Score(_ context.Context, samples []Sample) ([]float64, error) {
+	out := make([]float64, len(samples))
+	for i := range out {
+		out[i] = r.score
+	}
+	return out, nil
+}
+
+// testNames are two named rewards, one with an argument.
+var testNames = RewardNames{
+	"one": func(string) (Reward, error) { return namedReward{"one", 1}, nil },
+	"half": func(arg string) (Reward, error) {
+		if arg != "x" {
+			return nil, fmt.Errorf("unknown argument %q", arg)
+		}
+		return namedReward{"half:x", 0.5}, nil
+	},
+}
+
+// A spec is a weighted sum of named rewards; a bad weight, name or argument is one line naming it.
+func TestParseReward(t *testing.T) {
+	r, err := ParseReward("0.5*one + 2*half:x", testNames)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := ScoreChecked(context.Background(), r, rewardSamples())
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || got[0] != 1.5 || got[1] != 1.5 {
+		t.Fatalf("scores %v %v", got, err)
 	}
-	sc := rr.Scorer
-	want0 := 0.5*1 + 2*math.Min(1, sc.Of(rewardSamples()[0].Response, "pirate").Score)
-	want1 := 0.5*0 + 2*math.Min(1, sc.Of(rewardSamples()[1].Response, "pirate").Score)
-	if math.Abs(got[0]-want0) > 1e-12 || math.Abs(got[1]-want1) > 1e-12 || got[1] <= got[0]-0.5 {
-		t.Fatalf("scores %v, want %v %v", got, want0, want1)
-	}
-	if r.Name() != "0.5*exact+2*style:pirate" {
+	if r.Name() != "0.5*one+2*half:x" {
 		t.Fatalf("name %q", r.Name())
 	}
 	for spec, want := range map[string]string{
-		"style:plumber": "unknown role",
-		"axis":          "--axis",
-		"2x*exact":      "not a weight",
-		"bleu":          "not axis, exact",
+		"half:y":  `--reward half:y: unknown argument "y"`,
+		"2x*one":  "not a weight",
+		"bleu":    `"bleu" is not one of half, one or cmd:PROGRAM`,
+		"cmd:":    "not one of",
+		"NaN*one": "not a weight",
 	} {
-		if _, err := rr.ParseReward(spec); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := ParseReward(spec, testNames); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", spec, err, want)
 		}
-	}
-	if _, err := ScoreChecked(context.Background(), ExactReward{}, []Sample{{Response: "12"}}); err == nil {
-		t.Fatal("exact reward without answers")
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 type LMBackend struct {
 	lm     *model.LM
 	info   Info
-	axis   *AxisFor // nil without an axis
+	axis   *probes.AxisFolder // nil without an axis
 	rec    *sessions.Recording
 	mu     sync.Mutex
 	active []model.Intervention
@@ -42,12 +42,12 @@ type LMConfig struct {
 func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 	b := &LMBackend{lm: lm, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize()}}
 	if cfg.AxisPath != "" {
-		f, err := OpenAxisFor(cfg.AxisPath, lm, cfg.IgnoreHash)
+		f, rel, err := probes.OpenAxisFolderFor(cfg.AxisPath, lm, cfg.IgnoreHash)
 		if err != nil {
 			return nil, err
 		}
 		b.axis, b.info.Axis = f, f.AxisPath
-		b.info.AxisRelation = f.relation
+		b.info.AxisRelation = rel.String()
 		b.info.Percentiles = f.Percentiles()
 		if f.Capping != nil {
 			b.info.BestCap = f.Capping.Best.ID
@@ -82,30 +82,6 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 		}
 	}
 	return b, nil
-}
-
-// AxisFor is an axis folder checked against a model: its layers and width, and that it was made on these
-// weights or the weights they were fine-tuned from.
-type AxisFor struct {
-	*probes.AxisFolder
-	relation string
-}
-
-// OpenAxisFor opens an axis folder (or file) for a loaded model; see steer.Axis.Fit for what it refuses.
-func OpenAxisFor(path string, lm *model.LM, ignoreHash bool) (*AxisFor, error) {
-	f, err := probes.OpenAxisFolder(path)
-	if err != nil {
-		return nil, err
-	}
-	w, err := steer.IdentifyWeights(lm.Dir)
-	if err != nil {
-		return nil, err
-	}
-	rel, err := f.Axis.Fit(f.AxisPath, lm.NumLayers(), lm.HiddenSize(), w, ignoreHash)
-	if err != nil {
-		return nil, err
-	}
-	return &AxisFor{AxisFolder: f, relation: rel.String()}, nil
 }
 
 // Model is the loaded model.

@@ -4,19 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/evals"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
-	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
-	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -110,29 +108,8 @@ func parseReward(spec string, lm *model.LM, axisDir string, ignoreHash bool) (tr
 		return nil, err
 	}
 	scorer := probes.NewScorer(personas)
-	rr := train.RewardResolver{Scorer: scorer, Axis: func() (train.Reward, error) {
-		dir := axisDir
-		if dir == "" {
-			dir = filepath.Join(lm.Dir, "axis")
-			_, statErr := os.Stat(filepath.Join(dir, "axis.safetensors"))
-			if statErr != nil && filepath.Base(lm.Dir) == "persona-"+models.PersonaSHA256()[:16] {
-				var err error
-				if dir, err = models.PersonaAxis(lm.Dir); err != nil {
-					return nil, err
-				}
-			}
-		}
-		axis, err := loadAxisFor(filepath.Join(dir, "axis.safetensors"), lm, ignoreHash)
-		if err != nil {
-			return nil, fmt.Errorf("the axis reward: %w (give --axis DIR, a `keel axis extract` folder)", err)
-		}
-		def, err := steer.LoadAxis(filepath.Join(dir, "default_vector.safetensors"))
-		if err != nil {
-			return nil, fmt.Errorf("the axis reward: %w", err)
-		}
-		return train.NewAxisReward(lm, axis, def, lm.NumLayers()/2)
-	}}
-	r, err := rr.ParseReward(spec)
+	names := evals.Rewards(scorer, func() (train.Reward, error) { return evals.AxisReward(lm, axisDir, ignoreHash) })
+	r, err := train.ParseReward(spec, names)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--reward %q: %w", spec, err)}
 	}
@@ -143,7 +120,7 @@ func parseReward(spec string, lm *model.LM, axisDir string, ignoreHash bool) (tr
 // the axis, fine-tuned with every A-LoL variant over the seeds; held-out reward per variant, and drift, role
 // fidelity and capability of the a_lol model against the reference.
 func runEvalALoL(args []string, stdout, stderr io.Writer) error {
-	cfg := train.DefaultALoLEval()
+	cfg := evals.DefaultALoLEval()
 	fs := newFlags("eval alol", stderr)
 	var mf modelFlags
 	mf.register(fs)
@@ -205,7 +182,7 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 	cfg.Model, cfg.Device, cfg.Work, cfg.Log = mf.dir, mf.device, *work, stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	rep, err := train.EvalALoL(ctx, rt, cfg, axisReward)
+	rep, err := evals.EvalALoL(ctx, rt, cfg, axisReward)
 	if err != nil {
 		return err
 	}

@@ -2,13 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/keel-lab/keel/evals"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/keel-lab/keel/engine/torch/torchtest"
-	"github.com/keel-lab/keel/train"
 )
 
 // The fast subset of `keel eval alol` on the embedded model: two variants, one seed, a few short conversations.
@@ -23,7 +23,7 @@ func TestEvalALoLFastSubset(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	var rep train.ALoLEvalReport
+	var rep evals.ALoLEvalReport
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
 	}
@@ -61,7 +61,7 @@ func TestEvalPPOFastSubset(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	var rep train.PPOEvalReport
+	var rep evals.PPOEvalReport
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("not one JSON object: %v\n%s", err, stdout)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/keel-lab/keel/evals"
 	"io"
 	"os"
 	"os/signal"
@@ -81,7 +82,7 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 // philosophy conversations (reward, ref KL, drift and capability before and after), then an unstable run the
 // collapse monitor must stop.
 func runEvalPPO(args []string, stdout, stderr io.Writer) error {
-	cfg := train.DefaultPPOEval()
+	cfg := evals.DefaultPPOEval()
 	fs := newFlags("eval ppo", stderr)
 	var mf modelFlags
 	mf.register(fs)
@@ -122,7 +123,7 @@ func runEvalPPO(args []string, stdout, stderr io.Writer) error {
 	cfg.Model, cfg.Device, cfg.Work, cfg.Log = mf.dir, mf.device, *work, stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	rep, err := train.EvalPPO(ctx, rt, cfg, axisReward)
+	rep, err := evals.EvalPPO(ctx, rt, cfg, axisReward)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package train
+package evals
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/train"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -47,11 +48,11 @@ func DefaultALoLEval() ALoLEvalConfig {
 	ev := probes.DefaultEval()
 	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
 	lr := map[string]float64{}
-	for _, v := range ALoLAlgorithms {
+	for _, v := range train.ALoLAlgorithms {
 		lr[v] = 1e-4
 	}
 	return ALoLEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 40, Turns: 8, HeldOut: 8, Temperature: 0.7,
-		Variants: ALoLAlgorithms, Seeds: []uint64{1, 2, 3}, Steps: 40, Batch: 8, LR: lr, MaxPrompt: 384, MaxResponse: 64, Eval: ev}
+		Variants: train.ALoLAlgorithms, Seeds: []uint64{1, 2, 3}, Steps: 40, Batch: 8, LR: lr, MaxPrompt: 384, MaxResponse: 64, Eval: ev}
 }
 
 // VariantResult is one algorithm's held-out reward over the seeds.
@@ -79,7 +80,7 @@ type ALoLEvalReport struct {
 }
 
 // EvalALoL runs the comparison. reward builds the reward for a loaded reference model (the axis reward).
-func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward func(*model.LM) (Reward, error)) (*ALoLEvalReport, error) {
+func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward func(*model.LM) (train.Reward, error)) (*ALoLEvalReport, error) {
 	logf := logTo(cfg.Log)
 	ref, dev, r, err := openComparison(rt, cfg.Work, cfg.Model, cfg.Device, reward)
 	if err != nil {
@@ -95,7 +96,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	keyPath := filepath.Join(cfg.Work, "rollouts.key.json")
 	n := 0
 	if old, err := os.ReadFile(keyPath); err == nil && string(old) == string(key) {
-		exs, err := LoadOfflineData(data, ref.Tokenizer, cfg.MaxPrompt, cfg.MaxResponse)
+		exs, err := train.LoadOfflineData(data, ref.Tokenizer, cfg.MaxPrompt, cfg.MaxResponse)
 		if err != nil {
 			return nil, err
 		}
@@ -128,16 +129,16 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	var alolFinal string
 	// fineTune runs one variant at one seed and learning rate; it returns the run and its best validation reward
 	// (the tuning criterion: the held-out prompts are never used to choose).
-	fineTune := func(v string, seed uint64, lr float64) (*Run, float64, error) {
-		run, err := NewRun(filepath.Join(cfg.Work, "runs"), v)
+	fineTune := func(v string, seed uint64, lr float64) (*train.Run, float64, error) {
+		run, err := train.NewRun(filepath.Join(cfg.Work, "runs"), v)
 		if err != nil {
 			return nil, 0, err
 		}
-		c := ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: lr,
+		c := train.ALoLConfig{ModelNameOrPath: cfg.Model, DatasetPath: data, Reward: r.Name(), Algorithm: v, LearningRate: lr,
 			MaxSteps: cfg.Steps, PerDeviceTrainBatchSize: cfg.Batch, Seed: seed, MaxPromptLength: cfg.MaxPrompt,
 			MaxResponseLength: cfg.MaxResponse, MaxValidation: 32, Device: cfg.Device, EvalSteps: max(1, cfg.Steps/2), SaveSteps: cfg.Steps + 1,
 			ScoreCache: filepath.Join(cfg.Work, "scores.json")}
-		if err := RunALoL(ctx, rt, run, c, r, Options{}); err != nil {
+		if err := train.RunALoL(ctx, rt, run, c, r, train.Options{}); err != nil {
 			return nil, 0, fmt.Errorf("%s seed %d lr %g: %w", v, seed, lr, err)
 		}
 		best := math.Inf(-1)
@@ -152,7 +153,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 	for _, v := range cfg.Variants {
 		res := VariantResult{LR: cfg.LR[v]}
 		var secs float64
-		var tuned *Run
+		var tuned *train.Run
 		if len(cfg.TuneLR) > 0 {
 			// Each variant gets its own learning rate: the one whose first-seed run reaches the best validation
 			// reward; that run counts as the first seed's.
@@ -194,7 +195,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 			logf("%-15s seed %d lr %.1e: held-out reward %.4f (%d steps)", v, seed, res.LR, hr, st.Step)
 			if v == "a_lol" && alolFinal == "" {
 				alolFinal = st.Final
-				if adv, err := readAdvantages(filepath.Join(run.Dir, "advantages.jsonl")); err == nil {
+				if adv, err := train.ReadAdvantages(filepath.Join(run.Dir, "advantages.jsonl")); err == nil {
 					pos := 0
 					for _, a := range adv {
 						if a.Advantage > 0 {
@@ -205,7 +206,7 @@ func EvalALoL(ctx context.Context, rt *torch.Runtime, cfg ALoLEvalConfig, reward
 				}
 			}
 		}
-		res.RewardMean, res.RewardStd = meanStd(res.Rewards)
+		res.RewardMean, res.RewardStd = train.MeanStd(res.Rewards)
 		rep.Variants[v] = res
 		rep.Seconds[v] = secs / float64(len(cfg.Seeds))
 	}
@@ -270,33 +271,12 @@ func heldOutPrompts(chat *model.Chatter, domains []string, conversations, turns 
 }
 
 // heldOutReward is the mean reward of a model's greedy replies to the held-out prompts.
-func heldOutReward(ctx context.Context, lm *model.LM, r Reward, prompts [][]tokenizer.Message, maxTokens int) (float64, error) {
-	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}
-	replies, err := chat.Replies(prompts, 0)
-	if err != nil {
-		return 0, err
-	}
-	samples := make([]Sample, len(prompts))
+func heldOutReward(ctx context.Context, lm *model.LM, r train.Reward, prompts [][]tokenizer.Message, maxTokens int) (float64, error) {
+	samples := make([]train.Sample, len(prompts))
 	for i, p := range prompts {
-		samples[i] = Sample{Messages: p, Response: replies[i].Text}
+		samples[i] = train.Sample{Messages: p}
 	}
-	scores, err := ScoreChecked(ctx, r, samples)
-	if err != nil {
-		return 0, err
-	}
-	return mean(scores), nil
-}
-
-func meanStd(xs []float64) (float64, float64) {
-	m := mean(xs)
-	if len(xs) < 2 {
-		return m, 0
-	}
-	var ss float64
-	for _, x := range xs {
-		ss += (x - m) * (x - m)
-	}
-	return m, math.Sqrt(ss / float64(len(xs)-1))
+	return train.GreedyReward(ctx, &model.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}, r, samples)
 }
 
 func meanDrift(rep *probes.EvalReport, domains []string) float64 {
@@ -351,7 +331,7 @@ func logTo(w io.Writer) func(format string, a ...any) {
 }
 
 // openComparison makes the work folder and loads the reference model on the device with its reward.
-func openComparison(rt *torch.Runtime, work, modelDir, device string, reward func(*model.LM) (Reward, error)) (*model.LM, torch.Device, Reward, error) {
+func openComparison(rt *torch.Runtime, work, modelDir, device string, reward func(*model.LM) (train.Reward, error)) (*model.LM, torch.Device, train.Reward, error) {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, torch.Device{}, nil, err
 	}

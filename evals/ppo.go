@@ -1,10 +1,11 @@
-package train
+package evals
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/keel-lab/keel/train"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
@@ -27,11 +28,11 @@ type PPOEvalConfig struct {
 	Conversations int     // prompt conversations per domain (each turn's context is a prompt)
 	Turns         int     // turns per conversation
 	Temperature   float64 // the prompt conversations' sampling
-	PPO           PPOConfig
-	Unstable      PPOConfig // the settings that should collapse
+	PPO           train.PPOConfig
+	Unstable      train.PPOConfig // the settings that should collapse
 	// ALoL is the A-LoL run set beside PPO on the same prompts (the reference's replies in them are its offline
 	// data), reward and wall-clock budget (the PPO run's); an empty Algorithm leaves it out.
-	ALoL ALoLConfig
+	ALoL train.ALoLConfig
 	// HeldOut conversations per domain, a draw of their own, give both methods' held-out reward.
 	HeldOut int
 	Eval    probes.EvalConfig
@@ -42,13 +43,13 @@ type PPOEvalConfig struct {
 func DefaultPPOEval() PPOEvalConfig {
 	ev := probes.DefaultEval()
 	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
-	stable := PPOConfig{LearningRate: 1e-4, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
+	stable := train.PPOConfig{LearningRate: 1e-4, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
 		MaxNewTokens: 64, MaxPromptLength: 384, RewardNormalize: true, CriticWarmupSteps: 2, KLTarget: 8, KLStopSteps: 3, Seed: 1, SaveSteps: 5}
 	unstable := stable
 	unstable.LearningRate, unstable.KLCoef, unstable.MaxSteps, unstable.CriticWarmupSteps, unstable.NumPPOEpochs = 1e-3, 0, 10, 0, 2
 	// A-LoL at the learning rate its own comparison (`keel eval alol`) tunes to; the step count is a ceiling the
 	// budget cuts.
-	alol := ALoLConfig{Algorithm: "a_lol", LearningRate: 3e-4, MaxSteps: 2000, PerDeviceTrainBatchSize: 8, MaxPromptLength: 384,
+	alol := train.ALoLConfig{Algorithm: "a_lol", LearningRate: 3e-4, MaxSteps: 2000, PerDeviceTrainBatchSize: 8, MaxPromptLength: 384,
 		MaxResponseLength: 64, MaxValidation: 32, EvalSteps: 25, SaveSteps: 100, Seed: 1}
 	return PPOEvalConfig{Domains: []string{"therapy", "philosophy"}, Conversations: 24, Turns: 8, Temperature: 0.7, PPO: stable,
 		Unstable: unstable, ALoL: alol, HeldOut: 10, Eval: ev}
@@ -87,7 +88,7 @@ type SameBudget struct {
 }
 
 // EvalPPO runs the comparison. reward builds the reward for the loaded reference (the axis reward).
-func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward func(*model.LM) (Reward, error)) (*PPOEvalReport, error) {
+func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward func(*model.LM) (train.Reward, error)) (*PPOEvalReport, error) {
 	logf := logTo(cfg.Log)
 	ref, dev, r, err := openComparison(rt, cfg.Work, cfg.Model, cfg.Device, reward)
 	if err != nil {
@@ -102,13 +103,13 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	}
 	logf("%d prompts from the model's own %v conversations: %s", n, cfg.Domains, prompts)
 	rep := &PPOEvalReport{Prompts: n, KLTarget: cfg.PPO.KLTarget}
-	runPPO := func(c PPOConfig, name string) (*Run, []Metrics, error) {
+	runPPO := func(c train.PPOConfig, name string) (*train.Run, []train.Metrics, error) {
 		c.ModelNameOrPath, c.PromptsPath, c.Reward, c.Device = cfg.Model, prompts, r.Name(), cfg.Device
-		run, err := NewRun(filepath.Join(cfg.Work, "runs"), "ppo")
+		run, err := train.NewRun(filepath.Join(cfg.Work, "runs"), "ppo")
 		if err != nil {
 			return nil, nil, err
 		}
-		err = RunPPO(ctx, rt, run, c, r, Options{OnMetrics: func(m *Metrics) {
+		err = train.RunPPO(ctx, rt, run, c, r, train.Options{OnMetrics: func(m *train.Metrics) {
 			logf("%s iteration %d: reward %.4f, ref KL %.3f, approx KL %.4f, clipped %.3f, length %.1f, ppl %.2f", name, m.Step,
 				m.Extra["reward_mean"], m.Extra["ref_kl"], m.Extra["approx_kl"], m.Extra["clip_fraction"], m.Extra["response_length"], m.Extra["perplexity"])
 		}})
@@ -177,12 +178,12 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	if cfg.ALoL.Algorithm != "" {
 		c := cfg.ALoL
 		c.ModelNameOrPath, c.DatasetPath, c.Reward, c.Device, c.MaxSeconds = cfg.Model, prompts, r.Name(), cfg.Device, rep.Seconds
-		arun, err := NewRun(filepath.Join(cfg.Work, "runs"), c.Algorithm)
+		arun, err := train.NewRun(filepath.Join(cfg.Work, "runs"), c.Algorithm)
 		if err != nil {
 			return nil, err
 		}
 		astart := time.Now()
-		if err := RunALoL(ctx, rt, arun, c, r, Options{}); err != nil {
+		if err := train.RunALoL(ctx, rt, arun, c, r, train.Options{}); err != nil {
 			return nil, fmt.Errorf("the A-LoL run: %w", err)
 		}
 		secs := time.Since(astart).Seconds()
@@ -193,7 +194,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 		rep.SameBudget = append(rep.SameBudget, sb)
 	}
 	_, _, err = runPPO(cfg.Unstable, "unstable")
-	var collapse ErrCollapse
+	var collapse train.ErrCollapse
 	switch {
 	case errors.As(err, &collapse):
 		rep.CollapseStop, rep.CollapseReason = true, collapse.Reason
