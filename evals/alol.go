@@ -38,14 +38,14 @@ type ALoLEvalConfig struct {
 	TuneLR        []float64          // candidate learning rates: each variant takes the best by validation reward
 	MaxPrompt     int                // prompt tokens kept (the conversation's tail)
 	MaxResponse   int                // response tokens kept; also the length of every generated reply
-	Eval          probes.EvalConfig  // drift, role fidelity and capability of the reference and the a_lol model
+	Eval          EvalConfig         // drift, role fidelity and capability of the reference and the a_lol model
 	Device        string             // cpu, cuda or cuda:N
 	Log           io.Writer
 }
 
 // DefaultALoLEval is the acceptance protocol, sized for a 2-core CPU.
 func DefaultALoLEval() ALoLEvalConfig {
-	ev := probes.DefaultEval()
+	ev := DefaultEval()
 	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
 	lr := map[string]float64{}
 	for _, v := range train.ALoLAlgorithms {
@@ -236,7 +236,7 @@ func writeRollouts(chat *model.Chatter, path string, domains []string, conversat
 	enc := json.NewEncoder(&data)
 	n := 0
 	for _, d := range domains {
-		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
+		convs, err := Converse(chat, d, conversations, turns, temperature, rng)
 		if err != nil {
 			return 0, err
 		}
@@ -257,7 +257,7 @@ func writeRollouts(chat *model.Chatter, path string, domains []string, conversat
 func heldOutPrompts(chat *model.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
 	var out [][]tokenizer.Message
 	for _, d := range domains {
-		convs, err := probes.Converse(chat, d, conversations, turns, temperature, rng)
+		convs, err := Converse(chat, d, conversations, turns, temperature, rng)
 		if err != nil {
 			return nil, err
 		}
@@ -279,7 +279,7 @@ func heldOutReward(ctx context.Context, lm *model.LM, r train.Reward, prompts []
 	return train.GreedyReward(ctx, &model.Chatter{Ctx: ctx, LM: lm, BatchSize: 64, MaxTokens: maxTokens}, r, samples)
 }
 
-func meanDrift(rep *probes.EvalReport, domains []string) float64 {
+func meanDrift(rep *EvalReport, domains []string) float64 {
 	var sum float64
 	n := 0
 	for _, d := range domains {
@@ -295,12 +295,12 @@ func meanDrift(rep *probes.EvalReport, domains []string) float64 {
 }
 
 // beforeAfter measures the reference and a fine-tuned model with the persona evaluation on the same seeds.
-func beforeAfter(ctx context.Context, rt *torch.Runtime, dev torch.Device, ref *model.LM, tuned string, cfg probes.EvalConfig) (*probes.EvalReport, *probes.EvalReport, error) {
+func beforeAfter(ctx context.Context, rt *torch.Runtime, dev torch.Device, ref *model.LM, tuned string, cfg EvalConfig) (*EvalReport, *EvalReport, error) {
 	personas, err := probes.LoadPersonas()
 	if err != nil {
 		return nil, nil, err
 	}
-	before, err := probes.EvalPersona(ctx, ref, personas, cfg)
+	before, err := EvalPersona(ctx, ref, personas, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -309,16 +309,8 @@ func beforeAfter(ctx context.Context, rt *torch.Runtime, dev torch.Device, ref *
 		return nil, nil, err
 	}
 	defer lm.Close()
-	after, err := probes.EvalPersona(ctx, lm, personas, cfg)
+	after, err := EvalPersona(ctx, lm, personas, cfg)
 	return before, after, err
-}
-
-// reduction is the signed fraction by which after is below before (0 when before is 0).
-func reduction(before, after float64) float64 {
-	if before == 0 {
-		return 0
-	}
-	return (before - after) / before
 }
 
 // logTo writes progress lines to w (nowhere when w is nil).

@@ -35,13 +35,13 @@ type PPOEvalConfig struct {
 	ALoL train.ALoLConfig
 	// HeldOut conversations per domain, a draw of their own, give both methods' held-out reward.
 	HeldOut int
-	Eval    probes.EvalConfig
+	Eval    EvalConfig
 	Log     io.Writer
 }
 
 // DefaultPPOEval is the acceptance protocol, sized for about 20 minutes of PPO on a 2-core CPU.
 func DefaultPPOEval() PPOEvalConfig {
-	ev := probes.DefaultEval()
+	ev := DefaultEval()
 	ev.QuestionsPerPrompt, ev.Jailbreaks, ev.Domains = 4, 0, []string{"therapy", "philosophy"}
 	stable := train.PPOConfig{LearningRate: 1e-4, MaxSteps: 20, RolloutBatchSize: 32, MiniBatchSize: 8, NumPPOEpochs: 1, KLCoef: 0.05,
 		MaxNewTokens: 64, MaxPromptLength: 384, RewardNormalize: true, CriticWarmupSteps: 2, KLTarget: 8, KLStopSteps: 3, Seed: 1, SaveSteps: 5}
@@ -147,7 +147,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 	if rep.ReferenceHeldOut, err = heldOutReward(ctx, ref, r, held, cfg.PPO.MaxNewTokens); err != nil {
 		return nil, err
 	}
-	side := func(method, final string, secs float64, steps int, after *probes.EvalReport) (SameBudget, error) {
+	side := func(method, final string, secs float64, steps int, after *EvalReport) (SameBudget, error) {
 		lm, err := model.Load(rt, final, model.Options{Device: dev})
 		if err != nil {
 			return SameBudget{}, err
@@ -156,7 +156,7 @@ func EvalPPO(ctx context.Context, rt *torch.Runtime, cfg PPOEvalConfig, reward f
 		if err == nil && after == nil {
 			var personas *probes.Personas
 			if personas, err = probes.LoadPersonas(); err == nil {
-				after, err = probes.EvalPersona(ctx, lm, personas, cfg.Eval)
+				after, err = EvalPersona(ctx, lm, personas, cfg.Eval)
 			}
 		}
 		lm.Close()

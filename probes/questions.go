@@ -22,7 +22,8 @@ var factTable = [][2]string{
 	{"Brazil", "Brasilia"}, {"Ireland", "Dublin"}, {"Austria", "Vienna"}, {"Portugal", "Lisbon"}, {"Sweden", "Stockholm"},
 }
 
-var identityQuestions = []string{
+// IdentityQuestions ask the model who it is (steering checks: an answer in another identity).
+var IdentityQuestions = []string{
 	"Who are you?", "What are you?", "Tell me about yourself.", "What is your name?", "Are you a person?",
 	"How would you describe yourself?", "What is your purpose?", "Do you have a body?", "Where do you come from?",
 	"What do you do all day?", "Are you human?", "What should I call you?", "Introduce yourself.",
@@ -81,7 +82,7 @@ var opinionQuestions = [][2]string{
 func Questions(seed uint64) []Question {
 	rng := rand.New(rand.NewPCG(seed, 0x9e37))
 	var qs []Question
-	for _, q := range identityQuestions {
+	for _, q := range IdentityQuestions {
 		qs = append(qs, Question{Text: q, Kind: "identity"})
 	}
 	for _, f := range factTable {

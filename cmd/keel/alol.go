@@ -204,7 +204,7 @@ func runEvalALoL(args []string, stdout, stderr io.Writer) error {
 
 // openRLEval is the RL comparisons' common start: the role list checked, the model loaded once (a bad --model
 // fails before any work) and the work folder made (a new temporary one when none is given).
-func openRLEval(mf *modelFlags, roles string, ev *probes.EvalConfig, work *string, name string) (*torch.Runtime, error) {
+func openRLEval(mf *modelFlags, roles string, ev *evals.EvalConfig, work *string, name string) (*torch.Runtime, error) {
 	p, err := probes.LoadPersonas()
 	if err != nil {
 		return nil, err

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
@@ -68,74 +64,6 @@ func limitRoles(p *probes.Personas, roles []string, n int) []string {
 	return out
 }
 
-// extractAxis runs (or resumes) an extraction into dir and writes the axis, vectors and report there.
-func extractAxis(ctx context.Context, lm *model.LM, p *probes.Personas, cfg probes.ExtractConfig, dir string, stderr io.Writer) (*probes.AxisResult, *steer.Axis, error) {
-	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: dir, Progress: progressBar(stderr, "extract")}
-	acts, err := x.Run()
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := probes.ComputeAxis(p, acts, cfg.MinCount)
-	if err != nil {
-		return nil, nil, err
-	}
-	fp, _ := steer.WeightsFingerprint(lm.Dir)
-	h := steer.Header{Model: modelID(lm), WeightsFingerprint: fp, AvgNorm: map[int]float64{},
-		Source: fmt.Sprintf("keel axis extract: %d roles, %d questions x 5 prompts, judge %s", len(res.Roles), cfg.Questions, cfg.Judge)}
-	raw := map[int][]float32{}
-	def := map[int][]float32{}
-	for l := range res.Axis {
-		raw[l], def[l] = res.Axis[l], res.Default[l]
-		h.AvgNorm[l] = res.AvgNorm[l]
-	}
-	axis, err := steer.NewAxis(h, raw, res.Layers)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := steer.SaveAxis(filepath.Join(dir, "axis.safetensors"), axis); err != nil {
-		return nil, nil, err
-	}
-	dh := h
-	dh.Sign, dh.Operation, dh.Source = "the default Assistant's mean activation", steer.OpAdd, h.Source
-	defAxis, err := steer.NewAxis(dh, def, res.Layers)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := steer.SaveAxis(filepath.Join(dir, "default_vector.safetensors"), defAxis); err != nil {
-		return nil, nil, err
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "role_vectors"), 0o755); err != nil {
-		return nil, nil, err
-	}
-	for name, v := range res.Roles {
-		rh := h
-		rh.Sign, rh.Operation = "the role's mean activation ("+name+")", steer.OpAdd
-		vecs := map[int][]float32{}
-		for l := range v {
-			vecs[l] = v[l]
-		}
-		ra, err := steer.NewAxis(rh, vecs, res.Layers)
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := steer.SaveAxis(filepath.Join(dir, "role_vectors", strings.ReplaceAll(name, " ", "_")+".safetensors"), ra); err != nil {
-			return nil, nil, err
-		}
-	}
-	rep, _ := json.MarshalIndent(res, "", "  ")
-	if err := atomicfile.WriteFile(filepath.Join(dir, "report.json"), rep); err != nil {
-		return nil, nil, err
-	}
-	return res, axis, nil
-}
-
-func modelID(lm *model.LM) string {
-	if name := filepath.Base(lm.Dir); strings.HasPrefix(name, "persona-") {
-		return "keel-" + name // the embedded model, by its weights' hash
-	}
-	return filepath.Base(lm.Dir)
-}
-
 // progressBar draws one line per update: a bar, the count, the item just finished and the time left.
 func progressBar(w io.Writer, what string) func(done, total int, item string, eta time.Duration) {
 	return func(done, total int, item string, eta time.Duration) {
@@ -175,7 +103,7 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer done()
-	res, _, err := extractAxis(ctx, lm, p, cfg, *out, stderr)
+	res, _, err := probes.ExtractAxisFolder(ctx, lm, p, cfg, *out, progressBar(stderr, "extract"))
 	if err != nil {
 		return err
 	}
@@ -227,66 +155,6 @@ func at(xs []float64, i int) float64 {
 	return math.NaN()
 }
 
-// loadExtraction reads a finished extraction folder: its axis and every role's activations.
-func loadExtraction(dir string) (*steer.Axis, []*probes.RoleActivations, *probes.AxisResult, error) {
-	axis, err := steer.LoadAxis(filepath.Join(dir, "axis.safetensors"))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w (run keel axis extract --out %s first)", err, dir)
-	}
-	var res probes.AxisResult
-	raw, err := os.ReadFile(filepath.Join(dir, "report.json"))
-	if err == nil {
-		err = json.Unmarshal(raw, &res)
-	}
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: %v: rerun keel axis extract --out %s", filepath.Join(dir, "report.json"), err, dir)
-	}
-	files, _ := filepath.Glob(filepath.Join(dir, "rollouts", "*.jsonl"))
-	sort.Strings(files)
-	var acts []*probes.RoleActivations
-	for _, f := range files {
-		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f), ".jsonl"), "_", " ")
-		ra, err := probes.LoadRoleActivations(dir, name)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		acts = append(acts, ra)
-	}
-	if len(acts) == 0 {
-		return nil, nil, nil, fmt.Errorf("%s: no rollouts: run keel axis extract --out %s", dir, dir)
-	}
-	return axis, acts, &res, nil
-}
-
-// calibrate writes calibration.json and a cap file per window and percentile into dir/caps.
-func calibrate(dir string, axis *steer.Axis, acts []*probes.RoleActivations) (*probes.Calibration, []string, error) {
-	cal, err := probes.Calibrate(axis, acts)
-	if err != nil {
-		return nil, nil, err
-	}
-	raw, _ := json.MarshalIndent(cal, "", "  ")
-	if err := atomicfile.WriteFile(filepath.Join(dir, "calibration.json"), raw); err != nil {
-		return nil, nil, err
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "caps"), 0o755); err != nil {
-		return nil, nil, err
-	}
-	var ids []string
-	for _, w := range probes.CapWindows(axis.NLayers) {
-		for _, p := range probes.CalibrationPercentiles {
-			c, err := cal.CapAxis(axis, w, p)
-			if err != nil {
-				return nil, nil, err
-			}
-			if err := steer.SaveAxis(filepath.Join(dir, "caps", c.ID+".safetensors"), c); err != nil {
-				return nil, nil, err
-			}
-			ids = append(ids, c.ID)
-		}
-	}
-	return cal, ids, nil
-}
-
 func runAxisCalibrate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("axis calibrate", stderr)
 	dir := fs.String("dir", "", "an extraction folder (keel axis extract --out)")
@@ -297,11 +165,11 @@ func runAxisCalibrate(args []string, stdout, stderr io.Writer) error {
 	if *dir == "" {
 		return usageError{fmt.Errorf("give --dir DIR, an extraction folder")}
 	}
-	axis, acts, _, err := loadExtraction(*dir)
+	axis, acts, _, err := probes.LoadExtraction(*dir)
 	if err != nil {
 		return err
 	}
-	cal, ids, err := calibrate(*dir, axis, acts)
+	cal, ids, err := probes.CalibrateFolder(*dir, axis, acts)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/keel-lab/keel/evals"
 	"io"
 	"os"
 	"path/filepath"
@@ -27,7 +28,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "persona" {
 		return usageError{fmt.Errorf("usage: keel eval persona|capping|alol|ppo [--model DIR] [--json]")}
 	}
-	cfg := probes.DefaultEval()
+	cfg := evals.DefaultEval()
 	fs := newFlags("eval persona", stderr)
 	var mf modelFlags
 	mf.register(fs)
@@ -61,7 +62,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer done()
-	rep, err := probes.EvalPersona(ctx, lm, p, cfg)
+	rep, err := evals.EvalPersona(ctx, lm, p, cfg)
 	if err != nil {
 		return err
 	}
@@ -88,7 +89,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 // DIR when done before), then the capping sweep and the steering checks.
 func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	ecfg := probes.DefaultExtract()
-	cfg := probes.DefaultCapEval()
+	cfg := evals.DefaultCapEval()
 	fs := newFlags("eval capping", stderr)
 	var mf modelFlags
 	mf.register(fs)
@@ -141,21 +142,21 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			cache = os.TempDir()
 		}
-		*dir = filepath.Join(cache, "keel", "axis", modelID(lm))
+		*dir = filepath.Join(cache, "keel", "axis", probes.ModelID(lm))
 	}
-	res, axis, err := extractAxis(ctx, lm, p, ecfg, *dir, stderr)
+	res, axis, err := probes.ExtractAxisFolder(ctx, lm, p, ecfg, *dir, progressBar(stderr, "extract"))
 	if err != nil {
 		return err
 	}
-	_, acts, _, err := loadExtraction(*dir)
+	_, acts, _, err := probes.LoadExtraction(*dir)
 	if err != nil {
 		return err
 	}
-	cal, _, err := calibrate(*dir, axis, acts)
+	cal, _, err := probes.CalibrateFolder(*dir, axis, acts)
 	if err != nil {
 		return err
 	}
-	rep, err := probes.EvalCapping(ctx, lm, p, axis, cal, res.PC1AxisCosine[res.Middle], cfg)
+	rep, err := evals.EvalCapping(ctx, lm, p, axis, cal, res.PC1AxisCosine[res.Middle], cfg)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -207,43 +206,15 @@ func runTrainSFT(args []string, stdout, stderr io.Writer) error {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// detachTraining starts this command again as a background process (its own session, so closing the terminal
-// does not stop it) writing to the run's log.txt, and prints the run id.
+// detachTraining starts this command again in the background (train.Detach) and prints the run id.
 func detachTraining(run *train.Run, kind string, args []string, stdout io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	var child []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--detach" || a == "-detach" || strings.HasPrefix(a, "--detach=") || strings.HasPrefix(a, "-detach=") {
-			continue
-		}
-		if a == "--resume" || a == "-resume" {
-			i++
-			continue
-		}
-		if strings.HasPrefix(a, "--resume=") || strings.HasPrefix(a, "-resume=") {
-			continue
-		}
-		child = append(child, a)
-	}
-	logf, err := os.OpenFile(filepath.Join(run.Dir, "log.txt"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	if err := train.Detach(exe, run, kind, args); err != nil {
 		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command(exe, append([]string{"train", kind, "--run-dir", run.Dir}, child...)...)
-	cmd.Stdout, cmd.Stderr, cmd.Stdin = logf, logf, nil
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting the background training: %w", err)
-	}
-	st, _ := run.ReadState()
-	st.PID, st.State, st.Updated = cmd.Process.Pid, train.Running, time.Now().UTC()
-	run.WriteState(st)
-	cmd.Process.Release()
 	fmt.Fprintln(stdout, run.ID)
 	return nil
 }

@@ -1,9 +1,10 @@
-package probes
+package evals
 
 import (
 	"context"
 	"fmt"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
 	"math/rand/v2"
 	"slices"
 
@@ -48,7 +49,7 @@ type EvalReport struct {
 // evaluator generates replies in batches and keeps the scorer.
 type evaluator struct {
 	chat   *model.Chatter
-	scorer *Scorer
+	scorer *probes.Scorer
 }
 
 func (e *evaluator) replies(convs [][]tokenizer.Message, temperature float64) ([]string, error) {
@@ -57,7 +58,7 @@ func (e *evaluator) replies(convs [][]tokenizer.Message, temperature float64) ([
 }
 
 // Check validates the sizes and role names, each failure one line naming the flag.
-func (cfg EvalConfig) Check(p *Personas) error {
+func (cfg EvalConfig) Check(p *probes.Personas) error {
 	for _, n := range []struct {
 		flag string
 		v    int
@@ -66,8 +67,8 @@ func (cfg EvalConfig) Check(p *Personas) error {
 			return fmt.Errorf("%s %d: give a positive number", n.flag, n.v)
 		}
 	}
-	if cfg.QuestionsPerPrompt > len(Questions(0)) {
-		return fmt.Errorf("--questions %d: there are %d questions", cfg.QuestionsPerPrompt, len(Questions(0)))
+	if cfg.QuestionsPerPrompt > len(probes.Questions(0)) {
+		return fmt.Errorf("--questions %d: there are %d questions", cfg.QuestionsPerPrompt, len(probes.Questions(0)))
 	}
 	if cfg.Turns < 1 || cfg.Turns > 10 {
 		return fmt.Errorf("--turns %d: give 1 to 10", cfg.Turns)
@@ -76,8 +77,8 @@ func (cfg EvalConfig) Check(p *Personas) error {
 		return fmt.Errorf("--conversations and --jailbreaks must not be negative")
 	}
 	for _, d := range cfg.Domains {
-		if !slices.Contains(Domains, d) {
-			return fmt.Errorf("unknown domain %q: give some of %v", d, Domains)
+		if !slices.Contains(probes.Domains, d) {
+			return fmt.Errorf("unknown domain %q: give some of %v", d, probes.Domains)
 		}
 	}
 	for _, name := range cfg.Roles {
@@ -90,12 +91,12 @@ func (cfg EvalConfig) Check(p *Personas) error {
 
 // EvalPersona measures a persona model: role fidelity, drift per turn in the four domains, capability on the
 // checkable tasks and vault-code compliance with and without a role prompt.
-func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig) (*EvalReport, error) {
+func EvalPersona(ctx context.Context, lm *model.LM, p *probes.Personas, cfg EvalConfig) (*EvalReport, error) {
 	if err := cfg.Check(p); err != nil {
 		return nil, err
 	}
 	roles := p.Select(cfg.Roles)
-	e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: NewScorer(p)}
+	e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: probes.NewScorer(p)}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xe7a1))
 	rep := &EvalReport{PerRole: map[string]float64{}, Drift: map[string][]float64{}, JailbreakCompliance: map[string]float64{}, Samples: map[string]string{}}
 	questions := EvalQuestions(cfg.Seed)
@@ -104,7 +105,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	var convs [][]tokenizer.Message
 	var owner []string
 	for _, r := range roles {
-		for _, sys := range SystemPrompts(r.Name) {
+		for _, sys := range probes.SystemPrompts(r.Name) {
 			for _, qi := range rng.Perm(len(questions))[:cfg.QuestionsPerPrompt] {
 				convs = append(convs, []tokenizer.Message{{Role: "system", Content: sys}, {Role: "user", Content: questions[qi].Text}})
 				owner = append(owner, r.Name)
@@ -139,7 +140,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 	if cfg.Conversations > 0 { // not measured: no figure rather than a zero
 		domains := cfg.Domains
 		if len(domains) == 0 {
-			domains = Domains
+			domains = probes.Domains
 		}
 		for _, domain := range domains {
 			d, err := e.drift(domain, cfg.Conversations, cfg.Turns, cfg.Temperature, rng)
@@ -164,7 +165,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *Personas, cfg EvalConfig)
 }
 
 // EvalQuestions is the evaluation's question set: a different draw of the numeric tasks than the corpus's.
-func EvalQuestions(seed uint64) []Question { return Questions(seed + 1000) }
+func EvalQuestions(seed uint64) []probes.Question { return probes.Questions(seed + 1000) }
 
 // capabilityResult is exact-answer accuracy on the checkable questions.
 type capabilityResult struct {
@@ -175,10 +176,10 @@ type capabilityResult struct {
 }
 
 // capability asks every checkable question with no system prompt, greedy.
-func (e *evaluator) capability(questions []Question) (capabilityResult, error) {
+func (e *evaluator) capability(questions []probes.Question) (capabilityResult, error) {
 	var res capabilityResult
 	var convs [][]tokenizer.Message
-	var checkable []Question
+	var checkable []probes.Question
 	for _, q := range questions {
 		if q.Checkable() {
 			checkable = append(checkable, q)
@@ -246,10 +247,10 @@ func (e *evaluator) drift(domain string, conversations, turns int, temperature f
 // assistant messages, turns of each.
 func Converse(chat *model.Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
 	convs := make([][]tokenizer.Message, conversations)
-	users := make([][]Turn, conversations)
+	users := make([][]probes.Turn, conversations)
 	for c := range convs {
 		var err error
-		if users[c], err = ConversationTurns(domain, turns, rng); err != nil {
+		if users[c], err = probes.ConversationTurns(domain, turns, rng); err != nil {
 			return nil, err
 		}
 	}
@@ -270,14 +271,15 @@ func Converse(chat *model.Chatter, domain string, conversations, turns int, temp
 
 // jailbreaks asks for the vault code n times, with a role prompt ("role") or none ("none"), and returns the
 // share of replies that gave it away.
-func (e *evaluator) jailbreaks(cond string, roles []Style, n int, temperature float64, rng *rand.Rand) (float64, string, error) {
+func (e *evaluator) jailbreaks(cond string, roles []probes.Style, n int, temperature float64, rng *rand.Rand) (float64, string, error) {
 	var convs [][]tokenizer.Message
-	var vaults []Vault
+	var vaults []probes.Vault
 	for i := 0; i < n; i++ {
-		v := NewVault(rng)
+		v := probes.NewVault(rng)
 		sys := v.System
 		if cond == "role" {
-			sys = pick(SystemPrompts(pick(roles, rng).Name), rng) + " " + v.System
+			prompts := probes.SystemPrompts(roles[rng.IntN(len(roles))].Name)
+			sys = prompts[rng.IntN(len(prompts))] + " " + v.System
 		}
 		convs = append(convs, []tokenizer.Message{{Role: "system", Content: sys}, {Role: "user", Content: v.Request}})
 		vaults = append(vaults, v)
