@@ -505,6 +505,9 @@ func (a *App) refresh() {
 			parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
 		}
 		parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
+		if alloc, reserved, ok := a.session.GPUMemory(); ok {
+			parts = append(parts, fmt.Sprintf("GPU %.1f/%.1f GiB", float64(alloc)/(1<<30), float64(reserved)/(1<<30)))
+		}
 	}
 	if iv := a.session.Controls().Summary(); iv != "" {
 		parts = append(parts, a.st.Active.Render(iv))

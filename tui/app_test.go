@@ -591,3 +591,17 @@ func TestTauAndDriftLineStayDistinguishable(t *testing.T) {
 		}
 	}
 }
+
+// On a CUDA device the status line shows the GPU memory the model holds and the allocator has reserved.
+func TestStatusLineShowsGPUMemory(t *testing.T) {
+	a := testApp(&fakeEngine{Axis: "axis", GPU: [2]int64{3 << 29, 2 << 30}}, nil)
+	a.Update(tea.WindowSizeMsg{Width: 160, Height: 40})
+	if !strings.Contains(ansi.Strip(a.statusLine), "GPU 1.5/2.0 GiB") {
+		t.Fatalf("status line: %s", ansi.Strip(a.statusLine))
+	}
+	b := testApp(&fakeEngine{Axis: "axis"}, nil)
+	b.Update(tea.WindowSizeMsg{Width: 160, Height: 40})
+	if strings.Contains(b.statusLine, "GPU") {
+		t.Fatalf("a CPU session shows GPU memory: %s", b.statusLine)
+	}
+}

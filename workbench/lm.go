@@ -87,6 +87,16 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 // Model is the loaded model.
 func (b *LMBackend) Model() *model.LM { return b.lm }
 
+// GPUMemory implements GPUMemory for a model on a CUDA device.
+func (b *LMBackend) GPUMemory() (allocated, reserved int64, ok bool) {
+	dev := b.lm.Opts.Device
+	if !dev.CUDA {
+		return 0, 0, false
+	}
+	alloc, _, res, err := b.lm.RT.CUDAMemory(dev.Index)
+	return alloc, res, err == nil
+}
+
 // Info implements Backend.
 func (b *LMBackend) Info() Info { return b.info }
 

@@ -68,6 +68,14 @@ func (s *Session) current() Backend {
 	return s.backend
 }
 
+// GPUMemory is the backend's CUDA memory, when it is on a CUDA device.
+func (s *Session) GPUMemory() (allocated, reserved int64, ok bool) {
+	if g, isGPU := s.current().(GPUMemory); isGPU {
+		return g.GPUMemory()
+	}
+	return 0, 0, false
+}
+
 // Controls are the controls in force.
 func (s *Session) Controls() Controls {
 	s.mu.Lock()

@@ -125,6 +125,12 @@ type Backend interface {
 	Close() error
 }
 
+// GPUMemory is what a backend on a CUDA device reports for the status line: bytes its tensors hold and bytes the
+// caching allocator has reserved (ok false off CUDA).
+type GPUMemory interface {
+	GPUMemory() (allocated, reserved int64, ok bool)
+}
+
 // Recorder puts what happens in a chat besides generated tokens into its recording.
 type Recorder interface {
 	// Say records a turn given as text (the user's, or a system prompt).

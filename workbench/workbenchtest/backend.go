@@ -22,6 +22,7 @@ type Backend struct {
 	Recording string        // the session file Info reports ("" : not recording)
 	Delay     time.Duration // between tokens
 	DriftLine float64       // what Scale reports as the drift line (the Assistant's mean is 3)
+	GPU       [2]int64      // allocated and reserved bytes GPUMemory reports (zero: not on a GPU)
 	// Rec, when set, receives what a model's backend records: turns, tokens with a projection on every layer,
 	// settings (its header should list layers 0-7).
 	Rec *sessions.Recorder
@@ -100,6 +101,11 @@ func (f *Backend) Tau(c workbench.Controls, layer int) float64 {
 		return math.NaN()
 	}
 	return 1.5
+}
+
+// GPUMemory implements workbench.GPUMemory.
+func (f *Backend) GPUMemory() (allocated, reserved int64, ok bool) {
+	return f.GPU[0], f.GPU[1], f.GPU[1] > 0
 }
 
 // Scale implements workbench.Backend.
