@@ -289,11 +289,10 @@ func (a *Axis) Steer(layer int, c float64) (model.Intervention, error) {
 // shard's name, size, header and first and last MiB, so that it is instant on a 70B checkpoint and still
 // changes when a fine-tune rewrites the weights.
 func WeightsFingerprint(dir string) (string, error) {
-	shards, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
-	if err != nil || len(shards) == 0 {
-		return "", fmt.Errorf("%s: no *.safetensors files", dir)
+	shards, err := weightFiles(dir)
+	if err != nil {
+		return "", err
 	}
-	sort.Strings(shards)
 	hash := sha256.New()
 	for _, path := range shards {
 		f, err := os.Open(path)
@@ -335,11 +334,10 @@ func FileSHA256(path string) (string, error) {
 // WeightsSHA256 is the sha256 of a model's safetensors files read whole, in name order: what a recorded session
 // names its weights by (WeightsFingerprint is the quick identity for axis lineage).
 func WeightsSHA256(dir string) (string, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
-	if err != nil || len(files) == 0 {
-		return "", fmt.Errorf("%s: no *.safetensors to fingerprint", dir)
+	files, err := weightFiles(dir)
+	if err != nil {
+		return "", err
 	}
-	sort.Strings(files)
 	h := sha256.New()
 	for _, p := range files {
 		f, err := os.Open(p)
@@ -353,4 +351,14 @@ func WeightsSHA256(dir string) (string, error) {
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// weightFiles are a model folder's safetensors files in name order.
+func weightFiles(dir string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil || len(files) == 0 {
+		return nil, fmt.Errorf("%s: no *.safetensors files", dir)
+	}
+	sort.Strings(files)
+	return files, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -63,8 +64,8 @@ func sftTiny(t *testing.T, dir string) string {
 	return st.Final
 }
 
-// PPO raises the mean reward of a tiny SFT'd model and logs the collapse monitors.
-func TestPPORaisesReward(t *testing.T) {
+// ppoRun is a fresh PPO run on a tiny SFT'd model with its prompts, and the runtime.
+func ppoRun(t *testing.T) (*torch.Runtime, *Run, string, string) {
 	rt := torchtest.Runtime(t)
 	dir := t.TempDir()
 	policy := sftTiny(t, dir)
@@ -72,7 +73,13 @@ func TestPPORaisesReward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 12, RolloutBatchSize: 16,
+	return rt, run, policy, ppoPrompts(t, dir)
+}
+
+// PPO raises the mean reward of a tiny SFT'd model and logs the collapse monitors.
+func TestPPORaisesReward(t *testing.T) {
+	rt, run, policy, prompts := ppoRun(t)
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: prompts, LearningRate: 3e-4, MaxSteps: 12, RolloutBatchSize: 16,
 		MiniBatchSize: 8, NumPPOEpochs: 2, KLCoef: 0.02, MaxNewTokens: 12, RewardNormalize: true, CriticWarmupSteps: 1, Seed: 1, SaveSteps: 4}
 	if err := RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{}); err != nil {
 		t.Fatal(err)
@@ -100,16 +107,10 @@ func TestPPORaisesReward(t *testing.T) {
 // No KL penalty and a large learning rate: the policy runs away from the reference and the collapse monitor
 // stops the job, saying why, with the last checkpoint written under the target kept.
 func TestPPOCollapseMonitorStops(t *testing.T) {
-	rt := torchtest.Runtime(t)
-	dir := t.TempDir()
-	policy := sftTiny(t, dir)
-	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-3, MaxSteps: 12, RolloutBatchSize: 16,
+	rt, run, policy, prompts := ppoRun(t)
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: prompts, LearningRate: 3e-3, MaxSteps: 12, RolloutBatchSize: 16,
 		MiniBatchSize: 8, NumPPOEpochs: 2, KLCoef: 0, MaxNewTokens: 12, KLTarget: 2, KLStopSteps: 2, SaveSteps: 1, Seed: 1}
-	err = RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{})
+	err := RunPPO(context.Background(), rt, run, cfg, wordReward{"plus"}, Options{})
 	var collapse ErrCollapse
 	if ms, _ := run.ReadMetrics(); err == nil {
 		for _, m := range ms {
@@ -137,18 +138,12 @@ func TestPPOCollapseMonitorStops(t *testing.T) {
 // TestPPOResumesAfterCancel: a run cancelled after a checkpoint resumes from it (weights, optimizer and the
 // running reward statistics of ppo_state.json) and logs every iteration exactly once.
 func TestPPOResumesAfterCancel(t *testing.T) {
-	rt := torchtest.Runtime(t)
-	dir := t.TempDir()
-	policy := sftTiny(t, dir)
-	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 4, RolloutBatchSize: 8,
+	rt, run, policy, prompts := ppoRun(t)
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: prompts, LearningRate: 3e-4, MaxSteps: 4, RolloutBatchSize: 8,
 		MiniBatchSize: 8, KLCoef: 0.02, MaxNewTokens: 8, RewardNormalize: true, Seed: 1, SaveSteps: 2}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	err = RunPPO(ctx, rt, run, cfg, wordReward{"plus"}, Options{OnMetrics: func(m *Metrics) {
+	err := RunPPO(ctx, rt, run, cfg, wordReward{"plus"}, Options{OnMetrics: func(m *Metrics) {
 		if m.Step == 2 {
 			cancel()
 		}
@@ -201,14 +196,8 @@ func (c cancelReward) Score(ctx context.Context, samples []Sample) ([]float64, e
 
 // A cancel requested mid-iteration stops the run before that iteration's update, keeping the previous step.
 func TestPPOCancelsWithinAnIteration(t *testing.T) {
-	rt := torchtest.Runtime(t)
-	dir := t.TempDir()
-	policy := sftTiny(t, dir)
-	run, err := NewRun(filepath.Join(dir, "runs"), "ppo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: ppoPrompts(t, dir), LearningRate: 3e-4, MaxSteps: 6, RolloutBatchSize: 8,
+	rt, run, policy, prompts := ppoRun(t)
+	cfg := PPOConfig{ModelNameOrPath: policy, PromptsPath: prompts, LearningRate: 3e-4, MaxSteps: 6, RolloutBatchSize: 8,
 		MiniBatchSize: 8, KLCoef: 0.02, MaxNewTokens: 8, Seed: 1, SaveSteps: 10}
 	calls := 0
 	if err := RunPPO(context.Background(), rt, run, cfg, cancelReward{wordReward{"plus"}, run, &calls, 3}, Options{}); err != nil {

@@ -157,27 +157,27 @@ func (b *LMBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sa
 	b.mu.Lock()
 	active, layer := b.active, b.layer
 	b.mu.Unlock()
-	at := -1 // the plotted layer's place among the recorded projections
-	for i, l := range b.rec.Layers {
-		if l == layer {
-			at = i
-		}
-	}
-	onToken := func(ev sessions.Event) {
-		t := Token{Text: ev.Piece}
-		for _, c := range ev.Caps {
-			t.Capped = t.Capped || c != 0
-		}
-		if at >= 0 && at < len(ev.Proj) {
-			t.Proj, t.HasProj = float64(ev.Proj[at]), true
-		}
-		emit(t)
-	}
+	onToken := func(ev sessions.Event) { emit(tokenOf(ev, b.rec.Layers, layer)) }
 	g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}}
 	reply, _, err := b.rec.Generate(ctx, b.lm, ids, active, g, onToken)
 	// The prompt's prefill is the turn's peak; give what it freed back, so a long chat does not hold its peak.
 	b.lm.RT.TrimHostMemory()
 	return reply, err
+}
+
+// tokenOf is a recorded token as a front end shows it: its projection at the plotted layer (of the recorded
+// layers) and whether a cap moved it.
+func tokenOf(e sessions.Event, recorded []int, plotted int) Token {
+	t := Token{Text: e.Piece}
+	for _, c := range e.Caps {
+		t.Capped = t.Capped || c != 0
+	}
+	for i, l := range recorded {
+		if l == plotted && i < len(e.Proj) {
+			t.Proj, t.HasProj = float64(e.Proj[i]), true
+		}
+	}
+	return t
 }
 
 // Say implements Recorder.

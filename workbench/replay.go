@@ -52,22 +52,8 @@ func (r *replayBackend) Scale(layer int) (float64, float64) {
 }
 
 func (r *replayBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sampling, emit func(Token)) (string, error) {
-	text := r.reply(func(e sessions.Event) {
-		at := -1 // the plotted layer's place among the projections, as the controls stand at this token
-		for i, l := range r.layers {
-			if l == r.scale.Controls.Layer {
-				at = i
-			}
-		}
-		t := Token{Text: e.Piece}
-		for _, c := range e.Caps {
-			t.Capped = t.Capped || c != 0
-		}
-		if at >= 0 && at < len(e.Proj) {
-			t.Proj, t.HasProj = float64(e.Proj[at]), true
-		}
-		emit(t)
-	})
+	// The plotted layer is the one in force at each token (a replayed /layer moves it mid-reply too).
+	text := r.reply(func(e sessions.Event) { emit(tokenOf(e, r.layers, r.scale.Controls.Layer)) })
 	if r.stop != nil {
 		r.stop()
 		return text, ctx.Err()
