@@ -21,29 +21,30 @@ type command struct {
 	name, summary string
 	run           func(args []string, stdout, stderr io.Writer) error
 	subs          []string // the subcommands run dispatches to, listed by `keel help`
+	dev           bool     // a developer's tool (benchmarks, device checks), listed apart from the user's commands
 }
 
 func commands() []command {
 	return []command{
-		{"generate", "continue a prompt with a model", runGenerate, nil},
-		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize, nil},
-		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer, []string{"train"}},
-		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI, nil},
-		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI, nil},
-		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval, []string{"persona", "capping", "alol", "ppo"}},
-		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis, []string{"extract", "calibrate", "import", "info"}},
-		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil},
-		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}},
-		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}},
-		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}},
-		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}},
-		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}},
-		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}},
-		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}},
-		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf"}},
-		{"info", "show the libtorch runtime keel uses", runInfo, nil},
-		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}},
-		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }, nil},
+		{"generate", "continue a prompt with a model", runGenerate, nil, false},
+		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize, nil, false},
+		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer, []string{"train"}, false},
+		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI, nil, false},
+		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI, nil, false},
+		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval, []string{"persona", "capping", "alol", "ppo"}, false},
+		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis, []string{"extract", "calibrate", "import", "info"}, false},
+		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil, false},
+		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}, false},
+		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}, false},
+		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}, false},
+		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}, false},
+		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},
+		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}, false},
+		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}, false},
+		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf"}, true},
+		{"info", "show the libtorch runtime keel uses", runInfo, nil, false},
+		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}, true},
+		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }, nil, false},
 	}
 }
 
@@ -51,11 +52,21 @@ func commands() []command {
 type usageError struct{ error }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: keel <command> [flags]\n\ncommands:")
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
-		if len(c.subs) > 0 {
-			fmt.Fprintf(w, "  %-10s   keel %s %s\n", "", c.name, strings.Join(c.subs, "|"))
+	fmt.Fprintln(w, "usage: keel <command> [flags]")
+	for _, dev := range []bool{false, true} {
+		if dev {
+			fmt.Fprintln(w, "\ndeveloper tools (measurements against references, device checks):")
+		} else {
+			fmt.Fprintln(w, "\ncommands:")
+		}
+		for _, c := range commands() {
+			if c.dev != dev {
+				continue
+			}
+			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+			if len(c.subs) > 0 {
+				fmt.Fprintf(w, "  %-10s   keel %s %s\n", "", c.name, strings.Join(c.subs, "|"))
+			}
 		}
 	}
 	fmt.Fprintln(w, "\nRun `keel <command> -h` for a command's flags.")
