@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/train"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -15,9 +13,11 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/train"
 )
 
 // ALoLEvalConfig sizes `keel eval alol`: the model's own rollouts in the drifting domains, rewarded by the axis,

@@ -3,11 +3,11 @@ package evals
 import (
 	"context"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/probes"
 	"math/rand/v2"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
 

@@ -3,12 +3,12 @@ package evals
 import (
 	"context"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
-	"github.com/keel-lab/keel/probes"
 	"math/rand/v2"
 	"slices"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
 )
 
 // EvalConfig sizes `keel eval persona`. The defaults are the acceptance protocol; smaller values give a quick

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/keel-lab/keel/train"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/train"
 )
 
 // PPOEvalConfig sizes `keel eval ppo`: PPO with the axis reward on the model's own therapy and philosophy

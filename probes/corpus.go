@@ -4,12 +4,13 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"unicode"
+
+	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
 // CorpusConfig sizes the synthetic chat corpus the embedded model is trained on.

@@ -3,12 +3,12 @@ package probes
 import (
 	"context"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"math/rand/v2"
 	"slices"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/steer"
 )
 

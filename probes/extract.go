@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/internal/atomicfile"
 )
 

@@ -3,11 +3,12 @@ package probes
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
 func mustPersonas(t testing.TB) *Personas {

@@ -357,3 +357,13 @@ func controlLine(e Event) string {
 	}
 	return fmt.Sprintf("%s = %s", e.Name, e.Value)
 }
+
+// JobState is what a job event carries besides the job's id and state.
+type JobState struct {
+	Kind  string  `json:"kind,omitempty"`
+	Step  int     `json:"step"`
+	Total int     `json:"total"`
+	Loss  float64 `json:"loss"`
+	Final string  `json:"final,omitempty"` // the model folder a finished job wrote
+	Error string  `json:"error,omitempty"`
+}

@@ -1,8 +1,7 @@
-package sessions
+package sessions_test
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"io"
 	"math"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/model/modeltest"
+	"github.com/keel-lab/keel/sessions"
+	"github.com/keel-lab/keel/workbench"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -22,16 +23,16 @@ func stories(t testing.TB) *model.LM { return modeltest.Stories(t) }
 func unit(d int, seed uint64) []float32 { return modeltest.Unit(d, seed) }
 
 // record makes a three-turn session on stories260K with projections on four layers and a cap on one.
-func record(t *testing.T, lm *model.LM, path string) *Recording {
+func record(t *testing.T, lm *model.LM, path string) *workbench.Recording {
 	axis := map[int][]float32{}
 	for l := 1; l <= 4; l++ {
 		axis[l] = unit(lm.HiddenSize(), uint64(l))
 	}
-	rec, err := Create(path, Header{Keel: "test", Model: "stories260K", Axis: "random", Layers: []int{1, 2, 3, 4}, Term: Term{Cols: 60, Rows: 12}})
+	rec, err := sessions.Create(path, sessions.Header{Keel: "test", Model: "stories260K", Axis: "random", Layers: []int{1, 2, 3, 4}, Term: sessions.Term{Cols: 60, Rows: 12}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Recording{Rec: rec, Axis: axis}
+	r := &workbench.Recording{Rec: rec, Axis: axis}
 	caps := []model.Intervention{{Layer: 2, Kind: model.Cap, Vectors: [][]float32{axis[2]}, Tau: 0}}
 	if err := r.Say("user", "Tell me a story."); err != nil {
 		t.Fatal(err)
@@ -53,11 +54,11 @@ func TestReprojectionReproducesRecordedProjections(t *testing.T) {
 	lm := stories(t)
 	path := filepath.Join(t.TempDir(), "s.jsonl")
 	r := record(t, lm, path)
-	s, err := Load(path)
+	s, err := sessions.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := Reproject(lm.Model, s, r.Axis, s.Header.Layers)
+	got, err := sessions.Reproject(lm.Model, s, r.Axis, s.Header.Layers)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,12 +84,12 @@ func TestReprojectionReproducesRecordedProjections(t *testing.T) {
 }
 
 // recorded is a freshly recorded session (record's), loaded back, with its model, folder and path.
-func recorded(t *testing.T) (*model.LM, string, string, *Session) {
+func recorded(t *testing.T) (*model.LM, string, string, *sessions.Session) {
 	lm := stories(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.jsonl")
 	record(t, lm, path)
-	s, err := Load(path)
+	s, err := sessions.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +99,12 @@ func recorded(t *testing.T) (*model.LM, string, string, *Session) {
 func TestExportsAndDataset(t *testing.T) {
 	lm, dir, _, s := recorded(t)
 	// A cast holds the frames it is given (the workbench draws them; tui's tests check those).
-	draw := func(*Session) ([]Frame, error) {
-		return []Frame{{T: 0, Screen: "one"}, {T: 0.5, Screen: "two\nlines"}}, nil
+	draw := func(*sessions.Session) ([]sessions.Frame, error) {
+		return []sessions.Frame{{T: 0, Screen: "one"}, {T: 0.5, Screen: "two\nlines"}}, nil
 	}
 	for _, f := range []string{"cast", "transcript", "csv", "png"} {
 		out := filepath.Join(dir, "out."+f)
-		if err := s.Export(f, out, ExportOptions{Frames: draw}); err != nil {
+		if err := s.Export(f, out, sessions.ExportOptions{Frames: draw}); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 		st, err := os.Stat(out)
@@ -122,11 +123,11 @@ func TestExportsAndDataset(t *testing.T) {
 	}
 	// An automatic label takes the turns nobody marked, never a marked one: a second reply, left unmarked.
 	path2 := filepath.Join(dir, "two.jsonl")
-	rec, err := Create(path2, Header{Keel: "test", Model: "stories260K", Term: Term{Cols: 60, Rows: 12}})
+	rec, err := sessions.Create(path2, sessions.Header{Keel: "test", Model: "stories260K", Term: sessions.Term{Cols: 60, Rows: 12}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Recording{Rec: rec}
+	r := &workbench.Recording{Rec: rec}
 	for i, prompt := range []string{"Once upon a time", "One day"} {
 		if err := r.Say("user", "Tell me a story."); err != nil {
 			t.Fatal(err)
@@ -139,7 +140,7 @@ func TestExportsAndDataset(t *testing.T) {
 		}
 	}
 	rec.Close()
-	two, err := Load(path2)
+	two, err := sessions.Load(path2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,22 +160,22 @@ func TestTruncatedAndCorruptFiles(t *testing.T) {
 	path := filepath.Join(dir, "s.jsonl")
 	record(t, lm, path)
 	raw, _ := os.ReadFile(path)
-	full, _ := Parse(raw)
+	full, _ := sessions.Parse(raw)
 	// Cut inside the last token line of the generated turn, as a kill mid-write would: the completed user turn
 	// survives, the turn in flight is dropped, the torn line is reported.
 	end := strings.Index(string(raw), `{"type":"turn_end","t":`)
 	end = strings.Index(string(raw[end+1:]), `{"type":"turn_end"`) + end + 1
-	torn, err := Parse(raw[:end-15])
+	torn, err := sessions.Parse(raw[:end-15])
 	if err != nil || len(torn.Warnings) != 1 || len(torn.Turns()) != len(full.Turns())-1 {
 		t.Fatalf("torn last line: %v, warnings %v, turns %d of %d", err, torn.Warnings, len(torn.Turns()), len(full.Turns()))
 	}
 	lines := strings.Split(string(raw), "\n")
 	lines[3] = "{garbage"
-	if _, err := Parse([]byte(strings.Join(lines, "\n"))); err == nil || !strings.Contains(err.Error(), "line 4") {
+	if _, err := sessions.Parse([]byte(strings.Join(lines, "\n"))); err == nil || !strings.Contains(err.Error(), "line 4") {
 		t.Fatalf("corrupt middle line: %v", err)
 	}
 	v2 := strings.Replace(string(raw), `"schema":1`, `"schema":2`, 1)
-	if _, err := Parse([]byte(v2)); err == nil || !strings.Contains(err.Error(), "schema version 2") {
+	if _, err := sessions.Parse([]byte(v2)); err == nil || !strings.Contains(err.Error(), "schema version 2") {
 		t.Fatalf("schema mismatch: %v", err)
 	}
 }
@@ -183,7 +184,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"type":"header","schema":1,"layers":[1]}` + "\n" + `{"type":"token","turn":1,"proj":[0.5]}` + "\n"))
 	f.Add([]byte(`{"type":"header","schema":1}` + "\n" + `{"type":"turn_start","turn":1}` + "\n" + `{"type":"turn_end","turn":1}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		s, err := Parse(raw)
+		s, err := sessions.Parse(raw)
 		if err != nil {
 			return
 		}
@@ -201,7 +202,7 @@ func FuzzParse(f *testing.F) {
 func TestExportKeepsWhatIsThere(t *testing.T) {
 	_, dir, path, s := recorded(t)
 	before, _ := os.ReadFile(path)
-	if err := s.Export("csv", path, ExportOptions{}); err == nil || !strings.Contains(err.Error(), "is the session being exported") {
+	if err := s.Export("csv", path, sessions.ExportOptions{}); err == nil || !strings.Contains(err.Error(), "is the session being exported") {
 		t.Fatalf("export onto the session: %v", err)
 	}
 	if after, _ := os.ReadFile(path); string(after) != string(before) {
@@ -210,7 +211,7 @@ func TestExportKeepsWhatIsThere(t *testing.T) {
 	out := filepath.Join(dir, "plot.png")
 	os.WriteFile(out, []byte("a good file"), 0o644)
 	s.Header.Layers = nil // nothing to plot: the PNG export fails
-	if err := s.Export("png", out, ExportOptions{}); err == nil {
+	if err := s.Export("png", out, sessions.ExportOptions{}); err == nil {
 		t.Fatal("a PNG of a session without projections was written")
 	}
 	if got, _ := os.ReadFile(out); string(got) != "a good file" {
@@ -227,79 +228,11 @@ func TestAbsurdTerminalInHeader(t *testing.T) {
 {"type":"turn_start","t":0,"turn":1,"role":"user"}
 {"type":"turn_end","t":0.1,"turn":1,"role":"user","text":"hi"}
 `
-	s, err := Parse([]byte(raw))
+	s, err := sessions.Parse([]byte(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Header.Term != (Term{Cols: 80, Rows: 24}) || len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "80x24") {
+	if s.Header.Term != (sessions.Term{Cols: 80, Rows: 24}) || len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "80x24") {
 		t.Fatalf("term %+v, warnings %q", s.Header.Term, s.Warnings)
-	}
-}
-
-// The PNG plots the plotted layer alone unless --layers says otherwise, marks where each reply starts, and draws
-// the drift line and tau as the chat had them at each token.
-func TestPNGPlotsWhatTheChatPlotted(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s.jsonl")
-	rec, err := Create(path, Header{Keel: "test", Model: "m", Layers: []int{0, 1, 2, 3}, NLayers: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := func(layer int, drift float64, tau *float64) {
-		raw, _ := json.Marshal(PlotLines{Layer: layer, DriftLine: &drift, Tau: tau})
-		rec.Add(Event{Type: Control, Name: ControlsEvent, Value: raw})
-	}
-	reply := func(n int) {
-		rec.Add(Event{Type: TurnStart, Role: "user"})
-		rec.Add(Event{Type: TurnEnd, Role: "user", Text: "q"})
-		rec.Add(Event{Type: TurnStart, Role: "assistant"})
-		for i := 0; i < n; i++ {
-			rec.Add(Event{Type: Token, ID: i + 1, Piece: "w", Proj: []float32{0, 1, 2, float32(i)}})
-		}
-		rec.Add(Event{Type: TurnEnd, Role: "assistant", Text: "w"})
-	}
-	lines(3, 0.5, nil)
-	reply(4)
-	tau := 1.25
-	lines(3, 0.5, &tau) // capping switched on
-	reply(3)
-	lines(2, 0.75, nil) // the plotted layer moved
-	reply(2)
-	rec.Close()
-	s, err := Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := s.pngData(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(d.series) != 1 || d.layers[0] != 2 || len(d.series[0]) != 9 {
-		t.Fatalf("default layers %v, %d series", d.layers, len(d.series))
-	}
-	if len(d.replyStarts) != 3 || d.replyStarts[1] != 4 || d.replyStarts[2] != 7 {
-		t.Fatalf("reply starts %v", d.replyStarts)
-	}
-	if len(d.drift) != 2 || d.drift[0].Y != 0.75 || len(d.tau) != 0 {
-		t.Fatalf("layer 2's lines: drift %v tau %v", d.drift, d.tau)
-	}
-	d, err = s.pngData([]int{3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(d.drift) != 7 || len(d.tau) != 3 || d.tau[0].X != 4 || d.tau[0].Y != 1.25 {
-		t.Fatalf("layer 3's lines: drift %d points, tau %v", len(d.drift), d.tau)
-	}
-	if d, err = s.pngData([]int{1, 3}); err != nil || len(d.series) != 2 || len(d.drift) != 0 {
-		t.Fatalf("two layers: %v", err)
-	}
-	if _, err := s.pngData([]int{7}); err == nil || !strings.Contains(err.Error(), "recorded layers [0 1 2 3]") {
-		t.Fatalf("an unrecorded layer: %v", err)
-	}
-	out := filepath.Join(t.TempDir(), "drift.png")
-	if err := s.Export("png", out, ExportOptions{Layers: []int{3}}); err != nil {
-		t.Fatal(err)
-	}
-	if raw, _ := os.ReadFile(out); len(raw) < 8 || string(raw[1:4]) != "PNG" {
-		t.Fatal("not a PNG")
 	}
 }

@@ -18,7 +18,7 @@ type LMBackend struct {
 	lm     *model.LM
 	info   Info
 	axis   *probes.AxisFolder // nil without an axis
-	rec    *sessions.Recording
+	rec    *Recording
 	mu     sync.Mutex
 	active []model.Intervention
 	layer  int
@@ -53,7 +53,7 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 			b.info.BestCap = f.Capping.Best.ID
 		}
 	}
-	b.rec = &sessions.Recording{}
+	b.rec = &Recording{}
 	if b.axis != nil {
 		b.rec.Axis, b.rec.Layers = b.axis.Axis.Layers, b.axis.Axis.LayerList()
 	}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/sessions"
 )
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"sync"
 
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/sessions"
 )
 

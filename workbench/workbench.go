@@ -6,9 +6,9 @@ package workbench
 import (
 	"context"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/probes"
 )
 

@@ -2,13 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"github.com/keel-lab/keel/evals"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/evals"
 )
 
 // The fast subset of `keel eval alol` on the embedded model: two variants, one seed, a few short conversations.

@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/keel-lab/keel/evals"
 	"io"
 	"os"
 	"os/signal"
 	"slices"
 
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/evals"
 	"github.com/keel-lab/keel/train"
 )
 

@@ -6,12 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"math"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/workbench"
 )

@@ -1,4 +1,4 @@
-package sessions
+package workbench
 
 import (
 	"context"
@@ -6,12 +6,13 @@ import (
 	"sync"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/sessions"
 )
 
 // Recording drives a chat's record: the file (none when Rec is nil: --no-record still shows projections) and
 // the axis whose projections every generated token carries.
 type Recording struct {
-	Rec    *Recorder
+	Rec    *sessions.Recorder
 	Axis   map[int][]float32 // layer -> unit vector, for the recorded layers
 	Layers []int             // the recorded layers when Rec is nil (else the header's)
 	live   *model.Hooks
@@ -20,12 +21,12 @@ type Recording struct {
 
 func (r *Recording) layers() []int {
 	if r.Rec != nil {
-		return r.Rec.header.Layers
+		return r.Rec.Header().Layers
 	}
 	return r.Layers
 }
 
-func (r *Recording) add(e Event) error {
+func (r *Recording) add(e sessions.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.Rec != nil {
@@ -38,45 +39,37 @@ func (r *Recording) add(e Event) error {
 
 // Say records a turn given as text (the user's, or a system prompt).
 func (r *Recording) Say(role, text string) error {
-	if err := r.add(Event{Type: TurnStart, Role: role}); err != nil {
+	if err := r.add(sessions.Event{Type: sessions.TurnStart, Role: role}); err != nil {
 		return err
 	}
-	if err := r.add(Event{Type: Token, Piece: text}); err != nil {
+	if err := r.add(sessions.Event{Type: sessions.Token, Piece: text}); err != nil {
 		return err
 	}
-	return r.add(Event{Type: TurnEnd, Role: role, Text: text})
+	return r.add(sessions.Event{Type: sessions.TurnEnd, Role: role, Text: text})
 }
 
-// Control records a setting change (sampling, capping, steering) in force from here on.
+// sessions.Control records a setting change (sampling, capping, steering) in force from here on.
 func (r *Recording) Control(name string, value any) error {
 	raw, err := json.Marshal(value)
 	if err != nil {
 		return err
 	}
-	return r.add(Event{Type: Control, Name: name, Value: raw})
+	return r.add(sessions.Event{Type: sessions.Control, Name: name, Value: raw})
 }
 
-// JobState is what a job event carries besides the job's id and state.
-type JobState struct {
-	Kind  string  `json:"kind,omitempty"`
-	Step  int     `json:"step"`
-	Total int     `json:"total"`
-	Loss  float64 `json:"loss"`
-	Final string  `json:"final,omitempty"` // the model folder a finished job wrote
-	Error string  `json:"error,omitempty"`
-}
-
-// Job records a training job's change of state (started, paused, done, failed, cancelled) seen during the chat.
-func (r *Recording) Job(id, state string, js JobState) error {
+// sessions.Job records a training job's change of state (started, paused, done, failed, cancelled) seen during the chat.
+func (r *Recording) Job(id, state string, js sessions.JobState) error {
 	raw, err := json.Marshal(js)
 	if err != nil {
 		return err
 	}
-	return r.add(Event{Type: Job, Name: id, Label: state, Value: raw})
+	return r.add(sessions.Event{Type: sessions.Job, Name: id, Label: state, Value: raw})
 }
 
 // Mark records a label (good, bad, or a bookmark) on the current turn.
-func (r *Recording) Mark(label string) error { return r.add(Event{Type: Marker, Label: label}) }
+func (r *Recording) Mark(label string) error {
+	return r.add(sessions.Event{Type: sessions.Marker, Label: label})
+}
 
 // withCaptures is the interventions followed by a capture of the axis at each recorded layer, so recorded
 // projections see the stream as the interventions left it.
@@ -109,8 +102,8 @@ func (r *Recording) Retarget(interventions []model.Intervention) error {
 // Generate runs the model on the context ids as a recorded assistant turn: every token with its projections and
 // cap movements (each also handed to onToken as it is recorded), the text at the end, under the given
 // interventions; Retarget changes them while it runs (the workbench's live controls).
-func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onToken func(Event)) (string, []int, error) {
-	if err := r.add(Event{Type: TurnStart, Role: "assistant", Context: contextIDs, Interventions: interventions}); err != nil {
+func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onToken func(sessions.Event)) (string, []int, error) {
+	if err := r.add(sessions.Event{Type: sessions.TurnStart, Role: "assistant", Context: contextIDs, Interventions: interventions}); err != nil {
 		return "", nil, err
 	}
 	g.Hooks = r.hooks()
@@ -121,7 +114,7 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 	}
 	var recErr error
 	res, err := lm.GenerateText(ctx, [][]int{contextIDs}, model.TextConfig{GenerateConfig: g, OnText: func(text string, st model.Step) error {
-		e := Event{Type: Token, ID: st.ID, Piece: text, Proj: make([]float32, len(r.layers()))}
+		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: text, Proj: make([]float32, len(r.layers()))}
 		for _, rec := range st.Records {
 			if rec.Kind == model.Capture {
 				if i, ok := pos[rec.Layer]; ok {
@@ -146,7 +139,7 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 	if len(res) == 0 {
 		return "", nil, err
 	}
-	if endErr := r.add(Event{Type: TurnEnd, Role: "assistant", Text: res[0].Text}); endErr != nil && err == nil {
+	if endErr := r.add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: res[0].Text}); endErr != nil && err == nil {
 		err = endErr
 	}
 	return res[0].Text, res[0].IDs, err
