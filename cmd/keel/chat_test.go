@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/sessions"
 )
 
@@ -56,5 +57,45 @@ func TestKillDashNineMidTurnKeepsCompletedTurns(t *testing.T) {
 	}
 	if len(turns[1].Tokens) == 0 {
 		t.Fatal("the completed reply lost its tokens")
+	}
+}
+
+// The line REPL is the workbench's session: on the embedded model it loads the embedded axis, records every
+// token's projections with the model's sha256 and the sampling it ran with, and answers the TUI's commands.
+func TestREPLRecordsProjectionsOnTheEmbeddedAxis(t *testing.T) {
+	torchtest.Runtime(t)
+	file := filepath.Join(t.TempDir(), "chat.jsonl")
+	cmd := keelCmd("chat", "--record", file, "--max-tokens", "12", "--temperature", "0.5", "--runs", t.TempDir())
+	cmd.Stdin = strings.NewReader("Who are you?\n/cap on\n/steer lots\n/tint\nTell me more.\n/quit\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("keel chat: %v\n%s", err, out)
+	}
+	for _, want := range []string{"capping at p25 on layers", "/steer lots: give a strength", "projection summaries on", "layer 4 projection: mean"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("the REPL's output lacks %q:\n%s", want, out)
+		}
+	}
+	s, err := sessions.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Header.Layers) != 8 || len(s.Header.ModelSHA256) != 64 || s.Header.Sampling.Temperature != 0.5 {
+		t.Fatalf("header: layers %v, model sha %q, sampling %+v", s.Header.Layers, s.Header.ModelSHA256, s.Header.Sampling)
+	}
+	tokens := 0
+	for _, turn := range s.Turns() {
+		if turn.Role != "assistant" {
+			continue
+		}
+		for _, tok := range turn.Tokens {
+			if len(tok.Proj) != 8 {
+				t.Fatalf("a reply token with %d projections", len(tok.Proj))
+			}
+			tokens++
+		}
+	}
+	if tokens < 12 {
+		t.Fatalf("%d reply tokens recorded", tokens)
 	}
 }
