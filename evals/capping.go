@@ -38,7 +38,7 @@ type capMeasure struct{ drift, jailbreak, capability float64 }
 
 // EvalCapping sweeps capping configs (window x percentile) against the uncapped model, and steers along the
 // axis at the middle layer away from the Assistant (identity answers) and toward it (vault compliance).
-func EvalCapping(ctx context.Context, lm *model.LM, p *probes.Personas, axis *steer.Axis, cal *probes.Calibration, pc1Mid float64, cfg CapEvalConfig) (*probes.CapEvalReport, error) {
+func EvalCapping(ctx context.Context, lm *model.LM, p *probes.Personas, axis *steer.VectorFile, cal *probes.Calibration, pc1Mid float64, cfg CapEvalConfig) (*probes.CapEvalReport, error) {
 	if cfg.Turns < 1 || cfg.Turns > 10 || cfg.Conversations < 1 || cfg.Jailbreaks < 1 || cfg.Identity < 1 || cfg.BatchSize < 1 || cfg.MaxTokens < 1 {
 		return nil, fmt.Errorf("--conversations, --jailbreaks, --identity, --batch and --max-tokens must be positive and --turns 1 to 10")
 	}

@@ -137,7 +137,7 @@ func TestCalibrationPercentilesAndCaps(t *testing.T) {
 	for l, v := range res.Axis {
 		raw[l] = v
 	}
-	axis, err := steer.NewAxis(steer.Header{Model: "synthetic"}, raw, 4)
+	axis, err := steer.NewVectorFile(steer.Header{Model: "synthetic"}, raw, 4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ type Calibration struct {
 }
 
 // Calibrate projects every rollout's mean activation onto the axis at each layer.
-func Calibrate(axis *steer.Axis, acts []*RoleActivations) (*Calibration, error) {
+func Calibrate(axis *steer.VectorFile, acts []*RoleActivations) (*Calibration, error) {
 	c := &Calibration{proj: make([][]float64, axis.NLayers)}
 	for _, ra := range acts {
 		for _, m := range ra.Means {
@@ -134,7 +134,7 @@ func SweepWindows(nLayers int) [][2]int {
 
 // CapAxis is the cap file for one window and percentile: the axis's unit vectors on the window's layers with
 // their thresholds.
-func (c *Calibration) CapAxis(axis *steer.Axis, window [2]int, p float64) (*steer.Axis, error) {
+func (c *Calibration) CapAxis(axis *steer.VectorFile, window [2]int, p float64) (*steer.VectorFile, error) {
 	h := axis.Header
 	h.Operation, h.Percentile, h.ID = steer.OpCap, p, CapID(window[0], window[1], p)
 	h.Tau = map[int]float64{}
@@ -150,5 +150,5 @@ func (c *Calibration) CapAxis(axis *steer.Axis, window [2]int, p float64) (*stee
 		}
 		raw[l], h.Tau[l] = u, tau
 	}
-	return steer.NewAxis(h, raw, axis.NLayers)
+	return steer.NewVectorFile(h, raw, axis.NLayers)
 }

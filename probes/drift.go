@@ -60,7 +60,7 @@ type DriftCurve struct {
 
 // MeasureDrift holds conversations with no system prompt under the given interventions (nil: none) and
 // measures where each reply sits on the axis at the analysis layer.
-func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Axis, hooks *model.Hooks, cfg DriftConfig) ([]DriftCurve, error) {
+func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.VectorFile, hooks *model.Hooks, cfg DriftConfig) ([]DriftCurve, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@ import (
 
 // ExtractAxisFolder runs (or resumes) an extraction into dir and writes the axis, the default vector, the role
 // vectors and the report there.
-func ExtractAxisFolder(ctx context.Context, lm *model.LM, p *Personas, cfg ExtractConfig, dir string, progress func(done, total int, item string, eta time.Duration)) (*AxisResult, *steer.Axis, error) {
+func ExtractAxisFolder(ctx context.Context, lm *model.LM, p *Personas, cfg ExtractConfig, dir string, progress func(done, total int, item string, eta time.Duration)) (*AxisResult, *steer.VectorFile, error) {
 	x := &Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: dir, Progress: progress}
 	acts, err := x.Run()
 	if err != nil {
@@ -38,20 +38,20 @@ func ExtractAxisFolder(ctx context.Context, lm *model.LM, p *Personas, cfg Extra
 		raw[l], def[l] = res.Axis[l], res.Default[l]
 		h.AvgNorm[l] = res.AvgNorm[l]
 	}
-	axis, err := steer.NewAxis(h, raw, res.Layers)
+	axis, err := steer.NewVectorFile(h, raw, res.Layers)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := steer.SaveAxis(filepath.Join(dir, AxisFile), axis); err != nil {
+	if err := steer.SaveVectorFile(filepath.Join(dir, AxisFile), axis); err != nil {
 		return nil, nil, err
 	}
 	dh := h
 	dh.Sign, dh.Operation, dh.Source = "the default Assistant's mean activation", steer.OpAdd, h.Source
-	defAxis, err := steer.NewAxis(dh, def, res.Layers)
+	defAxis, err := steer.NewVectorFile(dh, def, res.Layers)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := steer.SaveAxis(filepath.Join(dir, DefaultVectorFile), defAxis); err != nil {
+	if err := steer.SaveVectorFile(filepath.Join(dir, DefaultVectorFile), defAxis); err != nil {
 		return nil, nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "role_vectors"), 0o755); err != nil {
@@ -64,11 +64,11 @@ func ExtractAxisFolder(ctx context.Context, lm *model.LM, p *Personas, cfg Extra
 		for l := range v {
 			vecs[l] = v[l]
 		}
-		ra, err := steer.NewAxis(rh, vecs, res.Layers)
+		ra, err := steer.NewVectorFile(rh, vecs, res.Layers)
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := steer.SaveAxis(filepath.Join(dir, "role_vectors", strings.ReplaceAll(name, " ", "_")+".safetensors"), ra); err != nil {
+		if err := steer.SaveVectorFile(filepath.Join(dir, "role_vectors", strings.ReplaceAll(name, " ", "_")+".safetensors"), ra); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -88,8 +88,8 @@ func ModelID(lm *model.LM) string {
 }
 
 // LoadExtraction reads a finished extraction folder: its axis, every role's activations and the report.
-func LoadExtraction(dir string) (*steer.Axis, []*RoleActivations, *AxisResult, error) {
-	axis, err := steer.LoadAxis(filepath.Join(dir, AxisFile))
+func LoadExtraction(dir string) (*steer.VectorFile, []*RoleActivations, *AxisResult, error) {
+	axis, err := steer.LoadVectorFile(filepath.Join(dir, AxisFile))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%w (run keel axis extract --out %s first)", err, dir)
 	}
@@ -120,7 +120,7 @@ func LoadExtraction(dir string) (*steer.Axis, []*RoleActivations, *AxisResult, e
 
 // CalibrateFolder writes calibration.json and a cap file per window and percentile into dir/caps, returning the
 // calibration and the caps' ids.
-func CalibrateFolder(dir string, axis *steer.Axis, acts []*RoleActivations) (*Calibration, []string, error) {
+func CalibrateFolder(dir string, axis *steer.VectorFile, acts []*RoleActivations) (*Calibration, []string, error) {
 	cal, err := Calibrate(axis, acts)
 	if err != nil {
 		return nil, nil, err

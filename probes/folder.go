@@ -31,8 +31,8 @@ const (
 type AxisFolder struct {
 	Dir         string // "" when opened from a lone axis file
 	AxisPath    string
-	Axis        *steer.Axis
-	Default     *steer.Axis    // nil when the folder has none
+	Axis        *steer.VectorFile
+	Default     *steer.VectorFile    // nil when the folder has none
 	Calibration *Calibration   // nil when the folder has none
 	Capping     *CapEvalReport // nil when the folder has none
 }
@@ -47,11 +47,11 @@ func OpenAxisFolder(path string) (*AxisFolder, error) {
 	if st.IsDir() {
 		f.Dir, f.AxisPath = path, filepath.Join(path, AxisFile)
 	}
-	if f.Axis, err = steer.LoadAxis(f.AxisPath); err != nil {
+	if f.Axis, err = steer.LoadVectorFile(f.AxisPath); err != nil {
 		return nil, err
 	}
 	dir := filepath.Dir(f.AxisPath)
-	if def, err := steer.LoadAxis(filepath.Join(dir, DefaultVectorFile)); err == nil {
+	if def, err := steer.LoadVectorFile(filepath.Join(dir, DefaultVectorFile)); err == nil {
 		f.Default = def
 	} else if !errors.Is(err, fs.ErrNotExist) && f.Dir != "" {
 		return nil, err
@@ -103,11 +103,11 @@ func (f *AxisFolder) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := steer.SaveAxis(filepath.Join(dir, AxisFile), f.Axis); err != nil {
+	if err := steer.SaveVectorFile(filepath.Join(dir, AxisFile), f.Axis); err != nil {
 		return err
 	}
 	if f.Default != nil {
-		if err := steer.SaveAxis(filepath.Join(dir, DefaultVectorFile), f.Default); err != nil {
+		if err := steer.SaveVectorFile(filepath.Join(dir, DefaultVectorFile), f.Default); err != nil {
 			return err
 		}
 	}
@@ -151,7 +151,7 @@ func (f *AxisFolder) saveCaps(dir string) error {
 			if err != nil {
 				return err
 			}
-			if err := steer.SaveAxis(filepath.Join(dir, CapsDir, c.ID+".safetensors"), c); err != nil {
+			if err := steer.SaveVectorFile(filepath.Join(dir, CapsDir, c.ID+".safetensors"), c); err != nil {
 				return err
 			}
 		}
@@ -167,7 +167,7 @@ func writeJSON(path string, v any) error {
 	return atomicfile.WriteFile(path, raw)
 }
 
-// Scale is the drift line and the Assistant's mean projection at a layer (see steer.Axis.Scale); ok is false
+// Scale is the drift line and the Assistant's mean projection at a layer (see steer.VectorFile.Scale); ok is false
 // without a default vector.
 func (f *AxisFolder) Scale(layer int) (line, assistant float64, ok bool) {
 	if f.Default == nil {

@@ -17,11 +17,11 @@ func testFolder(t *testing.T) *AxisFolder {
 		raw[l] = []float32{float32(l + 1), 0, 0}
 		def[l] = []float32{2, 1, 0}
 	}
-	axis, err := steer.NewAxis(steer.Header{Model: "m", AvgNorm: map[int]float64{1: 10}}, raw, 4)
+	axis, err := steer.NewVectorFile(steer.Header{Model: "m", AvgNorm: map[int]float64{1: 10}}, raw, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dv, err := steer.NewAxis(steer.Header{Model: "m", Operation: steer.OpAdd}, def, 4)
+	dv, err := steer.NewVectorFile(steer.Header{Model: "m", Operation: steer.OpAdd}, def, 4)
 	if err != nil {
 		t.Fatal(err)
 	}

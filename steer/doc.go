@@ -1,3 +1,3 @@
-// Package steer holds Assistant-Axis vectors and turns them into the engine's interventions: projection,
+// Package steer holds Assistant-VectorFile vectors and turns them into the engine's interventions: projection,
 // additive steering and activation capping, and the files they live in.
 package steer

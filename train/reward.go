@@ -53,7 +53,7 @@ func checked(ctx context.Context, r Reward, samples []Sample) ([]float64, error)
 // Assistant's means), the Assistant's mean landing near 0.88 and the roles' near 0.12.
 type AxisReward struct {
 	LM        *model.LM
-	Axis      *steer.Axis
+	Axis      *steer.VectorFile
 	Layer     int
 	Mid, Half float64 // the drift line and half the roles-to-Assistant gap
 	BatchSize int
@@ -61,7 +61,7 @@ type AxisReward struct {
 
 // NewAxisReward reads the scale from an extraction folder's default vector: the Assistant sits at <default, u>
 // and the roles' mean |axis| below it.
-func NewAxisReward(lm *model.LM, axis, defaultVector *steer.Axis, layer int) (*AxisReward, error) {
+func NewAxisReward(lm *model.LM, axis, defaultVector *steer.VectorFile, layer int) (*AxisReward, error) {
 	line, top, ok := axis.Scale(defaultVector, layer)
 	if !ok {
 		return nil, fmt.Errorf("the axis or default vector has no layer %d", layer)

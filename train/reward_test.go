@@ -131,11 +131,11 @@ func TestAxisRewardOnTheEmbeddedModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	axis, err := steer.LoadAxis(filepath.Join(axisDir, "axis.safetensors"))
+	axis, err := steer.LoadVectorFile(filepath.Join(axisDir, "axis.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	def, err := steer.LoadAxis(filepath.Join(axisDir, "default_vector.safetensors"))
+	def, err := steer.LoadVectorFile(filepath.Join(axisDir, "default_vector.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -193,7 +193,7 @@ func runAxisInfo(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usageError{fmt.Errorf("usage: keel axis info FILE")}
 	}
-	a, err := steer.LoadAxis(fs.Arg(0))
+	a, err := steer.LoadVectorFile(fs.Arg(0))
 	if err != nil {
 		return err
 	}

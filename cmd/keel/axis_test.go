@@ -70,7 +70,7 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 	if strings.Count(stdout, "->") != 3 {
 		t.Fatalf("import printed %q", stdout)
 	}
-	a, err := steer.LoadAxis(filepath.Join(out, "assistant_axis.safetensors"))
+	a, err := steer.LoadVectorFile(filepath.Join(out, "assistant_axis.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,10 +84,10 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 			}
 		}
 	}
-	if _, err := steer.LoadAxis(filepath.Join(out, "role_vectors", "pirate.safetensors")); err != nil {
+	if _, err := steer.LoadVectorFile(filepath.Join(out, "role_vectors", "pirate.safetensors")); err != nil {
 		t.Fatal(err)
 	}
-	c, err := steer.LoadAxis(filepath.Join(out, "caps", "layers_2:4-p0.25.safetensors"))
+	c, err := steer.LoadVectorFile(filepath.Join(out, "caps", "layers_2:4-p0.25.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,11 +233,11 @@ wait:
 	if code, _, stderr := runKeel(append(args, "--out", fresh)...); code != 0 {
 		t.Fatalf("uninterrupted extraction: %s", stderr)
 	}
-	a, err := steer.LoadAxis(filepath.Join(killed, "axis.safetensors"))
+	a, err := steer.LoadVectorFile(filepath.Join(killed, "axis.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := steer.LoadAxis(filepath.Join(fresh, "axis.safetensors"))
+	b, err := steer.LoadVectorFile(filepath.Join(fresh, "axis.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,7 +388,7 @@ func TestImportedCapsGenerateAsThePapersHook(t *testing.T) {
 	if code, _, stderr := runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--n-layers", "5", "--out", out); code != 0 {
 		t.Fatalf("import: %s", stderr)
 	}
-	c, err := steer.LoadAxis(filepath.Join(out, "caps", "layers_2:4-p0.5.safetensors"))
+	c, err := steer.LoadVectorFile(filepath.Join(out, "caps", "layers_2:4-p0.5.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func importPT(path string, v any, out, modelID string, nLayers int, force bool) 
 				dest = filepath.Join(out, "role_vectors", base+".safetensors")
 			}
 		}
-		a, err := steer.NewAxis(h, raw, L)
+		a, err := steer.NewVectorFile(h, raw, L)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
@@ -107,7 +107,7 @@ func importPT(path string, v any, out, modelID string, nLayers int, force bool) 
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			return nil, err
 		}
-		return []string{dest}, steer.SaveAxis(dest, a)
+		return []string{dest}, steer.SaveVectorFile(dest, a)
 	case *ptfile.Dict:
 		return importCaps(path, x, out, modelID, nLayers, force)
 	}
@@ -199,7 +199,7 @@ func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int, f
 			raw[src.layer] = u
 			h.Tau[src.layer] = -capF
 		}
-		a, err := steer.NewAxis(h, raw, nLayers)
+		a, err := steer.NewVectorFile(h, raw, nLayers)
 		if err != nil {
 			return nil, fmt.Errorf("%s: experiment %s: %w", path, id, err)
 		}
@@ -207,7 +207,7 @@ func importCaps(path string, d *ptfile.Dict, out, modelID string, nLayers int, f
 		if err := refuseToReplace(dest, force); err != nil {
 			return nil, err
 		}
-		if err := steer.SaveAxis(dest, a); err != nil {
+		if err := steer.SaveVectorFile(dest, a); err != nil {
 			return nil, err
 		}
 		written = append(written, dest)

@@ -202,7 +202,7 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *capsFile != "" {
-		c, err := steer.LoadAxis(*capsFile)
+		c, err := steer.LoadVectorFile(*capsFile)
 		if err != nil {
 			return err
 		}

@@ -57,7 +57,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		if *axisPath == "" {
 			return usageError{fmt.Errorf("--axis FILE is required")}
 		}
-		a, err := steer.LoadAxis(*axisPath)
+		a, err := steer.LoadVectorFile(*axisPath)
 		if err != nil {
 			return err
 		}

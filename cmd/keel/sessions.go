@@ -189,8 +189,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 
 // loadAxisFor reads a vector file and checks it fits the loaded model: its shape always, its weights (or the
 // weights the model was fine-tuned from) unless ignoreHash.
-func loadAxisFor(path string, lm *model.LM, ignoreHash bool) (*steer.Axis, error) {
-	a, err := steer.LoadAxis(path)
+func loadAxisFor(path string, lm *model.LM, ignoreHash bool) (*steer.VectorFile, error) {
+	a, err := steer.LoadVectorFile(path)
 	if err != nil {
 		return nil, err
 	}

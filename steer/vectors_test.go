@@ -26,15 +26,15 @@ func randomVectors(layers, d int, seed uint64) map[int][]float32 {
 
 func TestAxisFileRoundTripAndFit(t *testing.T) {
 	raw := randomVectors(4, 16, 1)
-	a, err := NewAxis(Header{Model: "m", WeightsFingerprint: "abc", AvgNorm: map[int]float64{2: 7.5}}, raw, 4)
+	a, err := NewVectorFile(Header{Model: "m", WeightsFingerprint: "abc", AvgNorm: map[int]float64{2: 7.5}}, raw, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "axis.safetensors")
-	if err := SaveAxis(path, a); err != nil {
+	if err := SaveVectorFile(path, a); err != nil {
 		t.Fatal(err)
 	}
-	b, err := LoadAxis(path)
+	b, err := LoadVectorFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestAxisFileRoundTripAndFit(t *testing.T) {
 
 func TestCapsAreFloorsOnTheUnitAxis(t *testing.T) {
 	raw := randomVectors(3, 8, 2)
-	a, err := NewAxis(Header{Operation: OpCap, Tau: map[int]float64{1: 0.5, 2: -1}}, raw, 3)
+	a, err := NewVectorFile(Header{Operation: OpCap, Tau: map[int]float64{1: 0.5, 2: -1}}, raw, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,14 +108,14 @@ func TestBadVectorFilesAreRefused(t *testing.T) {
 	plain := filepath.Join(dir, "plain.safetensors")
 	safetensors.Write(plain, []safetensors.Tensor{{Name: "x", DType: "F32", Shape: []int64{1}, Data: make([]byte, 4)}}, nil)
 	zero := filepath.Join(dir, "zero.safetensors")
-	a, _ := NewAxis(Header{}, randomVectors(2, 4, 3), 2)
+	a, _ := NewVectorFile(Header{}, randomVectors(2, 4, 3), 2)
 	a.Raw[1] = make([]float32, 4)
-	SaveAxis(zero, a)
+	SaveVectorFile(zero, a)
 	missing := filepath.Join(dir, "missing.safetensors")
 	garbage := filepath.Join(dir, "garbage.safetensors")
 	os.WriteFile(garbage, []byte("not a safetensors file at all"), 0o644)
 	for path, want := range map[string]string{plain: "no keel header", zero: "length 0", missing: "missing.safetensors", garbage: "garbage.safetensors"} {
-		_, err := LoadAxis(path)
+		_, err := LoadVectorFile(path)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: %v, want one line with %q", filepath.Base(path), err, want)
 		}

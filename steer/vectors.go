@@ -51,17 +51,19 @@ type Header struct {
 	Source             string          `json:"source,omitempty"`
 }
 
-// Axis is a direction per layer for one model with its header. Raw holds the vectors as stored (an extracted
-// axis is a difference of means, not normalised); Layers holds them at unit length, for projection and capping.
-type Axis struct {
+// VectorFile is a keel vector file: a direction per layer for one model with its header, whether it is an
+// Assistant Axis, a default or role vector, or a cap file (Header.Operation says which). Raw holds the vectors as
+// stored (an extracted axis is a difference of means, not normalised); Layers holds them at unit length, for
+// projection and capping.
+type VectorFile struct {
 	Header
 	Raw    map[int][]float32
 	Layers map[int][]float32
 }
 
-// NewAxis makes an axis from raw vectors; the header's shape fields are filled in from them and nLayers.
-func NewAxis(h Header, raw map[int][]float32, nLayers int) (*Axis, error) {
-	a := &Axis{Header: h, Raw: raw}
+// NewVectorFile makes a vector file from raw vectors; the header's shape fields are filled in from them and nLayers.
+func NewVectorFile(h Header, raw map[int][]float32, nLayers int) (*VectorFile, error) {
+	a := &VectorFile{Header: h, Raw: raw}
 	a.Format, a.NLayers = Format, nLayers
 	if a.HookSite == "" {
 		a.HookSite = HookSite
@@ -80,7 +82,7 @@ func NewAxis(h Header, raw map[int][]float32, nLayers int) (*Axis, error) {
 }
 
 // LayerList is the axis's layers, ascending.
-func (a *Axis) LayerList() []int {
+func (a *VectorFile) LayerList() []int {
 	var ls []int
 	for l := range a.Layers {
 		ls = append(ls, l)
@@ -89,7 +91,7 @@ func (a *Axis) LayerList() []int {
 	return ls
 }
 
-func (a *Axis) normalize(name string) error {
+func (a *VectorFile) normalize(name string) error {
 	a.Layers = map[int][]float32{}
 	for l, v := range a.Raw {
 		if len(v) != a.DModel {
@@ -130,11 +132,11 @@ func Dot(a, b []float32) float64 {
 }
 
 // Project is <h, unit axis at layer>.
-func (a *Axis) Project(layer int, h []float32) float64 { return Dot(h, a.Layers[layer]) }
+func (a *VectorFile) Project(layer int, h []float32) float64 { return Dot(h, a.Layers[layer]) }
 
-// SaveAxis writes an axis as safetensors: one F32 tensor "axis.layer_N" per layer (the raw vectors) and the
+// SaveVectorFile writes a vector file as safetensors: one F32 tensor "axis.layer_N" per layer (the raw vectors) and the
 // header as JSON under the metadata key "keel". The write is atomic: a file already there survives a failure.
-func SaveAxis(path string, a *Axis) error {
+func SaveVectorFile(path string, a *VectorFile) error {
 	vecs := a.Raw
 	if vecs == nil {
 		vecs = a.Layers
@@ -163,8 +165,8 @@ func SaveAxis(path string, a *Axis) error {
 	return os.Rename(tmp, path)
 }
 
-// LoadAxis reads a vector file written by SaveAxis, or the axis.safetensors of an extraction folder.
-func LoadAxis(path string) (*Axis, error) {
+// LoadVectorFile reads a vector file written by SaveVectorFile, or the axis.safetensors of an extraction folder.
+func LoadVectorFile(path string) (*VectorFile, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		// An extraction folder stands for its axis.
 		inside := filepath.Join(path, "axis.safetensors")
@@ -182,7 +184,7 @@ func LoadAxis(path string) (*Axis, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: no keel header: not a keel vector file (keel axis import converts the paper's .pt files)", path)
 	}
-	a := &Axis{Raw: map[int][]float32{}}
+	a := &VectorFile{Raw: map[int][]float32{}}
 	if err := json.Unmarshal([]byte(hj), &a.Header); err != nil {
 		return nil, fmt.Errorf("%s: unreadable keel header: %v", path, err)
 	}
@@ -224,7 +226,7 @@ func LoadAxis(path string) (*Axis, error) {
 // Fit checks that a vector file belongs to a model: its shape always (a mismatch cannot be overridden), and its
 // weights fingerprint unless ignoreHash. A file made on weights the model descends from (keel's trainers record
 // the lineage) fits as BaseWeights: fine-tuning moves the model along the axis it started with.
-func (a *Axis) Fit(path string, nLayers, dModel int, w Weights, ignoreHash bool) (Relation, error) {
+func (a *VectorFile) Fit(path string, nLayers, dModel int, w Weights, ignoreHash bool) (Relation, error) {
 	if a.NLayers != nLayers || a.DModel != dModel {
 		return SameWeights, fmt.Errorf("%s: made for a model of %d layers x %d wide, this one is %d x %d: extract an axis for it with keel axis extract",
 			path, a.NLayers, a.DModel, nLayers, dModel)
@@ -247,7 +249,7 @@ func (a *Axis) Fit(path string, nLayers, dModel int, w Weights, ignoreHash bool)
 // Scale places the roles and the Assistant on the axis at a layer from the default vector: the Assistant's mean
 // projects to <default, u> and the roles' mean |axis| below it (axis = default - roles); line is midway, the
 // drift line.
-func (a *Axis) Scale(defaultVector *Axis, layer int) (line, assistant float64, ok bool) {
+func (a *VectorFile) Scale(defaultVector *VectorFile, layer int) (line, assistant float64, ok bool) {
 	u, ok1 := a.Layers[layer]
 	d, ok2 := defaultVector.Raw[layer]
 	if !ok1 || !ok2 || len(d) != len(u) {
@@ -259,7 +261,7 @@ func (a *Axis) Scale(defaultVector *Axis, layer int) (line, assistant float64, o
 
 // Caps turns a cap file into the engine's interventions: a floor at tau on the unit +axis projection at each
 // of its layers (the paper's h <- h - v * min(<h, v> - tau, 0)).
-func (a *Axis) Caps() []model.Intervention {
+func (a *VectorFile) Caps() []model.Intervention {
 	var out []model.Intervention
 	for _, l := range a.LayerList() {
 		tau, ok := a.Tau[l]
@@ -273,7 +275,7 @@ func (a *Axis) Caps() []model.Intervention {
 
 // Steer is additive steering along the unit axis at one layer with strength c relative to the layer's average
 // residual norm (coeff = c * avg_norm, the paper's convention); c < 0 steers away from the Assistant.
-func (a *Axis) Steer(layer int, c float64) (model.Intervention, error) {
+func (a *VectorFile) Steer(layer int, c float64) (model.Intervention, error) {
 	u, ok := a.Layers[layer]
 	if !ok {
 		return model.Intervention{}, fmt.Errorf("the axis has no vector at layer %d (it has %v)", layer, a.LayerList())
