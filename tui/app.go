@@ -66,10 +66,9 @@ type App struct {
 	tokPerSec  float64
 
 	showHelp    bool
-	plotTurns   bool   // the plot shows each reply's mean over the chat, not the latest tokens
-	plotOffset  int    // tokens the token plot's window ends before the latest
-	commandList string // /help's list, shown in the chat pane until esc
-	showJobs    bool
+	commandList string    // /help's list, shown in the chat pane until esc
+	plotView    plotModel // the panes with state of their own
+	jobsView    jobsModel
 	mouse       bool
 	tint        bool
 	notice      string
@@ -259,8 +258,8 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		case a.replay != nil:
 			a.replay = nil
 			a.rerenderChat()
-		case a.showJobs:
-			a.showJobs = false
+		case a.jobsView.open:
+			a.jobsView.open = false
 			a.resize(a.width, a.height)
 		}
 		return nil
@@ -279,7 +278,7 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.LayerDown):
 		return a.runCommand("/layer " + strconv.Itoa(a.session.Controls().Layer-1))
 	case key.Matches(msg, k.Jobs):
-		a.showJobs = !a.showJobs
+		a.jobsView.open = !a.jobsView.open
 		a.resize(a.width, a.height)
 		return nil
 	case key.Matches(msg, k.Mouse):
@@ -293,15 +292,15 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.Clear):
 		return a.runCommand("/clear")
 	case key.Matches(msg, k.PlotMode):
-		if a.plotTurns {
+		if a.plotView.turns {
 			return a.runCommand("/plot tokens")
 		}
 		return a.runCommand("/plot turns")
 	case key.Matches(msg, k.PanBack):
-		a.plotOffset += max(1, a.sideWidth()/2)
+		a.plotView.offset += max(1, a.sideWidth()/2)
 		return nil
 	case key.Matches(msg, k.PanFwd):
-		a.plotOffset = max(0, a.plotOffset-max(1, a.sideWidth()/2))
+		a.plotView.offset = max(0, a.plotView.offset-max(1, a.sideWidth()/2))
 		return nil
 	case key.Matches(msg, k.Send):
 		text := strings.TrimSpace(a.input.Value())
@@ -516,9 +515,17 @@ func (a *App) refresh() {
 		parts = append(parts, a.st.Rec.Render("● rec"))
 	}
 	a.statusLine = truncate(strings.Join(parts, a.st.Dim.Render(" │ ")), a.width)
-	a.plotPane = a.renderPlot()
 	a.controlsPane = a.renderControls()
-	a.jobsPane = a.renderJobs()
+	side := a.width
+	if a.wide() {
+		side = a.sideWidth()
+	}
+	plotH := 8
+	if a.wide() {
+		plotH = max(4, min(14, a.bodyHeight()-len(strings.Split(a.controlsPane, "\n"))-a.jobsView.height(a.bodyHeight())-6))
+	}
+	a.plotPane = a.plotView.view(a.session, a.st, side-10, plotH)
+	a.jobsPane = a.jobsView.view(a.st, side)
 	if a.showHelp {
 		a.help.ShowAll = true
 	} else {

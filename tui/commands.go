@@ -35,14 +35,14 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 	case workbench.ToggleMouse:
 		cmd = a.toggleMouse()
 	case workbench.ToggleJobs:
-		a.showJobs = !a.showJobs
+		a.jobsView.open = !a.jobsView.open
 		a.resize(a.width, a.height)
 	case workbench.Replay:
 		cmd = a.startReplay(res.Arg)
 	case workbench.PlotMode:
-		a.plotTurns, a.plotOffset = res.Arg == "turns", 0
+		a.plotView = plotModel{turns: res.Arg == "turns"}
 		a.notice = "plotting the latest tokens (ctrl+←/→ pans)"
-		if a.plotTurns {
+		if a.plotView.turns {
 			a.notice = "plotting each reply's mean over the whole chat"
 		}
 	}

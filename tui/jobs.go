@@ -25,25 +25,31 @@ func finished(state string) bool {
 	return state == train.Done || state == train.Failed || state == train.Cancelled
 }
 
-func (a *App) jobUpdate(u workbench.JobUpdate) {
+// jobsModel is the jobs pane: every run on the machine with its progress, phase and figures.
+type jobsModel struct {
+	jobs []*jobView
+	open bool // the whole pane (ctrl+o); closed, it shows the last two jobs
+}
+
+// update takes a job's progress. It reports whether the change belongs in the chat's recording (a job that
+// started, or changed state, during the chat) and the line to show, if any.
+func (m *jobsModel) update(u workbench.JobUpdate) (record bool, notice string) {
 	var j *jobView
-	for _, v := range a.jobs {
+	for _, v := range m.jobs {
 		if v.ID == u.ID {
 			j = v
 		}
 	}
 	if j == nil {
 		j = &jobView{JobUpdate: u, extra: map[string]float64{}, series: map[string][]float64{}}
-		a.jobs = append(a.jobs, j)
-		if !finished(u.State) { // a run that ended before this chat began is listed, not recorded
-			a.recordJob(u)
-		}
+		m.jobs = append(m.jobs, j)
+		record = !finished(u.State) // a run that ended before this chat began is listed, not recorded
 	} else if u.State != j.State {
-		a.recordJob(u)
+		record = true
 		if u.State == train.Done {
-			a.notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
+			notice = fmt.Sprintf("job %s done: /load %s loads its model into the chat", u.ID, u.ID)
 		} else if u.State == train.Failed {
-			a.notice = fmt.Sprintf("job %s failed: %s", u.ID, u.Error)
+			notice = fmt.Sprintf("job %s failed: %s", u.ID, u.Error)
 		}
 	}
 	if u.Step > j.Step && u.Loss != 0 {
@@ -59,6 +65,18 @@ func (a *App) jobUpdate(u workbench.JobUpdate) {
 	j.JobUpdate = u
 	for k, v := range u.Extra {
 		j.extra[k] = v
+	}
+	return record, notice
+}
+
+// jobUpdate hands a job's progress to the jobs pane and records what the pane says belongs in the recording.
+func (a *App) jobUpdate(u workbench.JobUpdate) {
+	record, notice := a.jobsView.update(u)
+	if record {
+		a.recordJob(u)
+	}
+	if notice != "" {
+		a.notice = notice
 	}
 }
 
@@ -99,11 +117,12 @@ func (j *jobView) extraLines(width int) []string {
 	return lines
 }
 
-func (a *App) jobsHeight() int {
-	if a.showJobs {
-		return max(4, a.bodyHeight()/3)
+// height is the rows the pane takes in a body of the given height.
+func (m *jobsModel) height(body int) int {
+	if m.open {
+		return max(4, body/3)
 	}
-	return 2*min(len(a.jobs), 2) + 1
+	return 2*min(len(m.jobs), 2) + 1
 }
 
 // sparkline draws values as block characters, lowest to highest.
@@ -130,20 +149,17 @@ func sparkline(xs []float64, width int) string {
 	return b.String()
 }
 
-func (a *App) renderJobs() string {
-	title := a.st.Title.Render(" jobs ")
-	if len(a.jobs) == 0 {
-		return title + " " + a.st.Dim.Render("none: /train sft --data FILE --steps N")
-	}
-	width := a.width
-	if a.wide() {
-		width = a.sideWidth()
+// view draws the pane at a width.
+func (m *jobsModel) view(st Styles, width int) string {
+	title := st.Title.Render(" jobs ")
+	if len(m.jobs) == 0 {
+		return title + " " + st.Dim.Render("none: /train sft --data FILE --steps N")
 	}
 	barWidth := max(10, width-8)
 	bar := progress.New(progress.WithWidth(barWidth), progress.WithoutPercentage(), progress.WithSolidFill("#5f87ff"))
 	lines := []string{title}
-	shown := a.jobs
-	if !a.showJobs && len(shown) > 2 {
+	shown := m.jobs
+	if !m.open && len(shown) > 2 {
 		shown = shown[len(shown)-2:]
 	}
 	for _, j := range shown {
@@ -160,7 +176,7 @@ func (a *App) renderJobs() string {
 			line += " ETA " + j.ETA.Round(time.Second).String()
 		}
 		barText := bar.ViewAs(frac)
-		if a.st.plain {
+		if st.plain {
 			n := int(frac * float64(barWidth-2))
 			barText = "[" + strings.Repeat("#", n) + strings.Repeat(".", barWidth-2-n) + "]"
 		}
@@ -170,7 +186,7 @@ func (a *App) renderJobs() string {
 		} else {
 			lines = append(lines, "  "+barText)
 		}
-		if a.showJobs {
+		if m.open {
 			lines = append(lines, "  loss "+sparkline(j.losses, width-9))
 			for _, x := range plottedExtras {
 				if len(j.series[x[0]]) > 1 {
@@ -182,8 +198,8 @@ func (a *App) renderJobs() string {
 			}
 		}
 	}
-	if a.showJobs {
-		lines = append(lines, a.st.Dim.Render("/cancel ID stops a job · /load ID chats with its model"))
+	if m.open {
+		lines = append(lines, st.Dim.Render("/cancel ID stops a job · /load ID chats with its model"))
 	}
 	return strings.Join(lines, "\n")
 }

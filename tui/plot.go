@@ -7,39 +7,40 @@ import (
 
 	"github.com/charmbracelet/x/ansi"
 	"github.com/guptarohit/asciigraph"
+
+	"github.com/keel-lab/keel/workbench"
 )
 
 // renderPlot draws the plotted layer's projections: in token mode the reply tokens in a window that ends at the
 // latest (or, panned, earlier) with each turn's mean; in turn mode each reply's mean over the whole chat, the
 // latest marked. Both draw the drift line and the cap line tau, tau last so that it shows where they meet, and
 // name both values in the legend.
-func (a *App) renderPlot() string {
-	w := a.width - 10
-	if a.wide() {
-		w = a.sideWidth() - 10
-	}
-	h := 8
-	if a.wide() {
-		h = max(4, min(14, a.bodyHeight()-len(strings.Split(a.controlsPane, "\n"))-a.jobsHeight()-6))
-	}
-	layer := a.session.Controls().Layer
+// plotModel is the plot pane: the projections at the plotted layer, by token or by reply.
+type plotModel struct {
+	turns  bool // each reply's mean over the chat, not the latest tokens
+	offset int  // tokens the token window ends before the latest
+}
+
+// view draws the pane for a session in a w-column, h-row chart.
+func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string {
+	layer := session.Controls().Layer
 	mode := "tokens"
-	if a.plotTurns {
+	if m.turns {
 		mode = "replies"
 	}
-	title := a.st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d, %s ", layer, mode))
-	if a.session.Info().Axis == "" {
-		return title + "\n" + a.st.Dim.Render("(no axis loaded)")
+	title := st.Title.Render(fmt.Sprintf(" Assistant Axis, layer %d, %s ", layer, mode))
+	if session.Info().Axis == "" {
+		return title + "\n" + st.Dim.Render("(no axis loaded)")
 	}
 	var series [][]float64
 	var legends []string
 	var colors []asciigraph.AnsiColor
 	var caption string
 	var values []string
-	if a.plotTurns {
-		means := a.session.TurnMeans()
+	if m.turns {
+		means := session.TurnMeans()
 		if len(means) == 0 {
-			return title + "\n" + a.st.Dim.Render("(each reply's mean appears as the model replies)")
+			return title + "\n" + st.Dim.Render("(each reply's mean appears as the model replies)")
 		}
 		pts := means
 		if len(pts) == 1 {
@@ -48,17 +49,17 @@ func (a *App) renderPlot() string {
 		series, legends, colors = [][]float64{pts}, []string{"reply mean"}, []asciigraph.AnsiColor{asciigraph.Orange}
 		caption = fmt.Sprintf("replies 1-%d; now: reply %d, mean %+.2f", len(means), len(means), means[len(means)-1])
 	} else {
-		proj, means := a.tokenSeries()
+		proj, means := tokenSeries(session)
 		if len(proj) < 2 {
-			return title + "\n" + a.st.Dim.Render("(projections appear as the model replies)")
+			return title + "\n" + st.Dim.Render("(projections appear as the model replies)")
 		}
-		a.plotOffset = min(a.plotOffset, max(0, len(proj)-w))
-		end := len(proj) - a.plotOffset
+		m.offset = min(m.offset, max(0, len(proj)-w))
+		end := len(proj) - m.offset
 		start := max(0, end-w)
 		series = [][]float64{proj[start:end], means[start:end]}
 		legends = []string{"token", "turn"}
 		colors = []asciigraph.AnsiColor{asciigraph.DodgerBlue, asciigraph.Orange}
-		if a.plotOffset > 0 || start > 0 {
+		if m.offset > 0 || start > 0 {
 			caption = fmt.Sprintf("tokens %d-%d of %d", start+1, end, len(proj))
 		}
 	}
@@ -70,34 +71,34 @@ func (a *App) renderPlot() string {
 		}
 		return out
 	}
-	if thr, _ := a.session.Scale(layer); !math.IsNaN(thr) {
+	if thr, _ := session.Scale(layer); !math.IsNaN(thr) {
 		series, legends, colors = append(series, flat(thr)), append(legends, "drift"), append(colors, asciigraph.Gray)
 		values = append(values, fmt.Sprintf("drift line %+.2f", thr))
 	}
-	if tau := a.session.Tau(layer); !math.IsNaN(tau) {
+	if tau := session.Tau(layer); !math.IsNaN(tau) {
 		series, legends, colors = append(series, flat(tau)), append(legends, "tau"), append(colors, asciigraph.Red)
 		values = append(values, fmt.Sprintf("tau %+.2f", tau))
 	}
 	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1), asciigraph.SeriesLegends(legends...)}
-	if !a.st.plain {
+	if !st.plain {
 		opts = append(opts, asciigraph.SeriesColors(colors...))
 	}
 	plot := asciigraph.PlotMany(series, opts...)
-	if a.st.plain {
+	if st.plain {
 		plot = ansi.Strip(plot) // asciigraph resets colours even when it sets none
 	}
 	// The lines' values in words: on one row of the chart the two lines are one line.
 	for _, line := range []string{caption, strings.Join(values, " · ")} {
 		if line != "" {
-			plot += "\n" + a.st.Dim.Render(truncate(line, w+8))
+			plot += "\n" + st.Dim.Render(truncate(line, w+8))
 		}
 	}
 	return title + "\n" + plot
 }
 
 // tokenSeries is every reply token's projection in the chat, and beside each its reply's mean.
-func (a *App) tokenSeries() (proj, means []float64) {
-	for _, t := range a.session.Turns() {
+func tokenSeries(session *workbench.Session) (proj, means []float64) {
+	for _, t := range session.Turns() {
 		if t.Role != "assistant" {
 			continue
 		}
