@@ -13,7 +13,6 @@ import (
 	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/key"
 	"github.com/charmbracelet/bubbles/textarea"
-	"github.com/charmbracelet/bubbles/viewport"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
@@ -38,24 +37,17 @@ type Options struct {
 	Memory func() uint64
 }
 
-// renderedTurn is a finished turn as drawn at a chat width (the chat redraws only the turn in flight).
-type renderedTurn struct {
-	text  string
-	width int
-}
-
 // App is the Bubble Tea model of the main screen.
 type App struct {
-	opt      Options
-	keys     KeyMap
-	help     help.Model
-	input    textarea.Model
-	chat     viewport.Model
-	st       Styles
-	session  *workbench.Session
-	width    int
-	height   int
-	rendered []renderedTurn // per turn of the session, "" until drawn
+	opt     Options
+	keys    KeyMap
+	help    help.Model
+	input   textarea.Model
+	chat    chatModel
+	st      Styles
+	session *workbench.Session
+	width   int
+	height  int
 
 	generating bool
 	gen        int                // the generation in flight; messages of a stopped one are dropped
@@ -107,9 +99,8 @@ func New(opt Options) *App {
 	h := help.New()
 	h.Styles = opt.Styles.helpStyles()
 	h.ShortSeparator, h.FullSeparator = " · ", "   "
-	a := &App{opt: opt, session: opt.Session, keys: opt.Keys, help: h, input: ta, chat: viewport.New(80, 10), st: opt.Styles,
+	a := &App{opt: opt, session: opt.Session, keys: opt.Keys, help: h, input: ta, chat: newChatModel(), st: opt.Styles,
 		mouse: opt.Mouse, tint: opt.Tint, notice: opt.Session.Warning}
-	a.chat.KeyMap = viewport.KeyMap{} // the chat scrolls with pgup/pgdn only: every other key goes to the input
 	a.resize(80, 24)
 	a.noteErr(opt.Session.Note(tintNote, a.tint))
 	return a
@@ -250,8 +241,8 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		return tea.Quit
 	case key.Matches(msg, k.Escape):
 		switch {
-		case a.showHelp || a.commandList != "":
-			a.showHelp, a.commandList = false, ""
+		case a.showHelp || a.chat.commandList != "":
+			a.showHelp, a.chat.commandList = false, ""
 			a.resize(a.width, a.height)
 		case a.generating:
 			a.stop()
@@ -398,7 +389,7 @@ func (a *App) resize(w, h int) {
 	a.input.SetWidth(a.width - 2)
 	cw, ch := a.chatSize()
 	a.chat.Width, a.chat.Height = cw, ch
-	a.rendered = nil
+	a.chat.invalidate()
 	a.rerenderChat()
 }
 
@@ -422,39 +413,7 @@ func (a *App) chatSize() (int, int) {
 	return a.width, max(3, a.bodyHeight()/2-1)
 }
 
-func (a *App) rerenderChat() {
-	if a.commandList != "" {
-		a.chat.SetContent(a.commandList)
-		a.chat.GotoTop()
-		return
-	}
-	var b strings.Builder
-	turns := a.session.Turns()
-	if len(a.rendered) > len(turns) { // the chat was cleared
-		a.rendered = nil
-	}
-	for len(a.rendered) < len(turns) {
-		a.rendered = append(a.rendered, renderedTurn{})
-	}
-	for i := range turns {
-		t, r := &turns[i], &a.rendered[i]
-		done := i < len(turns)-1 || !a.generating
-		if done && r.text != "" && r.width == a.chat.Width {
-			b.WriteString(r.text)
-			continue
-		}
-		text := a.renderTurn(t)
-		if done {
-			r.text, r.width = text, a.chat.Width
-		}
-		b.WriteString(text)
-	}
-	atBottom := a.chat.AtBottom()
-	a.chat.SetContent(b.String())
-	if atBottom || a.generating {
-		a.chat.GotoBottom()
-	}
-}
+func (a *App) rerenderChat() { a.chat.draw(a.session.Turns(), a.generating, a.renderTurn) }
 
 func (a *App) renderTurn(t *workbench.Turn) string {
 	var label string

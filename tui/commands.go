@@ -24,7 +24,7 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 		a.quitting = true
 		return tea.Quit
 	case workbench.ShowHelp:
-		a.commandList, a.notice = res.Notice, "esc closes the list"
+		a.chat.commandList, a.notice = res.Notice, "esc closes the list"
 	case workbench.ToggleTint:
 		a.tint = !a.tint
 		a.notice = "tint off"
@@ -50,7 +50,7 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 		slow := res.Slow
 		cmd = tea.Batch(cmd, func() tea.Msg { return slowMsg{slow()} })
 	}
-	a.rendered = nil // the controls, the tint or the model changed what every turn looks like
+	a.chat.invalidate() // the controls, the tint or the model changed what every turn looks like
 	a.rerenderChat()
 	return cmd
 }

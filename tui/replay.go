@@ -52,7 +52,7 @@ func Frames(rec *sessions.Session, st Styles, cols, rows int) ([]sessions.Frame,
 					a.resize(t.Cols, t.Rows)
 				}
 			}
-			a.rendered = nil
+			a.chat.invalidate()
 		}
 		a.generating = s.Generating()
 		a.rerenderChat()
