@@ -32,9 +32,9 @@ type AxisFolder struct {
 	Dir         string // "" when opened from a lone axis file
 	AxisPath    string
 	Axis        *steer.VectorFile
-	Default     *steer.VectorFile    // nil when the folder has none
-	Calibration *Calibration   // nil when the folder has none
-	Capping     *CapEvalReport // nil when the folder has none
+	Default     *steer.VectorFile // nil when the folder has none
+	Calibration *Calibration      // nil when the folder has none
+	Capping     *CapEvalReport    // nil when the folder has none
 }
 
 // OpenAxisFolder reads an extraction folder, or a lone axis file (then with no calibration: no capping).
