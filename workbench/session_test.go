@@ -199,3 +199,21 @@ func FuzzCommandLine(f *testing.F) {
 		}
 	})
 }
+
+// /train refuses a missing data file before any run folder exists.
+func TestTrainChecksItsDataFileFirst(t *testing.T) {
+	runs := t.TempDir()
+	jobs := &workbench.ProcessJobs{Exe: "/nonexistent/keel", Model: "m", RunsDir: runs}
+	for _, args := range [][]string{{"--data", "/nope/chats.jsonl"}, {"--data=/nope/chats.jsonl"}, {"--prompts", "/nope/p.jsonl"}} {
+		_, err := jobs.Start("sft", args)
+		if err == nil || !strings.Contains(err.Error(), "/nope/") || !strings.Contains(err.Error(), "no such file") {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	if entries, _ := os.ReadDir(runs); len(entries) != 0 {
+		t.Fatalf("a refused /train left %d run folders", len(entries))
+	}
+	if _, err := jobs.Start("dpo", nil); err == nil || !strings.Contains(err.Error(), "sft, alol or ppo") {
+		t.Fatalf("an unknown trainer: %v", err)
+	}
+}

@@ -99,3 +99,21 @@ func TestREPLRecordsProjectionsOnTheEmbeddedAxis(t *testing.T) {
 		t.Fatalf("%d reply tokens recorded", tokens)
 	}
 }
+
+// A trainer given no data says what is missing, and that --model has a default; a missing file is named.
+func TestTrainNamesWhatIsMissing(t *testing.T) {
+	runs := t.TempDir()
+	for args, want := range map[string]string{
+		"sft":                    "--data FILE is required (--model defaults to keel's embedded model)",
+		"ppo":                    "--prompts FILE is required",
+		"sft --data /nope.jsonl": "--data /nope.jsonl: no such file",
+	} {
+		code, _, stderr := runKeel(append(append([]string{"train"}, strings.Fields(args)...), "--runs", runs)...)
+		if code != 2 || !strings.Contains(stderr, want) {
+			t.Errorf("keel train %s: exit %d, %q; want %q", args, code, stderr, want)
+		}
+	}
+	if entries, _ := os.ReadDir(runs); len(entries) != 0 {
+		t.Fatalf("refused runs left %d folders", len(entries))
+	}
+}
