@@ -46,6 +46,9 @@ func OpenAxisFolder(path string) (*AxisFolder, error) {
 	f := &AxisFolder{AxisPath: path}
 	if st.IsDir() {
 		f.Dir, f.AxisPath = path, filepath.Join(path, AxisFile)
+		if _, err := os.Stat(f.AxisPath); err != nil {
+			return nil, fmt.Errorf("%s: no %s in the folder: give an extraction folder (keel axis extract --out DIR) or an axis file", path, AxisFile)
+		}
 	}
 	if f.Axis, err = steer.LoadVectorFile(f.AxisPath); err != nil {
 		return nil, err

@@ -49,7 +49,7 @@ func TestEveryWriterIsAtomic(t *testing.T) {
 		reason string
 	}{
 		"train/job.go":               {4, "the cancel and pause markers (empty: their existence is the message); metrics.jsonl and metrics.csv, append-only logs written a line per step"},
-		"cmd/keel/train.go":          {1, "log.txt, an append-only log"},
+		"train/detach.go":            {1, "log.txt, an append-only log"},
 		"sessions/session.go":        {1, "a recording is created once (O_EXCL) and appended turn by turn as the chat goes"},
 		"models/embed.go":            {2, "files unpacked into a temporary folder that is renamed into place whole"},
 		"cmd/keel/devcheck.go":       {4, "scratch files of the device check, in its own temporary folder"},
