@@ -24,20 +24,21 @@ const SchemaVersion = 1
 
 // Header is a session file's first line.
 type Header struct {
-	Type          string               `json:"type"` // "header"
-	Schema        int                  `json:"schema"`
-	Keel          string               `json:"keel"`
-	Model         string               `json:"model"`
-	ModelSHA256   string               `json:"model_sha256,omitempty"`
-	Axis          string               `json:"axis,omitempty"`
-	AxisSHA256    string               `json:"axis_sha256,omitempty"`
-	Layers        []int                `json:"layers"`             // the layers token events carry projections for, in order
-	NLayers       int                  `json:"n_layers,omitempty"` // the model's decoder layers
-	Interventions []model.Intervention `json:"interventions,omitempty"`
-	Sampling      model.Sampling       `json:"sampling"`
-	Seed          uint64               `json:"seed"`
-	Term          Term                 `json:"term"`
-	Created       time.Time            `json:"created"`
+	Type             string               `json:"type"` // "header"
+	Schema           int                  `json:"schema"`
+	Keel             string               `json:"keel"`
+	Model            string               `json:"model"`
+	ModelSHA256      string               `json:"model_sha256,omitempty"`      // the weights' files hashed whole (small models)
+	ModelFingerprint string               `json:"model_fingerprint,omitempty"` // steer.WeightsFingerprint: every model
+	Axis             string               `json:"axis,omitempty"`
+	AxisSHA256       string               `json:"axis_sha256,omitempty"`
+	Layers           []int                `json:"layers"`             // the layers token events carry projections for, in order
+	NLayers          int                  `json:"n_layers,omitempty"` // the model's decoder layers
+	Interventions    []model.Intervention `json:"interventions,omitempty"`
+	Sampling         model.Sampling       `json:"sampling"`
+	Seed             uint64               `json:"seed"`
+	Term             Term                 `json:"term"`
+	Created          time.Time            `json:"created"`
 }
 
 // Term is the terminal size the session was recorded at.

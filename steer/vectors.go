@@ -291,7 +291,7 @@ func (a *VectorFile) Steer(layer int, c float64) (model.Intervention, error) {
 // shard's name, size, header and first and last MiB, so that it is instant on a 70B checkpoint and still
 // changes when a fine-tune rewrites the weights.
 func WeightsFingerprint(dir string) (string, error) {
-	shards, err := weightFiles(dir)
+	shards, err := WeightFiles(dir)
 	if err != nil {
 		return "", err
 	}
@@ -336,7 +336,7 @@ func FileSHA256(path string) (string, error) {
 // WeightsSHA256 is the sha256 of a model's safetensors files read whole, in name order: what a recorded session
 // names its weights by (WeightsFingerprint is the quick identity for axis lineage).
 func WeightsSHA256(dir string) (string, error) {
-	files, err := weightFiles(dir)
+	files, err := WeightFiles(dir)
 	if err != nil {
 		return "", err
 	}
@@ -355,8 +355,8 @@ func WeightsSHA256(dir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// weightFiles are a model folder's safetensors files in name order.
-func weightFiles(dir string) ([]string, error) {
+// WeightFiles are a model folder's safetensors files in name order.
+func WeightFiles(dir string) ([]string, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if err != nil || len(files) == 0 {
 		return nil, fmt.Errorf("%s: no *.safetensors files", dir)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"sync"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -65,7 +66,7 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 		h := sessions.Header{Keel: cfg.Version, Model: lm.Dir, NLayers: lm.NumLayers(), Term: cfg.Term, Seed: cfg.Sampling.Seed,
 			Sampling: model.Sampling{Temperature: cfg.Sampling.Temperature, TopP: cfg.Sampling.TopP, Seed: cfg.Sampling.Seed}}
 		var err error
-		if h.ModelSHA256, err = steer.WeightsSHA256(lm.Dir); err != nil {
+		if h.ModelFingerprint, h.ModelSHA256, err = weightsIdentity(lm.Dir); err != nil {
 			return nil, err
 		}
 		if b.axis != nil {
@@ -82,6 +83,33 @@ func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
 		}
 	}
 	return b, nil
+}
+
+// hashWholeUpTo is the largest set of weights a recording hashes whole at start (a second or two); larger ones
+// are named by their fingerprint alone, so a 70B checkpoint does not hold up the first frame.
+const hashWholeUpTo = 2 << 30
+
+// weightsIdentity is what a recording names its weights by: the fingerprint always, the sha256 of the files
+// when they are small enough to read at start.
+func weightsIdentity(dir string) (fingerprint, sha string, err error) {
+	if fingerprint, err = steer.WeightsFingerprint(dir); err != nil {
+		return "", "", err
+	}
+	var size int64
+	files, err := steer.WeightFiles(dir)
+	if err != nil {
+		return "", "", err
+	}
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil {
+			size += st.Size()
+		}
+	}
+	if size > hashWholeUpTo {
+		return fingerprint, "", nil
+	}
+	sha, err = steer.WeightsSHA256(dir)
+	return fingerprint, sha, err
 }
 
 // Model is the loaded model.

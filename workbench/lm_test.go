@@ -72,7 +72,7 @@ func TestRecordingTellsTheTruth(t *testing.T) {
 	if h.Sampling.Temperature != 0.7 || h.Sampling.TopP != 0.9 || h.Seed != 3 || h.Term.Cols != 160 || h.Term.Rows != 48 {
 		t.Fatalf("header sampling %+v seed %d term %+v", h.Sampling, h.Seed, h.Term)
 	}
-	if len(h.ModelSHA256) != 64 || len(h.Layers) != 8 || h.Axis == "" {
+	if len(h.ModelSHA256) != 64 || len(h.ModelFingerprint) != 64 || len(h.Layers) != 8 || h.Axis == "" {
 		t.Fatalf("header model sha %q, layers %v, axis %q", h.ModelSHA256, h.Layers, h.Axis)
 	}
 	log := strings.Join(rec.Log(), "\n")
