@@ -112,9 +112,6 @@ func weightsIdentity(dir string) (fingerprint, sha string, err error) {
 	return fingerprint, sha, err
 }
 
-// Model is the loaded model.
-func (b *LMBackend) Model() *model.LM { return b.lm }
-
 // GPUMemory implements GPUMemory for a model on a CUDA device.
 func (b *LMBackend) GPUMemory() (allocated, reserved int64, ok bool) {
 	dev := b.lm.Opts.Device

@@ -90,13 +90,6 @@ func (s *Session) Sampling() Sampling {
 	return s.sampling
 }
 
-// System is the system prompt ("" when none).
-func (s *Session) System() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.system
-}
-
 // Turns is the conversation so far; a generated turn's tokens grow while it streams.
 func (s *Session) Turns() []Turn {
 	s.mu.Lock()
