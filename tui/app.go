@@ -171,10 +171,7 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 		}
 		a.resize(msg.Width, msg.Height)
 		if a.replay != nil { // the frames are redrawn at the new size, at the same place
-			r := a.replay
-			if cmd := a.startReplay(r.path); cmd != nil {
-				a.replay.pos, a.replay.clock, a.replay.speed, a.replay.playing = min(r.pos, len(a.replay.frames)-1), r.clock, r.speed, r.playing
-			}
+			return a.startReplay(a.replay.path, a.replay)
 		}
 		return nil
 	case tokenMsg:
@@ -201,6 +198,8 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 		return a.syncJobs()
 	case slowMsg:
 		return a.result(msg.res)
+	case replayReadyMsg:
+		return a.replayReady(msg)
 	case replayTickMsg:
 		return a.replayTick(msg)
 	case tea.MouseMsg:

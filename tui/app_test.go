@@ -243,7 +243,7 @@ func TestReplayDrawsTheLiveFrames(t *testing.T) {
 	// /replay plays those frames in the app.
 	b := testApp(&fakeEngine{}, nil)
 	b.Update(tea.WindowSizeMsg{Width: 120, Height: 36})
-	b.runCommand("/replay " + path)
+	b.Update(b.runCommand("/replay " + path)()) // the frames are drawn off the UI goroutine
 	if b.replay == nil || len(b.replay.frames) != len(frames) {
 		t.Fatalf("/replay: %q", b.notice)
 	}

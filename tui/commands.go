@@ -38,7 +38,7 @@ func (a *App) result(res workbench.Result) tea.Cmd {
 		a.jobsView.open = !a.jobsView.open
 		a.resize(a.width, a.height)
 	case workbench.Replay:
-		cmd = a.startReplay(res.Arg)
+		cmd = a.startReplay(res.Arg, nil)
 	case workbench.PlotMode:
 		a.plotView = plotModel{turns: res.Arg == "turns"}
 		a.notice = "plotting the latest tokens (ctrl+←/→ pans)"

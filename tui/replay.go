@@ -98,23 +98,50 @@ func (r *replayState) view(a *App) string {
 	return status
 }
 
-func (a *App) startReplay(path string) tea.Cmd {
-	s, err := sessions.Load(path)
-	if err != nil {
-		a.notice = err.Error()
+// replayReadyMsg is a recording's frames, drawn off the UI goroutine; at is the replay they replace (a resize
+// redraws them at the new size and keeps the place), nil for a new one.
+type replayReadyMsg struct {
+	path   string
+	frames []sessions.Frame
+	err    error
+	at     *replayState
+}
+
+// startReplay loads a recording and draws its frames at the current size, as a tea.Cmd (a long session takes a
+// while to draw).
+func (a *App) startReplay(path string, at *replayState) tea.Cmd {
+	st, cols, rows := a.st, a.width, a.height
+	return func() tea.Msg {
+		s, err := sessions.Load(path)
+		if err != nil {
+			return replayReadyMsg{path: path, err: err, at: at}
+		}
+		frames, err := Frames(s, st, cols, rows)
+		if err == nil && len(frames) == 0 {
+			err = fmt.Errorf("nothing to replay")
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+		return replayReadyMsg{path: path, frames: frames, err: err, at: at}
+	}
+}
+
+// replayReady starts the replay of drawn frames, or takes a redraw's frames in place of the old ones.
+func (a *App) replayReady(msg replayReadyMsg) tea.Cmd {
+	if msg.err != nil {
+		a.notice = msg.err.Error()
 		return nil
 	}
-	frames, err := Frames(s, a.st, a.width, a.height)
-	if err != nil {
-		a.notice = path + ": " + err.Error()
+	if r := msg.at; r != nil {
+		if a.replay != r { // left, or replaced, while it was redrawn
+			return nil
+		}
+		r.frames, r.pos = msg.frames, min(r.pos, len(msg.frames)-1)
 		return nil
 	}
-	if len(frames) == 0 {
-		a.notice = path + ": nothing to replay"
-		return nil
-	}
-	a.replay = &replayState{path: path, frames: frames, speed: 1, playing: true, last: a.opt.Now()}
-	a.notice = "replaying " + filepath.Base(path)
+	a.replay = &replayState{path: msg.path, frames: msg.frames, speed: 1, playing: true, last: a.opt.Now()}
+	a.notice = "replaying " + filepath.Base(msg.path)
 	return replayTick()
 }
 
