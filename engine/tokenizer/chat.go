@@ -109,7 +109,7 @@ func RenderTemplate(src string, vars map[string]any, now func() time.Time) (rend
 	ctx.Set("strftime_now", func(format string) string { return strftime(now(), format) })
 	ctx.Set("range", boundedRange)
 	env := &exec.Environment{Context: ctx, Filters: filters, Tests: builtins.Tests, ControlStructures: builtins.ControlStructures, Methods: builtins.Methods}
-	loader, err := loaders.NewShiftedLoader("chat_template", strings.NewReader(src), loaders.MustNewFileSystemLoader(""))
+	loader, err := loaders.NewShiftedLoader("chat_template", strings.NewReader(rewriteConditionals(src)), loaders.MustNewFileSystemLoader(""))
 	if err != nil {
 		return "", err
 	}
