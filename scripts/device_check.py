@@ -29,8 +29,8 @@ checks, figures, notes = {}, {}, {}
 try:
     import torch
     import transformers
-    from transformers import (AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config,
-                              Qwen3Config)
+    from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig,
+                              Olmo2Config, Qwen2Config, Qwen3Config)
     HAVE_HF = True
 except Exception as e:  # the CPU dry run on a machine without them
     HAVE_HF = False
@@ -127,9 +127,27 @@ def tiny_configs():
     gemma2 = build_config(Gemma2Config, **g, rms_norm_eps=1e-6, head_dim=16, hidden_activation="gelu_pytorch_tanh",
                           query_pre_attn_scalar=24, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                           sliding_window=24, tie_word_embeddings=True)
+    gemma3 = build_config(Gemma3TextConfig, **dict(common, num_hidden_layers=7), rms_norm_eps=1e-6, head_dim=16,
+                          hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=24,
+                          sliding_window_pattern=6, attn_logit_softcapping=None, final_logit_softcapping=None,
+                          tie_word_embeddings=True, **gemma3_rope(Gemma3TextConfig))
+    olmo2 = build_config(Olmo2Config, **common, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                         **rope_kwargs(Olmo2Config, 500000.0))
     rp = getattr(llama, "rope_parameters", None) or getattr(llama, "rope_scaling", None)
     say(f"  llama RoPE as configured: {rp}")
-    return {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2}
+    return {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3, "gemma2": gemma2, "gemma3": gemma3,
+            "olmo2": olmo2}
+
+
+def gemma3_rope(cls):
+    """Gemma 3's two RoPEs (linear scaling by 8 over 1e6 on global layers, 1e4 unscaled on sliding ones) in this
+    version's spelling."""
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if "rope_parameters" in fields:
+        return {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    return {"rope_theta": 1e6, "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 1e4}
 
 
 def randomize(model, gemma, seed):
@@ -214,7 +232,7 @@ def keel_forward(ckpt, seqs, dtype, tag):
 def compare_arch(name, cfg):
     ckpt = os.path.join(WORK, name)
     model = make_hf(cfg)
-    randomize(model, name == "gemma2", seed=1000 + len(name))
+    randomize(model, name in ("gemma2", "gemma3"), seed=1000 + len(name))
     model.save_pretrained(ckpt)
     del model
     ok = True
@@ -514,7 +532,7 @@ def sft_smoke():
 def keel_only_dry_run():
     """Without transformers: run every keel-side command on keel's own tiny checkpoints."""
     keel("devcheck", "tiny", "--out", WORK)
-    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma2"):
+    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2"):
         ids = prompts(320, 1, 40, seed=1)[0]
         for dtype in ("f32", "bf16"):
             [(logits, hidden)] = keel_forward(os.path.join(WORK, name), [ids], dtype, f"dry-{name}-{dtype}")

@@ -15,7 +15,8 @@ import (
 // window).
 var archNames = map[string]string{
 	"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-	"Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2",
+	"Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
+	"Gemma3ForConditionalGeneration": "gemma3", "Olmo2ForCausalLM": "olmo2",
 }
 
 // tensorNames maps Hugging Face weight names (after "model.layers.N.") to llama.cpp's.
@@ -48,8 +49,8 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 	if !ok {
 		return fmt.Errorf("export gguf: %s has no llama.cpp counterpart", c.Architecture())
 	}
-	if arch == "gemma2" && c.QueryPreAttnScalar != 0 && c.QueryPreAttnScalar != float64(c.HeadDim) {
-		return fmt.Errorf("export gguf: Gemma 2 with query_pre_attn_scalar %v != head_dim %d: llama.cpp scales queries by head_dim for this model size", c.QueryPreAttnScalar, c.HeadDim)
+	if err := llamaCppCanRun(m, arch); err != nil {
+		return fmt.Errorf("export gguf: %w", err)
 	}
 	p := arch + "."
 	kvs := []KV{
@@ -68,6 +69,14 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 		{p + "attention.key_length", uint32(c.HeadDim)},
 		{p + "attention.value_length", uint32(c.HeadDim)},
 		{p + "vocab_size", uint32(c.VocabSize)},
+	}
+	if arch == "gemma3" {
+		if c.SlidingWindow != nil {
+			kvs = append(kvs, KV{p + "attention.sliding_window", uint32(*c.SlidingWindow)})
+		}
+		if c.RopeScaling.Kind() == "linear" {
+			kvs = append(kvs, KV{p + "rope.scaling.type", "linear"}, KV{p + "rope.scaling.factor", float32(c.RopeScaling.Factor)})
+		}
 	}
 	if arch == "gemma2" {
 		if c.AttnLogitSoftcapping != nil {
@@ -120,7 +129,7 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 				return fmt.Errorf("export gguf: unexpected tensor %s", name)
 			}
 			layer, suffix, _ := strings.Cut(rest, ".")
-			if arch == "gemma2" && suffix == "post_attention_layernorm.weight" {
+			if postNorms[arch] && suffix == "post_attention_layernorm.weight" {
 				ggml = "blk." + layer + ".post_attention_norm.weight"
 			} else if suffix == "post_attention_layernorm.weight" {
 				ggml = "blk." + layer + ".ffn_norm.weight"
@@ -137,7 +146,7 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 				data = halvesToInterleaved(data, heads, c.HeadDim, int(shape[1]))
 			}
 		}
-		if arch == "gemma2" && strings.HasSuffix(ggml, "norm.weight") {
+		if (arch == "gemma2" || arch == "gemma3") && strings.HasSuffix(ggml, "norm.weight") {
 			for i := range data {
 				data[i]++
 			}
@@ -149,6 +158,42 @@ func ExportModel(m *model.Model, tok tokenizer.Tokenizer, out string, dtype uint
 		tensors = append(tensors, Tensor{Name: "rope_freqs.weight", Shape: []int64{int64(c.HeadDim / 2)}, Type: GGMLF32, Data: encode(llama3Factors(c), GGMLF32)})
 	}
 	return Write(out, kvs, tensors)
+}
+
+// postNorms are the architectures whose post_attention_layernorm follows attention (llama.cpp's
+// post_attention_norm) rather than preceding the MLP (llama.cpp's ffn_norm).
+var postNorms = map[string]bool{"gemma2": true, "gemma3": true, "olmo2": true}
+
+// llamaCppCanRun refuses what llama.cpp would load but compute differently: it fixes some of Gemma's
+// hyperparameters instead of reading them.
+func llamaCppCanRun(m *model.Model, arch string) error {
+	c := m.Config
+	switch arch {
+	case "gemma2", "gemma3":
+		if c.QueryPreAttnScalar != 0 && c.QueryPreAttnScalar != float64(c.HeadDim) {
+			return fmt.Errorf("%s with query_pre_attn_scalar %v != head_dim %d: llama.cpp scales queries by head_dim for this model size", c.Architecture(), c.QueryPreAttnScalar, c.HeadDim)
+		}
+	}
+	if arch != "gemma3" {
+		return nil
+	}
+	if c.AttnLogitSoftcapping != nil || c.FinalLogitSoftcapping != nil {
+		return fmt.Errorf("Gemma 3 with soft-capping: llama.cpp's Gemma 3 has none")
+	}
+	if m.Spec.LocalRopeTheta != 10000 {
+		return fmt.Errorf("Gemma 3 with rope_local_base_freq %v: llama.cpp fixes it at 10000", m.Spec.LocalRopeTheta)
+	}
+	for i, sliding := range m.Spec.Sliding {
+		if sliding != ((i+1)%6 != 0) {
+			return fmt.Errorf("Gemma 3 whose layer %d breaks the five-sliding-one-global pattern: llama.cpp fixes that pattern", i)
+		}
+	}
+	switch k := c.RopeScaling.Kind(); k {
+	case "default", "linear":
+	default:
+		return fmt.Errorf("Gemma 3 with %s RoPE scaling: this export writes linear scaling only", k)
+	}
+	return nil
 }
 
 // halvesToInterleaved reorders q/k rows from Hugging Face's rotate-half pairing to llama.cpp's interleaved one.

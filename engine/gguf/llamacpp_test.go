@@ -141,13 +141,14 @@ func TestStories260KAgainstLlamaCpp(t *testing.T) {
 // Every architecture, random weights, exported to an f32 GGUF with a synthetic vocabulary: keel and llama.cpp
 // agree on 4 x 128 positions. Two configs differ from model.TinyConfigs where llama.cpp cannot follow: Mistral's
 // window is widened beyond the sequence (llama.cpp runs Mistral as Llama, without a sliding window) and Gemma 2's
-// query_pre_attn_scalar equals head_dim (llama.cpp derives the query scale from the model size).
+// and Gemma 3's query_pre_attn_scalar equals head_dim (llama.cpp derives the query scale from the model size).
 func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
 	rt := torchtest.Runtime(t)
 	configs := model.TinyConfigs()
 	wide := 4096
 	configs["mistral"].SlidingWindow = &wide
 	configs["gemma2"].QueryPreAttnScalar = float64(configs["gemma2"].HeadDim)
+	configs["gemma3"].QueryPreAttnScalar = float64(configs["gemma3"].HeadDim)
 	names := make([]string, 0, len(configs))
 	for n := range configs {
 		names = append(names, n)
@@ -169,11 +170,21 @@ func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
 			top1, diff := compare(t, name, m, seqs, ref, 1<<30, nil)
 			t.Logf("%s: top-1 agreement %.4f over 512 positions, max |logprob diff| %.2g", name, top1, diff)
 			limit := 1e-3
-			if name == "gemma2" {
-				// ggml's CPU GELU reads an f16 lookup table (GGML_GELU_FP16 in ggml-cpu/vec.h), about 4e-3
-				// relative error per activation; transformers in f32 agrees with keel's Gemma 2 to 1e-5
-				// (docs/device-runs). The bound here is that table's, not keel's.
-				limit = 5e-3
+			if m.Spec.Act == "gelu_tanh" {
+				// ggml's CPU GELU reads an f16 lookup table (GGML_GELU_FP16 in ggml-cpu/vec.h): input and output
+				// rounded to f16, about 1e-3 relative error per activation, which compounds over the layers (7 in
+				// the Gemma 3 config: 4e-3 at the logits). keel's exact GELU is checked against transformers on the
+				// device; here keel runs with ggml's rounding as well, which takes the gap to 0.8e-3 (Gemma 2) and
+				// 1.3e-3 (Gemma 3): what remains is ggml's table itself, whose rounding no f32 computation follows
+				// exactly.
+				exact := diff
+				if exact > 5e-3 {
+					t.Fatalf("%s: exact GELU max |logprob diff| %g over the f16 table's 5e-3", name, exact)
+				}
+				m.Spec.Act = "gelu_tanh_f16"
+				top1, diff = compare(t, name, m, seqs, ref, 1<<30, nil)
+				t.Logf("%s with ggml's f16 GELU: top-1 agreement %.4f, max |logprob diff| %.2g (exact GELU: %.2g)", name, top1, diff, exact)
+				limit = 2e-3
 			}
 			if top1 < 0.99 || diff > limit {
 				t.Fatalf("%s disagrees with llama.cpp: top-1 %.4f, max diff %g", name, top1, diff)

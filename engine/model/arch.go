@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	"strings"
 )
 
 // Spec says how one architecture's decoder differs from the shared one (decoder.go). Each architecture file
@@ -10,17 +11,24 @@ import (
 type Spec struct {
 	QKVBias       bool    // Qwen2: biases on q, k and v
 	OBias         bool    // attention_bias on Llama-style models: a bias on o as well
-	QKNorm        bool    // Qwen3: RMSNorm over head_dim on q and k before RoPE
-	SandwichNorms bool    // Gemma2: norms after attention and after the MLP as well as before
+	QKNorm        bool    // Qwen3, Gemma3: RMSNorm over head_dim on q and k before RoPE
+	QKNormFull    bool    // OLMo 2: RMSNorm over the whole q and k projections (every head at once) before RoPE
+	SandwichNorms bool    // Gemma2, Gemma3: norms after attention and after the MLP as well as before
+	PostNormsOnly bool    // OLMo 2: norms after attention and after the MLP, none before
 	NormOffset    float64 // Gemma: RMSNorm weight is (1 + w), applied in float32
 	EmbedScale    float64 // Gemma: embeddings times sqrt(hidden_size); 0 = none
-	Act           string  // MLP gate activation: silu or gelu_tanh
+	// Act is the MLP gate's activation: silu, gelu or gelu_tanh; gelu_tanh_f16 is gelu_tanh with its input and
+	// output rounded through f16, as llama.cpp's CPU GELU computes it, for cross-checks against llama.cpp.
+	Act           string
 	AttnScale     float64 // multiplier of q.k
 	AttnSoftcap   float64 // Gemma2: cap*tanh(scores/cap); 0 = none
 	FinalSoftcap  float64 // Gemma2: the same on the logits
 	SlidingWindow int     // keys further back than this many positions are masked on sliding layers; 0 = none
 	Sliding       []bool  // per layer: does the sliding window apply
-	Tied          bool    // lm_head shares embed_tokens
+	// LocalRopeTheta: sliding layers rotate with this base and no scaling, full layers with rope_theta and
+	// rope_scaling (Gemma3's rope_local_base_freq); 0 = one RoPE for every layer.
+	LocalRopeTheta float64
+	Tied           bool // lm_head shares embed_tokens
 }
 
 type specBuilder func(c *Config) (Spec, error)
@@ -32,6 +40,18 @@ var architectures = map[string]specBuilder{
 	"Qwen2ForCausalLM":   qwen2Spec,
 	"Qwen3ForCausalLM":   qwen3Spec,
 	"Gemma2ForCausalLM":  gemma2Spec,
+	"Gemma3ForCausalLM":  gemma3Spec,
+	// The text model of Gemma 3's image-text checkpoints (4B and up): config.json nests it under text_config,
+	// the weights under language_model.
+	"Gemma3ForConditionalGeneration": gemma3Spec,
+	"Olmo2ForCausalLM":               olmo2Spec,
+}
+
+// configDefaults are the values transformers' config class gives keys a config.json leaves out, for the
+// architectures whose published configs rely on them.
+var configDefaults = map[string]func() Config{
+	"Gemma3ForCausalLM":              gemma3TextDefaults,
+	"Gemma3ForConditionalGeneration": gemma3TextDefaults,
 }
 
 // baseSpec is the Llama-family decoder every architecture starts from.
@@ -79,4 +99,13 @@ func (s *Spec) slideFromConfig(c *Config) {
 			s.Sliding[i] = c.LayerTypes[i] == "sliding_attention"
 		}
 	}
+}
+
+// SpecFor is the Spec of config c's architecture.
+func SpecFor(c *Config) (Spec, error) {
+	build, ok := architectures[c.Architecture()]
+	if !ok {
+		return Spec{}, fmt.Errorf("unknown architecture %q: keel runs %s", c.Architecture(), strings.Join(Architectures(), ", "))
+	}
+	return build(c)
 }

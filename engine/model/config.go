@@ -83,6 +83,8 @@ type Config struct {
 	AttnLogitSoftcapping  *float64        `json:"attn_logit_softcapping,omitempty"`
 	FinalLogitSoftcapping *float64        `json:"final_logit_softcapping,omitempty"`
 	LayerTypes            []string        `json:"layer_types,omitempty"`
+	SlidingWindowPattern  int             `json:"sliding_window_pattern,omitempty"`
+	RopeLocalBaseFreq     float64         `json:"rope_local_base_freq,omitempty"`
 	TorchDType            string          `json:"torch_dtype,omitempty"`
 	BOSTokenID            *int            `json:"bos_token_id,omitempty"`
 	EOSTokenID            IntList         `json:"eos_token_id,omitempty"`
@@ -103,14 +105,62 @@ func ReadConfig(dir string) (*Config, error) {
 		}
 		return nil, err
 	}
-	var c Config
-	if err := json.Unmarshal(raw, &c); err != nil {
+	c, err := parseConfig(raw)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	if err := c.check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &c, nil
+	return c, nil
+}
+
+// parseConfig reads config.json's text: the architecture's defaults for keys it leaves out, and, for an
+// image-text checkpoint, the text model's config (text_config) under the checkpoint's architecture name.
+func parseConfig(raw []byte) (*Config, error) {
+	var head struct {
+		Architectures []string        `json:"architectures"`
+		TextConfig    json.RawMessage `json:"text_config"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return nil, err
+	}
+	fresh := func() Config {
+		if len(head.Architectures) > 0 {
+			if d, ok := configDefaults[head.Architectures[0]]; ok {
+				return d()
+			}
+		}
+		return Config{}
+	}
+	c := fresh()
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return nil, err
+	}
+	if len(head.TextConfig) == 0 || string(head.TextConfig) == "null" {
+		return &c, nil
+	}
+	text := fresh()
+	if err := json.Unmarshal(head.TextConfig, &text); err != nil {
+		return nil, fmt.Errorf("text_config: %v", err)
+	}
+	text.Architectures = head.Architectures
+	if text.BOSTokenID == nil {
+		text.BOSTokenID = c.BOSTokenID
+	}
+	if len(text.EOSTokenID) == 0 {
+		text.EOSTokenID = c.EOSTokenID
+	}
+	if text.PadTokenID == nil {
+		text.PadTokenID = c.PadTokenID
+	}
+	if text.TieWordEmbeddings == nil {
+		text.TieWordEmbeddings = c.TieWordEmbeddings
+	}
+	if text.TorchDType == "" {
+		text.TorchDType = c.TorchDType
+	}
+	return &text, nil
 }
 
 // Architecture is the first entry of "architectures".
@@ -154,6 +204,9 @@ func (c *Config) check() error {
 	}
 	if err := c.readRopeParameters(); err != nil {
 		return err
+	}
+	if c.RopeLocalBaseFreq < 0 || c.RopeLocalBaseFreq > 0 && c.RopeLocalBaseFreq <= 1 {
+		return fmt.Errorf("rope_local_base_freq %v: the rotary base is a number above 1 (10000)", c.RopeLocalBaseFreq)
 	}
 	if c.RopeTheta == 0 {
 		c.RopeTheta = 10000
@@ -240,22 +293,34 @@ func (c *Config) readRopeParameters() error {
 	raw := c.RopeParameters
 	if _, ok := flat["rope_type"]; !ok {
 		if _, ok := flat["rope_theta"]; !ok {
-			// One dict per layer type: keel applies one RoPE to every layer, so they must agree.
-			var first json.RawMessage
-			for _, k := range []string{"full_attention", "sliding_attention"} {
-				v, ok := flat[k]
-				if !ok {
-					continue
+			// One dict per layer type. Where they differ, sliding layers may have a base of their own without
+			// scaling (Gemma 3's rope_local_base_freq); any other difference keel cannot run.
+			full, fok := flat["full_attention"]
+			sliding, sok := flat["sliding_attention"]
+			switch {
+			case fok && sok && string(full) != string(sliding):
+				var local struct {
+					RopeScaling
+					RopeTheta float64 `json:"rope_theta"`
 				}
-				if first != nil && string(first) != string(v) {
-					return fmt.Errorf("rope_parameters differ between layer types; keel supports one RoPE for all layers")
+				if err := json.Unmarshal(sliding, &local); err != nil {
+					return fmt.Errorf("rope_parameters.sliding_attention: %v", err)
 				}
-				first = v
-			}
-			if first == nil {
+				if local.RopeScaling.Kind() != "default" {
+					return fmt.Errorf("rope_parameters: sliding layers scale their RoPE (%s); keel runs scaling on full-attention layers only", local.RopeScaling.Kind())
+				}
+				if !strings.HasPrefix(c.Architecture(), "Gemma3") {
+					return fmt.Errorf("rope_parameters differ between layer types; keel supports that for Gemma 3 only")
+				}
+				c.RopeLocalBaseFreq = local.RopeTheta
+				raw = full
+			case fok:
+				raw = full
+			case sok:
+				raw = sliding
+			default:
 				return fmt.Errorf("rope_parameters has neither rope_type nor per-layer-type entries")
 			}
-			raw = first
 		}
 	}
 	var p struct {

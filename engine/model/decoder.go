@@ -105,7 +105,18 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	}
 	dev := m.Opts.Device
 	ids := s.FromData(flat, torch.Int64, []int64{int64(B), int64(T)}, dev)
-	cos, sin := m.rope(s, pos, maxPos, B, T)
+	// cos/sin per RoPE: the sliding layers' own table, where there is one, is built when a layer first needs it.
+	ropeCos, ropeSin := make([]Tensor, len(m.ropes)), make([]Tensor, len(m.ropes))
+	ropeFor := func(layer int) (Tensor, Tensor) {
+		k := 0
+		if len(m.ropes) > 1 && m.Spec.Sliding[layer] {
+			k = 1
+		}
+		if !ropeCos[k].Valid() {
+			ropeCos[k], ropeSin[k] = m.rope(s, m.ropes[k], pos, maxPos, B, T)
+		}
+		return ropeCos[k], ropeSin[k]
+	}
 	masks := newMasks(m, s, pad, start, T)
 
 	x := s.Embedding(m.Embed, ids)
@@ -118,14 +129,22 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		mark, yielded := s.Mark(), len(ys)
-		h := m.rmsNorm(s, x, l.AttnNorm)
-		q := s.Reshape(m.proj(s, i, "q", h, l.Q, l.QBias), int64(B), int64(T), H, hd)
-		k := s.Reshape(m.proj(s, i, "k", h, l.K, l.KBias), int64(B), int64(T), KV, hd)
+		h := x
+		if !m.Spec.PostNormsOnly {
+			h = m.rmsNorm(s, x, l.AttnNorm)
+		}
+		q, k := m.proj(s, i, "q", h, l.Q, l.QBias), m.proj(s, i, "k", h, l.K, l.KBias)
+		if m.Spec.QKNormFull {
+			q, k = m.rmsNorm(s, q, l.QNorm), m.rmsNorm(s, k, l.KNorm)
+		}
+		q = s.Reshape(q, int64(B), int64(T), H, hd)
+		k = s.Reshape(k, int64(B), int64(T), KV, hd)
 		v := s.Reshape(m.proj(s, i, "v", h, l.V, l.VBias), int64(B), int64(T), KV, hd)
 		if m.Spec.QKNorm {
 			q = m.rmsNorm(s, q, l.QNorm)
 			k = m.rmsNorm(s, k, l.KNorm)
 		}
+		cos, sin := ropeFor(i)
 		q = applyRope(s, s.Transpose(q, 1, 2), cos, sin)
 		k = applyRope(s, s.Transpose(k, 1, 2), cos, sin)
 		v = s.Transpose(v, 1, 2)
@@ -138,13 +157,16 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		mask, causal := masks.get(m.Spec.Sliding[i])
 		a := s.Attention(q, k, v, mask, causal, m.Spec.AttnScale, m.Spec.AttnSoftcap)
 		o := m.proj(s, i, "o", s.Reshape(s.Transpose(a, 1, 2), int64(B), int64(T), H*hd), l.O, l.OBias)
-		if m.Spec.SandwichNorms {
+		if m.Spec.SandwichNorms || m.Spec.PostNormsOnly {
 			o = m.rmsNorm(s, o, l.AttnPostNorm)
 		}
 		x = s.Add(x, o)
-		h = m.rmsNorm(s, x, l.MLPNorm)
+		h = x
+		if !m.Spec.PostNormsOnly {
+			h = m.rmsNorm(s, x, l.MLPNorm)
+		}
 		mlp := m.proj(s, i, "down", s.Mul(m.act(s, m.proj(s, i, "gate", h, l.Gate, Tensor{})), m.proj(s, i, "up", h, l.Up, Tensor{})), l.Down, Tensor{})
-		if m.Spec.SandwichNorms {
+		if m.Spec.SandwichNorms || m.Spec.PostNormsOnly {
 			mlp = m.rmsNorm(s, mlp, l.MLPPostNorm)
 		}
 		x = s.Add(x, mlp)
@@ -158,6 +180,8 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		// The layer's intermediates go now: what later code reads is the residual stream, this layer's
 		// captures and span means, and the masks (built lazily in the first layer that needs them).
 		keep := []Tensor{x, masks.built[0], masks.built[1]}
+		keep = append(keep, ropeCos...)
+		keep = append(keep, ropeSin...)
 		for _, y := range ys[yielded:] {
 			keep = append(keep, y.t)
 		}
@@ -195,39 +219,44 @@ func (m *Model) act(s *torch.Scope, x Tensor) Tensor {
 	switch m.Spec.Act {
 	case "gelu_tanh":
 		return s.GeluTanh(x)
+	case "gelu_tanh_f16":
+		// ggml's CPU GELU reads a table indexed by the input rounded to f16 and holding f16 outputs.
+		dt, dev := m.Opts.DType, m.Opts.Device
+		y := s.GeluTanh(s.To(s.To(x, torch.Float16, dev), dt, dev))
+		return s.To(s.To(y, torch.Float16, dev), dt, dev)
 	case "gelu":
 		return s.Gelu(x)
 	}
 	return s.Silu(x)
 }
 
-// rope returns cos and sin for the given positions, [B, 1, T, head_dim], growing the tables when needed.
-func (m *Model) rope(s *torch.Scope, pos []int64, maxPos, B, T int) (Tensor, Tensor) {
-	if maxPos >= m.ropeLen {
-		n := max(2*m.ropeLen, 512)
+// rope returns cos and sin of table r for the given positions, [B, 1, T, head_dim], growing the table when needed.
+func (m *Model) rope(s *torch.Scope, r *ropeTable, pos []int64, maxPos, B, T int) (Tensor, Tensor) {
+	if maxPos >= r.n {
+		n := max(2*r.n, 512)
 		for n <= maxPos {
 			n *= 2
 		}
-		cos, sin := ropeTables(m.inv, n)
+		cos, sin := ropeTables(r.inv, n)
 		shape := []int64{int64(n), int64(m.Config.HeadDim)}
 		dev, dt := m.Opts.Device, m.Opts.DType
 		ws := m.weights
-		if m.ropeCos.Valid() {
-			ws.Free(m.ropeCos)
-			ws.Free(m.ropeSin)
+		if r.cos.Valid() {
+			ws.Free(r.cos)
+			ws.Free(r.sin)
 		}
-		m.ropeCos = ws.To(ws.FromData(cos, torch.Float32, shape, dev), dt, dev)
-		m.ropeSin = ws.To(ws.FromData(sin, torch.Float32, shape, dev), dt, dev)
+		r.cos = ws.To(ws.FromData(cos, torch.Float32, shape, dev), dt, dev)
+		r.sin = ws.To(ws.FromData(sin, torch.Float32, shape, dev), dt, dev)
 		if err := ws.Err(); err != nil {
 			s.Fail(err)
 			return Tensor{}, Tensor{}
 		}
-		m.ropeLen = n
+		r.n = n
 	}
 	idx := s.FromData(pos, torch.Int64, []int64{int64(len(pos))}, m.Opts.Device)
 	hd := int64(m.Config.HeadDim)
-	cos := s.Reshape(s.IndexSelect(m.ropeCos, 0, idx), int64(B), 1, int64(T), hd)
-	sin := s.Reshape(s.IndexSelect(m.ropeSin, 0, idx), int64(B), 1, int64(T), hd)
+	cos := s.Reshape(s.IndexSelect(r.cos, 0, idx), int64(B), 1, int64(T), hd)
+	sin := s.Reshape(s.IndexSelect(r.sin, 0, idx), int64(B), 1, int64(T), hd)
 	return cos, sin
 }
 

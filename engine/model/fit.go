@@ -60,11 +60,7 @@ type parameterShares struct{ layer, embed, head int64 }
 func (n parameterShares) total(layers int) int64 { return int64(layers)*n.layer + n.embed + n.head }
 
 func (c *Config) parameterShares() (parameterShares, error) {
-	build, ok := architectures[c.Architecture()]
-	if !ok {
-		return parameterShares{}, fmt.Errorf("unknown architecture %q", c.Architecture())
-	}
-	spec, err := build(c)
+	spec, err := SpecFor(c)
 	if err != nil {
 		return parameterShares{}, err
 	}
@@ -79,7 +75,7 @@ func (c *Config) parameterShares() (parameterShares, error) {
 func layerParameters(c *Config, s Spec) int64 {
 	D, I := int64(c.HiddenSize), int64(c.IntermediateSize)
 	q, kv := int64(c.NumAttentionHeads*c.HeadDim), int64(c.NumKeyValueHeads*c.HeadDim)
-	n := D*q + 2*D*kv + q*D + 3*D*I + 2*D // projections, MLP, the two pre-norms
+	n := D*q + 2*D*kv + q*D + 3*D*I + 2*D // projections, MLP, two norms (before, or with PostNormsOnly after)
 	if s.QKVBias {
 		n += q + 2*kv
 	}
@@ -88,6 +84,9 @@ func layerParameters(c *Config, s Spec) int64 {
 	}
 	if s.QKNorm {
 		n += 2 * int64(c.HeadDim)
+	}
+	if s.QKNormFull {
+		n += q + kv
 	}
 	if s.SandwichNorms {
 		n += 2 * D

@@ -54,15 +54,39 @@ type Model struct {
 	loraDropout float64
 	weights     *torch.Scope
 	files       *safetensors.Set // kept open while CPU weights alias the mapping
-	inv         []float32
-	ropeCos     Tensor
-	ropeSin     Tensor
-	ropeLen     int
+	ropes       []*ropeTable     // [0]: every layer's, or the full-attention layers'; [1]: sliding layers' own
 	embedMult   float64
+	prefix      string // where the checkpoint keeps the decoder: "model." or an image-text model's language model
 }
 
 // weightName is the Hugging Face name of layer i's tensor.
 func weightName(i int, rest string) string { return "model.layers." + strconv.Itoa(i) + "." + rest }
+
+// decoderPrefix finds where a checkpoint keeps the decoder's weights: under "model." (a causal LM), or under an
+// image-text model's language model (Gemma 3 4B and up: "language_model.model." as published,
+// "model.language_model." as newer transformers save it). The vision tower's weights are not read.
+func decoderPrefix(files *safetensors.Set) string {
+	for _, p := range []string{"model.", "language_model.model.", "model.language_model."} {
+		if files.Has(p + "embed_tokens.weight") {
+			return p
+		}
+	}
+	return "model."
+}
+
+// checkpointName is where the checkpoint stores the weight keel names name (Hugging Face's causal-LM name).
+func (m *Model) checkpointName(name string) string {
+	if m.prefix == "model." || m.prefix == "" {
+		return name
+	}
+	if rest, ok := strings.CutPrefix(name, "model."); ok {
+		return m.prefix + rest
+	}
+	if name == "lm_head.weight" && m.prefix == "language_model.model." {
+		return "language_model.lm_head.weight"
+	}
+	return name
+}
 
 // weightSource yields one weight of the given shape; aliased reports that it shares memory with the mapping.
 type weightSource func(name string, shape []int64) (t Tensor, aliased bool, err error)
@@ -72,7 +96,7 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 	if err := checkOptions(rt, opts); err != nil {
 		return nil, err
 	}
-	spec, err := architectures[cfg.Architecture()](cfg)
+	spec, err := SpecFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s/config.json: %w", dir, err)
 	}
@@ -80,12 +104,12 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 	if err != nil {
 		return nil, err
 	}
-	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), files: files, inv: invFreq(cfg)}
-	if err := layersMatchConfig(files, cfg, dir); err != nil {
+	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), files: files, ropes: newRopes(cfg, spec), prefix: decoderPrefix(files)}
+	if err := layersMatchConfig(files, cfg, dir, m.prefix); err != nil {
 		files.Close()
 		return nil, err
 	}
-	aliased, err := m.build(m.loadTensor, files.Has("lm_head.weight"))
+	aliased, err := m.build(m.loadTensor, files.Has(m.checkpointName("lm_head.weight")))
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -99,11 +123,11 @@ func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Mod
 
 // layersMatchConfig refuses weights holding decoder layers past config.json's num_hidden_layers: the model would
 // load without them and compute something else than the checkpoint.
-func layersMatchConfig(files *safetensors.Set, cfg *Config, dir string) error {
+func layersMatchConfig(files *safetensors.Set, cfg *Config, dir, prefix string) error {
 	deepest := -1
 	for _, f := range files.Files {
 		for name := range f.Header.Tensors {
-			rest, ok := strings.CutPrefix(name, "model.layers.")
+			rest, ok := strings.CutPrefix(name, prefix+"layers.")
 			if !ok {
 				continue
 			}
@@ -167,12 +191,19 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		n := func(rest string) string { return weightName(i, rest) }
-		l.AttnNorm = load(n("input_layernorm.weight"), d)
-		if spec.SandwichNorms {
+		if spec.PostNormsOnly {
+			l.AttnPostNorm = load(n("post_attention_layernorm.weight"), d)
+			l.MLPPostNorm = load(n("post_feedforward_layernorm.weight"), d)
+		} else {
+			l.AttnNorm = load(n("input_layernorm.weight"), d)
+		}
+		switch {
+		case spec.PostNormsOnly:
+		case spec.SandwichNorms:
 			l.AttnPostNorm = load(n("post_attention_layernorm.weight"), d)
 			l.MLPNorm = load(n("pre_feedforward_layernorm.weight"), d)
 			l.MLPPostNorm = load(n("post_feedforward_layernorm.weight"), d)
-		} else {
+		default:
 			l.MLPNorm = load(n("post_attention_layernorm.weight"), d)
 		}
 		l.Q = load(n("self_attn.q_proj.weight"), qd, d)
@@ -190,6 +221,10 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 		if spec.QKNorm {
 			l.QNorm = load(n("self_attn.q_norm.weight"), hd)
 			l.KNorm = load(n("self_attn.k_norm.weight"), hd)
+		}
+		if spec.QKNormFull {
+			l.QNorm = load(n("self_attn.q_norm.weight"), qd)
+			l.KNorm = load(n("self_attn.k_norm.weight"), kvd)
 		}
 		l.Gate = load(n("mlp.gate_proj.weight"), ff, d)
 		l.Up = load(n("mlp.up_proj.weight"), ff, d)
@@ -211,7 +246,7 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 // loadTensor makes a device tensor of the compute dtype from the checkpoint, aliasing the mmap'ed bytes when
 // no conversion or copy is needed (CPU, same dtype).
 func (m *Model) loadTensor(name string, shape []int64) (Tensor, bool, error) {
-	data, info, file, err := m.files.Data(name)
+	data, info, file, err := m.files.Data(m.checkpointName(name))
 	if err != nil {
 		return Tensor{}, false, fmt.Errorf("%w: the checkpoint does not match config.json's %s", err, m.Config.Architecture())
 	}

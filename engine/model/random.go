@@ -66,14 +66,14 @@ func newRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64, dist i
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	spec, err := architectures[cfg.Architecture()](cfg)
+	spec, err := SpecFor(cfg)
 	if err != nil {
 		return nil, err
 	}
 	if err := rt.ManualSeed(seed); err != nil {
 		return nil, err
 	}
-	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), inv: invFreq(cfg)}
+	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), ropes: newRopes(cfg, spec), prefix: "model."}
 	src := func(name string, shape []int64) (Tensor, bool, error) {
 		// Intermediates live in a scope of their own: only the final weight joins the model.
 		s := rt.NewScope()

@@ -52,3 +52,19 @@ func ropeTables(inv []float32, n int) (cos, sin []float32) {
 	}
 	return cos, sin
 }
+
+// ropeTable is one RoPE's inverse frequencies and its cos/sin tables, grown as positions need.
+type ropeTable struct {
+	inv      []float32
+	cos, sin Tensor
+	n        int
+}
+
+// newRopes gives every layer's RoPE, then the sliding layers' own where the architecture has one.
+func newRopes(c *Config, s Spec) []*ropeTable {
+	r := []*ropeTable{{inv: invFreq(c)}}
+	if s.LocalRopeTheta > 0 {
+		r = append(r, &ropeTable{inv: invFreq(&Config{HeadDim: c.HeadDim, RopeTheta: s.LocalRopeTheta})})
+	}
+	return r
+}
