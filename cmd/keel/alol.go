@@ -24,7 +24,7 @@ func runTrainALoL(args []string, stdout, stderr io.Writer) error {
 	c := train.DefaultALoLConfig() // the flags show the config's own defaults
 	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune (the frozen reference); default: the embedded persona model")
 	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of {\"messages\": [..., the assistant's response], \"reward\"?: r, \"answer\"?: a}")
-	fs.StringVar(&c.Reward, "reward", "", "reward spec: axis, exact, style:ROLE, cmd:PROGRAM, weighted sums (\"0.7*axis+0.3*exact\"); empty: each line's \"reward\"")
+	fs.StringVar(&c.Reward, "reward", "", "reward spec: axis, exact, style:ROLE, rm:DIR (a reward model), cmd:PROGRAM, weighted sums (\"0.7*axis+0.3*exact\"); empty: each line's \"reward\"")
 	fs.StringVar(&c.Algorithm, "algorithm", c.Algorithm, fmt.Sprint("one of ", train.ALoLAlgorithms))
 	fs.Float64Var(&c.PPOClip, "ppo-clip", 0, "importance-weight clamp half-width eps (default 0.9; 0 for a_lol_kl)")
 	fs.Float64Var(&c.KLBeta, "kl-beta", 0, "a_lol_kl's KL weight (default 0.1)")
@@ -92,26 +92,50 @@ func trainerReward(rt *torch.Runtime, spec, modelDir, device, axisDir string, ig
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := parseReward(spec, lm, axisDir, ignoreHash)
-	if err != nil {
+	var rms []*train.RewardModel
+	release := func() {
+		for _, rm := range rms {
+			rm.Close()
+		}
 		lm.Close()
+	}
+	// rm:DIR loads a reward model beside the policy, on the same device.
+	loadRM := func(dir string) (train.Reward, error) {
+		rm, err := train.LoadRewardModel(rt, dir, model.Options{Device: dev})
+		if err != nil {
+			return nil, err
+		}
+		rms = append(rms, rm)
+		return rm, nil
+	}
+	r, err := parseReward(spec, lm, axisDir, ignoreHash, loadRM)
+	if err != nil {
+		release()
 		return nil, nil, err
 	}
-	return r, func() { lm.Close() }, nil
+	return r, release, nil
 }
 
 // parseReward resolves a reward spec for a model: the axis reward reads the axis folder (default: the model's
 // axis/, unpacked from the binary for the embedded persona model) and scores at the middle layer.
-func parseReward(spec string, lm *model.LM, axisDir string, ignoreHash bool) (train.Reward, error) {
+func parseReward(spec string, lm *model.LM, axisDir string, ignoreHash bool, rm func(dir string) (train.Reward, error)) (train.Reward, error) {
 	personas, err := probes.LoadPersonas()
 	if err != nil {
 		return nil, err
 	}
 	scorer := probes.NewScorer(personas)
 	names := evals.Rewards(scorer, func() (train.Reward, error) { return evals.AxisReward(lm, axisDir, ignoreHash) })
+	if rm != nil {
+		names["rm"] = func(dir string) (train.Reward, error) {
+			if dir == "" {
+				return nil, fmt.Errorf("rm takes a folder: rm:DIR, a *ForSequenceClassification reward model")
+			}
+			return rm(dir)
+		}
+	}
 	r, err := train.ParseReward(spec, names)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--reward %q: %w", spec, err)}
+		return nil, usageError{err} // ParseReward names the spec and the term
 	}
 	return r, nil
 }
@@ -227,7 +251,7 @@ func openRLEval(mf *modelFlags, roles string, ev *evals.EvalConfig, work *string
 }
 
 // axisReward is the comparisons' reward: the loaded reference's own axis.
-func axisReward(ref *model.LM) (train.Reward, error) { return parseReward("axis", ref, "", false) }
+func axisReward(ref *model.LM) (train.Reward, error) { return parseReward("axis", ref, "", false, nil) }
 
 func printIndented(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

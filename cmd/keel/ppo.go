@@ -19,7 +19,7 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 	c := train.DefaultPPOConfig() // the flags show the config's own defaults
 	fs.StringVar(&c.ModelNameOrPath, "model", "", "SFT model folder to start from (also the frozen reference); default: the embedded persona model")
 	fs.StringVar(&c.PromptsPath, "prompts", "", "JSONL of {\"messages\": [...]} ending with the user's turn (a trailing assistant reply is dropped)")
-	fs.StringVar(&c.Reward, "reward", "axis", "reward spec: axis, exact, style:ROLE, cmd:PROGRAM, weighted sums")
+	fs.StringVar(&c.Reward, "reward", "axis", "reward spec: axis, exact, style:ROLE, rm:DIR (a reward model), cmd:PROGRAM, weighted sums")
 	fs.Float64Var(&c.LearningRate, "lr", c.LearningRate, "learning rate (policy and critic)")
 	fs.IntVar(&c.MaxSteps, "steps", c.MaxSteps, "PPO iterations (rollouts, then updates)")
 	fs.IntVar(&c.RolloutBatchSize, "rollouts", c.RolloutBatchSize, "responses per iteration")

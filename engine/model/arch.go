@@ -101,11 +101,37 @@ func (s *Spec) slideFromConfig(c *Config) {
 	}
 }
 
-// SpecFor is the Spec of config c's architecture.
+// SpecFor is the Spec of config c's architecture. A *ForSequenceClassification model (a reward or value model)
+// is its causal LM's decoder with a score head instead of lm_head.
 func SpecFor(c *Config) (Spec, error) {
-	build, ok := architectures[c.Architecture()]
+	build, ok := specBuilderFor(c.Architecture())
 	if !ok {
 		return Spec{}, fmt.Errorf("unknown architecture %q: keel runs %s", c.Architecture(), strings.Join(Architectures(), ", "))
 	}
 	return build(c)
+}
+
+const classifierSuffix = "ForSequenceClassification"
+
+func specBuilderFor(arch string) (specBuilder, bool) {
+	if base, ok := strings.CutSuffix(arch, classifierSuffix); ok && base != "" {
+		arch = base + "ForCausalLM"
+	}
+	b, ok := architectures[arch]
+	return b, ok
+}
+
+// IsClassifier reports whether the config is a *ForSequenceClassification model.
+func (c *Config) IsClassifier() bool { return strings.HasSuffix(c.Architecture(), classifierSuffix) }
+
+// Labels is the number of outputs of a classifier's score head: num_labels, else id2label's size, else
+// transformers' default of 2.
+func (c *Config) Labels() int {
+	switch {
+	case c.NumLabels > 0:
+		return c.NumLabels
+	case len(c.ID2Label) > 0:
+		return len(c.ID2Label)
+	}
+	return 2
 }

@@ -89,6 +89,9 @@ type Config struct {
 	BOSTokenID            *int            `json:"bos_token_id,omitempty"`
 	EOSTokenID            IntList         `json:"eos_token_id,omitempty"`
 	PadTokenID            *int            `json:"pad_token_id,omitempty"`
+	// A classifier's (reward model's) outputs: transformers writes id2label, num_labels only sometimes.
+	ID2Label  map[string]string `json:"id2label,omitempty"`
+	NumLabels int               `json:"num_labels,omitempty"`
 }
 
 // ReadConfig loads and checks dir/config.json.
@@ -173,8 +176,8 @@ func (c *Config) Architecture() string {
 
 func (c *Config) check() error {
 	arch := c.Architecture()
-	if _, ok := architectures[arch]; !ok {
-		return fmt.Errorf("unknown architecture %q: keel runs %s", arch, strings.Join(Architectures(), ", "))
+	if _, ok := specBuilderFor(arch); !ok {
+		return fmt.Errorf("unknown architecture %q: keel runs %s (and their *ForSequenceClassification reward models)", arch, strings.Join(Architectures(), ", "))
 	}
 	for name, v := range map[string]int{"hidden_size": c.HiddenSize, "num_hidden_layers": c.NumHiddenLayers, "num_attention_heads": c.NumAttentionHeads, "vocab_size": c.VocabSize, "intermediate_size": c.IntermediateSize} {
 		if v <= 0 {

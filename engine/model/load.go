@@ -42,7 +42,9 @@ type Model struct {
 	RT     *torch.Runtime
 
 	Embed, Norm, LMHead Tensor
-	Layers              []Layer
+	// Score is a classifier's head [labels, hidden] (Config.IsClassifier), read at a sequence's last token.
+	Score  Tensor
+	Layers []Layer
 	Names               []NamedTensor // every weight under its Hugging Face name, in checkpoint order
 
 	// Training switches dropout on (LoRA dropout); generation leaves it off.
@@ -231,8 +233,12 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 		l.Down = load(n("mlp.down_proj.weight"), d, ff)
 	}
 	m.Norm = load("model.norm.weight", d)
-	// A checkpoint without lm_head whose config is silent on tying is tied in practice.
-	if spec.Tied || !hasLMHead && c.TieWordEmbeddings == nil {
+	if c.IsClassifier() {
+		// A reward model has no lm_head; the embedding stands in so the decoder's shared code runs unchanged.
+		m.Score = load("score.weight", int64(c.Labels()), d)
+		m.LMHead = m.Embed
+	} else if spec.Tied || !hasLMHead && c.TieWordEmbeddings == nil {
+		// A checkpoint without lm_head whose config is silent on tying is tied in practice.
 		m.LMHead = m.Embed
 	} else {
 		m.LMHead = load("lm_head.weight", v, d)

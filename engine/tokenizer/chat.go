@@ -396,9 +396,15 @@ func strftime(t time.Time, format string) string {
 
 // ChatPrompt renders messages with the model's chat template (or joins them as plain text for a tokenizer
 // without one) and returns the token ids to generate from.
-func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) {
+func ChatPrompt(tok Tokenizer, msgs []Message) ([]int, error) { return chatIDs(tok, msgs, true) }
+
+// ChatConversation renders a finished conversation (its last message the assistant's reply, no generation
+// prompt after it) the way a reward model reads it.
+func ChatConversation(tok Tokenizer, msgs []Message) ([]int, error) { return chatIDs(tok, msgs, false) }
+
+func chatIDs(tok Tokenizer, msgs []Message, generationPrompt bool) ([]int, error) {
 	if hf, ok := tok.(*HF); ok && len(hf.ChatTemplates) > 0 {
-		text, err := hf.ApplyChatTemplate(TemplateMessages(msgs), ChatOptions{AddGenerationPrompt: true})
+		text, err := hf.ApplyChatTemplate(TemplateMessages(msgs), ChatOptions{AddGenerationPrompt: generationPrompt})
 		if err != nil {
 			return nil, err
 		}
