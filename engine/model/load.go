@@ -45,7 +45,7 @@ type Model struct {
 	// Score is a classifier's head [labels, hidden] (Config.IsClassifier), read at a sequence's last token.
 	Score  Tensor
 	Layers []Layer
-	Names               []NamedTensor // every weight under its Hugging Face name, in checkpoint order
+	Names  []NamedTensor // every weight under its Hugging Face name, in checkpoint order
 
 	// Training switches dropout on (LoRA dropout); generation leaves it off.
 	Training bool
