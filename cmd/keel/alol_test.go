@@ -91,16 +91,7 @@ func TestTrainALoLAndPPOCommands(t *testing.T) {
 	torchtest.Runtime(t)
 	work := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(work, "cache"))
-	data := filepath.Join(work, "data.jsonl")
-	var b strings.Builder
-	for i, q := range []string{"How do I sort a list?", "What is 3 times 4?", "Who are you?", "How can I save money?", "What is the capital of France?", "How do I learn a language?"} {
-		reply := []string{"Use a sort function.", "3 times 4 is 12.", "I am an AI assistant.", "Set a budget.", "Paris.", "Practice every day."}[i]
-		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}})
-		b.Write(append(raw, '\n'))
-	}
-	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := trainerData(t, work, 6)
 	runs := filepath.Join(work, "runs")
 	for _, args := range [][]string{
 		{"train", "alol", "--data", data, "--reward", "axis", "--algorithm", "wbc", "--steps", "2", "--batch", "2", "--max-response", "16", "--validation", "0.34"},
@@ -119,4 +110,20 @@ func TestTrainALoLAndPPOCommands(t *testing.T) {
 	if code == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, "charm") {
 		t.Errorf("unknown reward: exit %d, %q", code, stderr)
 	}
+}
+
+// trainerData writes the first n of six one-turn conversations as a trainer's JSONL data (or prompts).
+func trainerData(t *testing.T, dir string, n int) string {
+	t.Helper()
+	path := filepath.Join(dir, "data.jsonl")
+	var b strings.Builder
+	for i, q := range []string{"How do I sort a list?", "What is 3 times 4?", "Who are you?", "How can I save money?", "What is the capital of France?", "How do I learn a language?"}[:n] {
+		reply := []string{"Use a sort function.", "3 times 4 is 12.", "I am an AI assistant.", "Set a budget.", "Paris.", "Practice every day."}[i]
+		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}})
+		b.Write(append(raw, '\n'))
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,16 +67,7 @@ func TestTrainersTakeARewardModel(t *testing.T) {
 	cache := filepath.Join(work, "cache")
 	t.Setenv("XDG_CACHE_HOME", cache)
 	rmDir := rewardModelOf(t, cache, filepath.Join(work, "rm"))
-	data := filepath.Join(work, "data.jsonl")
-	var b strings.Builder
-	for i, q := range []string{"Who are you?", "What is 3 times 4?", "How do I learn a language?", "What is the capital of France?"} {
-		reply := []string{"I am an AI assistant.", "3 times 4 is 12.", "Practice every day.", "Paris."}[i]
-		raw, _ := json.Marshal(map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}})
-		b.Write(append(raw, '\n'))
-	}
-	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := trainerData(t, work, 4)
 	runs := filepath.Join(work, "runs")
 	for _, args := range [][]string{
 		{"train", "alol", "--data", data, "--reward", "rm:" + rmDir, "--algorithm", "wbc", "--steps", "2", "--batch", "2", "--max-response", "16", "--validation", "0.25"},
