@@ -3,16 +3,20 @@ package train
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 )
 
-// RewardModel is a learned reward model's score (--reward rm:DIR): a *ForSequenceClassification checkpoint's
-// first output at the last token of the conversation a sample makes (its prompt, then the response as the
-// assistant's turn, rendered with the reward model's own chat template), as transformers' reward models are
-// read.
+// RewardModel is a learned reward model's judgement (--reward rm:DIR): sigmoid(r), where r is a
+// *ForSequenceClassification checkpoint's first output at the last token of the conversation a sample makes
+// (its prompt, then the response as the assistant's turn, rendered with the reward model's own chat template),
+// as transformers' reward models are read. sigmoid(r) is the probability the Bradley-Terry model the reward
+// model was trained as gives the reply over one it scores 0: in [0, 1] like keel's other rewards, so weighted
+// sums mix on one scale and A-LoL's value head (bounded by max_value 1) can fit it. PPO's reward normalisation
+// works on either scale.
 type RewardModel struct {
 	LM        *model.LM
 	BatchSize int
@@ -58,7 +62,7 @@ func (r *RewardModel) Score(ctx context.Context, samples []Sample) ([]float64, e
 			return nil, fmt.Errorf("%s: %w", r.Name(), err)
 		}
 		for _, sc := range scores {
-			out = append(out, float64(sc[0]))
+			out = append(out, 1/(1+math.Exp(-float64(sc[0]))))
 		}
 	}
 	return out, nil

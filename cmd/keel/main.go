@@ -37,7 +37,7 @@ func commands() []command {
 		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}, false},
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}, false},
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}, false},
-		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo --model DIR ...)", runTrain, []string{"sft", "alol", "ppo"}, false},
+		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo|rm --model DIR ...)", runTrain, []string{"sft", "alol", "ppo", "rm"}, false},
 		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},
 		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}, false},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}, false},

@@ -27,9 +27,11 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 			return runTrainALoL(args[1:], stdout, stderr)
 		case "ppo":
 			return runTrainPPO(args[1:], stdout, stderr)
+		case "rm":
+			return runTrainRM(args[1:], stdout, stderr)
 		}
 	}
-	return usageError{fmt.Errorf("usage: keel train sft|alol|ppo --model DIR --data FILE.jsonl (ppo: --prompts FILE.jsonl) [flags]")}
+	return usageError{fmt.Errorf("usage: keel train sft|alol|ppo|rm --model DIR --data FILE.jsonl (ppo: --prompts FILE.jsonl) [flags]")}
 }
 
 // runFlags are the flags every trainer shares: where runs live, resuming, detaching, threads, stopping early.

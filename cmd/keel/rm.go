@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/train"
+)
+
+// runTrainRM: keel train rm --model DIR --data PAIRS.jsonl [flags]: a reward model from preference pairs, for
+// --reward rm:DIR and PPO's --value-model.
+func runTrainRM(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("train rm", stderr)
+	var c train.RewardConfig
+	c.Defaults() // the flags show the config's own defaults
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "model to start from (a causal LM gets a score head; a reward model keeps training); default: the embedded persona model")
+	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of preference pairs: {\"messages\": prompt, \"chosen\": \"...\", \"rejected\": \"...\"} or TRL's {\"chosen\": [messages], \"rejected\": [messages]}")
+	fs.Float64Var(&c.LearningRate, "lr", c.LearningRate, "learning rate")
+	fs.IntVar(&c.MaxSteps, "steps", c.MaxSteps, "optimizer steps")
+	fs.IntVar(&c.PerDeviceTrainBatchSize, "batch", c.PerDeviceTrainBatchSize, "pairs per step")
+	fs.IntVar(&c.MaxLength, "max-length", c.MaxLength, "tokens kept per conversation (cut from the left)")
+	fs.Float64Var(&c.CenterRewardsCoefficient, "center-rewards", c.CenterRewardsCoefficient, "weight of mean((r_chosen + r_rejected)^2), keeping rewards near 0 (TRL's center_rewards_coefficient)")
+	fs.Float64Var(&c.EvalFraction, "validation", 0.1, "share of pairs held out for eval accuracy")
+	fs.IntVar(&c.EvalSteps, "eval-every", c.EvalSteps, "steps between held-out evaluations")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed")
+	fs.IntVar(&c.SaveSteps, "save-every", c.SaveSteps, "steps between checkpoints")
+	fs.IntVar(&c.SaveTotalLimit, "keep", c.SaveTotalLimit, "checkpoints kept")
+	fs.StringVar(&c.Device, "device", c.Device, "cpu, cuda or cuda:N")
+	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
+	var rf runFlags
+	rf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
+		return err
+	}
+	run, resuming, err := rf.open("rm", "--data", c.DatasetPath, &c)
+	if err != nil {
+		return err
+	}
+	return rf.launch("rm", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
+		return train.RunRewardModel(ctx, rt, run, c, opts)
+	})
+}
