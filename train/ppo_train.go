@@ -18,7 +18,8 @@ import (
 
 // PPOConfig configures a PPO-max fine-tune (Zheng et al. 2023) under TRL's option names where there is one. The
 // policy starts from an SFT model, which also serves as the frozen reference; the critic is a value head on the
-// policy's last hidden states, trained with it after critic_warmup_steps of its own.
+// policy's last hidden states, or (value_model_path, PPO-max's recipe) a network of its own started from a reward
+// model, trained with the policy after critic_warmup_steps of its own.
 type PPOConfig struct {
 	ModelNameOrPath   string            `json:"model_name_or_path"`
 	PromptsPath       string            `json:"prompts_path"`
@@ -47,6 +48,7 @@ type PPOConfig struct {
 	MaxNewTokens      int               `json:"max_new_tokens"`
 	MaxPromptLength   int               `json:"max_prompt_length"` // prompts are cut from the left to this
 	CriticWarmupSteps int               `json:"critic_warmup_steps"`
+	ValueModelPath    string            `json:"value_model_path"` // a reward model the critic starts from (PPO-max); "": a value head on the policy
 	KLTarget          float64           `json:"kl_target"`     // collapse monitor: ref KL per response above this ...
 	KLStopSteps       int               `json:"kl_stop_steps"` // ... for this many iterations in a row stops the job (0: never)
 	AdamBeta1         float64           `json:"adam_beta1"`
@@ -242,12 +244,18 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 			return err
 		}
 	}
-	head, err := newLinearHead(rt, dev, lm.Config.HiddenSize, cfg.Seed)
+	var head critic
+	if cfg.ValueModelPath != "" {
+		head, err = newModelCritic(rt, cfg.ValueModelPath, model.Options{Device: dev, DType: dt})
+		job.logf("critic: the reward model %s, every weight trained", cfg.ValueModelPath)
+	} else {
+		head, err = newLinearHead(rt, dev, lm.Config.HiddenSize, cfg.Seed)
+	}
 	if err != nil {
 		return err
 	}
 	defer head.close()
-	trainable = append(append([]model.NamedTensor(nil), trainable...), head.params...)
+	trainable = append(append([]model.NamedTensor(nil), trainable...), head.params()...)
 	params, err := requireGrad(rt, trainable)
 	if err != nil {
 		return err
@@ -426,7 +434,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		return err
 	}
 	// The value head is the trainer's, not the model's: the export is the policy alone.
-	return loop.finish(lm, trainable[:len(trainable)-len(head.params)])
+	return loop.finish(lm, trainable[:len(trainable)-len(head.params())])
 }
 
 // whiten scales values (all rows together) to standard deviation 1 and, when shift, mean 0; without shift the
@@ -451,11 +459,22 @@ func whiten(rows [][]float64, shift bool) {
 	}
 }
 
-// linearHead is the critic: Linear(hidden, 1) on the policy's final hidden states (TRL's v_head.summary).
+// critic gives V at every position of a batch of rows.
+type critic interface {
+	// values is V [B, T, 1] from the policy's final hidden states of the rows (the value head reads them) or the
+	// rows themselves (a critic network of its own); detach: the warm-up, when the policy's states carry no
+	// gradient.
+	values(s *torch.Scope, policyHidden torch.Tensor, ids [][]int, detach bool) torch.Tensor
+	params() []model.NamedTensor
+	close()
+}
+
+// linearHead is the default critic: Linear(hidden, 1) on the policy's final hidden states (TRL's
+// v_head.summary).
 type linearHead struct {
-	w, b   torch.Tensor
-	params []model.NamedTensor
-	scope  *torch.Scope
+	w, b  torch.Tensor
+	named []model.NamedTensor
+	scope *torch.Scope
 }
 
 func newLinearHead(rt *torch.Runtime, dev torch.Device, d int, seed uint64) (*linearHead, error) {
@@ -466,7 +485,7 @@ func newLinearHead(rt *torch.Runtime, dev torch.Device, d int, seed uint64) (*li
 	s := h.scope
 	h.w = s.Detach(s.MulScalar(s.Randn([]int64{1, int64(d)}, torch.Float32, dev), 1/math.Sqrt(float64(d))))
 	h.b = s.Zeros([]int64{1}, torch.Float32, dev)
-	h.params = []model.NamedTensor{{Name: "v_head.summary.weight", Tensor: h.w}, {Name: "v_head.summary.bias", Tensor: h.b}}
+	h.named = []model.NamedTensor{{Name: "v_head.summary.weight", Tensor: h.w}, {Name: "v_head.summary.bias", Tensor: h.b}}
 	if err := s.Err(); err != nil {
 		s.Close()
 		return nil, err
@@ -474,7 +493,56 @@ func newLinearHead(rt *torch.Runtime, dev torch.Device, d int, seed uint64) (*li
 	return h, nil
 }
 
+func (h *linearHead) values(s *torch.Scope, hidden torch.Tensor, _ [][]int, detach bool) torch.Tensor {
+	if detach {
+		hidden = s.Detach(hidden)
+	}
+	return s.Linear(hidden, h.w, h.b)
+}
+
+func (h *linearHead) params() []model.NamedTensor { return h.named }
+
 func (h *linearHead) close() { h.scope.Close() }
+
+// modelCritic is PPO-max's critic: a network of its own started from a reward model (trunk and score head), its
+// score head read at every position, all of it trained.
+type modelCritic struct {
+	rm    *model.LM
+	named []model.NamedTensor
+}
+
+func newModelCritic(rt *torch.Runtime, dir string, opts model.Options) (*modelCritic, error) {
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return nil, fmt.Errorf("value_model_path: %w", err)
+	}
+	if !cfg.IsClassifier() {
+		return nil, fmt.Errorf("value_model_path %s is a %s: the critic starts from a reward model (a *ForSequenceClassification checkpoint, as `keel train rm` makes)", dir, cfg.Architecture())
+	}
+	if cfg.Labels() != 1 {
+		return nil, fmt.Errorf("value_model_path %s has %d labels: a critic gives one value", dir, cfg.Labels())
+	}
+	rm, err := model.Load(rt, dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("value_model_path: %w", err)
+	}
+	rm.Training = true
+	c := &modelCritic{rm: rm}
+	// Its own names in checkpoints: the critic's trunk would otherwise share the policy's.
+	for _, n := range rm.Names {
+		c.named = append(c.named, model.NamedTensor{Name: "critic." + n.Name, Tensor: n.Tensor})
+	}
+	return c, nil
+}
+
+func (c *modelCritic) values(s *torch.Scope, _ torch.Tensor, ids [][]int, _ bool) torch.Tensor {
+	hidden := c.rm.TrainHidden(s, ids)
+	return s.Linear(hidden, s.To(c.rm.Score, torch.Float32, c.rm.Opts.Device), torch.Tensor{})
+}
+
+func (c *modelCritic) params() []model.NamedTensor { return c.named }
+
+func (c *modelCritic) close() { c.rm.Close() }
 
 // ppoRows right-pads prompt+response rows and returns them with the response mask [B, T-1] and the next-token
 // targets [B, T-1, 1].
@@ -507,7 +575,7 @@ func ppoRows(s *torch.Scope, dev torch.Device, mb []rollout) (ids [][]int, mask,
 
 // policyPass is log p of each next token [B, T-1] and the critic's values [B, T-1] (from detached states when
 // detach: the critic's warm-up trains the head alone), with the log-softmax for the entropy.
-func policyPass(s *torch.Scope, m *model.Model, head *linearHead, ids [][]int, targets torch.Tensor, detach bool) (logp, values, lp torch.Tensor) {
+func policyPass(s *torch.Scope, m *model.Model, head critic, ids [][]int, targets torch.Tensor, detach bool) (logp, values, lp torch.Tensor) {
 	logits, hidden := m.TrainForward(s, ids)
 	lp = s.LogSoftmax(logits, -1)
 	sh := s.Shape(targets)
@@ -515,15 +583,12 @@ func policyPass(s *torch.Scope, m *model.Model, head *linearHead, ids [][]int, t
 		return
 	}
 	logp = s.Reshape(s.Gather(lp, 2, targets), sh[0], sh[1])
-	if detach {
-		hidden = s.Detach(hidden)
-	}
-	values = s.Reshape(s.Linear(hidden, head.w, head.b), sh[0], sh[1])
+	values = s.Reshape(head.values(s, hidden, ids, detach), sh[0], sh[1])
 	return logp, values, lp
 }
 
 // ppoOldPass fills each rollout's log pi_old, V_old and log pi_ref over its response tokens.
-func ppoOldPass(rt *torch.Runtime, policy, ref *model.Model, head *linearHead, batch []rollout) error {
+func ppoOldPass(rt *torch.Runtime, policy, ref *model.Model, head critic, batch []rollout) error {
 	for start := 0; start < len(batch); start += 16 {
 		mb := batch[start:min(start+16, len(batch))]
 		s := rt.NewScope().NoGrad()
@@ -554,7 +619,7 @@ func ppoOldPass(rt *torch.Runtime, policy, ref *model.Model, head *linearHead, b
 
 // ppoMinibatchLoss is PPOLoss on a minibatch (plus the entropy bonus when ent_coef > 0; the value loss alone
 // during the critic's warm-up), with the monitors and the mean entropy over response tokens.
-func ppoMinibatchLoss(s *torch.Scope, m *model.Model, head *linearHead, cfg PPOConfig, mb []rollout, warm bool) (torch.Tensor, PPOStats, float64) {
+func ppoMinibatchLoss(s *torch.Scope, m *model.Model, head critic, cfg PPOConfig, mb []rollout, warm bool) (torch.Tensor, PPOStats, float64) {
 	dev := m.Opts.Device
 	ids, mask, targets, T := ppoRows(s, dev, mb)
 	B := len(mb)

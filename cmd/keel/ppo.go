@@ -44,6 +44,7 @@ func runTrainPPO(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.MaxNewTokens, "max-new-tokens", c.MaxNewTokens, "response length cap")
 	fs.IntVar(&c.MaxPromptLength, "max-prompt", c.MaxPromptLength, "prompt tokens kept (cut from the left)")
 	fs.IntVar(&c.CriticWarmupSteps, "critic-warmup", c.CriticWarmupSteps, "iterations training the critic alone before PPO (PPO-max)")
+	fs.StringVar(&c.ValueModelPath, "value-model", "", "start the critic from this reward model, a network of its own (PPO-max; TRL's value_model_path); default: a value head on the policy")
 	fs.Float64Var(&c.KLTarget, "kl-target", c.KLTarget, "collapse monitor: the ref KL per response to stay under (0 = off)")
 	fs.IntVar(&c.KLStopSteps, "kl-stop-steps", c.KLStopSteps, "stop when ref KL is above --kl-target this many iterations in a row")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed")

@@ -73,17 +73,17 @@ func TestTrainersTakeARewardModel(t *testing.T) {
 		t.Fatalf("the reward model did not learn the preference: held-out accuracy %.2f, loss %.3f -> %.3f", last.Extra["eval_accuracy"], ms[0].Loss, last.Loss)
 	}
 	// PPO on prompts that ask for a theatrical role: the policy starts in the role's voice, which the reward model
-	// ranks low, and moves toward the Assistant's.
+	// ranks low, and moves toward the Assistant's. The critic starts from the reward model (PPO-max's recipe).
 	prompts, offline := rolePrompts(t, work, pairs)
-	code, _, stderr = runKeel("train", "ppo", "--prompts", prompts, "--reward", "rm:"+rmDir, "--steps", "12", "--rollouts", "16", "--mini-batch", "8",
-		"--max-new-tokens", "24", "--lr", "1e-4", "--runs", runs, "--threads", "2")
+	code, _, stderr = runKeel("train", "ppo", "--prompts", prompts, "--reward", "rm:"+rmDir, "--value-model", rmDir, "--critic-warmup", "1",
+		"--steps", "12", "--rollouts", "16", "--mini-batch", "8", "--max-new-tokens", "24", "--lr", "1e-4", "--runs", runs, "--threads", "2")
 	if code != 0 {
 		t.Fatalf("train ppo: exit %d: %s", code, stderr)
 	}
 	ms = runMetrics(t, filepath.Dir(trainedFinal(t, runs, "ppo")))
 	early := (ms[0].Extra["reward_mean"] + ms[1].Extra["reward_mean"] + ms[2].Extra["reward_mean"]) / 3
 	late := (ms[9].Extra["reward_mean"] + ms[10].Extra["reward_mean"] + ms[11].Extra["reward_mean"]) / 3
-	t.Logf("PPO with rm: mean reward of the first 3 iterations %.3f, of the last 3 %.3f", early, late)
+	t.Logf("PPO with rm (critic from the reward model): mean reward of the first 3 iterations %.3f, of the last 3 %.3f", early, late)
 	if late < early+0.15 {
 		t.Fatalf("PPO did not raise the reward model's reward: %.3f -> %.3f", early, late)
 	}

@@ -186,6 +186,16 @@ func (m *Model) TrainForward(s *torch.Scope, ids [][]int) (logits, hidden Tensor
 	return logits, hidden
 }
 
+// TrainHidden is the final-norm hidden states [B, T, D] (in float32) alone, for a critic network of its own:
+// only the last position's logits are computed.
+func (m *Model) TrainHidden(s *torch.Scope, ids [][]int) Tensor {
+	hidden := m.forward(s, Pass{IDs: ids, Hidden: true, LastOnly: true}).hidden
+	if m.Opts.DType != torch.Float32 {
+		hidden = s.To(hidden, torch.Float32, m.Opts.Device)
+	}
+	return hidden
+}
+
 // inferenceSetup compiles the hooks' current list and opens a no-grad scope for one forward pass.
 func (m *Model) inferenceSetup(hooks *Hooks) (*hookPlan, *torch.Scope, error) {
 	list, version := hooks.snapshot()
