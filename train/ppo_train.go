@@ -49,8 +49,8 @@ type PPOConfig struct {
 	MaxPromptLength   int               `json:"max_prompt_length"` // prompts are cut from the left to this
 	CriticWarmupSteps int               `json:"critic_warmup_steps"`
 	ValueModelPath    string            `json:"value_model_path"` // a reward model the critic starts from (PPO-max); "": a value head on the policy
-	KLTarget          float64           `json:"kl_target"`     // collapse monitor: ref KL per response above this ...
-	KLStopSteps       int               `json:"kl_stop_steps"` // ... for this many iterations in a row stops the job (0: never)
+	KLTarget          float64           `json:"kl_target"`        // collapse monitor: ref KL per response above this ...
+	KLStopSteps       int               `json:"kl_stop_steps"`    // ... for this many iterations in a row stops the job (0: never)
 	AdamBeta1         float64           `json:"adam_beta1"`
 	AdamBeta2         float64           `json:"adam_beta2"`
 	AdamEpsilon       float64           `json:"adam_epsilon"`

@@ -135,7 +135,7 @@ func rolePrompts(t *testing.T, dir, pairs string) (prompts, offline string) {
 	var pb, ob strings.Builder
 	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
 		var r struct {
-			Messages          []map[string]string
+			Messages         []map[string]string
 			Chosen, Rejected string
 		}
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
