@@ -35,6 +35,9 @@ type Intervention struct {
 	Tau     float64     `json:"tau,omitempty"`     // Cap threshold on <h, u>
 	Ceiling bool        `json:"ceiling,omitempty"` // Cap: bound from above instead of below
 	Label   string      `json:"label,omitempty"`
+	// Rows are the batch rows it acts on (nil: every row): one batch serves requests with interventions of their
+	// own. A capture records every row; only Add and Cap change what they touch.
+	Rows []int `json:"rows,omitempty"`
 }
 
 // Record is what one intervention yields for one token: projections (Capture), the residual vector (Capture
@@ -123,6 +126,12 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 			if len(v) != d {
 				p.close()
 				return nil, fmt.Errorf("intervention %d (%s, layer %d): vector %d has %d values, the model's hidden size is %d", i, iv.Kind, iv.Layer, j, len(v), d)
+			}
+		}
+		for _, r := range iv.Rows {
+			if r < 0 {
+				p.close()
+				return nil, fmt.Errorf("intervention %d (%s, layer %d): row %d: rows count from 0", i, iv.Kind, iv.Layer, r)
 			}
 		}
 		c := compiledHook{index: i, Intervention: iv, single: -1}
@@ -216,14 +225,43 @@ func (m *Model) applyHooks(s *torch.Scope, hooks []compiledHook, h Tensor, out [
 				out = append(out, yield{c, s.Matmul(h, c.dirs)})
 			}
 		case Add:
-			h = s.Add(h, c.row)
+			if c.Rows == nil {
+				h = s.Add(h, c.row)
+			} else {
+				h = s.Add(h, s.Mul(rowMask(m, s, h, c.Rows), c.row))
+			}
 		case Cap:
-			var excess Tensor
-			h, excess = s.Cap(h, c.dirs, c.row, c.Tau, c.Ceiling)
+			capped, excess := s.Cap(h, c.dirs, c.row, c.Tau, c.Ceiling)
+			if c.Rows != nil {
+				// The other rows keep h: capped - h is the cap's move, applied where the mask is 1.
+				mask := rowMask(m, s, h, c.Rows)
+				capped = s.Add(h, s.Mul(mask, s.Sub(capped, h)))
+				excess = s.Mul(mask, excess)
+			}
+			h = capped
 			out = append(out, yield{c, excess}) // negated on the host: h moved by -excess
 		}
 	}
 	return h, out
+}
+
+// rowMask is [B, 1, 1] in h's dtype: 1 on the given rows of h's batch, 0 elsewhere.
+func rowMask(m *Model, s *torch.Scope, h Tensor, rows []int) Tensor {
+	shape := s.Shape(h)
+	if len(shape) == 0 {
+		return Tensor{}
+	}
+	mask := make([]float32, shape[0])
+	for _, r := range rows {
+		if r >= 0 && r < len(mask) {
+			mask[r] = 1
+		}
+	}
+	t := s.FromData(mask, torch.Float32, []int64{shape[0], 1, 1}, m.Opts.Device)
+	if m.Opts.DType != torch.Float32 {
+		t = s.To(t, m.Opts.DType, m.Opts.Device)
+	}
+	return t
 }
 
 // collect copies every capture of a forward pass to the host in one transfer and splits it per row and token:

@@ -43,23 +43,47 @@ func (sp Sampling) greedyOnDevice() bool {
 }
 
 // sampler holds the random stream of one generation (one stream per row, so batch composition does not change
-// a row's samples).
+// a row's samples) and each row's settings.
 type sampler struct {
-	cfg  Sampling
+	cfgs []Sampling
 	rngs []*rand.Rand
 }
 
+// streamKey offsets a row's stream from its seed.
+const streamKey = 0x9e3779b97f4a7c15
+
 func newSampler(cfg Sampling, rows int) *sampler {
-	s := &sampler{cfg: cfg}
+	s := &sampler{}
 	for r := 0; r < rows; r++ {
-		s.rngs = append(s.rngs, rand.New(rand.NewPCG(cfg.Seed, uint64(r)+0x9e3779b97f4a7c15)))
+		s.cfgs = append(s.cfgs, cfg)
+		s.rngs = append(s.rngs, rand.New(rand.NewPCG(cfg.Seed, uint64(r)+streamKey)))
 	}
 	return s
 }
 
+// newRowSampler gives each row settings of its own, and the stream a lone generation with its seed has (row 0's):
+// a request samples the same tokens in any batch, at any row.
+func newRowSampler(cfgs []Sampling) *sampler {
+	s := &sampler{cfgs: cfgs}
+	for _, c := range cfgs {
+		s.rngs = append(s.rngs, rand.New(rand.NewPCG(c.Seed, streamKey)))
+	}
+	return s
+}
+
+// greedyOnDevice reports whether every row's choice needs no logits on the host.
+func (s *sampler) greedyOnDevice() bool {
+	for _, c := range s.cfgs {
+		if !c.greedyOnDevice() {
+			return false
+		}
+	}
+	return true
+}
+
 // pick chooses a token from one row's logits (modified in place); context is the row's tokens so far.
 func (s *sampler) pick(row int, logits []float32, context []int) int {
-	c := s.cfg
+	c := s.cfgs[row]
 	if c.RepetitionPenalty > 0 && c.RepetitionPenalty != 1 {
 		seen := map[int]bool{}
 		for _, id := range context {

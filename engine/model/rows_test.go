@@ -1,0 +1,95 @@
+package model_test
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// One batch serves eight requests, each with interventions and sampling of its own (interventions on their
+// rows only, a seed of its own): every row generates exactly what the same request generates alone.
+func TestRowsOwnInterventionsAndSampling(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	cfg := model.TinyConfigs()["llama"]
+	m, err := model.NewRandom(rt, cfg, model.Options{}, 21)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	d := cfg.HiddenSize
+	rng := rand.New(rand.NewPCG(4, 4))
+	dir := make([]float32, d)
+	for i := range dir {
+		dir[i] = float32(rng.NormFloat64())
+	}
+	unit := float32(0)
+	for _, x := range dir {
+		unit += x * x
+	}
+	for i := range dir {
+		dir[i] /= float32(math.Sqrt(float64(unit)))
+	}
+	// Request i's interventions: none, steering of several strengths at several layers, caps floor and ceiling.
+	own := func(i int) []model.Intervention {
+		switch i % 4 {
+		case 0:
+			return nil
+		case 1:
+			return []model.Intervention{{Layer: i % cfg.NumHiddenLayers, Kind: model.Add, Vectors: [][]float32{dir}, Coeff: float64(3 * i)}}
+		case 2:
+			return []model.Intervention{{Layer: 1, Kind: model.Cap, Vectors: [][]float32{dir}, Tau: float64(i)}}
+		}
+		return []model.Intervention{{Layer: 0, Kind: model.Add, Vectors: [][]float32{dir}, Coeff: -4},
+			{Layer: 2, Kind: model.Cap, Vectors: [][]float32{dir}, Tau: -1, Ceiling: true}}
+	}
+	prompts := make([][]int, 8)
+	for i := range prompts {
+		prompts[i] = testPrompt(5+3*i, cfg.VocabSize, 30+i)
+	}
+	for _, sampled := range []bool{false, true} {
+		samplingOf := func(i int) model.Sampling {
+			if !sampled {
+				return model.Sampling{}
+			}
+			return model.Sampling{Temperature: 0.9, TopP: 0.95, Seed: uint64(100 + i)}
+		}
+		var batchList []model.Intervention
+		rowSampling := make([]model.Sampling, len(prompts))
+		for i := range prompts {
+			for _, iv := range own(i) {
+				iv.Rows = []int{i}
+				batchList = append(batchList, iv)
+			}
+			rowSampling[i] = samplingOf(i)
+		}
+		batched, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(batchList...), RowSampling: rowSampling})
+		if err != nil {
+			t.Fatal(err)
+		}
+		differ := 0
+		for i, p := range prompts {
+			alone, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(own(i)...), Sampling: samplingOf(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(alone[0].IDs, batched[i].IDs) {
+				t.Errorf("sampled=%v request %d: alone %v, in the batch %v", sampled, i, alone[0].IDs, batched[i].IDs)
+			}
+			plain, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24, Sampling: samplingOf(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if own(i) != nil && !slices.Equal(plain[0].IDs, alone[0].IDs) {
+				differ++
+			}
+		}
+		if differ < 5 {
+			t.Errorf("sampled=%v: the interventions changed only %d of the 6 requests that have some", sampled, differ)
+		}
+	}
+}
