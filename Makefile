@@ -28,7 +28,7 @@ model: build
 	bin/keel model build --out models/persona
 
 vet:
-	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal; echo "gofmt: files above need formatting" >&2; exit 1; }
+	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
 
 # Reference packages for the conformance tests (pinned in package-lock.json).
@@ -40,7 +40,11 @@ conformance/llamacpp/node_modules/.package-lock.json: conformance/llamacpp/packa
 	@command -v npm >/dev/null || { echo "keel: npm is missing: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
 	cd conformance/llamacpp && npm ci --omit=optional --no-audit --no-fund
 
-conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/llamacpp/node_modules/.package-lock.json
+conformance/openai/node_modules/.package-lock.json: conformance/openai/package-lock.json
+	@command -v npm >/dev/null || { echo "keel: npm is missing: install Node.js 18+ (apt-get install nodejs npm)" >&2; exit 1; }
+	cd conformance/openai && npm ci --no-audit --no-fund
+
+conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/llamacpp/node_modules/.package-lock.json conformance/openai/node_modules/.package-lock.json
 
 test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...

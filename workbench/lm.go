@@ -148,29 +148,39 @@ func (b *LMBackend) Apply(c Controls) error {
 	if c.Layer < 0 || c.Layer >= b.info.Layers {
 		return fmt.Errorf("layer %d: the model has layers 0 to %d", c.Layer, b.info.Layers-1)
 	}
-	var list []model.Intervention
-	if (c.CapOn || c.SteerOn) && b.axis == nil {
-		return fmt.Errorf("no axis loaded: start with --axis DIR or use /axis DIR")
-	}
-	// Steering first: a cap then bounds the steered stream, as it would any other push away from the Assistant.
-	if c.SteerOn {
-		iv, err := b.axis.Axis.Steer(c.SteerLayer, c.SteerCoeff)
-		if err != nil {
-			return err
-		}
-		list = append(list, iv)
-	}
-	if c.CapOn {
-		caps, err := b.axis.Caps(c.Cap)
-		if err != nil {
-			return err
-		}
-		list = append(list, caps...)
+	list, err := Interventions(b.axis, c)
+	if err != nil {
+		return err
 	}
 	b.mu.Lock()
 	b.active, b.layer = list, c.Layer
 	b.mu.Unlock()
 	return b.rec.Retarget(list)
+}
+
+// Interventions are what the controls ask of the model, over an axis folder (nil: none loaded): steering first,
+// so that a cap then bounds the steered stream as it would any other push away from the Assistant, then the cap
+// rule's floors. The workbench's controls and the server's per-request "keel" settings both come here.
+func Interventions(axis *probes.AxisFolder, c Controls) ([]model.Intervention, error) {
+	if (c.CapOn || c.SteerOn) && axis == nil {
+		return nil, fmt.Errorf("no axis loaded: start with --axis DIR or use /axis DIR")
+	}
+	var list []model.Intervention
+	if c.SteerOn {
+		iv, err := axis.Axis.Steer(c.SteerLayer, c.SteerCoeff)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, iv)
+	}
+	if c.CapOn {
+		caps, err := axis.Caps(c.Cap)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, caps...)
+	}
+	return list, nil
 }
 
 // Generate implements Backend: the assistant turn is recorded token by token with its projections.

@@ -38,6 +38,7 @@ func commands() []command {
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}, false},
 		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}, false},
 		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo|rm --model DIR ...)", runTrain, []string{"sft", "alol", "ppo", "rm"}, false},
+		{"serve", "serve one model to many clients: an OpenAI-compatible API with per-request capping and steering (serve [--model DIR] [--http ADDR] [--api-keys FILE])", runServe, nil, false},
 		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},
 		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}, false},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}, false},

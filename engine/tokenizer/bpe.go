@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"container/heap"
 	"fmt"
+	"sync"
 )
 
 // bpe is the tokenizer.json BPE model: merges by rank (lowest first, leftmost on ties), with optional
@@ -17,8 +18,10 @@ type bpe struct {
 	ignoreMerges bool
 	fuseUnk      bool
 	endOfWord    string
-	cache        map[string][]string
-	idCache      map[string][]int // word -> final ids (after byte fallback and unknowns)
+	// The caches make a tokenizer shared by goroutines (a server's handlers) a shared writer: mu guards them.
+	mu      sync.RWMutex
+	cache   map[string][]string
+	idCache map[string][]int // word -> final ids (after byte fallback and unknowns)
 }
 
 const bpeCacheMax = 1 << 16
@@ -70,7 +73,10 @@ func (b *bpe) word(w string) []string {
 	if w == "" {
 		return nil
 	}
-	if r, ok := b.cache[w]; ok {
+	b.mu.RLock()
+	r, ok := b.cache[w]
+	b.mu.RUnlock()
+	if ok {
 		return r
 	}
 	runes := []rune(w)
@@ -131,8 +137,12 @@ func (b *bpe) word(w string) []string {
 	for n := head; n != nil; n = n.next {
 		out = append(out, n.tok)
 	}
-	if len(runes) < 256 && len(b.cache) < bpeCacheMax {
-		b.cache[w] = out
+	if len(runes) < 256 {
+		b.mu.Lock()
+		if len(b.cache) < bpeCacheMax {
+			b.cache[w] = out
+		}
+		b.mu.Unlock()
 	}
 	return out
 }
@@ -181,12 +191,15 @@ func (b *bpe) encode(words []string) []string {
 func (b *bpe) encodeIDs(words []string) []int {
 	var out []int
 	for _, w := range words {
-		if ids, ok := b.idCache[w]; ok {
+		b.mu.RLock()
+		ids, ok := b.idCache[w]
+		b.mu.RUnlock()
+		if ok {
 			out = append(out, ids...)
 			continue
 		}
 		toks := b.encode([]string{w})
-		ids := make([]int, len(toks))
+		ids = make([]int, len(toks))
 		for i, t := range toks {
 			id, ok := b.vocab[t]
 			if !ok {
@@ -194,8 +207,12 @@ func (b *bpe) encodeIDs(words []string) []int {
 			}
 			ids[i] = id
 		}
-		if len(w) < 256 && len(b.idCache) < bpeCacheMax {
-			b.idCache[w] = ids
+		if len(w) < 256 {
+			b.mu.Lock()
+			if len(b.idCache) < bpeCacheMax {
+				b.idCache[w] = ids
+			}
+			b.mu.Unlock()
 		}
 		out = append(out, ids...)
 	}

@@ -1,0 +1,493 @@
+package serve
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/workbench"
+)
+
+// Limits bound what one client may ask.
+type Limits struct {
+	MaxBodyBytes     int64 // request body
+	MaxTokens        int   // max_tokens of one request
+	MaxPromptTokens  int   // prompt tokens of one request
+	StreamsPerKey    int   // requests in flight per API key (or per server without keys)
+	DefaultMaxTokens int   // when a request gives none
+}
+
+// DefaultLimits suit a shared research box.
+func DefaultLimits() Limits {
+	return Limits{MaxBodyBytes: 1 << 20, MaxTokens: 4096, MaxPromptTokens: 8192, StreamsPerKey: 8, DefaultMaxTokens: 256}
+}
+
+// API is the OpenAI-compatible HTTP front of a Scheduler.
+type API struct {
+	Sched  *Scheduler
+	Name   string          // the model id clients name
+	Keys   map[string]bool // bearer keys; empty: no authentication (loopback only, which the caller enforces)
+	Limits Limits
+
+	mu       sync.Mutex
+	inFlight map[string]int
+}
+
+// ReadKeys reads an API key file: one key per line, # comments and blank lines ignored.
+func ReadKeys(path string) (map[string]bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--api-keys: %w", err)
+	}
+	defer f.Close()
+	keys := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k := strings.TrimSpace(sc.Text())
+		if k == "" || strings.HasPrefix(k, "#") {
+			continue
+		}
+		if strings.ContainsAny(k, " \t") || len(k) < 16 {
+			return nil, fmt.Errorf("--api-keys %s: a key is one word of at least 16 characters (got %q...)", path, k[:min(4, len(k))])
+		}
+		keys[k] = true
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("--api-keys %s: %w", path, err)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--api-keys %s holds no key: one per line", path)
+	}
+	return keys, nil
+}
+
+// Handler routes the API.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /metrics", a.metrics)
+	mux.HandleFunc("GET /v1/models", a.authed(a.models))
+	mux.HandleFunc("POST /v1/chat/completions", a.authed(a.chat))
+	mux.HandleFunc("POST /v1/completions", a.authed(a.completions))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "invalid_request_error", "not_found", fmt.Sprintf("no route %s %s: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/completions", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// apiError writes OpenAI's error shape.
+func apiError(w http.ResponseWriter, status int, typ, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
+}
+
+// authed checks the bearer key and holds one of the key's stream slots for the request.
+func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		key := ""
+		if len(a.Keys) > 0 {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || !a.knownKey(strings.TrimSpace(got)) {
+				apiError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "missing or wrong API key: send Authorization: Bearer KEY with a key from the server's --api-keys file")
+				return
+			}
+			key = strings.TrimSpace(got)
+		}
+		a.mu.Lock()
+		if a.inFlight == nil {
+			a.inFlight = map[string]int{}
+		}
+		if a.inFlight[key] >= a.Limits.StreamsPerKey {
+			a.mu.Unlock()
+			apiError(w, http.StatusTooManyRequests, "rate_limit_error", "too_many_streams", fmt.Sprintf("%d requests in flight for this key already: wait for one to finish", a.Limits.StreamsPerKey))
+			return
+		}
+		a.inFlight[key]++
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			a.inFlight[key]--
+			a.mu.Unlock()
+		}()
+		r.Body = http.MaxBytesReader(w, r.Body, a.Limits.MaxBodyBytes)
+		h(w, r)
+	}
+}
+
+func (a *API) knownKey(k string) bool {
+	for known := range a.Keys {
+		if subtle.ConstantTimeCompare([]byte(known), []byte(k)) == 1 {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *API) models(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, map[string]any{"object": "list", "data": []any{map[string]any{"id": a.Name, "object": "model", "created": a.Sched.started.Unix(), "owned_by": "keel"}}})
+}
+
+func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
+	st := a.Sched.Stats()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	fmt.Fprintf(w, "# HELP keel_queue_depth Requests waiting for a batch.\n# TYPE keel_queue_depth gauge\nkeel_queue_depth %d\n", st.Queued)
+	fmt.Fprintf(w, "# HELP keel_active_rows Rows generating now.\n# TYPE keel_active_rows gauge\nkeel_active_rows %d\n", st.Active)
+	fmt.Fprintf(w, "# HELP keel_requests_total Requests accepted.\n# TYPE keel_requests_total counter\nkeel_requests_total %d\n", st.Requests)
+	fmt.Fprintf(w, "# HELP keel_tokens_generated_total Tokens sent to clients.\n# TYPE keel_tokens_generated_total counter\nkeel_tokens_generated_total %d\n", st.TokensSent)
+	fmt.Fprintf(w, "# HELP keel_tokens_per_second Tokens sent per second since the start.\n# TYPE keel_tokens_per_second gauge\nkeel_tokens_per_second %g\n", st.TokensPerSecondLifetime)
+	fmt.Fprintf(w, "# HELP keel_time_to_first_token_seconds From a request's arrival to its first token.\n# TYPE keel_time_to_first_token_seconds summary\nkeel_time_to_first_token_seconds_sum %g\nkeel_time_to_first_token_seconds_count %g\n", st.TTFTSeconds, st.TTFTCount)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// KeelOptions is keel's extension of a request: {"cap": "on" | "off" | "layers_A:B-pP", "steer": {"c": C,
+// "layer": L}, "project": [layers]}.
+type KeelOptions struct {
+	Cap   string `json:"cap,omitempty"`
+	Steer *struct {
+		C     float64 `json:"c"`
+		Layer *int    `json:"layer,omitempty"`
+	} `json:"steer,omitempty"`
+	Project []int `json:"project,omitempty"`
+}
+
+// completionRequest is the union of what /v1/chat/completions and /v1/completions read.
+type completionRequest struct {
+	Model               string                `json:"model"`
+	Messages            []tokenizer.Message   `json:"messages"`
+	Prompt              *string               `json:"prompt"`
+	MaxTokens           *int                  `json:"max_tokens"`
+	MaxCompletionTokens *int                  `json:"max_completion_tokens"`
+	Temperature         *float64              `json:"temperature"`
+	TopP                *float64              `json:"top_p"`
+	Seed                *int64                `json:"seed"`
+	Stop                json.RawMessage       `json:"stop"`
+	Stream              bool                  `json:"stream"`
+	N                   *int                  `json:"n"`
+	Keel                *KeelOptions          `json:"keel"`
+	StreamOptions       *struct{ Usage bool } `json:"stream_options"`
+}
+
+// badRequest is a 400 with OpenAI's shape.
+type badRequest struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e badRequest) Error() string { return e.msg }
+
+func invalid(code, format string, args ...any) error {
+	return badRequest{http.StatusBadRequest, code, fmt.Sprintf(format, args...)}
+}
+
+// parse reads and checks a request and turns it into the scheduler's.
+func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, error) {
+	var c completionRequest
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(&c); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return c, Request{}, badRequest{http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the request body passes %d bytes", a.Limits.MaxBodyBytes)}
+		}
+		return c, Request{}, invalid("invalid_json", "the body is not a JSON request: %v", err)
+	}
+	if c.Model != a.Name {
+		return c, Request{}, badRequest{http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q: this server serves %q (GET /v1/models)", c.Model, a.Name)}
+	}
+	if c.N != nil && *c.N != 1 {
+		return c, Request{}, invalid("invalid_n", "n %d: keel serves one choice per request", *c.N)
+	}
+	req := Request{MaxTokens: a.Limits.DefaultMaxTokens, Sampling: model.Sampling{Temperature: 1, TopP: 1}}
+	for _, v := range []*int{c.MaxTokens, c.MaxCompletionTokens} {
+		if v != nil {
+			req.MaxTokens = *v
+		}
+	}
+	if req.MaxTokens < 1 || req.MaxTokens > a.Limits.MaxTokens {
+		return c, Request{}, invalid("invalid_max_tokens", "max_tokens %d: give 1 to %d", req.MaxTokens, a.Limits.MaxTokens)
+	}
+	if c.Temperature != nil {
+		req.Sampling.Temperature = *c.Temperature
+	}
+	if c.TopP != nil {
+		req.Sampling.TopP = *c.TopP
+	}
+	if c.Seed != nil {
+		req.Sampling.Seed = uint64(*c.Seed)
+	}
+	if err := req.Sampling.Check(); err != nil {
+		return c, Request{}, invalid("invalid_sampling", "%v", err)
+	}
+	if len(c.Stop) > 0 && string(c.Stop) != "null" {
+		var one string
+		if json.Unmarshal(c.Stop, &one) == nil {
+			req.Stop = []string{one}
+		} else if err := json.Unmarshal(c.Stop, &req.Stop); err != nil || len(req.Stop) > 4 {
+			return c, Request{}, invalid("invalid_stop", "stop: give a string or up to 4 strings")
+		}
+	}
+	tok := a.Sched.Model().Tokenizer
+	var err error
+	if chat {
+		if len(c.Messages) == 0 {
+			return c, Request{}, invalid("invalid_messages", "messages: give at least one {role, content}")
+		}
+		for i, m := range c.Messages {
+			if m.Role != "system" && m.Role != "user" && m.Role != "assistant" {
+				return c, Request{}, invalid("invalid_messages", "messages[%d]: role %q: use system, user or assistant", i, m.Role)
+			}
+		}
+		if req.Prompt, err = tokenizer.ChatPrompt(tok, c.Messages); err != nil {
+			return c, Request{}, invalid("invalid_messages", "%v", err)
+		}
+	} else {
+		if c.Prompt == nil || *c.Prompt == "" {
+			return c, Request{}, invalid("invalid_prompt", "prompt: give the text to continue")
+		}
+		req.Prompt = tok.Encode(*c.Prompt, true)
+	}
+	if len(req.Prompt) > a.Limits.MaxPromptTokens {
+		return c, Request{}, invalid("context_length_exceeded", "the prompt is %d tokens: this server takes up to %d", len(req.Prompt), a.Limits.MaxPromptTokens)
+	}
+	if c.Keel != nil {
+		if req.Interventions, req.Project, err = a.keelInterventions(*c.Keel); err != nil {
+			return c, Request{}, invalid("invalid_keel", "keel: %v", err)
+		}
+	}
+	return c, req, nil
+}
+
+// keelInterventions turns keel's extension into the request's interventions and projected layers.
+func (a *API) keelInterventions(k KeelOptions) ([]model.Intervention, []int, error) {
+	axis := a.Sched.Axis()
+	layers := a.Sched.Model().NumLayers()
+	c := workbench.DefaultControls(layers)
+	switch k.Cap {
+	case "", "off":
+	case "on":
+		c.CapOn = true
+		if axis != nil && axis.Capping != nil {
+			if r, err := probes.ParseCapID(axis.Capping.Best.ID); err == nil {
+				c.Cap = r
+			}
+		}
+	default:
+		r, err := probes.ParseCapID(k.Cap)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cap: %v (or \"on\", \"off\")", err)
+		}
+		if err := r.Check(layers); err != nil {
+			return nil, nil, fmt.Errorf("cap %q: %v", k.Cap, err)
+		}
+		c.CapOn, c.Cap = true, r
+	}
+	if k.Steer != nil {
+		if math.IsNaN(k.Steer.C) || math.IsInf(k.Steer.C, 0) || math.Abs(k.Steer.C) > 100 {
+			return nil, nil, fmt.Errorf("steer.c %v: give a number within +-100 (times the layer's average norm)", k.Steer.C)
+		}
+		c.SteerOn, c.SteerCoeff = true, k.Steer.C
+		if k.Steer.Layer != nil {
+			c.SteerLayer = *k.Steer.Layer
+		}
+		if c.SteerLayer < 0 || c.SteerLayer >= layers {
+			return nil, nil, fmt.Errorf("steer.layer %d: the model has layers 0 to %d", c.SteerLayer, layers-1)
+		}
+	}
+	ivs, err := workbench.Interventions(axis, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(k.Project) > 0 && axis == nil {
+		return nil, nil, fmt.Errorf("project: the server has no axis (start it with --axis DIR)")
+	}
+	for _, l := range k.Project {
+		if axis != nil {
+			if _, ok := axis.Axis.Layers[l]; !ok {
+				return nil, nil, fmt.Errorf("project: the axis has no layer %d (it has %v)", l, axis.Axis.LayerList())
+			}
+		}
+	}
+	return ivs, k.Project, nil
+}
+
+// keelToken is a token's keel fields in a response.
+type keelToken struct {
+	Token       string             `json:"token"`
+	ID          int                `json:"id"`
+	Projections map[string]float32 `json:"projections,omitempty"`
+	CapMoves    map[string]float32 `json:"cap_moves,omitempty"`
+}
+
+func keelOf(t Token) keelToken {
+	// A cap that did not bind reports 0, not the -0 its negated excess comes out as.
+	k := keelToken{Token: t.Text, ID: t.ID}
+	layerKeys := func(m map[int]float32) map[string]float32 {
+		if m == nil {
+			return nil
+		}
+		out := make(map[string]float32, len(m))
+		for l, v := range m {
+			if v == 0 {
+				v = 0
+			}
+			out[strconv.Itoa(l)] = v
+		}
+		return out
+	}
+	k.Projections, k.CapMoves = layerKeys(t.Projections), layerKeys(t.CapMoves)
+	return k
+}
+
+func (a *API) chat(w http.ResponseWriter, r *http.Request)        { a.complete(w, r, true) }
+func (a *API) completions(w http.ResponseWriter, r *http.Request) { a.complete(w, r, false) }
+
+func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
+	c, req, err := a.parse(r, chat)
+	if err != nil {
+		var br badRequest
+		if errors.As(err, &br) {
+			typ := "invalid_request_error"
+			apiError(w, br.status, typ, br.code, br.msg)
+			return
+		}
+		apiError(w, http.StatusBadRequest, "invalid_request_error", "invalid_request", err.Error())
+		return
+	}
+	tokens, err := a.Sched.Submit(r.Context(), req)
+	switch {
+	case errors.Is(err, ErrBusy):
+		apiError(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full", err.Error())
+		return
+	case errors.Is(err, ErrClosed):
+		apiError(w, http.StatusServiceUnavailable, "server_error", "shutting_down", err.Error())
+		return
+	case err != nil:
+		apiError(w, http.StatusBadRequest, "invalid_request_error", "invalid_request", err.Error())
+		return
+	}
+	id := newID(chat)
+	created := time.Now().Unix()
+	object := "text_completion"
+	if chat {
+		object = "chat.completion"
+	}
+	if !c.Stream {
+		var text strings.Builder
+		var keel []keelToken
+		var end Token
+		for t := range tokens {
+			if t.Done {
+				end = t
+				break
+			}
+			text.WriteString(t.Text)
+			keel = append(keel, keelOf(t))
+		}
+		if end.Err != nil {
+			apiError(w, http.StatusInternalServerError, "server_error", "generation_failed", end.Err.Error())
+			return
+		}
+		choice := map[string]any{"index": 0, "finish_reason": finishReason(end.Reason), "logprobs": nil}
+		if chat {
+			choice["message"] = map[string]any{"role": "assistant", "content": text.String()}
+		} else {
+			choice["text"] = text.String()
+		}
+		writeJSON(w, map[string]any{"id": id, "object": object, "created": created, "model": a.Name, "choices": []any{choice},
+			"usage": usage(len(req.Prompt), end.Completion), "keel": map[string]any{"tokens": keel}})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	flusher, _ := w.(http.Flusher)
+	send := func(v any) bool {
+		raw, _ := json.Marshal(v)
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", raw); err != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return true
+	}
+	chunk := func(delta map[string]any, text string, finish any, extra map[string]any) map[string]any {
+		choice := map[string]any{"index": 0, "finish_reason": finish, "logprobs": nil}
+		if chat {
+			choice["delta"] = delta
+		} else {
+			choice["text"] = text
+		}
+		m := map[string]any{"id": id, "object": object + ".chunk", "created": created, "model": a.Name, "choices": []any{choice}}
+		if !chat {
+			m["object"] = object
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	if chat && !send(chunk(map[string]any{"role": "assistant", "content": ""}, "", nil, nil)) {
+		return // the client went away: its request context is cancelled, which frees the row
+	}
+	for t := range tokens {
+		if t.Done {
+			if t.Err != nil {
+				send(map[string]any{"error": map[string]any{"message": t.Err.Error(), "type": "server_error", "code": "generation_failed"}})
+				return
+			}
+			extra := map[string]any{}
+			if c.StreamOptions != nil && c.StreamOptions.Usage {
+				extra["usage"] = usage(len(req.Prompt), t.Completion)
+			}
+			send(chunk(map[string]any{}, "", finishReason(t.Reason), extra))
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			if flusher != nil {
+				flusher.Flush()
+			}
+			return
+		}
+		if !send(chunk(map[string]any{"content": t.Text}, t.Text, nil, map[string]any{"keel": keelOf(t)})) {
+			return
+		}
+	}
+}
+
+func finishReason(r string) string {
+	if r == "length" {
+		return "length"
+	}
+	return "stop"
+}
+
+func usage(prompt, completion int) map[string]int {
+	return map[string]int{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+}
+
+func newID(chat bool) string {
+	var b [12]byte
+	rand.Read(b[:])
+	if chat {
+		return "chatcmpl-" + hex.EncodeToString(b[:])
+	}
+	return "cmpl-" + hex.EncodeToString(b[:])
+}
