@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,10 @@ type Token struct {
 	Err         error
 	Completion  int // when Done: tokens generated
 }
+
+// batchLinger is how long a batch waits for more requests before it starts: a few decode steps of a small
+// model, nothing next to a request's own time.
+const batchLinger = 5 * time.Millisecond
 
 // ErrBusy is a full queue: the client should retry later.
 var ErrBusy = errors.New("the server's queue is full: retry later")
@@ -133,16 +138,19 @@ func (s *Scheduler) Run(ctx context.Context) {
 		case first = <-s.queue:
 		}
 		batch := []*job{first}
-		// Whoever is waiting now joins: requests that arrive together share the passes.
+		// Whoever arrives within the linger joins: clients that got their answers from the last batch send
+		// their next requests within a few milliseconds, and requests that arrive together share the passes.
+		linger := time.NewTimer(batchLinger)
 	gather:
 		for len(batch) < s.maxBatch {
 			select {
 			case j := <-s.queue:
 				batch = append(batch, j)
-			default:
+			case <-linger.C:
 				break gather
 			}
 		}
+		linger.Stop()
 		s.runBatch(ctx, batch)
 	}
 }
@@ -175,16 +183,35 @@ func (s *Scheduler) runBatch(ctx context.Context, batch []*job) {
 	var list []model.Intervention
 	projectAt := map[int]int{} // layer -> index of its capture in list
 	maxTokens := 0
+	// Rows asking the same intervention share one (an intervention on every row needs no mask): a batch of
+	// requests that all cap with the calibrated rule runs the cap once per layer, as one request would.
 	for b, j := range batch {
 		prompts[b], sampling[b] = j.req.Prompt, j.req.Sampling
 		maxTokens = max(maxTokens, j.req.MaxTokens)
 		j.capAt = map[int]int{}
+		lastAt := map[int]int{} // layer -> the list index of this row's last intervention there
 		for _, iv := range j.req.Interventions {
-			iv.Rows = []int{b}
-			if iv.Kind == model.Cap {
-				j.capAt[len(list)] = iv.Layer
+			// A layer runs its interventions in list order: sharing one placed before this row's earlier
+			// intervention at the layer would run them out of the row's order.
+			k := sameIntervention(list, iv)
+			if last, ok := lastAt[iv.Layer]; ok && k >= 0 && k < last {
+				k = -1
 			}
-			list = append(list, iv)
+			if k < 0 {
+				k = len(list)
+				iv.Rows = nil
+				list = append(list, iv)
+			}
+			list[k].Rows = append(list[k].Rows, b)
+			lastAt[iv.Layer] = k
+			if iv.Kind == model.Cap {
+				j.capAt[k] = iv.Layer
+			}
+		}
+	}
+	for k := range list {
+		if len(list[k].Rows) == len(batch) {
+			list[k].Rows = nil
 		}
 	}
 	// One capture per projected layer serves every row (a capture records them all), after the interventions.
@@ -281,4 +308,24 @@ func (s *Scheduler) runBatch(ctx context.Context, batch []*job) {
 		close(j.out)
 	}
 	s.lm.RT.TrimHostMemory()
+}
+
+// sameIntervention is the index in list of an intervention doing what iv does (rows aside), or -1.
+func sameIntervention(list []model.Intervention, iv model.Intervention) int {
+	for k, o := range list {
+		if o.Layer != iv.Layer || o.Kind != iv.Kind || o.Coeff != iv.Coeff || o.Tau != iv.Tau || o.Ceiling != iv.Ceiling || o.Full != iv.Full || len(o.Vectors) != len(iv.Vectors) {
+			continue
+		}
+		same := true
+		for v := range o.Vectors {
+			if !slices.Equal(o.Vectors[v], iv.Vectors[v]) {
+				same = false
+				break
+			}
+		}
+		if same {
+			return k
+		}
+	}
+	return -1
 }

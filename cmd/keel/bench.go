@@ -7,7 +7,7 @@ import (
 
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel bench decode|tokenize|train|gguf [flags]")}
+		return usageError{fmt.Errorf("usage: keel bench decode|tokenize|train|gguf|serve [flags]")}
 	}
 	switch args[0] {
 	case "decode":
@@ -18,6 +18,8 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return runBenchTrain(args[1:], stdout, stderr)
 	case "gguf":
 		return runBenchGGUF(args[1:], stdout, stderr)
+	case "serve":
+		return runBenchServe(args[1:], stdout, stderr)
 	}
-	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize|train|gguf", args[0])}
+	return usageError{fmt.Errorf("unknown benchmark %q: keel bench decode|tokenize|train|gguf|serve", args[0])}
 }

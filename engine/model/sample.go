@@ -1,10 +1,11 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
+	"slices"
 )
 
 // Sampling chooses the next token from logits.
@@ -117,7 +118,30 @@ func (s *sampler) pick(row int, logits []float32, context []int) int {
 		cands[i].p = math.Exp(cands[i].p - maxL)
 		sum += cands[i].p
 	}
-	sort.SliceStable(cands, func(i, j int) bool { return cands[i].p > cands[j].p })
+	// Nucleus sampling alone reads only the head of the sorted list: when the tokens within 1e-4 of the top hold
+	// top_p of the mass, the nucleus lies among them and only they need sorting (the same tokens, in the same
+	// order, as sorting them all). The mass the cumulative share is taken of stays the whole vocabulary's.
+	all := sum
+	if c.TopP > 0 && c.TopP < 1 && c.TopK == 0 && c.MinP == 0 {
+		head := cands[:0:0]
+		var mass float64
+		for _, x := range cands {
+			if x.p >= 1e-4 {
+				head = append(head, x)
+				mass += x.p
+			}
+		}
+		if mass >= c.TopP*sum {
+			cands = head
+		}
+	}
+	// Highest first, ties in id order.
+	slices.SortFunc(cands, func(a, b cand) int {
+		if c := cmp.Compare(b.p, a.p); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id, b.id)
+	})
 	keep := len(cands)
 	if c.TopK > 0 && c.TopK < keep {
 		keep = c.TopK
@@ -132,9 +156,12 @@ func (s *sampler) pick(row int, logits []float32, context []int) int {
 		}
 	}
 	if c.TopP > 0 && c.TopP < 1 {
-		var kept float64
-		for k := 0; k < keep; k++ {
-			kept += cands[k].p
+		kept := all
+		if keep < len(cands) {
+			kept = 0
+			for k := 0; k < keep; k++ {
+				kept += cands[k].p
+			}
 		}
 		var cum float64
 		for k := 0; k < keep; k++ {
