@@ -63,7 +63,7 @@ func ReadKeys(path string) (map[string]bool, error) {
 			continue
 		}
 		if strings.ContainsAny(k, " \t") || len(k) < 16 {
-			return nil, fmt.Errorf("--api-keys %s: a key is one word of at least 16 characters (got %q...)", path, k[:min(4, len(k))])
+			return nil, fmt.Errorf("--api-keys %s: every key is one word of at least 16 characters (make one with: openssl rand -hex 24)", path)
 		}
 		keys[k] = true
 	}
@@ -162,12 +162,15 @@ func writeJSON(w http.ResponseWriter, v any) {
 // KeelOptions is keel's extension of a request: {"cap": "on" | "off" | "layers_A:B-pP", "steer": {"c": C,
 // "layer": L}, "project": [layers]}.
 type KeelOptions struct {
-	Cap   string `json:"cap,omitempty"`
-	Steer *struct {
-		C     float64 `json:"c"`
-		Layer *int    `json:"layer,omitempty"`
-	} `json:"steer,omitempty"`
-	Project []int `json:"project,omitempty"`
+	Cap     string        `json:"cap,omitempty"`
+	Steer   *SteerOptions `json:"steer,omitempty"`
+	Project []int         `json:"project,omitempty"`
+}
+
+// SteerOptions is the extension's steering: c times the layer's average residual norm along the axis.
+type SteerOptions struct {
+	C     float64 `json:"c"`
+	Layer *int    `json:"layer,omitempty"`
 }
 
 // completionRequest is the union of what /v1/chat/completions and /v1/completions read.
@@ -279,8 +282,14 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 
 // keelInterventions turns keel's extension into the request's interventions and projected layers.
 func (a *API) keelInterventions(k KeelOptions) ([]model.Intervention, []int, error) {
-	axis := a.Sched.Axis()
-	layers := a.Sched.Model().NumLayers()
+	return KeelInterventions(a.Sched.Axis(), a.Sched.Model().NumLayers(), k)
+}
+
+// KeelInterventions are the interventions and projected layers keel's extension asks of a model of the given
+// layers over an axis folder (nil: none): "on" caps with the folder's calibrated rule (the workbench's default
+// rule without one), an id with that rule; steering is c times the layer's average norm at its layer (the middle
+// one by default), applied before the caps. `keel generate` reads its flags through here too.
+func KeelInterventions(axis *probes.AxisFolder, layers int, k KeelOptions) ([]model.Intervention, []int, error) {
 	c := workbench.DefaultControls(layers)
 	switch k.Cap {
 	case "", "off":

@@ -10,8 +10,11 @@ import (
 	"runtime"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/serve"
 )
 
 // modelFlags are the flags every command that loads a model shares.
@@ -93,6 +96,11 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	minP := fs.Float64("min-p", 0, "drop tokens below min-p times the top probability (0 = off)")
 	rep := fs.Float64("repetition-penalty", 1, "repetition penalty (1 = off)")
 	seed := fs.Uint64("seed", 0, "sampling seed")
+	chat := fs.Bool("chat", false, "the prompt is a user's message: render it with the chat template, as keel serve and the workbench do")
+	axisDir := fs.String("axis", "", "axis folder for --cap, --steer and --project; default: the embedded model's own")
+	capFlag := fs.String("cap", "", "cap: on (the axis folder's calibrated rule) or a rule's id (layers_A:B-pP)")
+	steerC := fs.Float64("steer", 0, "steer by C times the layer's average residual norm (0 = off)")
+	steerLayer := fs.Int("steer-layer", -1, "the layer steering acts at (default: the middle one)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -109,12 +117,28 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	if *maxTokens <= 0 {
 		return usageError{fmt.Errorf("--max-tokens %d: give at least 1", *maxTokens)}
 	}
+	embedded := mf.dir == ""
 	_, lm, err := mf.load()
 	if err != nil {
 		return err
 	}
 	defer lm.Close()
-	ids := lm.Tokenizer.Encode(*prompt, true)
+	var hooks *model.Hooks
+	if *capFlag != "" || *steerC != 0 {
+		ivs, err := generateInterventions(lm, embedded, *axisDir, *capFlag, *steerC, *steerLayer)
+		if err != nil {
+			return err
+		}
+		hooks = model.NewHooks(ivs...)
+	}
+	var ids []int
+	if *chat {
+		if ids, err = tokenizer.ChatPrompt(lm.Tokenizer, []tokenizer.Message{{Role: "user", Content: *prompt}}); err != nil {
+			return err
+		}
+	} else {
+		ids = lm.Tokenizer.Encode(*prompt, true)
+	}
 	if len(ids) == 0 {
 		return fmt.Errorf("the prompt encodes to no tokens and the tokenizer has no BOS")
 	}
@@ -124,7 +148,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	_, err = lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
-		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: sampling},
+		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: sampling, Hooks: hooks},
 		OnText: func(text string, _ model.Step) error {
 			_, err := io.WriteString(stdout, text)
 			return err
@@ -141,4 +165,33 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "shim: %s\n%s\nthreads=%d\n", rt.Path, rt.Info, rt.NumThreads())
 	return nil
+}
+
+// generateInterventions reads keel generate's --cap and --steer as keel serve reads a request's "keel" object.
+func generateInterventions(lm *model.LM, embedded bool, axisDir, capFlag string, c float64, layer int) ([]model.Intervention, error) {
+	var err error
+	if axisDir == "" {
+		if !embedded {
+			return nil, usageError{fmt.Errorf("--cap and --steer need --axis DIR (an axis folder for this model)")}
+		}
+		if axisDir, err = models.PersonaAxis(lm.Dir); err != nil {
+			return nil, err
+		}
+	}
+	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
+	if err != nil {
+		return nil, err
+	}
+	k := serve.KeelOptions{Cap: capFlag}
+	if c != 0 {
+		k.Steer = &serve.SteerOptions{C: c}
+		if layer >= 0 {
+			k.Steer.Layer = &layer
+		}
+	}
+	ivs, _, err := serve.KeelInterventions(axis, lm.NumLayers(), k)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return ivs, nil
 }
