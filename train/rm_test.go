@@ -20,11 +20,7 @@ import (
 func TestCriticStartsFromTheRewardModel(t *testing.T) {
 	rt := torchtest.Runtime(t)
 	dir := t.TempDir()
-	lmDir := tinyModel(t, rt, dir, chatData(t, dir, 20))
-	lm, err := model.Load(rt, lmDir, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lmDir, lm := tinyLM(t, rt, dir)
 	if err := lm.MakeClassifier(1, 9); err != nil {
 		t.Fatal(err)
 	}
@@ -73,11 +69,7 @@ func TestCriticStartsFromTheRewardModel(t *testing.T) {
 func TestLoadPreferences(t *testing.T) {
 	rt := torchtest.Runtime(t)
 	dir := t.TempDir()
-	lmDir := tinyModel(t, rt, dir, chatData(t, dir, 20))
-	lm, err := model.Load(rt, lmDir, model.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, lm := tinyLM(t, rt, dir)
 	defer lm.Close()
 	user := []map[string]string{{"role": "user", "content": "What is two plus two?"}}
 	line := func(v any) string { b, _ := json.Marshal(v); return string(b) }
@@ -105,4 +97,15 @@ func TestLoadPreferences(t *testing.T) {
 			t.Errorf("%s: %v", bad, err)
 		}
 	}
+}
+
+// tinyLM writes a tiny chat model under dir and loads it.
+func tinyLM(t *testing.T, rt *torch.Runtime, dir string) (string, *model.LM) {
+	t.Helper()
+	lmDir := tinyModel(t, rt, dir, chatData(t, dir, 20))
+	lm, err := model.Load(rt, lmDir, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lmDir, lm
 }
