@@ -45,6 +45,8 @@ conformance/openai/node_modules/.package-lock.json: conformance/openai/package-l
 	cd conformance/openai && npm ci --no-audit --no-fund
 
 conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/llamacpp/node_modules/.package-lock.json conformance/openai/node_modules/.package-lock.json
+	@python3 -c "import jinja2" 2>/dev/null || { echo "keel: the chat-template reference needs Python's Jinja2: apt-get install python3-jinja2" >&2; exit 1; }
+	@command -v curl >/dev/null || { echo "keel: keel serve's tests use curl as a client: apt-get install curl" >&2; exit 1; }
 
 test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...
