@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -246,7 +247,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 	}
 	var head critic
 	if cfg.ValueModelPath != "" {
-		head, err = newModelCritic(rt, cfg.ValueModelPath, model.Options{Device: dev, DType: dt})
+		head, err = newModelCritic(rt, cfg.ValueModelPath, model.Options{Device: dev, DType: dt}, lm.Tokenizer)
 		job.logf("critic: the reward model %s, every weight trained", cfg.ValueModelPath)
 	} else {
 		head, err = newLinearHead(rt, dev, lm.Config.HiddenSize, cfg.Seed)
@@ -511,7 +512,7 @@ type modelCritic struct {
 	named []model.NamedTensor
 }
 
-func newModelCritic(rt *torch.Runtime, dir string, opts model.Options) (*modelCritic, error) {
+func newModelCritic(rt *torch.Runtime, dir string, opts model.Options, policy tokenizer.Tokenizer) (*modelCritic, error) {
 	cfg, err := model.ReadConfig(dir)
 	if err != nil {
 		return nil, fmt.Errorf("value_model_path: %w", err)
@@ -525,6 +526,12 @@ func newModelCritic(rt *torch.Runtime, dir string, opts model.Options) (*modelCr
 	rm, err := model.Load(rt, dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("value_model_path: %w", err)
+	}
+	// The critic reads the policy's token ids: the two must share a vocabulary.
+	probe := "The critic reads the policy's tokens: 12,345 of them, ¿sí? 🙂"
+	if policy != nil && (rm.Tokenizer.VocabSize() != policy.VocabSize() || !slices.Equal(rm.Tokenizer.Encode(probe, true), policy.Encode(probe, true))) {
+		rm.Close()
+		return nil, fmt.Errorf("value_model_path %s tokenizes text differently from the policy: the critic must share the policy's vocabulary (a reward model trained from the policy's base)", dir)
 	}
 	rm.Training = true
 	c := &modelCritic{rm: rm}

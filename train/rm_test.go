@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/model/modeltest"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
@@ -32,7 +34,7 @@ func TestCriticStartsFromTheRewardModel(t *testing.T) {
 	if err := finishModelFolder(rmDir, lmDir); err != nil {
 		t.Fatal(err)
 	}
-	c, err := newModelCritic(rt, rmDir, model.Options{})
+	c, err := newModelCritic(rt, rmDir, model.Options{}, tokenizerOf(t, rt, lmDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +60,13 @@ func TestCriticStartsFromTheRewardModel(t *testing.T) {
 			t.Fatalf("position %d: critic %v, reward model on the prefix %v", n-1, v[n-1], want[0][0])
 		}
 	}
+	// A reward model of another vocabulary cannot read the policy's ids.
+	other := modeltest.Stories(t)
+	if _, err := newModelCritic(rt, rmDir, model.Options{}, other.Tokenizer); err == nil || !strings.Contains(err.Error(), "vocabulary") {
+		t.Fatalf("a reward model of another vocabulary: %v", err)
+	}
 	// A causal LM is not a critic to start from.
-	if _, err := newModelCritic(rt, lmDir, model.Options{}); err == nil || !strings.Contains(err.Error(), "reward model") {
+	if _, err := newModelCritic(rt, lmDir, model.Options{}, nil); err == nil || !strings.Contains(err.Error(), "reward model") {
 		t.Fatalf("a causal LM as value_model_path: %v", err)
 	}
 }
@@ -108,4 +115,14 @@ func tinyLM(t *testing.T, rt *torch.Runtime, dir string) (string, *model.LM) {
 		t.Fatal(err)
 	}
 	return lmDir, lm
+}
+
+// tokenizerOf is the tokenizer of the model folder dir.
+func tokenizerOf(t *testing.T, rt *torch.Runtime, dir string) tokenizer.Tokenizer {
+	t.Helper()
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
