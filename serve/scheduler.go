@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,6 +61,7 @@ type Scheduler struct {
 	queue    chan *job
 	closed   chan struct{}
 	once     sync.Once
+	mu       sync.Mutex // Submit against the stop
 
 	// Figures for /metrics.
 	active    atomic.Int64 // rows generating now
@@ -70,26 +70,36 @@ type Scheduler struct {
 	ttftSum   atomic.Int64 // nanoseconds from submit to first token, summed
 	ttftCount atomic.Int64
 	started   time.Time
+	eos       map[int]bool
 }
 
 type job struct {
-	ctx     context.Context
-	req     Request
-	out     chan Token
-	queued  time.Time
-	first   bool
-	text    strings.Builder
-	stream  *tokenizer.Stream
-	count   int
-	capAt   map[int]int // intervention index -> layer, for this row's caps
-	ended   bool
-	endedBy string
+	ctx    context.Context
+	req    Request
+	out    chan Token
+	queued time.Time
+	first  bool
+	text   strings.Builder
+	stream *tokenizer.Stream
+	count  int
+	// The row's interventions (the request's, then a capture of the axis at each projected layer) and, by their
+	// place in that list, the layers of its caps and of its projections.
+	ivs      []model.Intervention
+	capAt    map[int]int
+	projAt   map[int]int
+	endedBy  string
+	admitted bool // joined the batch (an active row)
+	done     bool
 }
 
 // NewScheduler serves lm (with axis, which may be nil: no capping, steering or projections) in batches of up to
 // maxBatch rows, with up to queue requests waiting.
 func NewScheduler(lm *model.LM, axis *probes.AxisFolder, maxBatch, queue int) *Scheduler {
-	return &Scheduler{lm: lm, axis: axis, maxBatch: max(1, maxBatch), queue: make(chan *job, max(1, queue)), closed: make(chan struct{}), started: time.Now()}
+	eos := map[int]bool{}
+	for _, e := range lm.EOS() {
+		eos[e] = true
+	}
+	return &Scheduler{lm: lm, axis: axis, maxBatch: max(1, maxBatch), queue: make(chan *job, max(1, queue)), closed: make(chan struct{}), started: time.Now(), eos: eos}
 }
 
 // Axis is the axis folder the scheduler projects and intervenes with (nil: none).
@@ -108,7 +118,28 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 		return nil, fmt.Errorf("max_tokens %d: give at least 1", r.MaxTokens)
 	}
 	// Room for every token and the end: the scheduler never waits on a slow client.
-	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1])}
+	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1]),
+		capAt: map[int]int{}, projAt: map[int]int{}}
+	for _, iv := range r.Interventions {
+		if iv.Kind == model.Cap {
+			j.capAt[len(j.ivs)] = iv.Layer
+		}
+		iv.Rows = nil
+		j.ivs = append(j.ivs, iv)
+	}
+	for _, l := range r.Project {
+		if s.axis == nil {
+			break
+		}
+		if v, ok := s.axis.Axis.Layers[l]; ok {
+			j.projAt[len(j.ivs)] = l
+			j.ivs = append(j.ivs, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "project"})
+		}
+	}
+	// Submitting and closing exclude each other: a request either queues before the scheduler stops (and gets
+	// its Done from the drain) or is refused.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	select {
 	case <-s.closed:
 		return nil, ErrClosed
@@ -126,33 +157,212 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 // Close stops taking requests; Run returns once the batch in flight ends.
 func (s *Scheduler) Close() { s.once.Do(func() { close(s.closed) }) }
 
-// Run serves batches until ctx ends or Close.
+// Run serves requests until ctx ends or Close, in one batch whose rows come and go between decode steps: a
+// request joins as soon as a slot is free and its prompt fits the batch's cache, and leaves when it ends.
 func (s *Scheduler) Run(ctx context.Context) {
-	for {
-		var first *job
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.closed:
-			return
-		case first = <-s.queue:
-		}
-		batch := []*job{first}
-		// Whoever arrives within the linger joins: clients that got their answers from the last batch send
-		// their next requests within a few milliseconds, and requests that arrive together share the passes.
-		linger := time.NewTimer(batchLinger)
-	gather:
-		for len(batch) < s.maxBatch {
+	var b *model.Batch
+	rows := map[int]*job{} // slot -> its request
+	var waiting []*job     // taken from the queue, in arrival order
+	defer func() {
+		// Stop taking requests, and end every one taken or still queued.
+		s.mu.Lock()
+		s.Close()
+		s.mu.Unlock()
+	queued:
+		for {
 			select {
 			case j := <-s.queue:
-				batch = append(batch, j)
-			case <-linger.C:
-				break gather
+				waiting = append(waiting, j)
+			default:
+				break queued
 			}
 		}
-		linger.Stop()
-		s.runBatch(ctx, batch)
+		for _, j := range rows {
+			s.finish(j, "cancelled", nil)
+		}
+		for _, j := range waiting {
+			s.finish(j, "cancelled", nil)
+		}
+		if b != nil {
+			b.Close()
+		}
+	}()
+	for {
+		if len(rows) == 0 && len(waiting) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.closed:
+				return
+			case j := <-s.queue:
+				waiting = append(waiting, j)
+			}
+			// Whoever arrives within the linger starts with it: clients that just got their answers send their
+			// next requests within a few milliseconds.
+			linger := time.NewTimer(batchLinger)
+		gather:
+			for len(waiting) < s.maxBatch {
+				select {
+				case j := <-s.queue:
+					waiting = append(waiting, j)
+				case <-linger.C:
+					break gather
+				}
+			}
+			linger.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	drain:
+		for len(waiting) < s.maxBatch {
+			select {
+			case j := <-s.queue:
+				waiting = append(waiting, j)
+			default:
+				break drain
+			}
+		}
+		if len(rows) == 0 {
+			// A fresh cache sized for what waits, with room for requests that arrive while it decodes.
+			if b != nil {
+				b.Close()
+				b = nil
+				s.lm.RT.TrimHostMemory()
+			}
+			need := 0
+			for _, j := range waiting[:min(len(waiting), s.maxBatch)] {
+				need = max(need, len(j.req.Prompt)+j.req.MaxTokens)
+			}
+			var err error
+			if b, err = s.lm.NewBatch(s.maxBatch, 2*need+64); err != nil {
+				for _, j := range waiting {
+					s.finish(j, "error", err)
+				}
+				waiting = nil
+				continue
+			}
+		}
+		// Admit in arrival order while the first waiting request fits.
+		for len(waiting) > 0 {
+			j := waiting[0]
+			if j.ctx.Err() != nil {
+				waiting = waiting[1:]
+				s.finish(j, "cancelled", nil)
+				continue
+			}
+			if !b.Fits(len(j.req.Prompt), j.req.MaxTokens) {
+				if len(rows) == 0 { // too long for any batch this model can hold
+					waiting = waiting[1:]
+					s.finish(j, "error", fmt.Errorf("the prompt of %d tokens and max_tokens %d do not fit the model's %d positions", len(j.req.Prompt), j.req.MaxTokens, s.lm.Config.MaxPositionEmbeddings))
+					continue
+				}
+				break
+			}
+			waiting = waiting[1:]
+			st, err := b.Join(j.req.Prompt, j.ivs, j.req.Sampling, j.req.MaxTokens)
+			if err != nil {
+				s.finish(j, "error", err)
+				continue
+			}
+			rows[st.Slot] = j
+			j.admitted = true
+			s.active.Add(1)
+			if s.deliver(j, st) {
+				b.Leave(st.Slot)
+				delete(rows, st.Slot)
+				s.finish(j, j.endedBy, nil)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		steps, err := b.Step()
+		if err != nil {
+			for slot, j := range rows {
+				b.Leave(slot)
+				s.finish(j, "error", err)
+			}
+			rows = map[int]*job{}
+			continue
+		}
+		for _, st := range steps {
+			j := rows[st.Slot]
+			if s.deliver(j, st) {
+				b.Leave(st.Slot)
+				delete(rows, st.Slot)
+				s.finish(j, j.endedBy, nil)
+			}
+		}
 	}
+}
+
+// deliver sends a row's token to its client and reports whether the request has ended (its client left, the
+// end of turn, a stop string, max_tokens).
+func (s *Scheduler) deliver(j *job, st model.RowStep) bool {
+	if j.ctx.Err() != nil {
+		j.endedBy = "cancelled"
+		return true
+	}
+	if !j.first {
+		j.first = true
+		s.ttftSum.Add(int64(time.Since(j.queued)))
+		s.ttftCount.Add(1)
+	}
+	j.count++
+	t := Token{ID: st.ID}
+	if !s.eos[st.ID] {
+		t.Text = j.stream.Next(st.ID)
+	}
+	for _, rec := range st.Records {
+		if layer, ok := j.capAt[rec.Intervention]; ok {
+			if t.CapMoves == nil {
+				t.CapMoves = map[int]float32{}
+			}
+			t.CapMoves[layer] = rec.Values[0]
+		}
+		if layer, ok := j.projAt[rec.Intervention]; ok {
+			if t.Projections == nil {
+				t.Projections = map[int]float32{}
+			}
+			t.Projections[layer] = rec.Values[0]
+		}
+	}
+	j.text.WriteString(t.Text)
+	ended := false
+	for _, stop := range j.req.Stop {
+		if stop != "" && strings.Contains(j.text.String(), stop) {
+			ended, j.endedBy = true, "stop"
+		}
+	}
+	switch {
+	case s.eos[st.ID]:
+		ended, j.endedBy = true, "stop"
+	case !ended && j.count >= j.req.MaxTokens:
+		ended, j.endedBy = true, "length"
+	}
+	j.out <- t
+	s.generated.Add(1)
+	return ended
+}
+
+// finish ends a request: the text its stream still holds, then Done with the reason.
+func (s *Scheduler) finish(j *job, reason string, err error) {
+	if j.done {
+		return
+	}
+	j.done = true
+	if j.admitted {
+		s.active.Add(-1)
+	}
+	if tail := j.stream.Flush(); tail != "" && reason != "cancelled" && err == nil {
+		j.out <- Token{Text: tail}
+	}
+	if reason == "" {
+		reason = "length"
+	}
+	j.out <- Token{Done: true, Reason: reason, Err: err, Completion: j.count}
+	close(j.out)
 }
 
 // QueueDepth is the number of requests waiting.
@@ -173,159 +383,4 @@ func (s *Scheduler) Stats() Stats {
 	return Stats{Active: int(s.active.Load()), Queued: s.QueueDepth(), Requests: s.requests.Load(), TokensSent: s.generated.Load(),
 		TTFTSeconds: float64(s.ttftSum.Load()) / 1e9, TTFTCount: float64(s.ttftCount.Load()),
 		TokensPerSecondLifetime: float64(s.generated.Load()) / max(up, 1e-9), UptimeSeconds: up}
-}
-
-// runBatch generates every request of the batch together: each row's interventions act on its row alone, each
-// row samples with its own settings and seed and stops at its own limit.
-func (s *Scheduler) runBatch(ctx context.Context, batch []*job) {
-	prompts := make([][]int, len(batch))
-	sampling := make([]model.Sampling, len(batch))
-	var list []model.Intervention
-	projectAt := map[int]int{} // layer -> index of its capture in list
-	maxTokens := 0
-	// Rows asking the same intervention share one (an intervention on every row needs no mask): a batch of
-	// requests that all cap with the calibrated rule runs the cap once per layer, as one request would.
-	for b, j := range batch {
-		prompts[b], sampling[b] = j.req.Prompt, j.req.Sampling
-		maxTokens = max(maxTokens, j.req.MaxTokens)
-		j.capAt = map[int]int{}
-		lastAt := map[int]int{} // layer -> the list index of this row's last intervention there
-		for _, iv := range j.req.Interventions {
-			// A layer runs its interventions in list order: sharing one placed before this row's earlier
-			// intervention at the layer would run them out of the row's order.
-			k := sameIntervention(list, iv)
-			if last, ok := lastAt[iv.Layer]; ok && k >= 0 && k < last {
-				k = -1
-			}
-			if k < 0 {
-				k = len(list)
-				iv.Rows = nil
-				list = append(list, iv)
-			}
-			list[k].Rows = append(list[k].Rows, b)
-			lastAt[iv.Layer] = k
-			if iv.Kind == model.Cap {
-				j.capAt[k] = iv.Layer
-			}
-		}
-	}
-	for k := range list {
-		if len(list[k].Rows) == len(batch) {
-			list[k].Rows = nil
-		}
-	}
-	// One capture per projected layer serves every row (a capture records them all), after the interventions.
-	for _, j := range batch {
-		for _, l := range j.req.Project {
-			if _, ok := projectAt[l]; ok || s.axis == nil {
-				continue
-			}
-			if v, ok := s.axis.Axis.Layers[l]; ok {
-				projectAt[l] = len(list)
-				list = append(list, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "project"})
-			}
-		}
-	}
-	isEOS := map[int]bool{}
-	for _, e := range s.lm.EOS() {
-		isEOS[e] = true
-	}
-	s.active.Add(int64(len(batch)))
-	defer s.active.Add(-int64(len(batch)))
-	onStep := func(st model.Step) (bool, error) {
-		j := batch[st.Row]
-		if j.ended {
-			return true, nil
-		}
-		if j.ctx.Err() != nil {
-			j.ended, j.endedBy = true, "cancelled"
-			return true, nil
-		}
-		if !j.first {
-			j.first = true
-			s.ttftSum.Add(int64(time.Since(j.queued)))
-			s.ttftCount.Add(1)
-		}
-		j.count++
-		t := Token{ID: st.ID}
-		if !isEOS[st.ID] {
-			t.Text = j.stream.Next(st.ID)
-		}
-		for _, rec := range st.Records {
-			if layer, ok := j.capAt[rec.Intervention]; ok {
-				if t.CapMoves == nil {
-					t.CapMoves = map[int]float32{}
-				}
-				t.CapMoves[layer] = rec.Values[0]
-			}
-		}
-		for _, l := range j.req.Project {
-			if k, ok := projectAt[l]; ok {
-				for _, rec := range st.Records {
-					if rec.Intervention == k {
-						if t.Projections == nil {
-							t.Projections = map[int]float32{}
-						}
-						t.Projections[l] = rec.Values[0]
-					}
-				}
-			}
-		}
-		j.text.WriteString(t.Text)
-		stop := false
-		for _, st := range j.req.Stop {
-			if st != "" && strings.Contains(j.text.String(), st) {
-				stop, j.endedBy = true, "stop"
-			}
-		}
-		switch {
-		case isEOS[st.ID]:
-			stop, j.endedBy = true, "stop"
-		case !stop && j.count >= j.req.MaxTokens:
-			stop, j.endedBy = true, "length"
-		}
-		j.out <- t
-		s.generated.Add(1)
-		j.ended = stop
-		return stop, nil
-	}
-	_, err := s.lm.Generate(ctx, prompts, model.GenerateConfig{MaxTokens: maxTokens, Hooks: model.NewHooks(list...), RowSampling: sampling, OnStep: onStep})
-	for _, j := range batch {
-		end := Token{Done: true, Reason: j.endedBy, Completion: j.count}
-		switch {
-		case err != nil && !j.ended:
-			end.Reason, end.Err = "error", err
-		case end.Reason == "":
-			end.Reason = "length"
-			if j.ctx.Err() != nil {
-				end.Reason = "cancelled"
-			}
-		}
-		if tail := j.stream.Flush(); tail != "" && end.Reason != "cancelled" {
-			j.out <- Token{Text: tail}
-		}
-		j.out <- end
-		close(j.out)
-	}
-	s.lm.RT.TrimHostMemory()
-}
-
-// sameIntervention is the index in list of an intervention doing what iv does (rows aside), or -1.
-func sameIntervention(list []model.Intervention, iv model.Intervention) int {
-	for k, o := range list {
-		if o.Layer != iv.Layer || o.Kind != iv.Kind || o.Coeff != iv.Coeff || o.Tau != iv.Tau || o.Ceiling != iv.Ceiling || o.Full != iv.Full || len(o.Vectors) != len(iv.Vectors) {
-			continue
-		}
-		same := true
-		for v := range o.Vectors {
-			if !slices.Equal(o.Vectors[v], iv.Vectors[v]) {
-				same = false
-				break
-			}
-		}
-		if same {
-			return k
-		}
-	}
-	return -1
 }

@@ -465,3 +465,49 @@ func TestStreamsPerKey(t *testing.T) {
 		}
 	}
 }
+
+// Continuous batching: requests that arrive while a long one decodes join it between steps (they end before it
+// does, instead of waiting for it), and each answers exactly what it answers alone.
+func TestRequestsJoinARunningBatch(t *testing.T) {
+	ts := newTestServer(t, true, 8)
+	ts.start()
+	long := make(chan time.Time, 1)
+	var longReply chatResponse
+	go func() {
+		// Steered this hard the model never ends its turn: the request decodes all its tokens.
+		longReply = ts.chat(t, map[string]any{"steer": map[string]any{"c": -3}}, "Tell me a long story about the sea.", 200)
+		long <- time.Now()
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ts.sched.Stats().Active == 0; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the long request never started")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // a few of its tokens are out
+	options := []map[string]any{nil, {"steer": map[string]any{"c": -3}}, {"cap": "on", "project": []int{3}}}
+	joined := make([]chatResponse, len(options))
+	ended := make([]time.Time, len(options))
+	var wg sync.WaitGroup
+	for i := range options {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			joined[i] = ts.chat(t, options[i], "Who are you?", 12)
+			ended[i] = time.Now()
+		}()
+	}
+	wg.Wait()
+	longEnd := <-long
+	if len(longReply.Choices) != 1 || longReply.Choices[0].FinishReason != "length" {
+		t.Fatalf("the long request ended early (%+v): the test needs it to decode all 200 tokens", longReply.Choices)
+	}
+	for i, opt := range options {
+		if !ended[i].Before(longEnd) {
+			t.Errorf("request %d ended after the long one: it waited for the batch instead of joining", i)
+		}
+		alone := ts.chat(t, opt, "Who are you?", 12)
+		if joined[i].Choices[0].Message.Content != alone.Choices[0].Message.Content {
+			t.Errorf("request %d (%v): joined %q, alone %q", i, opt, joined[i].Choices[0].Message.Content, alone.Choices[0].Message.Content)
+		}
+	}
+}
