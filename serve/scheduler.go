@@ -223,16 +223,17 @@ func (s *Scheduler) Run(ctx context.Context) {
 				break drain
 			}
 		}
-		if len(rows) == 0 {
-			// A fresh cache sized for what waits, with room for requests that arrive while it decodes.
+		// An empty batch keeps its cache when what waits fits it; otherwise a fresh one is sized for what waits,
+		// with room for requests that arrive while it decodes.
+		need := 0
+		for _, j := range waiting[:min(len(waiting), s.maxBatch)] {
+			need = max(need, len(j.req.Prompt)+j.req.MaxTokens)
+		}
+		if len(rows) == 0 && (b == nil || need > b.Len()+b.Room()) {
 			if b != nil {
 				b.Close()
 				b = nil
 				s.lm.RT.TrimHostMemory()
-			}
-			need := 0
-			for _, j := range waiting[:min(len(waiting), s.maxBatch)] {
-				need = max(need, len(j.req.Prompt)+j.req.MaxTokens)
 			}
 			var err error
 			if b, err = s.lm.NewBatch(s.maxBatch, 2*need+64); err != nil {
