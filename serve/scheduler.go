@@ -43,8 +43,8 @@ type Token struct {
 	Completion  int // when Done: tokens generated
 }
 
-// batchLinger is how long a batch waits for more requests before it starts: a few decode steps of a small
-// model, nothing next to a request's own time.
+// batchLinger is how long an idle scheduler waits, once a request arrives, for others to start with it: a few
+// decode steps of a small model, nothing next to a request's own time.
 const batchLinger = 5 * time.Millisecond
 
 // ErrBusy is a full queue: the client should retry later.
@@ -53,7 +53,8 @@ var ErrBusy = errors.New("the server's queue is full: retry later")
 // ErrClosed is a scheduler that stopped taking requests.
 var ErrClosed = errors.New("the server is shutting down")
 
-// Scheduler owns a model: requests queue (bounded), and each batch takes up to MaxBatch of them in arrival order.
+// Scheduler owns a model: requests queue (bounded) and join one running batch of up to maxBatch rows in arrival
+// order, between its decode steps.
 type Scheduler struct {
 	lm       *model.LM
 	axis     *probes.AxisFolder
@@ -92,8 +93,8 @@ type job struct {
 	done     bool
 }
 
-// NewScheduler serves lm (with axis, which may be nil: no capping, steering or projections) in batches of up to
-// maxBatch rows, with up to queue requests waiting.
+// NewScheduler serves lm (with axis, which may be nil: no capping, steering or projections) to up to maxBatch
+// requests at once, with up to queue more waiting.
 func NewScheduler(lm *model.LM, axis *probes.AxisFolder, maxBatch, queue int) *Scheduler {
 	eos := map[int]bool{}
 	for _, e := range lm.EOS() {

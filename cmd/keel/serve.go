@@ -28,7 +28,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
 	addr := fs.String("http", "127.0.0.1:8080", "address of the OpenAI-compatible API (loopback unless told otherwise)")
 	keysFile := fs.String("api-keys", "", "file of bearer keys, one per line (required when --http is not loopback)")
-	maxBatch := fs.Int("max-batch", 8, "rows generated together at most")
+	maxBatch := fs.Int("max-batch", 8, "requests decoding at once at most (the batch's rows)")
 	queue := fs.Int("queue", 64, "requests waiting at most (more get 429)")
 	name := fs.String("name", "", "the model id clients name (default: the model folder's name)")
 	lim := serve.DefaultLimits()
@@ -87,7 +87,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	go func() { sched.Run(ctx); close(done) }()
 	api := &serve.API{Sched: sched, Name: *name, Keys: keys, Limits: lim}
 	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "keel serve: model %q on http://%s/v1 (batches of up to %d, %s)\n", *name, ln.Addr(), *maxBatch, map[bool]string{true: "bearer keys required", false: "no keys: loopback only"}[keys != nil])
+	fmt.Fprintf(stdout, "keel serve: model %q on http://%s/v1 (up to %d requests decoding at once, %s)\n", *name, ln.Addr(), *maxBatch, map[bool]string{true: "bearer keys required", false: "no keys: loopback only"}[keys != nil])
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
