@@ -54,10 +54,6 @@ func (m *Model) NewBatch(slots, capacity int) (*Batch, error) {
 		b.smp.cfgs = append(b.smp.cfgs, Sampling{})
 		b.smp.rngs = append(b.smp.rngs, rand.New(rand.NewPCG(0, streamKey)))
 	}
-	// Free slots attend only to themselves until a row joins.
-	for i := range c.Pad {
-		c.Pad[i] = 0
-	}
 	return b, nil
 }
 

@@ -27,9 +27,6 @@ type GenerateConfig struct {
 	OnStep func(Step) (stop bool, err error)
 	// PromptRecords, when set, receives the records of the prompt's positions (the prefill pass).
 	PromptRecords func(row int, recs [][]Record)
-	// RowSampling, when set, gives each row its own settings and seed (one per prompt; Sampling is then unused):
-	// a row samples what the same request alone samples.
-	RowSampling []Sampling
 	// NoCache recomputes the whole sequence at every step instead of using the KV cache (a reference path).
 	NoCache bool
 }
@@ -86,12 +83,6 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		isEOS[e] = true
 	}
 	smp := newSampler(g.Sampling, B)
-	if g.RowSampling != nil {
-		if len(g.RowSampling) != B {
-			return nil, fmt.Errorf("row sampling: %d settings for %d prompts", len(g.RowSampling), B)
-		}
-		smp = newRowSampler(g.RowSampling)
-	}
 	results := make([]Result, B)
 	live := B
 	s := m.RT.NewScope().NoGrad()

@@ -11,9 +11,10 @@ import (
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
-// One batch serves eight requests, each with interventions and sampling of its own (interventions on their
-// rows only, a seed of its own): every row generates exactly what the same request generates alone.
-func TestRowsOwnInterventionsAndSampling(t *testing.T) {
+// Interventions on chosen rows: one greedy batch of eight requests, each with interventions of its own on its
+// row, generates for every row exactly what the request generates alone (model.Batch's test covers rows joining
+// later, with sampling of their own).
+func TestRowsOwnInterventions(t *testing.T) {
 	rt := torchtest.Runtime(t)
 	cfg := model.TinyConfigs()["llama"]
 	m, err := model.NewRandom(rt, cfg, model.Options{}, 21)
@@ -51,45 +52,35 @@ func TestRowsOwnInterventionsAndSampling(t *testing.T) {
 	for i := range prompts {
 		prompts[i] = testPrompt(5+3*i, cfg.VocabSize, 30+i)
 	}
-	for _, sampled := range []bool{false, true} {
-		samplingOf := func(i int) model.Sampling {
-			if !sampled {
-				return model.Sampling{}
-			}
-			return model.Sampling{Temperature: 0.9, TopP: 0.95, Seed: uint64(100 + i)}
+	var batchList []model.Intervention
+	for i := range prompts {
+		for _, iv := range own(i) {
+			iv.Rows = []int{i}
+			batchList = append(batchList, iv)
 		}
-		var batchList []model.Intervention
-		rowSampling := make([]model.Sampling, len(prompts))
-		for i := range prompts {
-			for _, iv := range own(i) {
-				iv.Rows = []int{i}
-				batchList = append(batchList, iv)
-			}
-			rowSampling[i] = samplingOf(i)
-		}
-		batched, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(batchList...), RowSampling: rowSampling})
+	}
+	batched, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(batchList...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	differ := 0
+	for i, p := range prompts {
+		alone, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(own(i)...)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		differ := 0
-		for i, p := range prompts {
-			alone, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24, Hooks: model.NewHooks(own(i)...), Sampling: samplingOf(i)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(alone[0].IDs, batched[i].IDs) {
-				t.Errorf("sampled=%v request %d: alone %v, in the batch %v", sampled, i, alone[0].IDs, batched[i].IDs)
-			}
-			plain, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24, Sampling: samplingOf(i)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if own(i) != nil && !slices.Equal(plain[0].IDs, alone[0].IDs) {
-				differ++
-			}
+		if !slices.Equal(alone[0].IDs, batched[i].IDs) {
+			t.Errorf("request %d: alone %v, in the batch %v", i, alone[0].IDs, batched[i].IDs)
 		}
-		if differ < 5 {
-			t.Errorf("sampled=%v: the interventions changed only %d of the 6 requests that have some", sampled, differ)
+		plain, err := m.Generate(context.Background(), [][]int{p}, model.GenerateConfig{MaxTokens: 24})
+		if err != nil {
+			t.Fatal(err)
 		}
+		if own(i) != nil && !slices.Equal(plain[0].IDs, alone[0].IDs) {
+			differ++
+		}
+	}
+	if differ < 5 {
+		t.Errorf("the interventions changed only %d of the 6 requests that have some", differ)
 	}
 }

@@ -62,16 +62,6 @@ func newSampler(cfg Sampling, rows int) *sampler {
 	return s
 }
 
-// newRowSampler gives each row settings of its own, and the stream a lone generation with its seed has (row 0's):
-// a request samples the same tokens in any batch, at any row.
-func newRowSampler(cfgs []Sampling) *sampler {
-	s := &sampler{cfgs: cfgs}
-	for _, c := range cfgs {
-		s.rngs = append(s.rngs, rand.New(rand.NewPCG(c.Seed, streamKey)))
-	}
-	return s
-}
-
 // greedyOnDevice reports whether every row's choice needs no logits on the host.
 func (s *sampler) greedyOnDevice() bool {
 	for _, c := range s.cfgs {
