@@ -155,7 +155,7 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 	}
 }
 
-// Close stops taking requests; Run returns once the batch in flight ends.
+// Close stops taking requests; Run returns once the requests taken so far end.
 func (s *Scheduler) Close() { s.once.Do(func() { close(s.closed) }) }
 
 // Run serves requests until ctx ends or Close, in one batch whose rows come and go between decode steps: a
@@ -189,6 +189,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 		}
 	}()
 	for {
+		if ctx.Err() != nil {
+			return // the requests in flight end as cancelled
+		}
 		if len(rows) == 0 && len(waiting) == 0 {
 			select {
 			case <-ctx.Done():
