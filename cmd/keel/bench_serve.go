@@ -16,8 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keel-lab/keel/models"
-	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
 )
 
@@ -53,15 +51,9 @@ func runBenchServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer lm.Close()
-	var axis *probes.AxisFolder
-	if embedded {
-		dir, err := models.PersonaAxis(lm.Dir)
-		if err != nil {
-			return err
-		}
-		if axis, _, err = probes.OpenAxisFolderFor(dir, lm, false); err != nil {
-			return err
-		}
+	axis, err := openAxisFolder(lm, embedded, "", false)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

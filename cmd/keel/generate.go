@@ -13,7 +13,6 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/models"
-	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
 )
 
@@ -169,18 +168,12 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 
 // generateInterventions reads keel generate's --cap and --steer as keel serve reads a request's "keel" object.
 func generateInterventions(lm *model.LM, embedded bool, axisDir, capFlag string, c float64, layer int) ([]model.Intervention, error) {
-	var err error
-	if axisDir == "" {
-		if !embedded {
-			return nil, usageError{fmt.Errorf("--cap and --steer need --axis DIR (an axis folder for this model)")}
-		}
-		if axisDir, err = models.PersonaAxis(lm.Dir); err != nil {
-			return nil, err
-		}
-	}
-	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
+	axis, err := openAxisFolder(lm, embedded, axisDir, false)
 	if err != nil {
 		return nil, err
+	}
+	if axis == nil {
+		return nil, usageError{fmt.Errorf("--cap and --steer need --axis DIR (an axis folder for this model)")}
 	}
 	k := serve.KeelOptions{Cap: capFlag}
 	if c != 0 {

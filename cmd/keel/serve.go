@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
@@ -62,16 +63,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer lm.Close()
-	if *axisDir == "" && embedded {
-		if *axisDir, err = models.PersonaAxis(lm.Dir); err != nil {
-			return err
-		}
-	}
-	var axis *probes.AxisFolder
-	if *axisDir != "" {
-		if axis, _, err = probes.OpenAxisFolderFor(*axisDir, lm, *ignoreHash); err != nil {
-			return err
-		}
+	axis, err := openAxisFolder(lm, embedded, *axisDir, *ignoreHash)
+	if err != nil {
+		return err
 	}
 	if *name == "" {
 		*name = filepath.Base(lm.Dir)
@@ -103,4 +97,20 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	srv.Shutdown(shutdown)
 	<-done
 	return nil
+}
+
+// openAxisFolder opens the axis folder a command was given, or the embedded model's own when it runs the embedded
+// model without one; nil when there is neither.
+func openAxisFolder(lm *model.LM, embedded bool, dir string, ignoreHash bool) (*probes.AxisFolder, error) {
+	if dir == "" && embedded {
+		var err error
+		if dir, err = models.PersonaAxis(lm.Dir); err != nil {
+			return nil, err
+		}
+	}
+	if dir == "" {
+		return nil, nil
+	}
+	axis, _, err := probes.OpenAxisFolderFor(dir, lm, ignoreHash)
+	return axis, err
 }
