@@ -2,8 +2,6 @@ package model_test
 
 import (
 	"context"
-	"math"
-	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -22,16 +20,7 @@ func TestBatchRowsJoinAndLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	rng := rand.New(rand.NewPCG(2, 2))
-	u := make([]float32, cfg.HiddenSize)
-	var norm float64
-	for i := range u {
-		u[i] = float32(rng.NormFloat64())
-		norm += float64(u[i]) * float64(u[i])
-	}
-	for i := range u {
-		u[i] /= float32(math.Sqrt(norm))
-	}
+	u := unitVector(2, cfg.HiddenSize)
 	type request struct {
 		joinAt    int // the batch step it arrives at
 		prompt    []int

@@ -22,19 +22,7 @@ func TestRowsOwnInterventions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	d := cfg.HiddenSize
-	rng := rand.New(rand.NewPCG(4, 4))
-	dir := make([]float32, d)
-	for i := range dir {
-		dir[i] = float32(rng.NormFloat64())
-	}
-	unit := float32(0)
-	for _, x := range dir {
-		unit += x * x
-	}
-	for i := range dir {
-		dir[i] /= float32(math.Sqrt(float64(unit)))
-	}
+	dir := unitVector(4, cfg.HiddenSize)
 	// Request i's interventions: none, steering of several strengths at several layers, caps floor and ceiling.
 	own := func(i int) []model.Intervention {
 		switch i % 4 {
@@ -83,4 +71,19 @@ func TestRowsOwnInterventions(t *testing.T) {
 	if differ < 5 {
 		t.Errorf("the interventions changed only %d of the 6 requests that have some", differ)
 	}
+}
+
+// unitVector is a random direction of d values drawn from seed, of norm 1.
+func unitVector(seed uint64, d int) []float32 {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	u := make([]float32, d)
+	var norm float64
+	for i := range u {
+		u[i] = float32(rng.NormFloat64())
+		norm += float64(u[i]) * float64(u[i])
+	}
+	for i := range u {
+		u[i] /= float32(math.Sqrt(norm))
+	}
+	return u
 }
