@@ -27,6 +27,9 @@ type Request struct {
 	Interventions []model.Intervention
 	// Project are the layers whose axis projection each token reports.
 	Project []int
+	// Hooks, when set, are live interventions in place of Interventions: read again between decode steps
+	// whenever they change (a workbench chat whose controls change mid-reply).
+	Hooks *model.Hooks
 }
 
 // Token is one generated token as the client receives it, or the end of the request (Done).
@@ -37,10 +40,15 @@ type Token struct {
 	// signed amount each cap moved the residual stream along the axis (0 when the cap did not bind).
 	Projections map[int]float32
 	CapMoves    map[int]float32
-	Done        bool
-	Reason      string // when Done: "stop" (end of turn or a stop string), "length", "cancelled", "error"
-	Err         error
-	Completion  int // when Done: tokens generated
+	// Records are what the row's interventions recorded at the token, each naming its place in the list in
+	// force (Hooks' list, then the projections' captures).
+	Records []model.Record
+	// Flushed is text the decoder held back (an incomplete character) given out at the end, with no token.
+	Flushed    bool
+	Done       bool
+	Reason     string // when Done: "stop" (end of turn or a stop string), "length", "cancelled", "error"
+	Err        error
+	Completion int // when Done: tokens generated
 }
 
 // batchLinger is how long an idle scheduler waits, once a request arrives, for others to start with it: a few
@@ -88,6 +96,7 @@ type job struct {
 	ivs      []model.Intervention
 	capAt    map[int]int
 	projAt   map[int]int
+	version  uint64 // of req.Hooks' list when ivs were made from it
 	endedBy  string
 	admitted bool // joined the batch (an active row)
 	done     bool
@@ -118,25 +127,11 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 	if r.MaxTokens < 1 {
 		return nil, fmt.Errorf("max_tokens %d: give at least 1", r.MaxTokens)
 	}
+	// The model's own stop strings (generation_config.json) end every request, as they end `keel generate`.
+	r.Stop = append(append([]string(nil), r.Stop...), s.lm.GenConfig.StopStrings...)
 	// Room for every token and the end: the scheduler never waits on a slow client.
-	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1]),
-		capAt: map[int]int{}, projAt: map[int]int{}}
-	for _, iv := range r.Interventions {
-		if iv.Kind == model.Cap {
-			j.capAt[len(j.ivs)] = iv.Layer
-		}
-		iv.Rows = nil
-		j.ivs = append(j.ivs, iv)
-	}
-	for _, l := range r.Project {
-		if s.axis == nil {
-			break
-		}
-		if v, ok := s.axis.Axis.Layers[l]; ok {
-			j.projAt[len(j.ivs)] = l
-			j.ivs = append(j.ivs, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "project"})
-		}
-	}
+	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1])}
+	s.target(j)
 	// Submitting and closing exclude each other: a request either queues before the scheduler stops (and gets
 	// its Done from the drain) or is refused.
 	s.mu.Lock()
@@ -152,6 +147,50 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 		return j.out, nil
 	default:
 		return nil, ErrBusy
+	}
+}
+
+// target makes a request's row interventions: its own (or its hooks' list), then a capture of the axis at each
+// projected layer; capAt and projAt name the layers of the caps and captures by their place in the list.
+func (s *Scheduler) target(j *job) {
+	list := j.req.Interventions
+	if j.req.Hooks != nil {
+		list, j.version = j.req.Hooks.Snapshot()
+	}
+	j.ivs, j.capAt, j.projAt = nil, map[int]int{}, map[int]int{}
+	for _, iv := range list {
+		if iv.Kind == model.Cap {
+			j.capAt[len(j.ivs)] = iv.Layer
+		}
+		iv.Rows = nil
+		j.ivs = append(j.ivs, iv)
+	}
+	for _, l := range j.req.Project {
+		if s.axis == nil {
+			break
+		}
+		if v, ok := s.axis.Axis.Layers[l]; ok {
+			j.projAt[len(j.ivs)] = l
+			j.ivs = append(j.ivs, model.Intervention{Layer: l, Kind: model.Capture, Vectors: [][]float32{v}, Label: "project"})
+		}
+	}
+}
+
+// retarget gives the rows whose hooks changed their new interventions before the next step.
+func (s *Scheduler) retarget(b *model.Batch, rows map[int]*job) {
+	for slot, j := range rows {
+		if j.req.Hooks == nil {
+			continue
+		}
+		if _, v := j.req.Hooks.Snapshot(); v == j.version {
+			continue
+		}
+		s.target(j)
+		if err := b.Retarget(slot, j.ivs); err != nil {
+			b.Leave(slot)
+			delete(rows, slot)
+			s.finish(j, "error", err)
+		}
 	}
 }
 
@@ -265,6 +304,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 				break
 			}
 			waiting = waiting[1:]
+			if j.req.Hooks != nil {
+				s.target(j) // the controls in force as it starts, not as it queued
+			}
 			st, err := b.Join(j.req.Prompt, j.ivs, j.req.Sampling, j.req.MaxTokens)
 			if err != nil {
 				s.finish(j, "error", err)
@@ -282,6 +324,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		if len(rows) == 0 {
 			continue
 		}
+		s.retarget(b, rows)
 		steps, err := b.Step()
 		if err != nil {
 			for slot, j := range rows {
@@ -315,7 +358,7 @@ func (s *Scheduler) deliver(j *job, st model.RowStep) bool {
 		s.ttftCount.Add(1)
 	}
 	j.count++
-	t := Token{ID: st.ID}
+	t := Token{ID: st.ID, Records: st.Records}
 	if !s.eos[st.ID] {
 		t.Text = j.stream.Next(st.ID)
 	}
@@ -361,7 +404,7 @@ func (s *Scheduler) finish(j *job, reason string, err error) {
 		s.active.Add(-1)
 	}
 	if tail := j.stream.Flush(); tail != "" && reason != "cancelled" && err == nil {
-		j.out <- Token{Text: tail}
+		j.out <- Token{Text: tail, Flushed: true}
 	}
 	if reason == "" {
 		reason = "length"

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/datadir"
 )
 
 // maxTerm bounds a recorded terminal's columns and rows (a frame is cols x rows).
@@ -92,12 +93,7 @@ func DefaultDir() string {
 	if d := os.Getenv("KEEL_SESSIONS"); d != "" {
 		return d
 	}
-	data := os.Getenv("XDG_DATA_HOME")
-	if data == "" {
-		home, _ := os.UserHomeDir()
-		data = filepath.Join(home, ".local", "share")
-	}
-	return filepath.Join(data, "keel", "sessions")
+	return datadir.Path("sessions")
 }
 
 // Recorder appends events to a session file. Token events are buffered and the file is fsynced at every turn

@@ -38,7 +38,7 @@ func record(t *testing.T, lm *model.LM, path string) *workbench.Recording {
 		t.Fatal(err)
 	}
 	ctx := lm.Tokenizer.Encode("Once upon a time", true)
-	if _, _, err := r.Generate(context.Background(), lm, ctx, caps, model.GenerateConfig{MaxTokens: 40, EOS: []int{-1}}, nil); err != nil {
+	if _, err := r.Generate(context.Background(), exactly(lm, 40), ctx, caps, workbench.Sampling{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Mark("good"); err != nil {
@@ -132,7 +132,7 @@ func TestExportsAndDataset(t *testing.T) {
 		if err := r.Say("user", "Tell me a story."); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := r.Generate(context.Background(), lm, lm.Tokenizer.Encode(prompt, true), nil, model.GenerateConfig{MaxTokens: 12, EOS: []int{-1}}, nil); err != nil {
+		if _, err := r.Generate(context.Background(), exactly(lm, 12), lm.Tokenizer.Encode(prompt, true), nil, workbench.Sampling{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if i == 0 {
@@ -234,5 +234,17 @@ func TestAbsurdTerminalInHeader(t *testing.T) {
 	}
 	if s.Header.Term != (sessions.Term{Cols: 80, Rows: 24}) || len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "80x24") {
 		t.Fatalf("term %+v, warnings %q", s.Header.Term, s.Warnings)
+	}
+}
+
+// exactly generates n tokens greedily whatever comes: no end-of-sequence token ends the turn early.
+func exactly(lm *model.LM, n int) workbench.Generator {
+	return func(c context.Context, ids []int, hooks *model.Hooks, _ workbench.Sampling, onText func(string, model.Step) error) (string, error) {
+		g := model.GenerateConfig{MaxTokens: n, EOS: []int{-1}, Hooks: hooks}
+		res, err := lm.GenerateText(c, [][]int{ids}, model.TextConfig{GenerateConfig: g, OnText: onText})
+		if err != nil {
+			return "", err
+		}
+		return res[0].Text, nil
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/datadir"
 )
 
 // Job states.
@@ -79,12 +80,7 @@ func DefaultRunsDir() string {
 	if d := os.Getenv("KEEL_RUNS"); d != "" {
 		return d
 	}
-	data := os.Getenv("XDG_DATA_HOME")
-	if data == "" {
-		home, _ := os.UserHomeDir()
-		data = filepath.Join(home, ".local", "share")
-	}
-	return filepath.Join(data, "keel", "runs")
+	return datadir.Path("runs")
 }
 
 // NewRun makes a run folder with a fresh id (kind-date-random).
@@ -98,6 +94,17 @@ func NewRun(root, kind string) (*Run, error) {
 	}
 	r := &Run{Dir: dir, ID: id}
 	return r, r.WriteState(State{ID: id, Kind: kind, State: Queued, Created: time.Now().UTC(), Updated: time.Now().UTC()})
+}
+
+// SetOwner names who started the run (a keel serve user): only they may cancel it from their chat.
+func (r *Run) SetOwner(name string) error {
+	return os.WriteFile(filepath.Join(r.Dir, "owner"), []byte(name+"\n"), 0o644)
+}
+
+// Owner is who started the run ("" for a run started outside keel serve).
+func (r *Run) Owner() string {
+	raw, _ := os.ReadFile(filepath.Join(r.Dir, "owner"))
+	return strings.TrimSpace(string(raw))
 }
 
 // OpenRun finds a run by folder path or by id under root.

@@ -167,10 +167,14 @@ func (m *jobsModel) view(st Styles, width int) string {
 		if j.Total > 0 {
 			frac = float64(j.Step) / float64(j.Total)
 		}
-		line := fmt.Sprintf("%s %s %d/%d loss %.3f", j.ID, j.State, j.Step, j.Total, j.Loss)
+		name := j.ID
+		if j.Owner != "" { // a shared machine's job: whose it is
+			name += " (" + j.Owner + ")"
+		}
+		line := fmt.Sprintf("%s %s %d/%d loss %.3f", name, j.State, j.Step, j.Total, j.Loss)
 		preparing := j.Step == 0 && j.Phase != "" && !finished(j.State)
 		if preparing {
-			line = j.ID + " " + j.State
+			line = name + " " + j.State
 		}
 		if j.State == train.Running && j.ETA > 0 {
 			line += " ETA " + j.ETA.Round(time.Second).String()

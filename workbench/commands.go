@@ -339,6 +339,9 @@ func (s *Session) cmdLoad(c call) Result {
 		return failed(ErrBusy)
 	}
 	if s.opt.Load == nil {
+		if s.opt.NoLoad != "" {
+			return Result{Notice: s.opt.NoLoad}
+		}
 		return Result{Notice: "loading is not available in this session"}
 	}
 	info := s.Info()

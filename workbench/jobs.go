@@ -17,6 +17,7 @@ import (
 // JobUpdate is a background job's progress as a front end shows it.
 type JobUpdate struct {
 	ID, Kind, State string
+	Owner           string // the keel serve user who started it ("" outside keel serve)
 	Phase           string // what a running job does before its first step ("scoring rollouts")
 	Step, Total     int
 	Loss            float64
@@ -48,6 +49,9 @@ type ProcessJobs struct {
 	Model   string // the chat's model folder
 	RunsDir string
 	Send    func(JobUpdate)
+	// Owner, when set, is the user this runner acts for on a shared machine: the jobs it starts are theirs, and
+	// it cancels no one else's.
+	Owner   string
 	mu      sync.Mutex
 	watched map[string]bool
 }
@@ -78,6 +82,12 @@ func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
 	run, err := train.NewRun(p.RunsDir, kind)
 	if err != nil {
 		return "", err
+	}
+	if p.Owner != "" {
+		if err := run.SetOwner(p.Owner); err != nil {
+			os.RemoveAll(run.Dir)
+			return "", err
+		}
 	}
 	full := append([]string{"train", kind, "--model", p.Model, "--runs", p.RunsDir, "--run-dir", run.Dir, "--detach"}, args...)
 	if out, err := exec.Command(p.Exe, full...).CombinedOutput(); err != nil {
@@ -115,8 +125,9 @@ func (p *ProcessJobs) watch(run *train.Run, kind string) {
 	if seen || p.Send == nil {
 		return
 	}
+	owner := run.Owner()
 	go run.Watch(context.Background(), 300*time.Millisecond, func(s train.State, m *train.Metrics) {
-		u := JobUpdate{ID: run.ID, Kind: kind, State: s.State, Phase: s.Phase, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
+		u := JobUpdate{ID: run.ID, Owner: owner, Kind: kind, State: s.State, Phase: s.Phase, Step: s.Step, Total: s.TotalSteps, Loss: s.Loss, Final: s.Final, Error: s.Error}
 		if m != nil {
 			u.Step, u.Loss, u.ETA, u.Extra = m.Step, m.Loss, time.Duration(m.ETASeconds*float64(time.Second)), m.Extra
 		}
@@ -153,11 +164,17 @@ func (p *ProcessJobs) ModelDir(ref string) (string, error) {
 	return st.Final, nil
 }
 
-// Cancel implements JobRunner for any run in RunsDir.
+// Cancel implements JobRunner for any run in RunsDir (the owner's own, when there is an Owner).
 func (p *ProcessJobs) Cancel(id string) error {
 	run, err := train.OpenRun(p.RunsDir, id)
 	if err != nil {
 		return err
+	}
+	if owner := run.Owner(); p.Owner != "" && owner != p.Owner {
+		if owner == "" {
+			owner = "someone on the machine itself"
+		}
+		return fmt.Errorf("job %s was started by %s: you may cancel only your own jobs", id, owner)
 	}
 	return run.RequestCancel()
 }

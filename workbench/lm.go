@@ -23,6 +23,27 @@ type LMBackend struct {
 	mu     sync.Mutex
 	active []model.Intervention
 	layer  int
+	gen    Generator
+	shared bool // the model is others' too: Close leaves it loaded
+}
+
+// Generator runs an assistant turn: the context ids under the live hooks' interventions, each token's text and
+// step handed to onText as it comes; it returns the turn's text. A backend's own model generates the turn alone
+// (NewLMBackend); a served model generates it as one row of the batch its clients share.
+type Generator func(ctx context.Context, contextIDs []int, hooks *model.Hooks, s Sampling, onText func(text string, st model.Step) error) (string, error)
+
+// Alone is the Generator of a model that serves one chat.
+func Alone(lm *model.LM) Generator {
+	return func(ctx context.Context, ids []int, hooks *model.Hooks, s Sampling, onText func(string, model.Step) error) (string, error) {
+		g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}, Hooks: hooks}
+		res, err := lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{GenerateConfig: g, OnText: onText})
+		// The prompt's prefill is the turn's peak; give what it freed back, so a long chat does not hold its peak.
+		lm.RT.TrimHostMemory()
+		if len(res) == 0 {
+			return "", err
+		}
+		return res[0].Text, err
+	}
 }
 
 // LMConfig is what NewLMBackend needs besides the model.
@@ -41,17 +62,41 @@ type LMConfig struct {
 
 // NewLMBackend prepares a loaded model for a session; it owns lm from here on (Close frees it).
 func NewLMBackend(lm *model.LM, cfg LMConfig) (*LMBackend, error) {
-	b := &LMBackend{lm: lm, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize()}}
+	var axis *probes.AxisFolder
+	relation := ""
 	if cfg.AxisPath != "" {
 		f, rel, err := probes.OpenAxisFolderFor(cfg.AxisPath, lm, cfg.IgnoreHash)
 		if err != nil {
 			return nil, err
 		}
-		b.axis, b.info.Axis = f, f.AxisPath
-		b.info.AxisRelation = rel.String()
-		b.info.Percentiles = f.Percentiles()
-		if f.Capping != nil {
-			b.info.BestCap = f.Capping.Best.ID
+		axis, relation = f, rel.String()
+	}
+	b, err := newBackend(lm, axis, cfg, Alone(lm))
+	if err != nil {
+		return nil, err
+	}
+	b.info.AxisRelation = relation
+	return b, nil
+}
+
+// NewSharedBackend is a session on a model that other sessions use at the same time, with the axis folder they
+// share (nil: none): its turns go through gen, and Close leaves the model loaded.
+func NewSharedBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generator) (*LMBackend, error) {
+	b, err := newBackend(lm, axis, cfg, gen)
+	if err != nil {
+		return nil, err
+	}
+	b.shared = true
+	return b, nil
+}
+
+func newBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generator) (*LMBackend, error) {
+	b := &LMBackend{lm: lm, gen: gen, axis: axis, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize()}}
+	if axis != nil {
+		b.info.Axis = axis.AxisPath
+		b.info.Percentiles = axis.Percentiles()
+		if axis.Capping != nil {
+			b.info.BestCap = axis.Capping.Best.ID
 		}
 	}
 	b.rec = &Recording{}
@@ -193,11 +238,7 @@ func (b *LMBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sa
 	active, layer := b.active, b.layer
 	b.mu.Unlock()
 	onToken := func(ev sessions.Event) { emit(tokenOf(ev, b.rec.Layers, layer)) }
-	g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}}
-	reply, _, err := b.rec.Generate(ctx, b.lm, ids, active, g, onToken)
-	// The prompt's prefill is the turn's peak; give what it freed back, so a long chat does not hold its peak.
-	b.lm.RT.TrimHostMemory()
-	return reply, err
+	return b.rec.Generate(ctx, b.gen, ids, active, s, onToken)
 }
 
 // tokenOf is a recorded token as a front end shows it: its projection at the plotted layer (of the recorded
@@ -229,12 +270,14 @@ func (b *LMBackend) RecordJob(u JobUpdate) error {
 	return b.rec.Job(u.ID, u.State, sessions.JobState{Kind: u.Kind, Step: u.Step, Total: u.Total, Loss: u.Loss, Final: u.Final, Error: u.Error})
 }
 
-// Close implements Backend: it ends the recording and frees the model.
+// Close implements Backend: it ends the recording and frees the model (unless others share it).
 func (b *LMBackend) Close() error {
 	var err error
 	if b.rec.Rec != nil {
 		err = b.rec.Rec.Close()
 	}
-	b.lm.Close()
+	if !b.shared {
+		b.lm.Close()
+	}
 	return err
 }

@@ -99,22 +99,22 @@ func (r *Recording) Retarget(interventions []model.Intervention) error {
 	return r.Control("interventions", interventions)
 }
 
-// Generate runs the model on the context ids as a recorded assistant turn: every token with its projections and
-// cap movements (each also handed to onToken as it is recorded), the text at the end, under the given
-// interventions; Retarget changes them while it runs (the workbench's live controls).
-func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int, interventions []model.Intervention, g model.GenerateConfig, onToken func(sessions.Event)) (string, []int, error) {
+// Generate runs an assistant turn on the context ids through gen as a recorded turn: every token with its
+// projections and cap movements (each also handed to onToken as it is recorded), the text at the end, under the
+// given interventions; Retarget changes them while it runs (the workbench's live controls).
+func (r *Recording) Generate(ctx context.Context, gen Generator, contextIDs []int, interventions []model.Intervention, s Sampling, onToken func(sessions.Event)) (string, error) {
 	if err := r.add(sessions.Event{Type: sessions.TurnStart, Role: "assistant", Context: contextIDs, Interventions: interventions}); err != nil {
-		return "", nil, err
+		return "", err
 	}
-	g.Hooks = r.hooks()
-	g.Hooks.Set(r.withCaptures(interventions))
+	hooks := r.hooks()
+	hooks.Set(r.withCaptures(interventions))
 	pos := map[int]int{} // recorded layer -> its place in the token's projections
 	for i, l := range r.layers() {
 		pos[l] = i
 	}
 	var recErr error
-	res, err := lm.GenerateText(ctx, [][]int{contextIDs}, model.TextConfig{GenerateConfig: g, OnText: func(text string, st model.Step) error {
-		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: text, Proj: make([]float32, len(r.layers()))}
+	text, err := gen(ctx, contextIDs, hooks, s, func(piece string, st model.Step) error {
+		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers()))}
 		for _, rec := range st.Records {
 			if rec.Kind == model.Capture {
 				if i, ok := pos[rec.Layer]; ok {
@@ -132,15 +132,12 @@ func (r *Recording) Generate(ctx context.Context, lm *model.LM, contextIDs []int
 			onToken(e)
 		}
 		return nil
-	}})
+	})
 	if recErr != nil {
-		return "", nil, recErr
+		return "", recErr
 	}
-	if len(res) == 0 {
-		return "", nil, err
-	}
-	if endErr := r.add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: res[0].Text}); endErr != nil && err == nil {
+	if endErr := r.add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: text}); endErr != nil && err == nil {
 		err = endErr
 	}
-	return res[0].Text, res[0].IDs, err
+	return text, err
 }

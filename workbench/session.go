@@ -19,6 +19,8 @@ type Options struct {
 	Jobs     JobRunner // nil: /train, /cancel and /load are unavailable
 	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable).
 	Load func(modelDir, axis string) (Backend, error)
+	// NoLoad, when Load is nil, says why and what to do instead.
+	NoLoad string
 }
 
 // Session is one chat: a backend, the conversation, the controls and the sampling. Its methods are safe to call
@@ -35,7 +37,12 @@ type Session struct {
 	sampling   Sampling
 	generating bool
 	cancel     context.CancelFunc
+	closed     bool
+	replying   sync.WaitGroup // a reply's stream while it runs: Close waits for it before closing the backend
 }
+
+// ErrClosed is the answer to a reply started after the session closed.
+var ErrClosed = errors.New("the session is closed")
 
 // ErrBusy is the answer to what must wait for the reply in flight.
 var ErrBusy = errors.New("a reply is streaming: ctrl+c stops it first")
@@ -178,6 +185,15 @@ func (s *Session) Start(ctx context.Context, text string) (stream func(emit func
 	b, sampling := s.backend, s.sampling
 	return func(emit func(Token)) (string, error) {
 		defer cancel()
+		s.mu.Lock()
+		if s.closed {
+			s.generating, s.cancel = false, nil
+			s.mu.Unlock()
+			return "", ErrClosed
+		}
+		s.replying.Add(1)
+		s.mu.Unlock()
+		defer s.replying.Done()
 		err := b.Say("user", text)
 		reply := ""
 		if err == nil {
@@ -229,7 +245,13 @@ func (s *Session) RecordJob(u JobUpdate) error { return s.current().RecordJob(u)
 
 // Close stops a reply in flight and closes the backend (the recording ends, the model is freed).
 func (s *Session) Close() error {
-	s.Stop()
+	s.mu.Lock()
+	s.closed = true
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.mu.Unlock()
+	s.replying.Wait()
 	return s.current().Close()
 }
 

@@ -54,6 +54,12 @@ func DefaultControls(layers int) Controls {
 	return Controls{Cap: probes.CapRule{Window: [2]int{max(0, mid-half), min(layers, mid+half)}, P: 0.25}, SteerCoeff: -1, SteerLayer: mid, Layer: mid}
 }
 
+// StartControls are a new chat's controls: the defaults, capping (once switched on) with the setting
+// `keel eval capping` found best when the axis folder knows it.
+func StartControls(info Info) Controls {
+	return DefaultControls(info.Layers).WithCap(info.BestCap, info.Layers)
+}
+
 // WithCap starts the cap controls at a capping setting's id ("layers_3:5-p0.25"); an id that does not fit the
 // model leaves them as they are.
 func (c Controls) WithCap(id string, layers int) Controls {

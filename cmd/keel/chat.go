@@ -74,7 +74,7 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	exe, _ := os.Executable()
 	jobs := &workbench.ProcessJobs{RT: rt, Exe: exe, Model: lm.Dir, RunsDir: c.runs, Send: send}
 	opt := workbench.Options{Sampling: c.sampling, System: c.system, Jobs: jobs,
-		Controls: workbench.DefaultControls(lm.NumLayers()).WithCap(b.Info().BestCap, lm.NumLayers())}
+		Controls: workbench.StartControls(b.Info())}
 	opt.Load = func(dir, axis string) (workbench.Backend, error) {
 		dev, _ := torch.ParseDevice(c.mf.device)
 		dt, _ := torch.ParseDType(c.mf.dtype)

@@ -13,22 +13,35 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/ssh"
+	"github.com/muesli/termenv"
+
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/datadir"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
+	"github.com/keel-lab/keel/train"
+	"github.com/keel-lab/keel/tui"
 )
 
-// runServe: keel serve [--model DIR] [--axis DIR] [--http ADDR] [--api-keys FILE] [--max-batch N]: one loaded
-// model behind an OpenAI-compatible API with keel's per-request capping, steering and projections.
+// runServe: keel serve [--model DIR] [--axis DIR] [--http ADDR] [--api-keys FILE] [--ssh ADDR]
+// [--authorized-keys FILE] [--host-key FILE] [--max-batch N]: one loaded model for a lab, behind an
+// OpenAI-compatible API with keel's per-request capping, steering and projections, and the workbench over SSH.
 func runServe(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	var mf modelFlags
 	mf.register(fs)
 	axisDir := fs.String("axis", "", "axis folder for capping, steering and projections; default: the embedded model's own")
 	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
-	addr := fs.String("http", "127.0.0.1:8080", "address of the OpenAI-compatible API (loopback unless told otherwise)")
+	addr := fs.String("http", "127.0.0.1:8080", "address of the OpenAI-compatible API (loopback unless told otherwise; \"\" for none)")
 	keysFile := fs.String("api-keys", "", "file of bearer keys, one per line (required when --http is not loopback)")
+	sshAddr := fs.String("ssh", "", "address of the workbench over SSH, such as 127.0.0.1:2222 (none when empty)")
+	state := fs.String("state", datadir.Path("serve"), "the server's own folder: SSH host key, each user's recorded sessions, the log")
+	authorized := fs.String("authorized-keys", "", "OpenSSH authorized_keys file of who may log in over SSH; a key's comment names its user (default: STATE/authorized_keys)")
+	hostKey := fs.String("host-key", "", "the SSH host key, an ed25519 key made on first start (default: STATE/ssh_host_ed25519_key)")
+	runs := fs.String("runs", train.DefaultRunsDir(), "where SSH users' background fine-tunes write their runs")
 	maxBatch := fs.Int("max-batch", 8, "requests decoding at once at most (the batch's rows)")
 	queue := fs.Int("queue", 64, "requests waiting at most (more get 429)")
 	name := fs.String("name", "", "the model id clients name (default: the model folder's name)")
@@ -41,21 +54,44 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if *maxBatch < 1 || *queue < 1 || lim.MaxTokens < 1 || lim.StreamsPerKey < 1 {
 		return usageError{fmt.Errorf("--max-batch, --queue, --max-tokens and --streams-per-key must be positive")}
 	}
-	host, _, err := net.SplitHostPort(*addr)
-	if err != nil {
-		return usageError{fmt.Errorf("--http %q: give HOST:PORT, such as 127.0.0.1:8080", *addr)}
-	}
-	loopback := host == "localhost"
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		loopback = true
+	if *addr == "" && *sshAddr == "" {
+		return usageError{fmt.Errorf("--http \"\" and no --ssh: give at least one address to serve on")}
 	}
 	var keys map[string]bool
-	if *keysFile != "" {
-		if keys, err = serve.ReadKeys(*keysFile); err != nil {
+	if *addr != "" {
+		loopback, err := isLoopback("--http", *addr)
+		if err != nil {
+			return err
+		}
+		if *keysFile != "" {
+			if keys, err = serve.ReadKeys(*keysFile); err != nil {
+				return usageError{err}
+			}
+		} else if !loopback {
+			return usageError{fmt.Errorf("--http %s is reachable from other machines: give --api-keys FILE so every client authenticates", *addr)}
+		}
+	}
+	var sshd *serve.SSH
+	if *sshAddr != "" {
+		if _, err := isLoopback("--ssh", *sshAddr); err != nil {
+			return err
+		}
+		if *authorized == "" {
+			*authorized = filepath.Join(*state, "authorized_keys")
+		}
+		if *hostKey == "" {
+			*hostKey = filepath.Join(*state, "ssh_host_ed25519_key")
+		}
+		if _, err := serve.ReadAuthorizedKeys(*authorized); err != nil {
 			return usageError{err}
 		}
-	} else if !loopback {
-		return usageError{fmt.Errorf("--http %s is reachable from other machines: give --api-keys FILE so every client authenticates", *addr)}
+		cfg := tui.DefaultConfig()
+		if err := tui.LoadConfig(&cfg); err != nil {
+			return err
+		}
+		exe, _ := os.Executable()
+		sshd = &serve.SSH{HostKey: *hostKey, AuthorizedKeys: *authorized, StateDir: *state, RunsDir: *runs, Exe: exe,
+			Version: version, Device: mf.device, DType: mf.dtype, Config: cfg}
 	}
 	embedded := mf.dir == ""
 	_, lm, err := mf.load()
@@ -70,33 +106,83 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if *name == "" {
 		*name = filepath.Base(lm.Dir)
 	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return fmt.Errorf("--http %s: %w", *addr, err)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sched := serve.NewScheduler(lm, axis, *maxBatch, *queue)
 	done := make(chan struct{})
 	go func() { sched.Run(ctx); close(done) }()
-	api := &serve.API{Sched: sched, Name: *name, Keys: keys, Limits: lim}
-	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "keel serve: model %q on http://%s/v1 (up to %d requests decoding at once, %s)\n", *name, ln.Addr(), *maxBatch, map[bool]string{true: "bearer keys required", false: "no keys: loopback only"}[keys != nil])
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
+	defer func() { sched.Close(); <-done }()
+	errc := make(chan error, 2)
+	if *addr != "" {
+		ln, err := net.Listen("tcp", *addr)
+		if err != nil {
+			return fmt.Errorf("--http %s: %w", *addr, err)
+		}
+		api := &serve.API{Sched: sched, Name: *name, Keys: keys, Limits: lim}
+		srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		fmt.Fprintf(stdout, "keel serve: model %q on http://%s/v1 (up to %d requests decoding at once, %s)\n", *name, ln.Addr(), *maxBatch, map[bool]string{true: "bearer keys required", false: "no keys: loopback only"}[keys != nil])
+		go func() {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("--http %s: %w", *addr, err)
+			}
+		}()
+		defer func() {
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(shutdown)
+		}()
+	}
+	if sshd != nil {
+		if err := os.MkdirAll(*state, 0o700); err != nil {
+			return fmt.Errorf("--state %s: %w", *state, err)
+		}
+		logFile, err := os.OpenFile(filepath.Join(*state, "serve.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("--state %s: %w", *state, err)
+		}
+		defer logFile.Close()
+		sshd.Sched, sshd.Log = sched, io.MultiWriter(stderr, logFile)
+		// The bubbles components style themselves through lipgloss's default renderer: every user's panes get
+		// 256 colours on keel's fixed dark background, as their own styles do, without asking a terminal.
+		lipgloss.SetColorProfile(termenv.ANSI256)
+		lipgloss.SetHasDarkBackground(true)
+		srv, err := sshd.Server(*sshAddr)
+		if err != nil {
 			return err
 		}
+		ln, err := net.Listen("tcp", *sshAddr)
+		if err != nil {
+			return fmt.Errorf("--ssh %s: %w", *sshAddr, err)
+		}
+		host, port, _ := net.SplitHostPort(ln.Addr().String())
+		fmt.Fprintf(stdout, "keel serve: the workbench on ssh -p %s %s (keys in %s, sessions under %s)\n", port, host, *authorized, filepath.Join(*state, "users"))
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, ssh.ErrServerClosed) {
+				errc <- fmt.Errorf("--ssh %s: %w", *sshAddr, err)
+			}
+		}()
+		// Closing ends every connection: their replies stop (freeing their rows) and their recordings close.
+		defer func() { srv.Close(); sshd.Wait() }()
 	}
-	sched.Close()
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(shutdown)
-	<-done
-	return nil
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// isLoopback checks an address flag's HOST:PORT and reports whether only this machine can reach it.
+func isLoopback(flag, addr string) (bool, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, usageError{fmt.Errorf("%s %q: give HOST:PORT, such as 127.0.0.1:8080", flag, addr)}
+	}
+	if host == "localhost" {
+		return true, nil
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
 }
 
 // openAxisFolder opens the axis folder a command was given, or the embedded model's own when it runs the embedded

@@ -22,17 +22,23 @@ type tmuxSession struct {
 
 func startTmux(t *testing.T, env []string, args ...string) *tmuxSession {
 	t.Helper()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Fatal("tmux is not installed (apt-get install tmux): the end-to-end TUI test drives keel through it")
-	}
-	name := fmt.Sprintf("keel-test-%d", time.Now().UnixNano())
-	// The pane outlives keel by a minute, so that a failure to start shows on the captured screen.
 	quoted := []string{"env", "KEEL_TEST_MAIN=1"}
 	for _, a := range append(append(env, os.Args[0]), args...) {
-		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+		quoted = append(quoted, shellQuote(a))
 	}
-	script := strings.Join(quoted, " ") + `; echo "keel exited with status $?"; sleep 60`
-	tm := exec.Command("tmux", "new-session", "-d", "-s", name, "-x", "140", "-y", "42", "sh", "-c", script)
+	return startTmuxCommand(t, 140, 42, strings.Join(quoted, " "))
+}
+
+// startTmuxCommand runs a shell command line in a detached tmux session of cols x rows.
+func startTmuxCommand(t *testing.T, cols, rows int, command string) *tmuxSession {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Fatal("tmux is not installed (apt-get install tmux): the end-to-end TUI tests drive keel through it")
+	}
+	name := fmt.Sprintf("keel-test-%d", time.Now().UnixNano())
+	// The pane outlives the command by a minute, so that a failure to start shows on the captured screen.
+	script := command + `; echo "exited with status $?"; sleep 60`
+	tm := exec.Command("tmux", "new-session", "-d", "-s", name, "-x", fmt.Sprint(cols), "-y", fmt.Sprint(rows), "sh", "-c", script)
 	tm.Env = append(os.Environ(), "TERM=xterm-256color") // the tmux client's own terminal; keel's is set in env
 	if out, err := tm.CombinedOutput(); err != nil {
 		t.Fatalf("tmux: %v %s", err, out)
@@ -41,6 +47,8 @@ func startTmux(t *testing.T, env []string, args ...string) *tmuxSession {
 	t.Cleanup(func() { exec.Command("tmux", "kill-session", "-t", name).Run() })
 	return s
 }
+
+func shellQuote(a string) string { return "'" + strings.ReplaceAll(a, "'", `'\''`) + "'" }
 
 func (s *tmuxSession) keys(keys ...string) {
 	s.t.Helper()
@@ -135,7 +143,7 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 				})
 			}
 			s.keys("C-c")
-			s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "keel exited with status 0") })
+			s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "exited with status 0") })
 			// One session per model chatted with (a session's header names its model): the base, the job's final
 			// weights, its checkpoint. The first holds the job's changes of state.
 			sessions, _ := filepath.Glob(filepath.Join(dir, "keel", "sessions", "*.jsonl"))

@@ -109,10 +109,8 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 	if !b.Fits(len(prompt), maxTokens) {
 		return RowStep{}, fmt.Errorf("batch: a prompt of %d tokens with %d to come does not fit (filled %d of %d positions)", len(prompt), maxTokens, b.cache.Len, b.cache.Cap)
 	}
-	for _, iv := range ivs {
-		if iv.Rows != nil {
-			return RowStep{}, fmt.Errorf("batch: a row's interventions act on its row: leave Rows empty")
-		}
+	if err := ownRowOnly(ivs); err != nil {
+		return RowStep{}, err
 	}
 	slot := b.Free()
 	if b.Live() == 0 {
@@ -152,6 +150,29 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 		st.Records = out.records[0][len(prompt)-1]
 	}
 	return st, nil
+}
+
+// Retarget replaces a live row's interventions from its next step on (a chat's controls changed mid-reply).
+func (b *Batch) Retarget(slot int, ivs []Intervention) error {
+	if slot < 0 || slot >= len(b.rows) || !b.rows[slot].live {
+		return fmt.Errorf("batch: slot %d has no row to retarget", slot)
+	}
+	if err := ownRowOnly(ivs); err != nil {
+		return err
+	}
+	b.rows[slot].ivs = ivs
+	b.stale = true
+	return nil
+}
+
+// ownRowOnly refuses interventions that name rows: the batch decides which rows a row's interventions act on.
+func ownRowOnly(ivs []Intervention) error {
+	for _, iv := range ivs {
+		if iv.Rows != nil {
+			return fmt.Errorf("batch: a row's interventions act on its row: leave Rows empty")
+		}
+	}
+	return nil
 }
 
 // Leave ends a slot's row: its slot is free for the next request.

@@ -75,7 +75,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		}
 		defer cache.Close()
 	}
-	list, version := g.Hooks.snapshot()
+	list, version := g.Hooks.Snapshot()
 	var plan *hookPlan
 	defer func() { plan.close() }()
 	isEOS := map[int]bool{}
@@ -191,7 +191,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 			}
 		}
 		s.Release()
-		list, version = g.Hooks.snapshot()
+		list, version = g.Hooks.Snapshot()
 	}
 	for i := range results {
 		if results[i].Reason == "" {

@@ -77,7 +77,9 @@ func (h *Hooks) List() []Intervention {
 	return append([]Intervention(nil), h.list...)
 }
 
-func (h *Hooks) snapshot() ([]Intervention, uint64) {
+// Snapshot is the current list and its version, which every Set changes: a reader that keeps the version knows
+// when to read the list again.
+func (h *Hooks) Snapshot() ([]Intervention, uint64) {
 	if h == nil {
 		return nil, 0
 	}

@@ -198,7 +198,7 @@ func (m *Model) TrainHidden(s *torch.Scope, ids [][]int) Tensor {
 
 // inferenceSetup compiles the hooks' current list and opens a no-grad scope for one forward pass.
 func (m *Model) inferenceSetup(hooks *Hooks) (*hookPlan, *torch.Scope, error) {
-	list, version := hooks.snapshot()
+	list, version := hooks.Snapshot()
 	plan, err := m.compileHooks(list, version)
 	if err != nil {
 		return nil, nil, err

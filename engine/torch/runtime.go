@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"github.com/ebitengine/purego"
+
+	"github.com/keel-lab/keel/internal/datadir"
 )
 
 // ShimName is the file name of the compiled shim.
@@ -67,14 +69,8 @@ func ShimSearchPath() []string {
 			}
 		}
 	}
-	data := os.Getenv("XDG_DATA_HOME")
-	if data == "" {
-		if home, err := os.UserHomeDir(); err == nil {
-			data = filepath.Join(home, ".local", "share")
-		}
-	}
-	if data != "" {
-		paths = append(paths, filepath.Join(data, "keel", ShimName))
+	if p := datadir.Path(ShimName); p != "" {
+		paths = append(paths, p)
 	}
 	return paths
 }
