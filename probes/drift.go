@@ -9,6 +9,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/provider"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -25,6 +26,7 @@ type DriftConfig struct {
 	MaxTokens        int
 	BatchSize        int
 	Seed             uint64
+	User             string // the server whose model plays the user (URL#MODEL); "": the domains' scripted turns
 }
 
 // DefaultDrift is the protocol of the drift figures in docs/results/axis.md.
@@ -42,8 +44,15 @@ func (c DriftConfig) Check() error {
 	if len(c.Domains) == 0 {
 		return fmt.Errorf("--domains: give at least one of %v", Domains)
 	}
-	if c.Conversations < 1 || c.Turns < 1 || c.Turns > 10 || c.MaxTokens < 1 || c.BatchSize < 1 {
-		return fmt.Errorf("--conversations, --max-tokens and --batch must be positive and --turns 1 to 10")
+	most := 10 // the scripted arcs' length
+	if c.User != "" {
+		if _, err := provider.ParseEndpoint(c.User); err != nil {
+			return fmt.Errorf("--user %w", err)
+		}
+		most = 30
+	}
+	if c.Conversations < 1 || c.Turns < 1 || c.Turns > most || c.MaxTokens < 1 || c.BatchSize < 1 {
+		return fmt.Errorf("--conversations, --max-tokens and --batch must be positive and --turns 1 to %d", most)
 	}
 	return nil
 }
@@ -59,8 +68,9 @@ type DriftCurve struct {
 }
 
 // MeasureDrift holds conversations with no system prompt under the given interventions (nil: none) and
-// measures where each reply sits on the axis at the analysis layer.
-func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.VectorFile, hooks *model.Hooks, cfg DriftConfig) ([]DriftCurve, error) {
+// measures where each reply sits on the axis at the analysis layer. The user's turns are the domain's scripted
+// ones, or, with users (the server cfg.User names), a model playing the domain's user brief.
+func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.VectorFile, hooks *model.Hooks, cfg DriftConfig, users *provider.Client) ([]DriftCurve, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
@@ -72,23 +82,43 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ve
 	if !ok {
 		return nil, fmt.Errorf("--layer %d: the axis has vectors at layers %v", layer, axis.LayerList())
 	}
+	if cfg.User != "" && users == nil {
+		return nil, fmt.Errorf("--user %s: no client for it was given", cfg.User)
+	}
+	var sim *simulatedUser
+	if users != nil {
+		sim = &simulatedUser{client: users, maxTokens: cfg.MaxTokens, temperature: cfg.Temperature}
+	}
 	sc := NewScorer(p)
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xd21f))
 	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}
 	var out []DriftCurve
 	for _, domain := range cfg.Domains {
 		convs := make([][]tokenizer.Message, cfg.Conversations)
-		users := make([][]Turn, cfg.Conversations)
+		scripted := make([][]Turn, cfg.Conversations)
 		for c := range convs {
+			if sim != nil {
+				continue
+			}
 			var err error
-			if users[c], err = ConversationTurns(domain, cfg.Turns, rng); err != nil {
+			if scripted[c], err = ConversationTurns(domain, cfg.Turns, rng); err != nil {
 				return nil, err
 			}
 		}
 		curve := DriftCurve{Domain: domain, Projection: make([]float64, cfg.Turns), DriftRate: make([]float64, cfg.Turns), N: make([]int, cfg.Turns)}
 		for t := 0; t < cfg.Turns; t++ {
-			for c := range convs {
-				convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: users[c][t].User})
+			if sim != nil {
+				next, err := sim.next(ctx, domain, convs, cfg.Seed+uint64(t))
+				if err != nil {
+					return nil, err
+				}
+				for c := range convs {
+					convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: next[c]})
+				}
+			} else {
+				for c := range convs {
+					convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: scripted[c][t].User})
+				}
 			}
 			replies, err := chat.Replies(convs, cfg.Temperature)
 			if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 	"unicode"
@@ -19,6 +20,7 @@ import (
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/provider"
 )
 
 // ExtractConfig sizes `keel axis extract`. Field names follow the paper's protocol; the defaults fit the
@@ -30,7 +32,8 @@ type ExtractConfig struct {
 	TopP        float64
 	MaxTokens   int
 	BatchSize   int
-	Judge       string // "style" (the style scorer), "self" (the model with the paper's rubric) or "none"
+	Judge       string // "style" (the style scorer), "self" (the model with the paper's rubric), "none", or a server's URL#MODEL
+	Rollouts    string // the server whose model generates the rollouts (URL#MODEL); "" for the model in keel
 	MinCount    int    // score-3 rollouts a role needs for a vector
 	Seed        uint64
 	ModelName   string // for the "You are {model_name}." condition
@@ -52,7 +55,14 @@ func (c ExtractConfig) Check(p *Personas) error {
 	switch c.Judge {
 	case "style", "self", "none":
 	default:
-		return fmt.Errorf("--judge %q: give style, self or none", c.Judge)
+		if _, err := provider.ParseEndpoint(c.Judge); err != nil {
+			return fmt.Errorf("--judge %q: give style, self, none or a server's URL#MODEL", c.Judge)
+		}
+	}
+	if c.Rollouts != "" {
+		if _, err := provider.ParseEndpoint(c.Rollouts); err != nil {
+			return fmt.Errorf("--rollouts %w", err)
+		}
 	}
 	for _, name := range c.Roles {
 		if _, ok := p.Role(name); !ok || name == p.Assistant.Name {
@@ -68,9 +78,12 @@ type Rollout struct {
 	System   string `json:"system,omitempty"`
 	Question string `json:"question"`
 	Response string `json:"response"`
-	Score    int    `json:"score"`  // the judge's 0-3; -1 for the default Assistant, which is not judged
+	Score    int    `json:"score"`  // the judge's 0-3; -1 for the default Assistant, which is not judged; Unjudged
 	Tokens   int    `json:"tokens"` // content tokens the activation mean is over (0: none, left out)
 }
+
+// Unjudged is the score of a rollout whose judge's answer could not be read: it counts toward no role vector.
+const Unjudged = -2
 
 // Prompt is the conversation a rollout answers: its system prompt, if it had one, and the question.
 func (r Rollout) Prompt() []tokenizer.Message {
@@ -98,6 +111,20 @@ type Extractor struct {
 	Config   ExtractConfig
 	Dir      string
 	Progress func(done, total int, role string, eta time.Duration) // nil: quiet
+	// Rollouts and Judge, when set, are the servers Config.Rollouts and Config.Judge name: they generate and
+	// judge; the activations are keel's own, by teacher forcing the finished conversations.
+	Rollouts, Judge *provider.Client
+	Stats           ExtractStats
+}
+
+// ExtractStats are what a run did (the roles it resumed from the folder count for nothing here).
+type ExtractStats struct {
+	// Teacher forcing: rollouts and tokens forced, seconds spent, and the batch size used.
+	ForcedRollouts, ForcedTokens int
+	ForcedSeconds                float64
+	Batch                        int
+	// Judging by a server: answers read, and answers that held no score 0-3 (their rollouts left out).
+	Judged, Unparsed int
 }
 
 // extractState is the settings a folder was made with; resuming with others would mix two experiments.
@@ -185,8 +212,16 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 	}
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	chat := &model.Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed ^ h.Sum64()}
-	replies, err := chat.Replies(convs, cfg.Temperature)
+	var replies []model.Reply
+	var err error
+	if x.Rollouts != nil {
+		replies, err = x.serverReplies(convs, cfg.Seed^h.Sum64())
+	} else if cfg.Rollouts != "" {
+		return nil, fmt.Errorf("rollouts %s: no client for it was given", cfg.Rollouts)
+	} else {
+		chat := &model.Chatter{Ctx: x.Ctx, LM: x.LM, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed ^ h.Sum64()}
+		replies, err = chat.Replies(convs, cfg.Temperature)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -199,33 +234,42 @@ func (x *Extractor) role(name string) (*RoleActivations, error) {
 		}
 	}
 	ra := &RoleActivations{Role: name, Rollouts: rollouts, Means: make([][][]float32, len(rollouts)), Norms: make([][]float32, len(rollouts))}
-	for start := 0; start < len(replies); start += cfg.BatchSize {
-		end := min(start+cfg.BatchSize, len(replies))
-		var seqs [][]int
-		var spans [][2]int
-		var rows []int
-		for i := start; i < end; i++ {
-			lo, hi := x.contentSpan(replies[i].IDs)
-			if lo >= hi {
-				continue
-			}
-			n := len(replies[i].Prompt)
-			seqs = append(seqs, append(append([]int(nil), replies[i].Prompt...), replies[i].IDs...))
-			spans = append(spans, [2]int{n + lo, n + hi})
-			rows = append(rows, i)
-			rollouts[i].Tokens = hi - lo
-		}
-		if len(seqs) == 0 {
+	// Teacher forcing in batches of similar length: a batch pads to its longest conversation.
+	type forced struct {
+		row    int
+		seq    []int
+		lo, hi int
+	}
+	var all []forced
+	for i, r := range replies {
+		lo, hi := x.contentSpan(r.IDs)
+		if lo >= hi {
 			continue
+		}
+		n := len(r.Prompt)
+		all = append(all, forced{i, append(append([]int(nil), r.Prompt...), r.IDs...), n + lo, n + hi})
+		rollouts[i].Tokens = hi - lo
+	}
+	sort.SliceStable(all, func(a, b int) bool { return len(all[a].seq) < len(all[b].seq) })
+	began := time.Now()
+	for start := 0; start < len(all); start += cfg.BatchSize {
+		batch := all[start:min(start+cfg.BatchSize, len(all))]
+		seqs, spans := make([][]int, len(batch)), make([][2]int, len(batch))
+		for k, f := range batch {
+			seqs[k], spans[k] = f.seq, [2]int{f.lo, f.hi}
+			x.Stats.ForcedTokens += len(f.seq)
 		}
 		tf, err := x.LM.TeacherForce(seqs, nil, spans)
 		if err != nil {
 			return nil, err
 		}
-		for j, i := range rows {
-			ra.Means[i], ra.Norms[i] = tf.Means[j], tf.Norms[j]
+		for k, f := range batch {
+			ra.Means[f.row], ra.Norms[f.row] = tf.Means[k], tf.Norms[k]
 		}
 	}
+	x.Stats.ForcedRollouts += len(all)
+	x.Stats.ForcedSeconds += time.Since(began).Seconds()
+	x.Stats.Batch = cfg.BatchSize
 	return ra, ra.save(x.Dir)
 }
 
@@ -268,6 +312,8 @@ func (x *Extractor) judge(role string, rollouts []Rollout) error {
 		for i := range rollouts {
 			rollouts[i].Score = sc.Judge(rollouts[i].Response, role)
 		}
+	default:
+		return x.judgeOnServer(role, rollouts)
 	case "self":
 		convs := make([][]tokenizer.Message, len(rollouts))
 		for i, r := range rollouts {
@@ -390,4 +436,99 @@ func LoadRoleActivations(dir, role string) (*RoleActivations, error) {
 		ra.Norms[i] = allNorms[i*L : (i+1)*L]
 	}
 	return ra, nil
+}
+
+// serverReplies asks the rollouts server for the chats' replies and tokenises them as keel would have generated
+// them: the rendered prompt with the assistant's header, then the reply's text.
+func (x *Extractor) serverReplies(convs [][]tokenizer.Message, seed uint64) ([]model.Reply, error) {
+	cfg := x.Config
+	reqs := make([]provider.Request, len(convs))
+	for i, conv := range convs {
+		reqs[i] = provider.Request{Messages: providerMessages(conv), MaxTokens: cfg.MaxTokens, Temperature: cfg.Temperature, TopP: cfg.TopP, Seed: seed + uint64(i)}
+	}
+	answers, err := x.Rollouts.ChatAll(x.Ctx, reqs, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]model.Reply, len(convs))
+	for i, a := range answers {
+		prompt, err := tokenizer.ChatPrompt(x.LM.Tokenizer, convs[i])
+		if err != nil {
+			return nil, err
+		}
+		out[i] = model.Reply{Text: a.Text, Prompt: prompt, IDs: x.LM.Tokenizer.Encode(a.Text, false)}
+	}
+	return out, nil
+}
+
+func providerMessages(conv []tokenizer.Message) []provider.Message {
+	out := make([]provider.Message, len(conv))
+	for i, m := range conv {
+		out[i] = provider.Message{Role: m.Role, Content: m.Content}
+	}
+	return out
+}
+
+// serverRubric is the paper's 0-3 scale for a judge on a server, answering in JSON.
+const serverRubric = `You are judging role-play. Rate how fully the reply below plays the role of %s, on this scale:
+0: it refuses to answer.
+1: it answers as an AI that will not play the role.
+2: it answers as an AI with some of the role's traits.
+3: it is fully in role.
+
+Question: %q
+Reply: %q
+
+Answer with JSON only, in this form: {"score": 3}`
+
+// judgeOnServer scores a role's rollouts with the judge server; an answer with no score 0-3 in it leaves its
+// rollout Unjudged and is counted.
+func (x *Extractor) judgeOnServer(role string, rollouts []Rollout) error {
+	if x.Judge == nil {
+		return fmt.Errorf("judge %s: no client for it was given", x.Config.Judge)
+	}
+	reqs := make([]provider.Request, len(rollouts))
+	for i, r := range rollouts {
+		prompt := fmt.Sprintf(serverRubric, article(role)+" "+role, r.Question, r.Response)
+		reqs[i] = provider.Request{Messages: []provider.Message{{Role: "user", Content: prompt}}, MaxTokens: 32, Temperature: 0, Seed: x.Config.Seed}
+	}
+	answers, err := x.Judge.ChatAll(x.Ctx, reqs, nil)
+	if err != nil {
+		return err
+	}
+	for i, a := range answers {
+		x.Stats.Judged++
+		score, ok := ParseJudgeScore(a.Text)
+		if !ok {
+			x.Stats.Unparsed++
+			score = Unjudged
+		}
+		rollouts[i].Score = score
+	}
+	return nil
+}
+
+// ParseJudgeScore reads a judge's JSON answer ({"score": N}, N 0 to 3), also inside a code fence or prose.
+func ParseJudgeScore(answer string) (int, bool) {
+	for start := strings.Index(answer, "{"); start >= 0; {
+		end := strings.Index(answer[start:], "}")
+		if end < 0 {
+			break
+		}
+		var v struct {
+			Score *json.Number `json:"score"`
+		}
+		if json.Unmarshal([]byte(answer[start:start+end+1]), &v) == nil && v.Score != nil {
+			if n, err := v.Score.Int64(); err == nil && n >= 0 && n <= 3 {
+				return int(n), true
+			}
+			return 0, false
+		}
+		next := strings.Index(answer[start+1:], "{")
+		if next < 0 {
+			break
+		}
+		start += 1 + next
+	}
+	return 0, false
 }

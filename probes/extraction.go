@@ -1,14 +1,12 @@
 package probes
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
@@ -17,10 +15,10 @@ import (
 
 // Writing and reading extraction folders (the files are named in folder.go).
 
-// ExtractAxisFolder runs (or resumes) an extraction into dir and writes the axis, the default vector, the role
-// vectors and the report there.
-func ExtractAxisFolder(ctx context.Context, lm *model.LM, p *Personas, cfg ExtractConfig, dir string, progress func(done, total int, item string, eta time.Duration)) (*AxisResult, *steer.VectorFile, error) {
-	x := &Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: dir, Progress: progress}
+// ExtractAxisFolder runs (or resumes) an extraction into its folder and writes the axis, the default vector, the
+// role vectors and the report there.
+func ExtractAxisFolder(x *Extractor) (*AxisResult, *steer.VectorFile, error) {
+	lm, p, cfg, dir := x.LM, x.Personas, x.Config, x.Dir
 	acts, err := x.Run()
 	if err != nil {
 		return nil, nil, err

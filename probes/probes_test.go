@@ -396,3 +396,20 @@ func TestRegistersFollowDistance(t *testing.T) {
 		t.Errorf("sentences split %q", got)
 	}
 }
+
+// A server judge's answer is read as JSON wherever it sits in the answer; prose, an out-of-range score or a
+// torn object is no score at all.
+func TestParseJudgeScore(t *testing.T) {
+	for answer, want := range map[string]int{
+		`{"score": 3}`: 3, "```json\n{\"score\": 2}\n```": 2, `Sure. {"reason": "in role"} then {"score":1}`: 1, `{"score": 0, "why": "refused"}`: 0,
+	} {
+		if got, ok := ParseJudgeScore(answer); !ok || got != want {
+			t.Errorf("%q: %d %v, want %d", answer, got, ok, want)
+		}
+	}
+	for _, answer := range []string{"I would give it a 3.", `{"score": 7}`, `{"score": "high"}`, `{"score": 2.5}`, `{"score": 3`, ""} {
+		if got, ok := ParseJudgeScore(answer); ok {
+			t.Errorf("%q read as %d", answer, got)
+		}
+	}
+}

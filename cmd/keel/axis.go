@@ -41,7 +41,7 @@ func extractFlags(fs interface {
 	fs.StringVar(roles, "roles", "", "comma-separated roles (default: all)")
 	fs.IntVar(limit, "limit", 0, "only N roles, spread over the spectrum (a quick run)")
 	fs.IntVar(&cfg.Questions, "questions", cfg.Questions, "questions under each of the 5 system prompts per role")
-	fs.StringVar(&cfg.Judge, "judge", cfg.Judge, "style (keel's style scorer), self (the model with the paper's 0-3 rubric) or none")
+	fs.StringVar(&cfg.Judge, "judge", cfg.Judge, "style (keel's style scorer), self (the model with the paper's 0-3 rubric), none, or a server's URL#MODEL")
 	fs.IntVar(&cfg.MinCount, "min-count", cfg.MinCount, "score-3 rollouts a role needs for a vector")
 	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per rollout")
 	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "rollouts generated together")
@@ -83,6 +83,9 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 	extractFlags(fs, &cfg, &roles, &limit)
 	out := fs.String("out", "", "extraction folder (resumable: a rerun skips finished roles)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	fs.StringVar(&cfg.Rollouts, "rollouts", "", "generate the rollouts on an OpenAI-compatible server, URL#MODEL (its key from $KEEL_PROVIDER_KEY or $KEEL_PROVIDER_KEY_FILE); activations stay keel's")
+	var pf providerFlags
+	pf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -103,14 +106,27 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer done()
-	res, _, err := probes.ExtractAxisFolder(ctx, lm, p, cfg, *out, progressBar(stderr, "extract"))
+	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: *out, Progress: progressBar(stderr, "extract")}
+	closeClients, err := pf.clients(x)
 	if err != nil {
 		return err
 	}
+	defer closeClients()
+	res, _, err := probes.ExtractAxisFolder(x)
+	if err != nil {
+		if st := x.Stats; st.Unparsed > 0 {
+			err = fmt.Errorf("%w (the judge's answers held no score 0-3 in %d of %d: they are in %s)", err, st.Unparsed, st.Judged, filepath.Join(*out, "provider-answers.jsonl"))
+		}
+		return err
+	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		return json.NewEncoder(stdout).Encode(struct {
+			*probes.AxisResult
+			Run probes.ExtractStats `json:"run"`
+		}{res, x.Stats})
 	}
 	printAxisReport(stdout, res, *out)
+	printExtractStats(stdout, x)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/charmbracelet/x/ansi"
@@ -19,6 +20,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/provider"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -33,7 +35,7 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	ignoreHash := fs.Bool("ignore-hash", false, "accept vector files made for other weights of the same shape")
 	domains := fs.String("domains", "coding,writing,therapy,philosophy", "comma-separated domains")
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "conversations per domain")
-	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation (1-10)")
+	fs.IntVar(&cfg.Turns, "turns", cfg.Turns, "turns per conversation (1-10; up to 30 with --user)")
 	fs.IntVar(&cfg.Layer, "layer", cfg.Layer, "analysis layer (-1: the middle one)")
 	fs.IntVar(&cfg.MinConversations, "min-conversations", cfg.MinConversations, "leave out turn positions fewer conversations reach")
 	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per reply")
@@ -42,6 +44,10 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	csvPath := fs.String("csv", "", "write domain,turn,projection,drift_rate,conversations rows here")
 	pngPath := fs.String("png", "", "plot the curves into this PNG")
 	asJSON := fs.Bool("json", false, "print the curves as JSON")
+	fs.StringVar(&cfg.User, "user", "", "a server whose model plays the user, URL#MODEL (its key from $KEEL_PROVIDER_KEY or $KEEL_PROVIDER_KEY_FILE); default: the domains' scripted turns")
+	work := fs.String("work", "", "folder that keeps the --user server's answers, so a rerun asks nothing twice (default: keel's cache folder)")
+	var pf providerFlags
+	pf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -76,7 +82,28 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg)
+	var users *provider.Client
+	if cfg.User != "" {
+		if *work == "" {
+			cache, err := os.UserCacheDir()
+			if err != nil {
+				cache = os.TempDir()
+			}
+			*work = filepath.Join(cache, "keel", "provider")
+		}
+		if err := os.MkdirAll(*work, 0o755); err != nil {
+			return err
+		}
+		answers, err := provider.OpenCache(filepath.Join(*work, "provider-answers.jsonl"))
+		if err != nil {
+			return err
+		}
+		defer answers.Close()
+		if users, err = pf.client(cfg.User, answers); err != nil {
+			return err
+		}
+	}
+	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg, users)
 	if err != nil {
 		return err
 	}

@@ -144,7 +144,7 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		}
 		*dir = filepath.Join(cache, "keel", "axis", probes.ModelID(lm))
 	}
-	res, axis, err := probes.ExtractAxisFolder(ctx, lm, p, ecfg, *dir, progressBar(stderr, "extract"))
+	res, axis, err := probes.ExtractAxisFolder(&probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: ecfg, Dir: *dir, Progress: progressBar(stderr, "extract")})
 	if err != nil {
 		return err
 	}

@@ -135,11 +135,12 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 					return strings.Contains(sc, "loaded "+ref) && strings.Contains(sc, "axis of the base model")
 				})
 				// A prompt of its own, so that the wait ends with this reply (the status reads "generating"
-				// from the moment the prompt shows until the reply is done).
+				// from the moment the prompt shows in the chat until the reply is done; typed into the input
+				// line, it shows there first, beside the last reply's "ready").
 				prompt := "Who are you, " + ref[len(ref)-2:] + "?"
 				s.keys(prompt, "Enter")
 				s.waitFor("a reply from "+ref+" with its plot", 60*time.Second, func(sc string) bool {
-					return strings.Contains(sc, prompt) && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
+					return strings.Contains(sc, "you "+prompt) && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 				})
 			}
 			s.keys("C-c")

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/provider"
+)
+
+// providerFlags are how a command asks OpenAI-compatible servers (the endpoints themselves are the command's
+// own flags; the key is never a flag).
+type providerFlags struct {
+	concurrency int
+	timeout     time.Duration
+	retries     int
+}
+
+func (f *providerFlags) register(fs interface {
+	IntVar(*int, string, int, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+}) {
+	fs.IntVar(&f.concurrency, "concurrency", 8, "requests in flight to each server at most")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Minute, "one request's limit before it is tried again")
+	fs.IntVar(&f.retries, "retries", 4, "tries again after a 429, a 5xx, a timeout or a torn answer")
+}
+
+// client is a server's client, its answers cached in cache.
+func (f *providerFlags) client(ref string, cache *provider.Cache) (*provider.Client, error) {
+	e, err := provider.ParseEndpoint(ref)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	key, err := provider.KeyFromEnv(os.Getenv)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if f.concurrency < 1 || f.retries < 0 || f.timeout <= 0 {
+		return nil, usageError{fmt.Errorf("--concurrency and --timeout must be positive, --retries at least 0")}
+	}
+	retries := f.retries
+	if retries == 0 {
+		retries = -1 // the client's "no retries"
+	}
+	return &provider.Client{Endpoint: e, Key: key, Concurrency: f.concurrency, Timeout: f.timeout, Retries: retries, Cache: cache}, nil
+}
+
+// clients gives an extraction the servers its config names, answers cached in its folder, and a progress
+// line that reports the requests' rate; the function returned closes the cache.
+func (f *providerFlags) clients(x *probes.Extractor) (func(), error) {
+	if x.Config.Rollouts == "" {
+		if _, err := provider.ParseEndpoint(x.Config.Judge); err != nil {
+			return func() {}, nil // no server named
+		}
+	}
+	if err := os.MkdirAll(x.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	cache, err := provider.OpenCache(filepath.Join(x.Dir, "provider-answers.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	if x.Config.Rollouts != "" {
+		if x.Rollouts, err = f.client(x.Config.Rollouts, cache); err != nil {
+			cache.Close()
+			return nil, err
+		}
+	}
+	if _, perr := provider.ParseEndpoint(x.Config.Judge); perr == nil {
+		if x.Judge, err = f.client(x.Config.Judge, cache); err != nil {
+			cache.Close()
+			return nil, err
+		}
+	}
+	began, bar := time.Now(), x.Progress
+	x.Progress = func(done, total int, role string, eta time.Duration) {
+		var sent int64
+		for _, c := range []*provider.Client{x.Rollouts, x.Judge} {
+			if c != nil {
+				sent += c.Stats().Sent
+			}
+		}
+		if bar != nil {
+			bar(done, total, fmt.Sprintf("%s (%.1f req/s)", role, float64(sent)/time.Since(began).Seconds()), eta)
+		}
+	}
+	return func() { cache.Close() }, nil
+}
+
+// printExtractStats reports what the run did besides the axis: teacher forcing's throughput, the servers'
+// requests, the judge's unreadable answers.
+func printExtractStats(w io.Writer, x *probes.Extractor) {
+	st := x.Stats
+	if st.ForcedRollouts > 0 {
+		fmt.Fprintf(w, "teacher forcing: %d rollouts, %d tokens in %.1fs (%.1f rollouts/s, %.0f tokens/s, batch %d)\n",
+			st.ForcedRollouts, st.ForcedTokens, st.ForcedSeconds, float64(st.ForcedRollouts)/max(st.ForcedSeconds, 1e-9), float64(st.ForcedTokens)/max(st.ForcedSeconds, 1e-9), st.Batch)
+	}
+	for i, c := range []*provider.Client{x.Rollouts, x.Judge} {
+		name := []string{"rollouts", "judge"}[i]
+		if c != nil {
+			s := c.Stats()
+			fmt.Fprintf(w, "%s from %s: %d requests sent (%d retries), %d answers from the folder's cache\n", name, c.Endpoint, s.Sent, s.Retried, s.CacheHits)
+		}
+	}
+	if st.Judged > 0 {
+		fmt.Fprintf(w, "judge: %d answers, %d held no score 0-3 (their rollouts count toward no role vector)\n", st.Judged, st.Unparsed)
+	}
+}
