@@ -28,7 +28,7 @@ model: build
 	bin/keel model build --out models/persona
 
 vet:
-	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve; echo "gofmt: files above need formatting" >&2; exit 1; }
+	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
 
 # Reference packages for the conformance tests (pinned in package-lock.json).
@@ -58,7 +58,8 @@ test: build vet conformance
 FUZZTIME ?= 1000x
 FUZZ_TARGETS = ./steer/ptfile:FuzzRead ./engine/gguf:FuzzParse ./engine/safetensors:FuzzParseHeader \
 	./engine/tokenizer:FuzzFastSplit ./engine/tokenizer:FuzzEncodeDecode ./engine/tokenizer:FuzzRenderTemplate \
-	./sessions:FuzzParse ./train:FuzzDataFiles ./train:FuzzParseReward ./probes:FuzzParseCapID ./workbench:FuzzCommandLine
+	./sessions:FuzzParse ./train:FuzzDataFiles ./train:FuzzParseReward ./probes:FuzzParseCapID ./workbench:FuzzCommandLine \
+	./provider:FuzzOpenCache ./provider:FuzzParseEndpoint ./probes:FuzzParseJudgeScore ./serve:FuzzReadAuthorizedKeys
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $${t%%:*} $${t##*:} ($(FUZZTIME))"; \

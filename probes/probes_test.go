@@ -413,3 +413,14 @@ func TestParseJudgeScore(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseJudgeScore(f *testing.F) {
+	for _, s := range []string{`{"score": 3}`, "```json\n{\"score\":1}\n```", "{{{", `{"score": 1e400}`, `}{"score":2}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, answer string) {
+		if n, ok := ParseJudgeScore(answer); ok && (n < 0 || n > 3) {
+			t.Fatalf("%q read as %d", answer, n)
+		}
+	})
+}
