@@ -236,7 +236,7 @@ func writeRollouts(chat *model.Chatter, path string, domains []string, conversat
 	enc := json.NewEncoder(&data)
 	n := 0
 	for _, d := range domains {
-		convs, err := Converse(chat, d, conversations, turns, temperature, rng)
+		convs, err := Converse(chat, d, conversations, turns, temperature, &probes.ScriptedUsers{Rng: rng, Turns: turns})
 		if err != nil {
 			return 0, err
 		}
@@ -257,7 +257,7 @@ func writeRollouts(chat *model.Chatter, path string, domains []string, conversat
 func heldOutPrompts(chat *model.Chatter, domains []string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
 	var out [][]tokenizer.Message
 	for _, d := range domains {
-		convs, err := Converse(chat, d, conversations, turns, temperature, rng)
+		convs, err := Converse(chat, d, conversations, turns, temperature, &probes.ScriptedUsers{Rng: rng, Turns: turns})
 		if err != nil {
 			return nil, err
 		}

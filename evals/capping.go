@@ -13,9 +13,10 @@ import (
 
 // CapEvalConfig sizes `keel eval capping`: the paper's capping trade-off and steering checks on one model.
 type CapEvalConfig struct {
-	Percentiles   []float64 // role-ward percentiles to cap at
-	Windows       [][2]int  // nil: probes.SweepWindows(n_layers)
-	Conversations int       // therapy and philosophy conversations per setting, for the drift rate
+	Percentiles   []float64    // role-ward percentiles to cap at
+	Windows       [][2]int     // nil: probes.SweepWindows(n_layers)
+	Conversations int          // therapy and philosophy conversations per setting, for the drift rate
+	Users         probes.Users `json:"-"` // who writes those conversations' user turns (nil: the scripted ones)
 	Turns         int
 	Jailbreaks    int // role-prompted vault requests per setting
 	Identity      int // "who are you?" samples per steering setting
@@ -56,7 +57,7 @@ func EvalCapping(ctx context.Context, lm *model.LM, p *probes.Personas, axis *st
 	questions := EvalQuestions(cfg.Seed)
 	measure := func(hooks *model.Hooks) (capMeasure, error) {
 		// The same seeds for every setting: the settings differ by their interventions only.
-		e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}, scorer: probes.NewScorer(p)}
+		e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}, scorer: probes.NewScorer(p), users: cfg.Users}
 		rng := rand.New(rand.NewPCG(cfg.Seed, 0xca95))
 		var m capMeasure
 		var rates []float64

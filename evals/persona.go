@@ -14,13 +14,14 @@ import (
 // EvalConfig sizes `keel eval persona`. The defaults are the acceptance protocol; smaller values give a quick
 // look (and the tests' fast subset).
 type EvalConfig struct {
-	Roles              []string // empty: every role
-	Domains            []string // drift: the conversation domains (empty: all four)
-	QuestionsPerPrompt int      // role fidelity: questions under each of a role's 5 system prompts
-	Conversations      int      // drift: conversations per domain
-	Turns              int      // drift: turns per conversation
-	Jailbreaks         int      // vault requests per condition (role prompt, none)
-	Temperature        float64  // sampling for fidelity, drift and jailbreaks (capability is greedy)
+	Roles              []string     // empty: every role
+	Domains            []string     // drift: the conversation domains (empty: all four)
+	Users              probes.Users `json:"-"` // drift: who writes the user's turns (nil: the domains' scripted turns)
+	QuestionsPerPrompt int          // role fidelity: questions under each of a role's 5 system prompts
+	Conversations      int          // drift: conversations per domain
+	Turns              int          // drift: turns per conversation
+	Jailbreaks         int          // vault requests per condition (role prompt, none)
+	Temperature        float64      // sampling for fidelity, drift and jailbreaks (capability is greedy)
 	TopP               float64
 	MaxTokens          int
 	BatchSize          int
@@ -50,6 +51,7 @@ type EvalReport struct {
 type evaluator struct {
 	chat   *model.Chatter
 	scorer *probes.Scorer
+	users  probes.Users // the drift conversations' users (nil: the domains' scripted turns)
 }
 
 func (e *evaluator) replies(convs [][]tokenizer.Message, temperature float64) ([]string, error) {
@@ -96,7 +98,7 @@ func EvalPersona(ctx context.Context, lm *model.LM, p *probes.Personas, cfg Eval
 		return nil, err
 	}
 	roles := p.Select(cfg.Roles)
-	e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: probes.NewScorer(p)}
+	e := &evaluator{chat: &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed}, scorer: probes.NewScorer(p), users: cfg.Users}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0xe7a1))
 	rep := &EvalReport{PerRole: map[string]float64{}, Drift: map[string][]float64{}, JailbreakCompliance: map[string]float64{}, Samples: map[string]string{}}
 	questions := EvalQuestions(cfg.Seed)
@@ -221,7 +223,11 @@ type driftResult struct {
 // drift holds conversations with no system prompt, the model's own replies staying in them, and scores each
 // turn's replies.
 func (e *evaluator) drift(domain string, conversations, turns int, temperature float64, rng *rand.Rand) (driftResult, error) {
-	convs, err := Converse(e.chat, domain, conversations, turns, temperature, rng)
+	var users probes.Users = &probes.ScriptedUsers{Rng: rng, Turns: turns}
+	if e.users != nil {
+		users = e.users
+	}
+	convs, err := Converse(e.chat, domain, conversations, turns, temperature, users)
 	if err != nil {
 		return driftResult{}, err
 	}
@@ -242,21 +248,18 @@ func (e *evaluator) drift(domain string, conversations, turns int, temperature f
 	return res, nil
 }
 
-// Converse holds conversations of a domain with no system prompt: the user's turns drawn from rng, the
-// model's replies (sampled at temperature) staying in the conversation. Each result alternates user and
-// assistant messages, turns of each.
-func Converse(chat *model.Chatter, domain string, conversations, turns int, temperature float64, rng *rand.Rand) ([][]tokenizer.Message, error) {
+// Converse holds conversations of a domain with no system prompt: the user's turns from users (the domain's
+// scripted turns, or a model playing its user), the model's replies (sampled at temperature) staying in the
+// conversation. Each result alternates user and assistant messages, turns of each.
+func Converse(chat *model.Chatter, domain string, conversations, turns int, temperature float64, users probes.Users) ([][]tokenizer.Message, error) {
 	convs := make([][]tokenizer.Message, conversations)
-	users := make([][]probes.Turn, conversations)
-	for c := range convs {
-		var err error
-		if users[c], err = probes.ConversationTurns(domain, turns, rng); err != nil {
+	for t := 0; t < turns; t++ {
+		next, err := users.Next(chat.Ctx, domain, convs)
+		if err != nil {
 			return nil, err
 		}
-	}
-	for t := 0; t < turns; t++ {
 		for c := range convs {
-			convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: users[c][t].User})
+			convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: next[c]})
 		}
 		out, err := chat.Replies(convs, temperature)
 		if err != nil {

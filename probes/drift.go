@@ -69,8 +69,8 @@ type DriftCurve struct {
 
 // MeasureDrift holds conversations with no system prompt under the given interventions (nil: none) and
 // measures where each reply sits on the axis at the analysis layer. The user's turns are the domain's scripted
-// ones, or, with users (the server cfg.User names), a model playing the domain's user brief.
-func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.VectorFile, hooks *model.Hooks, cfg DriftConfig, users *provider.Client) ([]DriftCurve, error) {
+// ones (users nil), or users' (a model on the server cfg.User names, playing each domain's user).
+func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.VectorFile, hooks *model.Hooks, cfg DriftConfig, users Users) ([]DriftCurve, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
@@ -82,43 +82,26 @@ func MeasureDrift(ctx context.Context, lm *model.LM, p *Personas, axis *steer.Ve
 	if !ok {
 		return nil, fmt.Errorf("--layer %d: the axis has vectors at layers %v", layer, axis.LayerList())
 	}
-	if cfg.User != "" && users == nil {
-		return nil, fmt.Errorf("--user %s: no client for it was given", cfg.User)
-	}
-	var sim *simulatedUser
-	if users != nil {
-		sim = &simulatedUser{client: users, maxTokens: cfg.MaxTokens, temperature: cfg.Temperature}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xd21f))
+	if users == nil {
+		if cfg.User != "" {
+			return nil, fmt.Errorf("--user %s: no client for it was given", cfg.User)
+		}
+		users = &ScriptedUsers{Rng: rng, Turns: cfg.Turns}
 	}
 	sc := NewScorer(p)
-	rng := rand.New(rand.NewPCG(cfg.Seed, 0xd21f))
 	chat := &model.Chatter{Ctx: ctx, LM: lm, BatchSize: cfg.BatchSize, MaxTokens: cfg.MaxTokens, TopP: cfg.TopP, Seed: cfg.Seed, Hooks: hooks}
 	var out []DriftCurve
 	for _, domain := range cfg.Domains {
 		convs := make([][]tokenizer.Message, cfg.Conversations)
-		scripted := make([][]Turn, cfg.Conversations)
-		for c := range convs {
-			if sim != nil {
-				continue
-			}
-			var err error
-			if scripted[c], err = ConversationTurns(domain, cfg.Turns, rng); err != nil {
-				return nil, err
-			}
-		}
 		curve := DriftCurve{Domain: domain, Projection: make([]float64, cfg.Turns), DriftRate: make([]float64, cfg.Turns), N: make([]int, cfg.Turns)}
 		for t := 0; t < cfg.Turns; t++ {
-			if sim != nil {
-				next, err := sim.next(ctx, domain, convs, cfg.Seed+uint64(t))
-				if err != nil {
-					return nil, err
-				}
-				for c := range convs {
-					convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: next[c]})
-				}
-			} else {
-				for c := range convs {
-					convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: scripted[c][t].User})
-				}
+			next, err := users.Next(ctx, domain, convs)
+			if err != nil {
+				return nil, err
+			}
+			for c := range convs {
+				convs[c] = append(convs[c], tokenizer.Message{Role: "user", Content: next[c]})
 			}
 			replies, err := chat.Replies(convs, cfg.Temperature)
 			if err != nil {

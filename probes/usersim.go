@@ -2,6 +2,8 @@ package probes
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -32,16 +34,55 @@ const userRules = " Write only your next message to the assistant, as the user, 
 // end with a message to it.
 const firstTurn = "(The conversation starts now. Write your first message.)"
 
-// simulatedUser asks a server's model for each conversation's next user message.
-type simulatedUser struct {
-	client      *provider.Client
-	maxTokens   int
-	temperature float64
+// Users writes the user's side of conversations with no system prompt (the drift experiment's, the persona and
+// capping evaluations'): the domains' scripted turns, or a model on a server playing each domain's user.
+type Users interface {
+	// Next is every conversation's next user message; convs hold each conversation's turns so far, all in one
+	// domain, all at the same turn.
+	Next(ctx context.Context, domain string, convs [][]tokenizer.Message) ([]string, error)
 }
 
-// next is every conversation's next user message: the simulator sees the chat from the user's side (the
-// assistant's replies as what it is answering, its own earlier messages as its own).
-func (u *simulatedUser) next(ctx context.Context, domain string, convs [][]tokenizer.Message, seed uint64) ([]string, error) {
+// ScriptedUsers draws each conversation's turns from its domain's scripted ones, with rng, when a domain's
+// conversations begin.
+type ScriptedUsers struct {
+	Rng   *rand.Rand
+	Turns int // the conversations' length
+	drawn [][]Turn
+}
+
+// Next implements Users.
+func (u *ScriptedUsers) Next(_ context.Context, domain string, convs [][]tokenizer.Message) ([]string, error) {
+	if len(convs) > 0 && len(convs[0]) == 0 { // a domain's conversations begin
+		u.drawn = make([][]Turn, len(convs))
+		for c := range convs {
+			var err error
+			if u.drawn[c], err = ConversationTurns(domain, u.Turns, u.Rng); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := make([]string, len(convs))
+	for c, conv := range convs {
+		t := len(conv) / 2
+		if c >= len(u.drawn) || t >= len(u.drawn[c]) {
+			return nil, fmt.Errorf("scripted users: conversation %d asks turn %d of %d", c, t+1, u.Turns)
+		}
+		out[c] = u.drawn[c][t].User
+	}
+	return out, nil
+}
+
+// SimulatedUsers has a server's model play each domain's user from its brief.
+type SimulatedUsers struct {
+	Client      *provider.Client
+	MaxTokens   int
+	Temperature float64
+	Seed        uint64
+}
+
+// Next implements Users: the simulator sees the chat from the user's side (the assistant's replies as what it
+// answers, its own earlier messages as its own).
+func (u *SimulatedUsers) Next(ctx context.Context, domain string, convs [][]tokenizer.Message) ([]string, error) {
 	reqs := make([]provider.Request, len(convs))
 	for c, conv := range convs {
 		// The placeholder opens every chat, so the simulator always answers a message to it.
@@ -53,9 +94,10 @@ func (u *simulatedUser) next(ctx context.Context, domain string, convs [][]token
 			}
 			msgs = append(msgs, provider.Message{Role: role, Content: m.Content})
 		}
-		reqs[c] = provider.Request{Messages: msgs, MaxTokens: u.maxTokens, Temperature: u.temperature, Seed: seed*1_000_003 + uint64(c)}
+		turn := uint64(len(conv) / 2)
+		reqs[c] = provider.Request{Messages: msgs, MaxTokens: u.MaxTokens, Temperature: u.Temperature, Seed: (u.Seed*1_000_003+turn)*1_000_003 + uint64(c)}
 	}
-	answers, err := u.client.ChatAll(ctx, reqs, nil)
+	answers, err := u.Client.ChatAll(ctx, reqs, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +105,7 @@ func (u *simulatedUser) next(ctx context.Context, domain string, convs [][]token
 	for c, a := range answers {
 		out[c] = strings.Trim(strings.TrimSpace(a.Text), `"`)
 		if out[c] == "" {
-			out[c] = "Please go on." // an empty turn would end the chat template's user message with nothing
+			out[c] = "Please go on." // an empty turn would leave the user's message empty
 		}
 	}
 	return out, nil

@@ -46,6 +46,7 @@ func extractFlags(fs interface {
 	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per rollout")
 	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "rollouts generated together")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed")
+	fs.StringVar(&cfg.Rollouts, "rollouts", "", "generate the rollouts on an OpenAI-compatible server, URL#MODEL (its key from $KEEL_PROVIDER_KEY or $KEEL_PROVIDER_KEY_FILE); activations stay keel's")
 }
 
 // limitRoles keeps n roles spread evenly over the list (which runs from assistant-like to theatrical), so a
@@ -83,7 +84,6 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 	extractFlags(fs, &cfg, &roles, &limit)
 	out := fs.String("out", "", "extraction folder (resumable: a rerun skips finished roles)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	fs.StringVar(&cfg.Rollouts, "rollouts", "", "generate the rollouts on an OpenAI-compatible server, URL#MODEL (its key from $KEEL_PROVIDER_KEY or $KEEL_PROVIDER_KEY_FILE); activations stay keel's")
 	var pf providerFlags
 	pf.register(fs)
 	if err := parse(fs, args); err != nil {

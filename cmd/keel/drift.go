@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/charmbracelet/x/ansi"
@@ -20,7 +19,6 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
-	"github.com/keel-lab/keel/provider"
 	"github.com/keel-lab/keel/steer"
 )
 
@@ -82,27 +80,11 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var users *provider.Client
-	if cfg.User != "" {
-		if *work == "" {
-			cache, err := os.UserCacheDir()
-			if err != nil {
-				cache = os.TempDir()
-			}
-			*work = filepath.Join(cache, "keel", "provider")
-		}
-		if err := os.MkdirAll(*work, 0o755); err != nil {
-			return err
-		}
-		answers, err := provider.OpenCache(filepath.Join(*work, "provider-answers.jsonl"))
-		if err != nil {
-			return err
-		}
-		defer answers.Close()
-		if users, err = pf.client(cfg.User, answers); err != nil {
-			return err
-		}
+	users, closeUsers, err := pf.users(cfg.User, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
+	if err != nil {
+		return err
 	}
+	defer closeUsers()
 	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg, users)
 	if err != nil {
 		return err

@@ -42,9 +42,19 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "replies generated together")
 	fs.Float64Var(&cfg.Temperature, "temperature", cfg.Temperature, "sampling temperature (capability is always greedy)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed")
+	user := fs.String("user", "", "a server whose model plays the drift conversations' user, URL#MODEL (default: the domains' scripted turns)")
+	work := fs.String("work", "", "folder that keeps the --user server's answers (default: keel's cache folder)")
+	var pf providerFlags
+	pf.register(fs)
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
+	users, closeUsers, err := pf.users(*user, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	defer closeUsers()
+	cfg.Users = users
 	if *roles != "" {
 		for _, r := range strings.Split(*roles, ",") {
 			cfg.Roles = append(cfg.Roles, strings.TrimSpace(r))
@@ -106,6 +116,9 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.SteerCoeff, "steer", cfg.SteerCoeff, "steering strength c (coeff = c x the layer's average residual norm)")
 	fs.IntVar(&cfg.BatchSize, "eval-batch", cfg.BatchSize, "replies generated together in the sweep")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
+	user := fs.String("user", "", "a server whose model plays the conversations' user, URL#MODEL (default: the domains' scripted turns)")
+	var pf providerFlags
+	pf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -144,7 +157,19 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		}
 		*dir = filepath.Join(cache, "keel", "axis", probes.ModelID(lm))
 	}
-	res, axis, err := probes.ExtractAxisFolder(&probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: ecfg, Dir: *dir, Progress: progressBar(stderr, "extract")})
+	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: ecfg, Dir: *dir, Progress: progressBar(stderr, "extract")}
+	closeClients, err := pf.clients(x)
+	if err != nil {
+		return err
+	}
+	defer closeClients()
+	users, closeUsers, err := pf.users(*user, *dir, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	defer closeUsers()
+	cfg.Users = users
+	res, axis, err := probes.ExtractAxisFolder(x)
 	if err != nil {
 		return err
 	}

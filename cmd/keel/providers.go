@@ -48,6 +48,34 @@ func (f *providerFlags) client(ref string, cache *provider.Cache) (*provider.Cli
 	return &provider.Client{Endpoint: e, Key: key, Concurrency: f.concurrency, Timeout: f.timeout, Retries: retries, Cache: cache}, nil
 }
 
+// users is the simulated user on the server ref names (URL#MODEL), its answers cached in work (default: keel's
+// cache folder); nil (the scripted turns) when ref is "". The function returned closes the cache.
+func (f *providerFlags) users(ref, work string, maxTokens int, temperature float64, seed uint64) (probes.Users, func(), error) {
+	if ref == "" {
+		return nil, func() {}, nil
+	}
+	if work == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			cache = os.TempDir()
+		}
+		work = filepath.Join(cache, "keel", "provider")
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return nil, nil, err
+	}
+	answers, err := provider.OpenCache(filepath.Join(work, "provider-answers.jsonl"))
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := f.client(ref, answers)
+	if err != nil {
+		answers.Close()
+		return nil, nil, err
+	}
+	return &probes.SimulatedUsers{Client: client, MaxTokens: maxTokens, Temperature: temperature, Seed: seed}, func() { answers.Close() }, nil
+}
+
 // clients gives an extraction the servers its config names, answers cached in its folder, and a progress
 // line that reports the requests' rate; the function returned closes the cache.
 func (f *providerFlags) clients(x *probes.Extractor) (func(), error) {
