@@ -69,7 +69,7 @@ type Request struct {
 	MaxTokens   int
 	Temperature float64
 	TopP        float64 // 0: the server's default
-	Seed        uint64 // sent as its low 31 bits: every server takes those
+	Seed        uint64  // sent as its low 31 bits: every server takes those
 }
 
 // Reply is a server's answer.
@@ -84,7 +84,7 @@ type Client struct {
 	Endpoint
 	Key         string
 	Concurrency int           // requests in flight at most (default 8)
-	Retries     int           // further tries after a 429, a 5xx, a timeout or a torn answer (default 4)
+	Retries     int           // further tries after a 429, a 5xx, a timeout or a torn answer (0: 4; negative: none)
 	Backoff     time.Duration // before the first retry, doubling after each (default 500 ms)
 	Timeout     time.Duration // per try (default 5 min)
 	Cache       *Cache        // nil: nothing cached
