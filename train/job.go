@@ -98,7 +98,7 @@ func NewRun(root, kind string) (*Run, error) {
 
 // SetOwner names who started the run (a keel serve user): only they may cancel it from their chat.
 func (r *Run) SetOwner(name string) error {
-	return os.WriteFile(filepath.Join(r.Dir, "owner"), []byte(name+"\n"), 0o644)
+	return atomicfile.WriteFile(filepath.Join(r.Dir, "owner"), []byte(name+"\n"))
 }
 
 // Owner is who started the run ("" for a run started outside keel serve).

@@ -55,6 +55,8 @@ func TestEveryWriterIsAtomic(t *testing.T) {
 		"cmd/keel/devcheck.go":       {4, "scratch files of the device check, in its own temporary folder"},
 		"cmd/keel/bench_tokenize.go": {1, "the benchmark's scratch input, in a temporary folder"},
 		"cmd/keel/main.go":           {1, "a CPU profile the user asked for with KEEL_CPUPROFILE"},
+		"cmd/keel/serve.go":          {1, "serve.log, an append-only log"},
+		"provider/cache.go":          {1, "the answers cache, append-only: one write per answer, a torn last line is skipped on reading"},
 	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
