@@ -107,11 +107,10 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 	}
 	defer done()
 	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: cfg, Dir: *out, Progress: progressBar(stderr, "extract")}
-	closeClients, err := pf.clients(x)
-	if err != nil {
+	defer pf.close()
+	if err := pf.clients(x); err != nil {
 		return err
 	}
-	defer closeClients()
 	res, _, err := probes.ExtractAxisFolder(x)
 	if err != nil {
 		if st := x.Stats; st.Unparsed > 0 {

@@ -80,11 +80,11 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	users, closeUsers, err := pf.users(cfg.User, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
+	defer pf.close()
+	users, err := pf.users(cfg.User, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
 	if err != nil {
 		return err
 	}
-	defer closeUsers()
 	curves, err := probes.MeasureDrift(ctx, lm, p, axis, hooks, cfg, users)
 	if err != nil {
 		return err

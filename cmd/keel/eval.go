@@ -49,11 +49,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
-	users, closeUsers, err := pf.users(*user, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
+	defer pf.close()
+	users, err := pf.users(*user, *work, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
 	if err != nil {
 		return err
 	}
-	defer closeUsers()
 	cfg.Users = users
 	if *roles != "" {
 		for _, r := range strings.Split(*roles, ",") {
@@ -158,16 +158,14 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 		*dir = filepath.Join(cache, "keel", "axis", probes.ModelID(lm))
 	}
 	x := &probes.Extractor{Ctx: ctx, LM: lm, Personas: p, Config: ecfg, Dir: *dir, Progress: progressBar(stderr, "extract")}
-	closeClients, err := pf.clients(x)
+	defer pf.close()
+	if err := pf.clients(x); err != nil {
+		return err
+	}
+	users, err := pf.users(*user, *dir, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
 	if err != nil {
 		return err
 	}
-	defer closeClients()
-	users, closeUsers, err := pf.users(*user, *dir, cfg.MaxTokens, cfg.Temperature, cfg.Seed)
-	if err != nil {
-		return err
-	}
-	defer closeUsers()
 	cfg.Users = users
 	res, axis, err := probes.ExtractAxisFolder(x)
 	if err != nil {

@@ -17,6 +17,7 @@ type providerFlags struct {
 	concurrency int
 	timeout     time.Duration
 	retries     int
+	caches      map[string]*provider.Cache // by path: clients of one work folder share its cache
 }
 
 func (f *providerFlags) register(fs interface {
@@ -28,8 +29,35 @@ func (f *providerFlags) register(fs interface {
 	fs.IntVar(&f.retries, "retries", 4, "tries again after a 429, a 5xx, a timeout or a torn answer")
 }
 
-// client is a server's client, its answers cached in cache.
-func (f *providerFlags) client(ref string, cache *provider.Cache) (*provider.Client, error) {
+// cache is the answers cache of a work folder, opened once however many clients share it.
+func (f *providerFlags) cache(dir string) (*provider.Cache, error) {
+	path := filepath.Join(dir, "provider-answers.jsonl")
+	if c, ok := f.caches[path]; ok {
+		return c, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	c, err := provider.OpenCache(path)
+	if err != nil {
+		return nil, err
+	}
+	if f.caches == nil {
+		f.caches = map[string]*provider.Cache{}
+	}
+	f.caches[path] = c
+	return c, nil
+}
+
+// close closes the caches the command opened.
+func (f *providerFlags) close() {
+	for _, c := range f.caches {
+		c.Close()
+	}
+}
+
+// client is the server ref names (URL#MODEL), its answers cached in the work folder dir.
+func (f *providerFlags) client(ref, dir string) (*provider.Client, error) {
 	e, err := provider.ParseEndpoint(ref)
 	if err != nil {
 		return nil, usageError{err}
@@ -45,14 +73,18 @@ func (f *providerFlags) client(ref string, cache *provider.Cache) (*provider.Cli
 	if retries == 0 {
 		retries = -1 // the client's "no retries"
 	}
+	cache, err := f.cache(dir)
+	if err != nil {
+		return nil, err
+	}
 	return &provider.Client{Endpoint: e, Key: key, Concurrency: f.concurrency, Timeout: f.timeout, Retries: retries, Cache: cache}, nil
 }
 
 // users is the simulated user on the server ref names (URL#MODEL), its answers cached in work (default: keel's
-// cache folder); nil (the scripted turns) when ref is "". The function returned closes the cache.
-func (f *providerFlags) users(ref, work string, maxTokens int, temperature float64, seed uint64) (probes.Users, func(), error) {
+// cache folder); nil (the scripted turns) when ref is "".
+func (f *providerFlags) users(ref, work string, maxTokens int, temperature float64, seed uint64) (probes.Users, error) {
 	if ref == "" {
-		return nil, func() {}, nil
+		return nil, nil
 	}
 	if work == "" {
 		cache, err := os.UserCacheDir()
@@ -61,47 +93,29 @@ func (f *providerFlags) users(ref, work string, maxTokens int, temperature float
 		}
 		work = filepath.Join(cache, "keel", "provider")
 	}
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		return nil, nil, err
-	}
-	answers, err := provider.OpenCache(filepath.Join(work, "provider-answers.jsonl"))
+	client, err := f.client(ref, work)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	client, err := f.client(ref, answers)
-	if err != nil {
-		answers.Close()
-		return nil, nil, err
-	}
-	return &probes.SimulatedUsers{Client: client, MaxTokens: maxTokens, Temperature: temperature, Seed: seed}, func() { answers.Close() }, nil
+	return &probes.SimulatedUsers{Client: client, MaxTokens: maxTokens, Temperature: temperature, Seed: seed}, nil
 }
 
 // clients gives an extraction the servers its config names, answers cached in its folder, and a progress
-// line that reports the requests' rate; the function returned closes the cache.
-func (f *providerFlags) clients(x *probes.Extractor) (func(), error) {
-	if x.Config.Rollouts == "" {
-		if _, err := provider.ParseEndpoint(x.Config.Judge); err != nil {
-			return func() {}, nil // no server named
-		}
-	}
-	if err := os.MkdirAll(x.Dir, 0o755); err != nil {
-		return nil, err
-	}
-	cache, err := provider.OpenCache(filepath.Join(x.Dir, "provider-answers.jsonl"))
-	if err != nil {
-		return nil, err
-	}
+// line that reports the requests' rate.
+func (f *providerFlags) clients(x *probes.Extractor) error {
+	var err error
 	if x.Config.Rollouts != "" {
-		if x.Rollouts, err = f.client(x.Config.Rollouts, cache); err != nil {
-			cache.Close()
-			return nil, err
+		if x.Rollouts, err = f.client(x.Config.Rollouts, x.Dir); err != nil {
+			return err
 		}
 	}
 	if _, perr := provider.ParseEndpoint(x.Config.Judge); perr == nil {
-		if x.Judge, err = f.client(x.Config.Judge, cache); err != nil {
-			cache.Close()
-			return nil, err
+		if x.Judge, err = f.client(x.Config.Judge, x.Dir); err != nil {
+			return err
 		}
+	}
+	if x.Rollouts == nil && x.Judge == nil {
+		return nil
 	}
 	began, bar := time.Now(), x.Progress
 	x.Progress = func(done, total int, role string, eta time.Duration) {
@@ -115,7 +129,7 @@ func (f *providerFlags) clients(x *probes.Extractor) (func(), error) {
 			bar(done, total, fmt.Sprintf("%s (%.1f req/s)", role, float64(sent)/time.Since(began).Seconds()), eta)
 		}
 	}
-	return func() { cache.Close() }, nil
+	return nil
 }
 
 // printExtractStats reports what the run did besides the axis: teacher forcing's throughput, the servers'
