@@ -139,7 +139,7 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 	b.smp.cfgs[slot] = sp
 	b.smp.rngs[slot] = rand.New(rand.NewPCG(sp.Seed, streamKey))
 	one := &sampler{cfgs: []Sampling{sp}, rngs: []*rand.Rand{b.smp.rngs[slot]}}
-	chosen, err := b.m.choose(s, out.logits, one, [][]int{prompt}, []int{0})
+	chosen, err := b.m.choose(s, out, one, [][]int{prompt}, []int{0})
 	if err != nil {
 		return RowStep{}, err
 	}
@@ -233,7 +233,7 @@ func (b *Batch) Step() ([]RowStep, error) {
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
-	chosen, err := b.m.choose(s, out.logits, &sampler{cfgs: b.smp.cfgs[:hi], rngs: b.smp.rngs[:hi]}, ctxs, make([]int, hi))
+	chosen, err := b.m.choose(s, out, &sampler{cfgs: b.smp.cfgs[:hi], rngs: b.smp.rngs[:hi]}, ctxs, make([]int, hi))
 	if err != nil {
 		return nil, err
 	}

@@ -67,10 +67,15 @@ type passOut struct {
 	means   Tensor       // [B, layers, D] when SpanWeights was given
 	norms   Tensor       // [B, layers, 1] when SpanWeights was given
 	hidden  Tensor       // [B, T, D] final-norm states when Hidden was asked for
+	// hostLogits replaces logits after a fused step: [B * vocab] on the host.
+	hostLogits []float32
 }
 
 // forward runs the model.
 func (m *Model) forward(s *torch.Scope, p Pass) passOut {
+	if out, ok := m.fusedForward(s, p); ok {
+		return out
+	}
 	c := m.Config
 	B, T := len(p.IDs), len(p.IDs[0])
 	start, pad := 0, p.Pad
@@ -93,8 +98,8 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 			return passOut{}
 		}
 		for j, id := range row {
-			if id < 0 || id >= c.VocabSize {
-				s.Fail(fmt.Errorf("forward: token id %d outside the vocabulary (0..%d)", id, c.VocabSize-1))
+			if err := c.checkID(id); err != nil {
+				s.Fail(err)
 				return passOut{}
 			}
 			flat = append(flat, int64(id))
@@ -230,8 +235,28 @@ func (m *Model) act(s *torch.Scope, x Tensor) Tensor {
 	return s.Silu(x)
 }
 
+// checkID refuses a token id outside the vocabulary.
+func (c *Config) checkID(id int) error {
+	if id < 0 || id >= c.VocabSize {
+		return fmt.Errorf("forward: token id %d outside the vocabulary (0..%d)", id, c.VocabSize-1)
+	}
+	return nil
+}
+
 // rope returns cos and sin of table r for the given positions, [B, 1, T, head_dim], growing the table when needed.
 func (m *Model) rope(s *torch.Scope, r *ropeTable, pos []int64, maxPos, B, T int) (Tensor, Tensor) {
+	if !m.growRope(s, r, maxPos) {
+		return Tensor{}, Tensor{}
+	}
+	idx := s.FromData(pos, torch.Int64, []int64{int64(len(pos))}, m.Opts.Device)
+	hd := int64(m.Config.HeadDim)
+	cos := s.Reshape(s.IndexSelect(r.cos, 0, idx), int64(B), 1, int64(T), hd)
+	sin := s.Reshape(s.IndexSelect(r.sin, 0, idx), int64(B), 1, int64(T), hd)
+	return cos, sin
+}
+
+// growRope makes table r cover position maxPos (doubling it); false when that failed (the error is in s).
+func (m *Model) growRope(s *torch.Scope, r *ropeTable, maxPos int) bool {
 	if maxPos >= r.n {
 		n := max(2*r.n, 512)
 		for n <= maxPos {
@@ -249,15 +274,11 @@ func (m *Model) rope(s *torch.Scope, r *ropeTable, pos []int64, maxPos, B, T int
 		r.sin = ws.To(ws.FromData(sin, torch.Float32, shape, dev), dt, dev)
 		if err := ws.Err(); err != nil {
 			s.Fail(err)
-			return Tensor{}, Tensor{}
+			return false
 		}
 		r.n = n
 	}
-	idx := s.FromData(pos, torch.Int64, []int64{int64(len(pos))}, m.Opts.Device)
-	hd := int64(m.Config.HeadDim)
-	cos := s.Reshape(s.IndexSelect(r.cos, 0, idx), int64(B), 1, int64(T), hd)
-	sin := s.Reshape(s.IndexSelect(r.sin, 0, idx), int64(B), 1, int64(T), hd)
-	return cos, sin
+	return true
 }
 
 // applyRope rotates x [B, heads, T, hd]: x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1).

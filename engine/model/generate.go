@@ -87,7 +87,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 	live := B
 	s := m.RT.NewScope().NoGrad()
 	defer s.Close()
-	next := rows // the tokens to feed: the whole prompt first, then one per row
+	// The tokens to feed: the whole prompt first, then one per row. A copy of rows' slice headers: chunked
+	// prefill cuts next[b], and rows[b] must keep the whole prompt (the sampler's repetition context).
+	next := append([][]int(nil), rows...)
 	for step := 0; step < g.MaxTokens && live > 0; step++ {
 		if err := ctx.Err(); err != nil {
 			for i := range results {
@@ -137,7 +139,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		}
 		out := m.forward(s, pass)
 		recs := out.records
-		chosen, err := m.choose(s, out.logits, smp, rows, pad)
+		chosen, err := m.choose(s, out, smp, rows, pad)
 		if err != nil {
 			return results, err
 		}
@@ -201,11 +203,12 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 	return results, nil
 }
 
-// choose picks each row's next token from logits [B, 1, V].
-func (m *Model) choose(s *torch.Scope, logits Tensor, smp *sampler, rows [][]int, pad []int) ([]int, error) {
+// choose picks each row's next token from a pass's logits ([B, 1, V], or on the host after a fused step).
+func (m *Model) choose(s *torch.Scope, pass passOut, smp *sampler, rows [][]int, pad []int) ([]int, error) {
 	B := len(rows)
 	out := make([]int, B)
-	if smp.greedyOnDevice() {
+	logits := pass.logits
+	if pass.hostLogits == nil && smp.greedyOnDevice() {
 		ids := s.Int64s(s.Argmax(logits, -1, false))
 		// The row maxima say whether the logits are numbers at all (max propagates NaN).
 		tops := s.Float32s(s.To(s.Max(logits, -1, false), torch.Float32, m.Opts.Device))
@@ -221,8 +224,11 @@ func (m *Model) choose(s *torch.Scope, logits Tensor, smp *sampler, rows [][]int
 		return out, nil
 	}
 	V := m.Config.VocabSize
-	host := make([]float32, B*V)
-	s.CopyToHost(logits, host)
+	host := pass.hostLogits
+	if host == nil {
+		host = make([]float32, B*V)
+		s.CopyToHost(logits, host)
+	}
 	if err := s.Err(); err != nil {
 		return nil, err
 	}

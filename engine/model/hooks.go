@@ -107,11 +107,13 @@ type hookPlan struct {
 	// singles stacks the directions of every single-direction capture, [n, D, 1], in forward order: those
 	// captures only keep their h during the pass and are projected together at its end (two ops, not 2n).
 	singles Tensor
+	fused   stepHooks // the plan as fused steps take it
 }
 
 func (p *hookPlan) close() {
 	if p != nil && p.scope != nil {
 		p.scope.Close()
+		p.fused.close()
 	}
 }
 

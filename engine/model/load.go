@@ -14,6 +14,9 @@ import (
 type Options struct {
 	Device torch.Device
 	DType  torch.DType // zero value Float32
+	// Unfused runs every decode step op by op (forward), never as one fused step (fused.go): the reference the
+	// fused step is tested and benchmarked against.
+	Unfused bool
 }
 
 // Layer holds one decoder layer's weights (zero Tensors where the architecture has none).
@@ -58,6 +61,7 @@ type Model struct {
 	files       *safetensors.Set // kept open while CPU weights alias the mapping
 	ropes       []*ropeTable     // [0]: every layer's, or the full-attention layers'; [1]: sliding layers' own
 	embedMult   float64
+	fused       fusedDecoder
 	prefix      string // where the checkpoint keeps the decoder: "model." or an image-text model's language model
 }
 
@@ -326,6 +330,7 @@ func (m *Model) Params() []Tensor {
 
 // Close frees the weights and unmaps the checkpoint.
 func (m *Model) Close() {
+	m.fused.close()
 	if m.weights != nil {
 		m.weights.Close()
 	}

@@ -56,6 +56,11 @@ type symbols struct {
 	RequiresGrad    uintptr
 	Backward        uintptr
 	Grad            uintptr
+	DecoderNew      uintptr
+	DecoderFree     uintptr
+	StepHooksNew    uintptr
+	StepHooksFree   uintptr
+	DecoderStep     uintptr
 }
 
 type symbolRef struct {
@@ -110,6 +115,9 @@ func (s *symbols) table() []symbolRef {
 		{"kt_requires_grad", &s.RequiresGrad},
 		{"kt_backward", &s.Backward},
 		{"kt_grad", &s.Grad},
+		{"kt_decoder_new", &s.DecoderNew}, {"kt_decoder_free", &s.DecoderFree},
+		{"kt_step_hooks_new", &s.StepHooksNew}, {"kt_step_hooks_free", &s.StepHooksFree},
+		{"kt_decoder_step", &s.DecoderStep},
 	}
 }
 

@@ -2,6 +2,7 @@
 // One source for libtorch 1.13 (Debian) and 2.x (PyTorch wheels); the differences are behind TORCH_VERSION_MAJOR.
 #include "keel_torch.h"
 #include "keel_linear.h"
+#include "keel_shim.h"
 
 #include <torch/torch.h>
 #include <torch/cuda.h>
@@ -21,37 +22,9 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+using namespace keel_shim;
+
 namespace {
-
-char *dup_error(const std::string &msg) {
-  // Keep only the first line of libtorch's messages: the rest is a C++ backtrace.
-  std::string first = msg.substr(0, msg.find('\n'));
-  char *s = static_cast<char *>(std::malloc(first.size() + 1));
-  if (s == nullptr) return nullptr;
-  std::memcpy(s, first.c_str(), first.size() + 1);
-  return s;
-}
-
-#define KT_TRY try {
-#define KT_CATCH                                   \
-  }                                                \
-  catch (const c10::Error &e) {                    \
-    return dup_error(e.what_without_backtrace());  \
-  }                                                \
-  catch (const std::exception &e) {                \
-    return dup_error(e.what());                    \
-  }                                                \
-  catch (...) {                                    \
-    return dup_error("unknown C++ exception");     \
-  }                                                \
-  return nullptr;
-
-at::Tensor &T(kt_tensor t) {
-  if (t == nullptr) throw std::invalid_argument("null tensor handle");
-  return *static_cast<at::Tensor *>(t);
-}
-
-kt_tensor wrap(at::Tensor t) { return new at::Tensor(std::move(t)); }
 
 at::ScalarType scalar_type(int64_t code) {
   switch (code) {

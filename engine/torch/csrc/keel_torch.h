@@ -122,6 +122,38 @@ char *kt_adamw_zero_grad(kt_optim o);
 char *kt_adamw_set_lr(kt_optim o, double lr);
 void kt_adamw_free(kt_optim o);
 
+/* Fused decode steps (keel_step.cpp): a whole decoder step for one new token per row in one call, for float32
+ * weights on the CPU, where a step of a small model is otherwise ~100 ops whose dispatch costs more than their
+ * arithmetic. The op-by-op decoder (engine/model/decoder.go) stays the reference and runs everything else.
+ *
+ * icfg: {layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, act (0 silu, 1 gelu_tanh, 2 gelu),
+ *        qk_norm (0 none, 1 per head, 2 whole projection), norms (0 before, 1 before and after (sandwich),
+ *        2 after only), sliding_window (0 none), local_rope (sliding layers read the second RoPE table),
+ *        then sliding[layers] (0/1)}
+ * fcfg: {rms_eps, norm_offset, embed_mult (0 none), attn_scale, attn_softcap (0 none), final_softcap (0 none)}
+ * weights: {embed, norm, lm_head, then KT_DEC_PER_LAYER per layer, NULL where the architecture has none:
+ *           attn_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm, mlp_norm, gate, up, down,
+ *           attn_post_norm, mlp_post_norm} */
+typedef void *kt_decoder;
+typedef void *kt_step_hooks;
+#define KT_DEC_PER_LAYER 17
+enum { KT_DEC_ICFG = 13, KT_DEC_FCFG = 6 };
+char *kt_decoder_new(const int64_t *icfg, const double *fcfg, const kt_tensor *weights, int64_t nweights, kt_decoder *out);
+void kt_decoder_free(kt_decoder d);
+/* The interventions of a step, in the order the forward pass meets them (by layer, then listed order).
+ * desc: 6 per intervention: layer, kind (0 capture, 1 add, 2 cap), full, directions, ceiling, rows (-1: every
+ * row); param: one per intervention (a cap's tau); vecs: the vectors back to back (directions*hidden floats for a
+ * capture that is not full, hidden for an add (already times its coefficient) and a cap); rows: the row lists
+ * back to back. Records per row: a capture yields its directions' projections (hidden values when full), a cap
+ * the signed amount it moved h along u; an add yields nothing. */
+char *kt_step_hooks_new(const int64_t *desc, int64_t n, const double *param, const float *vecs, const int64_t *rows, int64_t hidden, kt_step_hooks *out);
+void kt_step_hooks_free(kt_step_hooks h);
+/* One step: args = {B, start (cache positions filled), ids[B], pad[B], rope positions[B]}; cache = {K0, V0, K1,
+ * V1, ...} ([B, kv_heads, capacity, head_dim], the new position written at start); ropes = {cos, sin} tables
+ * [positions, head_dim] (then the sliding layers' own, with local_rope); hooks nullable. logits: [B, vocab];
+ * records: [B, the hooks' record width]. */
+char *kt_decoder_step(kt_decoder d, kt_step_hooks hooks, const int64_t *args, const kt_tensor *cache, const kt_tensor *ropes, float *logits, float *records);
+
 #ifdef __cplusplus
 }
 #endif

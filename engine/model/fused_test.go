@@ -1,0 +1,149 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+)
+
+// The fused decode step computes what forward computes, step by step over a padded batch, for every
+// architecture: logits, and the records of captures (one direction, several, the whole vector), an add and caps
+// (floor and ceiling, on every row or on some), run past the sliding window of the architectures that have one.
+func TestFusedStepEqualsForward(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	for name, cfg := range TinyConfigs() {
+		t.Run(name, func(t *testing.T) {
+			fused, err := NewRandom(rt, cfg, Options{}, 11)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fused.Close()
+			ref, err := NewRandom(rt, cfg, Options{Unfused: true}, 11)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ref.Close()
+			if fused.fusedStepper() == nil {
+				t.Fatalf("no fused decoder for %s: %v", name, fused.fused.err)
+			}
+			if ref.fusedStepper() != nil {
+				t.Fatal("Options.Unfused still fuses")
+			}
+			d := cfg.HiddenSize
+			u, w := make([]float32, d), make([]float32, d)
+			for i := range u {
+				u[i] = float32(math.Sin(float64(i))) / float32(math.Sqrt(float64(d)/2))
+				w[i] = float32(math.Cos(float64(3*i))) / float32(math.Sqrt(float64(d)/2))
+			}
+			L := cfg.NumHiddenLayers
+			list := []Intervention{
+				{Layer: 0, Kind: Capture, Vectors: [][]float32{u}},
+				{Layer: 0, Kind: Cap, Vectors: [][]float32{u}, Tau: 0.3},
+				{Layer: 0, Kind: Capture, Vectors: [][]float32{u, w}},
+				{Layer: 1, Kind: Add, Vectors: [][]float32{w}, Coeff: 1.5, Rows: []int{1}},
+				{Layer: 1, Kind: Cap, Vectors: [][]float32{w}, Tau: -0.2, Ceiling: true, Rows: []int{0, 2}},
+				{Layer: L - 1, Kind: Capture, Full: true},
+				{Layer: L - 1, Kind: Capture, Vectors: [][]float32{w}},
+			}
+			prompts := [][]int{testIDs(5, cfg.VocabSize, 1), testIDs(9, cfg.VocabSize, 2), testIDs(2, cfg.VocabSize, 3)}
+			steps := 40 // past the tiny configs' window of 24
+			runs := map[string][][]float32{}
+			recs := map[string][][][]Record{}
+			for _, m := range []*Model{fused, ref} {
+				key := fmt.Sprint(m == fused)
+				plan, err := m.compileHooks(list, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer plan.close()
+				s := m.RT.NewScope().NoGrad()
+				defer s.Close()
+				longest := 9
+				pad := make([]int, len(prompts))
+				ids := make([][]int, len(prompts))
+				for b, p := range prompts {
+					pad[b] = longest - len(p)
+					ids[b] = append(make([]int, pad[b]), p...)
+				}
+				cache, err := m.NewCache(pad, longest+steps)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cache.Close()
+				m.forward(s, Pass{IDs: ids, Cache: cache, LastOnly: true, plan: plan})
+				cache.Len = longest
+				for step := 0; step < steps; step++ {
+					next := make([][]int, len(prompts))
+					for b := range next {
+						next[b] = []int{(7*step + 13*b + 1) % cfg.VocabSize}
+					}
+					out := m.forward(s, Pass{IDs: next, Cache: cache, LastOnly: true, plan: plan})
+					if err := s.Err(); err != nil {
+						t.Fatal(err)
+					}
+					logits := out.hostLogits
+					if logits == nil {
+						logits = s.Float32s(out.logits)
+					} else if m == ref {
+						t.Fatal("the reference model ran a fused step")
+					}
+					runs[key] = append(runs[key], logits)
+					var rs [][]Record
+					for b := range out.records {
+						rs = append(rs, out.records[b][0])
+					}
+					recs[key] = append(recs[key], rs)
+					cache.Len++
+					s.Release()
+				}
+				if m == fused && runs[key][0] != nil && fused.fused.dec == nil {
+					t.Fatal("fused model without a decoder")
+				}
+			}
+			for step := range runs["true"] {
+				if diff := maxAbsDiff(runs["true"][step], runs["false"][step]); diff > 1e-4 {
+					t.Fatalf("step %d: fused logits differ from forward's by %g", step, diff)
+				}
+				got, want := recs["true"][step], recs["false"][step]
+				if len(got) != len(want) || len(got) != len(prompts) {
+					t.Fatalf("step %d: %d rows of records, forward gave %d", step, len(got), len(want))
+				}
+				for b := range got {
+					if len(got[b]) != len(want[b]) {
+						t.Fatalf("step %d row %d: %d records, forward gave %d", step, b, len(got[b]), len(want[b]))
+					}
+					for i := range got[b] {
+						g, w := got[b][i], want[b][i]
+						if g.Intervention != w.Intervention || g.Layer != w.Layer || g.Kind != w.Kind || len(g.Values) != len(w.Values) {
+							t.Fatalf("step %d row %d record %d: %+v, forward gave %+v", step, b, i, g, w)
+						}
+						if diff := maxAbsDiff(g.Values, w.Values); diff > 1e-4 {
+							t.Fatalf("step %d row %d record %d (%s at layer %d): values differ by %g", step, b, i, g.Kind, g.Layer, diff)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func testIDs(n, vocab, seed int) []int {
+	ids := []int{1}
+	for len(ids) < n {
+		ids = append(ids, 3+(len(ids)*31+seed*17)%(vocab-3))
+	}
+	return ids
+}
+
+func maxAbsDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	worst := 0.0
+	for i := range a {
+		worst = max(worst, math.Abs(float64(a[i]-b[i])))
+	}
+	return worst
+}
