@@ -138,7 +138,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		hooks := benchHooks(m)
-		var plain, hooked, ref []float64
+		var plain, hooked, unfused, ref []float64
 		for r := 0; r < *reps; r++ {
 			tps, err := decodeRate(m, nil, *prompt, n, 1, false)
 			if err != nil {
@@ -151,6 +151,14 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			hooked = append(hooked, tps)
+			m.Opts.Unfused = true // the same model, every step op by op
+			tps, err = decodeRate(m, nil, *prompt, n, 1, false)
+			m.Opts.Unfused = false
+			if err != nil {
+				closeModel()
+				return err
+			}
+			unfused = append(unfused, tps)
 			if refBin != "" {
 				tps, err := runDecodeBench(refBin, cfg, *prompt, n, *threads)
 				if err != nil {
@@ -184,11 +192,13 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 			order = append(order, "decode_"+name)
 		}
 		figures["hooks_"+name] = ratio(median(hooked), median(plain), "tok/s")
-		order = append(order, "hooks_"+name)
+		figures["fused_"+name] = ratio(median(plain), median(unfused), "tok/s")
+		order = append(order, "hooks_"+name, "fused_"+name)
 	}
 	return printFigures(stdout, figures, order, *asJSON, map[string]string{
 		"decode": "reference = a plain C++ loop on libtorch running the same decode step (engine/torch/csrc/bench/decode_bench.cpp: every projection one gemv as keel's, a preallocated KV cache, greedy argmax read back each token; the clock starts after the prefill, as keel's)",
 		"hooks":  "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
+		"fused":  "keel's decode step as one shim call (float32 on the CPU); reference = keel running the same step op by op (model.Options.Unfused)",
 		"batch":  "keel's decode throughput at batch N (tokens/s over all rows); reference = keel at batch 1",
 	})
 }
