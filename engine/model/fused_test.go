@@ -13,7 +13,20 @@ import (
 // (floor and ceiling, on every row or on some), run past the sliding window of the architectures that have one.
 func TestFusedStepEqualsForward(t *testing.T) {
 	rt := torchtest.Runtime(t)
+	type run struct {
+		cfg  *Config
+		rows int
+	}
+	runs := map[string]run{}
 	for name, cfg := range TinyConfigs() {
+		runs[name] = run{cfg, 3}
+	}
+	// Products of one row against matrices over 32K weights go to BLAS's gemv, batches over 16 rows to its gemm.
+	wide := *TinyConfigs()["llama"]
+	wide.HiddenSize, wide.IntermediateSize, wide.NumAttentionHeads, wide.NumKeyValueHeads, wide.HeadDim = 256, 512, 8, 4, 32
+	runs["llama-wide-1-row"], runs["llama-wide-20-rows"] = run{&wide, 1}, run{&wide, 20}
+	for name, r := range runs {
+		cfg := r.cfg
 		t.Run(name, func(t *testing.T) {
 			fused, err := NewRandom(rt, cfg, Options{}, 11)
 			if err != nil {
@@ -43,11 +56,14 @@ func TestFusedStepEqualsForward(t *testing.T) {
 				{Layer: 0, Kind: Cap, Vectors: [][]float32{u}, Tau: 0.3},
 				{Layer: 0, Kind: Capture, Vectors: [][]float32{u, w}},
 				{Layer: 1, Kind: Add, Vectors: [][]float32{w}, Coeff: 1.5, Rows: []int{1}},
-				{Layer: 1, Kind: Cap, Vectors: [][]float32{w}, Tau: -0.2, Ceiling: true, Rows: []int{0, 2}},
+				{Layer: 1, Kind: Cap, Vectors: [][]float32{w}, Tau: -0.2, Ceiling: true, Rows: []int{0, 2, 17}},
 				{Layer: L - 1, Kind: Capture, Full: true},
 				{Layer: L - 1, Kind: Capture, Vectors: [][]float32{w}},
 			}
-			prompts := [][]int{testIDs(5, cfg.VocabSize, 1), testIDs(9, cfg.VocabSize, 2), testIDs(2, cfg.VocabSize, 3)}
+			var prompts [][]int
+			for b := range r.rows {
+				prompts = append(prompts, testIDs([]int{5, 9, 2}[b%3]+b/3, cfg.VocabSize, b+1))
+			}
 			steps := 40 // past the tiny configs' window of 24
 			runs := map[string][][]float32{}
 			recs := map[string][][][]Record{}
@@ -60,7 +76,10 @@ func TestFusedStepEqualsForward(t *testing.T) {
 				defer plan.close()
 				s := m.RT.NewScope().NoGrad()
 				defer s.Close()
-				longest := 9
+				longest := 0
+				for _, p := range prompts {
+					longest = max(longest, len(p))
+				}
 				pad := make([]int, len(prompts))
 				ids := make([][]int, len(prompts))
 				for b, p := range prompts {

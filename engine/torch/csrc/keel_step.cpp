@@ -1,8 +1,8 @@
 // keel_step.cpp: a whole decoder step in one call (keel_torch.h, "Fused decode steps"), float32 on the CPU.
 //
-// The arithmetic is engine/model/decoder.go's, written as loops over the weights' memory: matrix products of
-// more than kOwnGemv weights go to libtorch (BLAS, its threads), everything else (norms, RoPE, attention over the
-// cache, activations, interventions) runs here, with no tensor created per token.
+// The arithmetic is engine/model/decoder.go's, written as loops over the weights' memory (norms, RoPE, attention
+// over the cache, activations, interventions, and the matrix products BLAS does worse; see linear), with no
+// tensor created per token.
 #include "keel_shim.h"
 
 #include <ATen/Parallel.h>
@@ -18,8 +18,9 @@ using namespace keel_shim;
 
 namespace {
 
-// Weights up to this many elements are multiplied here: BLAS's per-call cost exceeds their arithmetic.
-constexpr int64_t kOwnGemv = 1 << 15;
+// The least work (multiply-adds) worth handing to another thread: waking libtorch's pool costs more than the
+// products of a small model (its matrices run on the calling thread).
+constexpr int64_t kParallelGrain = 1 << 20;
 
 enum Act { kSilu = 0, kGeluTanh = 1, kGelu = 2 };
 enum QKNorm { kNoQKNorm = 0, kHeadQKNorm = 1, kFullQKNorm = 2 };
@@ -92,13 +93,63 @@ __attribute__((always_inline)) inline float dot(const float *a, const float *b, 
   return acc;
 }
 
+// The loops that carry a step's arithmetic are compiled for AVX-512, AVX2 and the baseline, chosen by the CPU's
+// features at load (GCC's target_clones): the shim is built for any x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define KT_VECTOR_CLONES
+#endif
+
+// y[b, r] = <W[r], x[b]> for rows [r0, r1) of W, four rows of W at a time against each input: four independent
+// sums per pass over x (one sum's additions wait on each other), and a batch reads each weight row from L1
+// rather than memory (BLAS's gemm packs all of W at every call, which for a few rows costs more than the product).
+KT_VECTOR_CLONES void rows_times(const float *w, int64_t in, int64_t out, int64_t r0, int64_t r1, const float *x, int64_t B, float *y) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const float *__restrict w0 = w + r * in, *__restrict w1 = w0 + in, *__restrict w2 = w1 + in, *__restrict w3 = w2 + in;
+    for (int64_t b = 0; b < B; b++) {
+      const float *__restrict xb = x + b * in;
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t i = 0; i < in; i++) {
+        a0 += w0[i] * xb[i];
+        a1 += w1[i] * xb[i];
+        a2 += w2[i] * xb[i];
+        a3 += w3[i] * xb[i];
+      }
+      float *yb = y + b * out + r;
+      yb[0] = a0;
+      yb[1] = a1;
+      yb[2] = a2;
+      yb[3] = a3;
+    }
+  }
+  for (; r < r1; r++) {
+    const float *__restrict wr = w + r * in;
+    for (int64_t b = 0; b < B; b++) {
+      const float *__restrict xb = x + b * in;
+      float acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < in; i++) acc += wr[i] * xb[i];
+      y[b * out + r] = acc;
+    }
+  }
+}
+
+// Which products rows_times computes: one row against a matrix of up to kOwnGemv weights (BLAS's gemv costs
+// more per call than their arithmetic; larger ones go to it, its threads reading memory in parallel), and batches
+// of 2 to kOwnBatch rows against any matrix (gemm packs the whole matrix at each call, which for a few rows cost
+// more than the product); larger batches amortise the packing.
+constexpr int64_t kOwnGemv = 1 << 15;
+constexpr int64_t kOwnBatch = 16;
+
 // y[B, out] = x[B, in] W^T (+ bias).
 void linear(const Matrix &m, const at::Tensor &bias, const float *x, int64_t B, float *y) {
   const float *w = m.w.data_ptr<float>();
-  if (m.out * m.in <= kOwnGemv) {
-    // Row by row of W, each against every input while it is in L1: a batch reads the weights once.
-    for (int64_t r = 0; r < m.out; r++)
-      for (int64_t b = 0; b < B; b++) y[b * m.out + r] = dot(w + r * m.in, x + b * m.in, m.in);
+  if (B == 1 ? m.out * m.in <= kOwnGemv : B <= kOwnBatch) {
+    const int64_t grain = std::max<int64_t>(4, kParallelGrain / std::max<int64_t>(1, m.in * B));
+    at::parallel_for(0, m.out, grain, [&](int64_t r0, int64_t r1) { rows_times(w, m.in, m.out, r0, r1, x, B, y); });
   } else {
     auto opts = at::TensorOptions().dtype(at::kFloat);
     if (B == 1) {
