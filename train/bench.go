@@ -11,7 +11,7 @@ import (
 // BenchSFTStep times keel's SFT step (forward, loss, backward, clipping, AdamW) on a random model of cfg with
 // random token batches, returning training tokens per second over steps (after one warm-up step).
 func BenchSFTStep(rt *torch.Runtime, cfg *model.Config, batch, seq, steps int) (float64, error) {
-	m, err := model.NewRandom(rt, cfg, model.Options{}, 42)
+	m, err := model.NewTrainable(rt, cfg, model.Options{}, 42) // the reference draws the same distributions
 	if err != nil {
 		return 0, err
 	}

@@ -40,13 +40,17 @@ int main(int argc, char **argv) {
     params.push_back(t);
     return t;
   };
-  auto randw = [&](int64_t out, int64_t in) { return param(at::randn({out, in}) * (1.0 / std::sqrt(double(in)))); };
-  auto embed = param(at::randn({V, d}) * 0.1);
+  // keel's initialisation for training from scratch (model.NewTrainable, GPT-2's): N(0, 0.02^2), the projections
+  // into the residual stream scaled by 1/sqrt(2 L), norms 1. Both sides must draw the same distributions: a
+  // model whose logits saturate the softmax makes denormal gradients, which cost the matrix products 4x and more.
+  auto randw = [&](int64_t out, int64_t in) { return param(at::randn({out, in}) * 0.02); };
+  auto resid = [&](int64_t out, int64_t in) { return param(at::randn({out, in}) * (0.02 / std::sqrt(2.0 * double(L)))); };
+  auto embed = param(at::randn({V, d}) * 0.02);
   struct Layer { at::Tensor an, mn, q, k, v, o, gate, up, down; };
   std::vector<Layer> layers;
   for (int64_t i = 0; i < L; i++) {
     layers.push_back({param(at::ones({d})), param(at::ones({d})), randw(H * hd, d), randw(KV * hd, d), randw(KV * hd, d),
-                      randw(d, H * hd), randw(ff, d), randw(ff, d), randw(d, ff)});
+                      resid(d, H * hd), randw(ff, d), randw(ff, d), resid(d, ff)});
   }
   auto norm = param(at::ones({d}));
   std::vector<at::Tensor> m1, m2;
