@@ -138,7 +138,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		hooks := benchHooks(m)
-		var plain, hooked, unfused, ref []float64
+		var plain, hooked, unfused, bare, ref []float64
 		for r := 0; r < *reps; r++ {
 			tps, err := decodeRate(m, nil, *prompt, n, 1, false)
 			if err != nil {
@@ -159,6 +159,11 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			unfused = append(unfused, tps)
+			if tps, err = m.BareStepRate(benchPrompt(m, *prompt, 0), n); err != nil {
+				closeModel()
+				return err
+			}
+			bare = append(bare, tps)
 			if refBin != "" {
 				tps, err := runDecodeBench(refBin, cfg, *prompt, n, *threads)
 				if err != nil {
@@ -193,13 +198,15 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 		}
 		figures["hooks_"+name] = ratio(median(hooked), median(plain), "tok/s")
 		figures["fused_"+name] = ratio(median(plain), median(unfused), "tok/s")
-		order = append(order, "hooks_"+name, "fused_"+name)
+		figures["generate_"+name] = ratio(median(plain), median(bare), "tok/s")
+		order = append(order, "hooks_"+name, "fused_"+name, "generate_"+name)
 	}
 	return printFigures(stdout, figures, order, *asJSON, map[string]string{
-		"decode": "reference = a plain C++ loop on libtorch running the same decode step (engine/torch/csrc/bench/decode_bench.cpp: every projection one gemv as keel's, a preallocated KV cache, greedy argmax read back each token; the clock starts after the prefill, as keel's)",
-		"hooks":  "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
-		"fused":  "keel's decode step as one shim call (float32 on the CPU); reference = keel running the same step op by op (model.Options.Unfused)",
-		"batch":  "keel's decode throughput at batch N (tokens/s over all rows); reference = keel at batch 1",
+		"decode":   "reference = a plain C++ loop on libtorch running the same decode step (engine/torch/csrc/bench/decode_bench.cpp: every projection one gemv as keel's, a preallocated KV cache, greedy argmax read back each token; the clock starts after the prefill, as keel's)",
+		"hooks":    "keel with captures on every layer + caps on 8 layers; reference = keel with no hooks",
+		"generate": "keel generate (greedy, the sampler, stop checks and callbacks per token); reference = the model's bare step in a loop (argmax fed back, nothing else)",
+		"fused":    "keel's decode step as one shim call (float32 on the CPU); reference = keel running the same step op by op (model.Options.Unfused)",
+		"batch":    "keel's decode throughput at batch N (tokens/s over all rows); reference = keel at batch 1",
 	})
 }
 
@@ -330,12 +337,7 @@ func benchHooks(m *model.Model) *model.Hooks {
 func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n, batch int, extraSync bool) (float64, error) {
 	prompts := make([][]int, max(1, batch))
 	for b := range prompts {
-		ids := []int{1}
-		for len(ids) < promptLen {
-			ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
-		}
-		ids[len(ids)-1] = 3 + (ids[len(ids)-1]+b)%(m.Config.VocabSize-3)
-		prompts[b] = ids
+		prompts[b] = benchPrompt(m, promptLen, b)
 	}
 	var t0 time.Time
 	_, err := m.Generate(context.Background(), prompts, model.GenerateConfig{MaxTokens: n + 1, EOS: []int{-1}, Hooks: hooks,
@@ -360,6 +362,16 @@ func decodeRate(m *model.Model, hooks *model.Hooks, promptLen, n, batch int, ext
 		return 0, err
 	}
 	return float64(n*len(prompts)) / time.Since(t0).Seconds(), nil
+}
+
+// benchPrompt is the b-th prompt of the decode benchmarks: promptLen tokens spread over the vocabulary.
+func benchPrompt(m *model.Model, promptLen, b int) []int {
+	ids := []int{1}
+	for len(ids) < promptLen {
+		ids = append(ids, 3+(len(ids)*7919)%(m.Config.VocabSize-3))
+	}
+	ids[len(ids)-1] = 3 + (ids[len(ids)-1]+b)%(m.Config.VocabSize-3)
+	return ids
 }
 
 func findDecodeBench() (string, error) { return findBench("keel-decode-bench") }

@@ -2,6 +2,7 @@ package model
 
 import (
 	"sync"
+	"time"
 
 	"github.com/keel-lab/keel/engine/torch"
 )
@@ -180,4 +181,39 @@ func (m *Model) fusedForward(s *torch.Scope, p Pass) (out passOut, ok bool) {
 		}
 	}
 	return out, true
+}
+
+// BareStepRate is the decode rate (tokens/s) of the model's step alone, one row, greedy: the prompt prefilled,
+// then n steps each fed the argmax of the last, with nothing else per token (no sampler, stop checks, records or
+// callbacks). It is the floor `keel bench decode` holds Generate against.
+func (m *Model) BareStepRate(prompt []int, n int) (float64, error) {
+	cache, err := m.NewCache([]int{0}, len(prompt)+n+1)
+	if err != nil {
+		return 0, err
+	}
+	defer cache.Close()
+	s := m.RT.NewScope().NoGrad()
+	defer s.Close()
+	V := m.Config.VocabSize
+	next := func(out passOut) int {
+		if out.hostLogits != nil {
+			return argmax(out.hostLogits[:V])
+		}
+		return int(s.Int64s(s.Argmax(out.logits, -1, false))[0])
+	}
+	id := next(m.forward(s, Pass{IDs: [][]int{prompt}, Cache: cache, LastOnly: true}))
+	cache.Len = len(prompt)
+	var t0 time.Time
+	for i := 0; i <= n; i++ {
+		if i == 1 { // the first step warms up, as Generate's first token is not timed
+			t0 = time.Now()
+		}
+		id = next(m.forward(s, Pass{IDs: [][]int{{id}}, Cache: cache, LastOnly: true}))
+		if err := s.Err(); err != nil {
+			return 0, err
+		}
+		cache.Len++
+		s.Release()
+	}
+	return float64(n) / time.Since(t0).Seconds(), nil
 }

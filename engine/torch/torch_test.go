@@ -161,3 +161,69 @@ func TestAutocastRunsMatmulsInBF16(t *testing.T) {
 		t.Fatalf("autocast leaked past Close: matmul gave %s", dt)
 	}
 }
+
+// Under autograd, attention keeps only q, k and v and recomputes its scores in the backward pass: its gradients
+// equal those of the explicit ops (grouped heads, a padding mask with causality, a soft cap, and 200 queries, past
+// the 128-query blocks of long causal inputs).
+func TestAttentionGradientsMatchExplicitOps(t *testing.T) {
+	rt := torchtest.Runtime(t)
+	if err := rt.ManualSeed(2); err != nil {
+		t.Fatal(err)
+	}
+	const T, D = 200, 8
+	for _, softcap := range []float64{0, 5} {
+		grads := map[bool][][]float32{}
+		for _, explicit := range []bool{false, true} {
+			s := rt.NewScope()
+			if err := rt.ManualSeed(3); err != nil {
+				t.Fatal(err)
+			}
+			q := s.Randn([]int64{2, 4, T, D}, torch.Float32, torch.CPU)
+			k := s.Randn([]int64{2, 2, T, D}, torch.Float32, torch.CPU)
+			v := s.Randn([]int64{2, 2, T, D}, torch.Float32, torch.CPU)
+			w := s.Randn([]int64{2, 4, T, D}, torch.Float32, torch.CPU)
+			for _, x := range []torch.Tensor{q, k, v} {
+				s.SetRequiresGrad(x, true)
+			}
+			allowed := make([]bool, 2*T*T) // row 1 has 7 padding positions; a padding query sees itself
+			for b := 0; b < 2; b++ {
+				for i := 0; i < T; i++ {
+					for j := 0; j <= i; j++ {
+						allowed[(b*T+i)*T+j] = b == 0 || j >= 7 || j == i
+					}
+				}
+			}
+			mask := s.FromData(allowed, torch.Bool, []int64{2, 1, T, T}, torch.CPU)
+			scale := 1 / math.Sqrt(D)
+			var out torch.Tensor
+			if explicit {
+				kr := s.Reshape(s.Expand(s.Reshape(k, 2, 2, 1, T, D), 2, 2, 2, T, D), 2, 4, T, D)
+				vr := s.Reshape(s.Expand(s.Reshape(v, 2, 2, 1, T, D), 2, 2, 2, T, D), 2, 4, T, D)
+				scores := s.MulScalar(s.Matmul(q, s.Transpose(kr, 2, 3)), scale)
+				if softcap > 0 {
+					scores = s.MulScalar(s.Tanh(s.DivScalar(scores, softcap)), softcap)
+				}
+				scores = s.MaskedFill(scores, s.LogicalNot(mask), math.Inf(-1))
+				out = s.Matmul(s.Softmax(scores, -1), vr)
+			} else {
+				out = s.Attention(q, k, v, mask, true, scale, softcap)
+			}
+			s.Backward(s.Sum(s.Mul(out, w), torch.AllDims, false))
+			for _, x := range []torch.Tensor{q, k, v} {
+				grads[explicit] = append(grads[explicit], s.Float32s(s.Grad(x)))
+			}
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+		}
+		for i, name := range []string{"q", "k", "v"} {
+			got, want := grads[false][i], grads[true][i]
+			for j := range want {
+				if math.Abs(float64(got[j]-want[j])) > 1e-4*(1+math.Abs(float64(want[j]))) {
+					t.Fatalf("softcap %v: d/d%s[%d] = %v, explicit ops give %v", softcap, name, j, got[j], want[j])
+				}
+			}
+		}
+	}
+}

@@ -495,7 +495,7 @@ static at::Tensor grouped_attention(const at::Tensor &Q, const at::Tensor &K, co
 // sequences run at close to the per-token speed of short ones). allowed (bool, broadcastable to [B, H, tq, tk];
 // undefined = no constraint beyond causality) is the padding or window mask, narrowed to each block: a padded batch
 // of long conversations never holds the whole [B, H, T, T] score tensor.
-static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const at::Tensor &allowed, double scale, double softcap, kt_tensor *out) {
+static at::Tensor causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, const at::Tensor &allowed, double scale, double softcap) {
   int64_t B = Q.size(0), H = Q.size(1), tq = Q.size(2), tk = K.size(2);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < tq; start += kCausalBlock) {
@@ -522,29 +522,21 @@ static char *causal_blocks(const at::Tensor &Q, const at::Tensor &K, const at::T
     }
     parts.push_back(chunks.size() == 1 ? chunks[0] : at::cat(chunks, 0));
   }
-  *out = wrap(at::cat(parts, 2));
-  return nullptr;
+  return at::cat(parts, 2);
 }
 
-char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out) {
-  KT_TRY
-  double scale = scale_softcap[0], softcap = scale_softcap[1];
-  auto &Q = T(q);
-  auto &K = T(k);
-  auto &V = T(v);
+// attention computes kt_attention's result (allowed: bool, true = attend; undefined = everything).
+static at::Tensor attention(const at::Tensor &Q, const at::Tensor &K, const at::Tensor &V, at::Tensor allowed, int64_t is_causal, double scale, double softcap) {
   if (Q.dim() != 4 || K.dim() != 4 || V.dim() != 4) throw std::invalid_argument("attention expects 4-d q, k, v");
   int64_t heads = Q.size(1);
   if (K.size(1) == 0 || heads % K.size(1) != 0 || V.size(1) != K.size(1)) throw std::invalid_argument("attention heads not a multiple of key/value heads");
   int64_t tq = Q.size(2), tk = K.size(2);
-  at::Tensor allowed;  // bool, true = attend; undefined = everything
-  if (mask != nullptr) allowed = T(mask);
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2 has SDPA (flash and memory-efficient kernels). Causality alone, with as many queries as keys, goes
   // to its is_causal (the flag means top-left alignment, right only when tq == tk); a mask, or a short causal
   // block, goes with an explicit mask; long causal inputs without a mask go over blocks below.
   if (softcap <= 0 && is_causal != 0 && !allowed.defined() && tq == tk) {
-    *out = wrap(at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), c10::nullopt, 0.0, true, scale));
-    return nullptr;
+    return at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), c10::nullopt, 0.0, true, scale);
   }
   if (softcap <= 0 && (allowed.defined() || is_causal == 0 || tq <= kCausalBlock)) {
     if (is_causal != 0) {
@@ -553,11 +545,10 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
     }
     c10::optional<at::Tensor> m;
     if (allowed.defined()) m = allowed;
-    *out = wrap(at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), m, 0.0, false, scale));
-    return nullptr;
+    return at::scaled_dot_product_attention(Q, repeat_kv(K, heads), repeat_kv(V, heads), m, 0.0, false, scale);
   }
 #endif
-  if (is_causal != 0 && tq > kCausalBlock) return causal_blocks(Q, K, V, allowed, scale, softcap, out);
+  if (is_causal != 0 && tq > kCausalBlock) return causal_blocks(Q, K, V, allowed, scale, softcap);
   at::Tensor hidden;
   if (allowed.defined()) hidden = at::logical_not(allowed);
   if (is_causal != 0) {
@@ -565,7 +556,64 @@ char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_
     auto later = at::ones({tq, tk}, at::TensorOptions().dtype(at::kBool).device(Q.device())).tril(tk - tq).logical_not();
     hidden = hidden.defined() ? at::logical_or(hidden, later) : later;
   }
-  *out = wrap(grouped_attention(Q, K, V, hidden, scale, softcap));
+  return grouped_attention(Q, K, V, hidden, scale, softcap);
+}
+
+// Attention under autograd on the CPU keeps only q, k and v for the backward pass and recomputes the scores there,
+// one layer at a time: autograd would otherwise hold every layer's scores and probabilities ([B, H, T, T] twice)
+// until the backward pass reaches it, 2 GB of an A-LoL step's 3.7 GB peak on the 6.4M embedded model (8 x 700
+// tokens, 8 layers). The recomputation costs one more forward of the attention alone.
+struct RecomputedAttention : public torch::autograd::Function<RecomputedAttention> {
+  // mask: the allowed mask, or an empty tensor for none (autograd's apply takes no undefined tensors).
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const at::Tensor &mask, int64_t is_causal, double scale, double softcap) {
+    at::Tensor allowed;
+    if (mask.numel() > 0) allowed = mask;
+    ctx->save_for_backward({q, k, v});
+    ctx->saved_data["has_mask"] = allowed.defined();
+    if (allowed.defined()) ctx->saved_data["mask"] = allowed;
+    ctx->saved_data["causal"] = is_causal;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["softcap"] = softcap;
+    return attention(q, k, v, allowed, is_causal, scale, softcap);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    std::vector<at::Tensor> in;
+    for (int i = 0; i < 3; i++) in.push_back(saved[i].detach().requires_grad_(saved[i].requires_grad()));
+    at::Tensor allowed;
+    if (ctx->saved_data["has_mask"].toBool()) allowed = ctx->saved_data["mask"].toTensor();
+    at::Tensor out;
+    {
+      at::AutoGradMode grad_on(true);
+      out = attention(in[0], in[1], in[2], allowed, ctx->saved_data["causal"].toInt(), ctx->saved_data["scale"].toDouble(), ctx->saved_data["softcap"].toDouble());
+    }
+    std::vector<at::Tensor> wrt;
+    for (int i = 0; i < 3; i++)
+      if (in[i].requires_grad()) wrt.push_back(in[i]);
+    auto g = torch::autograd::grad({out}, wrt, {grads[0]});
+    torch::autograd::variable_list res(7);
+    size_t j = 0;
+    for (int i = 0; i < 3; i++)
+      if (in[i].requires_grad()) res[i] = g[j++];
+    return res;
+  }
+};
+
+char *kt_attention(kt_tensor q, kt_tensor k, kt_tensor v, kt_tensor mask, int64_t is_causal, const double *scale_softcap, kt_tensor *out) {
+  KT_TRY
+  double scale = scale_softcap[0], softcap = scale_softcap[1];
+  auto &Q = T(q);
+  auto &K = T(k);
+  auto &V = T(v);
+  at::Tensor allowed;  // bool, true = attend; undefined = everything
+  if (mask != nullptr) allowed = T(mask);
+  bool grads = at::GradMode::is_enabled() && (Q.requires_grad() || K.requires_grad() || V.requires_grad());
+  if (grads && Q.device().is_cpu() && Q.size(2) > 1) {
+    auto mask_or_empty = allowed.defined() ? allowed : at::empty({0}, at::TensorOptions().dtype(at::kBool));
+    *out = wrap(RecomputedAttention::apply(Q, K, V, mask_or_empty, is_causal, scale, softcap));
+  } else {
+    *out = wrap(attention(Q, K, V, allowed, is_causal, scale, softcap));
+  }
   KT_CATCH
 }
 
