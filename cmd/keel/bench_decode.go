@@ -285,7 +285,7 @@ func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr i
 	}
 	figs := map[string]figure{"decode_llama2c": ratio(median(kept), median(refs), "tok/s")}
 	return printFigures(stdout, figs, []string{"decode_llama2c"}, asJSON, map[string]string{
-		"decode_llama2c": "keel generate (greedy, one libtorch thread) on the converted checkpoint; reference = a plain C loop on the .bin (engine/torch/csrc/bench/llama2c_bench.c, -O3, one thread, no BLAS); both choose the same tokens; the clock starts after the prompt",
+		"decode_llama2c": "keel generate (greedy, one libtorch thread) on the converted checkpoint; reference = a plain C loop on the .bin (engine/torch/csrc/bench/llama2c_bench.c, built as llama2.c's runfast: -O3 -ffast-math, one thread, no BLAS); both choose the same tokens; the clock starts after the prompt",
 	})
 }
 

@@ -103,12 +103,12 @@ void set_blas_threads(int n) {
 }
 
 // At load, BLAS starts at libtorch's default thread count (the physical cores) rather than every logical CPU.
-// And glibc's malloc gets at most two arenas: Go calls into libtorch from whichever OS thread runs the goroutine,
-// and each thread's own arena kept its freed tensors' pages (a training step's peak resident memory: 650 MB with
-// an arena per thread, 410 MB with one or two; the C++ reference, one thread, 383 MB).
+// And glibc's malloc makes no more arenas: Go calls into libtorch from whichever OS thread runs the goroutine, and
+// each thread's own arena keeps its freed tensors' pages (the keel binary sets MALLOC_ARENA_MAX=1 from its start,
+// see cmd/keel's boundMallocArenas; this bounds the other programs that load the shim, such as tests).
 __attribute__((constructor)) void at_load() {
   set_blas_threads(at::get_num_threads());
-  mallopt(M_ARENA_MAX, 2);
+  mallopt(M_ARENA_MAX, 1);
 }
 
 }  // namespace
