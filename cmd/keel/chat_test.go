@@ -8,15 +8,31 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/sessions"
 )
 
 func TestKillDashNineMidTurnKeepsCompletedTurns(t *testing.T) {
-	// A random model whose config names no end-of-sequence token: replies run to --max-tokens.
+	// A random model whose config names no end-of-sequence token: replies run to --max-tokens. It is wide and
+	// long enough that a reply lasts seconds: the kill must land while one is being written.
 	dir, _ := sftFixture(t)
+	rt := torchtest.Runtime(t)
+	tied := true
+	m, err := model.NewRandom(rt, &model.Config{Architectures: []string{"LlamaForCausalLM"}, HiddenSize: 256, IntermediateSize: 704,
+		NumHiddenLayers: 8, NumAttentionHeads: 8, NumKeyValueHeads: 4, VocabSize: 300, RMSNormEps: 1e-5, RopeTheta: 10000,
+		MaxPositionEmbeddings: 4096, TieWordEmbeddings: &tied}, model.Options{}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Save(dir, torch.Float32) // over the fixture's weights and config; its tokenizer stays
+	m.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	file := filepath.Join(t.TempDir(), "chat.jsonl")
-	cmd := keelCmd("chat", "--model", dir, "--record", file, "--max-tokens", "4000", "--temperature", "0")
+	cmd := keelCmd("chat", "--model", dir, "--record", file, "--max-tokens", "1500", "--temperature", "0")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -413,6 +413,7 @@ char *kt_decoder_step(kt_decoder dec, kt_step_hooks hooks, const int64_t *args, 
         const int64_t b = bh / H, head = bh % H, kvh = head / group;
         int64_t first = std::max<int64_t>(pad[b], 0);
         if (L.sliding && d.window > 0) first = std::max(first, start - d.window + 1);
+        first = std::min(first, start);  // a query always sees itself (decoder.go's masks do the same)
         const float *qh = q.data() + bh * hd;
         const float *kb = kc + b * sb + kvh * sh, *vb = vc + b * sb + kvh * sh;
         float top = -std::numeric_limits<float>::infinity();
