@@ -160,19 +160,22 @@ func TestEveryArchitectureAgainstLlamaCpp(t *testing.T) {
 			limit := 1e-3
 			if m.Spec.Act == "gelu_tanh" {
 				// ggml's CPU GELU reads an f16 lookup table (GGML_GELU_FP16 in ggml-cpu/vec.h): input and output
-				// rounded to f16, about 1e-3 relative error per activation, which compounds over the layers (7 in
-				// the Gemma 3 config: 4e-3 at the logits). keel's exact GELU is checked against transformers on the
-				// device; here keel runs with ggml's rounding as well, which takes the gap to 0.8e-3 (Gemma 2) and
-				// 1.3e-3 (Gemma 3): what remains is ggml's table itself, whose rounding no f32 computation follows
-				// exactly.
+				// rounded to f16. keel's exact GELU is checked against transformers on the device; here keel
+				// rounds as ggml does. The table is a step function, so an input one float32 rounding away from a
+				// step's edge lands on the other side, and a summation order different from ggml's moves inputs
+				// that far: the floor is keel against itself with every gate weight nudged by 2e-7 (1-2 rounding
+				// steps). For the SiLU models that floor is ~2e-6; for Gemma 2 and 3 it was 0.8e-3 and 1.2e-3
+				// on 2026-12-03, and llama.cpp's gap 0.8e-3 and 1.3e-3: keel disagrees with llama.cpp as much as
+				// llama.cpp would with itself summing in another order. Exact GELU (4.3e-3 on Gemma 3) fails.
 				exact := diff
 				if exact > 5e-3 {
 					t.Fatalf("%s: exact GELU max |logprob diff| %g over the f16 table's 5e-3", name, exact)
 				}
 				m.Spec.Act = "gelu_tanh_f16"
 				top1, diff = compare(t, name, m, seqs, ref, 1<<30, nil)
-				t.Logf("%s with ggml's f16 GELU: top-1 agreement %.4f, max |logprob diff| %.2g (exact GELU: %.2g)", name, top1, diff, exact)
-				limit = 2e-3
+				_, floor := compare(t, name, m, seqs, nudgedTop20(t, m, seqs), 1<<30, nil)
+				t.Logf("%s with ggml's f16 GELU: top-1 agreement %.4f, max |logprob diff| %.2g (exact GELU: %.2g; keel against itself nudged: %.2g)", name, top1, diff, exact, floor)
+				limit = math.Min(math.Max(limit, 1.5*floor), 2e-3)
 			}
 			if top1 < 0.99 || diff > limit {
 				t.Fatalf("%s disagrees with llama.cpp: top-1 %.4f, max diff %g", name, top1, diff)
@@ -354,4 +357,47 @@ func TestChatTemplateTravelsToLlamaCpp(t *testing.T) {
 			t.Errorf("chat %d:\n keel      %q\n llama.cpp %q", i, want, got)
 		}
 	}
+}
+
+// nudgedTop20 is keel's own top 20 at every position, in llamaOut's form, with every gate weight multiplied by
+// 1 + 2e-7 (one or two float32 rounding steps): the disagreement a reference would show from summing the same
+// products in another order.
+func nudgedTop20(t *testing.T, m *model.Model, seqs [][]int) llamaOut {
+	nudge := func(f float64) {
+		s := m.RT.NewScope().NoGrad()
+		defer s.Close()
+		for _, l := range m.Layers {
+			s.CopyInto(l.Gate, s.MulScalar(l.Gate, f))
+		}
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nudge(1 + 2e-7)
+	defer nudge(1 / (1 + 2e-7))
+	var out llamaOut
+	V := m.Config.VocabSize
+	for _, seq := range seqs {
+		logits, err := m.Logits(seq, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var perPos [][][2]float64
+		for p := range seq {
+			row := logits[p*V : (p+1)*V]
+			lse := logSumExp(row)
+			ids := make([]int, V)
+			for i := range ids {
+				ids[i] = i
+			}
+			sort.Slice(ids, func(a, b int) bool { return row[ids[a]] > row[ids[b]] })
+			var top [][2]float64
+			for _, id := range ids[:20] {
+				top = append(top, [2]float64{float64(id), float64(row[id]) - lse})
+			}
+			perPos = append(perPos, top)
+		}
+		out.Positions = append(out.Positions, perPos)
+	}
+	return out
 }
