@@ -211,10 +211,10 @@ def prompts(vocab, n, length, seed):
     return [[1] + [rng.randrange(3, vocab) for _ in range(length - 1)] for _ in range(n)]
 
 
-def keel_forward(ckpt, seqs, dtype, tag):
+def keel_forward(ckpt, seqs, dtype, tag, placement=("--device", DEVICE)):
     """keel's logits [T, V] and layer outputs [L, T, D] for each sequence, from one keel process."""
     prefix = os.path.join(WORK, tag)
-    metas = json.loads(keel("devcheck", "forward", "--model", ckpt, "--device", DEVICE, "--dtype", dtype,
+    metas = json.loads(keel("devcheck", "forward", "--model", ckpt, *placement, "--dtype", dtype,
                             "--ids", ";".join(",".join(map(str, ids)) for ids in seqs), "--out", prefix))
     results = []
     for k, meta in enumerate(metas):
@@ -527,6 +527,39 @@ def sft_smoke():
     return out["eval_last"] < out["eval_first"] - 1.0
 
 
+def split_placement():
+    """A model split across devices computes what it computes on one: its last two layers on the CPU (--offload 2)
+    and, with two GPUs or more, its layers over every GPU (--device auto); layer outputs, logits, and capped and
+    steered greedy tokens against the same model on cuda:0."""
+    if not CUDA:
+        notes["split_placement"] = "needs CUDA"
+        return True
+    root = os.path.join(WORK, "split")
+    keel("devcheck", "tiny", "--out", root)
+    placements = [("offload2", ("--device", "cuda", "--offload", "2"))]
+    if torch.cuda.device_count() > 1:
+        placements.append(("auto", ("--device", "auto")))
+    write_f32(os.path.join(root, "u.f32"), [1.0 / 8] * 64)
+    ok = True
+    for name in ("llama", "gemma3", "olmo2"):
+        ckpt = os.path.join(root, name)
+        seqs = prompts(320, 2, 64, seed=3)
+        base = keel_forward(ckpt, seqs, "f32", f"split-{name}-one", ("--device", "cuda"))
+        gen = ("devcheck", "generate", "--model", ckpt, "--ids", "1,5,9", "--vector", os.path.join(root, "u.f32"),
+               "--cap-layers", "1,2", "--tau", "0.1", "--steer-layer", "0", "--steer-coeff", "2", "--max-tokens", "32")
+        want = json.loads(keel(*gen, "--device", "cuda"))["ids"]
+        for tag, placement in placements:
+            got = keel_forward(ckpt, seqs, "f32", f"split-{name}-{tag}", placement)
+            d_logit = max(float((x[0] - y[0]).abs().max()) for x, y in zip(base, got))
+            d_hidden = max(float((x[1] - y[1]).abs().max()) for x, y in zip(base, got))
+            ids = json.loads(keel(*gen, *placement))["ids"]
+            same = ids == want
+            say(f"  {name} {tag}: max |logit diff| {d_logit:.2e}, max |hidden diff| {d_hidden:.2e}, greedy tokens {'equal' if same else 'differ'}")
+            figures[f"split_{name}_{tag}_max_logit_diff"] = d_logit
+            ok = ok and same and d_logit < 1e-3 and d_hidden < 1e-3
+    return ok
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 def keel_only_dry_run():
@@ -590,6 +623,7 @@ def main():
             check("pt_import", pt_import)
             check("decode_speed_1b_bf16", decode_speed)
             check("sft_bf16_autocast", sft_smoke)
+            check("split_placement", split_placement)
         if DRY and HAVE_HF:
             notes["cuda"] = "dry run: compared on CPU"
     figures["seconds"] = time.time() - START

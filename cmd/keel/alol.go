@@ -237,6 +237,9 @@ func openRLEval(mf *modelFlags, roles string, ev *evals.EvalConfig, work *string
 	if err := ev.Check(p); err != nil {
 		return nil, usageError{err}
 	}
+	if err := mf.oneDevice("keel eval " + name); err != nil {
+		return nil, err
+	}
 	rt, lm, err := mf.load()
 	if err != nil {
 		return nil, err

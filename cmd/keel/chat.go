@@ -9,7 +9,6 @@ import (
 	"os/signal"
 
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/train"
@@ -76,9 +75,7 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	opt := workbench.Options{Sampling: c.sampling, System: c.system, Jobs: jobs,
 		Controls: workbench.StartControls(b.Info())}
 	opt.Load = func(dir, axis string) (workbench.Backend, error) {
-		dev, _ := torch.ParseDevice(c.mf.device)
-		dt, _ := torch.ParseDType(c.mf.dtype)
-		next, err := model.Load(rt, dir, model.Options{Device: dev, DType: dt})
+		next, err := c.mf.loadDir(rt, dir)
 		if err != nil {
 			return nil, err
 		}

@@ -58,10 +58,6 @@ func parseIDs(s string) ([]int, error) {
 }
 
 func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
-	dev, err := torch.ParseDevice(mf.device)
-	if err != nil {
-		return nil, usageError{err}
-	}
 	dt, err := torch.ParseDType(mf.dtype)
 	if err != nil {
 		return nil, usageError{err}
@@ -70,6 +66,10 @@ func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	devs, err := model.ParseDevices(rt, mf.device)
+	if err != nil {
+		return nil, usageError{err}
+	}
 	if err := mf.resolve(); err != nil {
 		return nil, err
 	}
@@ -77,7 +77,11 @@ func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return model.LoadWeights(rt, mf.dir, cfg, model.Options{Device: dev, DType: dt})
+	opts, _, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: mf.offload, DType: dt})
+	if err != nil {
+		return nil, err
+	}
+	return model.LoadWeights(rt, mf.dir, cfg, opts)
 }
 
 func writeF32(path string, xs []float32) error {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -19,17 +21,17 @@ import (
 // modelFlags are the flags every command that loads a model shares.
 type modelFlags struct {
 	dir, device, dtype string
-	threads            int
+	threads, offload   int
+	stderr             io.Writer // where a split model's placement is reported
 }
 
-func (f *modelFlags) register(fs interface {
-	StringVar(*string, string, string, string)
-	IntVar(*int, string, int, string)
-}) {
+func (f *modelFlags) register(fs *flag.FlagSet) {
+	f.stderr = fs.Output()
 	fs.StringVar(&f.dir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer); default: keel's embedded persona model")
-	fs.StringVar(&f.device, "device", "cpu", "cpu, cuda or cuda:N")
+	fs.StringVar(&f.device, "device", "cpu", "cpu, cuda, cuda:N, GPUs to split the layers over (cuda:0,cuda:1), or auto (every GPU)")
 	fs.StringVar(&f.dtype, "dtype", "f32", "compute dtype: f32, f16 or bf16")
 	fs.IntVar(&f.threads, "threads", 0, "libtorch CPU threads (0 = libtorch's default)")
+	fs.IntVar(&f.offload, "offload", 0, "decoder layers kept on the CPU beside the GPU (the last ones)")
 }
 
 // resolve points an empty --model at the embedded persona model, unpacked once into the user's cache.
@@ -62,12 +64,12 @@ func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
 	if limit := 4 * runtime.NumCPU(); f.threads < 0 || f.threads > limit {
 		return nil, nil, usageError{fmt.Errorf("--threads %d: give 0 (libtorch's default) to %d (4 per core here)", f.threads, limit)}
 	}
-	dev, err := torch.ParseDevice(f.device)
-	if err != nil {
-		return nil, nil, usageError{err}
+	if f.device != "auto" {
+		if _, err := model.ParseDevices(nil, f.device); err != nil {
+			return nil, nil, usageError{err}
+		}
 	}
-	dt, err := torch.ParseDType(f.dtype)
-	if err != nil {
+	if _, err := torch.ParseDType(f.dtype); err != nil {
 		return nil, nil, usageError{err}
 	}
 	rt, err := torch.Load()
@@ -79,8 +81,52 @@ func (f *modelFlags) load() (*torch.Runtime, *model.LM, error) {
 			return nil, nil, err
 		}
 	}
-	lm, err := model.Load(rt, f.dir, model.Options{Device: dev, DType: dt})
+	lm, err := f.loadDir(rt, f.dir)
 	return rt, lm, err
+}
+
+// oneDevice refuses a split placement for a command whose models train or load on one device.
+func (f *modelFlags) oneDevice(command string) error {
+	if f.offload != 0 || strings.Contains(f.device, ",") || f.device == "auto" {
+		return usageError{fmt.Errorf("%s trains on one device: give --device cpu, cuda or cuda:N and no --offload (a split model serves, chats and generates)", command)}
+	}
+	return nil
+}
+
+// loadDir loads the model in dir where --device and --offload place it, reporting a split placement first.
+func (f *modelFlags) loadDir(rt *torch.Runtime, dir string) (*model.LM, error) {
+	devs, err := model.ParseDevices(rt, f.device)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	dt, err := torch.ParseDType(f.dtype)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	cfg, err := model.ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	opts, rep, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: f.offload, DType: dt})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	if rep != nil && f.stderr != nil {
+		for _, d := range rep.Devices {
+			fmt.Fprintf(f.stderr, "keel: %s: %d layers, needs %s of %s available\n", d.Name, d.Layers, humanGiB(d.Need()), memoryOf(d))
+		}
+	}
+	return model.Load(rt, dir, opts)
+}
+
+func humanGiB(n int64) string { return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30)) }
+
+// memoryOf is what a device share is checked against, in words.
+func memoryOf(d model.DeviceShare) string {
+	if d.Memory == 0 {
+		return "host memory"
+	}
+	return humanGiB(d.Memory)
 }
 
 func runGenerate(args []string, stdout, stderr io.Writer) error {

@@ -70,6 +70,10 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"axis folder without an axis", "", []string{"chat", "--model", dir, "--axis", dir, "--no-record"}, 1, []string{"no axis.safetensors"}},
 		{"model info on cut weights", "", []string{"model", "info", "--model", cutModel(t, dir)}, 1, []string{"model.safetensors", "truncated"}},
 		{"chat temperature Inf", "", []string{"chat", "--model", dir, "--temperature", "+Inf", "--no-record"}, 2, []string{"temperature +Inf"}},
+		{"model larger than the machine", "", []string{"generate", "--model", hugeConfig(t)}, 1, []string{"does not fit", "cpu needs", "--dtype bf16"}},
+		{"offload without a GPU", "", []string{"generate", "--model", dir, "--offload", "2"}, 1, []string{"--offload", "--device cuda"}},
+		{"a device list with the CPU", "", []string{"chat", "--model", dir, "--device", "cuda:0,cpu", "--no-record"}, 2, []string{"names GPUs", "--offload N"}},
+		{"split training", "", []string{"eval", "ppo", "--device", "cuda:0,cuda:1"}, 2, []string{"one device"}},
 		{"truncated llama2c", "", []string{"convert", "llama2c", truncated, filepath.Join(torchtest.Fixtures(t), "stories260k", "tok512.bin"), t.TempDir()}, 1, []string{truncated, "truncated"}},
 	}
 	for _, c := range cases {
@@ -233,4 +237,16 @@ func cutModel(t *testing.T, dir string) string {
 		os.WriteFile(filepath.Join(out, name), raw, 0o644)
 	}
 	return out
+}
+
+// hugeConfig is a folder holding only the config.json of a ~700B Llama (Llama 3.3 70B's shape at 800 layers).
+func hugeConfig(t *testing.T) string {
+	dir := t.TempDir()
+	cfg := `{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":8192,"intermediate_size":28672,
+	"num_hidden_layers":800,"num_attention_heads":64,"num_key_value_heads":8,"vocab_size":128256,"rms_norm_eps":1e-5,
+	"rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":false}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

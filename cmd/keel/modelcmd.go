@@ -163,16 +163,11 @@ func runModelFit(args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(rep)
 	}
-	gib := func(n int64) string { return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30)) }
 	fmt.Fprintf(stdout, "%s: %d parameters, %s of %s weights; KV cache %s (%d positions x %d rows)\n",
-		cfg.Architecture(), rep.Parameters, gib(rep.WeightBytes), dt, gib(rep.KVBytes), *context, *batch)
+		cfg.Architecture(), rep.Parameters, humanGiB(rep.WeightBytes), dt, humanGiB(rep.KVBytes), *context, *batch)
 	for _, d := range rep.Devices {
-		have := "host memory"
-		if d.Memory > 0 {
-			have = gib(d.Memory)
-		}
 		fmt.Fprintf(stdout, "  %-7s %3d layers  weights %s  KV %s  activations %s  reserve %s  = %s of %s\n",
-			d.Name, d.Layers, gib(d.Weights), gib(d.KVCache), gib(d.Activations), gib(d.Reserve), gib(d.Need()), have)
+			d.Name, d.Layers, humanGiB(d.Weights), humanGiB(d.KVCache), humanGiB(d.Activations), humanGiB(d.Reserve), humanGiB(d.Need()), memoryOf(d))
 	}
 	if !rep.Fits {
 		fmt.Fprintf(stdout, "does not fit: %s\n", rep.Advice)

@@ -29,9 +29,10 @@ type Cache struct {
 func (m *Model) NewCache(pad []int, capacity int) (*Cache, error) {
 	c := &Cache{Cap: capacity, Pad: append([]int(nil), pad...), scope: m.RT.NewScope()}
 	shape := []int64{int64(len(pad)), int64(m.Config.NumKeyValueHeads), int64(capacity), int64(m.Config.HeadDim)}
-	for range m.Layers {
-		c.K = append(c.K, c.scope.Zeros(shape, m.Opts.DType, m.Opts.Device))
-		c.V = append(c.V, c.scope.Zeros(shape, m.Opts.DType, m.Opts.Device))
+	for i := range m.Layers {
+		dev := m.Opts.layerDevice(i)
+		c.K = append(c.K, c.scope.Zeros(shape, m.Opts.DType, dev))
+		c.V = append(c.V, c.scope.Zeros(shape, m.Opts.DType, dev))
 	}
 	if err := c.scope.Err(); err != nil {
 		c.scope.Close()
@@ -123,6 +124,24 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		return ropeCos[k], ropeSin[k]
 	}
 	masks := newMasks(m, s, pad, start, T)
+	// On a split model the residual stream moves to each layer's device, and back to Device for a layer's
+	// interventions and span means, which run there; the per-pass tables travel with it, each copied once.
+	xDev := dev
+	type onDev struct {
+		t   Tensor
+		dev torch.Device
+	}
+	copies := map[onDev]Tensor{}
+	onDevice := func(t Tensor, to torch.Device) Tensor {
+		if to == dev || !t.Valid() {
+			return t
+		}
+		k := onDev{t, to}
+		if _, ok := copies[k]; !ok {
+			copies[k] = s.To(t, s.DType(t), to)
+		}
+		return copies[k]
+	}
 
 	x := s.Embedding(m.Embed, ids)
 	if m.embedMult != 0 {
@@ -134,6 +153,9 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		mark, yielded := s.Mark(), len(ys)
+		if ld := m.Opts.layerDevice(i); ld != xDev {
+			x, xDev = s.To(x, m.Opts.DType, ld), ld
+		}
 		h := x
 		if !m.Spec.PostNormsOnly {
 			h = m.rmsNorm(s, x, l.AttnNorm)
@@ -150,6 +172,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 			k = m.rmsNorm(s, k, l.KNorm)
 		}
 		cos, sin := ropeFor(i)
+		cos, sin = onDevice(cos, xDev), onDevice(sin, xDev)
 		q = applyRope(s, s.Transpose(q, 1, 2), cos, sin)
 		k = applyRope(s, s.Transpose(k, 1, 2), cos, sin)
 		v = s.Transpose(v, 1, 2)
@@ -160,6 +183,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 			v = s.Narrow(p.Cache.V[i], 2, 0, int64(start+T))
 		}
 		mask, causal := masks.get(m.Spec.Sliding[i])
+		mask = onDevice(mask, xDev)
 		a := s.Attention(q, k, v, mask, causal, m.Spec.AttnScale, m.Spec.AttnSoftcap)
 		o := m.proj(s, i, "o", s.Reshape(s.Transpose(a, 1, 2), int64(B), int64(T), H*hd), l.O, l.OBias)
 		if m.Spec.SandwichNorms || m.Spec.PostNormsOnly {
@@ -170,11 +194,14 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		if !m.Spec.PostNormsOnly {
 			h = m.rmsNorm(s, x, l.MLPNorm)
 		}
-		mlp := m.proj(s, i, "down", s.Mul(m.act(s, m.proj(s, i, "gate", h, l.Gate, Tensor{})), m.proj(s, i, "up", h, l.Up, Tensor{})), l.Down, Tensor{})
+		mlp := m.proj(s, i, "down", s.Mul(m.act(s, m.proj(s, i, "gate", h, l.Gate, Tensor{}), xDev), m.proj(s, i, "up", h, l.Up, Tensor{})), l.Down, Tensor{})
 		if m.Spec.SandwichNorms || m.Spec.PostNormsOnly {
 			mlp = m.rmsNorm(s, mlp, l.MLPPostNorm)
 		}
 		x = s.Add(x, mlp)
+		if (p.plan != nil && len(p.plan.byLayer[i]) > 0 || p.SpanWeights.Valid()) && xDev != dev {
+			x, xDev = s.To(x, m.Opts.DType, dev), dev
+		}
 		if p.plan != nil && len(p.plan.byLayer[i]) > 0 {
 			x, ys = m.applyHooks(s, p.plan.byLayer[i], x, ys)
 		}
@@ -187,6 +214,9 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		keep := []Tensor{x, masks.built[0], masks.built[1]}
 		keep = append(keep, ropeCos...)
 		keep = append(keep, ropeSin...)
+		for _, c := range copies {
+			keep = append(keep, c)
+		}
 		for _, y := range ys[yielded:] {
 			keep = append(keep, y.t)
 		}
@@ -195,9 +225,19 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 		}
 		s.ReleaseSince(mark, keep...)
 	}
+	head := m.Opts.headDevice()
+	if head != xDev {
+		x = s.To(x, m.Opts.DType, head)
+	}
+	toDevice := func(t Tensor) Tensor {
+		if head == dev {
+			return t
+		}
+		return s.To(t, s.DType(t), dev)
+	}
 	var hidden Tensor
 	if p.Hidden {
-		hidden = m.rmsNorm(s, x, m.Norm)
+		hidden = toDevice(m.rmsNorm(s, x, m.Norm))
 	}
 	if p.LastOnly && T > 1 {
 		x = s.Narrow(x, 1, int64(T-1), 1)
@@ -206,6 +246,7 @@ func (m *Model) forward(s *torch.Scope, p Pass) passOut {
 	if m.Spec.FinalSoftcap > 0 {
 		logits = s.MulScalar(s.Tanh(s.DivScalar(logits, m.Spec.FinalSoftcap)), m.Spec.FinalSoftcap)
 	}
+	logits = toDevice(logits)
 	out := passOut{logits: logits, records: collect(s, p.plan, ys, B, T)}
 	out.hidden = hidden
 	if len(means) > 0 {
@@ -220,13 +261,13 @@ func (m *Model) rmsNorm(s *torch.Scope, x, w Tensor) Tensor {
 	return s.RMSNorm(x, w, m.Config.RMSNormEps, m.Spec.NormOffset)
 }
 
-func (m *Model) act(s *torch.Scope, x Tensor) Tensor {
+func (m *Model) act(s *torch.Scope, x Tensor, dev torch.Device) Tensor {
 	switch m.Spec.Act {
 	case "gelu_tanh":
 		return s.GeluTanh(x)
 	case "gelu_tanh_f16":
 		// ggml's CPU GELU reads a table indexed by the input rounded to f16 and holding f16 outputs.
-		dt, dev := m.Opts.DType, m.Opts.Device
+		dt := m.Opts.DType
 		y := s.GeluTanh(s.To(s.To(x, torch.Float16, dev), dt, dev))
 		return s.To(s.To(y, torch.Float16, dev), dt, dev)
 	case "gelu":

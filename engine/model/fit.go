@@ -2,17 +2,23 @@ package model
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+
+	"github.com/keel-lab/keel/engine/torch"
 )
 
 // FitOptions describe a placement to check before loading: the dtype of the weights, the context and batch the
 // KV cache must hold, and the memory of each GPU (bytes; none: the CPU alone).
 type FitOptions struct {
-	DTypeBytes int     // 2 for bf16/f16, 4 for f32
-	Context    int     // positions the KV cache holds per row
-	Batch      int     // rows decoded together
-	GPUs       []int64 // memory of each device, bytes
-	Offload    int     // decoder layers kept on the CPU
+	DTypeBytes int      // 2 for bf16/f16, 4 for f32
+	Context    int      // positions the KV cache holds per row
+	Batch      int      // rows decoded together
+	GPUs       []int64  // memory of each device, bytes
+	Names      []string // the GPUs' names (default cuda:0, cuda:1, ...)
+	Offload    int      // decoder layers kept on the CPU
+	CPU        int64    // host memory to check the CPU's share against (0: not checked)
 }
 
 // DeviceShare is what one device holds under a placement.
@@ -106,33 +112,47 @@ func (c *Config) EstimateFit(o FitOptions) (*FitReport, error) {
 	return r, nil
 }
 
-// place is EstimateFit without the advice.
-func (c *Config) place(o FitOptions) (*FitReport, error) {
+// fitSizes are the bytes a placement distributes.
+type fitSizes struct{ perLayer, embed, head, tiedHead, kvPerLayer, act int64 }
+
+// sizes validates o and returns the sizes and a report holding the model's totals.
+func (c *Config) sizes(o FitOptions) (fitSizes, *FitReport, error) {
 	if o.DTypeBytes <= 0 || o.Context <= 0 || o.Batch <= 0 {
-		return nil, fmt.Errorf("fit: dtype size, context and batch must be positive")
+		return fitSizes{}, nil, fmt.Errorf("fit: dtype size, context and batch must be positive")
 	}
 	if o.Offload < 0 || o.Offload > c.NumHiddenLayers {
-		return nil, fmt.Errorf("fit: --offload %d outside 0..%d layers", o.Offload, c.NumHiddenLayers)
+		return fitSizes{}, nil, fmt.Errorf("fit: --offload %d outside 0..%d layers", o.Offload, c.NumHiddenLayers)
 	}
 	n, err := c.parameterShares()
 	if err != nil {
-		return nil, err
+		return fitSizes{}, nil, err
 	}
 	L, D, V := int64(c.NumHiddenLayers), int64(c.HiddenSize), int64(c.VocabSize)
 	b := int64(o.DTypeBytes)
 	params := n.total(c.NumHiddenLayers)
-	perLayer, embed, head := n.layer*b, n.embed*b, n.head*b
-	kvPerLayer := 2 * int64(c.NumKeyValueHeads*c.HeadDim) * int64(o.Context) * int64(o.Batch) * b
+	z := fitSizes{perLayer: n.layer * b, embed: n.embed * b, head: n.head * b}
+	if n.head == D { // tied: a head on another device than the embedding is a copy of it
+		z.tiedHead = V * D * b
+	}
+	z.kvPerLayer = 2 * int64(c.NumKeyValueHeads*c.HeadDim) * int64(o.Context) * int64(o.Batch) * b
 	// One prefill chunk (prefillTokens over the batch) through the widest layer, in the compute dtype, with float32
 	// scores for one attention block, and the float32 logits of the last position of each row.
 	chunk := min(int64(o.Context)*int64(o.Batch), prefillTokens)
-	act := chunk*(4*D+3*int64(c.IntermediateSize))*b + int64(o.Batch)*V*4 +
+	z.act = chunk*(4*D+3*int64(c.IntermediateSize))*b + int64(o.Batch)*V*4 +
 		int64(c.NumAttentionHeads)*min(chunk, 128)*int64(o.Context)*4
-	r := &FitReport{Parameters: params, WeightBytes: params * b, KVBytes: L * kvPerLayer}
+	return z, &FitReport{Parameters: params, WeightBytes: params * b, KVBytes: L * z.kvPerLayer}, nil
+}
+
+// place is EstimateFit without the advice.
+func (c *Config) place(o FitOptions) (*FitReport, error) {
+	z, r, err := c.sizes(o)
+	if err != nil {
+		return nil, err
+	}
 	onGPU := c.NumHiddenLayers - o.Offload
 	if len(o.GPUs) == 0 {
-		r.Devices = []DeviceShare{{Name: "cpu", Layers: c.NumHiddenLayers, Weights: params * b, KVCache: L * kvPerLayer, Activations: act}}
-		r.Fits = true
+		r.Devices = []DeviceShare{{Name: "cpu", Memory: o.CPU, Layers: c.NumHiddenLayers, Weights: r.WeightBytes, KVCache: r.KVBytes, Activations: z.act}}
+		r.Fits = o.CPU == 0 || r.Devices[0].Need() <= o.CPU
 		return r, nil
 	}
 	// Layers split in proportion to what each GPU has left after its fixed share (the embedding on the first,
@@ -140,43 +160,204 @@ func (c *Config) place(o FitOptions) (*FitReport, error) {
 	free := make([]int64, len(o.GPUs))
 	var total int64
 	for i, mem := range o.GPUs {
-		free[i] = mem - gpuReserve - act
+		free[i] = mem - gpuReserve - z.act
 		if i == 0 {
-			free[i] -= embed
+			free[i] -= z.embed
 		}
 		if i == len(o.GPUs)-1 {
-			free[i] -= head
+			free[i] -= z.head
 		}
 		free[i] = max(free[i], 0)
 		total += free[i]
 	}
 	placed := 0
 	for i, mem := range o.GPUs {
-		d := DeviceShare{Name: fmt.Sprintf("cuda:%d", i), Memory: mem, Reserve: gpuReserve, Activations: act}
+		d := DeviceShare{Name: o.gpuName(i), Memory: mem, Reserve: gpuReserve, Activations: z.act}
 		if i == 0 {
-			d.Weights += embed
+			d.Weights += z.embed
 		}
 		if i == len(o.GPUs)-1 {
-			d.Weights += head
+			d.Weights += z.head
 			d.Layers = onGPU - placed
 		} else if total > 0 {
 			d.Layers = min(onGPU-placed, int(float64(onGPU)*float64(free[i])/float64(total)+0.5))
 		}
-		d.Weights += int64(d.Layers) * perLayer
-		d.KVCache = int64(d.Layers) * kvPerLayer
+		d.Weights += int64(d.Layers) * z.perLayer
+		d.KVCache = int64(d.Layers) * z.kvPerLayer
 		placed += d.Layers
 		r.Devices = append(r.Devices, d)
 	}
 	if o.Offload > 0 {
-		r.Devices = append(r.Devices, DeviceShare{Name: "cpu", Layers: o.Offload, Weights: int64(o.Offload) * perLayer, KVCache: int64(o.Offload) * kvPerLayer})
+		r.Devices = append(r.Devices, DeviceShare{Name: "cpu", Memory: o.CPU, Layers: o.Offload, Weights: int64(o.Offload) * z.perLayer, KVCache: int64(o.Offload) * z.kvPerLayer})
 	}
-	r.Fits = true
+	r.Fits = r.allFit()
+	return r, nil
+}
+
+func (r *FitReport) allFit() bool {
 	for _, d := range r.Devices {
 		if d.Memory > 0 && d.Need() > d.Memory {
-			r.Fits = false
+			return false
 		}
 	}
+	return true
+}
+
+func (o FitOptions) gpuName(i int) string {
+	if i < len(o.Names) {
+		return o.Names[i]
+	}
+	return fmt.Sprintf("cuda:%d", i)
+}
+
+// LayerDevices turns a report's placement into Options.Layers: the GPUs' layers in order, then the CPU's.
+func (r *FitReport) LayerDevices() ([]torch.Device, error) {
+	var out []torch.Device
+	for _, d := range r.Devices {
+		dev, err := torch.ParseDevice(d.Name)
+		if err != nil {
+			return nil, err
+		}
+		for range d.Layers {
+			out = append(out, dev)
+		}
+	}
+	return out, nil
+}
+
+// placementReport is what each device holds under opts' placement, in the order the forward pass meets them.
+func (c *Config) placementReport(o FitOptions, opts Options) (*FitReport, error) {
+	z, r, err := c.sizes(o)
+	if err != nil {
+		return nil, err
+	}
+	at := map[torch.Device]int{}
+	share := func(d torch.Device) *DeviceShare {
+		i, ok := at[d]
+		if !ok {
+			i = len(r.Devices)
+			at[d] = i
+			sh := DeviceShare{Name: d.String(), Activations: z.act}
+			if d.CUDA {
+				sh.Reserve = gpuReserve
+			}
+			r.Devices = append(r.Devices, sh)
+		}
+		return &r.Devices[i]
+	}
+	share(opts.Device).Weights += z.embed
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		d := share(opts.layerDevice(i))
+		d.Layers++
+		d.Weights += z.perLayer
+		d.KVCache += z.kvPerLayer
+	}
+	head := opts.headDevice()
+	share(head).Weights += z.head
+	if head != opts.Device {
+		share(head).Weights += z.tiedHead
+	}
 	return r, nil
+}
+
+// fitContext is the context the load-time check sizes the KV cache for.
+func (c *Config) fitContext(opts Options) int {
+	if opts.Context > 0 {
+		return opts.Context
+	}
+	if c.MaxPositionEmbeddings > 0 && c.MaxPositionEmbeddings < 4096 {
+		return c.MaxPositionEmbeddings
+	}
+	return 4096
+}
+
+// checkFits refuses, before any weight is read, a placement some device cannot hold: what each GPU has free now
+// (other processes counted) and the host's available memory, against the weights, the KV cache at the context
+// asked for, one prefill chunk's activations and the GPU reserve. A device whose memory cannot be read is not
+// checked.
+func checkFits(rt *torch.Runtime, cfg *Config, opts Options) error {
+	dt := opts.DType
+	if dt == 0 {
+		dt = torch.Float32
+	}
+	o := FitOptions{DTypeBytes: dt.Size(), Context: cfg.fitContext(opts), Batch: 1}
+	r, err := cfg.placementReport(o, opts)
+	if err != nil {
+		return err
+	}
+	for i := range r.Devices {
+		d := &r.Devices[i]
+		dev, err := torch.ParseDevice(d.Name)
+		if err != nil {
+			return err
+		}
+		if dev.CUDA {
+			if free, _, err := rt.CUDAFreeMemory(dev.Index); err == nil {
+				d.Memory = free
+			}
+		} else {
+			d.Memory = hostAvailable()
+		}
+		if d.Memory > 0 && d.Need() > d.Memory {
+			parts := fmt.Sprintf("weights %s, KV cache %s at %d positions, activations %s", humanBytes(d.Weights), humanBytes(d.KVCache), o.Context, humanBytes(d.Activations))
+			if d.Reserve > 0 {
+				parts += ", CUDA reserve " + humanBytes(d.Reserve)
+			}
+			return fmt.Errorf("does not fit: %s needs %s (%s) and has %s available: %s",
+				d.Name, humanBytes(d.Need()), parts, humanBytes(d.Memory), cfg.loadAdvice(rt, o, opts))
+		}
+	}
+	return nil
+}
+
+// loadAdvice is fitAdvice for a load that was refused: more GPUs or layers on the CPU when the model runs on a
+// GPU, otherwise a smaller dtype or context.
+func (c *Config) loadAdvice(rt *torch.Runtime, o FitOptions, opts Options) string {
+	if !opts.Device.CUDA {
+		if o.DTypeBytes > 2 {
+			return "use --dtype bf16 (half the weights' memory) or run it on a GPU (--device cuda)"
+		}
+		return "run it on a GPU (--device cuda), or on a machine with more memory"
+	}
+	var gpus []int64
+	offload := 0
+	seen := map[torch.Device]bool{opts.Device: true}
+	if free, _, err := rt.CUDAFreeMemory(opts.Device.Index); err == nil {
+		gpus = append(gpus, free)
+	}
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		d := opts.layerDevice(i)
+		if !d.CUDA {
+			offload++
+		} else if !seen[d] {
+			seen[d] = true
+			if free, _, err := rt.CUDAFreeMemory(d.Index); err == nil {
+				gpus = append(gpus, free)
+			}
+		}
+	}
+	if len(gpus) == 0 {
+		return "more GPU memory"
+	}
+	o.GPUs, o.Offload = gpus, offload
+	return c.fitAdvice(o)
+}
+
+// hostAvailable is the host memory the kernel can hand out now (MemAvailable), 0 when unknown.
+func hostAvailable() int64 {
+	raw, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // fitAdvice names what would make the model fit: more GPUs of the same size, or layers kept on the CPU.

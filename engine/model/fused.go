@@ -27,7 +27,7 @@ func (f *fusedDecoder) close() {
 
 // fusedStepper is the decoder for fused steps, or nil where forward must run the step.
 func (m *Model) fusedStepper() *torch.Decoder {
-	if m.Opts.Unfused || m.Opts.Device.CUDA || m.Opts.DType != torch.Float32 || m.adapters != nil || m.Training ||
+	if m.Opts.Unfused || m.Opts.Device.CUDA || m.Opts.split() || m.Opts.DType != torch.Float32 || m.adapters != nil || m.Training ||
 		m.Spec.Act == "gelu_tanh_f16" || !m.LMHead.Valid() {
 		return nil
 	}

@@ -23,6 +23,12 @@ func Load(rt *torch.Runtime, dir string, opts Options) (*LM, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkOptions(rt, cfg, opts); err != nil {
+		return nil, err
+	}
+	if err := checkFits(rt, cfg, opts); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
 	gen, err := ReadGenerationConfig(dir)
 	if err != nil {
 		return nil, err
@@ -34,7 +40,7 @@ func Load(rt *torch.Runtime, dir string, opts Options) (*LM, error) {
 	if tok.VocabSize() > cfg.VocabSize {
 		return nil, fmt.Errorf("%s: the tokenizer has %d tokens but config.json's vocab_size is %d", dir, tok.VocabSize(), cfg.VocabSize)
 	}
-	m, err := LoadWeights(rt, dir, cfg, opts)
+	m, err := loadWeights(rt, dir, cfg, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -12,8 +12,17 @@ import (
 
 // Options choose where and how a model runs.
 type Options struct {
+	// Device holds the embedding, takes the inputs and runs the interventions; their records and the logits come
+	// back on it.
 	Device torch.Device
-	DType  torch.DType // zero value Float32
+	// Layers places each decoder layer (len: num_hidden_layers; nil: every layer on Device), e.g. a model split
+	// over two GPUs, or its last layers kept on the CPU (--offload). The final norm and the output head go with the
+	// last layer placed on a GPU. Plan fills it from --device and --offload.
+	Layers []torch.Device
+	// Context is the positions per row the fit check sizes the KV cache for before loading (0: 4096, or
+	// max_position_embeddings when that is smaller).
+	Context int
+	DType   torch.DType // zero value Float32
 	// Unfused runs every decode step op by op (forward), never as one fused step (fused.go): the reference the
 	// fused step is tested and benchmarked against.
 	Unfused bool
@@ -94,14 +103,51 @@ func (m *Model) checkpointName(name string) string {
 	return name
 }
 
-// weightSource yields one weight of the given shape; aliased reports that it shares memory with the mapping.
-type weightSource func(name string, shape []int64) (t Tensor, aliased bool, err error)
+// weightSource yields one weight of the given shape on dev; aliased reports that it shares memory with the mapping.
+type weightSource func(name string, shape []int64, dev torch.Device) (t Tensor, aliased bool, err error)
+
+// layerDevice is where decoder layer i runs.
+func (o Options) layerDevice(i int) torch.Device {
+	if i < len(o.Layers) {
+		return o.Layers[i]
+	}
+	return o.Device
+}
+
+// headDevice holds the final norm and the output head: the last GPU a layer is placed on, so that layers kept on
+// the CPU do not also bring the largest matrix there.
+func (o Options) headDevice() torch.Device {
+	for i := len(o.Layers) - 1; i >= 0; i-- {
+		if o.Layers[i].CUDA {
+			return o.Layers[i]
+		}
+	}
+	return o.Device
+}
+
+// split reports whether any part of the model runs off Device.
+func (o Options) split() bool {
+	for _, d := range o.Layers {
+		if d != o.Device {
+			return true
+		}
+	}
+	return false
+}
 
 // LoadWeights builds a Model from config and a folder of safetensors.
 func LoadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Model, error) {
-	if err := checkOptions(rt, opts); err != nil {
+	if err := checkOptions(rt, cfg, opts); err != nil {
 		return nil, err
 	}
+	if err := checkFits(rt, cfg, opts); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	return loadWeights(rt, dir, cfg, opts)
+}
+
+// loadWeights is LoadWeights once the options and the fit are checked.
+func loadWeights(rt *torch.Runtime, dir string, cfg *Config, opts Options) (*Model, error) {
 	spec, err := SpecFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s/config.json: %w", dir, err)
@@ -149,21 +195,35 @@ func layersMatchConfig(files *safetensors.Set, cfg *Config, dir, prefix string) 
 	return nil
 }
 
-func checkOptions(rt *torch.Runtime, opts Options) error {
+func checkOptions(rt *torch.Runtime, cfg *Config, opts Options) error {
 	if err := rt.CheckDevice(opts.Device); err != nil {
 		return err
+	}
+	if opts.Layers != nil {
+		if len(opts.Layers) != cfg.NumHiddenLayers {
+			return fmt.Errorf("placement of %d layers for a model of %d", len(opts.Layers), cfg.NumHiddenLayers)
+		}
+		for _, d := range opts.Layers {
+			if err := rt.CheckDevice(d); err != nil {
+				return err
+			}
+		}
 	}
 	switch opts.DType {
 	case torch.Float32, torch.BFloat16:
 		return nil
 	case torch.Float16:
-		if opts.Device.CUDA {
+		onCPU := !opts.Device.CUDA
+		for _, d := range opts.Layers {
+			onCPU = onCPU || !d.CUDA
+		}
+		if !onCPU {
 			return nil
 		}
 		// Some libtorch builds have no half-precision matmul on the CPU: find out before loading a model.
 		s := rt.NewScope().NoGrad()
 		defer s.Close()
-		x := s.To(s.FromData([]float32{1, 2, 3, 4}, torch.Float32, []int64{2, 2}, opts.Device), torch.Float16, opts.Device)
+		x := s.To(s.FromData([]float32{1, 2, 3, 4}, torch.Float32, []int64{2, 2}, torch.CPU), torch.Float16, torch.CPU)
 		s.Linear(x, x, torch.Tensor{})
 		if err := s.Err(); err != nil {
 			return fmt.Errorf("--dtype f16 on the CPU: this libtorch cannot multiply half-precision matrices on the CPU: use f32 or bf16 there (f16 on CUDA)")
@@ -175,11 +235,12 @@ func checkOptions(rt *torch.Runtime, opts Options) error {
 
 // build fills the model's weights from src, in Hugging Face names.
 func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error) {
+	dev := m.Opts.Device
 	load := func(name string, shape ...int64) Tensor {
 		if m.weights.Err() != nil {
 			return Tensor{}
 		}
-		t, alias, err := src(name, shape)
+		t, alias, err := src(name, shape, dev)
 		if err != nil {
 			m.weights.Fail(err)
 			return Tensor{}
@@ -196,6 +257,7 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 	m.Layers = make([]Layer, c.NumHiddenLayers)
 	for i := range m.Layers {
 		l := &m.Layers[i]
+		dev = m.Opts.layerDevice(i)
 		n := func(rest string) string { return weightName(i, rest) }
 		if spec.PostNormsOnly {
 			l.AttnPostNorm = load(n("post_attention_layernorm.weight"), d)
@@ -236,16 +298,25 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 		l.Up = load(n("mlp.up_proj.weight"), ff, d)
 		l.Down = load(n("mlp.down_proj.weight"), d, ff)
 	}
+	dev = m.Opts.headDevice()
 	m.Norm = load("model.norm.weight", d)
-	if c.IsClassifier() {
-		// A reward model has no lm_head; the embedding stands in so the decoder's shared code runs unchanged.
+	dev = m.Opts.Device
+	switch {
+	case c.IsClassifier():
+		// A reward model has no lm_head; the embedding stands in so the decoder's shared code runs unchanged. The
+		// score head reads the final hidden states, which come back to Device.
 		m.Score = load("score.weight", int64(c.Labels()), d)
 		m.LMHead = m.Embed
-	} else if spec.Tied || !hasLMHead && c.TieWordEmbeddings == nil {
+	case spec.Tied || !hasLMHead && c.TieWordEmbeddings == nil:
 		// A checkpoint without lm_head whose config is silent on tying is tied in practice.
 		m.LMHead = m.Embed
-	} else {
+	default:
+		dev = m.Opts.headDevice()
 		m.LMHead = load("lm_head.weight", v, d)
+	}
+	if head := m.Opts.headDevice(); m.LMHead == m.Embed && head != m.Opts.Device {
+		// On a split model the tied head is a copy of the embedding on the head's device.
+		m.LMHead = m.weights.To(m.Embed, m.Opts.DType, head)
 	}
 	if spec.EmbedScale != 0 {
 		m.embedMult = roundTo(spec.EmbedScale, m.Opts.DType)
@@ -255,7 +326,7 @@ func (m *Model) build(src weightSource, hasLMHead bool) (aliased bool, err error
 
 // loadTensor makes a device tensor of the compute dtype from the checkpoint, aliasing the mmap'ed bytes when
 // no conversion or copy is needed (CPU, same dtype).
-func (m *Model) loadTensor(name string, shape []int64) (Tensor, bool, error) {
+func (m *Model) loadTensor(name string, shape []int64, dev torch.Device) (Tensor, bool, error) {
 	data, info, file, err := m.files.Data(m.checkpointName(name))
 	if err != nil {
 		return Tensor{}, false, fmt.Errorf("%w: the checkpoint does not match config.json's %s", err, m.Config.Architecture())
@@ -275,16 +346,16 @@ func (m *Model) loadTensor(name string, shape []int64) (Tensor, bool, error) {
 		return Tensor{}, false, fmt.Errorf("%s: tensor %q has dtype %s; keel loads F32, F16 and BF16 weights", file, name, info.DType)
 	}
 	if len(data) == 0 {
-		return m.weights.Zeros(shape, m.Opts.DType, m.Opts.Device), false, nil
+		return m.weights.Zeros(shape, m.Opts.DType, dev), false, nil
 	}
 	tmp := m.RT.NewScope()
 	defer tmp.Close()
 	blob := tmp.FromBlob(unsafe.Pointer(&data[0]), src, shape)
-	if src == m.Opts.DType && !m.Opts.Device.CUDA {
+	if src == m.Opts.DType && !dev.CUDA {
 		tmp.MoveTo(m.weights, blob)
 		return blob, true, tmp.Err()
 	}
-	t := tmp.To(blob, m.Opts.DType, m.Opts.Device)
+	t := tmp.To(blob, m.Opts.DType, dev)
 	if tmp.Err() == nil && tmp.SharesStorage(t, blob) {
 		t = tmp.Clone(t)
 	}

@@ -75,8 +75,9 @@ func (m *Model) AttachLoRA(cfg LoRAConfig, seed uint64) ([]NamedTensor, error) {
 			bound := 1 / math.Sqrt(float64(in))
 			tmp := m.RT.NewScope()
 			// A has the spread of PEFT's uniform(-1/sqrt(in), 1/sqrt(in)), drawn as a normal of the same variance.
-			a := tmp.To(tmp.MulScalar(tmp.Randn([]int64{int64(cfg.R), in}, torch.Float32, m.Opts.Device), bound/math.Sqrt(3)), m.Opts.DType, m.Opts.Device)
-			b := tmp.Zeros([]int64{out, int64(cfg.R)}, m.Opts.DType, m.Opts.Device)
+			dev := m.Opts.layerDevice(i)
+			a := tmp.To(tmp.MulScalar(tmp.Randn([]int64{int64(cfg.R), in}, torch.Float32, m.Opts.Device), bound/math.Sqrt(3)), m.Opts.DType, dev)
+			b := tmp.Zeros([]int64{out, int64(cfg.R)}, m.Opts.DType, dev)
 			tmp.MoveTo(s, a, b)
 			if err := tmp.Err(); err != nil {
 				tmp.Close()

@@ -60,7 +60,7 @@ func NewTrainable(rt *torch.Runtime, cfg *Config, opts Options, seed uint64) (*M
 type initFunc func(spec *Spec, name string, shape []int64) (std, mean float64)
 
 func newRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64, dist initFunc) (*Model, error) {
-	if err := checkOptions(rt, opts); err != nil {
+	if err := checkOptions(rt, cfg, opts); err != nil {
 		return nil, err
 	}
 	if err := cfg.check(); err != nil {
@@ -74,17 +74,16 @@ func newRandom(rt *torch.Runtime, cfg *Config, opts Options, seed uint64, dist i
 		return nil, err
 	}
 	m := &Model{Config: cfg, Spec: spec, Opts: opts, RT: rt, weights: rt.NewScope(), ropes: newRopes(cfg, spec), prefix: "model."}
-	src := func(name string, shape []int64) (Tensor, bool, error) {
+	src := func(name string, shape []int64, dev torch.Device) (Tensor, bool, error) {
 		// Intermediates live in a scope of their own: only the final weight joins the model.
 		s := rt.NewScope()
 		defer s.Close()
 		std, mean := dist(&spec, name, shape)
 		// Draw in f32 on the target device, then convert: the same seed gives the same values in every dtype.
+		// Drawn on Device whatever the placement, so that a split model draws what one device does.
 		t := s.Randn(shape, torch.Float32, opts.Device)
 		t = s.AddScalar(s.MulScalar(t, std), mean)
-		if opts.DType != torch.Float32 {
-			t = s.To(t, opts.DType, opts.Device)
-		}
+		t = s.To(t, opts.DType, dev)
 		s.MoveTo(m.weights, t)
 		return t, false, s.Err()
 	}

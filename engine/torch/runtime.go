@@ -34,6 +34,7 @@ type Runtime struct {
 	manualSeed      func(seed uint64) uintptr
 	cudaDeviceCount func() int64
 	cudaMemory      func(dev int64, alloc, peak, reserved *int64) uintptr
+	cudaMemInfo     func(dev int64, free, total *int64) uintptr
 	cudaResetPeak   func(dev int64) uintptr
 	synchronize     func(dev int64) uintptr
 
@@ -107,7 +108,7 @@ func Open(path string) (*Runtime, error) {
 		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"},
 		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"}, {&r.trimHostMemory, "kt_trim_host_memory"},
 		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
-		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
+		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaMemInfo, "kt_cuda_mem_info"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
 		{&r.setGradEnabled, "kt_set_grad_enabled"}, {&r.setAutocast, "kt_set_autocast"},
 		{&r.clipGradNorm, "kt_clip_grad_norm"},
 		{&r.adamwNew, "kt_adamw_new"}, {&r.adamwStep, "kt_adamw_step"}, {&r.adamwZeroGrad, "kt_adamw_zero_grad"},
@@ -190,6 +191,12 @@ func (r *Runtime) ManualSeed(seed uint64) error { return r.check("manual_seed", 
 // CUDAMemory returns the caching allocator's current and peak allocated bytes and reserved bytes.
 func (r *Runtime) CUDAMemory(dev int) (allocated, peak, reserved int64, err error) {
 	err = r.check("cuda_memory", r.cudaMemory(int64(dev), &allocated, &peak, &reserved))
+	return
+}
+
+// CUDAFreeMemory is what the device has free now, other processes' use counted, and its total.
+func (r *Runtime) CUDAFreeMemory(dev int) (free, total int64, err error) {
+	err = r.check("cuda_mem_info", r.cudaMemInfo(int64(dev), &free, &total))
 	return
 }
 

@@ -20,6 +20,8 @@
 
 #ifdef KEEL_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #endif
 
 using namespace keel_shim;
@@ -172,6 +174,23 @@ char *kt_cuda_memory(int64_t dev, int64_t *allocated, int64_t *peak, int64_t *re
 #else
   (void)dev;
   *allocated = *peak = *reserved = 0;
+  throw std::runtime_error("this keel shim was built without CUDA");
+#endif
+  KT_CATCH
+}
+
+char *kt_cuda_mem_info(int64_t dev, int64_t *free_bytes, int64_t *total_bytes) {
+  KT_TRY
+#ifdef KEEL_WITH_CUDA
+  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(dev));
+  size_t f = 0, t = 0;
+  auto err = cudaMemGetInfo(&f, &t);
+  if (err != cudaSuccess) throw std::runtime_error(std::string("cudaMemGetInfo: ") + cudaGetErrorString(err));
+  *free_bytes = static_cast<int64_t>(f);
+  *total_bytes = static_cast<int64_t>(t);
+#else
+  (void)dev;
+  *free_bytes = *total_bytes = 0;
   throw std::runtime_error("this keel shim was built without CUDA");
 #endif
   KT_CATCH

@@ -31,6 +31,8 @@ int64_t kt_trim_host_memory(void);
 char *kt_manual_seed(uint64_t seed);
 int64_t kt_cuda_device_count(void);
 char *kt_cuda_memory(int64_t device, int64_t *allocated, int64_t *peak, int64_t *reserved);
+// What the driver reports free and in total on a device (cudaMemGetInfo): other processes' use included.
+char *kt_cuda_mem_info(int64_t device, int64_t *free_bytes, int64_t *total_bytes);
 char *kt_cuda_reset_peak(int64_t device);
 char *kt_synchronize(int64_t device);
 
