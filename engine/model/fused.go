@@ -87,12 +87,8 @@ func (p *hookPlan) stepHooks(m *Model) (*stepHooks, error) {
 			for i := range p.byLayer[l] {
 				c := &p.byLayer[l][i]
 				h := torch.StepHook{Layer: c.Layer, Kind: int(c.Kind), Full: c.Full, Vectors: c.Vectors, Tau: c.Tau, Ceiling: c.Ceiling, Rows: c.Rows}
-				if c.Kind == Add { // forward adds Coeff*v rounded to the model's dtype
-					v := make([]float32, len(c.Vectors[0]))
-					for k, x := range c.Vectors[0] {
-						v[k] = float32(float64(x) * c.Coeff)
-					}
-					h.Vectors = [][]float32{v}
+				if c.Kind == Add {
+					h.Vectors = [][]float32{c.added()}
 				}
 				if c.yields {
 					p.fused.yields = append(p.fused.yields, c)

@@ -1,10 +1,11 @@
 package model
 
 import (
-	"fmt"
 	"math"
+	"reflect"
 	"testing"
 
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 )
 
@@ -38,6 +39,21 @@ func TestFusedStepEqualsForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ref.Close()
+			// A split model, its layers alternating between the CPU and a second device that libtorch also runs
+			// on the CPU, the head on the second: every move, per-device copy and kept tensor of a split forward
+			// is exercised, against the same weights on one device.
+			var layers []torch.Device
+			for i := range cfg.NumHiddenLayers {
+				layers = append(layers, []torch.Device{{Index: 1}, torch.CPU}[(cfg.NumHiddenLayers-1-i)%2])
+			}
+			split, err := NewRandom(rt, cfg, Options{Layers: layers}, 11)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer split.Close()
+			if split.fusedStepper() != nil || split.Opts.headDevice() != (torch.Device{Index: 1}) {
+				t.Fatal("the split model fuses, or its head is not on the last layer's device")
+			}
 			if fused.fusedStepper() == nil {
 				t.Fatalf("no fused decoder for %s: %v", name, fused.fused.err)
 			}
@@ -67,8 +83,7 @@ func TestFusedStepEqualsForward(t *testing.T) {
 			steps := 40 // past the tiny configs' window of 24
 			runs := map[string][][]float32{}
 			recs := map[string][][][]Record{}
-			for _, m := range []*Model{fused, ref} {
-				key := fmt.Sprint(m == fused)
+			for key, m := range map[string]*Model{"true": fused, "false": ref, "split": split} {
 				plan, err := m.compileHooks(list, 1)
 				if err != nil {
 					t.Fatal(err)
@@ -124,6 +139,12 @@ func TestFusedStepEqualsForward(t *testing.T) {
 			for step := range runs["true"] {
 				if diff := maxAbsDiff(runs["true"][step], runs["false"][step]); diff > 1e-4 {
 					t.Fatalf("step %d: fused logits differ from forward's by %g", step, diff)
+				}
+				if diff := maxAbsDiff(runs["split"][step], runs["false"][step]); diff != 0 {
+					t.Fatalf("step %d: the split model's logits differ from one device's by %g", step, diff)
+				}
+				if !reflect.DeepEqual(recs["split"][step], recs["false"][step]) {
+					t.Fatalf("step %d: the split model's records differ from one device's", step)
 				}
 				got, want := recs["true"][step], recs["false"][step]
 				if len(got) != len(want) || len(got) != len(prompts) {

@@ -88,6 +88,16 @@ func (h *Hooks) Snapshot() ([]Intervention, uint64) {
 	return h.list, h.version
 }
 
+// added is what an Add intervention adds to h: Coeff * v, in float64 rounded once to float32 (forward and the
+// fused step add the same values).
+func (iv Intervention) added() []float32 {
+	v := make([]float32, len(iv.Vectors[0]))
+	for k, x := range iv.Vectors[0] {
+		v[k] = float32(float64(x) * iv.Coeff)
+	}
+	return v
+}
+
 // compiledHook is an intervention with its vectors on the device.
 type compiledHook struct {
 	index int
@@ -140,12 +150,10 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 		}
 		c := compiledHook{index: i, Intervention: iv, single: -1}
 		s := p.scope
-		upload := func(vs [][]float32, scale float64) Tensor {
+		upload := func(vs [][]float32) Tensor {
 			flat := make([]float32, 0, len(vs)*d)
 			for _, v := range vs {
-				for _, x := range v {
-					flat = append(flat, float32(float64(x)*scale))
-				}
+				flat = append(flat, v...)
 			}
 			return s.To(s.FromData(flat, torch.Float32, []int64{int64(len(vs)), int64(d)}, m.Opts.Device), m.Opts.DType, m.Opts.Device)
 		}
@@ -160,7 +168,7 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 					return nil, fmt.Errorf("intervention %d (capture, layer %d): no vectors to project on", i, iv.Layer)
 				}
 				c.width = len(iv.Vectors)
-				u := upload(iv.Vectors, 1)
+				u := upload(iv.Vectors)
 				c.dirs = s.Contiguous(s.Transpose(u, 0, 1))
 				if c.width == 1 {
 					c.row = s.Reshape(u, int64(d))
@@ -176,9 +184,9 @@ func (m *Model) compileHooks(list []Intervention, version uint64) (*hookPlan, er
 				return nil, fmt.Errorf("intervention %d (%s, layer %d): NaN coefficient or threshold", i, iv.Kind, iv.Layer)
 			}
 			if iv.Kind == Add {
-				c.row = s.Reshape(upload(iv.Vectors, iv.Coeff), int64(d))
+				c.row = s.Reshape(upload([][]float32{iv.added()}), int64(d))
 			} else {
-				u := upload(iv.Vectors, 1)
+				u := upload(iv.Vectors)
 				c.row = s.Reshape(u, int64(d))
 				c.dirs = s.Reshape(u, int64(d), 1)
 				c.yields, c.width = true, 1

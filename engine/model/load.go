@@ -115,12 +115,15 @@ func (o Options) layerDevice(i int) torch.Device {
 }
 
 // headDevice holds the final norm and the output head: the last GPU a layer is placed on, so that layers kept on
-// the CPU do not also bring the largest matrix there.
+// the CPU do not also bring the largest matrix there; without a GPU, the last layer's device.
 func (o Options) headDevice() torch.Device {
 	for i := len(o.Layers) - 1; i >= 0; i-- {
 		if o.Layers[i].CUDA {
 			return o.Layers[i]
 		}
+	}
+	if n := len(o.Layers); n > 0 {
+		return o.Layers[n-1]
 	}
 	return o.Device
 }
