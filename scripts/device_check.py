@@ -527,6 +527,36 @@ def sft_smoke():
     return out["eval_last"] < out["eval_first"] - 1.0
 
 
+def fit_estimate():
+    """The fit report's estimate for cuda:0 (less its fixed reserve for the CUDA context, which the allocator's
+    statistics do not see) against the allocator's measured peak, for the 1B shape in bf16 decoding 64 tokens after
+    a short and a long prompt: within 10%."""
+    if not CUDA:
+        notes["fit_estimate"] = "needs CUDA"
+        return True
+    cfgdir = os.path.join(WORK, "fit-1b")
+    os.makedirs(cfgdir, exist_ok=True)
+    with open(os.path.join(cfgdir, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+                   "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True,
+                   "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}, f)
+    ok = True
+    for prompt in (16, 4000):
+        k = json.loads(keel("devcheck", "decode", "--shape", "llama-1b", "--device", "cuda", "--dtype", "bf16",
+                            "--prompt", str(prompt), "--tokens", "64", "--reps", "1", "--variants", "plain", timeout=400))
+        rep = json.loads(keel("model", "fit", "--model", cfgdir, "--dtype", "bf16", "--context", str(prompt + 65),
+                              "--gpu-memory", "80GB", "--json"))
+        d = rep["Devices"][0]
+        est = d["Weights"] + d["KVCache"] + d["Activations"]
+        ratio = est / k["peak_bytes_plain"]
+        say(f"  fit estimate 1B bf16, {prompt}+64 positions: {est / 2**30:.3f} GiB, measured peak "
+            f"{k['peak_bytes_plain'] / 2**30:.3f} GiB, ratio {ratio:.3f}")
+        figures[f"fit_estimate_over_peak_1b_bf16_prompt{prompt}"] = ratio
+        ok = ok and 0.9 <= ratio <= 1.1
+    return ok
+
+
 def split_placement():
     """A model split across devices computes what it computes on one: its last two layers on the CPU (--offload 2)
     and, with two GPUs or more, its layers over every GPU (--device auto); layer outputs, logits, and capped and
@@ -624,6 +654,7 @@ def main():
             check("decode_speed_1b_bf16", decode_speed)
             check("sft_bf16_autocast", sft_smoke)
             check("split_placement", split_placement)
+            check("fit_estimate_1b_bf16", fit_estimate)
         if DRY and HAVE_HF:
             notes["cuda"] = "dry run: compared on CPU"
     figures["seconds"] = time.time() - START
