@@ -157,14 +157,19 @@ func weightsIdentity(dir string) (fingerprint, sha string, err error) {
 	return fingerprint, sha, err
 }
 
-// GPUMemory implements GPUMemory for a model on a CUDA device.
+// GPUMemory implements GPUMemory for a model on CUDA devices: the sums over the GPUs it is placed on.
 func (b *LMBackend) GPUMemory() (allocated, reserved int64, ok bool) {
-	dev := b.lm.Opts.Device
-	if !dev.CUDA {
-		return 0, 0, false
+	for _, dev := range b.lm.Devices() {
+		if !dev.CUDA {
+			continue
+		}
+		alloc, _, res, err := b.lm.RT.CUDAMemory(dev.Index)
+		if err != nil {
+			return 0, 0, false
+		}
+		allocated, reserved, ok = allocated+alloc, reserved+res, true
 	}
-	alloc, _, res, err := b.lm.RT.CUDAMemory(dev.Index)
-	return alloc, res, err == nil
+	return allocated, reserved, ok
 }
 
 // Info implements Backend.

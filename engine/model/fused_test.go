@@ -54,6 +54,9 @@ func TestFusedStepEqualsForward(t *testing.T) {
 			if split.fusedStepper() != nil || split.Opts.headDevice() != (torch.Device{Index: 1}) {
 				t.Fatal("the split model fuses, or its head is not on the last layer's device")
 			}
+			if devs := split.Devices(); len(devs) != 2 || devs[0] != torch.CPU || devs[1] != (torch.Device{Index: 1}) {
+				t.Fatalf("the split model is placed on %v", devs)
+			}
 			if fused.fusedStepper() == nil {
 				t.Fatalf("no fused decoder for %s: %v", name, fused.fused.err)
 			}

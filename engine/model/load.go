@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -126,6 +127,17 @@ func (o Options) headDevice() torch.Device {
 		return o.Layers[n-1]
 	}
 	return o.Device
+}
+
+// Devices lists the devices the model is placed on, each once, Device first.
+func (m *Model) Devices() []torch.Device {
+	out := []torch.Device{m.Opts.Device}
+	for _, d := range append(append([]torch.Device(nil), m.Opts.Layers...), m.Opts.headDevice()) {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // split reports whether any part of the model runs off Device.

@@ -99,6 +99,11 @@ func TestPlacementRequestsRefused(t *testing.T) {
 			t.Errorf("--device %s: %v, want %q", tc.device, err, tc.want)
 		}
 	}
+	if n := rt.CUDADeviceCount(); n == 0 {
+		if devs, err := ParseDevices(rt, "auto"); err != nil || len(devs) != 1 || devs[0] != torch.CPU {
+			t.Errorf("auto without a GPU: %v %v", devs, err)
+		}
+	}
 	if devs, err := ParseDevices(rt, "cuda:0, cuda:1"); err != nil || len(devs) != 2 || devs[1] != (torch.Device{CUDA: true, Index: 1}) {
 		t.Errorf("cuda:0, cuda:1: %v %v", devs, err)
 	}
