@@ -93,7 +93,7 @@ func (f *modelFlags) oneDevice(command string) error {
 	return nil
 }
 
-// loadDir loads the model in dir where --device and --offload place it, reporting a split placement first.
+// loadDir loads the model in dir where --device and --offload place it, reporting what each GPU will hold first.
 func (f *modelFlags) loadDir(rt *torch.Runtime, dir string) (*model.LM, error) {
 	devs, err := model.ParseDevices(rt, f.device)
 	if err != nil {

@@ -56,7 +56,8 @@ func ParseDevices(rt *torch.Runtime, s string) ([]torch.Device, error) {
 	return out, nil
 }
 
-// Plan places a model before any weight is read. One device and no offload: everything on it. Otherwise the
+// Plan places a model before any weight is read. One device and no offload: everything on it (with a report for
+// a GPU, nothing for the CPU). Otherwise the
 // decoder layers split over the GPUs in proportion to what each has free now (the embedding on the first, the
 // final norm and head on the last), and the last Offload layers run on the CPU. The report is what each device
 // will hold; a placement that cannot fit is refused with the option that would make it fit.
@@ -71,7 +72,7 @@ func Plan(rt *torch.Runtime, cfg *Config, req PlacementRequest) (Options, *FitRe
 	if req.Offload > 0 && !opts.Device.CUDA {
 		return opts, nil, fmt.Errorf("--offload keeps layers on the CPU beside a GPU: give --device cuda (on the CPU alone every layer is there already)")
 	}
-	if len(req.Devices) == 1 && req.Offload == 0 {
+	if len(req.Devices) == 1 && req.Offload == 0 && !opts.Device.CUDA {
 		return opts, nil, nil
 	}
 	dt := req.DType
@@ -95,18 +96,17 @@ func Plan(rt *torch.Runtime, cfg *Config, req PlacementRequest) (Options, *FitRe
 		return opts, nil, err
 	}
 	if !r.Fits {
-		return opts, r, fmt.Errorf("does not fit on %s with %d layers on the CPU: %s", deviceNames(req.Devices), req.Offload, r.Advice)
+		for _, d := range r.Devices {
+			if d.Memory > 0 && d.Need() > d.Memory {
+				return opts, r, fmt.Errorf("does not fit: %s would hold %d layers and need %s (%d positions of KV cache) with %s available: %s",
+					d.Name, d.Layers, humanBytes(d.Need()), o.Context, humanBytes(d.Memory), r.Advice)
+			}
+		}
 	}
-	if opts.Layers, err = r.LayerDevices(); err != nil {
-		return opts, nil, err
+	if len(req.Devices) > 1 || req.Offload > 0 {
+		if opts.Layers, err = r.LayerDevices(); err != nil {
+			return opts, nil, err
+		}
 	}
 	return opts, r, nil
-}
-
-func deviceNames(ds []torch.Device) string {
-	parts := make([]string, len(ds))
-	for i, d := range ds {
-		parts[i] = d.String()
-	}
-	return strings.Join(parts, ",")
 }
