@@ -371,7 +371,7 @@ func (c *Config) fitAdvice(o FitOptions) string {
 		}
 	}
 	for off := o.Offload + 1; off <= c.NumHiddenLayers; off++ {
-		if f, err := c.place(FitOptions{DTypeBytes: o.DTypeBytes, Context: o.Context, Batch: o.Batch, GPUs: o.GPUs, Offload: off}); err == nil && f.Fits {
+		if f, err := c.place(FitOptions{DTypeBytes: o.DTypeBytes, Context: o.Context, Batch: o.Batch, GPUs: o.GPUs, Offload: off, CPU: o.CPU}); err == nil && f.Fits {
 			tips = append(tips, fmt.Sprintf("--offload %d (layers on the CPU run at its speed)", off))
 			break
 		}
