@@ -30,6 +30,7 @@ type DeviceShare struct {
 	KVCache     int64
 	Activations int64
 	Reserve     int64 // the CUDA context and allocator slack
+	device      torch.Device
 }
 
 // Need is everything the device must hold.
@@ -237,7 +238,7 @@ func (c *Config) placementReport(o FitOptions, opts Options) (*FitReport, error)
 		if !ok {
 			i = len(r.Devices)
 			at[d] = i
-			sh := DeviceShare{Name: d.String(), Activations: z.act}
+			sh := DeviceShare{Name: d.String(), Activations: z.act, device: d}
 			if d.CUDA {
 				sh.Reserve = gpuReserve
 			}
@@ -287,59 +288,48 @@ func checkFits(rt *torch.Runtime, cfg *Config, opts Options) error {
 	}
 	for i := range r.Devices {
 		d := &r.Devices[i]
-		dev, err := torch.ParseDevice(d.Name)
-		if err != nil {
-			return err
-		}
-		if dev.CUDA {
-			if free, _, err := rt.CUDAFreeMemory(dev.Index); err == nil {
+		if d.device.CUDA {
+			if free, _, err := rt.CUDAFreeMemory(d.device.Index); err == nil {
 				d.Memory = free
 			}
 		} else {
 			d.Memory = hostAvailable()
 		}
+	}
+	for _, d := range r.Devices {
 		if d.Memory > 0 && d.Need() > d.Memory {
 			parts := fmt.Sprintf("weights %s, KV cache %s at %d positions, activations %s", humanBytes(d.Weights), humanBytes(d.KVCache), o.Context, humanBytes(d.Activations))
 			if d.Reserve > 0 {
 				parts += ", CUDA reserve " + humanBytes(d.Reserve)
 			}
 			return fmt.Errorf("does not fit: %s needs %s (%s) and has %s available: %s",
-				d.Name, humanBytes(d.Need()), parts, humanBytes(d.Memory), cfg.loadAdvice(rt, o, opts))
+				d.Name, humanBytes(d.Need()), parts, humanBytes(d.Memory), cfg.loadAdvice(o, opts, r))
 		}
 	}
 	return nil
 }
 
-// loadAdvice is fitAdvice for a load that was refused: more GPUs or layers on the CPU when the model runs on a
-// GPU, otherwise a smaller dtype or context.
-func (c *Config) loadAdvice(rt *torch.Runtime, o FitOptions, opts Options) string {
+// loadAdvice is fitAdvice for a load that was refused (r: its shares, with what each device has): more GPUs or
+// layers on the CPU when the model runs on a GPU, otherwise a smaller dtype or a GPU.
+func (c *Config) loadAdvice(o FitOptions, opts Options, r *FitReport) string {
 	if !opts.Device.CUDA {
 		if o.DTypeBytes > 2 {
 			return "use --dtype bf16 (half the weights' memory) or run it on a GPU (--device cuda)"
 		}
 		return "run it on a GPU (--device cuda), or on a machine with more memory"
 	}
-	var gpus []int64
-	offload := 0
-	seen := map[torch.Device]bool{opts.Device: true}
-	if free, _, err := rt.CUDAFreeMemory(opts.Device.Index); err == nil {
-		gpus = append(gpus, free)
-	}
-	for i := 0; i < c.NumHiddenLayers; i++ {
-		d := opts.layerDevice(i)
-		if !d.CUDA {
-			offload++
-		} else if !seen[d] {
-			seen[d] = true
-			if free, _, err := rt.CUDAFreeMemory(d.Index); err == nil {
-				gpus = append(gpus, free)
-			}
+	for _, d := range r.Devices {
+		switch {
+		case d.device.CUDA && d.Memory > 0:
+			o.GPUs = append(o.GPUs, d.Memory)
+		case !d.device.CUDA:
+			o.Offload += d.Layers
+			o.CPU = d.Memory
 		}
 	}
-	if len(gpus) == 0 {
+	if len(o.GPUs) == 0 {
 		return "more GPU memory"
 	}
-	o.GPUs, o.Offload = gpus, offload
 	return c.fitAdvice(o)
 }
 
