@@ -18,7 +18,7 @@ type Options struct {
 	Device torch.Device
 	// Layers places each decoder layer (len: num_hidden_layers; nil: every layer on Device), e.g. a model split
 	// over two GPUs, or its last layers kept on the CPU (--offload). The final norm and the output head go with the
-	// last layer placed on a GPU. Plan fills it from --device and --offload.
+	// last layer placed on a GPU (headDevice). Plan fills it from --device and --offload.
 	Layers []torch.Device
 	// Context is the positions per row the fit check sizes the KV cache for before loading (0: 4096, or
 	// max_position_embeddings when that is smaller).
