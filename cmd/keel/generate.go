@@ -22,7 +22,8 @@ import (
 type modelFlags struct {
 	dir, device, dtype string
 	threads, offload   int
-	stderr             io.Writer // where a split model's placement is reported
+	context            int       // positions the pre-load fit check sizes the KV cache for
+	stderr             io.Writer // where a GPU placement is reported
 }
 
 func (f *modelFlags) register(fs *flag.FlagSet) {
@@ -32,6 +33,7 @@ func (f *modelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.dtype, "dtype", "f32", "compute dtype: f32, f16 or bf16")
 	fs.IntVar(&f.threads, "threads", 0, "libtorch CPU threads (0 = libtorch's default)")
 	fs.IntVar(&f.offload, "offload", 0, "decoder layers kept on the CPU beside the GPU (the last ones)")
+	fs.IntVar(&f.context, "context", 0, "positions per conversation the check before loading sizes the KV cache for (default: 4096, or the model's window when smaller)")
 }
 
 // resolve points an empty --model at the embedded persona model, unpacked once into the user's cache.
@@ -107,7 +109,10 @@ func (f *modelFlags) loadDir(rt *torch.Runtime, dir string) (*model.LM, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts, rep, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: f.offload, DType: dt})
+	if f.context < 0 {
+		return nil, usageError{fmt.Errorf("--context %d: give the positions a conversation may reach (0: the default)", f.context)}
+	}
+	opts, rep, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: f.offload, DType: dt, Context: f.context})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}

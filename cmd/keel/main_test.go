@@ -71,6 +71,7 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{"model info on cut weights", "", []string{"model", "info", "--model", cutModel(t, dir)}, 1, []string{"model.safetensors", "truncated"}},
 		{"chat temperature Inf", "", []string{"chat", "--model", dir, "--temperature", "+Inf", "--no-record"}, 2, []string{"temperature +Inf"}},
 		{"model larger than the machine", "", []string{"generate", "--model", hugeConfig(t)}, 1, []string{"does not fit", "cpu needs", "--dtype bf16"}},
+		{"context larger than memory", "", []string{"generate", "--model", dir, "--context", "2000000000"}, 1, []string{"does not fit", "at 2000000000 positions", "a smaller --context"}},
 		{"offload without a GPU", "", []string{"generate", "--model", dir, "--offload", "2"}, 1, []string{"--offload", "--device cuda"}},
 		{"a device list with the CPU", "", []string{"chat", "--model", dir, "--device", "cuda:0,cpu", "--no-record"}, 2, []string{"names GPUs", "--offload N"}},
 		{"split training", "", []string{"eval", "ppo", "--device", "cuda:0,cuda:1"}, 2, []string{"one device"}},

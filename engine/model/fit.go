@@ -312,6 +312,11 @@ func checkFits(rt *torch.Runtime, cfg *Config, opts Options) error {
 // loadAdvice is fitAdvice for a load that was refused (r: its shares, with what each device has): more GPUs or
 // layers on the CPU when the model runs on a GPU, otherwise a smaller dtype or a GPU.
 func (c *Config) loadAdvice(o FitOptions, opts Options, r *FitReport) string {
+	for _, d := range r.Devices {
+		if d.Memory > 0 && d.Weights+d.Reserve <= d.Memory && d.Need() > d.Memory {
+			return fmt.Sprintf("a smaller --context (the weights alone fit on %s; the KV cache and activations at %d positions do not)", d.Name, o.Context)
+		}
+	}
 	if !opts.Device.CUDA {
 		if o.DTypeBytes > 2 {
 			return "use --dtype bf16 (half the weights' memory) or run it on a GPU (--device cuda)"
