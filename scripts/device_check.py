@@ -557,6 +557,42 @@ def fit_estimate():
     return ok
 
 
+def compare_classifier():
+    """A *ForSequenceClassification reward model (Llama, 2 labels) written by transformers: every layer's output and
+    the score head's outputs at the last token against transformers', in f32 and bf16."""
+    from transformers import AutoModelForSequenceClassification
+    cfg = tiny_configs()["llama"]
+    cfg.num_labels, cfg.pad_token_id, cfg.architectures = 2, 0, ["LlamaForSequenceClassification"]
+    ckpt = os.path.join(WORK, "llama-rm")
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
+    randomize(model, False, seed=77)
+    model.save_pretrained(ckpt)
+    del model
+    seqs = prompts(cfg.vocab_size, 4, 96, seed=9)
+    ok = True
+    for dtype, tdt, limit in (("f32", torch.float32, 1e-4), ("bf16", torch.bfloat16, 5e-2)):
+        prefix = os.path.join(WORK, f"rm-{dtype}")
+        metas = json.loads(keel("devcheck", "forward", "--model", ckpt, "--device", DEVICE, "--dtype", dtype,
+                                "--ids", ";".join(",".join(map(str, ids)) for ids in seqs), "--out", prefix))
+        try:
+            m = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="eager", dtype=tdt)
+        except TypeError:
+            m = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="eager", torch_dtype=tdt)
+        m = m.to(DEVICE).eval()
+        max_score = max_hidden = 0.0
+        for k, (ids, meta) in enumerate(zip(seqs, metas)):
+            ref_scores, ref_hidden = layer_outputs(m, ids)
+            scores = torch.tensor(read_f32(f"{prefix}.{k}.scores.f32"))
+            hidden = torch.tensor(read_f32(f"{prefix}.{k}.hidden.f32")).view(meta["L"], meta["T"], meta["D"])
+            max_score = max(max_score, float((ref_scores - scores).abs().max()))
+            max_hidden = max(max_hidden, float((ref_hidden - hidden).abs().max()) / max(1.0, float(ref_hidden.abs().max())))
+        del m
+        say(f"  reward model {dtype}: max |score diff| {max_score:.2e}, max relative hidden diff {max_hidden:.2e}")
+        figures[f"reward_model_{dtype}_max_score_diff"] = max_score
+        ok = ok and max_score < limit and max_hidden < limit
+    return ok
+
+
 def split_placement():
     """A model split across devices computes what it computes on one: its last two layers on the CPU (--offload 2)
     and, with two GPUs or more, its layers over every GPU (--device auto); layer outputs, logits, and capped and
@@ -653,6 +689,7 @@ def main():
             check("pt_import", pt_import)
             check("decode_speed_1b_bf16", decode_speed)
             check("sft_bf16_autocast", sft_smoke)
+            check("forward_reward_model", compare_classifier)
             check("split_placement", split_placement)
             check("fit_estimate_1b_bf16", fit_estimate)
         if DRY and HAVE_HF:

@@ -104,7 +104,8 @@ func readF32(path string) ([]float32, error) {
 }
 
 // devForward writes, for each sequence k of --ids ("1,2,3;4,5,6"), PREFIX.k.logits.f32 [T, V] and
-// PREFIX.k.hidden.f32 [L, T, D] (the output of every decoder layer); one process serves many sequences.
+// PREFIX.k.hidden.f32 [L, T, D] (the output of every decoder layer), and for a classifier PREFIX.k.scores.f32
+// [labels]; one process serves many sequences.
 func devForward(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("devcheck forward", stderr)
 	var mf modelFlags
@@ -155,7 +156,19 @@ func devForward(args []string, stdout, stderr io.Writer) error {
 		if err := writeF32(prefix+".hidden.f32", hidden); err != nil {
 			return err
 		}
-		metas = append(metas, map[string]int{"T": T, "V": m.Config.VocabSize, "L": L, "D": D})
+		meta := map[string]int{"T": T, "V": m.Config.VocabSize, "L": L, "D": D}
+		if m.Config.IsClassifier() {
+			// A reward model's outputs: the score head at the last token.
+			scores, err := m.Scores([][]int{ids}, 1)
+			if err != nil {
+				return err
+			}
+			if err := writeF32(prefix+".scores.f32", scores[0]); err != nil {
+				return err
+			}
+			meta["S"] = len(scores[0])
+		}
+		metas = append(metas, meta)
 	}
 	return json.NewEncoder(stdout).Encode(metas)
 }
