@@ -277,11 +277,7 @@ func (c *Config) fitContext(opts Options) int {
 // asked for, one prefill chunk's activations and the GPU reserve. A device whose memory cannot be read is not
 // checked.
 func checkFits(rt *torch.Runtime, cfg *Config, opts Options) error {
-	dt := opts.DType
-	if dt == 0 {
-		dt = torch.Float32
-	}
-	o := FitOptions{DTypeBytes: dt.Size(), Context: cfg.fitContext(opts), Batch: 1}
+	o := FitOptions{DTypeBytes: opts.DType.Size(), Context: cfg.fitContext(opts), Batch: 1}
 	r, err := cfg.placementReport(o, opts)
 	if err != nil {
 		return err

@@ -75,11 +75,7 @@ func Plan(rt *torch.Runtime, cfg *Config, req PlacementRequest) (Options, *FitRe
 	if len(req.Devices) == 1 && req.Offload == 0 && !opts.Device.CUDA {
 		return opts, nil, nil
 	}
-	dt := req.DType
-	if dt == 0 {
-		dt = torch.Float32
-	}
-	o := FitOptions{DTypeBytes: dt.Size(), Context: cfg.fitContext(opts), Batch: 1, Offload: req.Offload, CPU: hostAvailable()}
+	o := FitOptions{DTypeBytes: req.DType.Size(), Context: cfg.fitContext(opts), Batch: 1, Offload: req.Offload, CPU: hostAvailable()}
 	for _, d := range req.Devices {
 		if err := rt.CheckDevice(d); err != nil {
 			return opts, nil, err
