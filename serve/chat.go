@@ -10,12 +10,12 @@ import (
 
 // Generator runs a workbench chat's turns as rows of the scheduler's batch: the turn's interventions are the
 // chat's live hooks, so a control changed mid-reply acts from the row's next step, as it does on a model of the
-// chat's own.
-func (s *Scheduler) Generator() workbench.Generator {
+// chat's own. Its rows are owner's (see Request.Owner; "" for none).
+func (s *Scheduler) Generator(owner string) workbench.Generator {
 	return func(ctx context.Context, ids []int, hooks *model.Hooks, smp workbench.Sampling, onText func(string, model.Step) error) (string, error) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel() // a failed onText leaves the row at its next step
-		tokens, err := s.Submit(ctx, Request{Prompt: ids, MaxTokens: smp.MaxTokens, Hooks: hooks,
+		tokens, err := s.Submit(ctx, Request{Prompt: ids, MaxTokens: smp.MaxTokens, Hooks: hooks, Owner: owner,
 			Sampling: model.Sampling{Temperature: smp.Temperature, TopP: smp.TopP, Seed: smp.Seed}})
 		if err != nil {
 			return "", err

@@ -33,7 +33,7 @@ func TestWorkbenchChatOnTheScheduler(t *testing.T) {
 	capOn := workbench.StartControls(open("probe", workbench.Alone(lm)).Info())
 	capOn.CapOn = true
 	replies := map[string][]workbench.Token{}
-	for name, gen := range map[string]workbench.Generator{"alone": workbench.Alone(lm), "served": ts.sched.Generator()} {
+	for name, gen := range map[string]workbench.Generator{"alone": workbench.Alone(lm), "served": ts.sched.Generator("")} {
 		b := open(name, gen)
 		if err := b.Apply(capOn); err != nil {
 			t.Fatal(err)
@@ -62,7 +62,7 @@ func TestWorkbenchChatOnTheScheduler(t *testing.T) {
 
 	// Capping switched on at the reply's third token: the recording's first tokens have no cap records, its last
 	// ones do.
-	b := open("live", ts.sched.Generator())
+	b := open("live", ts.sched.Generator(""))
 	n := 0
 	_, err := b.Generate(context.Background(), msgs, greedy, func(workbench.Token) {
 		if n++; n == 3 {

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -30,11 +31,12 @@ type Limits struct {
 	MaxPromptTokens  int   // prompt tokens of one request
 	StreamsPerKey    int   // requests in flight per API key (or per server without keys)
 	DefaultMaxTokens int   // when a request gives none
+	MaxConns         int   // connections open at once (LimitListener)
 }
 
 // DefaultLimits suit a shared research box.
 func DefaultLimits() Limits {
-	return Limits{MaxBodyBytes: 1 << 20, MaxTokens: 4096, MaxPromptTokens: 8192, StreamsPerKey: 8, DefaultMaxTokens: 256}
+	return Limits{MaxBodyBytes: 1 << 20, MaxTokens: 4096, MaxPromptTokens: 8192, StreamsPerKey: 8, DefaultMaxTokens: 256, MaxConns: 256}
 }
 
 // API is the OpenAI-compatible HTTP front of a Scheduler.
@@ -109,6 +111,16 @@ func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
 			}
 			key = strings.TrimSpace(got)
 		}
+		// The body is read before a slot is taken: a slow sender holds its connection (bounded by the rate
+		// floor), never one of the key's slots.
+		if r.Method == http.MethodPost {
+			body, err := readBody(w, r, a.Limits.MaxBodyBytes)
+			if err != nil {
+				a.bodyError(w, err)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		a.mu.Lock()
 		if a.inFlight == nil {
 			a.inFlight = map[string]int{}
@@ -125,7 +137,6 @@ func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
 			a.inFlight[key]--
 			a.mu.Unlock()
 		}()
-		r.Body = http.MaxBytesReader(w, r.Body, a.Limits.MaxBodyBytes)
 		h(w, r)
 	}
 }

@@ -30,6 +30,9 @@ type Request struct {
 	// Hooks, when set, are live interventions in place of Interventions: read again between decode steps
 	// whenever they change (a workbench chat whose controls change mid-reply).
 	Hooks *model.Hooks
+	// Owner names who asked ("key:..." for an API key, "ssh:NAME" for a workbench user; "" for none): an owner
+	// holds at most the scheduler's RowsPerOwner requests, queued and decoding together.
+	Owner string
 }
 
 // Token is one generated token as the client receives it, or the end of the request (Done).
@@ -80,6 +83,12 @@ type Scheduler struct {
 	ttftCount atomic.Int64
 	started   time.Time
 	eos       map[int]bool
+
+	// MaxTokens bounds one request's max_tokens whoever submits it (the front ends' own bounds are lower or
+	// equal); RowsPerOwner bounds an owner's requests queued and decoding (0: no bound). Set before Run.
+	MaxTokens    int
+	RowsPerOwner int
+	owners       map[string]int // requests queued or decoding, by owner (under mu)
 }
 
 type job struct {
@@ -109,7 +118,8 @@ func NewScheduler(lm *model.LM, axis *probes.AxisFolder, maxBatch, queue int) *S
 	for _, e := range lm.EOS() {
 		eos[e] = true
 	}
-	return &Scheduler{lm: lm, axis: axis, maxBatch: max(1, maxBatch), queue: make(chan *job, max(1, queue)), closed: make(chan struct{}), started: time.Now(), eos: eos}
+	return &Scheduler{lm: lm, axis: axis, maxBatch: max(1, maxBatch), queue: make(chan *job, max(1, queue)), closed: make(chan struct{}), started: time.Now(), eos: eos,
+		MaxTokens: DefaultLimits().MaxTokens}
 }
 
 // Axis is the axis folder the scheduler projects and intervenes with (nil: none).
@@ -127,6 +137,9 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 	if r.MaxTokens < 1 {
 		return nil, fmt.Errorf("max_tokens %d: give at least 1", r.MaxTokens)
 	}
+	if r.MaxTokens > s.MaxTokens {
+		return nil, fmt.Errorf("max_tokens %d: this server generates at most %d tokens a request", r.MaxTokens, s.MaxTokens)
+	}
 	// The model's own stop strings (generation_config.json) end every request, as they end `keel generate`.
 	r.Stop = append(append([]string(nil), r.Stop...), s.lm.GenConfig.StopStrings...)
 	// Room for every token and the end: the scheduler never waits on a slow client.
@@ -141,14 +154,26 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 		return nil, ErrClosed
 	default:
 	}
+	if r.Owner != "" && s.RowsPerOwner > 0 && s.owners[r.Owner] >= s.RowsPerOwner {
+		return nil, fmt.Errorf("%w: %d replies of yours are queued or decoding already (the bound per user is %d)", ErrOwnerBusy, s.owners[r.Owner], s.RowsPerOwner)
+	}
 	select {
 	case s.queue <- j:
 		s.requests.Add(1)
+		if r.Owner != "" {
+			if s.owners == nil {
+				s.owners = map[string]int{}
+			}
+			s.owners[r.Owner]++
+		}
 		return j.out, nil
 	default:
 		return nil, ErrBusy
 	}
 }
+
+// ErrOwnerBusy is an owner at their bound of requests: one of theirs must end first.
+var ErrOwnerBusy = errors.New("wait for a reply to end")
 
 // target makes a request's row interventions: its own (or its hooks' list), then a capture of the axis at each
 // projected layer; capAt and projAt name the layers of the caps and captures by their place in the list.
@@ -402,6 +427,13 @@ func (s *Scheduler) finish(j *job, reason string, err error) {
 	j.done = true
 	if j.admitted {
 		s.active.Add(-1)
+	}
+	if o := j.req.Owner; o != "" {
+		s.mu.Lock()
+		if s.owners[o]--; s.owners[o] <= 0 {
+			delete(s.owners, o)
+		}
+		s.mu.Unlock()
 	}
 	if tail := j.stream.Flush(); tail != "" && reason != "cancelled" && err == nil {
 		j.out <- Token{Text: tail, Flushed: true}

@@ -1,7 +1,7 @@
 package serve
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/ssh"
@@ -24,8 +26,9 @@ import (
 	"github.com/keel-lab/keel/workbench"
 )
 
-// SSH serves the workbench over SSH: every connection from an authorized key gets the full TUI, its own chat on
-// the scheduler's model (a row of the shared batch per reply), recorded under its user's folder.
+// SSH serves the workbench over SSH: every session from an authorized key gets the full TUI, its own chat on the
+// scheduler's model (a row of the shared batch per reply), with a confined policy: its files in
+// STATE/users/NAME, its jobs in STATE/runs/NAME, and the bounds of Limits. docs/security.md is the threat model.
 type SSH struct {
 	Sched *Scheduler
 	// HostKey is the server's ed25519 key, made on first start and kept (clients remember it).
@@ -33,72 +36,55 @@ type SSH struct {
 	// AuthorizedKeys is an OpenSSH authorized_keys file, read again at every login: a key added there gets in
 	// without a restart, a key removed is refused from then on. A key's comment names its user.
 	AuthorizedKeys string
-	// StateDir holds users/NAME/sessions, each user's recordings.
-	StateDir string
-	// The machine's background jobs: every user sees them all and cancels only their own.
-	RunsDir, Exe  string
+	// StateDir holds users/NAME (each user's files and recorded sessions) and runs/NAME (their jobs).
+	StateDir      string
+	Exe           string // the keel binary the jobs run
 	Version       string
 	Device, DType string // as the status line shows them
 	Config        tui.Config
 	Log           io.Writer // one line per login, refusal and error (nil: none)
+	Limits        SSHLimits
 
 	logMu sync.Mutex
 	chats sync.WaitGroup // open chats: Wait outlasts them
+	// sessionChats maps each session (not each connection: one connection may carry several) to its chat.
+	sessionChats sync.Map // ssh.Session -> *sessionChat
+
+	mu      sync.Mutex
+	perUser map[string]int // open chats by user
+	conns   atomic.Int64   // connections open
+	unauth  atomic.Int64   // connections not yet through authentication
+}
+
+// SSHLimits bound what SSH users may hold and consume; each is a keel serve flag.
+type SSHLimits struct {
+	ChatsPerUser, ChatsPerConn int           // open workbench sessions
+	RowsPerUser                int           // replies queued or decoding per user (the scheduler's RowsPerOwner)
+	JobsPerUser, JobsMachine   int           // unfinished background jobs
+	JobThreads                 int           // libtorch threads of one job
+	JobMemory                  int64         // address space of one job in bytes (0: none)
+	MaxTokens                  int           // tokens of one reply (the API's bound)
+	MaxMessage                 int           // characters of one message
+	MaxRead                    int64         // bytes of a file a user has read (/replay, /train data)
+	MaxCols, MaxRows           int           // the terminal size a chat draws at most (a larger pty is clamped)
+	MaxConns, MaxUnauth        int           // connections at once, and of them not yet authenticated
+	HandshakeTimeout           time.Duration // from accept to an open session
+	IdleTimeout                time.Duration // a connection with no traffic either way is closed
+	// RewardPrograms are the programs a user's reward spec may run (cmd:PROGRAM, matched whole); none by default.
+	RewardPrograms []string
+}
+
+// DefaultSSHLimits suit a lab sharing one GPU box.
+func DefaultSSHLimits() SSHLimits {
+	return SSHLimits{ChatsPerUser: 4, ChatsPerConn: 2, RowsPerUser: 2, JobsPerUser: 1, JobsMachine: 2, JobThreads: 2,
+		JobMemory: 16 << 30, MaxTokens: DefaultLimits().MaxTokens, MaxMessage: 16 << 10, MaxRead: 64 << 20,
+		MaxCols: 500, MaxRows: 200, MaxConns: 64, MaxUnauth: 16, HandshakeTimeout: 20 * time.Second, IdleTimeout: 30 * time.Minute}
 }
 
 type (
-	userKey struct{}
-	chatKey struct{}
+	userKey    struct{}
+	trackerKey struct{}
 )
-
-// User is an authorized key's user: the comment of its line in authorized_keys (letters, digits, '.', '_', '-'
-// kept), or its fingerprint when the line has none.
-type User struct {
-	Name string
-	Key  ssh.PublicKey
-}
-
-// ReadAuthorizedKeys parses an authorized_keys file; a line that is not a public key is an error naming it.
-func ReadAuthorizedKeys(path string) ([]User, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--authorized-keys: %w: give an OpenSSH authorized_keys file (one public key per line)", err)
-	}
-	var users []User
-	for n, line := range strings.Split(string(raw), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-		if err != nil {
-			return nil, fmt.Errorf("%s line %d: not a public key (%v): give lines as ssh-keygen writes them in .pub files", path, n+1, err)
-		}
-		name := safeName(comment)
-		if name == "" {
-			name = safeName(gossh.FingerprintSHA256(key))
-		}
-		users = append(users, User{Name: name, Key: key})
-	}
-	if len(users) == 0 {
-		return nil, fmt.Errorf("%s has no public keys: nobody could log in; add a user's .pub line", path)
-	}
-	return users, nil
-}
-
-// safeName keeps what a folder name may hold.
-func safeName(s string) string {
-	var b strings.Builder
-	for _, r := range strings.TrimSpace(s) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
-			b.WriteRune(r)
-		default:
-			b.WriteRune('-')
-		}
-	}
-	return strings.Trim(b.String(), ".-")
-}
 
 func (c *SSH) logf(format string, args ...any) {
 	if c.Log == nil {
@@ -112,6 +98,7 @@ func (c *SSH) logf(format string, args ...any) {
 // Server makes the SSH server (Serve or ListenAndServe starts it); a bad authorized_keys file or host key is
 // refused here.
 func (c *SSH) Server(addr string) (*ssh.Server, error) {
+	c.Limits = mergeSSHLimits(c.Limits)
 	if _, err := ReadAuthorizedKeys(c.AuthorizedKeys); err != nil {
 		return nil, err
 	}
@@ -123,10 +110,13 @@ func (c *SSH) Server(addr string) (*ssh.Server, error) {
 		wish.WithVersion("keel"),
 		wish.WithHostKeyPath(c.HostKey),
 		wish.WithPublicKeyAuth(c.authorize),
-		// The last is the outermost: no terminal, no chat; a panic ends one connection, not the server.
+		wish.WithIdleTimeout(c.Limits.IdleTimeout),
+		// The last is the outermost: a panic ends one connection, not the server; no terminal, no chat; the
+		// session's quotas and its pty's bounds before the workbench starts; its chat closed when it ends.
 		wish.WithMiddleware(
 			c.endChat,
 			bm.MiddlewareWithProgramHandler(c.program, termenv.Ascii),
+			c.admit,
 			activeterm.Middleware(),
 			recover.Middleware(),
 		),
@@ -134,10 +124,101 @@ func (c *SSH) Server(addr string) (*ssh.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--host-key %s: %w (remove it to have a new one made)", c.HostKey, err)
 	}
+	s.ConnCallback = c.track
 	return s, nil
 }
 
-// authorize lets in a key listed in the authorized_keys file as it is now.
+// mergeSSHLimits fills the limits left zero with the defaults.
+func mergeSSHLimits(l SSHLimits) SSHLimits {
+	d := DefaultSSHLimits()
+	pick := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	pick(&l.ChatsPerUser, d.ChatsPerUser)
+	pick(&l.ChatsPerConn, d.ChatsPerConn)
+	pick(&l.RowsPerUser, d.RowsPerUser)
+	pick(&l.JobsPerUser, d.JobsPerUser)
+	pick(&l.JobsMachine, d.JobsMachine)
+	pick(&l.JobThreads, d.JobThreads)
+	pick(&l.MaxTokens, d.MaxTokens)
+	pick(&l.MaxMessage, d.MaxMessage)
+	pick(&l.MaxCols, d.MaxCols)
+	pick(&l.MaxRows, d.MaxRows)
+	pick(&l.MaxConns, d.MaxConns)
+	pick(&l.MaxUnauth, d.MaxUnauth)
+	if l.MaxRead <= 0 {
+		l.MaxRead = d.MaxRead
+	}
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = d.IdleTimeout
+	}
+	return l
+}
+
+// connTracker is a connection's place in the counts: it leaves them once, when it closes.
+type connTracker struct {
+	net.Conn
+	c       *SSH
+	through atomic.Bool // a session opened: past authentication
+	closed  atomic.Bool
+	timer   *time.Timer
+	mu      sync.Mutex
+	open    int // sessions open on this connection
+}
+
+func (t *connTracker) Close() error {
+	if !t.closed.Swap(true) {
+		t.timer.Stop()
+		t.c.conns.Add(-1)
+		if !t.through.Load() {
+			t.c.unauth.Add(-1)
+		}
+	}
+	return t.Conn.Close()
+}
+
+// passed counts the connection as authenticated (a session opened on it).
+func (t *connTracker) passed() {
+	if !t.through.Swap(true) {
+		t.timer.Stop()
+		if !t.closed.Load() {
+			t.c.unauth.Add(-1)
+		}
+	}
+}
+
+// track admits a new connection under the connection bounds, or closes it at once; one that opens no session
+// within the handshake timeout is closed.
+func (c *SSH) track(ctx ssh.Context, conn net.Conn) net.Conn {
+	if c.conns.Add(1) > int64(c.Limits.MaxConns) {
+		c.conns.Add(-1)
+		c.logf("refused a connection from %s: %d connections open (--ssh-max-conns)", remoteHost(conn.RemoteAddr()), c.Limits.MaxConns)
+		return nil
+	}
+	if c.unauth.Add(1) > int64(c.Limits.MaxUnauth) {
+		c.unauth.Add(-1)
+		c.conns.Add(-1)
+		c.logf("refused a connection from %s: %d connections are logging in (--ssh-max-unauthenticated)", remoteHost(conn.RemoteAddr()), c.Limits.MaxUnauth)
+		return nil
+	}
+	t := &connTracker{Conn: conn, c: c}
+	t.timer = time.AfterFunc(c.Limits.HandshakeTimeout, func() {
+		if !t.through.Load() {
+			c.logf("closed a connection from %s: no session within %s", remoteHost(conn.RemoteAddr()), c.Limits.HandshakeTimeout)
+			t.Close()
+		}
+	})
+	ctx.SetValue(trackerKey{}, t)
+	return t
+}
+
+// authorize lets in a key listed in the authorized_keys file as it is now, from an address and at a time its
+// line's options allow.
 func (c *SSH) authorize(ctx ssh.Context, key ssh.PublicKey) bool {
 	users, err := ReadAuthorizedKeys(c.AuthorizedKeys)
 	if err != nil {
@@ -145,45 +226,153 @@ func (c *SSH) authorize(ctx ssh.Context, key ssh.PublicKey) bool {
 		return false
 	}
 	for _, u := range users {
-		if ssh.KeysEqual(u.Key, key) {
-			ctx.SetValue(userKey{}, u.Name)
-			return true
+		if !ssh.KeysEqual(u.Key, key) {
+			continue
 		}
+		if ok, why := u.Admits(ctx.RemoteAddr(), time.Now()); !ok {
+			c.logf("refused %s (%s) from %s: %s", gossh.FingerprintSHA256(key), u.Name, remoteHost(ctx.RemoteAddr()), why)
+			return false
+		}
+		ctx.SetValue(userKey{}, u)
+		return true
 	}
-	c.logf("refused %s from %s: not in %s", gossh.FingerprintSHA256(key), ctx.RemoteAddr(), c.AuthorizedKeys)
+	c.logf("refused %s from %s: not in %s", gossh.FingerprintSHA256(key), remoteHost(ctx.RemoteAddr()), c.AuthorizedKeys)
 	return false
 }
 
-// program is a connection's workbench: its own session (recording under the user's folder) on the shared model.
+// clampedSession is a session whose terminal size is bounded: the workbench draws at most MaxCols x MaxRows
+// whatever size the client claims.
+type clampedSession struct {
+	ssh.Session
+	cols, rows int
+	windows    chan ssh.Window
+}
+
+func (s *clampedSession) clamp(w ssh.Window) ssh.Window {
+	w.Width, w.Height = min(max(w.Width, 0), s.cols), min(max(w.Height, 0), s.rows)
+	return w
+}
+
+// Pty implements ssh.Session with the size clamped.
+func (s *clampedSession) Pty() (ssh.Pty, <-chan ssh.Window, bool) {
+	pty, _, ok := s.Session.Pty()
+	pty.Window = s.clamp(pty.Window)
+	return pty, s.windows, ok
+}
+
+// admit runs a session's checks before its workbench: the key may open a terminal, the user and the connection
+// are under their chat bounds, and the terminal's size is clamped.
+func (c *SSH) admit(next ssh.Handler) ssh.Handler {
+	return func(sess ssh.Session) {
+		t, _ := sess.Context().Value(trackerKey{}).(*connTracker)
+		if t != nil {
+			t.passed()
+		}
+		u, _ := sess.Context().Value(userKey{}).(User)
+		if u.NoPty {
+			wish.Fatalln(sess, "keel: this key may not open a terminal (restrict or no-pty in authorized_keys), and the workbench is one: ask the operator for a line with pty")
+			return
+		}
+		if u.Name == "" {
+			wish.Fatalln(sess, "keel: no user for this key")
+			return
+		}
+		if t != nil {
+			t.mu.Lock()
+			if t.open >= c.Limits.ChatsPerConn {
+				t.mu.Unlock()
+				wish.Fatalf(sess, "keel: %d chats are open on this connection (the bound is %d): close one first\n", c.Limits.ChatsPerConn, c.Limits.ChatsPerConn)
+				return
+			}
+			t.open++
+			t.mu.Unlock()
+			defer func() { t.mu.Lock(); t.open--; t.mu.Unlock() }()
+		}
+		c.mu.Lock()
+		if c.perUser == nil {
+			c.perUser = map[string]int{}
+		}
+		if c.perUser[u.Name] >= c.Limits.ChatsPerUser {
+			c.mu.Unlock()
+			wish.Fatalf(sess, "keel: %s has %d chats open (the bound per user is %d): close one first\n", u.Name, c.Limits.ChatsPerUser, c.Limits.ChatsPerUser)
+			return
+		}
+		c.perUser[u.Name]++
+		c.mu.Unlock()
+		defer func() { c.mu.Lock(); c.perUser[u.Name]--; c.mu.Unlock() }()
+
+		cs := &clampedSession{Session: sess, cols: c.Limits.MaxCols, rows: c.Limits.MaxRows, windows: make(chan ssh.Window, 1)}
+		if _, windows, ok := sess.Pty(); ok {
+			ctx, cancel := context.WithCancel(sess.Context())
+			defer cancel()
+			go func() { // cs.windows stays open: its reader takes a closed channel for endless resizes
+				for {
+					select {
+					case w, ok := <-windows:
+						if !ok {
+							return
+						}
+						select { // the latest size wins: a flood of resizes is not queued
+						case cs.windows <- cs.clamp(w):
+						default:
+							select {
+							case <-cs.windows:
+							default:
+							}
+							cs.windows <- cs.clamp(w)
+						}
+					case <-ctx.Done():
+						return
+					}
+				}
+			}()
+		}
+		next(cs)
+	}
+}
+
+// program is a session's workbench: its own chat (recorded under the user's folder) on the shared model, with
+// the confined policy.
 func (c *SSH) program(sess ssh.Session) *tea.Program {
-	user, _ := sess.Context().Value(userKey{}).(string)
+	u, _ := sess.Context().Value(userKey{}).(User)
 	pty, _, _ := sess.Pty()
-	dir := filepath.Join(c.StateDir, "users", user, "sessions")
 	fail := func(err error) *tea.Program {
-		c.logf("%s: %v", user, err)
+		c.logf("%s: %v", u.Name, err)
 		wish.Fatalln(sess, "keel: "+err.Error())
 		return nil
 	}
-	if user == "" {
-		return fail(errors.New("no user for this key"))
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fail(err)
-	}
-	lm := c.Sched.Model()
-	b, err := workbench.NewSharedBackend(lm, c.Sched.Axis(), workbench.LMConfig{Device: c.Device, DType: c.DType, Record: true,
-		RecordPath: sessions.NewPath(dir), Version: c.Version, Sampling: c.Config.Sampling,
-		Term: sessions.Term{Cols: pty.Window.Width, Rows: pty.Window.Height}}, c.Sched.Generator())
+	space, err := workbench.OpenUserSpace(filepath.Join(c.StateDir, "users", u.Name))
 	if err != nil {
 		return fail(err)
 	}
+	dir := filepath.Join(space.Dir(), "sessions")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		space.Close()
+		return fail(err)
+	}
+	lim := c.Limits
+	policy := workbench.Policy{Files: space, MaxTokens: lim.MaxTokens, MaxMessage: lim.MaxMessage, MaxRead: lim.MaxRead}
+	sampling := c.Config.Sampling
+	sampling.MaxTokens = min(sampling.MaxTokens, lim.MaxTokens)
+	lm := c.Sched.Model()
+	b, err := workbench.NewSharedBackend(lm, c.Sched.Axis(), workbench.LMConfig{Device: c.Device, DType: c.DType, Record: true,
+		RecordPath: sessions.NewPath(dir), Version: c.Version, Sampling: sampling,
+		Term: sessions.Term{Cols: pty.Window.Width, Rows: pty.Window.Height}}, c.Sched.Generator("ssh:"+u.Name))
+	if err != nil {
+		space.Close()
+		return fail(err)
+	}
+	usersRuns := filepath.Join(c.StateDir, "runs")
 	var p *tea.Program
-	jobs := &workbench.ProcessJobs{RT: lm.RT, Exe: c.Exe, Model: lm.Dir, RunsDir: c.RunsDir, Owner: user,
-		Send: func(u workbench.JobUpdate) { p.Send(u) }}
-	chat := workbench.New(b, workbench.Options{Sampling: c.Config.Sampling, Jobs: jobs, Controls: workbench.StartControls(b.Info()),
+	jobs := &workbench.ProcessJobs{RT: lm.RT, Exe: c.Exe, Model: lm.Dir, RunsDir: filepath.Join(usersRuns, u.Name), Owner: u.Name,
+		Send: func(up workbench.JobUpdate) { p.Send(up) },
+		Confine: &workbench.Confinement{Space: space, MaxRead: lim.MaxRead, Programs: lim.RewardPrograms, Threads: lim.JobThreads,
+			MaxMemory: lim.JobMemory, MaxRunning: lim.JobsPerUser, MaxMachine: lim.JobsMachine,
+			Running: func() (int, error) { return workbench.UnfinishedUnder(usersRuns) }}}
+	chat := workbench.New(b, workbench.Options{Sampling: sampling, Jobs: jobs, Controls: workbench.StartControls(b.Info()), Policy: policy,
 		NoLoad: "this chat shares keel serve's model: loading another is not offered here (run keel on the machine for that)"})
-	sess.Context().SetValue(chatKey{}, chat)
 	c.chats.Add(1)
+	c.setChat(sess, chat, space)
 	env := func(k string) string {
 		if k == "TERM" {
 			return pty.Term
@@ -197,21 +386,41 @@ func (c *SSH) program(sess ssh.Session) *tea.Program {
 	}
 	app := tui.New(tui.Options{Session: chat, Jobs: jobs, Styles: tui.NewStyles(tui.ProfileFromEnv(env)), Keys: c.Config.Keys, Mouse: c.Config.Mouse, Tint: c.Config.Tint})
 	p = tea.NewProgram(app, append(bm.MakeOptions(sess), tea.WithAltScreen())...)
-	c.logf("%s logged in from %s (%dx%d), recording to %s", user, remoteHost(sess.RemoteAddr()), pty.Window.Width, pty.Window.Height, b.Info().Recording)
+	c.logf("%s logged in from %s (%dx%d), recording to %s", u.Name, remoteHost(sess.RemoteAddr()), pty.Window.Width, pty.Window.Height, b.Info().Recording)
 	return p
 }
 
-// endChat closes a connection's chat once its TUI has ended (the user quit or went away): a reply in flight
-// stops, freeing its row, and the recording is closed.
+// sessionChat is a session's chat and the folder it holds open, kept on the session itself.
+type sessionChat struct {
+	chat  *workbench.Session
+	space *workbench.UserSpace
+}
+
+func (c *SSH) setChat(sess ssh.Session, chat *workbench.Session, space *workbench.UserSpace) {
+	c.sessionChats.Store(sessionID(sess), &sessionChat{chat: chat, space: space})
+}
+
+// sessionID is what names a session among a connection's several: the underlying session, not a wrapper.
+func sessionID(sess ssh.Session) ssh.Session {
+	if cs, ok := sess.(*clampedSession); ok {
+		return cs.Session
+	}
+	return sess
+}
+
+// endChat closes a session's chat once its TUI has ended (the user quit or went away): a reply in flight
+// stops, freeing its row, and the recording is closed. The connection's other sessions keep theirs.
 func (c *SSH) endChat(next ssh.Handler) ssh.Handler {
 	return func(sess ssh.Session) {
-		if chat, ok := sess.Context().Value(chatKey{}).(*workbench.Session); ok {
-			if err := chat.Close(); err != nil {
+		if v, ok := c.sessionChats.LoadAndDelete(sessionID(sess)); ok {
+			sc := v.(*sessionChat)
+			if err := sc.chat.Close(); err != nil {
 				c.logf("closing a chat: %v", err)
 			}
+			sc.space.Close()
 			c.chats.Done()
-			user, _ := sess.Context().Value(userKey{}).(string)
-			c.logf("%s left", user)
+			u, _ := sess.Context().Value(userKey{}).(User)
+			c.logf("%s left", u.Name)
 		}
 		next(sess)
 	}
@@ -225,4 +434,24 @@ func remoteHost(a net.Addr) string {
 		return "?"
 	}
 	return a.String()
+}
+
+// Check refuses limits that would let nobody in or bound nothing.
+func (l SSHLimits) Check() error {
+	for _, v := range []struct {
+		name string
+		v    int64
+	}{{"--ssh-chats-per-user", int64(l.ChatsPerUser)}, {"--ssh-chats-per-conn", int64(l.ChatsPerConn)}, {"--ssh-rows-per-user", int64(l.RowsPerUser)},
+		{"--ssh-jobs-per-user", int64(l.JobsPerUser)}, {"--ssh-jobs", int64(l.JobsMachine)}, {"--ssh-job-threads", int64(l.JobThreads)},
+		{"--ssh-max-message", int64(l.MaxMessage)}, {"--ssh-max-read", l.MaxRead}, {"--ssh-max-cols", int64(l.MaxCols)}, {"--ssh-max-rows", int64(l.MaxRows)},
+		{"--ssh-max-conns", int64(l.MaxConns)}, {"--ssh-max-unauthenticated", int64(l.MaxUnauth)},
+		{"--ssh-login-timeout", int64(l.HandshakeTimeout)}, {"--ssh-idle-timeout", int64(l.IdleTimeout)}} {
+		if v.v <= 0 {
+			return fmt.Errorf("%s must be positive", v.name)
+		}
+	}
+	if l.JobMemory < 0 {
+		return fmt.Errorf("--ssh-job-memory must be 0 (no bound) or positive")
+	}
+	return nil
 }

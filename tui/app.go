@@ -12,7 +12,6 @@ import (
 
 	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/key"
-	"github.com/charmbracelet/bubbles/textarea"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
@@ -39,15 +38,20 @@ type Options struct {
 
 // App is the Bubble Tea model of the main screen.
 type App struct {
-	opt     Options
-	keys    KeyMap
-	help    help.Model
-	input   textarea.Model
-	chat    chatModel
-	st      Styles
-	session *workbench.Session
-	width   int
-	height  int
+	opt   Options
+	keys  KeyMap
+	help  help.Model
+	input *editor
+	// The screen above the input as last joined, what it was joined from, and its lines (View's cache).
+	top, topKey string
+	topLines    int
+	typed       bool // the message in hand only changed the input
+	panes       int  // counts the messages that may have changed the panes (the chat's included)
+	chat        chatModel
+	st          Styles
+	session     *workbench.Session
+	width       int
+	height      int
 
 	generating bool
 	gen        int                // the generation in flight; messages of a stopped one are dropped
@@ -84,18 +88,11 @@ func New(opt Options) *App {
 	if opt.Keys.Send.Keys() == nil {
 		opt.Keys = DefaultKeyMap()
 	}
-	ta := textarea.New()
-	ta.Placeholder = "Type a message, or /help"
-	ta.ShowLineNumbers = false
-	ta.CharLimit = 0
-	ta.SetHeight(2)
-	ta.Prompt = "> "
-	ta.KeyMap.InsertNewline = opt.Keys.Newline
 	if opt.Styles.r == nil {
 		opt.Styles = NewStyles(termenv.Ascii)
 	}
-	ta.FocusedStyle, ta.BlurredStyle = opt.Styles.textareaStyle(), opt.Styles.textareaStyle()
-	ta.Focus()
+	ta := newEditor(opt.Styles, opt.Keys.Newline)
+	ta.limit = opt.Session.Policy().MaxMessage
 	h := help.New()
 	h.Styles = opt.Styles.helpStyles()
 	h.ShortSeparator, h.FullSeparator = " · ", "   "
@@ -115,7 +112,7 @@ func (a *App) noteErr(err error) {
 
 // Init implements tea.Model.
 func (a *App) Init() tea.Cmd {
-	cmds := []tea.Cmd{textarea.Blink}
+	var cmds []tea.Cmd
 	if a.mouse {
 		cmds = append(cmds, tea.EnableMouseCellMotion)
 	}
@@ -158,8 +155,12 @@ func waitStream(ch chan tea.Msg) tea.Cmd {
 
 // Update implements tea.Model.
 func (a *App) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	a.typed = false
 	cmd := a.update(msg)
-	a.refresh()
+	if !a.typed { // a key the input took changes nothing the panes show
+		a.refresh()
+		a.panes++
+	}
 	return a, cmd
 }
 
@@ -212,9 +213,7 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 	case tea.KeyMsg:
 		return a.key(msg)
 	}
-	var cmd tea.Cmd
-	a.input, cmd = a.input.Update(msg)
-	return cmd
+	return nil
 }
 
 func (a *App) key(msg tea.KeyMsg) tea.Cmd {
@@ -225,7 +224,7 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 			a.stop()
 			return nil
 		}
-		if a.input.Value() != "" { // as a shell does: the first ctrl+c drops the draft
+		if !a.input.Empty() { // as a shell does: the first ctrl+c drops the draft
 			a.input.Reset()
 			a.notice = "draft cleared: ctrl+c again quits"
 			return nil
@@ -255,7 +254,7 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		return nil
 	case a.replay != nil && a.replayKey(msg):
 		return nil
-	case key.Matches(msg, k.Help) && strings.TrimSpace(a.input.Value()) == "":
+	case key.Matches(msg, k.Help) && a.input.Empty():
 		a.showHelp = !a.showHelp
 		a.resize(a.width, a.height)
 		return nil
@@ -308,9 +307,12 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 		}
 		return a.send(text)
 	}
-	var cmd tea.Cmd
-	a.input, cmd = a.input.Update(msg)
-	return cmd
+	a.typed = a.input.Update(msg)
+	if a.typed && a.input.dropped {
+		a.typed, a.input.dropped = false, false
+		a.notice = fmt.Sprintf("a message holds at most %d characters: the rest was not typed", a.input.limit)
+	}
+	return nil
 }
 
 func (a *App) toggleMouse() tea.Cmd {
@@ -383,7 +385,7 @@ func (a *App) finishGeneration(err error) {
 
 // resize lays the panes out for a terminal size.
 func (a *App) resize(w, h int) {
-	a.width, a.height = max(w, 20), max(h, 8)
+	a.width, a.height = min(max(w, 20), maxTerm), min(max(h, 8), maxTerm) // a claimed size past any screen is cut
 	a.help.Width = a.width
 	a.input.SetWidth(a.width - 2)
 	cw, ch := a.chatSize()
@@ -412,7 +414,10 @@ func (a *App) chatSize() (int, int) {
 	return a.width, max(3, a.bodyHeight()/2-1)
 }
 
-func (a *App) rerenderChat() { a.chat.draw(a.session.Turns(), a.generating, a.renderTurn) }
+func (a *App) rerenderChat() {
+	a.panes++
+	a.chat.draw(a.session.Turns(), a.generating, a.renderTurn)
+}
 
 func (a *App) renderTurn(t *workbench.Turn) string {
 	var label string
@@ -528,7 +533,8 @@ func (a *App) renderControls() string {
 	return strings.Join(lines, "\n")
 }
 
-// View implements tea.Model: it only joins the rendered panes.
+// View implements tea.Model: it only joins the rendered panes. The panes above the input are joined once per
+// change of theirs, so a key typed into the input costs what the input's own rows cost to draw.
 func (a *App) View() string {
 	if a.quitting {
 		return ""
@@ -536,8 +542,29 @@ func (a *App) View() string {
 	if a.replay != nil {
 		return a.replay.view(a)
 	}
+	top, used := a.screenTop()
+	bottom := strings.Split(a.input.View()+"\n"+a.helpLine, "\n")
+	bottom = bottom[:min(len(bottom), max(0, a.height-used))]
+	for i, l := range bottom {
+		bottom[i] = ansi.Truncate(l, a.width, "")
+	}
+	if len(bottom) == 0 {
+		return top
+	}
+	return top + "\n" + strings.Join(bottom, "\n")
+}
+
+// screenTop is the status line, the panes and the notice, joined and cut to the screen, and its line count;
+// it is joined again only when one of them changed.
+func (a *App) screenTop() (string, int) {
+	key := strings.Join([]string{a.statusLine, a.plotPane, a.controlsPane, a.jobsPane, a.notice,
+		fmt.Sprint(a.panes, a.width, a.height, a.chat.Width, a.chat.Height, a.bodyHeight())}, "\x00")
+	if key == a.topKey {
+		return a.top, a.topLines
+	}
+	chatView := a.chat.View()
 	var body string
-	chatBox := lipgloss.JoinVertical(lipgloss.Left, a.st.Title.Render(" chat "), a.chat.View())
+	chatBox := lipgloss.JoinVertical(lipgloss.Left, a.st.Title.Render(" chat "), chatView)
 	if a.wide() {
 		side := lipgloss.JoinVertical(lipgloss.Left, a.plotPane, a.controlsPane, a.jobsPane)
 		side = a.st.r.NewStyle().Width(a.sideWidth()).MaxHeight(a.bodyHeight()).Render(side)
@@ -548,8 +575,10 @@ func (a *App) View() string {
 	}
 	body = a.st.r.NewStyle().Height(a.bodyHeight()).MaxHeight(a.bodyHeight()).Render(body)
 	notice := a.st.Notice.Render(truncate(a.notice, a.width))
-	screen := lipgloss.JoinVertical(lipgloss.Left, a.statusLine, body, notice, a.input.View(), a.helpLine)
-	return a.st.r.NewStyle().MaxWidth(a.width).MaxHeight(a.height).Render(screen)
+	screen := lipgloss.JoinVertical(lipgloss.Left, a.statusLine, body, notice)
+	a.top = a.st.r.NewStyle().MaxWidth(a.width).MaxHeight(a.height).Render(screen)
+	a.topKey, a.topLines = key, strings.Count(a.top, "\n")+1
+	return a.top, a.topLines
 }
 
 // residentMemory reads the process's resident set size from /proc (0 where there is none).

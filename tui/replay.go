@@ -110,9 +110,9 @@ type replayReadyMsg struct {
 // startReplay loads a recording and draws its frames at the current size, as a tea.Cmd (a long session takes a
 // while to draw).
 func (a *App) startReplay(path string, at *replayState) tea.Cmd {
-	st, cols, rows := a.st, a.width, a.height
+	st, cols, rows, session := a.st, a.width, a.height, a.session
 	return func() tea.Msg {
-		s, err := sessions.Load(path)
+		s, err := session.OpenRecording(path)
 		if err != nil {
 			return replayReadyMsg{path: path, err: err, at: at}
 		}

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -157,6 +156,9 @@ func (s *Session) cmdSet(c call) Result {
 	case "top-p":
 		next.TopP = v
 	case "max-tokens":
+		if lim := s.opt.Policy.MaxTokens; lim > 0 && v > float64(lim) {
+			return Result{Notice: fmt.Sprintf("/set max-tokens %s: at most %d here (keel serve --max-tokens)", text, lim)}
+		}
 		next.MaxTokens = int(v)
 	case "seed":
 		if v != math.Trunc(v) {
@@ -380,10 +382,11 @@ func (s *Session) cmdSave(c call) Result {
 	if len(c.args) != 1 {
 		return Result{Notice: "/save FILE: write the chat as a transcript"}
 	}
-	if err := atomicfile.WriteFile(c.args[0], []byte(s.transcript())); err != nil {
-		return failed(err)
+	files := s.opt.Policy.files()
+	if err := files.WriteFile(c.args[0], []byte(s.transcript())); err != nil {
+		return failed(fmt.Errorf("/save: %w", err))
 	}
-	return Result{Notice: fmt.Sprintf("saved %d turns to %s", len(s.Turns()), c.args[0])}
+	return Result{Notice: fmt.Sprintf("saved %d turns to %s", len(s.Turns()), files.Show(c.args[0]))}
 }
 
 func (s *Session) cmdReplay(c call) Result {

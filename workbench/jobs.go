@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +52,9 @@ type ProcessJobs struct {
 	Send    func(JobUpdate)
 	// Owner, when set, is the user this runner acts for on a shared machine: the jobs it starts are theirs, and
 	// it cancels no one else's.
-	Owner   string
+	Owner string
+	// Confine, when set, is what a remote user's jobs may do (keel serve); nil: a local user's full powers.
+	Confine *Confinement
 	mu      sync.Mutex
 	watched map[string]bool
 }
@@ -63,6 +66,9 @@ var fileFlags = map[string]bool{"--data": true, "--prompts": true, "--eval-data"
 func (p *ProcessJobs) Start(kind string, args []string) (string, error) {
 	if kind != "sft" && kind != "alol" && kind != "ppo" {
 		return "", fmt.Errorf("/train %s: keel fine-tunes with sft, alol or ppo", kind)
+	}
+	if p.Confine != nil {
+		return p.startConfined(kind, args)
 	}
 	for i, a := range args {
 		name, val, eq := strings.Cut(a, "=")
@@ -135,10 +141,22 @@ func (p *ProcessJobs) watch(run *train.Run, kind string) {
 	})
 }
 
+// openRun opens a run by id (or, for a local user, by folder too): a confined runner names runs by id alone,
+// under its own RunsDir.
+func (p *ProcessJobs) openRun(id string) (*train.Run, error) {
+	if p.Confine != nil {
+		if err := checkRunID(id); err != nil {
+			return nil, err
+		}
+		return train.OpenRun(p.RunsDir, filepath.Join(p.RunsDir, id))
+	}
+	return train.OpenRun(p.RunsDir, id)
+}
+
 // ModelDir implements JobRunner for any run in RunsDir, started here or not.
 func (p *ProcessJobs) ModelDir(ref string) (string, error) {
 	id, stepText, atStep := strings.Cut(ref, "@")
-	run, err := train.OpenRun(p.RunsDir, id)
+	run, err := p.openRun(id)
 	if err != nil {
 		return "", err
 	}
@@ -166,7 +184,7 @@ func (p *ProcessJobs) ModelDir(ref string) (string, error) {
 
 // Cancel implements JobRunner for any run in RunsDir (the owner's own, when there is an Owner).
 func (p *ProcessJobs) Cancel(id string) error {
-	run, err := train.OpenRun(p.RunsDir, id)
+	run, err := p.openRun(id)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/keel-lab/keel/sessions"
 )
 
 // REPL is the line front end (keel chat without a terminal): one line per user turn, the reply streamed, the
@@ -97,7 +96,7 @@ func (r *REPL) command(line string) bool {
 	case PlotMode:
 		res.Notice = r.plotLines(res.Arg)
 	case Replay: // a line front end shows the recording as its log: turns, settings, labels, jobs
-		s, err := sessions.Load(res.Arg)
+		s, err := r.Session.OpenRecording(res.Arg)
 		if err != nil {
 			res.Notice = err.Error()
 			break

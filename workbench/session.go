@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"path/filepath"
+	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/sessions"
@@ -21,6 +25,8 @@ type Options struct {
 	Load func(modelDir, axis string) (Backend, error)
 	// NoLoad, when Load is nil, says why and what to do instead.
 	NoLoad string
+	// Policy is what the session may do besides chatting (zero: Local, the machine's own user).
+	Policy Policy
 }
 
 // Session is one chat: a backend, the conversation, the controls and the sampling. Its methods are safe to call
@@ -50,6 +56,10 @@ var ErrBusy = errors.New("a reply is streaming: ctrl+c stops it first")
 // New starts a session on a backend with the options' controls in force. Controls the backend refuses leave
 // the session with no intervention, and Warning says why.
 func New(b Backend, opt Options) *Session {
+	if opt.Policy.Files == nil {
+		opt.Policy.Files = LocalFiles{}
+	}
+	opt.Sampling = opt.Policy.bound(opt.Sampling)
 	s := &Session{opt: opt, backend: b, sampling: opt.Sampling}
 	if err := s.Apply(opt.Controls); err != nil {
 		s.Warning = err.Error()
@@ -64,6 +74,45 @@ func New(b Backend, opt Options) *Session {
 		}
 	}
 	return s
+}
+
+// Policy is what the session may do besides chatting.
+func (s *Session) Policy() Policy { return s.opt.Policy }
+
+// OpenRecording reads a recorded session the user names (/replay), through the policy's files: a non-file or
+// a file over the policy's bound is refused without reading it. A bare name not found is looked for among the
+// sessions of Info().Recording's folder.
+func (s *Session) OpenRecording(name string) (*sessions.Session, error) {
+	files, max := s.opt.Policy.files(), s.opt.Policy.maxRead()
+	raw, err := files.ReadFile(name, max)
+	if err != nil && errors.Is(err, fs.ErrNotExist) || err != nil && strings.Contains(err.Error(), "no such file") {
+		if rec := s.Info().Recording; rec != "" && !strings.ContainsRune(name, '/') {
+			if alt, aerr := s.readSibling(rec, name, max); aerr == nil {
+				raw, err = alt, nil
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec, err := sessions.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", files.Show(name), err)
+	}
+	rec.Path = name
+	return rec, nil
+}
+
+// readSibling reads name from the folder of the recording in progress (keel's own sessions folder).
+func (s *Session) readSibling(recording, name string, max int64) ([]byte, error) {
+	if u, ok := s.opt.Policy.Files.(*UserSpace); ok {
+		rel, err := filepath.Rel(u.Dir(), filepath.Join(filepath.Dir(recording), name))
+		if err != nil {
+			return nil, err
+		}
+		return u.ReadFile(rel, max)
+	}
+	return LocalFiles{}.ReadFile(filepath.Join(filepath.Dir(recording), name), max)
 }
 
 // Info describes the loaded model.
@@ -168,6 +217,9 @@ func (s *Session) Send(ctx context.Context, text string, emit func(Token)) (stri
 // Start adds a user message and an empty reply to the conversation at once, and returns what streams the reply
 // (a front end runs it where it may block).
 func (s *Session) Start(ctx context.Context, text string) (stream func(emit func(Token)) (string, error), err error) {
+	if err := s.opt.Policy.checkMessage(text); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.generating {
@@ -322,4 +374,22 @@ func (s *Session) transcript() string {
 		out += fmt.Sprintf("%s: %s\n\n", t.Role, t.Text)
 	}
 	return out
+}
+
+// bound keeps sampling inside the policy's limits.
+func (p Policy) bound(s Sampling) Sampling {
+	if p.MaxTokens > 0 && s.MaxTokens > p.MaxTokens {
+		s.MaxTokens = p.MaxTokens
+	}
+	return s
+}
+
+// checkMessage refuses a message over the policy's length.
+func (p Policy) checkMessage(text string) error {
+	if p.MaxMessage > 0 {
+		if n := utf8.RuneCountInString(text); n > p.MaxMessage {
+			return fmt.Errorf("a message holds at most %d characters (this one has %d): shorten it", p.MaxMessage, n)
+		}
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"strings"
 	"time"
 
 	"github.com/charmbracelet/lipgloss"
@@ -22,7 +23,6 @@ import (
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
-	"github.com/keel-lab/keel/train"
 	"github.com/keel-lab/keel/tui"
 )
 
@@ -41,19 +41,46 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	state := fs.String("state", datadir.Path("serve"), "the server's own folder: SSH host key, each user's recorded sessions, the log")
 	authorized := fs.String("authorized-keys", "", "OpenSSH authorized_keys file of who may log in over SSH; a key's comment names its user (default: STATE/authorized_keys)")
 	hostKey := fs.String("host-key", "", "the SSH host key, an ed25519 key made on first start (default: STATE/ssh_host_ed25519_key)")
-	runs := fs.String("runs", train.DefaultRunsDir(), "where SSH users' background fine-tunes write their runs")
 	maxBatch := fs.Int("max-batch", 8, "requests decoding at once at most (the batch's rows)")
 	queue := fs.Int("queue", 64, "requests waiting at most (more get 429)")
 	name := fs.String("name", "", "the model id clients name (default: the model folder's name)")
 	lim := serve.DefaultLimits()
 	fs.IntVar(&lim.MaxTokens, "max-tokens", lim.MaxTokens, "max_tokens one request may ask")
 	fs.IntVar(&lim.StreamsPerKey, "streams-per-key", lim.StreamsPerKey, "requests in flight per API key")
+	fs.IntVar(&lim.MaxConns, "http-max-conns", lim.MaxConns, "HTTP connections open at once (more are closed at accept)")
+	ssl := serve.DefaultSSHLimits()
+	fs.IntVar(&ssl.ChatsPerUser, "ssh-chats-per-user", ssl.ChatsPerUser, "workbench chats one SSH user may have open")
+	fs.IntVar(&ssl.ChatsPerConn, "ssh-chats-per-conn", ssl.ChatsPerConn, "workbench chats one SSH connection may carry (OpenSSH ControlMaster sessions)")
+	fs.IntVar(&ssl.RowsPerUser, "ssh-rows-per-user", ssl.RowsPerUser, "replies of one SSH user queued or decoding at once")
+	fs.IntVar(&ssl.JobsPerUser, "ssh-jobs-per-user", ssl.JobsPerUser, "background jobs one SSH user may have unfinished")
+	fs.IntVar(&ssl.JobsMachine, "ssh-jobs", ssl.JobsMachine, "background jobs of all SSH users unfinished at once")
+	fs.IntVar(&ssl.JobThreads, "ssh-job-threads", ssl.JobThreads, "libtorch threads of one SSH user's job")
+	fs.Int64Var(&ssl.JobMemory, "ssh-job-memory", ssl.JobMemory, "address space of one SSH user's job in bytes (0: no bound)")
+	fs.IntVar(&ssl.MaxMessage, "ssh-max-message", ssl.MaxMessage, "characters of one message over SSH")
+	fs.Int64Var(&ssl.MaxRead, "ssh-max-read", ssl.MaxRead, "bytes of a file an SSH user has read (/replay, /train data)")
+	fs.IntVar(&ssl.MaxCols, "ssh-max-cols", ssl.MaxCols, "terminal columns a chat draws at most (a larger pty is clamped)")
+	fs.IntVar(&ssl.MaxRows, "ssh-max-rows", ssl.MaxRows, "terminal rows a chat draws at most")
+	fs.IntVar(&ssl.MaxConns, "ssh-max-conns", ssl.MaxConns, "SSH connections open at once (more are closed at accept)")
+	fs.IntVar(&ssl.MaxUnauth, "ssh-max-unauthenticated", ssl.MaxUnauth, "SSH connections still logging in at once")
+	fs.DurationVar(&ssl.HandshakeTimeout, "ssh-login-timeout", ssl.HandshakeTimeout, "time from connecting to an open session")
+	fs.DurationVar(&ssl.IdleTimeout, "ssh-idle-timeout", ssl.IdleTimeout, "an SSH connection with no traffic this long is closed")
+	fs.Func("allow-reward-program", "a program SSH users' reward specs may run as cmd:PROGRAM (matched whole; repeatable; none by default)", func(v string) error {
+		if strings.TrimSpace(v) == "" {
+			return fmt.Errorf("give a program")
+		}
+		ssl.RewardPrograms = append(ssl.RewardPrograms, v)
+		return nil
+	})
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *maxBatch < 1 || *queue < 1 || lim.MaxTokens < 1 || lim.StreamsPerKey < 1 {
-		return usageError{fmt.Errorf("--max-batch, --queue, --max-tokens and --streams-per-key must be positive")}
+	if *maxBatch < 1 || *queue < 1 || lim.MaxTokens < 1 || lim.StreamsPerKey < 1 || lim.MaxConns < 1 {
+		return usageError{fmt.Errorf("--max-batch, --queue, --max-tokens, --streams-per-key and --http-max-conns must be positive")}
 	}
+	if err := ssl.Check(); err != nil {
+		return usageError{err}
+	}
+	ssl.MaxTokens = lim.MaxTokens
 	if *addr == "" && *sshAddr == "" {
 		return usageError{fmt.Errorf("--http \"\" and no --ssh: give at least one address to serve on")}
 	}
@@ -90,8 +117,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		exe, _ := os.Executable()
-		sshd = &serve.SSH{HostKey: *hostKey, AuthorizedKeys: *authorized, StateDir: *state, RunsDir: *runs, Exe: exe,
-			Version: version, Device: mf.device, DType: mf.dtype, Config: cfg}
+		sshd = &serve.SSH{HostKey: *hostKey, AuthorizedKeys: *authorized, StateDir: *state, Exe: exe,
+			Version: version, Device: mf.device, DType: mf.dtype, Config: cfg, Limits: ssl}
 	}
 	embedded := mf.dir == ""
 	_, lm, err := mf.load()
@@ -109,6 +136,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sched := serve.NewScheduler(lm, axis, *maxBatch, *queue)
+	sched.MaxTokens, sched.RowsPerOwner = lim.MaxTokens, ssl.RowsPerUser
 	done := make(chan struct{})
 	go func() { sched.Run(ctx); close(done) }()
 	defer func() { sched.Close(); <-done }()
@@ -119,7 +147,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--http %s: %w", *addr, err)
 		}
 		api := &serve.API{Sched: sched, Name: *name, Keys: keys, Limits: lim}
-		srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		srv := api.Server()
+		ln = serve.LimitListener(ln, lim.MaxConns)
 		fmt.Fprintf(stdout, "keel serve: model %q on http://%s/v1 (up to %d requests decoding at once, %s)\n", *name, ln.Addr(), *maxBatch, map[bool]string{true: "bearer keys required", false: "no keys: loopback only"}[keys != nil])
 		go func() {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -92,7 +92,7 @@ func TestServeSSHWorkbenchForTwoUsers(t *testing.T) {
 	os.WriteFile(keys, authorized, 0o600)
 	state := filepath.Join(dir, "state")
 	server, addrs := startServe(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_CACHE_HOME=" + filepath.Join(dir, "cache")},
-		"--threads", "1", "--ssh", "127.0.0.1:0", "--http", "127.0.0.1:0", "--authorized-keys", keys, "--state", state, "--runs", filepath.Join(dir, "runs"))
+		"--threads", "1", "--ssh", "127.0.0.1:0", "--http", "127.0.0.1:0", "--authorized-keys", keys, "--state", state)
 	host, port, _ := strings.Cut(addrs["ssh"], " ")
 	login := func(key string, cols, rows int) *tmuxSession {
 		return startTmuxCommand(t, cols, rows, strings.Join([]string{"ssh", "-tt", "-i", shellQuote(key), "-p", port,

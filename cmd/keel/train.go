@@ -41,6 +41,7 @@ type runFlags struct {
 	runDir          *string
 	threads         *int
 	stopAfter       *int
+	maxMemory       *int64
 }
 
 func (r *runFlags) register(fs *flag.FlagSet) {
@@ -50,6 +51,7 @@ func (r *runFlags) register(fs *flag.FlagSet) {
 	r.runDir = fs.String("run-dir", "", "use this existing run folder (set by --detach)")
 	r.threads = fs.Int("threads", 0, "libtorch CPU threads (0 = default)")
 	r.stopAfter = fs.Int("stop-after", 0, "stop (as if cancelled) after this step, the schedule unchanged (0 = run to --steps)")
+	r.maxMemory = fs.Int64("max-memory", 0, "bound the training process's address space in bytes, where the OS allows (0 = none; keel serve sets it for remote users' jobs)")
 }
 
 // open finds or makes the run folder; when resuming, the run's saved config.json replaces cfg. A new run needs
@@ -112,6 +114,12 @@ func (r *runFlags) launch(kind string, args []string, run *train.Run, steps int,
 
 // execute runs a trainer in this process with a progress display, Ctrl-C as cancellation and --stop-after.
 func (r *runFlags) execute(kind string, run *train.Run, steps int, stdout io.Writer, trainer func(ctx context.Context, rt *torch.Runtime, opts train.Options) error, resuming bool) error {
+	if *r.maxMemory > 0 {
+		lim := syscall.Rlimit{Cur: uint64(*r.maxMemory), Max: uint64(*r.maxMemory)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_AS, &lim); err != nil {
+			return fmt.Errorf("--max-memory %d: %w", *r.maxMemory, err)
+		}
+	}
 	rt, err := torch.Load()
 	if err != nil {
 		return err
