@@ -404,11 +404,11 @@ func ChatConversation(tok Tokenizer, msgs []Message) ([]int, error) { return cha
 
 func chatIDs(tok Tokenizer, msgs []Message, generationPrompt bool) ([]int, error) {
 	if hf, ok := tok.(*HF); ok && len(hf.ChatTemplates) > 0 {
-		text, err := hf.ApplyChatTemplate(TemplateMessages(msgs), ChatOptions{AddGenerationPrompt: generationPrompt})
+		pieces, err := hf.chatPieces(msgs, ChatOptions{AddGenerationPrompt: generationPrompt})
 		if err != nil {
 			return nil, err
 		}
-		ids := hf.Encode(text, false)
+		ids := hf.EncodePieces(pieces)
 		if len(ids) == 0 {
 			return nil, fmt.Errorf("the chat template renders these messages to no tokens: check tokenizer_config.json's chat_template")
 		}
@@ -419,4 +419,67 @@ func chatIDs(tok Tokenizer, msgs []Message, generationPrompt bool) ([]int, error
 		text += m.Content
 	}
 	return tok.Encode(text, true), nil
+}
+
+// contentMark stands in for message i's content while the template renders, to find where contents land: two
+// private-use characters no template writes around the message's index.
+func contentMark(i int) string { return fmt.Sprintf("\ue000%d\ue001", i) }
+
+// chatPieces renders messages with the chat template as pieces: the template's own text, in which its control
+// tokens are tokens, and the messages' contents as literal pieces, in which the same strings stay text (a user
+// cannot open a system turn by typing the template's markers). A template that changes contents on their way
+// (trimming them, say) renders with the contents in place, and a content holding a special token's string is
+// then refused rather than read as control.
+func (t *HF) chatPieces(msgs []Message, opts ChatOptions) ([]Piece, error) {
+	text, err := t.ApplyChatTemplate(TemplateMessages(msgs), opts)
+	if err != nil {
+		return nil, err
+	}
+	marked := make([]Message, len(msgs))
+	for i, m := range msgs {
+		marked[i] = Message{Role: m.Role, Content: contentMark(i)}
+	}
+	withMarks, err := t.ApplyChatTemplate(TemplateMessages(marked), opts)
+	if err == nil {
+		// Templates that trim each message (Llama 3, Gemma) render the trimmed content where the mark was.
+		for _, content := range []func(string) string{func(s string) string { return s }, strings.TrimSpace} {
+			if pieces, ok := splitMarks(withMarks, msgs, content, text); ok {
+				return pieces, nil
+			}
+		}
+	}
+	for _, m := range msgs {
+		for s := range t.special {
+			if s != "" && strings.Contains(m.Content, s) {
+				return nil, fmt.Errorf("a %s message holds the control token %q, and this model's chat template changes message text as it renders, so it could not be kept as text: remove it", m.Role, s)
+			}
+		}
+	}
+	return []Piece{{Text: text}}, nil
+}
+
+// splitMarks cuts a rendering with content marks into pieces, each mark replaced by its message's content as the
+// template shows it; ok only when the pieces join to the real rendering.
+func splitMarks(withMarks string, msgs []Message, content func(string) string, text string) ([]Piece, bool) {
+	var pieces []Piece
+	var joined strings.Builder
+	rest := withMarks
+	for rest != "" {
+		start, end := strings.Index(rest, "\ue000"), strings.Index(rest, "\ue001")
+		if start < 0 || end < start {
+			pieces = append(pieces, Piece{Text: rest})
+			joined.WriteString(rest)
+			break
+		}
+		var i int
+		if _, err := fmt.Sscanf(rest[start:end], "\ue000%d", &i); err != nil || i < 0 || i >= len(msgs) {
+			return nil, false
+		}
+		c := content(msgs[i].Content)
+		pieces = append(pieces, Piece{Text: rest[:start]}, Piece{Text: c, Literal: true})
+		joined.WriteString(rest[:start])
+		joined.WriteString(c)
+		rest = rest[end+len("\ue001"):]
+	}
+	return pieces, joined.String() == text
 }

@@ -323,36 +323,84 @@ func (t *HF) Encode(text string, addSpecial bool) []int {
 
 const spieceUnderline = "▁"
 
-func (t *HF) encodeText(text string) []int {
-	if t.isLlama && !t.llamaLegacy && text != "" {
-		ids := t.encodeSections(spieceUnderline + strings.ReplaceAll(text, spieceUnderline, " "))
+func (t *HF) encodeText(text string) []int { return t.encodePieces([]Piece{{Text: text}}) }
+
+// Piece is a stretch of text to encode: a Literal one is user content, in which the special tokens' strings stay
+// text (a message cannot write the template's control tokens); added tokens that are not special still apply.
+type Piece struct {
+	Text    string
+	Literal bool
+}
+
+// EncodePieces tokenizes the pieces as one text (no special tokens added), except that a special token's string
+// inside a literal piece is encoded as text. With no special strings in the literal pieces it equals Encode of
+// the joined text.
+func (t *HF) EncodePieces(pieces []Piece) []int { return t.encodePieces(pieces) }
+
+func (t *HF) encodePieces(pieces []Piece) []int {
+	if t.isLlama && !t.llamaLegacy {
+		empty := true
+		out := make([]Piece, len(pieces))
+		for i, p := range pieces {
+			out[i] = Piece{Text: strings.ReplaceAll(p.Text, spieceUnderline, " "), Literal: p.Literal}
+			empty = empty && p.Text == ""
+		}
+		if empty {
+			return t.encodeSections(nil)
+		}
+		out = append([]Piece{{Text: spieceUnderline}}, out...)
+		ids := t.encodeSections(t.sections(out))
 		if len(ids) > 1 && t.tokenString(ids[0]) == spieceUnderline && t.special[t.tokenString(ids[1])] {
 			ids = ids[1:]
 		}
 		return ids
 	}
-	return t.encodeSections(text)
+	return t.encodeSections(t.sections(pieces))
 }
 
-func (t *HF) encodeSections(text string) []int {
-	sections := t.trie.split(text)
+// section is a stretch of the text between added tokens, or one added token.
+type section struct {
+	text  string
+	token bool
+}
+
+// sections splits pieces at the added tokens (a literal piece's special ones excepted) and joins the text
+// between them across piece boundaries, so that the pieces tokenize as their joined text would.
+func (t *HF) sections(pieces []Piece) []section {
+	var out []section
+	for _, p := range pieces {
+		for _, x := range t.trie.split(p.Text) {
+			_, isAdded := t.added[x]
+			tok := isAdded && !(p.Literal && t.special[x])
+			if !tok && len(out) > 0 && !out[len(out)-1].token {
+				out[len(out)-1].text += x
+				continue
+			}
+			out = append(out, section{text: x, token: tok})
+		}
+	}
+	return out
+}
+
+func (t *HF) encodeSections(sections []section) []int {
 	for i, s := range sections {
-		if a, ok := t.added[s]; ok {
+		if a, ok := t.added[s.text]; ok && s.token {
 			if a.LStrip && i > 0 {
-				sections[i-1] = jsTrimEnd(sections[i-1])
+				sections[i-1].text = jsTrimEnd(sections[i-1].text)
 			}
 			if a.RStrip && i < len(sections)-1 {
-				sections[i+1] = jsTrimStart(sections[i+1])
+				sections[i+1].text = jsTrimStart(sections[i+1].text)
 			}
 		}
 	}
 	var out []int
-	for i, x := range sections {
+	for i, sec := range sections {
+		x := sec.text
 		if x == "" {
 			continue
 		}
-		if a, ok := t.added[x]; ok {
-			out = append(out, a.ID)
+		if sec.token {
+			out = append(out, t.added[x].ID)
 			continue
 		}
 		if t.removeSpace {
