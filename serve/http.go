@@ -26,17 +26,18 @@ import (
 
 // Limits bound what one client may ask.
 type Limits struct {
-	MaxBodyBytes     int64 // request body
-	MaxTokens        int   // max_tokens of one request
-	MaxPromptTokens  int   // prompt tokens of one request
-	StreamsPerKey    int   // requests in flight per API key (or per server without keys)
-	DefaultMaxTokens int   // when a request gives none
-	MaxConns         int   // connections open at once (LimitListener)
+	MaxBodyBytes     int64         // request body
+	MaxTokens        int           // max_tokens of one request
+	MaxPromptTokens  int           // prompt tokens of one request
+	StreamsPerKey    int           // requests in flight per API key (or per server without keys)
+	DefaultMaxTokens int           // when a request gives none
+	MaxConns         int           // connections open at once (LimitListener)
+	IdleTimeout      time.Duration // a keep-alive connection with no request this long is closed
 }
 
 // DefaultLimits suit a shared research box.
 func DefaultLimits() Limits {
-	return Limits{MaxBodyBytes: 1 << 20, MaxTokens: 4096, MaxPromptTokens: 8192, StreamsPerKey: 8, DefaultMaxTokens: 256, MaxConns: 256}
+	return Limits{MaxBodyBytes: 1 << 20, MaxTokens: 4096, MaxPromptTokens: 8192, StreamsPerKey: 8, DefaultMaxTokens: 256, MaxConns: 256, IdleTimeout: time.Minute}
 }
 
 // API is the OpenAI-compatible HTTP front of a Scheduler.

@@ -23,7 +23,11 @@ const (
 // Server is the HTTP server of the API with every wait bounded: headers, bodies (by rate), idle keep-alives.
 // No ReadTimeout: a streamed reply may last minutes, and the body's own deadline is lifted once it is read.
 func (a *API) Server() *http.Server {
-	return &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10}
+	idle := a.Limits.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultLimits().IdleTimeout
+	}
+	return &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idle, MaxHeaderBytes: 64 << 10}
 }
 
 // errSlowBody is a body that fell under the rate floor.

@@ -148,7 +148,11 @@ func (p *ProcessJobs) openRun(id string) (*train.Run, error) {
 		if err := checkRunID(id); err != nil {
 			return nil, err
 		}
-		return train.OpenRun(p.RunsDir, filepath.Join(p.RunsDir, id))
+		run, err := train.OpenRun(p.RunsDir, filepath.Join(p.RunsDir, id))
+		if err != nil {
+			return nil, fmt.Errorf("no job %s of yours: /jobs lists them", id)
+		}
+		return run, nil
 	}
 	return train.OpenRun(p.RunsDir, id)
 }

@@ -48,6 +48,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&lim.MaxTokens, "max-tokens", lim.MaxTokens, "max_tokens one request may ask")
 	fs.IntVar(&lim.StreamsPerKey, "streams-per-key", lim.StreamsPerKey, "requests in flight per API key")
 	fs.IntVar(&lim.MaxConns, "http-max-conns", lim.MaxConns, "HTTP connections open at once (more are closed at accept)")
+	fs.DurationVar(&lim.IdleTimeout, "http-idle-timeout", lim.IdleTimeout, "a keep-alive HTTP connection with no request this long is closed")
 	ssl := serve.DefaultSSHLimits()
 	fs.IntVar(&ssl.ChatsPerUser, "ssh-chats-per-user", ssl.ChatsPerUser, "workbench chats one SSH user may have open")
 	fs.IntVar(&ssl.ChatsPerConn, "ssh-chats-per-conn", ssl.ChatsPerConn, "workbench chats one SSH connection may carry (OpenSSH ControlMaster sessions)")
