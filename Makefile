@@ -56,7 +56,7 @@ test: build vet conformance
 # limit that runs out while the seed corpus is still being measured fails the run); a crash found lands in the package's
 # testdata/fuzz, where plain `go test` replays it from then on.
 FUZZTIME ?= 1000x
-FUZZ_TARGETS = ./steer/ptfile:FuzzRead ./engine/gguf:FuzzParse ./engine/safetensors:FuzzParseHeader \
+FUZZ_TARGETS = ./workbench:FuzzRemoteCommandLine ./steer/ptfile:FuzzRead ./engine/gguf:FuzzParse ./engine/safetensors:FuzzParseHeader \
 	./engine/tokenizer:FuzzFastSplit ./engine/tokenizer:FuzzEncodeDecode ./engine/tokenizer:FuzzRenderTemplate \
 	./sessions:FuzzParse ./train:FuzzDataFiles ./train:FuzzParseReward ./probes:FuzzParseCapID ./workbench:FuzzCommandLine \
 	./provider:FuzzOpenCache ./provider:FuzzParseEndpoint ./probes:FuzzParseJudgeScore ./serve:FuzzReadAuthorizedKeys

@@ -27,6 +27,7 @@ type editor struct {
 	st       Styles
 	// dropped is set when a key's text did not all fit under limit (the front end says so once).
 	dropped bool
+	scanned int // runes laid out so far: the work a key costs, which tests hold to the box's size
 }
 
 // position is a place in the buffer: a line and a rune index within it.
@@ -82,6 +83,7 @@ func (e *editor) textWidth() int { return max(1, e.width-len(e.prompt)-1) }
 func (e *editor) rowEnd(p position) int {
 	line, w, i := e.lines[p.line], 0, p.idx
 	for ; i < len(line); i++ {
+		e.scanned++
 		rw := runeCells(line[i])
 		if w+rw > e.textWidth() && i > p.idx {
 			break
