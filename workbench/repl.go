@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-
 )
 
 // REPL is the line front end (keel chat without a terminal): one line per user turn, the reply streamed, the
