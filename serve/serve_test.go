@@ -498,3 +498,38 @@ func TestRequestsJoinARunningBatch(t *testing.T) {
 		}
 	}
 }
+
+// An owner holds at most RowsPerOwner requests, queued and decoding together, and gets the slot back when one
+// ends; a request past the scheduler's token bound is refused before its channel is made (a billion tokens once
+// sized a channel that took the whole server down).
+func TestRowsPerOwnerAndTheTokenBound(t *testing.T) {
+	ts := newTestServer(t, true, 8)
+	ts.sched.RowsPerOwner = 2
+	prompt := ts.sched.Model().Tokenizer.Encode("Hello", true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var held []<-chan Token
+	for i := 0; i < 2; i++ {
+		ch, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 8, Owner: "ssh:alice", Sampling: model.Sampling{Temperature: 0}})
+		if err != nil {
+			t.Fatalf("request %d of 2: %v", i, err)
+		}
+		held = append(held, ch)
+	}
+	if _, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 8, Owner: "ssh:alice"}); err == nil || !strings.Contains(err.Error(), "the bound per user is 2") {
+		t.Fatalf("a third request of one owner: %v", err)
+	}
+	if _, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 8, Owner: "ssh:bob"}); err != nil {
+		t.Fatalf("another owner: %v", err)
+	}
+	if _, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 1_000_000_000, Owner: "ssh:bob"}); err == nil || !strings.Contains(err.Error(), "at most 4096 tokens") {
+		t.Fatalf("a billion tokens: %v", err)
+	}
+	ts.start()
+	for t := range held[0] {
+		_ = t
+	}
+	if _, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 8, Owner: "ssh:alice"}); err != nil {
+		t.Fatalf("after one of alice's requests ended: %v", err)
+	}
+}

@@ -50,10 +50,11 @@ type SSH struct {
 	// sessionChats maps each session (not each connection: one connection may carry several) to its chat.
 	sessionChats sync.Map // ssh.Session -> *sessionChat
 
-	mu      sync.Mutex
-	perUser map[string]int // open chats by user
-	conns   atomic.Int64   // connections open
-	unauth  atomic.Int64   // connections not yet through authentication
+	mu       sync.Mutex
+	perUser  map[string]int // open chats by user
+	unauthBy map[string]int // connections logging in, by client host
+	conns    atomic.Int64   // connections open
+	unauth   atomic.Int64   // connections not yet through authentication
 }
 
 // SSHLimits bound what SSH users may hold and consume; each is a keel serve flag.
@@ -167,6 +168,7 @@ type connTracker struct {
 	through atomic.Bool // a session opened: past authentication
 	closed  atomic.Bool
 	timer   *time.Timer
+	host    string // the client's address, without its port
 	mu      sync.Mutex
 	open    int // sessions open on this connection
 }
@@ -176,7 +178,7 @@ func (t *connTracker) Close() error {
 		t.timer.Stop()
 		t.c.conns.Add(-1)
 		if !t.through.Load() {
-			t.c.unauth.Add(-1)
+			t.leaveLogin()
 		}
 	}
 	return t.Conn.Close()
@@ -187,9 +189,19 @@ func (t *connTracker) passed() {
 	if !t.through.Swap(true) {
 		t.timer.Stop()
 		if !t.closed.Load() {
-			t.c.unauth.Add(-1)
+			t.leaveLogin()
 		}
 	}
+}
+
+// leaveLogin gives back the connection's login slot.
+func (t *connTracker) leaveLogin() {
+	t.c.unauth.Add(-1)
+	t.c.mu.Lock()
+	if t.c.unauthBy[t.host]--; t.c.unauthBy[t.host] <= 0 {
+		delete(t.c.unauthBy, t.host)
+	}
+	t.c.mu.Unlock()
 }
 
 // track admits a new connection under the connection bounds, or closes it at once; one that opens no session
@@ -206,7 +218,22 @@ func (c *SSH) track(ctx ssh.Context, conn net.Conn) net.Conn {
 		c.logf("refused a connection from %s: %d connections are logging in (--ssh-max-unauthenticated)", remoteHost(conn.RemoteAddr()), c.Limits.MaxUnauth)
 		return nil
 	}
-	t := &connTracker{Conn: conn, c: c}
+	// One host holds at most a quarter of the login slots: a flood from one address leaves the rest to others.
+	host := hostOf(conn.RemoteAddr())
+	c.mu.Lock()
+	if c.unauthBy == nil {
+		c.unauthBy = map[string]int{}
+	}
+	if c.unauthBy[host] >= max(1, c.Limits.MaxUnauth/4) {
+		c.mu.Unlock()
+		c.unauth.Add(-1)
+		c.conns.Add(-1)
+		c.logf("refused a connection from %s: %d of its connections are logging in", host, max(1, c.Limits.MaxUnauth/4))
+		return nil
+	}
+	c.unauthBy[host]++
+	c.mu.Unlock()
+	t := &connTracker{Conn: conn, c: c, host: host}
 	t.timer = time.AfterFunc(c.Limits.HandshakeTimeout, func() {
 		if !t.through.Load() {
 			c.logf("closed a connection from %s: no session within %s", remoteHost(conn.RemoteAddr()), c.Limits.HandshakeTimeout)
@@ -428,6 +455,17 @@ func (c *SSH) endChat(next ssh.Handler) ssh.Handler {
 
 // Wait returns once every chat has closed (after the server's Close, their recordings are complete).
 func (c *SSH) Wait() { c.chats.Wait() }
+
+// hostOf is an address without its port.
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return "?"
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
 
 func remoteHost(a net.Addr) string {
 	if a == nil {

@@ -43,7 +43,7 @@ func commands() []command {
 		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},
 		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}, false},
 		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}, false},
-		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf", "serve"}, true},
+		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf", "serve", "hostile"}, true},
 		{"info", "show the libtorch runtime keel uses", runInfo, nil, false},
 		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}, true},
 		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }, nil, false},
