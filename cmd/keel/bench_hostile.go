@@ -158,7 +158,15 @@ func streamFirst(url string, body []byte, leave bool) (time.Time, error) {
 	var first time.Time
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if line, ok := strings.CutPrefix(sc.Text(), "data: "); ok && line != "[DONE]" && first.IsZero() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || line == "[DONE]" || !first.IsZero() {
+			continue
+		}
+		var chunk struct {
+			Choices []struct{ Delta struct{ Content string } }
+		}
+		// The first chunk names the role only: the first token is the first chunk with content.
+		if json.Unmarshal([]byte(line), &chunk) == nil && len(chunk.Choices) > 0 && chunk.Choices[0].Delta.Content != "" {
 			first = time.Now()
 			if leave {
 				return first, nil
