@@ -63,7 +63,8 @@ type LocalFiles struct{}
 
 // ReadFile implements Files.
 func (LocalFiles) ReadFile(name string, max int64) ([]byte, error) {
-	f, err := os.Open(name)
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO opens without waiting, then is refused
+
 	if err != nil {
 		return nil, err
 	}
