@@ -90,21 +90,19 @@ var remoteTrainFlags = func() map[string]trainFlag {
 	for _, n := range strings.Fields("batch accum warmup seq-len eval-fraction eval-every lora lora-alpha lora-dropout") {
 		m[n] = trainFlag{kinds: "sft", check: number}
 	}
-	for _, n := range strings.Fields("batch eval-every ppo-clip kl-beta max-seconds warmup-steps max-prompt max-response validation max-validation value-lr value-epochs max-value") {
-		k := m[n]
-		if k.kinds == "" {
-			k = trainFlag{check: number}
+	// Numeric flags of one trainer, some shared with another (a flag's kinds are all that take it).
+	for kind, names := range map[string]string{
+		"alol": "batch eval-every ppo-clip kl-beta max-seconds warmup-steps max-prompt max-response validation max-validation value-lr value-epochs max-value",
+		"ppo":  "rollouts mini-batch ppo-epochs kl-coef cliprange cliprange-value vf-coef gamma lam reward-clip ent-coef ptx-coef temperature top-p repetition-penalty max-new-tokens max-prompt critic-warmup kl-target kl-stop-steps",
+	} {
+		for _, n := range strings.Fields(names) {
+			k := m[n]
+			if k.kinds == "" {
+				k = trainFlag{check: number}
+			}
+			k.kinds += " " + kind
+			m[n] = k
 		}
-		k.kinds += " alol"
-		m[n] = k
-	}
-	for _, n := range strings.Fields("rollouts mini-batch ppo-epochs kl-coef cliprange cliprange-value vf-coef gamma lam reward-clip ent-coef ptx-coef temperature top-p repetition-penalty max-new-tokens max-prompt critic-warmup kl-target kl-stop-steps") {
-		k := m[n]
-		if k.kinds == "" {
-			k = trainFlag{check: number}
-		}
-		k.kinds += " ppo"
-		m[n] = k
 	}
 	return m
 }()

@@ -252,8 +252,11 @@ func (s *benchServer) kill() {
 	}
 }
 
-func (s *benchServer) rssKiB() int {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+func (s *benchServer) rssKiB() int { return procRSSKiB(s.cmd.Process.Pid) }
+
+// procRSSKiB is a process's resident memory as /proc reports it.
+func procRSSKiB(pid int) int {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, l := range strings.Split(string(raw), "\n") {
 		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
 			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))

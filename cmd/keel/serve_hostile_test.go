@@ -115,17 +115,8 @@ func (h *hostileServer) dial(user string) (*gossh.Client, error) {
 		HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 20 * time.Second})
 }
 
-// procStat is what /proc says of the server: resident memory, open descriptors, CPU time used.
-func (h *hostileServer) rssKiB() int {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.pid))
-	for _, l := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return n
-		}
-	}
-	return 0
-}
+// What /proc says of the server: resident memory, open descriptors, CPU time used.
+func (h *hostileServer) rssKiB() int { return procRSSKiB(h.pid) }
 
 func (h *hostileServer) fds() int {
 	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", h.pid))
