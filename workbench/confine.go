@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -172,7 +173,7 @@ func (c *Confinement) confinedArgs(kind string, args []string, run *train.Run) (
 			if err := os.MkdirAll(filepath.Dir(copyPath), 0o700); err != nil {
 				return nil, err
 			}
-			if err := os.WriteFile(copyPath, raw, 0o600); err != nil {
+			if err := atomicfile.WriteFile(copyPath, raw); err != nil {
 				return nil, err
 			}
 			val = copyPath

@@ -54,6 +54,7 @@ func TestEveryWriterIsAtomic(t *testing.T) {
 		"models/embed.go":            {2, "files unpacked into a temporary folder that is renamed into place whole"},
 		"cmd/keel/devcheck.go":       {4, "scratch files of the device check, in its own temporary folder"},
 		"cmd/keel/bench_tokenize.go": {1, "the benchmark's scratch input, in a temporary folder"},
+		"cmd/keel/bench_hostile.go":  {3, "the benchmark's server's keys and its hostile user's files, in a temporary folder"},
 		"cmd/keel/main.go":           {1, "a CPU profile the user asked for with KEEL_CPUPROFILE"},
 		"cmd/keel/serve.go":          {1, "serve.log, an append-only log"},
 		"provider/cache.go":          {1, "the answers cache, append-only: one write per answer, a torn last line is skipped on reading"},
