@@ -71,7 +71,7 @@ func (s *Session) Transcript() map[string]any {
 				var sum float64
 				n := 0
 				for _, tok := range t.Tokens {
-					if i < len(tok.Proj) {
+					if i < len(tok.Proj) && !tok.Special { // an end-of-turn token is no part of the reply's mean
 						sum += float64(tok.Proj[i])
 						n++
 					}
@@ -93,7 +93,7 @@ func (s *Session) WriteCSV(w io.Writer) error {
 	for _, l := range s.Header.Layers {
 		head = append(head, "layer_"+strconv.Itoa(l))
 	}
-	head = append(head, "cap_moves")
+	head = append(head, "cap_moves", "special")
 	cw.Write(head)
 	for _, t := range s.Turns() {
 		if t.Role != "assistant" {
@@ -103,7 +103,7 @@ func (s *Session) WriteCSV(w io.Writer) error {
 			row := []string{strconv.Itoa(t.Index), strconv.Itoa(k), strconv.Itoa(tok.ID), tok.Piece}
 			for i := range s.Header.Layers {
 				v := ""
-				if i < len(tok.Proj) {
+				if i < len(tok.Proj) && !tok.Special { // named apart in the last column, never plotted
 					v = strconv.FormatFloat(float64(tok.Proj[i]), 'g', -1, 32)
 				}
 				row = append(row, v)
@@ -112,7 +112,11 @@ func (s *Session) WriteCSV(w io.Writer) error {
 			for _, c := range tok.Caps {
 				caps = append(caps, strconv.FormatFloat(float64(c), 'g', -1, 32))
 			}
-			row = append(row, strings.Join(caps, ";"))
+			special := ""
+			if tok.Special {
+				special = "1"
+			}
+			row = append(row, strings.Join(caps, ";"), special)
 			cw.Write(row)
 		}
 	}
@@ -204,7 +208,7 @@ func (s *Session) pngData(layers []int) (*pngData, error) {
 			if inReply {
 				d.replyStarts = append(d.replyStarts, x)
 			}
-		case e.Type == Token && inReply:
+		case e.Type == Token && inReply && !e.Special:
 			for i, l := range layers {
 				if k := at[l]; k < len(e.Proj) {
 					d.series[i] = append(d.series[i], plotter.XY{X: x, Y: float64(e.Proj[k])})

@@ -72,6 +72,8 @@ type Event struct {
 	Piece string    `json:"piece,omitempty"`
 	Proj  []float32 `json:"proj,omitempty"` // per Header.Layers
 	Caps  []float32 `json:"caps,omitempty"` // how far each cap moved h (in the order of the interventions)
+	// Special marks a special token (end of turn, a template marker): recorded, never in a mean or a plot.
+	Special bool `json:"special,omitempty"`
 	// turn_start of a generated turn: the interventions in force
 	Interventions []model.Intervention `json:"interventions,omitempty"`
 	// control / marker / job

@@ -59,7 +59,9 @@ type App struct {
 	stream     chan tea.Msg
 	genStart   time.Time
 	genTokens  int
-	tokPerSec  float64
+	firstToken time.Time     // when the reply's first token came
+	ttft       time.Duration // time to the first token of the latest reply
+	tokPerSec  float64       // the latest reply's decode rate: tokens after the first over the time since it
 
 	showHelp    bool
 	commandList string    // /help's list, shown in the chat pane until esc
@@ -338,7 +340,7 @@ func (a *App) send(text string) tea.Cmd {
 	a.notice = ""
 	a.generating, a.cancel = true, cancel
 	a.gen++
-	a.genStart, a.genTokens = a.opt.Now(), 0
+	a.genStart, a.genTokens, a.ttft, a.tokPerSec = a.opt.Now(), 0, 0, 0
 	ch := make(chan tea.Msg, 256)
 	a.stream = ch
 	gen := a.gen
@@ -359,10 +361,15 @@ func (a *App) send(text string) tea.Cmd {
 	return waitStream(ch)
 }
 
+// appendToken counts a streamed token: the wait for the first is the time to first token (the prompt's prefill
+// and the queue), the tokens after it over the time since it are the decode rate.
 func (a *App) appendToken(workbench.Token) {
+	now := a.opt.Now()
 	a.genTokens++
-	if dt := a.opt.Now().Sub(a.genStart).Seconds(); dt > 0 {
-		a.tokPerSec = float64(a.genTokens) / dt
+	if a.genTokens == 1 {
+		a.firstToken, a.ttft = now, now.Sub(a.genStart)
+	} else if dt := now.Sub(a.firstToken).Seconds(); dt > 0 {
+		a.tokPerSec = float64(a.genTokens-1) / dt
 	}
 	a.rerenderChat()
 }
@@ -377,7 +384,10 @@ func (a *App) stop() {
 
 func (a *App) finishGeneration(err error) {
 	a.generating = false
-	if err != nil {
+	switch {
+	case workbench.IsContextLimit(err):
+		a.notice = err.Error()
+	case err != nil:
 		a.notice = "generation failed: " + err.Error()
 	}
 	a.rerenderChat()
@@ -442,6 +452,9 @@ func (a *App) renderTurn(t *workbench.Turn) string {
 	if t.Stopped {
 		body += " " + a.st.Dim.Render("[stopped]")
 	}
+	if t.Dropped { // shown, no longer read by the model
+		label, body = a.st.Dim.Render("["+t.Role+", out of context]"), a.st.Dim.Render(t.Text)
+	}
 	return a.st.r.NewStyle().Width(a.chat.Width).Render(label+" "+body) + "\n\n"
 }
 
@@ -463,8 +476,14 @@ func (a *App) refresh() {
 		parts = append(parts, a.st.Dim.Render("ready"))
 	}
 	if !a.replaying { // a replayed frame shows what was recorded, not this process's speed or memory
-		if a.generating || a.tokPerSec > 0 {
-			parts = append(parts, fmt.Sprintf("%.1f tok/s", a.tokPerSec))
+		if a.ttft > 0 {
+			parts = append(parts, fmt.Sprintf("first token %s", a.ttft.Round(time.Millisecond)))
+		}
+		if a.tokPerSec > 0 {
+			parts = append(parts, fmt.Sprintf("decode %.1f tok/s", a.tokPerSec))
+		}
+		if used, window := a.session.Context(); window > 0 {
+			parts = append(parts, fmt.Sprintf("ctx %d/%d", used, window))
 		}
 		parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
 		if alloc, reserved, ok := a.session.GPUMemory(); ok {

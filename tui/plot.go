@@ -63,6 +63,16 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 			caption = fmt.Sprintf("tokens %d-%d of %d", start+1, end, len(proj))
 		}
 	}
+	// Replies the context policy let go are still plotted; the caption says which the model no longer reads.
+	dropped := 0
+	for _, t := range session.Turns() {
+		if t.Role == "assistant" && t.Dropped {
+			dropped++
+		}
+	}
+	if dropped > 0 {
+		caption = strings.TrimPrefix(caption+fmt.Sprintf("; replies 1-%d out of context", dropped), "; ")
+	}
 	n := len(series[0])
 	flat := func(v float64) []float64 {
 		out := make([]float64, n)

@@ -138,6 +138,19 @@ func (s *Session) cmdSet(c call) Result {
 		return Result{Notice: "/set temperature|top-p|max-tokens|seed VALUE"}
 	}
 	name, text := c.args[0], c.args[1]
+	if name == "context" {
+		if text != ContextStop && text != ContextDropOldest {
+			return Result{Notice: "/set context stop|drop-oldest: stop at the model's window, or let the oldest turns go (each drop recorded)"}
+		}
+		s.mu.Lock()
+		s.contextPolicy = text
+		b := s.backend
+		s.mu.Unlock()
+		if err := b.Control("context_policy", text); err != nil {
+			return failed(err)
+		}
+		return Result{Notice: "context = " + text}
+	}
 	switch name {
 	case "temperature", "top-p", "max-tokens", "seed":
 	default:

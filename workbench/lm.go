@@ -91,7 +91,7 @@ func NewSharedBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen G
 }
 
 func newBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generator) (*LMBackend, error) {
-	b := &LMBackend{lm: lm, gen: gen, axis: axis, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize()}}
+	b := &LMBackend{lm: lm, gen: gen, axis: axis, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize(), Window: lm.Window()}}
 	if axis != nil {
 		b.info.Axis = axis.AxisPath
 		b.info.Percentiles = axis.Percentiles()
@@ -99,7 +99,11 @@ func newBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generat
 			b.info.BestCap = axis.Capping.Best.ID
 		}
 	}
-	b.rec = &Recording{}
+	eos := map[int]bool{}
+	for _, id := range lm.EOS() {
+		eos[id] = true
+	}
+	b.rec = &Recording{Special: func(id int) bool { return eos[id] || tokenizer.IsSpecial(lm.Tokenizer, id) }}
 	if b.axis != nil {
 		b.rec.Axis, b.rec.Layers = b.axis.Axis.Layers, b.axis.Axis.LayerList()
 	}
@@ -242,14 +246,32 @@ func (b *LMBackend) Generate(ctx context.Context, msgs []tokenizer.Message, s Sa
 	b.mu.Lock()
 	active, layer := b.active, b.layer
 	b.mu.Unlock()
+	if w := b.lm.Window(); w > 0 {
+		if len(ids) >= w {
+			return "", &ContextFullError{Used: len(ids), Window: w}
+		}
+		s.MaxTokens = min(s.MaxTokens, w-len(ids)) // the reply stops at the window, never past it
+	}
 	onToken := func(ev sessions.Event) { emit(tokenOf(ev, b.rec.Layers, layer)) }
 	return b.rec.Generate(ctx, b.gen, ids, active, s, onToken)
+}
+
+// Context implements Backend.
+func (b *LMBackend) Context(msgs []tokenizer.Message) (int, int, error) {
+	ids, err := tokenizer.ChatPrompt(b.lm.Tokenizer, msgs)
+	if err != nil {
+		return 0, 0, err
+	}
+	return len(ids), b.lm.Window(), nil
 }
 
 // tokenOf is a recorded token as a front end shows it: its projection at the plotted layer (of the recorded
 // layers) and whether a cap moved it.
 func tokenOf(e sessions.Event, recorded []int, plotted int) Token {
-	t := Token{Text: e.Piece}
+	t := Token{Text: e.Piece, Special: e.Special}
+	if e.Special { // named apart: no projection in any plot or mean
+		return t
+	}
 	for _, c := range e.Caps {
 		t.Capped = t.Capped || c != 0
 	}

@@ -2,6 +2,7 @@ package workbench_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -105,15 +106,16 @@ func residentMiB(t *testing.T) float64 {
 	return pages * float64(os.Getpagesize()) / (1 << 20)
 }
 
-// Resident memory stays flat over a 30-turn chat with a 5,000-character paste and a /clear: what a turn's
-// prefill frees goes back to the system.
+// Resident memory stays flat over a 30-turn chat with a paste of most of the model's window and a /clear: what a
+// turn's prefill frees goes back to the system (the oldest turns go as the window fills).
 func TestLongChatMemoryIsFlat(t *testing.T) {
 	s, _ := persona(t, 16)
+	s.Run("/set context drop-oldest")
 	var rss []float64
 	for turn := 0; turn < 30; turn++ {
 		msg := fmt.Sprintf("Tell me about yourself, turn %d.", turn)
 		if turn == 5 {
-			msg = strings.Repeat("x", 5000)
+			msg = strings.Repeat("x", 700)
 		}
 		if turn == 7 {
 			s.Run("/clear")
@@ -126,5 +128,77 @@ func TestLongChatMemoryIsFlat(t *testing.T) {
 	t.Logf("RSS by turn (MiB): %.0f", rss)
 	if rss[29] > 1.5*rss[2] {
 		t.Fatalf("RSS grew from %.0f MiB at turn 3 to %.0f MiB at turn 30", rss[2], rss[29])
+	}
+}
+
+// A long chat never decodes past the model's window: under the default policy, the reply that reaches the window
+// stops there and says so, and the next message is refused in one line naming /clear; under drop-oldest every
+// turn fits, the drops recorded. The recording shows it: no turn's context and reply pass the window, and the
+// end-of-turn token is recorded as special.
+func TestChatNeverDecodesPastTheWindow(t *testing.T) {
+	for _, policy := range []string{workbench.ContextStop, workbench.ContextDropOldest} {
+		t.Run(policy, func(t *testing.T) {
+			s, path := persona(t, 200)
+			s.Run("/set context " + policy)
+			_, window := s.Context()
+			if window != 1024 {
+				t.Fatalf("the embedded model's window: %d", window)
+			}
+			var full, reached bool
+			for turn := 0; turn < 40; turn++ {
+				_, err := s.Send(context.Background(), fmt.Sprintf("Tell me a long story about the sea, part %d, with every detail you know.", turn), nil)
+				var fullErr *workbench.ContextFullError
+				var reachedErr *workbench.WindowReachedError
+				switch {
+				case errors.As(err, &fullErr):
+					full = true
+					if !strings.Contains(err.Error(), "/clear") {
+						t.Fatalf("the refusal names no way on: %v", err)
+					}
+				case errors.As(err, &reachedErr):
+					reached = true
+				case err != nil:
+					t.Fatal(err)
+				}
+				if used, _ := s.Context(); used > window {
+					t.Fatalf("turn %d: the context reached %d of %d positions", turn, used, window)
+				}
+				if full {
+					break
+				}
+			}
+			if policy == workbench.ContextStop && !(reached || full) {
+				t.Fatal("40 long turns never reached the window: the test proves nothing")
+			}
+			if policy == workbench.ContextDropOldest && full {
+				t.Fatal("drop-oldest refused a message that fits the window alone")
+			}
+			rec, err := sessions.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctxLen, drops, specials := 0, 0, 0
+			for _, e := range rec.Events {
+				switch {
+				case e.Type == sessions.TurnStart && e.Role == "assistant":
+					ctxLen = len(e.Context)
+				case e.Type == sessions.Token && e.ID != 0:
+					if ctxLen++; ctxLen > window {
+						t.Fatalf("a token recorded at position %d of a %d-position window", ctxLen, window)
+					}
+					if e.Special {
+						specials++
+					}
+				case e.Type == sessions.Control && e.Name == "dropped_turns":
+					drops++
+				}
+			}
+			if policy == workbench.ContextDropOldest && drops == 0 {
+				t.Fatal("drop-oldest recorded no drop over 40 long turns")
+			}
+			if specials == 0 {
+				t.Fatal("no end-of-turn token recorded as special")
+			}
+		})
 	}
 }

@@ -15,8 +15,10 @@ type Recording struct {
 	Rec    *sessions.Recorder
 	Axis   map[int][]float32 // layer -> unit vector, for the recorded layers
 	Layers []int             // the recorded layers when Rec is nil (else the header's)
-	live   *model.Hooks
-	mu     sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
+	// Special reports the model's special tokens (end of turn, template markers), which are recorded as such.
+	Special func(id int) bool
+	live    *model.Hooks
+	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
 }
 
 func (r *Recording) layers() []int {
@@ -114,7 +116,7 @@ func (r *Recording) Generate(ctx context.Context, gen Generator, contextIDs []in
 	}
 	var recErr error
 	text, err := gen(ctx, contextIDs, hooks, s, func(piece string, st model.Step) error {
-		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers()))}
+		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers())), Special: r.Special != nil && r.Special(st.ID)}
 		for _, rec := range st.Records {
 			if rec.Kind == model.Capture {
 				if i, ok := pos[rec.Layer]; ok {

@@ -57,8 +57,15 @@ func (r *REPL) Run(ctx context.Context) error {
 			toks = append(toks, t)
 		})
 		fmt.Fprintln(r.Out)
+		if IsContextLimit(err) { // the window speaks: the chat goes on after /clear or a policy change
+			fmt.Fprintln(r.Out, err.Error())
+			continue
+		}
 		if err != nil {
 			return err
+		}
+		if used, window := r.Session.Context(); window > 0 && used*4 >= window*3 {
+			fmt.Fprintf(r.Out, "context: %d of the model's %d positions\n", used, window)
 		}
 		if r.tint {
 			fmt.Fprintln(r.Out, r.projectionLine(toks))

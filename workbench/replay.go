@@ -61,6 +61,10 @@ func (r *replayBackend) Generate(ctx context.Context, msgs []tokenizer.Message, 
 	return text, nil
 }
 
+// Context implements Backend: a recording's conversation is as long as it was; the window speaks through the
+// recorded drops.
+func (r *replayBackend) Context([]tokenizer.Message) (int, int, error) { return 0, 0, nil }
+
 func (r *replayBackend) Say(role, text string) error          { return nil }
 func (r *replayBackend) Control(name string, value any) error { return nil }
 func (r *replayBackend) Mark(label string) error              { return nil }
@@ -138,6 +142,18 @@ func replayControl(s *Session, b *replayBackend, e sessions.Event) error {
 	switch e.Name {
 	case "clear":
 		return s.clear()
+	case "dropped_turns":
+		var d struct{ Turns []int }
+		if err := json.Unmarshal(e.Value, &d); err != nil {
+			return fmt.Errorf("dropped_turns: %w", err)
+		}
+		s.mu.Lock()
+		for _, i := range d.Turns {
+			if i >= 0 && i < len(s.turns) {
+				s.turns[i].Dropped = true
+			}
+		}
+		s.mu.Unlock()
 	case sessions.ControlsEvent:
 		var r ControlsRecord
 		if err := json.Unmarshal(e.Value, &r); err != nil {

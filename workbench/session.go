@@ -11,7 +11,6 @@ import (
 	"sync"
 	"unicode/utf8"
 
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/sessions"
 )
 
@@ -42,9 +41,13 @@ type Session struct {
 	controls   Controls
 	sampling   Sampling
 	generating bool
-	cancel     context.CancelFunc
-	closed     bool
-	replying   sync.WaitGroup // a reply's stream while it runs: Close waits for it before closing the backend
+	// contextPolicy is ContextStop or ContextDropOldest; ctxUsed the positions the conversation took when last
+	// measured (the prompt of the latest reply and the reply).
+	contextPolicy string
+	ctxUsed       int
+	cancel        context.CancelFunc
+	closed        bool
+	replying      sync.WaitGroup // a reply's stream while it runs: Close waits for it before closing the backend
 }
 
 // ErrClosed is the answer to a reply started after the session closed.
@@ -60,7 +63,7 @@ func New(b Backend, opt Options) *Session {
 		opt.Policy.Files = LocalFiles{}
 	}
 	opt.Sampling = opt.Policy.bound(opt.Sampling)
-	s := &Session{opt: opt, backend: b, sampling: opt.Sampling}
+	s := &Session{opt: opt, backend: b, sampling: opt.Sampling, contextPolicy: ContextStop}
 	if err := s.Apply(opt.Controls); err != nil {
 		s.Warning = err.Error()
 		c := opt.Controls
@@ -225,16 +228,22 @@ func (s *Session) Start(ctx context.Context, text string) (stream func(emit func
 	if s.generating {
 		return nil, ErrBusy
 	}
+	s.turns = append(s.turns, Turn{Role: "user", Text: text})
+	used, window, dropped, err := s.fitWindow(s.sampling.MaxTokens)
+	if err != nil {
+		for _, i := range dropped {
+			s.turns[i].Dropped = false
+		}
+		s.turns = s.turns[:len(s.turns)-1]
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.generating, s.cancel = true, cancel
-	s.turns = append(s.turns, Turn{Role: "user", Text: text})
-	msgs := make([]tokenizer.Message, len(s.turns))
-	for i, t := range s.turns {
-		msgs[i] = tokenizer.Message{Role: t.Role, Content: t.Text}
-	}
+	msgs := messages(s.turns)
 	s.turns = append(s.turns, Turn{Role: "assistant"})
 	at := len(s.turns) - 1
 	b, sampling := s.backend, s.sampling
+	s.ctxUsed = used
 	return func(emit func(Token)) (string, error) {
 		defer cancel()
 		s.mu.Lock()
@@ -246,11 +255,18 @@ func (s *Session) Start(ctx context.Context, text string) (stream func(emit func
 		s.replying.Add(1)
 		s.mu.Unlock()
 		defer s.replying.Done()
-		err := b.Say("user", text)
-		reply := ""
+		var err error
+		if len(dropped) > 0 {
+			err = b.Control("dropped_turns", map[string]any{"turns": dropped, "positions": used, "window": window})
+		}
+		if err == nil {
+			err = b.Say("user", text)
+		}
+		reply, n := "", 0
 		if err == nil {
 			reply, err = b.Generate(ctx, msgs, sampling, func(t Token) {
 				s.mu.Lock()
+				n++
 				if at < len(s.turns) {
 					s.turns[at].Tokens = append(s.turns[at].Tokens, t)
 					s.turns[at].Text += t.Text
@@ -260,6 +276,12 @@ func (s *Session) Start(ctx context.Context, text string) (stream func(emit func
 					emit(t)
 				}
 			})
+		}
+		s.mu.Lock()
+		s.ctxUsed = used + n
+		s.mu.Unlock()
+		if err == nil && window > 0 && used+n >= window {
+			err = &WindowReachedError{Window: window}
 		}
 		stopped := ctx.Err() != nil
 		if stopped {
@@ -333,7 +355,7 @@ func (s *Session) clear() error {
 		s.mu.Unlock()
 		return ErrBusy
 	}
-	s.turns = nil
+	s.turns, s.ctxUsed = nil, 0
 	if s.system != "" {
 		s.turns = []Turn{{Role: "system", Text: s.system}}
 	}

@@ -90,6 +90,7 @@ func (c Controls) Summary() string {
 type Info struct {
 	Model, Device, DType string
 	Layers, DModel       int
+	Window               int       // the positions the model has (prompt and reply together); 0: unknown
 	Axis                 string    // "" when there is none
 	AxisRelation         string    // "axis of the base model" when the axis was made on the weights this model was fine-tuned from
 	Percentiles          []float64 // cap percentiles the calibration offers
@@ -103,6 +104,8 @@ type Token struct {
 	Proj    float64 // projection on the unit axis at the plotted layer
 	HasProj bool
 	Capped  bool // a cap moved the residual stream at this token
+	// Special is a special token (end of turn, a template marker): drawn and named apart, never in a mean.
+	Special bool
 }
 
 // Turn is one message of the conversation with, for generated ones, every token.
@@ -111,6 +114,9 @@ type Turn struct {
 	Text    string
 	Tokens  []Token
 	Stopped bool // the user stopped the reply before its end
+	// Dropped is a turn the opt-in context policy let go to keep the conversation in the model's window: shown,
+	// no longer read by the model.
+	Dropped bool
 }
 
 // Backend is what a session chats with: a loaded model with its axis and recording (NewLMBackend), or a test's
@@ -127,6 +133,9 @@ type Backend interface {
 	Scale(layer int) (threshold, assistant float64)
 	// Generate answers the chat, calling emit for every token; it returns the reply when done or ctx ends.
 	Generate(ctx context.Context, msgs []tokenizer.Message, s Sampling, emit func(Token)) (string, error)
+	// Context is the positions the conversation takes as the model reads it (its prompt) and the model's window
+	// (0: unknown, no bound).
+	Context(msgs []tokenizer.Message) (used, window int, err error)
 	Recorder
 	Close() error
 }

@@ -431,3 +431,6 @@ func (m *Model) NumLayers() int { return len(m.Layers) }
 
 // HiddenSize is the residual-stream width.
 func (m *Model) HiddenSize() int { return m.Config.HiddenSize }
+
+// Window is the positions the model has (max_position_embeddings): a prompt and its reply together fit in it.
+func (m *Model) Window() int { return m.Config.MaxPositionEmbeddings }

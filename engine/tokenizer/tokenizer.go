@@ -94,3 +94,11 @@ func Load(dir string) (Tokenizer, error) {
 	}
 	return nil, fmt.Errorf("%s: no tokenizer found (expected tokenizer.json or %s)", dir, Llama2cFile)
 }
+
+// IsSpecial reports whether id is a special token of t (a template marker, BOS, EOS), for tokenizers that know.
+func IsSpecial(t Tokenizer, id int) bool {
+	if s, ok := t.(interface{ IsSpecial(int) bool }); ok {
+		return s.IsSpecial(id)
+	}
+	return id == t.BOS()
+}

@@ -23,6 +23,7 @@ type Backend struct {
 	Delay     time.Duration // between tokens
 	DriftLine float64       // what Scale reports as the drift line (the Assistant's mean is 3)
 	GPU       [2]int64      // allocated and reserved bytes GPUMemory reports (zero: not on a GPU)
+	Window    int           // the positions Context reports the model has (0: no window)
 	// Rec, when set, receives what a model's backend records: turns, tokens with a projection on every layer,
 	// settings (its header should list layers 0-7).
 	Rec *sessions.Recorder
@@ -37,7 +38,7 @@ type Backend struct {
 
 // Info implements workbench.Backend.
 func (f *Backend) Info() workbench.Info {
-	return workbench.Info{Model: "/models/persona", Device: "cpu", DType: "f32", Layers: 8, DModel: 256, Axis: f.Axis,
+	return workbench.Info{Model: "/models/persona", Device: "cpu", DType: "f32", Layers: 8, DModel: 256, Axis: f.Axis, Window: f.Window,
 		Percentiles: []float64{0.01, 0.25, 0.5, 0.75}, Recording: f.Recording}
 }
 
@@ -93,6 +94,16 @@ func (f *Backend) note(format string, a ...any) error {
 	defer f.mu.Unlock()
 	f.events = append(f.events, fmt.Sprintf(format, a...))
 	return nil
+}
+
+// Context implements workbench.Backend: four characters and three markers a position, as a rough tokenizer
+// would count, in a window of Window positions (0: none).
+func (f *Backend) Context(msgs []tokenizer.Message) (int, int, error) {
+	n := 0
+	for _, m := range msgs {
+		n += 3 + (len(m.Content)+3)/4
+	}
+	return n, f.Window, nil
 }
 
 // Tau implements workbench.Backend.
