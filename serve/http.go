@@ -233,9 +233,10 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 		return c, Request{}, invalid("invalid_n", "n %d: keel serves one choice per request", *c.N)
 	}
 	req := Request{MaxTokens: a.Limits.DefaultMaxTokens, Sampling: model.Sampling{Temperature: 1, TopP: 1}}
+	asked := false // max_tokens given: it must fit the window with the prompt, else it is cut to fit
 	for _, v := range []*int{c.MaxTokens, c.MaxCompletionTokens} {
 		if v != nil {
-			req.MaxTokens = *v
+			req.MaxTokens, asked = *v, true
 		}
 	}
 	if req.MaxTokens < 1 || req.MaxTokens > a.Limits.MaxTokens {
@@ -283,6 +284,18 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 	}
 	if len(req.Prompt) > a.Limits.MaxPromptTokens {
 		return c, Request{}, invalid("context_length_exceeded", "the prompt is %d tokens: this server takes up to %d", len(req.Prompt), a.Limits.MaxPromptTokens)
+	}
+	// The model's window holds the prompt and the reply: a request past it is the client's to shorten, refused
+	// before any token (streaming or not), as OpenAI refuses it.
+	if window := a.Sched.Model().Window(); window > 0 {
+		switch {
+		case len(req.Prompt) >= window:
+			return c, Request{}, invalid("context_length_exceeded", "this model's window is %d tokens and the prompt is %d: shorten the messages", window, len(req.Prompt))
+		case asked && len(req.Prompt)+req.MaxTokens > window:
+			return c, Request{}, invalid("context_length_exceeded", "this model's window is %d tokens: the prompt's %d and max_tokens %d pass it; lower max_tokens to %d or shorten the messages", window, len(req.Prompt), req.MaxTokens, window-len(req.Prompt))
+		default:
+			req.MaxTokens = min(req.MaxTokens, window-len(req.Prompt))
+		}
 	}
 	if c.Keel != nil {
 		if req.Interventions, req.Project, err = a.keelInterventions(*c.Keel); err != nil {

@@ -401,6 +401,26 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 	if string(code) != "401" {
 		t.Fatalf("curl with a wrong key: %s", code)
 	}
+	// Past the model's window: 400 context_length_exceeded before any token, streamed or not, from the official
+	// client and from curl.
+	var tooLong struct {
+		TooLong map[string]any `json:"too_long"`
+	}
+	json.Unmarshal(out, &tooLong)
+	if tooLong.TooLong["status"] != 400.0 || tooLong.TooLong["code"] != "context_length_exceeded" ||
+		tooLong.TooLong["stream_status"] != 400.0 || tooLong.TooLong["stream_code"] != "context_length_exceeded" {
+		t.Fatalf("openai client past the window: %v", tooLong.TooLong)
+	}
+	long := fmt.Sprintf(`{"model": %q, "messages": [{"role": "user", "content": %q}], "max_tokens": 64, "stream": true}`, ts.name, strings.Repeat("the sea ", 2000))
+	raw, err = exec.Command(curl, "-s", "-w", "\n%{http_code}", "-H", "Authorization: Bearer "+testKey, "-d", long, ts.URL+"/v1/chat/completions").Output()
+	if err != nil || !bytes.HasSuffix(raw, []byte("\n400")) || !bytes.Contains(raw, []byte(`"code":"context_length_exceeded"`)) || bytes.Contains(raw, []byte("data:")) {
+		t.Fatalf("curl past the window: %v\n%s", err, raw)
+	}
+	fits := fmt.Sprintf(`{"model": %q, "messages": [{"role": "user", "content": %q}], "max_tokens": 2000}`, ts.name, "Who are you?")
+	raw, _ = exec.Command(curl, "-s", "-H", "Authorization: Bearer "+testKey, "-d", fits, ts.URL+"/v1/chat/completions").Output()
+	if !bytes.Contains(raw, []byte("lower max_tokens to ")) {
+		t.Fatalf("max_tokens past the window names what fits: %s", raw)
+	}
 }
 
 // clientDir is conformance/openai with its node_modules (make test installs them).

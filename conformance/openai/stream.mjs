@@ -3,7 +3,7 @@
 //
 // usage: node stream.mjs BASE_URL API_KEY MODEL
 // prints one JSON object: {"text", "chunks", "keel_tokens", "projections", "cap_moves", "non_stream_text",
-// "wrong_key_status"}
+// "wrong_key_status", "too_long": {"status", "code", "stream_status", "stream_code"}}
 import OpenAI from "openai";
 
 const [baseURL, apiKey, model] = process.argv.slice(2);
@@ -33,5 +33,18 @@ try {
   out.wrong_key_status = 200;
 } catch (err) {
   out.wrong_key_status = err.status ?? -1;
+}
+// A request past the model's window: 400 context_length_exceeded before any token, streamed or not.
+const tooLong = { ...request, messages: [{ role: "user", content: "the sea ".repeat(2000) }], max_tokens: 64 };
+out.too_long = {};
+for (const [key, stream] of [["", false], ["stream_", true]]) {
+  try {
+    const res = await client.chat.completions.create({ ...tooLong, stream });
+    if (stream) for await (const _ of res);
+    out.too_long[key + "status"] = 200;
+  } catch (err) {
+    out.too_long[key + "status"] = err.status ?? -1;
+    out.too_long[key + "code"] = err.code ?? err.error?.code ?? "";
+  }
 }
 console.log(JSON.stringify(out));
