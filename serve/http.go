@@ -162,7 +162,10 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "# HELP keel_active_rows Rows generating now.\n# TYPE keel_active_rows gauge\nkeel_active_rows %d\n", st.Active)
 	fmt.Fprintf(w, "# HELP keel_requests_total Requests accepted.\n# TYPE keel_requests_total counter\nkeel_requests_total %d\n", st.Requests)
 	fmt.Fprintf(w, "# HELP keel_tokens_generated_total Tokens sent to clients.\n# TYPE keel_tokens_generated_total counter\nkeel_tokens_generated_total %d\n", st.TokensSent)
-	fmt.Fprintf(w, "# HELP keel_tokens_per_second Tokens sent per second since the start.\n# TYPE keel_tokens_per_second gauge\nkeel_tokens_per_second %g\n", st.TokensPerSecondLifetime)
+	fmt.Fprintf(w, "# HELP keel_decode_seconds_total Time spent in prefills and decode steps.\n# TYPE keel_decode_seconds_total counter\nkeel_decode_seconds_total %g\n", st.DecodeSeconds)
+	fmt.Fprintf(w, "# HELP keel_uptime_seconds Time since the server started.\n# TYPE keel_uptime_seconds counter\nkeel_uptime_seconds %g\n", st.UptimeSeconds)
+	fmt.Fprintf(w, "# HELP keel_tokens_per_second_1m Tokens decoded per second of wall time over the last minute (idle time included).\n# TYPE keel_tokens_per_second_1m gauge\nkeel_tokens_per_second_1m %g\n", st.RecentTokensPerSecond)
+	fmt.Fprintf(w, "# HELP keel_decode_tokens_per_second_1m Tokens decoded per second of decoding over the last minute (the rate while busy).\n# TYPE keel_decode_tokens_per_second_1m gauge\nkeel_decode_tokens_per_second_1m %g\n", st.RecentDecodeTokensPerSecond)
 	fmt.Fprintf(w, "# HELP keel_time_to_first_token_seconds From a request's arrival to its first token.\n# TYPE keel_time_to_first_token_seconds summary\nkeel_time_to_first_token_seconds_sum %g\nkeel_time_to_first_token_seconds_count %g\n", st.TTFTSeconds, st.TTFTCount)
 }
 

@@ -83,6 +83,7 @@ type Scheduler struct {
 	ttftCount atomic.Int64
 	started   time.Time
 	eos       map[int]bool
+	recent    recentRate // decode steps over the last minute
 
 	// MaxTokens bounds one request's max_tokens whoever submits it (the front ends' own bounds are lower or
 	// equal); RowsPerOwner bounds an owner's requests queued and decoding (0: no bound). Set before Run.
@@ -332,7 +333,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 			if j.req.Hooks != nil {
 				s.target(j) // the controls in force as it starts, not as it queued
 			}
+			joinStart := time.Now()
 			st, err := b.Join(j.req.Prompt, j.ivs, j.req.Sampling, j.req.MaxTokens)
+			s.recent.addBusy(joinStart, time.Since(joinStart)) // the prompt's prefill, which gives the first token
 			if err != nil {
 				s.finish(j, "error", err)
 				continue
@@ -350,7 +353,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 			continue
 		}
 		s.retarget(b, rows)
+		stepStart := time.Now()
 		steps, err := b.Step()
+		s.recent.addBusy(stepStart, time.Since(stepStart))
 		if err != nil {
 			for slot, j := range rows {
 				b.Leave(slot)
@@ -416,6 +421,7 @@ func (s *Scheduler) deliver(j *job, st model.RowStep) bool {
 	}
 	j.out <- t
 	s.generated.Add(1)
+	s.recent.addTokens(time.Now(), 1)
 	return ended
 }
 
@@ -448,19 +454,79 @@ func (s *Scheduler) finish(j *job, reason string, err error) {
 // QueueDepth is the number of requests waiting.
 func (s *Scheduler) QueueDepth() int { return len(s.queue) }
 
-// Stats are the scheduler's figures for /metrics.
+// Stats are the scheduler's figures for /metrics: counters since the start, and rates over the last minute.
 type Stats struct {
-	Active, Queued          int
-	Requests, TokensSent    int64
-	TTFTSeconds, TTFTCount  float64
-	TokensPerSecondLifetime float64
-	UptimeSeconds           float64
+	Active, Queued         int
+	Requests, TokensSent   int64
+	TTFTSeconds, TTFTCount float64
+	DecodeSeconds          float64 // time spent in decode steps, all time
+	UptimeSeconds          float64
+	// Over the last RecentWindow: tokens decoded per second of wall time, and per second of decoding (the
+	// rate while busy).
+	RecentTokensPerSecond, RecentDecodeTokensPerSecond float64
+}
+
+// RecentWindow is the span the recent rates cover.
+const RecentWindow = time.Minute
+
+// recentRate keeps, per second of the last minute, the tokens sent and the time spent making them (prefills and
+// decode steps).
+type recentRate struct {
+	mu      sync.Mutex
+	secs    [60]int64 // the unix second each slot holds
+	tokens  [60]int64
+	busy    [60]time.Duration
+	busyAll time.Duration
+}
+
+// slot is the second at's place in the ring, emptied when it held an older second. Called with mu held.
+func (r *recentRate) slot(at time.Time) int {
+	sec := at.Unix()
+	i := int(sec % 60)
+	if r.secs[i] != sec {
+		r.secs[i], r.tokens[i], r.busy[i] = sec, 0, 0
+	}
+	return i
+}
+
+// addBusy counts time spent in a decode step or a prefill.
+func (r *recentRate) addBusy(at time.Time, took time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.busy[r.slot(at)] += took
+	r.busyAll += took
+}
+
+// addTokens counts tokens sent.
+func (r *recentRate) addTokens(at time.Time, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tokens[r.slot(at)] += int64(n)
+}
+
+// rates are the tokens per second of wall time and of decoding over the last minute, and all decoding time.
+func (r *recentRate) rates(now time.Time) (wall, decode float64, busyAll time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var tokens int64
+	var busy time.Duration
+	for i := range r.secs {
+		if now.Unix()-r.secs[i] < 60 {
+			tokens += r.tokens[i]
+			busy += r.busy[i]
+		}
+	}
+	wall = float64(tokens) / RecentWindow.Seconds()
+	if busy > 0 {
+		decode = float64(tokens) / busy.Seconds()
+	}
+	return wall, decode, r.busyAll
 }
 
 // Stats reads the figures.
 func (s *Scheduler) Stats() Stats {
-	up := time.Since(s.started).Seconds()
+	wall, decode, busy := s.recent.rates(time.Now())
 	return Stats{Active: int(s.active.Load()), Queued: s.QueueDepth(), Requests: s.requests.Load(), TokensSent: s.generated.Load(),
-		TTFTSeconds: float64(s.ttftSum.Load()) / 1e9, TTFTCount: float64(s.ttftCount.Load()),
-		TokensPerSecondLifetime: float64(s.generated.Load()) / max(up, 1e-9), UptimeSeconds: up}
+		TTFTSeconds: float64(s.ttftSum.Load()) / 1e9, TTFTCount: float64(s.ttftCount.Load()), DecodeSeconds: busy.Seconds(),
+		UptimeSeconds: time.Since(s.started).Seconds(), RecentTokensPerSecond: wall, RecentDecodeTokensPerSecond: decode}
 }

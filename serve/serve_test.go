@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -551,5 +552,36 @@ func TestRowsPerOwnerAndTheTokenBound(t *testing.T) {
 	}
 	if _, err := ts.sched.Submit(ctx, Request{Prompt: prompt, MaxTokens: 8, Owner: "ssh:alice"}); err != nil {
 		t.Fatalf("after one of alice's requests ended: %v", err)
+	}
+}
+
+// /metrics names what it measures: counters since the start, and over the last minute the tokens per second of
+// wall time apart from the tokens per second of decoding (the rate while busy, which idle time does not dilute).
+func TestMetricsRatesAreNamed(t *testing.T) {
+	ts := newTestServer(t, true, 8)
+	ts.start()
+	out := ts.chat(t, nil, "Who are you?", 24)
+	time.Sleep(1500 * time.Millisecond) // idle: the wall rate falls, the decode rate does not
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	values := map[string]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var name string
+		var v float64
+		if _, err := fmt.Sscanf(line, "%s %g", &name, &v); err == nil && !strings.HasPrefix(name, "#") {
+			values[name] = v
+		}
+	}
+	tokens := values["keel_tokens_generated_total"]
+	if tokens != float64(out.Usage.CompletionTokens) || values["keel_requests_total"] != 1 {
+		t.Fatalf("counters: %v (the reply had %d tokens)", values, out.Usage.CompletionTokens)
+	}
+	wall, decode, busy := values["keel_tokens_per_second_1m"], values["keel_decode_tokens_per_second_1m"], values["keel_decode_seconds_total"]
+	if busy <= 0 || decode <= wall || wall != tokens/60 || math.Abs(decode-tokens/busy) > 1e-6*decode {
+		t.Fatalf("rates: wall %g, decode %g, decoding %g s for %g tokens", wall, decode, busy, tokens)
 	}
 }
