@@ -179,6 +179,9 @@ func (r *Recorder) Add(e Event) error {
 // Header is what the file starts with.
 func (r *Recorder) Header() Header { return r.header }
 
+// Turn is the number of the latest turn written (the numbering of the file's events and of `keel sessions show`).
+func (r *Recorder) Turn() int { return r.turn }
+
 // Close flushes and closes the file.
 func (r *Recorder) Close() error {
 	err := r.sync()

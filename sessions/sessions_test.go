@@ -41,7 +41,7 @@ func record(t *testing.T, lm *model.LM, path string) *workbench.Recording {
 	if _, err := r.Generate(context.Background(), exactly(lm, 40), ctx, caps, workbench.Sampling{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Mark("good"); err != nil {
+	if _, err := r.Mark("good"); err != nil {
 		t.Fatal(err)
 	}
 	if err := rec.Close(); err != nil {

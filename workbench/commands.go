@@ -380,7 +380,7 @@ func (s *Session) cmdLoad(c call) Result {
 				return Result{Notice: "could not load " + what + ": " + err.Error()}
 			}
 		}
-		next, err := load(dir, axis)
+		next, err := load(dir, axis, s.Sampling())
 		if err != nil {
 			return Result{Notice: "could not load " + what + ": " + err.Error()}
 		}
@@ -417,8 +417,9 @@ func (s *Session) cmdMark(c call) Result {
 	if s.Info().Recording == "" {
 		return Result{Notice: "not recording (--no-record): nothing to mark"}
 	}
-	if err := s.current().Mark(label); err != nil {
+	turn, err := s.current().Mark(label)
+	if err != nil {
 		return failed(err)
 	}
-	return Result{Notice: fmt.Sprintf("marked turn %d %q in %s", len(s.Turns()), label, s.Info().Recording)}
+	return Result{Notice: fmt.Sprintf("marked turn %d %q in %s", turn, label, s.Info().Recording)}
 }

@@ -290,7 +290,7 @@ func (b *LMBackend) Say(role, text string) error { return b.rec.Say(role, text) 
 func (b *LMBackend) Control(name string, value any) error { return b.rec.Control(name, value) }
 
 // Mark implements Recorder.
-func (b *LMBackend) Mark(label string) error { return b.rec.Mark(label) }
+func (b *LMBackend) Mark(label string) (int, error) { return b.rec.Mark(label) }
 
 // RecordJob implements Recorder.
 func (b *LMBackend) RecordJob(u JobUpdate) error {

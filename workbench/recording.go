@@ -69,8 +69,17 @@ func (r *Recording) Job(id, state string, js sessions.JobState) error {
 }
 
 // Mark records a label (good, bad, or a bookmark) on the current turn.
-func (r *Recording) Mark(label string) error {
-	return r.add(sessions.Event{Type: sessions.Marker, Label: label})
+// Mark labels the current turn; it returns the turn's number in the recording.
+func (r *Recording) Mark(label string) (int, error) {
+	if err := r.add(sessions.Event{Type: sessions.Marker, Label: label}); err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.Rec == nil {
+		return 0, nil
+	}
+	return r.Rec.Turn(), nil
 }
 
 // withCaptures is the interventions followed by a capture of the axis at each recorded layer, so recorded

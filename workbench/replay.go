@@ -67,7 +67,7 @@ func (r *replayBackend) Context([]tokenizer.Message) (int, int, error) { return 
 
 func (r *replayBackend) Say(role, text string) error          { return nil }
 func (r *replayBackend) Control(name string, value any) error { return nil }
-func (r *replayBackend) Mark(label string) error              { return nil }
+func (r *replayBackend) Mark(label string) (int, error)       { return 0, nil }
 func (r *replayBackend) RecordJob(u JobUpdate) error          { return nil }
 func (r *replayBackend) Close() error                         { return nil }
 

@@ -20,8 +20,9 @@ type Options struct {
 	Controls Controls
 	System   string
 	Jobs     JobRunner // nil: /train, /cancel and /load are unavailable
-	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable).
-	Load func(modelDir, axis string) (Backend, error)
+	// Load opens another model or axis for /model, /axis and /load (nil: those commands are unavailable), its
+	// recording starting from the session's sampling as it is now.
+	Load func(modelDir, axis string, s Sampling) (Backend, error)
 	// NoLoad, when Load is nil, says why and what to do instead.
 	NoLoad string
 	// Policy is what the session may do besides chatting (zero: Local, the machine's own user).

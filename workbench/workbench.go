@@ -153,7 +153,8 @@ type Recorder interface {
 	// Control records a setting in force from here on (sampling, the terminal's size, a clear).
 	Control(name string, value any) error
 	// Mark labels the current turn.
-	Mark(label string) error
+	// Mark labels the current turn and returns its number in the recording.
+	Mark(label string) (turn int, err error)
 	// RecordJob records a job's change of state.
 	RecordJob(u JobUpdate) error
 }

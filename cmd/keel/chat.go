@@ -61,11 +61,11 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 			return nil, nil, err
 		}
 	}
-	backendFor := func(lm *model.LM, axis string) (*workbench.LMBackend, error) {
+	backendFor := func(lm *model.LM, axis string, s workbench.Sampling, path string) (*workbench.LMBackend, error) {
 		return workbench.NewLMBackend(lm, workbench.LMConfig{Device: c.mf.device, DType: c.mf.dtype, AxisPath: axis, IgnoreHash: c.ignoreHash,
-			Record: !c.noRecord, RecordPath: c.record, Version: version, Sampling: c.sampling, Term: term})
+			Record: !c.noRecord, RecordPath: path, Version: version, Sampling: s, Term: term})
 	}
-	b, err := backendFor(lm, c.axis)
+	b, err := backendFor(lm, c.axis, c.sampling, c.record)
 	if err != nil {
 		lm.Close()
 		return nil, nil, err
@@ -74,12 +74,14 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	jobs := &workbench.ProcessJobs{RT: rt, Exe: exe, Model: lm.Dir, RunsDir: c.runs, Send: send}
 	opt := workbench.Options{Sampling: c.sampling, System: c.system, Jobs: jobs,
 		Controls: workbench.StartControls(b.Info())}
-	opt.Load = func(dir, axis string) (workbench.Backend, error) {
+	// Another model or axis records to a new file (a recording names one model): its header starts from the
+	// session's sampling as it is at the switch.
+	opt.Load = func(dir, axis string, s workbench.Sampling) (workbench.Backend, error) {
 		next, err := c.mf.loadDir(rt, dir)
 		if err != nil {
 			return nil, err
 		}
-		nb, err := backendFor(next, axis)
+		nb, err := backendFor(next, axis, s, "")
 		if err != nil {
 			next.Close()
 			return nil, err

@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/sessions"
 )
 
@@ -131,5 +134,59 @@ func TestTrainNamesWhatIsMissing(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(runs); len(entries) != 0 {
 		t.Fatalf("refused runs left %d folders", len(entries))
+	}
+}
+
+// The recording tells the truth after every command: a /model after /set temperature 0 records the new model's
+// file starting at temperature 0; /mark names the turn the file numbers; `keel sessions show` takes a bare name
+// from the sessions folder.
+func TestRecordingsTellTheSamplingAndTurns(t *testing.T) {
+	torchtest.Runtime(t)
+	dir := t.TempDir()
+	other, err := models.Persona(filepath.Join(dir, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := keelCmd("chat", "--max-tokens", "6", "--runs", t.TempDir())
+	cmd.Env = append(cmd.Env, "KEEL_SESSIONS="+filepath.Join(dir, "sessions"))
+	cmd.Stdin = strings.NewReader("/set temperature 0\nWho are you?\nAnd then?\n/mark good\n/model " + other + "\nHello.\n/quit\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("keel chat: %v\n%s", err, out)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "sessions", "*.jsonl"))
+	if len(files) != 2 {
+		t.Fatalf("recordings: %v\n%s", files, out)
+	}
+	var first, second *sessions.Session
+	for _, f := range files {
+		s, err := sessions.Load(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Header.Model == other {
+			second = s
+		} else {
+			first = s
+		}
+	}
+	if first == nil || second == nil {
+		t.Fatalf("no recording of each model: %v", files)
+	}
+	if second.Header.Sampling.Temperature != 0 {
+		t.Fatalf("the new model's recording starts at temperature %g after /set temperature 0", second.Header.Sampling.Temperature)
+	}
+	m := regexp.MustCompile(`marked turn (\d+) "good"`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no /mark answer:\n%s", out)
+	}
+	for _, e := range first.Events {
+		if e.Type == sessions.Marker && strconv.Itoa(e.Turn) != m[1] {
+			t.Fatalf("/mark said turn %s, the file says %d", m[1], e.Turn)
+		}
+	}
+	show := keelCmd("sessions", "show", filepath.Base(files[0]), "--dir", filepath.Join(dir, "sessions"))
+	if out, err := show.CombinedOutput(); err != nil || !strings.Contains(string(out), "sampling at the start") {
+		t.Fatalf("sessions show by bare name: %v\n%s", err, out)
 	}
 }

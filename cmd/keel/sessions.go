@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/muesli/termenv"
 
@@ -40,7 +42,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		if fs.NArg() < 1 {
 			return nil, usageError{fmt.Errorf("give the session file")}
 		}
-		s, err := sessions.Load(fs.Arg(0))
+		s, err := sessions.Load(sessionPath(fs.Arg(0), *dir))
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +75,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "model %s, axis %s, layers %v, %d events\n", s.Header.Model, s.Header.Axis, s.Header.Layers, len(s.Events))
-		fmt.Fprintf(stdout, "sampling: temperature %g, top-p %g, seed %d\n", s.Header.Sampling.Temperature, s.Header.Sampling.TopP, s.Header.Seed)
+		fmt.Fprintf(stdout, "sampling at the start: temperature %g, top-p %g, seed %d (each change is a line below)\n", s.Header.Sampling.Temperature, s.Header.Sampling.TopP, s.Header.Seed)
 		for _, line := range s.Log() {
 			fmt.Fprintln(stdout, line)
 		}
@@ -207,4 +209,18 @@ func absPath(p string) string {
 		return a
 	}
 	return p
+}
+
+// sessionPath is a session named by path, or by its bare name (with or without .jsonl) in the sessions folder, as
+// `keel sessions list` shows them.
+func sessionPath(name, dir string) string {
+	if _, err := os.Stat(name); err == nil || strings.ContainsRune(name, os.PathSeparator) {
+		return name
+	}
+	for _, p := range []string{filepath.Join(dir, name), filepath.Join(dir, name+".jsonl")} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return name
 }

@@ -34,6 +34,7 @@ type Backend struct {
 	controls []workbench.Controls
 	events   []string // what was recorded, "say user hello", "control clear true", "mark good", "job ID state"
 	replies  int
+	turns    int // turns said or generated: a recording's numbering
 }
 
 // Info implements workbench.Backend.
@@ -126,6 +127,7 @@ func (f *Backend) Scale(layer int) (float64, float64) { return f.DriftLine, 3 }
 func (f *Backend) Generate(ctx context.Context, msgs []tokenizer.Message, s workbench.Sampling, emit func(workbench.Token)) (string, error) {
 	f.mu.Lock()
 	f.replies++
+	f.turns++
 	n := f.replies
 	f.mu.Unlock()
 	f.mu.Lock()
@@ -183,6 +185,9 @@ func (f *Backend) proj(n, i, layer int) float64 {
 
 // Say implements workbench.Recorder.
 func (f *Backend) Say(role, text string) error {
+	f.mu.Lock()
+	f.turns++
+	f.mu.Unlock()
 	if f.Rec != nil {
 		for _, e := range []sessions.Event{{Type: sessions.TurnStart, Role: role}, {Type: sessions.Token, Piece: text}, {Type: sessions.TurnEnd, Role: role, Text: text}} {
 			if err := f.Rec.Add(e); err != nil {
@@ -208,13 +213,17 @@ func (f *Backend) Control(name string, value any) error {
 }
 
 // Mark implements workbench.Recorder.
-func (f *Backend) Mark(label string) error {
+func (f *Backend) Mark(label string) (int, error) {
+	f.mu.Lock()
+	turn := f.turns
+	f.mu.Unlock()
 	if f.Rec != nil {
 		if err := f.Rec.Add(sessions.Event{Type: sessions.Marker, Label: label}); err != nil {
-			return err
+			return 0, err
 		}
+		turn = f.Rec.Turn()
 	}
-	return f.note("mark %s", label)
+	return turn, f.note("mark %s", label)
 }
 
 // RecordJob implements workbench.Recorder.
