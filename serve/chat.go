@@ -36,7 +36,7 @@ func (s *Scheduler) Generator(owner string) workbench.Generator {
 				continue
 			}
 			text.WriteString(t.Text)
-			if err := onText(t.Text, model.Step{Index: index, ID: t.ID, Records: t.Records}); err != nil {
+			if err := onText(t.Text, model.Step{Index: index, ID: t.ID, Records: t.Records, Version: t.Version}); err != nil {
 				return text.String(), err
 			}
 			index++

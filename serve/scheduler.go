@@ -46,6 +46,8 @@ type Token struct {
 	// Records are what the row's interventions recorded at the token, each naming its place in the list in
 	// force (Hooks' list, then the projections' captures).
 	Records []model.Record
+	// Version is the version of the request's Hooks whose list made the token (0 without Hooks).
+	Version uint64
 	// Flushed is text the decoder held back (an incomplete character) given out at the end, with no token.
 	Flushed    bool
 	Done       bool
@@ -388,7 +390,7 @@ func (s *Scheduler) deliver(j *job, st model.RowStep) bool {
 		s.ttftCount.Add(1)
 	}
 	j.count++
-	t := Token{ID: st.ID, Records: st.Records}
+	t := Token{ID: st.ID, Records: st.Records, Version: j.version}
 	if !s.eos[st.ID] {
 		t.Text = j.stream.Next(st.ID)
 	}

@@ -74,6 +74,9 @@ type Event struct {
 	Caps  []float32 `json:"caps,omitempty"` // how far each cap moved h (in the order of the interventions)
 	// Special marks a special token (end of turn, a template marker): recorded, never in a mean or a plot.
 	Special bool `json:"special,omitempty"`
+	// Iv numbers the interventions list that made the token within its turn: 0 the turn start's, n the turn's
+	// n-th "interventions" control (-1: not known). With the context and the lists, the turn can be run again.
+	Iv int `json:"iv,omitempty"`
 	// turn_start of a generated turn: the interventions in force
 	Interventions []model.Intervention `json:"interventions,omitempty"`
 	// control / marker / job

@@ -13,6 +13,7 @@ import (
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/workbench"
 )
@@ -200,5 +201,80 @@ func TestChatNeverDecodesPastTheWindow(t *testing.T) {
 				t.Fatal("no end-of-turn token recorded as special")
 			}
 		})
+	}
+}
+
+// Every recorded number can be recomputed from the recording: a chat with capping switched on, steering
+// switched on and capping moved mid-reply runs again, teacher-forced through the recorded model, axis and
+// interventions, to the recorded projections and cap moves.
+func TestRecordedSessionVerifies(t *testing.T) {
+	s, path := persona(t, 40)
+	for turn, msg := range []string{"Who are you?", "Tell me about the sea.", "And the stars?"} {
+		n := 0
+		_, err := s.Send(context.Background(), msg, func(workbench.Token) {
+			n++
+			c := s.Controls()
+			switch n {
+			case 3:
+				c.CapOn = true
+			case 7:
+				c.SteerOn, c.SteerCoeff = true, -2
+			case 11:
+				c.Cap.P = 0.5
+			case 15 + turn:
+				c.CapOn = false
+			default:
+				return
+			}
+			if err := s.Apply(c); err != nil {
+				t.Error(err)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	rec, err := sessions.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := 0
+	for _, e := range rec.Events {
+		if e.Type == sessions.Token && e.Iv > 0 {
+			changes++
+		}
+	}
+	if changes == 0 {
+		t.Fatal("no token was made under a list changed mid-reply: the test proves nothing")
+	}
+	rt := torchtest.Runtime(t)
+	lm, err := model.Load(rt, rec.Header.Model, model.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	axisDir, _ := models.PersonaAxis(rec.Header.Model)
+	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := workbench.Verify(context.Background(), lm, axis.Axis.Layers, rec, 1e-4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d turns, %d tokens (%d under a changed list): max |Δ projection| %.2g, max |Δ cap move| %.2g", rep.Turns, rep.Tokens, changes, rep.MaxProj, rep.MaxCap)
+	if !rep.OK() || rep.Tokens < 60 {
+		t.Fatalf("%+v", rep)
+	}
+	// A tampered number is found.
+	for i, e := range rec.Events {
+		if e.Type == sessions.Token && len(e.Proj) > 0 && e.Iv > 0 {
+			rec.Events[i].Proj[0] += 0.5
+			break
+		}
+	}
+	if rep, _ := workbench.Verify(context.Background(), lm, axis.Axis.Layers, rec, 1e-4); rep.OK() {
+		t.Fatal("a projection moved by 0.5 verified")
 	}
 }

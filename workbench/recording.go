@@ -18,7 +18,14 @@ type Recording struct {
 	// Special reports the model's special tokens (end of turn, template markers), which are recorded as such.
 	Special func(id int) bool
 	live    *model.Hooks
-	mu      sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
+	// The interventions lists of the turn in flight, numbered as the file numbers them (0: the turn start's, then
+	// each "interventions" control in order), by the hooks version that put them in force: each token records the
+	// number of the list that made it. vmu orders a change's version, number and control event.
+	vmu      sync.Mutex
+	versions map[uint64]int
+	lists    int
+	inTurn   bool
+	mu       sync.Mutex // events come from the generating goroutine and from the UI's (Retarget, Mark)
 }
 
 func (r *Recording) layers() []int {
@@ -106,8 +113,26 @@ func (r *Recording) hooks() *model.Hooks {
 // Retarget replaces the interventions of the turn in flight (and of the next turns' start): generation uses the
 // new list from its next token. The change is recorded as a control event.
 func (r *Recording) Retarget(interventions []model.Intervention) error {
-	r.hooks().Set(r.withCaptures(interventions))
+	r.vmu.Lock()
+	defer r.vmu.Unlock()
+	h := r.hooks()
+	h.Set(r.withCaptures(interventions))
+	if r.inTurn {
+		_, v := h.Snapshot()
+		r.lists++
+		r.versions[v] = r.lists
+	}
 	return r.Control("interventions", interventions)
+}
+
+// listOf is the number, within the turn, of the interventions list a hooks version put in force (-1: unknown).
+func (r *Recording) listOf(version uint64) int {
+	r.vmu.Lock()
+	defer r.vmu.Unlock()
+	if n, ok := r.versions[version]; ok {
+		return n
+	}
+	return -1
 }
 
 // Generate runs an assistant turn on the context ids through gen as a recorded turn: every token with its
@@ -118,14 +143,24 @@ func (r *Recording) Generate(ctx context.Context, gen Generator, contextIDs []in
 		return "", err
 	}
 	hooks := r.hooks()
+	r.vmu.Lock()
 	hooks.Set(r.withCaptures(interventions))
+	_, v := hooks.Snapshot()
+	r.versions, r.lists, r.inTurn = map[uint64]int{v: 0}, 0, true
+	r.vmu.Unlock()
+	defer func() {
+		r.vmu.Lock()
+		r.inTurn = false
+		r.vmu.Unlock()
+	}()
 	pos := map[int]int{} // recorded layer -> its place in the token's projections
 	for i, l := range r.layers() {
 		pos[l] = i
 	}
 	var recErr error
 	text, err := gen(ctx, contextIDs, hooks, s, func(piece string, st model.Step) error {
-		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers())), Special: r.Special != nil && r.Special(st.ID)}
+		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers())), Special: r.Special != nil && r.Special(st.ID),
+			Iv: r.listOf(st.Version)}
 		for _, rec := range st.Records {
 			if rec.Kind == model.Capture {
 				if i, ok := pos[rec.Layer]; ok {

@@ -190,3 +190,29 @@ func TestRecordingsTellTheSamplingAndTurns(t *testing.T) {
 		t.Fatalf("sessions show by bare name: %v\n%s", err, out)
 	}
 }
+
+// `keel sessions verify` runs a recording again and finds every number: a chat with capping and steering
+// switched between turns verifies; the same file with one projection changed does not.
+func TestSessionsVerify(t *testing.T) {
+	torchtest.Runtime(t)
+	file := filepath.Join(t.TempDir(), "chat.jsonl")
+	cmd := keelCmd("chat", "--record", file, "--max-tokens", "16", "--runs", t.TempDir())
+	cmd.Stdin = strings.NewReader("Who are you?\n/cap on\nTell me more.\n/steer -2\n/cap p50\nAnd then?\n/quit\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("keel chat: %v\n%s", err, out)
+	}
+	code, stdout, stderr := runKeel("sessions", "verify", file)
+	if code != 0 || !strings.Contains(stdout, "verified") {
+		t.Fatalf("verify: exit %d\n%s%s", code, stdout, stderr)
+	}
+	raw, _ := os.ReadFile(file)
+	tampered := regexp.MustCompile(`"proj":\[-?[0-9.e+-]+`).ReplaceAllStringFunc(string(raw), func(m string) string {
+		v, _ := strconv.ParseFloat(strings.TrimPrefix(m, `"proj":[`), 64)
+		return `"proj":[` + strconv.FormatFloat(v+1, 'g', -1, 32)
+	})
+	bad := filepath.Join(t.TempDir(), "tampered.jsonl")
+	os.WriteFile(bad, []byte(tampered), 0o600)
+	if code, stdout, _ := runKeel("sessions", "verify", bad); code == 0 || !strings.Contains(stdout, "recorded") {
+		t.Fatalf("a tampered recording verified: exit %d\n%s", code, stdout)
+	}
+}

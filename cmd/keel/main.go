@@ -37,7 +37,7 @@ func commands() []command {
 		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil, false},
 		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}, false},
 		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}, false},
-		{"sessions", "recorded chats: list, show, export, reproject, export-dataset", runSessions, []string{"list", "show", "export", "reproject", "export-dataset"}, false},
+		{"sessions", "recorded chats: list, show, export, reproject, export-dataset, verify", runSessions, []string{"list", "show", "export", "reproject", "export-dataset", "verify"}, false},
 		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo|rm --model DIR ...)", runTrain, []string{"sft", "alol", "ppo", "rm"}, false},
 		{"serve", "serve one model to many clients: an OpenAI-compatible API with per-request capping and steering (serve [--model DIR] [--http ADDR] [--api-keys FILE])", runServe, nil, false},
 		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,13 +18,14 @@ import (
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/tui"
+	"github.com/keel-lab/keel/workbench"
 )
 
 // runSessions: keel sessions list | show FILE | export FILE --format F --out PATH | reproject FILE --axis A |
 // export-dataset FILE... --out PATH
 func runSessions(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel sessions list|show|export|reproject|export-dataset")}
+		return usageError{fmt.Errorf("usage: keel sessions list|show|export|reproject|export-dataset|verify")}
 	}
 	fs := newFlags("sessions "+args[0], stderr)
 	dir := fs.String("dir", sessions.DefaultDir(), "sessions folder")
@@ -32,6 +34,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	axisPath := fs.String("axis", "", "reproject: the axis file to project onto")
 	ignoreHash := fs.Bool("ignore-hash", false, "reproject: accept an axis made for other weights of the same shape")
 	layersFlag := fs.String("layers", "", "reproject: layers (default: every layer of the axis); export --format png: the layers to plot (default: the plotted one)")
+	tolerance := fs.Float64("tolerance", 1e-4, "verify: the difference allowed a recorded number (absolute, relative above 1)")
+	asJSON := fs.Bool("json", false, "verify: print one JSON object of the figures")
 	styleLabels := fs.Bool("style", true, "export-dataset: label unmarked assistant turns with the persona style scorer (a role's register: drifted, reward 0; the Assistant's: reward 1)")
 	var mf modelFlags
 	mf.register(fs)
@@ -185,6 +189,12 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return atomicfile.WriteFile(*out, append(raw, '\n'))
 		}
 		return json.NewEncoder(stdout).Encode(res)
+	case "verify":
+		s, err := load()
+		if err != nil {
+			return err
+		}
+		return verifySession(s, &mf, *axisPath, *ignoreHash, *tolerance, *asJSON, stdout)
 	}
 	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
 }
@@ -223,4 +233,62 @@ func sessionPath(name, dir string) string {
 		}
 	}
 	return name
+}
+
+// verifySession runs a recording's generated turns again on its model (the header's, unless --model) and axis
+// (the header's, unless --axis), teacher-forced, and reports whether every recorded projection and cap move
+// comes back: the model's weights must be the recorded ones.
+func verifySession(s *sessions.Session, mf *modelFlags, axisPath string, ignoreHash bool, tol float64, asJSON bool, stdout io.Writer) error {
+	if mf.dir == "" {
+		mf.dir = s.Header.Model
+	}
+	if s.Header.ModelSHA256 != "" {
+		sha, err := steer.WeightsSHA256(mf.dir)
+		if err != nil {
+			return err
+		}
+		if sha != s.Header.ModelSHA256 {
+			return fmt.Errorf("%s: its weights (sha256 %s) are not the recorded ones (%s): give the recorded model with --model", mf.dir, sha[:12], s.Header.ModelSHA256[:12])
+		}
+	}
+	if axisPath == "" {
+		axisPath = s.Header.Axis
+	}
+	if axisPath == "" {
+		return fmt.Errorf("the recording names no axis: nothing was projected, nothing to verify")
+	}
+	_, lm, err := mf.load()
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	axis, err := loadAxisFor(axisPath, lm, ignoreHash)
+	if err != nil {
+		return err
+	}
+	rep, err := workbench.Verify(context.Background(), lm, axis.Layers, s, tol)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if err := json.NewEncoder(stdout).Encode(map[string]any{"turns": rep.Turns, "tokens": rep.Tokens, "unknown": rep.Unknown,
+			"max_projection_difference": rep.MaxProj, "max_cap_move_difference": rep.MaxCap, "mismatches": rep.Mismatches, "ok": rep.OK()}); err != nil {
+			return err
+		}
+	} else {
+		for _, m := range rep.Mismatches {
+			fmt.Fprintln(stdout, m)
+		}
+		fmt.Fprintf(stdout, "%d turns, %d tokens run again: max |difference| %.3g in a projection, %.3g in a cap move (tolerance %g)\n", rep.Turns, rep.Tokens, rep.MaxProj, rep.MaxCap, tol)
+	}
+	switch {
+	case rep.Unknown > 0:
+		return fmt.Errorf("%d tokens name no interventions list (a recording made before lists were numbered): they cannot be verified", rep.Unknown)
+	case !rep.OK():
+		return fmt.Errorf("the recording does not verify: %d numbers differ beyond %g", len(rep.Mismatches), tol)
+	}
+	if !asJSON {
+		fmt.Fprintln(stdout, "verified")
+	}
+	return nil
 }

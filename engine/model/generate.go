@@ -14,6 +14,8 @@ type Step struct {
 	Index   int // 0 for the first generated token
 	ID      int
 	Records []Record
+	// Version is the Hooks version whose list the token's pass ran under (which interventions made it).
+	Version uint64
 }
 
 // GenerateConfig controls a generation.
@@ -29,6 +31,10 @@ type GenerateConfig struct {
 	PromptRecords func(row int, recs [][]Record)
 	// NoCache recomputes the whole sequence at every step instead of using the KV cache (a reference path).
 	NoCache bool
+	// Forced, when set, are each row's tokens to take in place of sampled ones (teacher forcing through the
+	// generation path, KV cache and live hooks included: a recording's tokens run again as they ran); a row
+	// ends after its last forced token.
+	Forced [][]int
 }
 
 // prefillTokens bounds the tokens (rows x positions) of one prefill pass; longer prompts go through in chunks.
@@ -143,6 +149,11 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		if err != nil {
 			return results, err
 		}
+		for b := range g.Forced {
+			if b < B && step < len(g.Forced[b]) {
+				chosen[b] = g.Forced[b][step]
+			}
+		}
 		if m.Opts.Device.CUDA {
 			// A full device synchronisation at each step's end. On an H100 (scripts/device-check.sh, decode
 			// variants of one run) a 1B bf16 model decoded at 123 tok/s with it and 61 tok/s with only the
@@ -178,7 +189,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 			}
 			stop := false
 			if g.OnStep != nil {
-				if stop, err = g.OnStep(Step{Row: b, Index: step, ID: chosen[b], Records: r}); err != nil {
+				if stop, err = g.OnStep(Step{Row: b, Index: step, ID: chosen[b], Records: r, Version: plan.version}); err != nil {
 					return results, err
 				}
 			}
@@ -187,6 +198,8 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 				results[b].Reason = "eos"
 			case stop:
 				results[b].Reason = "stop"
+			case b < len(g.Forced) && step+1 >= len(g.Forced[b]):
+				results[b].Reason = "forced"
 			}
 			if results[b].Reason != "" {
 				live--
