@@ -46,6 +46,7 @@ type App struct {
 	top, topKey string
 	topLines    int
 	typed       bool // the message in hand only changed the input
+	quitArmed   bool // the last key was a ctrl+c on an empty input: another quits
 	panes       int  // counts the messages that may have changed the panes (the chat's included)
 	chat        chatModel
 	st          Styles
@@ -220,7 +221,12 @@ func (a *App) update(msg tea.Msg) tea.Cmd {
 
 func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	k := a.keys
+	armed := a.quitArmed
+	a.quitArmed = false // only the very next key confirms a quit
 	switch {
+	case key.Matches(msg, k.Quit) && a.input.Empty() && a.replay == nil:
+		a.quitting = true
+		return tea.Quit
 	case key.Matches(msg, k.Interrupt):
 		if a.generating {
 			a.stop()
@@ -235,6 +241,13 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 			a.replay = nil
 			a.notice = "left the replay"
 			a.rerenderChat()
+			return nil
+		}
+		// A ctrl+c meant for a reply that ended a moment earlier must not close the chat: quitting takes a second
+		// press (or ctrl+d).
+		if !armed {
+			a.quitArmed = true
+			a.notice = "ctrl+c again (or ctrl+d) quits"
 			return nil
 		}
 		a.quitting = true
@@ -280,8 +293,10 @@ func (a *App) key(msg tea.KeyMsg) tea.Cmd {
 	case key.Matches(msg, k.ScrollDown):
 		a.chat.HalfPageDown()
 		return nil
-	case key.Matches(msg, k.Clear):
-		return a.runCommand("/clear")
+	case key.Matches(msg, k.Redraw):
+		a.chat.invalidate()
+		a.rerenderChat()
+		return tea.ClearScreen
 	case key.Matches(msg, k.PlotMode):
 		if a.plotView.turns {
 			return a.runCommand("/plot tokens")
@@ -412,7 +427,7 @@ func (a *App) sideWidth() int { return min(64, a.width*2/5) }
 func (a *App) bodyHeight() int {
 	h := a.height - 1 /*status*/ - 3 /*input*/ - 1 /*notice*/ - 1 /*help*/
 	if a.showHelp {
-		h -= 5 // the full help is 6 lines, the short one 1
+		h -= 6 // the full help is 7 lines, the short one 1
 	}
 	return max(h, 4)
 }

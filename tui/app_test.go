@@ -77,7 +77,7 @@ func waitThen(t *testing.T, tm *teatest.TestModel, what string, idle bool) {
 
 func finalView(t *testing.T, tm *teatest.TestModel) (*App, string) {
 	t.Helper()
-	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlD})
 	fm := tm.FinalModel(t, teatest.WithFinalTimeout(5*time.Second)).(*App)
 	fm.quitting = false // the view as it stood before quitting
 	return fm, fm.View()
@@ -347,7 +347,7 @@ func TestHelpIsAList(t *testing.T) {
 }
 
 // ctrl+c stops a streaming reply without leaving; the keys typed while it streams are kept; with nothing
-// streaming, ctrl+c first drops a typed draft, as a shell does, then quits.
+// streaming, ctrl+c first drops a typed draft, as a shell does, then asks for a second press, then quits.
 func TestInterruptStopsGenerationThenQuits(t *testing.T) {
 	eng := &fakeEngine{Axis: "axis", Delay: 30 * time.Millisecond}
 	tm := teatest.NewTestModel(t, testApp(eng, nil), teatest.WithInitialTermSize(100, 30))
@@ -358,6 +358,8 @@ func TestInterruptStopsGenerationThenQuits(t *testing.T) {
 	waitFor(t, tm, "stopped")
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
 	waitFor(t, tm, "draft cleared")
+	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
+	waitFor(t, tm, "ctrl+c again (or ctrl+d) quits")
 	tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
 	fm := tm.FinalModel(t, teatest.WithFinalTimeout(5*time.Second)).(*App)
 	if fm.generating || !fm.quitting {
@@ -603,5 +605,29 @@ func TestStatusLineShowsGPUMemory(t *testing.T) {
 	b.Update(tea.WindowSizeMsg{Width: 160, Height: 40})
 	if strings.Contains(b.statusLine, "GPU") {
 		t.Fatalf("a CPU session shows GPU memory: %s", b.statusLine)
+	}
+}
+
+// ctrl+l redraws, as terminal users expect, and forgets nothing (/clear does that); ctrl+d on an empty input
+// quits at once.
+func TestCtrlLRedrawsAndCtrlDQuits(t *testing.T) {
+	a := testApp(&fakeEngine{Axis: "axis"}, nil)
+	a.send("hello")
+	for msg := range a.stream {
+		a.Update(msg)
+		if _, ok := msg.(doneMsg); ok {
+			break
+		}
+	}
+	_, cmd := a.Update(tea.KeyMsg{Type: tea.KeyCtrlL})
+	if cmd == nil || len(a.session.Turns()) != 2 {
+		t.Fatalf("ctrl+l: a redraw %v, turns %d", cmd != nil, len(a.session.Turns()))
+	}
+	if cmd() != tea.ClearScreen() {
+		t.Fatal("ctrl+l does not clear the screen to redraw it")
+	}
+	a.Update(tea.KeyMsg{Type: tea.KeyCtrlD})
+	if !a.quitting {
+		t.Fatal("ctrl+d on an empty input does not quit")
 	}
 }

@@ -76,12 +76,12 @@ func ReadConfig(path string, cfg *Config) error {
 	k := &cfg.Keys
 	bindings := map[string]*key.Binding{"send": &k.Send, "newline": &k.Newline, "interrupt": &k.Interrupt, "escape": &k.Escape,
 		"help": &k.Help, "toggle_cap": &k.ToggleCap, "toggle_steer": &k.ToggleStr, "layer_up": &k.LayerUp, "layer_down": &k.LayerDown,
-		"jobs": &k.Jobs, "mouse": &k.Mouse, "scroll_up": &k.ScrollUp, "scroll_down": &k.ScrollDown, "clear": &k.Clear,
+		"jobs": &k.Jobs, "mouse": &k.Mouse, "scroll_up": &k.ScrollUp, "scroll_down": &k.ScrollDown, "redraw": &k.Redraw, "quit": &k.Quit,
 		"plot_mode": &k.PlotMode, "pan_back": &k.PanBack, "pan_forward": &k.PanFwd}
 	for name, keys := range f.Keys {
 		b, ok := bindings[name]
 		if !ok || len(keys) == 0 {
-			return fmt.Errorf("%s: key binding %q: the names are send, newline, interrupt, escape, help, toggle_cap, toggle_steer, layer_up, layer_down, jobs, mouse, scroll_up, scroll_down, clear, plot_mode, pan_back, pan_forward, each with a list of keys", path, name)
+			return fmt.Errorf("%s: key binding %q: the names are send, newline, interrupt, escape, help, toggle_cap, toggle_steer, layer_up, layer_down, jobs, mouse, scroll_up, scroll_down, redraw, quit, plot_mode, pan_back, pan_forward, each with a list of keys", path, name)
 		}
 		b.SetKeys(keys...)
 		b.SetHelp(keys[0], b.Help().Desc)

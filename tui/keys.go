@@ -17,7 +17,8 @@ type KeyMap struct {
 	Mouse      key.Binding
 	ScrollUp   key.Binding
 	ScrollDown key.Binding
-	Clear      key.Binding
+	Redraw     key.Binding
+	Quit       key.Binding
 	PlotMode   key.Binding
 	PanBack    key.Binding
 	PanFwd     key.Binding
@@ -33,7 +34,8 @@ func DefaultKeyMap() KeyMap {
 	return KeyMap{
 		Send:       key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "send")),
 		Newline:    key.NewBinding(key.WithKeys("alt+enter", "ctrl+j"), key.WithHelp("alt+enter", "new line")),
-		Interrupt:  key.NewBinding(key.WithKeys("ctrl+c"), key.WithHelp("ctrl+c", "stop / quit")),
+		Interrupt:  key.NewBinding(key.WithKeys("ctrl+c"), key.WithHelp("ctrl+c", "stop / quit (twice)")),
+		Quit:       key.NewBinding(key.WithKeys("ctrl+d"), key.WithHelp("ctrl+d", "quit (empty input)")),
 		Escape:     key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "stop / close")),
 		Help:       key.NewBinding(key.WithKeys("?"), key.WithHelp("?", "help (empty input)")),
 		ToggleCap:  key.NewBinding(key.WithKeys("ctrl+k"), key.WithHelp("ctrl+k", "capping on/off")),
@@ -44,7 +46,7 @@ func DefaultKeyMap() KeyMap {
 		Mouse:      key.NewBinding(key.WithKeys("f2"), key.WithHelp("f2", "mouse on/off")),
 		ScrollUp:   key.NewBinding(key.WithKeys("pgup"), key.WithHelp("pgup", "scroll up")),
 		ScrollDown: key.NewBinding(key.WithKeys("pgdown"), key.WithHelp("pgdn", "scroll down")),
-		Clear:      key.NewBinding(key.WithKeys("ctrl+l"), key.WithHelp("ctrl+l", "clear chat")),
+		Redraw:     key.NewBinding(key.WithKeys("ctrl+l"), key.WithHelp("ctrl+l", "redraw (/clear forgets the chat)")),
 		PlotMode:   key.NewBinding(key.WithKeys("f3"), key.WithHelp("f3", "plot tokens / replies")),
 		PanBack:    key.NewBinding(key.WithKeys("ctrl+left"), key.WithHelp("ctrl+←", "plot earlier tokens")),
 		PanFwd:     key.NewBinding(key.WithKeys("ctrl+right"), key.WithHelp("ctrl+→", "plot later tokens")),
@@ -63,8 +65,8 @@ func (k KeyMap) ShortHelp() []key.Binding {
 // FullHelp is the help overlay's columns.
 func (k KeyMap) FullHelp() [][]key.Binding {
 	return [][]key.Binding{
-		{k.Send, k.Newline, k.Interrupt, k.Escape, k.Clear, k.Help},
-		{k.ToggleCap, k.ToggleStr, k.LayerUp, k.LayerDown, k.PlotMode, k.PanBack},
-		{k.PanFwd, k.Jobs, k.Mouse, k.ScrollUp, k.ScrollDown, k.PlayPause},
+		{k.Send, k.Newline, k.Interrupt, k.Quit, k.Escape, k.Redraw, k.Help},
+		{k.ToggleCap, k.ToggleStr, k.LayerUp, k.LayerDown, k.PlotMode, k.PanBack, k.PanFwd},
+		{k.Jobs, k.Mouse, k.ScrollUp, k.ScrollDown, k.PlayPause},
 	}
 }

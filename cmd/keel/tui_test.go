@@ -143,7 +143,7 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 					return strings.Contains(sc, "you "+prompt) && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 				})
 			}
-			s.keys("C-c")
+			s.keys("C-d")
 			s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "exited with status 0") })
 			// One session per model chatted with (a session's header names its model): the base, the job's final
 			// weights, its checkpoint. The first holds the job's changes of state.
