@@ -16,7 +16,7 @@ func (s *Scheduler) Generator(owner string) workbench.Generator {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel() // a failed onText leaves the row at its next step
 		tokens, err := s.Submit(ctx, Request{Prompt: ids, MaxTokens: smp.MaxTokens, Hooks: hooks, Owner: owner,
-			Sampling: model.Sampling{Temperature: smp.Temperature, TopP: smp.TopP, Seed: smp.Seed}})
+			Sampling: smp.Model()})
 		if err != nil {
 			return "", err
 		}

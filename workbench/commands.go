@@ -52,7 +52,7 @@ type call struct {
 func Commands() []Command {
 	return []Command{
 		{Name: "/system", Args: "TEXT", Help: "set the system prompt (empty: none)", run: (*Session).cmdSystem},
-		{Name: "/set", Args: "NAME VALUE", Help: "sampling: temperature, top-p, max-tokens or seed", run: (*Session).cmdSet},
+		{Name: "/set", Args: "NAME VALUE", Help: "sampling (temperature, top-p, top-k, min-p, ...), context policy", run: (*Session).cmdSet},
 		{Name: "/cap", Args: "[on|off|pP|A:B ...]", Help: "activation capping: toggle, switch, percentile, layer window", run: (*Session).cmdCap},
 		{Name: "/steer", Args: "[on|off|C [LAYER]]", Help: "steer along the axis with strength C (-1 away from the Assistant)", run: (*Session).cmdSteer},
 		{Name: "/layer", Args: "N", Help: "the layer whose projection is plotted", run: (*Session).cmdLayer},
@@ -135,7 +135,7 @@ func (s *Session) cmdClear(call) Result {
 
 func (s *Session) cmdSet(c call) Result {
 	if len(c.args) != 2 {
-		return Result{Notice: "/set temperature|top-p|max-tokens|seed VALUE"}
+		return Result{Notice: "/set temperature|top-p|top-k|min-p|repetition-penalty|max-tokens|seed VALUE, or /set context stop|drop-oldest"}
 	}
 	name, text := c.args[0], c.args[1]
 	if name == "context" {
@@ -152,9 +152,9 @@ func (s *Session) cmdSet(c call) Result {
 		return Result{Notice: "context = " + text}
 	}
 	switch name {
-	case "temperature", "top-p", "max-tokens", "seed":
+	case "temperature", "top-p", "top-k", "min-p", "repetition-penalty", "max-tokens", "seed":
 	default:
-		return Result{Notice: fmt.Sprintf("/set %s: temperature, top-p, max-tokens or seed", name)}
+		return Result{Notice: fmt.Sprintf("/set %s: temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed or context", name)}
 	}
 	v, err := strconv.ParseFloat(text, 64)
 	if err != nil || v < 0 || math.IsNaN(v) || v > 1e9 {
@@ -173,6 +173,15 @@ func (s *Session) cmdSet(c call) Result {
 			return Result{Notice: fmt.Sprintf("/set max-tokens %s: at most %d here (keel serve --max-tokens)", text, lim)}
 		}
 		next.MaxTokens = int(v)
+	case "top-k":
+		if v != math.Trunc(v) {
+			return Result{Notice: fmt.Sprintf("/set top-k %s: give a whole number (0: off)", text)}
+		}
+		next.TopK = int(v)
+	case "min-p":
+		next.MinP = v
+	case "repetition-penalty":
+		next.RepetitionPenalty = v
 	case "seed":
 		if v != math.Trunc(v) {
 			return Result{Notice: fmt.Sprintf("/set seed %s: give a whole number", text)}

@@ -35,7 +35,7 @@ type Generator func(ctx context.Context, contextIDs []int, hooks *model.Hooks, s
 // Alone is the Generator of a model that serves one chat.
 func Alone(lm *model.LM) Generator {
 	return func(ctx context.Context, ids []int, hooks *model.Hooks, s Sampling, onText func(string, model.Step) error) (string, error) {
-		g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: model.Sampling{Temperature: s.Temperature, TopP: s.TopP, Seed: s.Seed}, Hooks: hooks}
+		g := model.GenerateConfig{MaxTokens: s.MaxTokens, Sampling: s.Model(), Hooks: hooks}
 		res, err := lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{GenerateConfig: g, OnText: onText})
 		// The prompt's prefill is the turn's peak; give what it freed back, so a long chat does not hold its peak.
 		lm.RT.TrimHostMemory()
@@ -113,7 +113,7 @@ func newBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generat
 			path = sessions.NewPath(sessions.DefaultDir())
 		}
 		h := sessions.Header{Keel: cfg.Version, Model: lm.Dir, NLayers: lm.NumLayers(), Term: cfg.Term, Seed: cfg.Sampling.Seed,
-			Sampling: model.Sampling{Temperature: cfg.Sampling.Temperature, TopP: cfg.Sampling.TopP, Seed: cfg.Sampling.Seed}}
+			Sampling: cfg.Sampling.Model()}
 		var err error
 		if h.ModelFingerprint, h.ModelSHA256, err = weightsIdentity(lm.Dir); err != nil {
 			return nil, err

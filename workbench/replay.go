@@ -80,7 +80,8 @@ func ReplaySession(rec *sessions.Session, step func(s *Session, e sessions.Event
 		layers = max(layers, l+1)
 	}
 	b := &replayBackend{info: Info{Model: h.Model, Device: "recorded", Layers: layers, Axis: h.Axis}, layers: h.Layers}
-	sampling := Sampling{Temperature: h.Sampling.Temperature, TopP: h.Sampling.TopP, MaxTokens: 256, Seed: h.Seed}
+	sampling := Sampling{Temperature: h.Sampling.Temperature, TopP: h.Sampling.TopP, TopK: h.Sampling.TopK, MinP: h.Sampling.MinP,
+		RepetitionPenalty: h.Sampling.RepetitionPenalty, MaxTokens: 256, Seed: h.Seed}
 	s := New(b, Options{Sampling: sampling, Controls: DefaultControls(layers)})
 	ev := rec.Events
 	for i := 0; i < len(ev); i++ {
@@ -161,7 +162,7 @@ func replayControl(s *Session, b *replayBackend, e sessions.Event) error {
 		}
 		b.scale = r
 		return s.Apply(r.Controls)
-	case "temperature", "top_p", "max_tokens", "seed":
+	case "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed":
 		var v float64
 		if err := json.Unmarshal(e.Value, &v); err != nil {
 			return fmt.Errorf("%s: %w", e.Name, err)
@@ -174,6 +175,12 @@ func replayControl(s *Session, b *replayBackend, e sessions.Event) error {
 			s.sampling.TopP = v
 		case "max_tokens":
 			s.sampling.MaxTokens = int(v)
+		case "top_k":
+			s.sampling.TopK = int(v)
+		case "min_p":
+			s.sampling.MinP = v
+		case "repetition_penalty":
+			s.sampling.RepetitionPenalty = v
 		case "seed":
 			s.sampling.Seed = uint64(v)
 		}

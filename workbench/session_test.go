@@ -27,6 +27,11 @@ func TestCommandsConfirmAndRecord(t *testing.T) {
 		{"/set top-p 0.5", "top-p = 0.5"},
 		{"/set max-tokens 16", "max-tokens = 16"},
 		{"/set seed 7", "seed = 7"},
+		{"/set top-k 40", "top-k = 40"},
+		{"/set min-p 0.05", "min-p = 0.05"},
+		{"/set repetition-penalty 1.1", "repetition-penalty = 1.1"},
+		{"/set top-k 2.5", "/set top-k 2.5: give a whole number (0: off)"},
+		{"/set context drop-oldest", "context = drop-oldest"},
 		{"/cap p50", "capping at p50 on layers 3:5"},
 		{"/cap 2:6", "capping at p50 on layers 2:6"},
 		{"/cap off", "capping off"},
@@ -49,7 +54,7 @@ func TestCommandsConfirmAndRecord(t *testing.T) {
 		}
 	}
 	sm := s.Sampling()
-	if sm.Temperature != 0.2 || sm.TopP != 0.5 || sm.MaxTokens != 16 || sm.Seed != 7 {
+	if sm.Temperature != 0.2 || sm.TopP != 0.5 || sm.MaxTokens != 16 || sm.Seed != 7 || sm.TopK != 40 || sm.MinP != 0.05 || sm.RepetitionPenalty != 1.1 {
 		t.Fatalf("sampling %+v", sm)
 	}
 	if c := s.Controls(); c.Layer != 6 || c.CapOn || c.SteerOn || c.SteerCoeff != -2 || c.SteerLayer != 5 || c.Cap.P != 0.5 || c.Cap.Window != [2]int{2, 6} {
@@ -93,8 +98,8 @@ func TestBadCommandsChangeNothing(t *testing.T) {
 		"/set top-p 0":        "top-p 0",
 		"/set max-tokens 0":   "give at least 1",
 		"/set seed 1.5":       "whole number",
-		"/set color red":      "temperature, top-p, max-tokens or seed",
-		"/set temperature":    "/set temperature|top-p|max-tokens|seed VALUE",
+		"/set color red":      "temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed or context",
+		"/set temperature":    "/set temperature|top-p|top-k|min-p|repetition-penalty|max-tokens|seed VALUE",
 		"/mark good":          "not recording (--no-record): nothing to mark",
 		"/save":               "/save FILE",
 		"/cancel x":           "training is not available",

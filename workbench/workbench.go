@@ -12,17 +12,25 @@ import (
 	"github.com/keel-lab/keel/probes"
 )
 
-// Sampling is the generation settings /set changes.
+// Sampling is the generation settings /set changes: every sampling setting `keel generate` takes.
 type Sampling struct {
-	Temperature float64
-	TopP        float64
-	MaxTokens   int
-	Seed        uint64
+	Temperature       float64
+	TopP              float64
+	TopK              int     // 0: off
+	MinP              float64 // 0: off
+	RepetitionPenalty float64 // 0 or 1: off
+	MaxTokens         int
+	Seed              uint64
+}
+
+// Model is the sampler's settings.
+func (s Sampling) Model() model.Sampling {
+	return model.Sampling{Temperature: s.Temperature, TopP: s.TopP, TopK: s.TopK, MinP: s.MinP, RepetitionPenalty: s.RepetitionPenalty, Seed: s.Seed}
 }
 
 // Check refuses settings generation would reject, with the line that names the fix.
 func (s Sampling) Check() error {
-	if err := (model.Sampling{Temperature: s.Temperature, TopP: s.TopP}).Check(); err != nil {
+	if err := s.Model().Check(); err != nil {
 		return err
 	}
 	if s.TopP == 0 {

@@ -42,6 +42,9 @@ func (c *chatFlags) register(fs *flag.FlagSet, s workbench.Sampling) {
 	fs.Float64Var(&c.sampling.TopP, "top-p", s.TopP, "nucleus mass")
 	fs.IntVar(&c.sampling.MaxTokens, "max-tokens", s.MaxTokens, "tokens per reply at most")
 	fs.Uint64Var(&c.sampling.Seed, "seed", s.Seed, "sampling seed")
+	fs.IntVar(&c.sampling.TopK, "top-k", s.TopK, "keep the k likeliest tokens (0 = off)")
+	fs.Float64Var(&c.sampling.MinP, "min-p", s.MinP, "drop tokens below this fraction of the likeliest's probability (0 = off)")
+	fs.Float64Var(&c.sampling.RepetitionPenalty, "repetition-penalty", s.RepetitionPenalty, "penalty on tokens already in the context (1 = off)")
 }
 
 // open loads the model and starts a session on it, with the machine's jobs (their updates go to send) and a
