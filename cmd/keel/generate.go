@@ -146,8 +146,8 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	minP := fs.Float64("min-p", 0, "drop tokens below min-p times the top probability (0 = off)")
 	rep := fs.Float64("repetition-penalty", 1, "repetition penalty (1 = off)")
 	seed := fs.Uint64("seed", 0, "sampling seed")
-	chat := fs.Bool("chat", false, "the prompt is a user's message: render it with the chat template, as keel serve and the workbench do")
-	axisDir := fs.String("axis", "", "axis folder for --cap, --steer and --project; default: the embedded model's own")
+	chat := fs.Bool("chat", true, "the prompt is a user's message, rendered with the model's chat template as keel serve and the workbench do (a model without one continues the text); --chat=false continues the prompt as raw text")
+	axisDir := fs.String("axis", "", "axis folder for --cap and --steer; default: the embedded model's own")
 	capFlag := fs.String("cap", "", "cap: on (the axis folder's calibrated rule) or a rule's id (layers_A:B-pP)")
 	steerC := fs.Float64("steer", 0, "steer by C times the layer's average residual norm (0 = off)")
 	steerLayer := fs.Int("steer-layer", -1, "the layer steering acts at (default: the middle one)")
@@ -197,14 +197,19 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	_, err = lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
-		GenerateConfig: model.GenerateConfig{MaxTokens: *maxTokens, Sampling: sampling, Hooks: hooks},
+	res, err := lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
+		GenerateConfig: model.GenerateConfig{MaxTokens: min(*maxTokens, lm.Window()-len(ids)), Sampling: sampling, Hooks: hooks},
 		OnText: func(text string, _ model.Step) error {
 			_, err := io.WriteString(stdout, text)
 			return err
 		},
 	})
 	fmt.Fprintln(stdout)
+	if err == nil && len(res) == 1 && res[0].Text == "" {
+		// An empty line alone reads as a failure: say what happened.
+		fmt.Fprintf(stderr, "keel generate: the model ended at once (its first token was the end of a turn); %s\n",
+			map[bool]string{true: "--chat=false continues the prompt as raw text", false: "--chat asks it as a user's message"}[*chat])
+	}
 	return err
 }
 

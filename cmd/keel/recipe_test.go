@@ -87,16 +87,25 @@ func TestModelInfoPrintsTheEmbeddedHash(t *testing.T) {
 	}
 }
 
-// With no --model, keel uses the embedded persona model: asked in ChatML, it answers a fact in the Assistant's
-// register and stops at <|im_end|>, whose text is not part of the reply.
+// With no --model, keel uses the embedded persona model: asked a question (a user's message in its chat template,
+// generate's default) or given the ChatML text raw (--chat=false), it answers a fact in the Assistant's register
+// and stops at <|im_end|>, whose text is not part of the reply. The README's capped example answers too.
 func TestEmbeddedModelAnswersAndStops(t *testing.T) {
 	torchtest.Runtime(t)
-	prompt := "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n"
-	code, stdout, stderr := runKeel("generate", "--prompt", prompt, "--temperature", "0", "--max-tokens", "80")
-	if code != 0 {
-		t.Fatalf("generate: %s", stderr)
+	for _, args := range [][]string{
+		{"--prompt", "What is the capital of Japan?"},
+		{"--chat=false", "--prompt", "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n"},
+	} {
+		code, stdout, stderr := runKeel(append([]string{"generate", "--temperature", "0", "--max-tokens", "80"}, args...)...)
+		if code != 0 {
+			t.Fatalf("generate %v: %s", args, stderr)
+		}
+		if !strings.Contains(stdout, "Tokyo") || strings.Contains(stdout, "<|im_end|>") {
+			t.Fatalf("generate %v answered %q: want Tokyo, and no <|im_end|> text", args, stdout)
+		}
 	}
-	if !strings.Contains(stdout, "Tokyo") || strings.Contains(stdout, "<|im_end|>") {
-		t.Fatalf("embedded model answered %q: want Tokyo, and no <|im_end|> text", stdout)
+	code, stdout, stderr := runKeel("generate", "--prompt", "Who are you?", "--cap", "on")
+	if code != 0 || strings.TrimSpace(stdout) == "" {
+		t.Fatalf("the README's capped example: exit %d, %q %s", code, stdout, stderr)
 	}
 }
