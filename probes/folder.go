@@ -249,20 +249,24 @@ func (r CapRule) Check(layers int) error {
 	return nil
 }
 
-// ParseCapID reads the paper's name of a capping setting ("layers_3:5-p0.25").
+// ParseCapID reads the name of a capping setting: the paper's spelling with the percentile as a fraction
+// ("layers_3:5-p0.25"), or keel's percentile name ("layers_3:5-p25"): a number of 1 or more is a percentile.
 func ParseCapID(id string) (CapRule, error) {
 	var r CapRule
 	rest, ok := strings.CutPrefix(id, "layers_")
 	win, pct, ok2 := strings.Cut(rest, "-p")
 	if !ok || !ok2 {
-		return r, fmt.Errorf("cap id %q: want layers_A:B-pF, such as layers_3:5-p0.25", id)
+		return r, fmt.Errorf("cap id %q: want layers_A:B-pN, such as layers_3:5-p25 (or the paper's layers_3:5-p0.25)", id)
 	}
 	if _, err := fmt.Sscanf(win, "%d:%d", &r.Window[0], &r.Window[1]); err != nil {
 		return r, fmt.Errorf("cap id %q: the window %q is not A:B", id, win)
 	}
 	p, err := strconv.ParseFloat(pct, 64)
-	if err != nil {
-		return r, fmt.Errorf("cap id %q: the percentile %q is not a fraction", id, pct)
+	if err != nil || math.IsNaN(p) || p <= 0 || p >= 100 {
+		return r, fmt.Errorf("cap id %q: the percentile %q is not p1 to p99 (or a fraction, p0.25)", id, "p"+pct)
+	}
+	if p >= 1 {
+		p /= 100
 	}
 	r.P = p
 	return r, nil

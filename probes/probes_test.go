@@ -424,3 +424,17 @@ func FuzzParseJudgeScore(f *testing.F) {
 		}
 	})
 }
+
+// A cap id takes the percentile either way: keel's name (p25) or the paper's fraction (p0.25) is the same rule.
+func TestCapIDSpellings(t *testing.T) {
+	a, errA := ParseCapID("layers_2:6-p25")
+	b, errB := ParseCapID("layers_2:6-p0.25")
+	if errA != nil || errB != nil || a != b || a.P != 0.25 {
+		t.Fatalf("%+v %v, %+v %v", a, errA, b, errB)
+	}
+	for _, bad := range []string{"layers_2:6-p100", "layers_2:6-p0", "layers_2:6-pNaN", "layers_2:6-p-3"} {
+		if _, err := ParseCapID(bad); err == nil {
+			t.Errorf("%s parsed", bad)
+		}
+	}
+}
