@@ -23,6 +23,10 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if args[0] == "roles" {
+		fs := newFlags("corpus roles", stderr)
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
 		for _, r := range append([]probes.Style{p.Assistant}, p.Roles...) {
 			fmt.Fprintf(stdout, "%-14s %-10s %s\n", r.Name, r.Kind, strings.Join(r.Lexicon, " "))
 		}
@@ -33,7 +37,7 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (the same seed gives the same file)")
 	out := fs.String("out", "", "output JSONL file (chat records with ChatML roles)")
 	textOut := fs.String("text", "", "also write every message's text, one per line (a tokenizer's training text)")
-	roles := fs.String("roles", "", "comma-separated roles to draw role-played chats from (default: all; see `keel corpus roles`)")
+	roles := fs.String("roles", "", "comma-separated roles to draw role-played chats from (default: all; keel corpus roles lists them)")
 	fs.IntVar(&cfg.AssistantQA, "assistant-qa", cfg.AssistantQA, "single-turn Assistant answers")
 	fs.IntVar(&cfg.RoleQA, "role-qa", cfg.RoleQA, "single-turn role-prompted answers")
 	fs.IntVar(&cfg.Conversations, "conversations", cfg.Conversations, "multi-turn conversations per domain (coding, writing, therapy, philosophy)")

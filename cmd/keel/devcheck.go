@@ -57,6 +57,32 @@ func parseIDs(s string) ([]int, error) {
 	return ids, nil
 }
 
+// parseLayers reads --layers: comma-separated layers, each a number or a window A:B (a Python slice), "2:6" or
+// "3,5,8".
+func parseLayers(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if a, b, ok := strings.Cut(f, ":"); ok {
+			lo, errA := strconv.Atoi(a)
+			hi, errB := strconv.Atoi(b)
+			if errA != nil || errB != nil || lo < 0 || hi <= lo || hi-lo > 1024 {
+				return nil, fmt.Errorf("--layers %q: %q is not a window A:B with 0 <= A < B", s, f)
+			}
+			for l := lo; l < hi; l++ {
+				out = append(out, l)
+			}
+			continue
+		}
+		l, err := strconv.Atoi(f)
+		if err != nil || l < 0 {
+			return nil, fmt.Errorf("--layers %q: give layers as 2:6 or 3,5,8", s)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
 func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
 	dt, err := torch.ParseDType(mf.dtype)
 	if err != nil {

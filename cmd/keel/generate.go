@@ -214,6 +214,13 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 }
 
 func runInfo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("info", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q: keel info takes none", fs.Arg(0))}
+	}
 	rt, err := torch.Load()
 	if err != nil {
 		return err

@@ -46,12 +46,18 @@ func commands() []command {
 		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf", "serve", "hostile"}, true},
 		{"info", "show the libtorch runtime keel uses", runInfo, nil, false},
 		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}, true},
-		{"version", "print keel's version", func([]string, io.Writer, io.Writer) error { fmt.Println("keel", version); return nil }, nil, false},
+		{"version", "print keel's version", runVersion, nil, false},
 	}
 }
 
 // usageError marks errors caused by bad flags or arguments (exit status 2).
 type usageError struct{ error }
+
+// helpError is a -h: the command's usage, which run prints on stdout (exit status 0).
+type helpError struct{ usage string }
+
+func (h helpError) Error() string { return flag.ErrHelp.Error() }
+func (h helpError) Unwrap() error { return flag.ErrHelp }
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: keel <command> [flags]")
@@ -161,6 +167,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 0
 			}
 			if errors.Is(err, flag.ErrHelp) {
+				var h helpError
+				if errors.As(err, &h) {
+					fmt.Fprint(stdout, h.usage)
+				}
 				return 0
 			}
 			fmt.Fprintln(stderr, "keel "+c.name+": "+oneLine(err.Error()))
@@ -218,11 +228,31 @@ func parse(fs *flag.FlagSet, args []string) error {
 func parseOnce(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stdout)
-			fs.PrintDefaults()
-			return err
+			var b strings.Builder
+			n := 0
+			fs.VisitAll(func(*flag.Flag) { n++ })
+			if n == 0 {
+				fmt.Fprintf(&b, "usage: %s (it takes no flags)\n", fs.Name())
+			} else {
+				fmt.Fprintf(&b, "usage: %s [flags]\n", fs.Name())
+				fs.SetOutput(&b)
+				fs.PrintDefaults()
+			}
+			return helpError{b.String()}
 		}
 		return usageError{err}
 	}
+	return nil
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q: keel version takes none", fs.Arg(0))}
+	}
+	fmt.Fprintln(stdout, "keel", version)
 	return nil
 }

@@ -251,3 +251,19 @@ func hugeConfig(t *testing.T) string {
 	}
 	return dir
 }
+
+// Every command and subcommand answers -h with its usage on stdout, exit 0, before touching a model.
+func TestEveryCommandAnswersHelp(t *testing.T) {
+	for _, c := range commands() {
+		calls := [][]string{{c.name, "-h"}}
+		for _, sub := range c.subs {
+			calls = append(calls, []string{c.name, sub, "-h"})
+		}
+		for _, args := range calls {
+			code, stdout, stderr := runKeel(args...)
+			if code != 0 || !strings.Contains(stdout, "keel "+args[0]) && !strings.Contains(stdout, "usage") {
+				t.Errorf("keel %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, stdout, stderr)
+			}
+		}
+	}
+}

@@ -98,8 +98,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}}
 		if *layersFlag != "" {
 			var err error
-			if opt.Layers, err = parseIDs(*layersFlag); err != nil {
-				return usageError{fmt.Errorf("--layers: %w", err)}
+			if opt.Layers, err = parseLayers(*layersFlag); err != nil {
+				return usageError{err}
 			}
 		}
 		if err := s.Export(*format, *out, opt); err != nil {
@@ -172,7 +172,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}
 		layers := axis.LayerList()
 		if *layersFlag != "" {
-			if layers, err = parseIDs(*layersFlag); err != nil {
+			if layers, err = parseLayers(*layersFlag); err != nil {
 				return usageError{err}
 			}
 		}

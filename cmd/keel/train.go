@@ -45,7 +45,7 @@ type runFlags struct {
 }
 
 func (r *runFlags) register(fs *flag.FlagSet) {
-	r.detach = fs.Bool("detach", false, "run in the background and print the run id (`keel jobs` watches it)")
+	r.detach = fs.Bool("detach", false, "run in the background and print the run id (keel jobs watches it)")
 	r.resume = fs.String("resume", "", "continue a run (its folder or id) from its last checkpoint")
 	r.runsDir = fs.String("runs", train.DefaultRunsDir(), "folder of run folders")
 	r.runDir = fs.String("run-dir", "", "use this existing run folder (set by --detach)")
