@@ -154,9 +154,13 @@ func Open(path string) (*File, error) {
 		return nil, fmt.Errorf("%s: mmap: %w", path, err)
 	}
 	hlen := binary.LittleEndian.Uint64(mapped[:8])
+	if mapped[0] == '{' || mapped[0] == '[' { // a JSON file (capping.json, config.json) given where tensors go
+		syscall.Munmap(mapped)
+		return nil, fmt.Errorf("%s is a JSON file, not safetensors (which begins with its header's 8-byte length): give a .safetensors file", path)
+	}
 	if hlen > maxHeader || int64(hlen) > size-8 {
 		syscall.Munmap(mapped)
-		return nil, fmt.Errorf("%s: header length %d does not fit the %d-byte file (truncated or not safetensors)", path, hlen, size)
+		return nil, fmt.Errorf("%s: not a safetensors file, or a truncated one: its first 8 bytes do not give a header length that fits its %d bytes", path, size)
 	}
 	h, err := ParseHeader(mapped[8:8+hlen], size-8-int64(hlen))
 	if err != nil {

@@ -72,8 +72,14 @@ func TestBadFilesGiveClearErrors(t *testing.T) {
 	b, _ := os.ReadFile(huge)
 	binary.LittleEndian.PutUint64(b, 1<<40)
 	os.WriteFile(huge, b, 0o644)
-	if _, err := Open(huge); err == nil || !strings.Contains(err.Error(), "does not fit") {
+	if _, err := Open(huge); err == nil || !strings.Contains(err.Error(), "do not give a header length that fits") {
 		t.Errorf("huge header length: %v", err)
+	}
+	// A JSON file given where tensors go (a capping config) is named as one, with no absurd length.
+	jsonFile := filepath.Join(t.TempDir(), "capping.json")
+	os.WriteFile(jsonFile, []byte(`{"best": {"id": "layers_3:5-p0.25"}}`), 0o644)
+	if _, err := Open(jsonFile); err == nil || !strings.Contains(err.Error(), "is a JSON file, not safetensors") {
+		t.Errorf("a JSON file: %v", err)
 	}
 }
 
