@@ -8,12 +8,15 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 
 	"github.com/keel-lab/keel/internal/atomicfile"
 )
@@ -238,9 +241,10 @@ func (s *Session) writePNG(f *os.File, layers []int) error {
 	}
 	layers, series, drift, tau, starts := d.layers, d.series, d.drift, d.tau, d.replyStarts
 	p := plot.New()
-	p.Title.Text = "projection onto the axis " + s.Header.Axis
+	p.Title.Text = "projection onto the axis " + ShortPath(s.Header.Axis)
 	p.X.Label.Text = "generated token"
 	p.Y.Label.Text = "<h, axis>"
+	legend := plot.NewLegend()
 	for i, xy := range series {
 		l, err := plotter.NewLine(xy)
 		if err != nil {
@@ -248,7 +252,7 @@ func (s *Session) writePNG(f *os.File, layers []int) error {
 		}
 		l.Color, l.Width = pngColors[i%len(pngColors)], vg.Points(1.2)
 		p.Add(l)
-		p.Legend.Add("layer "+strconv.Itoa(layers[i]), l)
+		legend.Add("layer "+strconv.Itoa(layers[i]), l)
 	}
 	for _, ref := range []struct {
 		name string
@@ -264,7 +268,7 @@ func (s *Session) writePNG(f *os.File, layers []int) error {
 		}
 		l.GlyphStyle.Color, l.GlyphStyle.Radius = ref.c, vg.Points(0.8)
 		p.Add(l)
-		p.Legend.Add(ref.name, l)
+		legend.Add(ref.name, l)
 	}
 	// A dotted line where each reply begins, over the height of everything drawn.
 	lo, hi := math.Inf(1), math.Inf(-1)
@@ -281,12 +285,29 @@ func (s *Session) writePNG(f *os.File, layers []int) error {
 		v.Color, v.Dashes = color.RGBA{190, 190, 190, 255}, []vg.Length{vg.Points(1), vg.Points(3)}
 		p.Add(v)
 	}
-	w, err := p.WriterTo(10*vg.Inch, 4*vg.Inch, "png")
-	if err != nil {
-		return err
-	}
-	_, err = w.WriteTo(f)
+	return WritePlotPNG(f, p, legend, 10*vg.Inch, 4*vg.Inch)
+}
+
+// legendWidth is the column at the right of a PNG where its legend goes, beside the data, never over it.
+const legendWidth = 1.6 * vg.Inch
+
+// WritePlotPNG draws a plot with its legend in a column of its own at the right, and writes the PNG.
+func WritePlotPNG(w io.Writer, p *plot.Plot, legend plot.Legend, width, height vg.Length) error {
+	img := vgimg.New(width, height)
+	dc := draw.New(img)
+	p.Draw(draw.Crop(dc, 0, -legendWidth, 0, 0))
+	legend.Top, legend.Left = true, true
+	legend.Draw(draw.Crop(dc, width-legendWidth+vg.Points(8), 0, 0, -vg.Points(24)))
+	_, err := vgimg.PngCanvas{Canvas: img}.WriteTo(w)
 	return err
+}
+
+// ShortPath names a file by its last two elements ("persona/axis.safetensors"): a title, not a location.
+func ShortPath(path string) string {
+	if path == "" {
+		return "(none)"
+	}
+	return filepath.Join(filepath.Base(filepath.Dir(path)), filepath.Base(path))
 }
 
 // ExportOptions are what some formats need besides the session.

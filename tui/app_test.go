@@ -587,10 +587,18 @@ func TestTauAndDriftLineStayDistinguishable(t *testing.T) {
 	if !strings.Contains(ansi.Strip(plot), "drift line +1.50 · tau +1.50") {
 		t.Fatalf("the plot does not name both lines:\n%s", plot)
 	}
+	labelled := false
 	for _, l := range strings.Split(plot, "\n") {
-		if strings.Contains(ansi.Strip(l), " 1.5 ┼") && !strings.Contains(l, "\x1b[91m") {
+		if !strings.HasSuffix(ansi.Strip(l), "┼────── drift, tau") && !strings.HasSuffix(ansi.Strip(l), "─ drift, tau") {
+			continue
+		}
+		labelled = true
+		if !strings.Contains(l, "\x1b[91m") {
 			t.Fatalf("the shared row is not drawn in tau's colour: %q", l)
 		}
+	}
+	if !labelled {
+		t.Fatalf("the shared row does not name both lines at its end:\n%s", ansi.Strip(plot))
 	}
 }
 

@@ -32,6 +32,8 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 	if session.Info().Axis == "" {
 		return title + "\n" + st.Dim.Render("(no axis loaded)")
 	}
+	captionW := w + 8
+	w = max(8, w-len(" tau, drift")) // room for the flat lines' names at their right ends
 	var series [][]float64
 	var legends []string
 	var colors []asciigraph.AnsiColor
@@ -81,13 +83,17 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 		}
 		return out
 	}
+	var flatLines [][]float64 // the drift line and tau, named at their right ends (one row may hold both)
+	var flatNames []string
 	if thr, _ := session.Scale(layer); !math.IsNaN(thr) {
 		series, legends, colors = append(series, flat(thr)), append(legends, "drift"), append(colors, asciigraph.Gray)
 		values = append(values, fmt.Sprintf("drift line %+.2f", thr))
+		flatLines, flatNames = append(flatLines, flat(thr)), append(flatNames, "drift")
 	}
 	if tau := session.Tau(layer); !math.IsNaN(tau) {
 		series, legends, colors = append(series, flat(tau)), append(legends, "tau"), append(colors, asciigraph.Red)
 		values = append(values, fmt.Sprintf("tau %+.2f", tau))
+		flatLines, flatNames = append(flatLines, flat(tau)), append(flatNames, "tau")
 	}
 	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1), asciigraph.SeriesLegends(legends...)}
 	if !st.plain {
@@ -97,10 +103,12 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 	if st.plain {
 		plot = ansi.Strip(plot) // asciigraph resets colours even when it sets none
 	}
+	plot = LabelLineEnds(plot, append(append([][]float64(nil), series[:len(series)-len(flatLines)]...), flatLines...),
+		append(make([]string, len(series)-len(flatLines)), flatNames...), h)
 	// The lines' values in words: on one row of the chart the two lines are one line.
 	for _, line := range []string{caption, strings.Join(values, " · ")} {
 		if line != "" {
-			plot += "\n" + st.Dim.Render(truncate(line, w+8))
+			plot += "\n" + st.Dim.Render(truncate(line, captionW))
 		}
 	}
 	return title + "\n" + plot

@@ -4,31 +4,36 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"image/color"
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/charmbracelet/x/ansi"
+	"github.com/charmbracelet/x/term"
 	"github.com/guptarohit/asciigraph"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
+	"github.com/keel-lab/keel/tui"
 )
 
-// runDrift: keel drift --axis FILE [--model DIR] [--cap FILE] [--domains ...] [--csv FILE] [--png FILE] [--json]
+// runDrift: keel drift [--axis FILE|DIR] [--model DIR] [--cap FILE] [--domains ...] [--csv FILE] [--png FILE] [--json]
 func runDrift(args []string, stdout, stderr io.Writer) error {
 	cfg := probes.DefaultDrift()
 	fs := newFlags("drift", stderr)
 	var mf modelFlags
 	mf.register(fs)
-	axisPath := fs.String("axis", "", "the axis file (keel axis extract --out DIR writes DIR/axis.safetensors)")
+	axisPath := fs.String("axis", "", "the axis: a file or an extraction folder (keel axis extract --out DIR); default: the embedded model's own")
 	capPath := fs.String("cap", "", "a capping config to hold the conversations under (DIR/caps/<id>.safetensors)")
 	ignoreHash := fs.Bool("ignore-hash", false, "accept vector files made for other weights of the same shape")
 	domains := fs.String("domains", "coding,writing,therapy,philosophy", "comma-separated domains")
@@ -53,14 +58,23 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Check(); err != nil {
 		return usageError{err}
 	}
-	if *axisPath == "" {
-		return usageError{fmt.Errorf("give --axis FILE (keel axis extract writes one)")}
+	embedded := mf.dir == ""
+	if *axisPath == "" && !embedded {
+		return usageError{fmt.Errorf("give --axis FILE or DIR for --model %s (keel axis extract writes one)", mf.dir)}
 	}
 	ctx, lm, done, err := mf.loadForRun()
 	if err != nil {
 		return err
 	}
 	defer done()
+	if *axisPath == "" {
+		if *axisPath, err = models.PersonaAxis(lm.Dir); err != nil {
+			return err
+		}
+	}
+	if st, err := os.Stat(*axisPath); err == nil && st.IsDir() {
+		*axisPath = filepath.Join(*axisPath, "axis.safetensors")
+	}
 	axis, err := loadAxisFor(*axisPath, lm, *ignoreHash)
 	if err != nil {
 		return err
@@ -102,7 +116,7 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(jsonCurves(curves))
 	}
-	fmt.Fprintln(stdout, driftChart(curves))
+	fmt.Fprintln(stdout, driftChart(curves, colourOn(stdout)))
 	fmt.Fprintln(stdout, "turn  "+fmt.Sprint(rangeN(cfg.Turns)))
 	for _, c := range curves {
 		fmt.Fprintf(stdout, "%-10s projection %s\n%-10s drifted    %s\n", c.Domain, cells(c.Projection, "%6.2f"), "", cells(c.DriftRate, "%6.2f"))
@@ -145,8 +159,9 @@ func jsonCurves(curves []probes.DriftCurve) []map[string]any {
 	return out
 }
 
-// driftChart draws every domain's mean projection per turn in one ASCII chart.
-func driftChart(curves []probes.DriftCurve) string {
+// driftChart draws every domain's mean projection per turn in one ASCII chart, each line named at its right end
+// (told apart without colour); colour only on a terminal.
+func driftChart(curves []probes.DriftCurve, colour bool) string {
 	var data [][]float64
 	var names []string
 	for _, c := range curves {
@@ -164,14 +179,14 @@ func driftChart(curves []probes.DriftCurve) string {
 	if len(data) == 0 {
 		return "(no turn position reached by enough conversations to plot)"
 	}
-	opts := []asciigraph.Option{asciigraph.Height(12), asciigraph.Width(48), asciigraph.SeriesLegends(names...),
+	opts := []asciigraph.Option{asciigraph.Height(12), asciigraph.Width(48),
 		asciigraph.Caption("mean projection on the Assistant Axis per turn (higher: more Assistant-like)")}
-	if os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb" {
-		return ansi.Strip(asciigraph.PlotMany(data, opts...)) // asciigraph resets colours even when it sets none
+	if !colour {
+		// asciigraph resets colours even when it sets none; its legend's marks would all look alike
+		return tui.LabelLineEnds(ansi.Strip(asciigraph.PlotMany(data, opts...)), data, names, 12)
 	}
-	colors := []asciigraph.AnsiColor{asciigraph.Blue, asciigraph.Green, asciigraph.Red, asciigraph.Yellow}
-	opts = append(opts, asciigraph.SeriesColors(colors[:min(len(colors), len(data))]...))
-	return asciigraph.PlotMany(data, opts...)
+	opts = append(opts, asciigraph.SeriesLegends(names...), asciigraph.SeriesColors(domainColours(names)...))
+	return tui.LabelLineEnds(asciigraph.PlotMany(data, opts...), data, names, 12)
 }
 
 func writeDriftCSV(path string, curves []probes.DriftCurve) error {
@@ -199,7 +214,8 @@ func writeDriftPNG(path string, curves []probes.DriftCurve) error {
 	p.Title.Text = "Drift along the Assistant Axis"
 	p.X.Label.Text = "turn"
 	p.Y.Label.Text = "mean projection of the reply"
-	var args []any
+	legend := plot.NewLegend()
+	drawn := 0
 	for _, c := range curves {
 		var xy plotter.XYs
 		for t, y := range c.Projection {
@@ -207,15 +223,51 @@ func writeDriftPNG(path string, curves []probes.DriftCurve) error {
 				xy = append(xy, plotter.XY{X: float64(t + 1), Y: y})
 			}
 		}
-		if len(xy) > 0 {
-			args = append(args, c.Domain, xy)
+		if len(xy) == 0 {
+			continue
 		}
+		l, pts, err := plotter.NewLinePoints(xy)
+		if err != nil {
+			return err
+		}
+		_, rgba := domainColour(c.Domain)
+		l.Color, pts.Color = rgba, rgba
+		p.Add(l, pts)
+		legend.Add(c.Domain, l, pts)
+		drawn++
 	}
-	if len(args) == 0 {
+	if drawn == 0 {
 		return fmt.Errorf("%s: no turn position reached by enough conversations to plot", path)
 	}
-	if err := plotutil.AddLinePoints(p, args...); err != nil {
-		return err
+	return atomicfile.Write(path, func(f *os.File) error { return sessions.WritePlotPNG(f, p, legend, 8*vg.Inch, 4*vg.Inch) })
+}
+
+// colourOn reports whether w is a terminal that takes colour (NO_COLOR unset, TERM not dumb): a file or a pipe
+// gets plain text.
+func colourOn(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(f.Fd()) && os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb"
+}
+
+// domainColour is a drift domain's one colour, in the terminal and in the PNG alike.
+func domainColour(domain string) (asciigraph.AnsiColor, color.RGBA) {
+	switch domain {
+	case "coding":
+		return asciigraph.Blue, color.RGBA{31, 119, 180, 255}
+	case "writing":
+		return asciigraph.Green, color.RGBA{44, 160, 44, 255}
+	case "therapy":
+		return asciigraph.Red, color.RGBA{214, 39, 40, 255}
+	case "philosophy":
+		return asciigraph.Goldenrod, color.RGBA{218, 165, 32, 255}
 	}
-	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+	return asciigraph.Gray, color.RGBA{127, 127, 127, 255}
+}
+
+func domainColours(names []string) []asciigraph.AnsiColor {
+	out := make([]asciigraph.AnsiColor, len(names))
+	for i, n := range names {
+		out[i], _ = domainColour(n)
+	}
+	return out
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"github.com/guptarohit/asciigraph"
+	"github.com/keel-lab/keel/probes"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -265,5 +267,30 @@ func TestEveryCommandAnswersHelp(t *testing.T) {
 				t.Errorf("keel %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, stdout, stderr)
 			}
 		}
+	}
+}
+
+// `keel drift > file` writes plain text, each domain's line named at its right end (the legend's marks alone
+// would all look alike without colour); on a terminal the colours are the PNG's.
+func TestDriftChartWithoutColour(t *testing.T) {
+	curves := []probes.DriftCurve{{Domain: "coding", Projection: []float64{3, 3.2, 3.1}}, {Domain: "therapy", Projection: []float64{3, 2, 1}}}
+	plain := driftChart(curves, false)
+	if strings.Contains(plain, "\x1b[") {
+		t.Fatalf("escape codes in plain output:\n%q", plain)
+	}
+	for _, d := range []string{"coding", "therapy"} {
+		found := false
+		for _, l := range strings.Split(plain, "\n") {
+			found = found || strings.HasSuffix(l, " "+d) && strings.ContainsAny(l, "┤┼")
+		}
+		if !found {
+			t.Fatalf("no chart row ends with %q:\n%s", d, plain)
+		}
+	}
+	if colour, _ := domainColour("therapy"); colour != asciigraph.Red {
+		t.Fatalf("therapy is %v in the terminal", colour)
+	}
+	if colourOn(&strings.Builder{}) {
+		t.Fatal("colour on a writer that is not a terminal")
 	}
 }
