@@ -2,16 +2,17 @@ package main
 
 import (
 	"bytes"
-	"github.com/guptarohit/asciigraph"
-	"github.com/keel-lab/keel/probes"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/guptarohit/asciigraph"
+
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/probes"
 )
 
 func runKeel(args ...string) (int, string, string) {
