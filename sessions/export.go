@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
+	"github.com/charmbracelet/x/ansi"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -27,7 +29,9 @@ type Frame struct {
 	Screen string
 }
 
-// WriteCast writes an asciinema v3 recording of the session's frames (each frame redraws the screen).
+// WriteCast writes an asciinema v3 recording of the session's frames: the first whole, each later one as the rows
+// that changed (moved to and rewritten, the rest of the row cleared), as a terminal program redraws; a frame
+// that changes nothing is left out.
 func (s *Session) WriteCast(w io.Writer, frames []Frame) error {
 	h := map[string]any{"version": 3, "term": map[string]int{"cols": s.Header.Term.Cols, "rows": s.Header.Term.Rows},
 		"timestamp": s.Header.Created.Unix(), "title": "keel session " + s.Header.Model}
@@ -39,14 +43,58 @@ func (s *Session) WriteCast(w io.Writer, frames []Frame) error {
 		return err
 	}
 	prev := 0.0
+	var shown []string // the rows on screen
 	for _, f := range frames {
-		screen := "\x1b[H\x1b[2J" + strings.ReplaceAll(f.Screen, "\n", "\r\n")
-		if err := enc.Encode([]any{round6(f.T - prev), "o", screen}); err != nil {
+		rows := strings.Split(f.Screen, "\n")
+		var out strings.Builder
+		if len(rows) != len(shown) {
+			out.WriteString("\x1b[H\x1b[2J" + strings.Join(rows, "\r\n"))
+		} else {
+			for i, r := range rows {
+				if r != shown[i] {
+					k := unchangedPrefix(shown[i], r)
+					fmt.Fprintf(&out, "\x1b[%d;%dH%s\x1b[K", i+1, ansi.StringWidth(r[:k])+1, r[k:])
+				}
+			}
+		}
+		shown = rows
+		if out.Len() == 0 {
+			continue
+		}
+		if err := enc.Encode([]any{round6(f.T - prev), "o", out.String()}); err != nil {
 			return err
 		}
 		prev = f.T
 	}
 	return nil
+}
+
+// unchangedPrefix is how much of a row's new text, from its start, the old one already shows: the longest common
+// prefix that ends outside an escape sequence, at a character's start, with no colour open (so the rest can be
+// written from that column alone).
+func unchangedPrefix(old, row string) int {
+	safe, open, inEsc := 0, false, false
+	for i := 0; i < len(old) && i < len(row) && old[i] == row[i]; i++ {
+		c := row[i]
+		switch {
+		case inEsc:
+			if c >= 0x40 && c <= 0x7e { // the sequence's final byte
+				inEsc = false
+				if c == 'm' {
+					// an SGR: open unless it resets ("\x1b[m" or "\x1b[0m")
+					j := strings.LastIndex(row[:i], "\x1b[")
+					params := row[j+2 : i]
+					open = params != "" && params != "0"
+				}
+			}
+		case c == 0x1b:
+			inEsc = true
+		}
+		if !inEsc && !open && i+1 < len(row) && utf8.RuneStart(row[i+1]) {
+			safe = i + 1
+		}
+	}
+	return safe
 }
 
 func round6(x float64) float64 {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -637,5 +638,64 @@ func TestCtrlLRedrawsAndCtrlDQuits(t *testing.T) {
 	a.Update(tea.KeyMsg{Type: tea.KeyCtrlD})
 	if !a.quitting {
 		t.Fatal("ctrl+d on an empty input does not quit")
+	}
+}
+
+// A cast of a long session stays small: 64 turns of 100 tokens each, streamed at 100 tokens a second, export
+// as changed rows at 10 frames a second, under 5 MB (whole screens at every token were 40 MB).
+func TestCastOfALongSessionIsSmall(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "long.jsonl")
+	rec, err := sessions.Create(path, sessions.Header{Keel: "test", Model: "/models/persona", Axis: "/models/persona/axis/axis.safetensors",
+		Layers: []int{0, 1, 2, 3, 4, 5, 6, 7}, NLayers: 8, Term: sessions.Term{Cols: 160, Rows: 48}, Sampling: model.Sampling{Temperature: 0.7, TopP: 0.9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := 1.0
+	add := func(e sessions.Event) {
+		at += 0.01
+		e.T = at
+		if err := rec.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for turn := 0; turn < 64; turn++ {
+		msg := fmt.Sprintf("Tell me about the sea, part %d.", turn)
+		add(sessions.Event{Type: sessions.TurnStart, Role: "user"})
+		add(sessions.Event{Type: sessions.Token, Piece: msg})
+		add(sessions.Event{Type: sessions.TurnEnd, Role: "user", Text: msg})
+		add(sessions.Event{Type: sessions.TurnStart, Role: "assistant", Context: []int{1, 2, 3}})
+		var text strings.Builder
+		for k := 0; k < 100; k++ {
+			piece := fmt.Sprintf(" word%d", k)
+			text.WriteString(piece)
+			proj := make([]float32, 8)
+			for l := range proj {
+				proj[l] = float32(math.Sin(float64(turn*100+k)/7) + float64(l)/4)
+			}
+			add(sessions.Event{Type: sessions.Token, ID: 10 + k, Piece: piece, Proj: proj})
+		}
+		add(sessions.Event{Type: sessions.TurnEnd, Role: "assistant", Text: text.String()})
+		at += 2 // the user reads and types
+	}
+	rec.Close()
+	s, err := sessions.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	frames, err := FramesEvery(s, NewStyles(termenv.ANSI256), 0, 0, 1.0/10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cast bytes.Buffer
+	if err := s.WriteCast(&cast, frames); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d frames, %.1f MB, drawn and written in %s", len(frames), float64(cast.Len())/(1<<20), time.Since(start).Round(time.Millisecond))
+	if cast.Len() > 5<<20 {
+		t.Fatalf("a 64-turn cast is %.1f MB", float64(cast.Len())/(1<<20))
+	}
+	if last := ansi.Strip(frames[len(frames)-1].Screen); !strings.Contains(last, "word99") {
+		t.Fatal("the last frame is not the session's end")
 	}
 }

@@ -27,6 +27,13 @@ const (
 // Frames draws a recorded session as the workbench drew it: the screen after every event and every token of
 // every reply, with the chat, its tint, the plot and the controls, at cols x rows (0: the recorded size).
 func Frames(rec *sessions.Session, st Styles, cols, rows int) ([]sessions.Frame, error) {
+	return FramesEvery(rec, st, cols, rows, 0)
+}
+
+// FramesEvery draws the frames at most every interval seconds of session time (a reply's tokens within one
+// interval are one frame, the last event's screen), and always the last: a film of the session at a frame rate,
+// for exports; 0 draws every event.
+func FramesEvery(rec *sessions.Session, st Styles, cols, rows int, interval float64) ([]sessions.Frame, error) {
 	if cols <= 0 || rows <= 0 {
 		cols, rows = rec.Header.Term.Cols, rec.Header.Term.Rows
 	}
@@ -36,6 +43,7 @@ func Frames(rec *sessions.Session, st Styles, cols, rows int) ([]sessions.Frame,
 	fixedSize := cols != rec.Header.Term.Cols || rows != rec.Header.Term.Rows
 	var a *App
 	var frames []sessions.Frame
+	var pending *sessions.Event
 	err := workbench.ReplaySession(rec, func(s *workbench.Session, e sessions.Event) {
 		if a == nil {
 			a = New(Options{Session: s, Styles: st, Tint: true, Memory: func() uint64 { return 0 }})
@@ -55,10 +63,20 @@ func Frames(rec *sessions.Session, st Styles, cols, rows int) ([]sessions.Frame,
 			a.chat.invalidate()
 		}
 		a.generating = s.Generating()
+		if interval > 0 && len(frames) > 0 && e.T-frames[len(frames)-1].T < interval {
+			pending = &e // drawn if no later event starts a new frame
+			return
+		}
+		pending = nil
 		a.rerenderChat()
 		a.refresh()
 		frames = append(frames, sessions.Frame{T: e.T, Screen: a.View()})
 	})
+	if pending != nil && err == nil {
+		a.rerenderChat()
+		a.refresh()
+		frames = append(frames, sessions.Frame{T: pending.T, Screen: a.View()})
+	}
 	return frames, err
 }
 

@@ -94,7 +94,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}
 		// A cast holds the workbench's own frames (chat with tint, plot, controls), in 256 colours.
 		opt := sessions.ExportOptions{Frames: func(s *sessions.Session) ([]sessions.Frame, error) {
-			return tui.Frames(s, tui.NewStyles(termenv.ANSI256), 0, 0)
+			return tui.FramesEvery(s, tui.NewStyles(termenv.ANSI256), 0, 0, castInterval)
 		}}
 		if *layersFlag != "" {
 			var err error
@@ -292,3 +292,7 @@ func verifySession(s *sessions.Session, mf *modelFlags, axisPath string, ignoreH
 	}
 	return nil
 }
+
+// castInterval is the frame interval of a cast export: 10 frames a second of session time (a reply streams as
+// words appear to a reader; every token is still in the workbench's own /replay).
+const castInterval = 1.0 / 10
