@@ -459,7 +459,7 @@ func (a *App) renderTurn(t *workbench.Turn) string {
 		thr, top := a.session.Scale(a.session.Controls().Layer)
 		body = a.st.TintAll(t.Tokens, thr, top)
 	} else {
-		body = t.Text
+		body = terminalText(t.Text)
 	}
 	if t.Role == "assistant" && body == "" && a.generating {
 		body = a.st.Dim.Render("…")
@@ -468,7 +468,7 @@ func (a *App) renderTurn(t *workbench.Turn) string {
 		body += " " + a.st.Dim.Render("[stopped]")
 	}
 	if t.Dropped { // shown, no longer read by the model
-		label, body = a.st.Dim.Render("["+t.Role+", out of context]"), a.st.Dim.Render(t.Text)
+		label, body = a.st.Dim.Render("["+t.Role+", out of context]"), a.st.Dim.Render(terminalText(t.Text))
 	}
 	return a.st.r.NewStyle().Width(a.chat.Width).Render(label+" "+body) + "\n\n"
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 	"github.com/charmbracelet/x/exp/golden"
 	"github.com/charmbracelet/x/exp/teatest"
+	"github.com/mattn/go-runewidth"
 	"github.com/muesli/termenv"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -521,15 +522,16 @@ func TestJobsPaneShowsRunsOfOtherProcesses(t *testing.T) {
 	}
 }
 
-// A grapheme cluster split over tokens (a ZWJ family, a flag, a skin tone) is one glyph on a terminal: the tinted
-// reply measures what the terminal draws, so the panes beside it stay where they are.
+// A grapheme cluster split over tokens (a ZWJ family, a flag, a skin tone) is tinted whole, and drawn as every
+// terminal draws it alike (the fusing joiner and modifier dropped, a flag kept): the tinted reply measures what
+// the terminal draws, so the panes beside it stay where they are.
 func TestTintKeepsGraphemeClustersWhole(t *testing.T) {
 	st := NewStyles(termenv.ANSI256)
 	toks := []workbench.Token{{Text: "Hi 👨", Proj: 3, HasProj: true}, {Text: "\u200d👩", Proj: -1, HasProj: true}, {Text: "\u200d👧 and ", Proj: 1, HasProj: true},
 		{Text: "🇫", Proj: 3, HasProj: true}, {Text: "🇷", Proj: -2, HasProj: true}, {Text: " 👋", Proj: 0, HasProj: true}, {Text: "🏽!", Proj: 2, HasProj: true}}
 	got := st.TintAll(toks, 0, 3)
 	plain := ansi.Strip(got)
-	if plain != "Hi 👨\u200d👩\u200d👧 and 🇫🇷 👋🏽!" {
+	if plain != "Hi 👨👩👧 and 🇫🇷 👋!" {
 		t.Fatalf("text %q", plain)
 	}
 	if w, want := lipgloss.Width(got), ansi.StringWidth(plain); w != want {
@@ -697,5 +699,29 @@ func TestCastOfALongSessionIsSmall(t *testing.T) {
 	}
 	if last := ansi.Strip(frames[len(frames)-1].Screen); !strings.Contains(last, "word99") {
 		t.Fatal("the last frame is not the session's end")
+	}
+}
+
+// Emoji that fuse into one cluster (a ZWJ family, a skin tone, a flag, a variation selector) take the columns
+// the layout gives them in any terminal: every chat row measures the same by grapheme clusters (the layout) and
+// by code points (wcwidth, as tmux draws), so the plot beside the chat stays in its column.
+func TestFusedEmojiKeepTheColumns(t *testing.T) {
+	a := testApp(&fakeEngine{Axis: "axis"}, nil)
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 30})
+	a.send("family 👨‍👩‍👧 thumbs 👍🏽 flag 🇫🇷 smile ☺️ end")
+	for msg := range a.stream {
+		a.Update(msg)
+		if _, ok := msg.(doneMsg); ok {
+			break
+		}
+	}
+	for _, row := range strings.Split(ansi.Strip(a.View()), "\n") {
+		perRune := 0
+		for _, r := range row {
+			perRune += runewidth.RuneWidth(r)
+		}
+		if w := ansi.StringWidth(row); w != perRune {
+			t.Fatalf("a row the layout measures %d columns wide, a terminal %d: %q", w, perRune, row)
+		}
 	}
 }

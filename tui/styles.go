@@ -95,9 +95,11 @@ func (s Styles) Tint(t workbench.Token, thr, top float64) string {
 // it, and measured in pieces it would count wider than it is drawn, shifting every pane beside it. A cluster
 // spread over several tokens takes the colour of the token it begins in.
 func (s Styles) TintAll(toks []workbench.Token, thr, top float64) string {
+	toks = append([]workbench.Token(nil), toks...)
 	var full strings.Builder
-	for _, t := range toks {
-		full.WriteString(t.Text)
+	for i := range toks {
+		toks[i].Text = terminalText(toks[i].Text)
+		full.WriteString(toks[i].Text)
 	}
 	text := full.String()
 	starts := map[int]bool{} // byte offsets where a cluster begins
