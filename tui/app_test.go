@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -722,6 +723,26 @@ func TestFusedEmojiKeepTheColumns(t *testing.T) {
 		}
 		if w := ansi.StringWidth(row); w != perRune {
 			t.Fatalf("a row the layout measures %d columns wide, a terminal %d: %q", w, perRune, row)
+		}
+	}
+}
+
+// Without colour the plot's lines are told apart by name: each is named at its right end, and no legend of
+// identical marks is drawn.
+func TestPlainPlotNamesEveryLine(t *testing.T) {
+	a := testAppWith(&fakeEngine{Axis: "axis", DriftLine: -5}, nil, NewStyles(termenv.Ascii))
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 40})
+	a.session.Send(context.Background(), "hello", nil)
+	a.session.Send(context.Background(), "again", nil)
+	a.runCommand("/cap on")
+	a.refresh()
+	plot := a.plotPane
+	if strings.Contains(plot, "■") {
+		t.Fatalf("a legend of identical marks without colour:\n%s", plot)
+	}
+	for _, name := range []string{"token", "turn", "drift", "tau"} {
+		if !regexp.MustCompile(`[─╮╯╰╭│┼┤] .*\b` + name + `\b`).MatchString(plot) {
+			t.Fatalf("no line named %q:\n%s", name, plot)
 		}
 	}
 }

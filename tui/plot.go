@@ -33,7 +33,7 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 		return title + "\n" + st.Dim.Render("(no axis loaded)")
 	}
 	captionW := w + 8
-	w = max(8, w-len(" tau, drift")) // room for the flat lines' names at their right ends
+	w = max(8, w-len(" token, turn")) // room for the lines' names at their right ends
 	var series [][]float64
 	var legends []string
 	var colors []asciigraph.AnsiColor
@@ -95,16 +95,21 @@ func (m *plotModel) view(session *workbench.Session, st Styles, w, h int) string
 		values = append(values, fmt.Sprintf("tau %+.2f", tau))
 		flatLines, flatNames = append(flatLines, flat(tau)), append(flatNames, "tau")
 	}
-	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1), asciigraph.SeriesLegends(legends...)}
+	opts := []asciigraph.Option{asciigraph.Height(h), asciigraph.Width(w), asciigraph.Precision(1)}
 	if !st.plain {
-		opts = append(opts, asciigraph.SeriesColors(colors...))
+		opts = append(opts, asciigraph.SeriesLegends(legends...), asciigraph.SeriesColors(colors...))
 	}
 	plot := asciigraph.PlotMany(series, opts...)
 	if st.plain {
 		plot = ansi.Strip(plot) // asciigraph resets colours even when it sets none
 	}
-	plot = LabelLineEnds(plot, append(append([][]float64(nil), series[:len(series)-len(flatLines)]...), flatLines...),
-		append(make([]string, len(series)-len(flatLines)), flatNames...), h)
+	// Every line is named at its right end without colour (a legend's marks would all look alike); with colour,
+	// the flat lines are, where one row may hold both.
+	names := legends
+	if !st.plain {
+		names = append(make([]string, len(series)-len(flatLines)), flatNames...)
+	}
+	plot = LabelLineEnds(plot, series, names, h)
 	// The lines' values in words: on one row of the chart the two lines are one line.
 	for _, line := range []string{caption, strings.Join(values, " · ")} {
 		if line != "" {
