@@ -490,23 +490,21 @@ func (a *App) refresh() {
 	case !a.replaying:
 		parts = append(parts, a.st.Dim.Render("ready"))
 	}
+	// The interventions in force come before the readouts: a narrow terminal cuts the line from its end.
+	if iv := a.session.Controls().Summary(); iv != "" {
+		parts = append(parts, a.st.Active.Render(iv))
+	}
 	if !a.replaying { // a replayed frame shows what was recorded, not this process's speed or memory
-		if a.ttft > 0 {
-			parts = append(parts, fmt.Sprintf("first token %s", a.ttft.Round(time.Millisecond)))
-		}
-		if a.tokPerSec > 0 {
-			parts = append(parts, fmt.Sprintf("decode %.1f tok/s", a.tokPerSec))
-		}
 		if used, window := a.session.Context(); window > 0 {
 			parts = append(parts, fmt.Sprintf("ctx %d/%d", used, window))
+		}
+		if a.ttft > 0 { // the wait for the first token apart from the decode rate after it
+			parts = append(parts, fmt.Sprintf("ttft %s · %.1f tok/s", a.ttft.Round(time.Millisecond), a.tokPerSec))
 		}
 		parts = append(parts, fmt.Sprintf("RSS %d MiB", a.opt.Memory()>>20))
 		if alloc, reserved, ok := a.session.GPUMemory(); ok {
 			parts = append(parts, fmt.Sprintf("GPU %.1f/%.1f GiB", float64(alloc)/(1<<30), float64(reserved)/(1<<30)))
 		}
-	}
-	if iv := a.session.Controls().Summary(); iv != "" {
-		parts = append(parts, a.st.Active.Render(iv))
 	}
 	if info.Recording != "" {
 		parts = append(parts, a.st.Rec.Render("● rec"))

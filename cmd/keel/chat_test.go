@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -215,4 +216,51 @@ func TestSessionsVerify(t *testing.T) {
 	if code, stdout, _ := runKeel("sessions", "verify", bad); code == 0 || !strings.Contains(stdout, "recorded") {
 		t.Fatalf("a tampered recording verified: exit %d\n%s", code, stdout)
 	}
+}
+
+// recordedPastWindow fails when a recording holds a token past the model's window (a turn's context and its
+// reply together).
+func recordedPastWindow(t *testing.T, file string, window int) {
+	t.Helper()
+	s, err := sessions.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, replies := 0, 0
+	for _, e := range s.Events {
+		switch {
+		case e.Type == sessions.TurnStart && e.Role == "assistant":
+			n, replies = len(e.Context), replies+1
+		case e.Type == sessions.Token && e.ID != 0:
+			if n++; n > window {
+				t.Fatalf("a token recorded at position %d of the %d-position window", n, window)
+			}
+		}
+	}
+	if replies == 0 {
+		t.Fatal("no reply recorded")
+	}
+}
+
+// A 40-turn scripted chat in the REPL never decodes past the model's window: it shows the context used as the
+// window fills, says so in one line when a reply stops at it or a message cannot fit, and goes on.
+func TestREPLLongChatStaysInTheWindow(t *testing.T) {
+	torchtest.Runtime(t)
+	file := filepath.Join(t.TempDir(), "chat.jsonl")
+	var in strings.Builder
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&in, "Tell me a long story about the sea, part %d, with every detail you know.\n", i)
+	}
+	cmd := keelCmd("chat", "--record", file, "--max-tokens", "120", "--runs", t.TempDir())
+	cmd.Stdin = strings.NewReader(in.String())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("keel chat: %v\n%s", err, out)
+	}
+	for _, want := range []string{"of the model's 1024 positions", "/clear starts afresh"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("the REPL's output lacks %q:\n%s", want, out[max(0, len(out)-2000):])
+		}
+	}
+	recordedPastWindow(t, file, 1024)
 }

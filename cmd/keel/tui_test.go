@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -93,10 +94,10 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			s.waitFor("the workbench", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer 4") })
 			s.keys("Who are you?", "Enter")
 			screen := s.waitFor("a streamed reply with a plot", 60*time.Second, func(sc string) bool {
-				return strings.Contains(sc, "model ") && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
+				return strings.Contains(sc, "model ") && plotted(sc, "token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 			})
 			capOn := regexp.MustCompile(`cap p\d+ layers \d+:\d+`)
-			if strings.Contains(screen, "■ tau") || capOn.MatchString(screen) {
+			if plotted(screen, "tau") || capOn.MatchString(screen) {
 				t.Fatalf("capping is on before it was switched on:\n%s", screen)
 			}
 			if strings.Contains(env[0], "dumb") && strings.Contains(screen, "\x1b") {
@@ -110,7 +111,7 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			s.keys("/layer "+first, "Enter")
 			s.waitFor("the plot on layer "+first, 10*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer "+first) })
 			s.keys("Tell me more.", "Enter")
-			s.waitFor("the cap line in the plot", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "■ tau") })
+			s.waitFor("the cap line in the plot", 60*time.Second, func(sc string) bool { return plotted(sc, "tau") })
 			s.keys("/train sft --data "+data+" --steps 6 --batch 2 --seq-len 64 --save-every 3", "Enter")
 			started := s.waitFor("the job to start", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "started job sft-") })
 			id := regexp.MustCompile(`started job (sft-[0-9a-f-]+)`).FindStringSubmatch(started)[1]
@@ -140,7 +141,7 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 				prompt := "Who are you, " + ref[len(ref)-2:] + "?"
 				s.keys(prompt, "Enter")
 				s.waitFor("a reply from "+ref+" with its plot", 60*time.Second, func(sc string) bool {
-					return strings.Contains(sc, "you "+prompt) && strings.Contains(sc, "■ token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
+					return strings.Contains(sc, "you "+prompt) && plotted(sc, "token") && regexp.MustCompile(`\d ┤`).MatchString(sc) && strings.Contains(sc, "ready")
 				})
 			}
 			s.keys("C-d")
@@ -158,4 +159,43 @@ func TestTUIEndToEndInTmux(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plotted reports whether the screen's plot shows a line: in the legend (with colour) or named at its right end
+// (without).
+func plotted(screen, line string) bool {
+	return strings.Contains(screen, "■ "+line) || regexp.MustCompile(`[─╮╯╰╭┼] [a-z, ]*\b`+line+`\b`).MatchString(screen)
+}
+
+// A 40-turn scripted chat in the workbench, in tmux, never decodes past the model's window: the status line
+// shows the context used against the window, and the line that says the window is reached names /clear.
+func TestTUILongChatStaysInTheWindow(t *testing.T) {
+	torchtest.Runtime(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "chat.jsonl")
+	s := startTmux(t, []string{"TERM=xterm-256color", "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir}, "--threads", "1", "--runs", filepath.Join(dir, "runs"),
+		"--max-tokens", "120", "--record", file)
+	s.waitFor("the workbench", 60*time.Second, func(sc string) bool { return strings.Contains(sc, "Assistant Axis, layer 4") })
+	ctx := regexp.MustCompile(`ctx (\d+)/1024`)
+	reached := false
+	for i := 0; i < 40 && !reached; i++ {
+		prompt := fmt.Sprintf("Tell me a long story about the sea, part %d.", i)
+		s.keys(prompt, "Enter")
+		screen := s.waitFor("reply "+fmt.Sprint(i), 60*time.Second, func(sc string) bool {
+			return strings.Contains(sc, "/clear starts afresh") || strings.Contains(sc, "you "+prompt) && strings.Contains(sc, "ready") && ctx.MatchString(sc)
+		})
+		reached = strings.Contains(screen, "/clear starts afresh")
+		if m := ctx.FindStringSubmatch(screen); m != nil {
+			if used, _ := strconv.Atoi(m[1]); used > 1024 {
+				t.Fatalf("the status line shows %d of 1024 positions", used)
+			}
+		}
+	}
+	if !reached {
+		t.Fatal("40 long turns never reached the window: the test proves nothing")
+	}
+	s.keys("C-c") // the refused message stays in the input: drop it, then quit
+	s.keys("C-d")
+	s.waitFor("keel to quit", 10*time.Second, func(sc string) bool { return strings.Contains(sc, "exited with status 0") })
+	recordedPastWindow(t, file, 1024)
 }
