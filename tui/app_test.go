@@ -317,7 +317,9 @@ func TestBadCommandsAreInlineMessages(t *testing.T) {
 func TestFailedLoadKeepsTheModel(t *testing.T) {
 	eng := &fakeEngine{Axis: "axis"}
 	s := workbench.New(eng, workbench.Options{Sampling: workbench.DefaultSampling(), Controls: workbench.DefaultControls(8),
-		Load: func(dir, axis string, _ workbench.Sampling) (workbench.Backend, error) { return nil, fmt.Errorf("%s: no config.json", dir) }})
+		Load: func(dir, axis string, _ workbench.Sampling) (workbench.Backend, error) {
+			return nil, fmt.Errorf("%s: no config.json", dir)
+		}})
 	a := New(Options{Session: s, Memory: func() uint64 { return 0 }})
 	cmd := a.runCommand("/model /nowhere")
 	a.Update(cmd())
