@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/charmbracelet/x/term"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -151,6 +154,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	capFlag := fs.String("cap", "", "cap: on (the axis folder's calibrated rule) or a rule's id (layers_A:B-pP)")
 	steerC := fs.Float64("steer", 0, "steer by C times the layer's average residual norm (0 = off)")
 	steerLayer := fs.Int("steer-layer", -1, "the layer steering acts at (default: the middle one)")
+	ignoreEOS := fs.Bool("ignore-eos", false, "go on past the end-of-sequence token to --max-tokens (benchmarks, as llama.cpp's --ignore-eos)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -197,14 +201,30 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	// A terminal sees every token as it comes; a pipe or a file gets the text in blocks (a write per token is a
+	// system call per token, which at thousands of tokens a second is a third of the time).
+	out := bufio.NewWriterSize(stdout, 32<<10)
+	live := isTerminalWriter(stdout)
+	var eos []int
+	if *ignoreEOS {
+		eos = []int{-1}
+	}
 	res, err := lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
-		GenerateConfig: model.GenerateConfig{MaxTokens: min(*maxTokens, lm.Window()-len(ids)), Sampling: sampling, Hooks: hooks},
+		GenerateConfig: model.GenerateConfig{MaxTokens: min(*maxTokens, lm.Window()-len(ids)), Sampling: sampling, Hooks: hooks, EOS: eos},
 		OnText: func(text string, _ model.Step) error {
-			_, err := io.WriteString(stdout, text)
-			return err
+			if _, err := out.WriteString(text); err != nil {
+				return err
+			}
+			if live {
+				return out.Flush()
+			}
+			return nil
 		},
 	})
-	fmt.Fprintln(stdout)
+	out.WriteString("\n")
+	if ferr := out.Flush(); err == nil {
+		err = ferr
+	}
 	if err == nil && len(res) == 1 && res[0].Text == "" {
 		// An empty line alone reads as a failure: say what happened.
 		fmt.Fprintf(stderr, "keel generate: the model ended at once (its first token was the end of a turn); %s\n",
@@ -250,4 +270,10 @@ func generateInterventions(lm *model.LM, embedded bool, axisDir, capFlag string,
 		return nil, usageError{err}
 	}
 	return ivs, nil
+}
+
+// isTerminalWriter reports whether w is a terminal.
+func isTerminalWriter(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(f.Fd())
 }

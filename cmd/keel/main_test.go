@@ -118,7 +118,8 @@ func TestBenchDecodeEndsWithRatioLines(t *testing.T) {
 	// The plain C loop on the real stories260K checkpoint: the bench only prints when both choose the same tokens.
 	dir := filepath.Join(torchtest.Fixtures(t), "stories260k")
 	code, stdout, stderr = runKeel("bench", "decode", "--llama2c", filepath.Join(dir, "stories260K.bin")+","+filepath.Join(dir, "tok512.bin"), "--tokens", "64", "--reps", "1")
-	if code != 0 || !regexp.MustCompile(`(?m)^decode_llama2c: keel [0-9.]+ tok/s, reference [0-9.]+ tok/s, ratio [0-9.]+$`).MatchString(stdout) {
+	if code != 0 || !regexp.MustCompile(`(?m)^decode_llama2c: keel [0-9.]+ tok/s, reference [0-9.]+ tok/s, ratio [0-9.]+$`).MatchString(stdout) ||
+		!regexp.MustCompile(`(?m)^decode_llama2c_generate_command: keel [0-9.]+ tok/s, reference [0-9.]+ tok/s, ratio [0-9.]+$`).MatchString(stdout) {
 		t.Fatalf("--llama2c: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
