@@ -345,6 +345,17 @@ func TestHelpIsAList(t *testing.T) {
 			t.Errorf("a help line of %d columns: %q", len([]rune(l)), l)
 		}
 	}
+	// In a narrow wide-layout chat pane (120 columns, the plot beside it) every word of every line is shown: long
+	// lines wrap under their description, nothing is cut at the pane's edge.
+	a.Update(tea.WindowSizeMsg{Width: 120, Height: 60})
+	a.runCommand("/help")
+	a.refresh()
+	narrow := strings.Join(strings.Fields(ansi.Strip(a.chat.View())), " ")
+	for _, w := range strings.Fields(workbench.HelpText()) {
+		if !strings.Contains(narrow, w) {
+			t.Fatalf("/help at 120 columns lacks %q:\n%s", w, ansi.Strip(a.chat.View()))
+		}
+	}
 	a.Update(tea.KeyMsg{Type: tea.KeyEsc})
 	if strings.Contains(ansi.Strip(a.View()), "/replay FILE") {
 		t.Fatal("esc left the command list on screen")

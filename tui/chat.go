@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/charmbracelet/bubbles/viewport"
+	"github.com/charmbracelet/x/ansi"
 
 	"github.com/keel-lab/keel/workbench"
 )
@@ -34,7 +35,7 @@ func (c *chatModel) invalidate() { c.rendered = nil }
 // or when it was there.
 func (c *chatModel) draw(turns []workbench.Turn, generating bool, render func(*workbench.Turn) string) {
 	if c.commandList != "" {
-		c.SetContent(c.commandList)
+		c.SetContent(wrapHanging(c.commandList, c.Width))
 		c.GotoTop()
 		return
 	}
@@ -63,4 +64,41 @@ func (c *chatModel) draw(turns []workbench.Turn, generating bool, render func(*w
 	if atBottom || generating {
 		c.GotoBottom()
 	}
+}
+
+// wrapHanging wraps each line of a list at width, its continuations indented under the line's text after its
+// leading column (the command), so that nothing is cut at the pane's edge.
+func wrapHanging(text string, width int) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		if ansi.StringWidth(line) <= width || width < 20 {
+			out = append(out, line)
+			continue
+		}
+		// The hanging indent: where the description starts (after the first run of two or more spaces past the
+		// command), or four columns when that leaves too little room.
+		indent := 4
+		if i := strings.Index(strings.TrimLeft(line, " "), "  "); i >= 0 {
+			lead := len(line) - len(strings.TrimLeft(line, " "))
+			rest := strings.TrimLeft(line[lead+i:], " ")
+			if at := len(line) - len(rest); at < width/2 {
+				indent = at
+			}
+		}
+		cur := ""
+		for _, w := range strings.Fields(line) {
+			if cur == "" {
+				cur = line[:len(line)-len(strings.TrimLeft(line, " "))] + w
+				continue
+			}
+			if ansi.StringWidth(cur)+1+ansi.StringWidth(w) > width {
+				out = append(out, cur)
+				cur = strings.Repeat(" ", indent) + w
+				continue
+			}
+			cur += " " + w
+		}
+		out = append(out, cur)
+	}
+	return strings.Join(out, "\n")
 }
