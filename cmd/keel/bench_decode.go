@@ -303,7 +303,7 @@ func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr i
 	figs := map[string]figure{"decode_llama2c": ratio(median(kept), median(refs), "tok/s"),
 		"decode_llama2c_generate_command": ratio(median(paths), median(refs), "tok/s")}
 	return printFigures(stdout, figs, []string{"decode_llama2c", "decode_llama2c_generate_command"}, asJSON, map[string]string{
-		"decode_llama2c": "keel's decode loop (greedy, one libtorch thread) on the converted checkpoint; reference = a plain C loop on the .bin (engine/torch/csrc/bench/llama2c_bench.c, built as llama2.c's fastest plain build at one thread: -Ofast -march=native, no BLAS, no OpenMP); both choose the same tokens; the clock starts after the prompt",
+		"decode_llama2c":                  "keel's decode loop (greedy, one libtorch thread) on the converted checkpoint; reference = a plain C loop on the .bin (engine/torch/csrc/bench/llama2c_bench.c, built as llama2.c's fastest plain build at one thread: -Ofast -march=native, no BLAS, no OpenMP); both choose the same tokens; the clock starts after the prompt",
 		"decode_llama2c_generate_command": fmt.Sprintf("the `keel generate --threads 1 --ignore-eos` command to a pipe, the same prompt, timed whole at %d and %d tokens: (difference of tokens) / (difference of seconds); reference as above", short, long),
 	})
 }
