@@ -27,6 +27,7 @@ type Runtime struct {
 	Info string // "libtorch=X cuda=0|1 devices=N"
 
 	info            func(buf unsafe.Pointer, n int64) uintptr
+	abiVersion      func() int64
 	freeString      func(s uintptr)
 	setNumThreads   func(n int64) uintptr
 	getNumThreads   func() int64
@@ -105,7 +106,7 @@ func Open(path string) (*Runtime, error) {
 		ptr  any
 		name string
 	}{
-		{&r.info, "kt_info"}, {&r.freeString, "kt_free_string"},
+		{&r.abiVersion, "kt_abi_version"}, {&r.info, "kt_info"}, {&r.freeString, "kt_free_string"},
 		{&r.setNumThreads, "kt_set_num_threads"}, {&r.getNumThreads, "kt_get_num_threads"}, {&r.trimHostMemory, "kt_trim_host_memory"},
 		{&r.manualSeed, "kt_manual_seed"}, {&r.cudaDeviceCount, "kt_cuda_device_count"},
 		{&r.cudaMemory, "kt_cuda_memory"}, {&r.cudaMemInfo, "kt_cuda_mem_info"}, {&r.cudaResetPeak, "kt_cuda_reset_peak"}, {&r.synchronize, "kt_synchronize"},
@@ -127,6 +128,9 @@ func Open(path string) (*Runtime, error) {
 			return nil, fmt.Errorf("load %s: symbol %s missing: the shim is out of date; run `make setup`", path, f.name)
 		}
 		purego.RegisterFunc(f.ptr, sym)
+	}
+	if err := checkABI(path, r.abiVersion()); err != nil {
+		return nil, err
 	}
 	buf := make([]byte, 256)
 	r.info(unsafe.Pointer(&buf[0]), int64(len(buf)))
@@ -208,4 +212,15 @@ func (r *Runtime) CUDAResetPeak(dev int) error {
 // Synchronize waits for the device's queued work (no-op without CUDA).
 func (r *Runtime) Synchronize(dev int) error {
 	return r.check("synchronize", r.synchronize(int64(dev)))
+}
+
+// ABIVersion is the shim ABI this keel speaks: keel_torch.h's KT_ABI_VERSION as this commit has it.
+const ABIVersion = 1
+
+// checkABI refuses a shim built for another ABI, in one line naming both and the fix.
+func checkABI(path string, shim int64) error {
+	if shim != ABIVersion {
+		return fmt.Errorf("load %s: the shim speaks ABI version %d, this keel version %d: run `make setup` to rebuild it from this checkout", path, shim, ABIVersion)
+	}
+	return nil
 }

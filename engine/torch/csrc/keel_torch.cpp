@@ -117,6 +117,8 @@ __attribute__((constructor)) void at_load() {
 
 extern "C" {
 
+int64_t kt_abi_version(void) { return KT_ABI_VERSION; }
+
 char *kt_info(char *buf, int64_t n) {
   std::string s = std::string("libtorch=") + TORCH_VERSION + " cuda=" + (torch::cuda::is_available() ? "1" : "0") +
                   " devices=" + std::to_string(torch::cuda::device_count());

@@ -15,6 +15,11 @@
 extern "C" {
 #endif
 
+/* KT_ABI_VERSION names this ABI: raised whenever an entry point's arguments, layout or meaning change, so that a
+ * keel binary refuses a shim built from another commit instead of calling it with the wrong arguments. */
+#define KT_ABI_VERSION 1
+int64_t kt_abi_version(void); /* KT_ABI_VERSION as the shim was built */
+
 typedef void *kt_tensor;
 typedef void *kt_optim;
 
