@@ -5,7 +5,7 @@ export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all setup build demo model test vet fuzz conformance bench-decode device-bundle clean
+.PHONY: all setup build demo model test check vet fuzz conformance bench-decode device-bundle clean
 
 all: build
 
@@ -51,6 +51,12 @@ conformance: conformance/tokenizers/node_modules/.package-lock.json conformance/
 test: build vet conformance
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
+
+# The checks that take minutes (the persona model's recipe rebuilt for 50 steps against its committed loss log):
+# CI runs them after `make test`.
+LONG_CHECKS = TestPersonaRecipeReproducesTheCommittedLossLog
+check: build conformance
+	KEEL_CHECK=1 $(GO) test -count=1 -timeout 30m -run '^($(LONG_CHECKS))$$' ./cmd/keel
 
 # Every parser of untrusted input fuzzed for a short while (FUZZTIME inputs each beyond its seeds: a count, as a time
 # limit that runs out while the seed corpus is still being measured fails the run); a crash found lands in the package's

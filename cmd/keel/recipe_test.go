@@ -36,6 +36,7 @@ func readLosses(t *testing.T, path string) map[int]float64 {
 // The embedded model is reproducible: the committed recipe, re-run from nothing (corpus, tokenizer,
 // initialisation, training), gives the committed loss log's first 50 steps within 2%.
 func TestPersonaRecipeReproducesTheCommittedLossLog(t *testing.T) {
+	longCheck(t)
 	torchtest.Runtime(t)
 	committed := readLosses(t, filepath.Join("..", "..", "models", "persona", "training", "metrics.jsonl"))
 	work := t.TempDir()
@@ -107,5 +108,13 @@ func TestEmbeddedModelAnswersAndStops(t *testing.T) {
 	code, stdout, stderr := runKeel("generate", "--prompt", "Who are you?", "--cap", "on")
 	if code != 0 || strings.TrimSpace(stdout) == "" {
 		t.Fatalf("the README's capped example: exit %d, %q %s", code, stdout, stderr)
+	}
+}
+
+// longCheck skips a check of minutes in `make test`; `make check` (KEEL_CHECK=1), which CI runs after it, runs it.
+func longCheck(t *testing.T) {
+	t.Helper()
+	if os.Getenv("KEEL_CHECK") == "" {
+		t.Skip("a long check: make check runs it (KEEL_CHECK=1)")
 	}
 }
