@@ -51,19 +51,20 @@ func (r *Runtime) NewDecoder(c DecoderConfig, weights []Tensor) (*Decoder, error
 	if len(c.Sliding) != c.Layers {
 		return nil, fmt.Errorf("fused decoder: %d sliding flags for %d layers", len(c.Sliding), c.Layers)
 	}
-	icfg := make([]int64, 0, 13+c.Layers)
-	icfg = append(icfg, int64(c.Layers), int64(c.Hidden), int64(c.Heads), int64(c.KVHeads), int64(c.HeadDim),
-		int64(c.Intermediate), int64(c.Vocab), int64(c.Act), int64(c.QKNorm), int64(c.Norms), int64(c.SlidingWindow),
-		b2i(c.LocalRope), 0 /* reserved */)
-	for _, s := range c.Sliding {
-		icfg = append(icfg, b2i(s))
+	sliding := make([]int64, c.Layers)
+	for i, s := range c.Sliding {
+		sliding[i] = b2i(s)
 	}
-	fcfg := []float64{c.RMSEps, c.NormOffset, c.EmbedMult, c.AttnScale, c.AttnSoftcap, c.FinalSoftcap}
+	cc := cDecoderConfig{Layers: int64(c.Layers), Hidden: int64(c.Hidden), Heads: int64(c.Heads), KVHeads: int64(c.KVHeads),
+		HeadDim: int64(c.HeadDim), Intermediate: int64(c.Intermediate), Vocab: int64(c.Vocab), Act: int64(c.Act),
+		QKNorm: int64(c.QKNorm), Norms: int64(c.Norms), SlidingWindow: int64(c.SlidingWindow), LocalRope: b2i(c.LocalRope),
+		Sliding: unsafe.Pointer(&sliding[0]), RMSEps: c.RMSEps, NormOffset: c.NormOffset, EmbedMult: c.EmbedMult,
+		AttnScale: c.AttnScale, AttnSoftcap: c.AttnSoftcap, FinalSoftcap: c.FinalSoftcap}
 	hs := handleList(weights)
 	d := &Decoder{rt: r}
-	err := r.call("decoder_new", r.sym.DecoderNew, ptr(&icfg[0]), ptr(&fcfg[0]), ptr(&hs[0]), uintptr(len(weights)), ptr(&d.h))
-	runtime.KeepAlive(icfg)
-	runtime.KeepAlive(fcfg)
+	err := r.call("decoder_new", r.sym.DecoderNew, ptr(&cc), ptr(&hs[0]), uintptr(len(weights)), ptr(&d.h))
+	runtime.KeepAlive(sliding)
+	runtime.KeepAlive(&cc)
 	runtime.KeepAlive(hs)
 	if err != nil {
 		return nil, err
@@ -193,4 +194,15 @@ func b2i(b bool) int64 {
 		return 1
 	}
 	return 0
+}
+
+// cDecoderConfig is keel_torch.h's kt_decoder_config field for field (every field 8 bytes, so the layouts agree
+// on every 64-bit platform).
+type cDecoderConfig struct {
+	Layers, Hidden, Heads, KVHeads, HeadDim, Intermediate, Vocab int64          // L, D, H, KV, head_dim, I, V
+	Act, QKNorm, Norms                                           int64          // KT_ACT_*, KT_QKNORM_*, KT_NORMS_*
+	SlidingWindow, LocalRope                                     int64          // positions a sliding layer sees (0: none); 1: sliding layers' own RoPE
+	Sliding                                                      unsafe.Pointer // *int64 [L]: 1 for a layer that slides
+	RMSEps, NormOffset, EmbedMult                                float64
+	AttnScale, AttnSoftcap, FinalSoftcap                         float64
 }

@@ -215,7 +215,7 @@ func (r *Runtime) Synchronize(dev int) error {
 }
 
 // ABIVersion is the shim ABI this keel speaks: keel_torch.h's KT_ABI_VERSION as this commit has it.
-const ABIVersion = 1
+const ABIVersion = 2
 
 // checkABI refuses a shim built for another ABI, in one line naming both and the fix.
 func checkABI(path string, shim int64) error {

@@ -22,9 +22,9 @@ namespace {
 // products of a small model (its matrices run on the calling thread).
 constexpr int64_t kParallelGrain = 1 << 20;
 
-enum Act { kSilu = 0, kGeluTanh = 1, kGelu = 2 };
-enum QKNorm { kNoQKNorm = 0, kHeadQKNorm = 1, kFullQKNorm = 2 };
-enum Norms { kNormsBefore = 0, kNormsSandwich = 1, kNormsAfter = 2 };
+enum Act { kSilu = KT_ACT_SILU, kGeluTanh = KT_ACT_GELU_TANH, kGelu = KT_ACT_GELU };
+enum QKNorm { kNoQKNorm = KT_QKNORM_NONE, kHeadQKNorm = KT_QKNORM_HEAD, kFullQKNorm = KT_QKNORM_FULL };
+enum Norms { kNormsBefore = KT_NORMS_BEFORE, kNormsSandwich = KT_NORMS_SANDWICH, kNormsAfter = KT_NORMS_AFTER };
 
 // A weight matrix [out, in] with the views a product needs, made once.
 struct Matrix {
@@ -219,18 +219,18 @@ void run_hooks(const StepHooks &hs, int64_t l, size_t &next, float *x, int64_t B
       float *xb = x + b * D;
       float *rec = records + b * width + offset;
       switch (h.kind) {
-        case 0:  // capture
+        case KT_HOOK_CAPTURE:
           if (h.full) {
             std::copy(xb, xb + D, rec);
           } else {
             for (int64_t k = 0; k < h.dirs; k++) rec[k] = dot(xb, h.vecs.data() + k * D, D);
           }
           break;
-        case 1:  // add (coefficient folded in)
+        case KT_HOOK_ADD:  // the coefficient folded in
           if (acts_on(h, b))
             for (int64_t i = 0; i < D; i++) xb[i] += h.vecs[i];
           break;
-        case 2: {  // cap: excess = <x,u> - tau, kept where it breaks the bound; x -= excess*u
+        case KT_HOOK_CAP: {  // excess = <x,u> - tau, kept where it breaks the bound; x -= excess*u
           const float *u = h.vecs.data();
           float e = dot(xb, u, D) - static_cast<float>(h.tau);
           e = h.ceiling ? std::max(e, 0.0f) : std::min(e, 0.0f);
@@ -249,27 +249,28 @@ void run_hooks(const StepHooks &hs, int64_t l, size_t &next, float *x, int64_t B
 
 extern "C" {
 
-char *kt_decoder_new(const int64_t *icfg, const double *fcfg, const kt_tensor *weights, int64_t nweights, kt_decoder *out) {
+char *kt_decoder_new(const kt_decoder_config *c, const kt_tensor *weights, int64_t nweights, kt_decoder *out) {
   KT_TRY
   auto d = std::make_unique<Decoder>();
-  d->layers = icfg[0];
-  d->hidden = icfg[1];
-  d->heads = icfg[2];
-  d->kv_heads = icfg[3];
-  d->head_dim = icfg[4];
-  d->inter = icfg[5];
-  d->vocab = icfg[6];
-  d->act = icfg[7];
-  d->qk_norm = icfg[8];
-  d->norms = icfg[9];
-  d->window = icfg[10];
-  d->local_rope = icfg[11];
-  d->eps = fcfg[0];
-  d->norm_offset = fcfg[1];
-  d->embed_mult = fcfg[2];
-  d->attn_scale = fcfg[3];
-  d->attn_softcap = fcfg[4];
-  d->final_softcap = fcfg[5];
+  d->layers = c->layers;
+  d->hidden = c->hidden;
+  d->heads = c->heads;
+  d->kv_heads = c->kv_heads;
+  d->head_dim = c->head_dim;
+  d->inter = c->intermediate;
+  d->vocab = c->vocab;
+  d->act = c->act;
+  d->qk_norm = c->qk_norm;
+  d->norms = c->norms;
+  d->window = c->sliding_window;
+  d->local_rope = c->local_rope;
+  d->eps = c->rms_eps;
+  d->norm_offset = c->norm_offset;
+  d->embed_mult = c->embed_mult;
+  d->attn_scale = c->attn_scale;
+  d->attn_softcap = c->attn_softcap;
+  d->final_softcap = c->final_softcap;
+  if (c->sliding == nullptr) throw std::invalid_argument("fused step: no sliding flags");
   if (d->layers < 1 || d->hidden < 1 || d->heads < 1 || d->kv_heads < 1 || d->heads % d->kv_heads != 0 || d->head_dim < 2 || d->head_dim % 2 != 0)
     throw std::invalid_argument("fused step: bad decoder shape");
   if (nweights != 3 + KT_DEC_PER_LAYER * d->layers) throw std::invalid_argument("fused step: wrong number of weights");
@@ -299,7 +300,7 @@ char *kt_decoder_new(const int64_t *icfg, const double *fcfg, const kt_tensor *w
     L.down = matrix(get(o + 14), D, I, "down_proj");
     L.attn_post = checked(get(o + 15), D, "post-attention norm", d->norms == kNormsBefore);
     L.mlp_post = checked(get(o + 16), D, "post-MLP norm", d->norms == kNormsBefore);
-    L.sliding = icfg[KT_DEC_ICFG + l] != 0;
+    L.sliding = c->sliding[l] != 0;
     d->layer.push_back(std::move(L));
   }
   *out = d.release();
@@ -318,14 +319,14 @@ char *kt_step_hooks_new(const int64_t *desc, int64_t n, const double *param, con
     if (h.layer < 0 || (i > 0 && h.layer < hs->list.back().layer)) throw std::invalid_argument("fused step: interventions out of layer order");
     int64_t nv = 0;
     switch (h.kind) {
-      case 0:
+      case KT_HOOK_CAPTURE:
         nv = h.full ? 0 : h.dirs * hidden;
         h.width = h.full ? hidden : h.dirs;
         break;
-      case 1:
+      case KT_HOOK_ADD:
         nv = hidden;
         break;
-      case 2:
+      case KT_HOOK_CAP:
         nv = hidden;
         h.width = 1;
         break;

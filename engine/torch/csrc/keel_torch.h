@@ -17,7 +17,7 @@ extern "C" {
 
 /* KT_ABI_VERSION names this ABI: raised whenever an entry point's arguments, layout or meaning change, so that a
  * keel binary refuses a shim built from another commit instead of calling it with the wrong arguments. */
-#define KT_ABI_VERSION 1
+#define KT_ABI_VERSION 2
 int64_t kt_abi_version(void); /* KT_ABI_VERSION as the shim was built */
 
 typedef void *kt_tensor;
@@ -133,26 +133,46 @@ void kt_adamw_free(kt_optim o);
  * weights on the CPU, where a step of a small model is otherwise ~100 ops whose dispatch costs more than their
  * arithmetic. The op-by-op decoder (engine/model/decoder.go) stays the reference and runs everything else.
  *
- * icfg: {layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, act (0 silu, 1 gelu_tanh, 2 gelu),
- *        qk_norm (0 none, 1 per head, 2 whole projection), norms (0 before, 1 before and after (sandwich),
- *        2 after only), sliding_window (0 none), local_rope (sliding layers read the second RoPE table),
- *        then sliding[layers] (0/1)}
- * fcfg: {rms_eps, norm_offset, embed_mult (0 none), attn_scale, attn_softcap (0 none), final_softcap (0 none)}
  * weights: {embed, norm, lm_head, then KT_DEC_PER_LAYER per layer, NULL where the architecture has none:
  *           attn_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm, mlp_norm, gate, up, down,
  *           attn_post_norm, mlp_post_norm} */
 typedef void *kt_decoder;
 typedef void *kt_step_hooks;
 #define KT_DEC_PER_LAYER 17
-enum { KT_DEC_ICFG = 13, KT_DEC_FCFG = 6 };
-char *kt_decoder_new(const int64_t *icfg, const double *fcfg, const kt_tensor *weights, int64_t nweights, kt_decoder *out);
+enum { KT_ACT_SILU = 0, KT_ACT_GELU_TANH = 1, KT_ACT_GELU = 2 };            /* the MLP's activation */
+enum { KT_QKNORM_NONE = 0, KT_QKNORM_HEAD = 1, KT_QKNORM_FULL = 2 };       /* RMSNorm of q and k: none, per head, whole projection */
+enum { KT_NORMS_BEFORE = 0, KT_NORMS_SANDWICH = 1, KT_NORMS_AFTER = 2 };   /* where a layer's RMSNorms sit */
+/* The decoder's shape and numerics, one field each (engine/torch/decoder.go's cDecoderConfig mirrors it). */
+typedef struct {
+  int64_t layers;         /* decoder layers L */
+  int64_t hidden;         /* d_model D */
+  int64_t heads;          /* query heads H */
+  int64_t kv_heads;       /* key/value heads KV (H % KV == 0) */
+  int64_t head_dim;       /* per head, even */
+  int64_t intermediate;   /* the MLP's width I */
+  int64_t vocab;          /* the output rows V */
+  int64_t act;            /* KT_ACT_* */
+  int64_t qk_norm;        /* KT_QKNORM_* */
+  int64_t norms;          /* KT_NORMS_* */
+  int64_t sliding_window; /* positions a sliding layer attends to (0: none) */
+  int64_t local_rope;     /* 1: sliding layers read the second RoPE table */
+  const int64_t *sliding; /* [layers]: 1 for a layer that slides, else 0 */
+  double rms_eps;         /* RMSNorm's epsilon */
+  double norm_offset;     /* added to each RMSNorm weight (Gemma's 1), else 0 */
+  double embed_mult;      /* the embeddings' scale (Gemma's sqrt(D)); 0: none */
+  double attn_scale;      /* the attention logits' scale */
+  double attn_softcap;    /* tanh cap of the attention logits (0: none) */
+  double final_softcap;   /* tanh cap of the output logits (0: none) */
+} kt_decoder_config;
+char *kt_decoder_new(const kt_decoder_config *cfg, const kt_tensor *weights, int64_t nweights, kt_decoder *out);
 void kt_decoder_free(kt_decoder d);
 /* The interventions of a step, in the order the forward pass meets them (by layer, then listed order).
- * desc: 6 per intervention: layer, kind (0 capture, 1 add, 2 cap), full, directions, ceiling, rows (-1: every
+ * desc: 6 per intervention: layer, kind (KT_HOOK_*), full, directions, ceiling, rows (-1: every
  * row); param: one per intervention (a cap's tau); vecs: the vectors back to back (directions*hidden floats for a
  * capture that is not full, hidden for an add (already times its coefficient) and a cap); rows: the row lists
  * back to back. Records per row: a capture yields its directions' projections (hidden values when full), a cap
  * the signed amount it moved h along u; an add yields nothing. */
+enum { KT_HOOK_CAPTURE = 0, KT_HOOK_ADD = 1, KT_HOOK_CAP = 2 }; /* an intervention's kind (engine/model's Kind) */
 char *kt_step_hooks_new(const int64_t *desc, int64_t n, const double *param, const float *vecs, const int64_t *rows, int64_t hidden, kt_step_hooks *out);
 void kt_step_hooks_free(kt_step_hooks h);
 /* One step: args = {B, start (cache positions filled), ids[B], pad[B], rope positions[B]}; cache = {K0, V0, K1,
