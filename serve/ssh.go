@@ -164,22 +164,21 @@ func mergeSSHLimits(l SSHLimits) SSHLimits {
 // connTracker is a connection's place in the counts: it leaves them once, when it closes.
 type connTracker struct {
 	net.Conn
-	c       *SSH
-	through atomic.Bool // a session opened: past authentication
-	closed  atomic.Bool
-	timer   *time.Timer
-	host    string // the client's address, without its port
-	mu      sync.Mutex
-	open    int // sessions open on this connection
+	c         *SSH
+	through   atomic.Bool // a session opened: past authentication
+	closed    atomic.Bool
+	loginLeft atomic.Bool // its login slot is given back
+	timer     *time.Timer
+	host      string // the client's address, without its port
+	mu        sync.Mutex
+	open      int // sessions open on this connection
 }
 
 func (t *connTracker) Close() error {
 	if !t.closed.Swap(true) {
 		t.timer.Stop()
 		t.c.conns.Add(-1)
-		if !t.through.Load() {
-			t.leaveLogin()
-		}
+		t.leaveLogin()
 	}
 	return t.Conn.Close()
 }
@@ -188,14 +187,16 @@ func (t *connTracker) Close() error {
 func (t *connTracker) passed() {
 	if !t.through.Swap(true) {
 		t.timer.Stop()
-		if !t.closed.Load() {
-			t.leaveLogin()
-		}
+		t.leaveLogin()
 	}
 }
 
-// leaveLogin gives back the connection's login slot.
+// leaveLogin gives back the connection's login slot, once, whichever comes first: its first session or its
+// close.
 func (t *connTracker) leaveLogin() {
+	if t.loginLeft.Swap(true) {
+		return
+	}
 	t.c.unauth.Add(-1)
 	t.c.mu.Lock()
 	if t.c.unauthBy[t.host]--; t.c.unauthBy[t.host] <= 0 {

@@ -201,6 +201,7 @@ func (u *UserSpace) WriteFile(name string, data []byte) error {
 		return fmt.Errorf("%s is %s: give a new file name or a plain file's", name, kindOf(st.Mode()))
 	}
 	tmp := rel + ".keel-tmp"
+	u.root.Remove(tmp) // what a write cut short left
 	f, err := u.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
 	if err != nil {
 		return confined(name, err)
