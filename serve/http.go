@@ -222,11 +222,7 @@ func invalid(code, format string, args ...any) error {
 func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, error) {
 	var c completionRequest
 	dec := json.NewDecoder(r.Body)
-	if err := dec.Decode(&c); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return c, Request{}, badRequest{http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the request body passes %d bytes", a.Limits.MaxBodyBytes)}
-		}
+	if err := dec.Decode(&c); err != nil { // the body is read whole and bounded already (authed, readBody)
 		return c, Request{}, invalid("invalid_json", "the body is not a JSON request: %v", err)
 	}
 	if c.Model != a.Name {

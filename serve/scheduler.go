@@ -326,7 +326,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			if !b.Fits(len(j.req.Prompt), j.req.MaxTokens) {
 				if len(rows) == 0 { // too long for any batch this model can hold
 					waiting = waiting[1:]
-					s.finish(j, "error", fmt.Errorf("the prompt of %d tokens and max_tokens %d do not fit the model's %d positions", len(j.req.Prompt), j.req.MaxTokens, s.lm.Config.MaxPositionEmbeddings))
+					s.finish(j, "error", fmt.Errorf("the prompt of %d tokens and max_tokens %d do not fit the model's %d positions", len(j.req.Prompt), j.req.MaxTokens, s.lm.Window()))
 					continue
 				}
 				break

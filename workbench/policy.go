@@ -156,6 +156,12 @@ func (u *UserSpace) rel(name string) (string, error) {
 	return filepath.Clean(name), nil
 }
 
+// notInFolder is a name with no file behind it in the user's folder (errors.Is it fs.ErrNotExist).
+type notInFolder string
+
+func (n notInFolder) Error() string { return string(n) + ": no such file in your folder" }
+func (n notInFolder) Unwrap() error { return fs.ErrNotExist }
+
 // confined says what a root refused, without naming anything outside the space.
 func confined(name string, err error) error {
 	var pe *fs.PathError
@@ -163,7 +169,7 @@ func confined(name string, err error) error {
 		err = pe.Err
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s: no such file in your folder", name)
+		return notInFolder(name)
 	}
 	if strings.Contains(err.Error(), "escapes") || strings.Contains(err.Error(), "outside") {
 		return fmt.Errorf("%s: outside your folder: every path names a file inside it", name)

@@ -89,7 +89,7 @@ func (s *Session) Policy() Policy { return s.opt.Policy }
 func (s *Session) OpenRecording(name string) (*sessions.Session, error) {
 	files, max := s.opt.Policy.files(), s.opt.Policy.maxRead()
 	raw, err := files.ReadFile(name, max)
-	if err != nil && errors.Is(err, fs.ErrNotExist) || err != nil && strings.Contains(err.Error(), "no such file") {
+	if errors.Is(err, fs.ErrNotExist) {
 		if rec := s.Info().Recording; rec != "" && !strings.ContainsRune(name, '/') {
 			if alt, aerr := s.readSibling(rec, name, max); aerr == nil {
 				raw, err = alt, nil

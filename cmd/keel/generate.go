@@ -196,7 +196,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 	if len(ids) == 0 {
 		return fmt.Errorf("the prompt encodes to no tokens and the tokenizer has no BOS")
 	}
-	if window := lm.Config.MaxPositionEmbeddings; window > 0 && len(ids) >= window {
+	if window := lm.Window(); window > 0 && len(ids) >= window {
 		return fmt.Errorf("the prompt is %d tokens, the model's context window %d: shorten it", len(ids), window)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
