@@ -227,21 +227,31 @@ func startBenchServer(work string, threads int, stderr io.Writer) (*benchServer,
 		return nil, err
 	}
 	s := &benchServer{cmd: cmd, state: state, signer: signer}
-	lines := bufio.NewScanner(out)
-	for (s.http == "" || s.ssh == "") && lines.Scan() {
-		if m := regexp.MustCompile(`on http://(\S+)/v1`).FindStringSubmatch(lines.Text()); m != nil {
-			s.http = m[1]
-		}
-		if m := regexp.MustCompile(`on ssh -p (\d+) (\S+)`).FindStringSubmatch(lines.Text()); m != nil {
-			s.ssh = net.JoinHostPort(m[2], m[1])
-		}
-	}
-	if s.http == "" || s.ssh == "" {
+	addrs := serveAddrs(bufio.NewScanner(out), 2)
+	if len(addrs) < 2 {
 		s.kill()
 		return nil, fmt.Errorf("keel serve did not start")
 	}
+	host, port, _ := strings.Cut(addrs["ssh"], " ")
+	s.http, s.ssh = addrs["http"], net.JoinHostPort(host, port)
 	go io.Copy(io.Discard, out)
 	return s, nil
+}
+
+// serveAddrs reads keel serve's start-up lines until it has printed want addresses: "http" (HOST:PORT) and
+// "ssh" (HOST PORT, as an ssh command line takes them).
+func serveAddrs(lines *bufio.Scanner, want int) map[string]string {
+	httpLine, sshLine := regexp.MustCompile(`on http://(\S+)/v1`), regexp.MustCompile(`on ssh -p (\d+) (\S+)`)
+	addrs := map[string]string{}
+	for len(addrs) < want && lines.Scan() {
+		if m := httpLine.FindStringSubmatch(lines.Text()); m != nil {
+			addrs["http"] = m[1]
+		}
+		if m := sshLine.FindStringSubmatch(lines.Text()); m != nil {
+			addrs["ssh"] = m[2] + " " + m[1]
+		}
+	}
+	return addrs
 }
 
 func (s *benchServer) kill() {
@@ -280,14 +290,18 @@ func (c *benchChat) Write(p []byte) (int, error) {
 	return c.out.Write(p)
 }
 
+// text is everything the session printed, escape sequences removed.
+func (c *benchChat) text() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ansi.Strip(c.out.String())
+}
+
 // saw reports whether the session printed what within d (looking at least once).
 func (c *benchChat) saw(what string, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		c.mu.Lock()
-		text := ansi.Strip(c.out.String())
-		c.mu.Unlock()
-		if strings.Contains(text, what) {
+		if strings.Contains(c.text(), what) {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -298,6 +312,12 @@ func (c *benchChat) saw(what string, d time.Duration) bool {
 }
 
 func (s *benchServer) chat(client *gossh.Client, cols, rows int) (*benchChat, error) {
+	return openBenchChat(client, cols, rows)
+}
+
+// openBenchChat opens a session on a connection with a pty of cols x rows and a shell (the workbench), its output
+// gathered.
+func openBenchChat(client *gossh.Client, cols, rows int) (*benchChat, error) {
 	sess, err := client.NewSession()
 	if err != nil {
 		return nil, err

@@ -12,8 +12,8 @@ import (
 	"strconv"
 
 	"github.com/charmbracelet/x/ansi"
-	"github.com/charmbracelet/x/term"
 	"github.com/guptarohit/asciigraph"
+	"github.com/muesli/termenv"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -242,11 +242,10 @@ func writeDriftPNG(path string, curves []probes.DriftCurve) error {
 	return atomicfile.Write(path, func(f *os.File) error { return sessions.WritePlotPNG(f, p, legend, 8*vg.Inch, 4*vg.Inch) })
 }
 
-// colourOn reports whether w is a terminal that takes colour (NO_COLOR unset, TERM not dumb): a file or a pipe
-// gets plain text.
+// colourOn reports whether w is a terminal whose environment asks for colour (the workbench's rule,
+// tui.ProfileFromEnv): a file or a pipe gets plain text.
 func colourOn(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(f.Fd()) && os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb"
+	return isTerminalWriter(w) && tui.ProfileFromEnv(os.Getenv) != termenv.Ascii
 }
 
 // domainColour is a drift domain's one colour, in the terminal and in the PNG alike.

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/charmbracelet/x/ansi"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -147,48 +146,22 @@ func (h *hostileServer) healthy() {
 
 // sshChat is one workbench session over a client connection: keys in, the screen's text out.
 type sshChat struct {
+	*benchChat
 	t    *testing.T
-	sess *gossh.Session
-	in   io.WriteCloser
-	mu   sync.Mutex
-	out  bytes.Buffer
 	done chan struct{}
 	mark int // waitFor looks at what was printed after this many bytes of text
 }
 
-func (c *sshChat) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.Write(p)
-}
-
 func openChat(t *testing.T, client *gossh.Client, cols, rows int) *sshChat {
 	t.Helper()
-	sess, err := client.NewSession()
+	bc, err := openBenchChat(client, cols, rows)
 	if err != nil {
 		t.Fatalf("a session: %v", err)
 	}
-	c := &sshChat{t: t, sess: sess, done: make(chan struct{})}
-	sess.Stdout, sess.Stderr = c, c
-	if c.in, err = sess.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := sess.RequestPty("xterm-256color", rows, cols, gossh.TerminalModes{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := sess.Shell(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { sess.Wait(); close(c.done) }()
-	t.Cleanup(func() { sess.Close() })
+	c := &sshChat{benchChat: bc, t: t, done: make(chan struct{})}
+	go func() { bc.sess.Wait(); close(c.done) }()
+	t.Cleanup(func() { bc.sess.Close() })
 	return c
-}
-
-// text is everything the session printed, escape sequences removed.
-func (c *sshChat) text() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return ansi.Strip(c.out.String())
 }
 
 // waitFor waits for what to be printed after the mark, and moves the mark past it.

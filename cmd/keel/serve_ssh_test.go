@@ -32,22 +32,13 @@ func startServe(t *testing.T, env []string, args ...string) (*exec.Cmd, map[stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addrs := map[string]string{}
-	lines := bufio.NewScanner(stdout)
 	want := 0
 	for _, a := range args {
 		if a == "--ssh" || a == "--http" {
 			want++
 		}
 	}
-	for len(addrs) < want && lines.Scan() {
-		if m := regexp.MustCompile(`on http://(\S+)/v1`).FindStringSubmatch(lines.Text()); m != nil {
-			addrs["http"] = m[1]
-		}
-		if m := regexp.MustCompile(`on ssh -p (\d+) (\S+)`).FindStringSubmatch(lines.Text()); m != nil {
-			addrs["ssh"] = m[2] + " " + m[1]
-		}
-	}
+	addrs := serveAddrs(bufio.NewScanner(stdout), want)
 	if len(addrs) < want {
 		cmd.Process.Kill()
 		cmd.Wait()
