@@ -3,6 +3,7 @@ package workbench
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -153,23 +154,11 @@ func (r *Recording) Generate(ctx context.Context, gen Generator, contextIDs []in
 		r.inTurn = false
 		r.vmu.Unlock()
 	}()
-	pos := map[int]int{} // recorded layer -> its place in the token's projections
-	for i, l := range r.layers() {
-		pos[l] = i
-	}
+	layers := r.layers()
 	var recErr error
 	text, err := gen(ctx, contextIDs, hooks, s, func(piece string, st model.Step) error {
-		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Proj: make([]float32, len(r.layers())), Special: r.Special != nil && r.Special(st.ID),
-			Iv: r.listOf(st.Version)}
-		for _, rec := range st.Records {
-			if rec.Kind == model.Capture {
-				if i, ok := pos[rec.Layer]; ok {
-					e.Proj[i] = rec.Values[0]
-				}
-			} else if rec.Kind == model.Cap {
-				e.Caps = append(e.Caps, rec.Values[0])
-			}
-		}
+		e := sessions.Event{Type: sessions.Token, ID: st.ID, Piece: piece, Special: r.Special != nil && r.Special(st.ID), Iv: r.listOf(st.Version)}
+		e.Proj, e.Caps = tokenNumbers(st.Records, layers)
 		if err := r.add(e); err != nil {
 			recErr = err
 			return err
@@ -186,4 +175,21 @@ func (r *Recording) Generate(ctx context.Context, gen Generator, contextIDs []in
 		err = endErr
 	}
 	return text, err
+}
+
+// tokenNumbers are what a token's records give the recording: its projection at each recorded layer (in their
+// order) and each cap's move (in the interventions' order). Recording and verifying read records the same way.
+func tokenNumbers(records []model.Record, layers []int) (proj, caps []float32) {
+	proj = make([]float32, len(layers))
+	for _, rec := range records {
+		switch rec.Kind {
+		case model.Capture:
+			if i := slices.Index(layers, rec.Layer); i >= 0 {
+				proj[i] = rec.Values[0]
+			}
+		case model.Cap:
+			caps = append(caps, rec.Values[0])
+		}
+	}
+	return proj, caps
 }

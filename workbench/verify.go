@@ -29,10 +29,6 @@ const maxMismatches = 20
 func Verify(ctx context.Context, lm *model.LM, axis map[int][]float32, rec *sessions.Session, tol float64) (VerifyReport, error) {
 	var rep VerifyReport
 	r := &Recording{Axis: axis, Layers: rec.Header.Layers}
-	pos := map[int]int{}
-	for i, l := range rec.Header.Layers {
-		pos[l] = i
-	}
 	ev := rec.Events
 	for i := 0; i < len(ev); i++ {
 		start := ev[i]
@@ -78,18 +74,7 @@ func Verify(ctx context.Context, lm *model.LM, axis map[int][]float32, rec *sess
 		check := func(k int, records []model.Record) {
 			t := toks[k]
 			rep.Tokens++
-			proj := make([]float32, len(rec.Header.Layers))
-			var caps []float32
-			for _, rc := range records {
-				switch rc.Kind {
-				case model.Capture:
-					if p, ok := pos[rc.Layer]; ok {
-						proj[p] = rc.Values[0]
-					}
-				case model.Cap:
-					caps = append(caps, rc.Values[0])
-				}
-			}
+			proj, caps := tokenNumbers(records, rec.Header.Layers)
 			differs := func(what string, a, b float32, worst *float64) {
 				d := math.Abs(float64(a - b))
 				*worst = max(*worst, d)
