@@ -22,11 +22,9 @@ import (
 // benchShapes are the random models `keel bench decode` measures (Llama architecture, default RoPE so the C++
 // reference runs exactly the same ops).
 func benchShapes() map[string]*model.Config {
-	tied := true
 	mk := func(d, ff, layers, heads, kv, vocab int) *model.Config {
-		return &model.Config{Architectures: []string{"LlamaForCausalLM"}, HiddenSize: d, IntermediateSize: ff,
-			NumHiddenLayers: layers, NumAttentionHeads: heads, NumKeyValueHeads: kv, VocabSize: vocab,
-			RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: 4096, TieWordEmbeddings: &tied}
+		return model.NewLlamaConfig(model.LlamaShape{Hidden: d, Intermediate: ff, Layers: layers, Heads: heads, KVHeads: kv,
+			Vocab: vocab, Context: 4096, Tied: true}, nil)
 	}
 	return map[string]*model.Config{
 		"5m":       mk(256, 688, 6, 8, 4, 4096),       // 5.4M parameters

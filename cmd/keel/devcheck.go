@@ -445,9 +445,8 @@ func devSFT(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tied := true
-	cfg := &model.Config{Architectures: []string{"LlamaForCausalLM"}, HiddenSize: 256, IntermediateSize: 688, NumHiddenLayers: 6,
-		NumAttentionHeads: 8, NumKeyValueHeads: 4, VocabSize: 400, RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: 512, TieWordEmbeddings: &tied}
+	cfg := model.NewLlamaConfig(model.LlamaShape{Hidden: 256, Intermediate: 688, Layers: 6, Heads: 8, KVHeads: 4, Vocab: 400,
+		Context: 512, Tied: true}, nil)
 	m, err := model.NewRandom(rt, cfg, model.Options{}, 3)
 	if err != nil {
 		return err

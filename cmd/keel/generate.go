@@ -18,7 +18,7 @@ import (
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/models"
-	"github.com/keel-lab/keel/serve"
+	"github.com/keel-lab/keel/workbench"
 )
 
 // modelFlags are the flags every command that loads a model shares.
@@ -258,14 +258,14 @@ func generateInterventions(lm *model.LM, embedded bool, axisDir, capFlag string,
 	if axis == nil {
 		return nil, usageError{fmt.Errorf("--cap and --steer need --axis DIR (an axis folder for this model)")}
 	}
-	k := serve.KeelOptions{Cap: capFlag}
+	k := workbench.KeelOptions{Cap: capFlag}
 	if c != 0 {
-		k.Steer = &serve.SteerOptions{C: c}
+		k.Steer = &workbench.SteerOptions{C: c}
 		if layer >= 0 {
 			k.Steer.Layer = &layer
 		}
 	}
-	ivs, _, err := serve.KeelInterventions(axis, lm.NumLayers(), k)
+	ivs, _, err := workbench.KeelInterventions(axis, lm.NumLayers(), k)
 	if err != nil {
 		return nil, usageError{err}
 	}

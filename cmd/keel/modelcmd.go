@@ -15,6 +15,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/models"
@@ -54,12 +55,8 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := &model.Config{
-		Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama",
-		HiddenSize: *hidden, IntermediateSize: *inter, NumHiddenLayers: *layers, NumAttentionHeads: *heads,
-		NumKeyValueHeads: *kvHeads, VocabSize: vocab, RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: *ctx,
-		TieWordEmbeddings: tied, HiddenAct: "silu", BOSTokenID: bos, EOSTokenID: model.IntList{eos},
-	}
+	cfg := model.NewLlamaConfig(model.LlamaShape{Hidden: *hidden, Intermediate: *inter, Layers: *layers, Heads: *heads,
+		KVHeads: *kvHeads, Vocab: vocab, Context: *ctx, Tied: *tied}, bos, eos)
 	rt, err := torch.Load()
 	if err != nil {
 		return err
@@ -91,37 +88,15 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 
 // tokenizerShape reads the vocabulary size and the ChatML end token from a trained tokenizer.
 func tokenizerShape(dir string) (vocab int, bos *int, eos int, err error) {
-	path := filepath.Join(dir, "tokenizer.json")
-	raw, err := os.ReadFile(path)
+	tok, err := tokenizer.LoadHF(dir)
 	if err != nil {
-		return 0, nil, 0, fmt.Errorf("%s: %w (train one with `keel tokenizer train`)", path, err)
+		return 0, nil, 0, fmt.Errorf("%w (train one with `keel tokenizer train`)", err)
 	}
-	var tj struct {
-		Model struct {
-			Vocab map[string]int `json:"vocab"`
-		} `json:"model"`
-		Added []struct {
-			ID      int    `json:"id"`
-			Content string `json:"content"`
-		} `json:"added_tokens"`
+	eos, ok := tok.TokenID("<|im_end|>")
+	if !ok {
+		return 0, nil, 0, fmt.Errorf("%s: no <|im_end|> token: keel's persona models use ChatML (train with `keel tokenizer train`)", filepath.Join(dir, "tokenizer.json"))
 	}
-	if err := json.Unmarshal(raw, &tj); err != nil {
-		return 0, nil, 0, fmt.Errorf("%s: %v", path, err)
-	}
-	eos = -1
-	for _, id := range tj.Model.Vocab {
-		vocab = max(vocab, id+1)
-	}
-	for _, a := range tj.Added {
-		vocab = max(vocab, a.ID+1)
-		if a.Content == "<|im_end|>" {
-			eos = a.ID
-		}
-	}
-	if eos < 0 {
-		return 0, nil, 0, fmt.Errorf("%s: no <|im_end|> token: keel's persona models use ChatML (train with `keel tokenizer train`)", path)
-	}
-	return vocab, nil, eos, nil
+	return tok.VocabSize(), nil, eos, nil
 }
 
 // runModelFit: keel model fit --model DIR [--dtype bf16] [--context N] [--batch B] [--gpu-memory 80GB,80GB]

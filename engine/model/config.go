@@ -342,3 +342,27 @@ func (c *Config) readRopeParameters() error {
 	}
 	return nil
 }
+
+// LlamaShape is the shape of a plain Llama decoder: what keel's own models, benchmarks and device checks choose;
+// everything else (norm epsilon, RoPE base, activation) is Llama's default.
+type LlamaShape struct {
+	Hidden, Intermediate int  // d_model and the MLP's inner width
+	Layers               int  // decoder layers
+	Heads, KVHeads       int  // query heads and key/value heads (grouped-query attention when fewer)
+	Vocab                int  // vocabulary size
+	Context              int  // max_position_embeddings
+	Tied                 bool // the output head shares the embedding's weights
+}
+
+// NewLlamaConfig is the one place a LlamaForCausalLM config is written out: rms_norm_eps 1e-5, rope_theta 10000,
+// SiLU, and the given shape and special tokens (bos may be nil; eos may be empty).
+func NewLlamaConfig(s LlamaShape, bos *int, eos ...int) *Config {
+	tied := s.Tied
+	return &Config{
+		Architectures: []string{"LlamaForCausalLM"}, ModelType: "llama",
+		HiddenSize: s.Hidden, IntermediateSize: s.Intermediate, NumHiddenLayers: s.Layers,
+		NumAttentionHeads: s.Heads, NumKeyValueHeads: s.KVHeads, VocabSize: s.Vocab,
+		RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: s.Context,
+		TieWordEmbeddings: &tied, HiddenAct: "silu", BOSTokenID: bos, EOSTokenID: IntList(eos),
+	}
+}
