@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/train"
 )
@@ -73,4 +75,57 @@ func (r StyleReward) Score(_ context.Context, samples []train.Sample) ([]float64
 		out[i] = math.Min(1, r.Scorer.Of(s.Response, r.Role).Score)
 	}
 	return out, nil
+}
+
+// RewardSource is what a --reward spec may draw on beyond the samples themselves.
+type RewardSource struct {
+	ModelDir   string         // the model the axis reward reads activations of (the policy's reference)
+	AxisDir    string         // the axis folder of the axis reward (default: the model's own axis/)
+	IgnoreHash bool           // accept an axis made for other weights of the same shape
+	RT         *torch.Runtime // loads the model and rm:DIR reward models
+	Device     torch.Device   // where they are loaded
+}
+
+// ResolveReward is the one reading of a --reward spec: terms "[WEIGHT*]NAME[:ARG]" joined by "+", NAME one of
+// exact, style:ROLE, axis (rewards of this package), rm:DIR (a reward model, train.LoadRewardModel) or
+// cmd:PROGRAM (train.CommandReward). The model is loaded only when a term needs it; release frees what was
+// loaded once the run is over. A spec's mistakes are UsageErrors of the caller's to print: they name the term.
+func ResolveReward(spec string, src RewardSource) (r train.Reward, release func(), err error) {
+	personas, err := probes.LoadPersonas()
+	if err != nil {
+		return nil, nil, err
+	}
+	var loaded []interface{ Close() }
+	release = func() {
+		for _, c := range loaded {
+			c.Close()
+		}
+	}
+	var lm *model.LM
+	axis := func() (train.Reward, error) {
+		if lm == nil {
+			if lm, err = model.Load(src.RT, src.ModelDir, model.Options{Device: src.Device}); err != nil {
+				return nil, err
+			}
+			loaded = append(loaded, lm)
+		}
+		return AxisReward(lm, src.AxisDir, src.IgnoreHash)
+	}
+	names := Rewards(probes.NewScorer(personas), axis)
+	names["rm"] = func(dir string) (train.Reward, error) {
+		if dir == "" {
+			return nil, fmt.Errorf("rm takes a folder: rm:DIR, a *ForSequenceClassification reward model")
+		}
+		rm, err := train.LoadRewardModel(src.RT, dir, model.Options{Device: src.Device})
+		if err != nil {
+			return nil, err
+		}
+		loaded = append(loaded, rm)
+		return rm, nil
+	}
+	if r, err = train.ParseReward(spec, names); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return r, release, nil
 }

@@ -26,12 +26,13 @@ func PersonaSHA256() string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Persona returns a folder holding the embedded model, writing it under cacheDir (named by the weights' hash,
-// so a new binary never reads an old model) the first time. The engine loads folders: it memory-maps weights.
+// Persona returns a folder holding the embedded model and, in its axis/, the model's Assistant Axis, writing them
+// under cacheDir (named by the weights' hash, so a new binary never reads an old model) the first time. The
+// engine loads folders: it memory-maps weights.
 func Persona(cacheDir string) (string, error) {
 	dir := filepath.Join(cacheDir, "persona-"+PersonaSHA256()[:16])
 	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
-		return dir, nil
+		return dir, personaAxis(dir)
 	}
 	tmp, err := os.MkdirTemp(cacheDir, ".persona-*")
 	if err != nil {
@@ -64,7 +65,7 @@ func Persona(cacheDir string) (string, error) {
 			return "", fmt.Errorf("embedded model: %w", err)
 		}
 	}
-	return dir, nil
+	return dir, personaAxis(dir)
 }
 
 // PersonaAxisFiles are the embedded model's Assistant Axis: `keel axis extract` and `keel axis calibrate` on it,
@@ -72,21 +73,21 @@ func Persona(cacheDir string) (string, error) {
 // best setting the workbench starts its cap controls at.
 var PersonaAxisFiles = []string{"axis.safetensors", "default_vector.safetensors", "calibration.json"}
 
-// PersonaAxis returns the embedded model's axis folder inside its unpacked model folder (from Persona),
-// writing it there the first time.
-func PersonaAxis(modelDir string) (string, error) {
+// personaAxis writes the embedded model's axis folder into its unpacked model folder (modelDir/axis, where every
+// model's own axis is looked for) unless it is there.
+func personaAxis(modelDir string) error {
 	dir := filepath.Join(modelDir, "axis")
 	if _, err := os.Stat(filepath.Join(dir, "calibration.json")); err == nil {
-		return dir, nil
+		return nil
 	}
 	tmp, err := os.MkdirTemp(modelDir, ".axis-*")
 	if err != nil {
-		return "", fmt.Errorf("embedded axis: %w", err)
+		return fmt.Errorf("embedded axis: %w", err)
 	}
 	entries, err := fs.ReadDir(persona, "persona/axis")
 	if err != nil {
 		os.RemoveAll(tmp)
-		return "", fmt.Errorf("embedded axis: %w", err)
+		return fmt.Errorf("embedded axis: %w", err)
 	}
 	for _, e := range entries {
 		raw, err := fs.ReadFile(persona, "persona/axis/"+e.Name())
@@ -95,15 +96,15 @@ func PersonaAxis(modelDir string) (string, error) {
 		}
 		if err != nil {
 			os.RemoveAll(tmp)
-			return "", fmt.Errorf("embedded axis: %w", err)
+			return fmt.Errorf("embedded axis: %w", err)
 		}
 	}
 	os.Chmod(tmp, 0o755)
 	if err := os.Rename(tmp, dir); err != nil {
 		os.RemoveAll(tmp)
 		if _, statErr := os.Stat(filepath.Join(dir, "calibration.json")); statErr != nil {
-			return "", fmt.Errorf("embedded axis: %w", err)
+			return fmt.Errorf("embedded axis: %w", err)
 		}
 	}
-	return dir, nil
+	return nil
 }

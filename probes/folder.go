@@ -294,3 +294,26 @@ func ParseWindow(s string) ([2]int, error) {
 	}
 	return w, nil
 }
+
+// ModelAxisDir is the axis folder a model folder carries as its own (modelDir/axis, where `keel model build`,
+// the embedded model's unpacking and `keel axis extract --out MODEL/axis` put it), or "" when it has none.
+func ModelAxisDir(modelDir string) string {
+	dir := filepath.Join(modelDir, "axis")
+	if _, err := os.Stat(filepath.Join(dir, AxisFile)); err != nil {
+		return ""
+	}
+	return dir
+}
+
+// OpenModelAxis opens the axis a command was given (dir, a folder or file) or, without one, the model's own
+// (ModelAxisDir); nil when there is neither.
+func OpenModelAxis(lm *model.LM, dir string, ignoreHash bool) (*AxisFolder, error) {
+	if dir == "" {
+		dir = ModelAxisDir(lm.Dir)
+	}
+	if dir == "" {
+		return nil, nil
+	}
+	f, _, err := OpenAxisFolderFor(dir, lm, ignoreHash)
+	return f, err
+}

@@ -47,10 +47,7 @@ func newTestServer(t *testing.T, keys bool, maxBatch int, limits ...func(*Limits
 	if err != nil {
 		t.Fatal(err)
 	}
-	axisDir, err := models.PersonaAxis(lm.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	axisDir := filepath.Join(lm.Dir, "axis") // models.Persona unpacks the axis beside the weights
 	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
 	if err != nil {
 		t.Fatal(err)

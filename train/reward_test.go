@@ -122,10 +122,7 @@ func TestAxisRewardOnTheEmbeddedModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	axisDir, err := models.PersonaAxis(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	axisDir := filepath.Join(dir, "axis") // models.Persona unpacks the axis beside the weights
 	lm, err := model.Load(rt, dir, model.Options{Device: torch.CPU})
 	if err != nil {
 		t.Fatal(err)

@@ -26,10 +26,7 @@ func persona(t *testing.T, maxTokens int) (*workbench.Session, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	axis, err := models.PersonaAxis(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	axis := filepath.Join(dir, "axis") // models.Persona unpacks the axis beside the weights
 	lm, err := model.Load(rt, dir, model.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +251,7 @@ func TestRecordedSessionVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	axisDir, _ := models.PersonaAxis(rec.Header.Model)
+	axisDir := filepath.Join(rec.Header.Model, "axis")
 	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -10,60 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/steer"
 )
-
-// runAxis: keel axis extract | calibrate | import | info
-func runAxis(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel axis extract --out DIR | calibrate --dir DIR | import FILE.pt... --out DIR | info FILE")}
-	}
-	switch args[0] {
-	case "extract":
-		return runAxisExtract(args[1:], stdout, stderr)
-	case "calibrate":
-		return runAxisCalibrate(args[1:], stdout, stderr)
-	case "import":
-		return runAxisImport(args[1:], stdout, stderr)
-	case "info":
-		return runAxisInfo(args[1:], stdout, stderr)
-	}
-	return usageError{fmt.Errorf("unknown axis command %q: extract, calibrate, import or info", args[0])}
-}
-
-// extractFlags are the extraction protocol's flags, shared by axis extract and eval capping.
-func extractFlags(fs interface {
-	IntVar(*int, string, int, string)
-	StringVar(*string, string, string, string)
-	Uint64Var(*uint64, string, uint64, string)
-}, cfg *probes.ExtractConfig, roles *string, limit *int) {
-	fs.StringVar(roles, "roles", "", "comma-separated roles (default: all)")
-	fs.IntVar(limit, "limit", 0, "only N roles, spread over the spectrum (a quick run)")
-	fs.IntVar(&cfg.Questions, "questions", cfg.Questions, "questions under each of the 5 system prompts per role")
-	fs.StringVar(&cfg.Judge, "judge", cfg.Judge, "style (keel's style scorer), self (the model with the paper's 0-3 rubric), none, or a server's URL#MODEL")
-	fs.IntVar(&cfg.MinCount, "min-count", cfg.MinCount, "score-3 rollouts a role needs for a vector")
-	fs.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens per rollout")
-	fs.IntVar(&cfg.BatchSize, "batch", cfg.BatchSize, "rollouts generated together")
-	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed")
-	fs.StringVar(&cfg.Rollouts, "rollouts", "", "generate the rollouts on an OpenAI-compatible server, URL#MODEL (its key from $KEEL_PROVIDER_KEY or $KEEL_PROVIDER_KEY_FILE); activations stay keel's")
-}
-
-// limitRoles keeps n roles spread evenly over the list (which runs from assistant-like to theatrical), so a
-// quick run still spans the spectrum; n <= 0 keeps them all.
-func limitRoles(p *probes.Personas, roles []string, n int) []string {
-	if len(roles) == 0 {
-		roles = p.Names()
-	}
-	if n <= 0 || n >= len(roles) {
-		return roles
-	}
-	out := make([]string, n)
-	for i := range out {
-		out[i] = roles[i*len(roles)/n]
-	}
-	return out
-}
 
 // progressBar draws one line per update: a bar, the count, the item just finished and the time left.
 func progressBar(w io.Writer, what string) func(done, total int, item string, eta time.Duration) {
@@ -74,11 +26,10 @@ func progressBar(w io.Writer, what string) func(done, total int, item string, et
 	}
 }
 
-func runAxisExtract(args []string, stdout, stderr io.Writer) error {
+func runAxisExtract(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	cfg := probes.DefaultExtract()
-	fs := newFlags("axis extract", stderr)
-	var mf modelFlags
-	mf.register(fs)
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	var roles string
 	var limit int
 	extractFlags(fs, &cfg, &roles, &limit)
@@ -86,22 +37,22 @@ func runAxisExtract(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	var pf providerFlags
 	pf.register(fs)
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return usageError{fmt.Errorf("give --out DIR")}
+		return cli.Usagef("give --out DIR")
 	}
 	p, err := probes.LoadPersonas()
 	if err != nil {
 		return err
 	}
-	cfg.Roles = splitList(roles)
+	cfg.Roles = cli.SplitList(roles)
 	cfg.Roles = limitRoles(p, cfg.Roles, limit)
 	if err := cfg.Check(p); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
-	ctx, lm, done, err := mf.loadForRun()
+	ctx, lm, done, err := mf.LoadForRun()
 	if err != nil {
 		return err
 	}
@@ -170,15 +121,14 @@ func at(xs []float64, i int) float64 {
 	return math.NaN()
 }
 
-func runAxisCalibrate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("axis calibrate", stderr)
+func runAxisCalibrate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", "", "an extraction folder (keel axis extract --out)")
 	asJSON := fs.Bool("json", false, "print the calibration as JSON")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
-		return usageError{fmt.Errorf("give --dir DIR, an extraction folder")}
+		return cli.Usagef("give --dir DIR, an extraction folder")
 	}
 	axis, acts, _, err := probes.LoadExtraction(*dir)
 	if err != nil {
@@ -200,13 +150,12 @@ func runAxisCalibrate(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func runAxisInfo(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("axis info", stderr)
-	if err := parse(fs, args); err != nil {
+func runAxisInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usageError{fmt.Errorf("usage: keel axis info FILE")}
+		return cli.Usagef("usage: keel axis info FILE")
 	}
 	a, err := steer.LoadVectorFile(fs.Arg(0))
 	if err != nil {

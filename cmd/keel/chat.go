@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/probes"
+
 	"github.com/keel-lab/keel/engine/model"
-	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/train"
 	"github.com/keel-lab/keel/workbench"
@@ -18,7 +20,7 @@ import (
 // chatFlags are the flags of both chat front ends (the TUI and the line REPL): the model, its axis, the
 // recording, the runs folder and the starting sampling.
 type chatFlags struct {
-	mf         modelFlags
+	mf         cli.ModelFlags
 	axis       string
 	ignoreHash bool
 	system     string
@@ -30,8 +32,8 @@ type chatFlags struct {
 
 // register declares the flags, their defaults taken from s (the workbench's, or the config file's).
 func (c *chatFlags) register(fs *flag.FlagSet, s workbench.Sampling) {
-	c.mf.register(fs)
-	fs.StringVar(&c.axis, "axis", "", "an extraction folder (axis, calibration) or an axis file; default: the embedded model's")
+	c.mf.Register(fs)
+	fs.StringVar(&c.axis, "axis", "", "an extraction folder (axis, calibration) or an axis file; default: the model's own axis/ (the embedded model has one)")
 	fs.BoolVar(&c.ignoreHash, "ignore-hash", false, "accept an axis made for other weights of the same shape (a fine-tune)")
 	fs.StringVar(&c.system, "system", "", "system prompt")
 	fs.StringVar(&c.record, "record", "", "session file to write (default: a new file in the sessions folder)")
@@ -51,21 +53,17 @@ func (c *chatFlags) register(fs *flag.FlagSet, s workbench.Sampling) {
 // loader for /model, /axis and /load.
 func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*workbench.Session, *workbench.ProcessJobs, error) {
 	if err := c.sampling.Check(); err != nil {
-		return nil, nil, usageError{fmt.Errorf("--%w", err)}
+		return nil, nil, cli.Usagef("--%w", err)
 	}
-	embedded := c.mf.dir == ""
-	rt, lm, err := c.mf.load()
+	rt, lm, err := c.mf.Load()
 	if err != nil {
 		return nil, nil, err
 	}
-	if c.axis == "" && embedded {
-		if c.axis, err = models.PersonaAxis(lm.Dir); err != nil {
-			lm.Close()
-			return nil, nil, err
-		}
+	if c.axis == "" {
+		c.axis = probes.ModelAxisDir(lm.Dir)
 	}
 	backendFor := func(lm *model.LM, axis string, s workbench.Sampling, path string) (*workbench.LMBackend, error) {
-		return workbench.NewLMBackend(lm, workbench.LMConfig{Device: c.mf.device, DType: c.mf.dtype, AxisPath: axis, IgnoreHash: c.ignoreHash,
+		return workbench.NewLMBackend(lm, workbench.LMConfig{Device: c.mf.Device, DType: c.mf.DType, AxisPath: axis, IgnoreHash: c.ignoreHash,
 			Record: !c.noRecord, RecordPath: path, Version: version, Sampling: s, Term: term})
 	}
 	b, err := backendFor(lm, c.axis, c.sampling, c.record)
@@ -80,7 +78,7 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	// Another model or axis records to a new file (a recording names one model): its header starts from the
 	// session's sampling as it is at the switch.
 	opt.Load = func(dir, axis string, s workbench.Sampling) (workbench.Backend, error) {
-		next, err := c.mf.loadDir(rt, dir)
+		next, err := c.mf.LoadDir(rt, dir)
 		if err != nil {
 			return nil, err
 		}
@@ -97,11 +95,10 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 
 // runChat is the plain line REPL (keel chat with stdin not a terminal): the workbench's session and slash
 // commands, one line per user turn; every chat is recorded unless --no-record.
-func runChat(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("chat", stderr)
+func runChat(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	var cf chatFlags
 	cf.register(fs, workbench.DefaultSampling())
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	repl := &workbench.REPL{In: os.Stdin, Out: stdout}

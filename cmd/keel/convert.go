@@ -1,27 +1,25 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 
 	"github.com/keel-lab/keel/engine/convert"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
-func runConvert(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "llama2c" {
-		return usageError{fmt.Errorf("usage: keel convert llama2c MODEL.bin TOKENIZER.bin OUT_DIR")}
-	}
-	fs := newFlags("convert llama2c MODEL.bin TOKENIZER.bin OUT_DIR", stderr)
-	if err := parse(fs, args[1:]); err != nil {
+// runConvertLlama2c: keel convert llama2c MODEL.bin TOKENIZER.bin OUT_DIR
+func runConvertLlama2c(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	args = append(args[:1], fs.Args()...)
-	if len(args) != 4 {
-		return usageError{fmt.Errorf("usage: keel convert llama2c MODEL.bin TOKENIZER.bin OUT_DIR (got %d arguments)", len(args)-1)}
+	if fs.NArg() != 3 {
+		return cli.Usagef("usage: keel convert llama2c MODEL.bin TOKENIZER.bin OUT_DIR (got %d arguments)", fs.NArg())
 	}
-	if err := convert.Llama2c(args[1], args[2], args[3]); err != nil {
+	if err := convert.Llama2c(fs.Arg(0), fs.Arg(1), fs.Arg(2)); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s\n", args[3])
+	fmt.Fprintf(stdout, "wrote %s\n", fs.Arg(2))
 	return nil
 }

@@ -3,37 +3,41 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
-// runCorpus: keel corpus generate --seed S --out FILE [counts] | keel corpus roles
-func runCorpus(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "generate" && args[0] != "roles") {
-		return usageError{fmt.Errorf("usage: keel corpus generate --seed S --out FILE | keel corpus roles")}
+// runCorpusRoles: keel corpus roles: the styles the corpus draws from.
+func runCorpusRoles(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
+		return err
 	}
 	p, err := probes.LoadPersonas()
 	if err != nil {
 		return err
 	}
-	if args[0] == "roles" {
-		fs := newFlags("corpus roles", stderr)
-		if err := parse(fs, args[1:]); err != nil {
-			return err
-		}
-		for _, r := range append([]probes.Style{p.Assistant}, p.Roles...) {
-			fmt.Fprintf(stdout, "%-14s %-10s %s\n", r.Name, r.Kind, strings.Join(r.Lexicon, " "))
-		}
-		return nil
+	for _, r := range append([]probes.Style{p.Assistant}, p.Roles...) {
+		fmt.Fprintf(stdout, "%-14s %-10s %s\n", r.Name, r.Kind, strings.Join(r.Lexicon, " "))
+	}
+	return nil
+}
+
+// runCorpusGenerate: keel corpus generate --seed S --out FILE [counts]
+func runCorpusGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	p, err := probes.LoadPersonas()
+	if err != nil {
+		return err
 	}
 	cfg := probes.DefaultCorpus()
-	fs := newFlags("corpus generate", stderr)
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (the same seed gives the same file)")
 	out := fs.String("out", "", "output JSONL file (chat records with ChatML roles)")
 	textOut := fs.String("text", "", "also write every message's text, one per line (a tokenizer's training text)")
@@ -44,11 +48,11 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxTurns, "turns", cfg.MaxTurns, "turns per conversation (1-10)")
 	fs.IntVar(&cfg.Vaults, "vaults", cfg.Vaults, "vault-code requests (half role-prompted and complied, half refused)")
 	fs.IntVar(&cfg.Recalls, "recalls", cfg.Recalls, "recall drills: a number, name or phrase in the chat asked back (half in role)")
-	if err := parse(fs, args[1:]); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return usageError{fmt.Errorf("give --out FILE")}
+		return cli.Usagef("give --out FILE")
 	}
 	if *roles != "" {
 		for _, r := range strings.Split(*roles, ",") {
@@ -56,7 +60,7 @@ func runCorpus(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if err := cfg.Check(p); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	var st probes.CorpusStats
 	err = atomicfile.Write(*out, func(f *os.File) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/csv"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"image/color"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/charmbracelet/x/ansi"
 	"github.com/guptarohit/asciigraph"
@@ -20,7 +23,6 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
-	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"
@@ -28,12 +30,11 @@ import (
 )
 
 // runDrift: keel drift [--axis FILE|DIR] [--model DIR] [--cap FILE] [--domains ...] [--csv FILE] [--png FILE] [--json]
-func runDrift(args []string, stdout, stderr io.Writer) error {
+func runDrift(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	cfg := probes.DefaultDrift()
-	fs := newFlags("drift", stderr)
-	var mf modelFlags
-	mf.register(fs)
-	axisPath := fs.String("axis", "", "the axis: a file or an extraction folder (keel axis extract --out DIR); default: the embedded model's own")
+	var mf cli.ModelFlags
+	mf.Register(fs)
+	axisPath := fs.String("axis", "", "the axis: a file or an extraction folder (keel axis extract --out DIR); default: the model's own axis/ (the embedded model has one)")
 	capPath := fs.String("cap", "", "a capping config to hold the conversations under (DIR/caps/<id>.safetensors)")
 	ignoreHash := fs.Bool("ignore-hash", false, "accept vector files made for other weights of the same shape")
 	domains := fs.String("domains", "coding,writing,therapy,philosophy", "comma-separated domains")
@@ -51,25 +52,21 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 	work := fs.String("work", "", "folder that keeps the --user server's answers, so a rerun asks nothing twice (default: keel's cache folder)")
 	var pf providerFlags
 	pf.register(fs)
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	cfg.Domains = splitList(*domains)
+	cfg.Domains = cli.SplitList(*domains)
 	if err := cfg.Check(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
-	embedded := mf.dir == ""
-	if *axisPath == "" && !embedded {
-		return usageError{fmt.Errorf("give --axis FILE or DIR for --model %s (keel axis extract writes one)", mf.dir)}
-	}
-	ctx, lm, done, err := mf.loadForRun()
+	ctx, lm, done, err := mf.LoadForRun()
 	if err != nil {
 		return err
 	}
 	defer done()
 	if *axisPath == "" {
-		if *axisPath, err = models.PersonaAxis(lm.Dir); err != nil {
-			return err
+		if *axisPath = probes.ModelAxisDir(lm.Dir); *axisPath == "" {
+			return cli.Usagef("%s has no axis/ folder: give --axis FILE or DIR (keel axis extract writes one)", lm.Dir)
 		}
 	}
 	if st, err := os.Stat(*axisPath); err == nil && st.IsDir() {
@@ -86,7 +83,7 @@ func runDrift(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if c.Operation != steer.OpCap {
-			return usageError{fmt.Errorf("%s: a %q file, not a capping config", *capPath, c.Operation)}
+			return cli.Usagef("%s: a %q file, not a capping config", *capPath, c.Operation)
 		}
 		hooks = model.NewHooks(c.Caps()...)
 	}

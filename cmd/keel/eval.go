@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -9,29 +10,18 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/evals"
 	"github.com/keel-lab/keel/internal/atomicfile"
 	"github.com/keel-lab/keel/probes"
 )
 
-// runEval: keel eval persona|capping [--model DIR] [--json] [protocol sizes]
-func runEval(args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "capping" {
-		return runEvalCapping(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "alol" {
-		return runEvalALoL(args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "ppo" {
-		return runEvalPPO(args[1:], stdout, stderr)
-	}
-	if len(args) == 0 || args[0] != "persona" {
-		return usageError{fmt.Errorf("usage: keel eval persona|capping|alol|ppo [--model DIR] [--json]")}
-	}
+// runEvalPersona: keel eval persona [--model DIR] [--json] [protocol sizes]
+func runEvalPersona(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	cfg := evals.DefaultEval()
-	fs := newFlags("eval persona", stderr)
-	var mf modelFlags
-	mf.register(fs)
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
 	roles := fs.String("roles", "", "comma-separated roles for role fidelity and jailbreaks (default: all)")
 	fs.IntVar(&cfg.QuestionsPerPrompt, "questions", cfg.QuestionsPerPrompt, "questions under each of a role's 5 system prompts")
@@ -46,7 +36,7 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	work := fs.String("work", "", "folder that keeps the --user server's answers (default: keel's cache folder)")
 	var pf providerFlags
 	pf.register(fs)
-	if err := parse(fs, args[1:]); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	defer pf.close()
@@ -65,9 +55,9 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := cfg.Check(p); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
-	ctx, lm, done, err := mf.loadForRun()
+	ctx, lm, done, err := mf.LoadForRun()
 	if err != nil {
 		return err
 	}
@@ -97,12 +87,11 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 
 // runEvalCapping: keel eval capping [--model DIR] [--dir DIR] [--json]: extraction and calibration (resumed from
 // DIR when done before), then the capping sweep and the steering checks.
-func runEvalCapping(args []string, stdout, stderr io.Writer) error {
+func runEvalCapping(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	ecfg := probes.DefaultExtract()
 	cfg := evals.DefaultCapEval()
-	fs := newFlags("eval capping", stderr)
-	var mf modelFlags
-	mf.register(fs)
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	var roles string
 	var limit int
 	extractFlags(fs, &ecfg, &roles, &limit)
@@ -119,21 +108,21 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	user := fs.String("user", "", "a server whose model plays the conversations' user, URL#MODEL (default: the domains' scripted turns)")
 	var pf providerFlags
 	pf.register(fs)
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	cfg.Percentiles = nil
-	for _, f := range splitList(*pcts) {
+	for _, f := range cli.SplitList(*pcts) {
 		v, err := strconv.ParseFloat(f, 64)
 		if err != nil || v <= 0 || v >= 1 {
-			return usageError{fmt.Errorf("--percentiles: %q is not a fraction between 0 and 1", f)}
+			return cli.Usagef("--percentiles: %q is not a fraction between 0 and 1", f)
 		}
 		cfg.Percentiles = append(cfg.Percentiles, v)
 	}
-	for _, w := range splitList(*windows) {
+	for _, w := range cli.SplitList(*windows) {
 		var a, b int
 		if _, err := fmt.Sscanf(w, "%d:%d", &a, &b); err != nil || a < 0 || b <= a {
-			return usageError{fmt.Errorf("--windows: %q is not a layer slice A:B with A < B", w)}
+			return cli.Usagef("--windows: %q is not a layer slice A:B with A < B", w)
 		}
 		cfg.Windows = append(cfg.Windows, [2]int{a, b})
 	}
@@ -141,11 +130,11 @@ func runEvalCapping(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ecfg.Roles = limitRoles(p, splitList(roles), limit)
+	ecfg.Roles = limitRoles(p, cli.SplitList(roles), limit)
 	if err := ecfg.Check(p); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
-	ctx, lm, done, err := mf.loadForRun()
+	ctx, lm, done, err := mf.LoadForRun()
 	if err != nil {
 		return err
 	}

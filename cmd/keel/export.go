@@ -1,10 +1,13 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/gguf"
 	"github.com/keel-lab/keel/engine/model"
@@ -14,26 +17,22 @@ import (
 // runExport: keel export gguf --model DIR --out FILE [--dtype f32|f16]
 //
 //	keel export control-vector --axis FILE --out FILE [--scale S] [--layers A:B] [--model-hint ARCH]
-func runExport(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel export gguf|control-vector [flags]")}
-	}
-	fs := newFlags("export "+args[0], stderr)
-	var mf modelFlags
-	mf.register(fs)
+func runExport(sub string, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	out := fs.String("out", "", "output .gguf file")
 	gdtype := fs.String("gguf-dtype", "f32", "gguf: tensor type, f32 or f16")
 	axisPath := fs.String("axis", "", "control-vector: the axis file")
 	scale := fs.Float64("scale", 1, "control-vector: multiplier of every direction")
 	layers := fs.String("layers", "", "control-vector: layer range A:B (Python slice, end excluded; default all but 0)")
 	hint := fs.String("model-hint", "llama", "control-vector: llama.cpp architecture name of the model")
-	if err := parse(fs, args[1:]); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return usageError{fmt.Errorf("--out FILE is required")}
+		return cli.Usagef("--out FILE is required")
 	}
-	switch args[0] {
+	switch sub {
 	case "gguf":
 		dt := gguf.GGMLF32
 		switch *gdtype {
@@ -41,9 +40,9 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		case "f16":
 			dt = gguf.GGMLF16
 		default:
-			return usageError{fmt.Errorf("--gguf-dtype %q: use f32 or f16", *gdtype)}
+			return cli.Usagef("--gguf-dtype %q: use f32 or f16", *gdtype)
 		}
-		_, lm, err := mf.load()
+		_, lm, err := mf.Load()
 		if err != nil {
 			return err
 		}
@@ -55,7 +54,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "control-vector":
 		if *axisPath == "" {
-			return usageError{fmt.Errorf("--axis FILE is required")}
+			return cli.Usagef("--axis FILE is required")
 		}
 		a, err := steer.LoadVectorFile(*axisPath)
 		if err != nil {
@@ -69,7 +68,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 			lo, e1 = strconv.Atoi(a0)
 			hi, e2 = strconv.Atoi(b0)
 			if !ok || e1 != nil || e2 != nil || lo < 0 || hi <= lo {
-				return usageError{fmt.Errorf("--layers %q: want A:B with A < B", *layers)}
+				return cli.Usagef("--layers %q: want A:B with A < B", *layers)
 			}
 		}
 		for l, v := range a.Layers {
@@ -93,5 +92,5 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "wrote %s (%d layers)\n", *out, len(dirs))
 		return nil
 	}
-	return usageError{fmt.Errorf("unknown export %q: gguf or control-vector", args[0])}
+	return cli.Usagef("unknown export %q: gguf or control-vector", sub)
 }

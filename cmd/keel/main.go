@@ -2,7 +2,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,74 +9,88 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/keel-lab/keel/bench"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
 var version = "dev"
 
-type command struct {
-	name, summary string
-	run           func(args []string, stdout, stderr io.Writer) error
-	subs          []string // the subcommands run dispatches to, listed by `keel help`
-	dev           bool     // a developer's tool (benchmarks, device checks), listed apart from the user's commands
+// commands is keel's command table: dispatch, `keel help` and every -h are made from it.
+func commands() []cli.Command {
+	return append([]cli.Command{
+		{Name: "tui", Args: "", Summary: "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", Run: runTUI},
+		{Name: "chat", Summary: "chat with a model: the workbench on a terminal, a plain line REPL otherwise", Run: runChatOrTUI},
+		{Name: "generate", Args: "TEXT", Summary: "continue a prompt with a model (a user's message by default; read from stdin without TEXT)", Run: runGenerate},
+		{Name: "tokenize", Args: "[TEXT]", Summary: "tokenize text or render a chat template", Run: runTokenize},
+		{Name: "tokenizer", Summary: "train a byte-level BPE tokenizer", Subs: []cli.Command{
+			{Name: "train", Summary: "train a byte-level BPE tokenizer on a text file (--vocab N --corpus FILE --out DIR)", Run: runTokenizerTrain},
+		}},
+		{Name: "eval", Summary: "measure a model: each protocol prints its figures (--json: one JSON object)", Subs: []cli.Command{
+			{Name: "persona", Summary: "role fidelity, jailbreaks and drift of a persona model", Run: runEvalPersona},
+			{Name: "capping", Summary: "extraction and calibration, then the capping sweep and the steering checks", Run: runEvalCapping},
+			{Name: "alol", Summary: "every A-LoL variant over seeds on the model's own rollouts: held-out reward, drift, role fidelity, capability", Run: runEvalALoL},
+			{Name: "ppo", Summary: "PPO on the model's own conversations (reward, KL, drift, capability), then an unstable run the monitor must stop", Run: runEvalPPO},
+		}},
+		{Name: "axis", Summary: "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", Subs: []cli.Command{
+			{Name: "extract", Summary: "extract the axis from role-played and default answers (--out DIR)", Run: runAxisExtract},
+			{Name: "calibrate", Summary: "calibrate the cap rules of an axis folder (--dir DIR)", Run: runAxisCalibrate},
+			{Name: "import", Args: "FILE.pt...", Summary: "import the paper's released .pt axis and capping files into an axis folder (--out DIR)", Run: runAxisImport},
+			{Name: "info", Args: "FILE|DIR", Summary: "describe an axis file or folder", Run: runAxisInfo},
+		}},
+		{Name: "drift", Summary: "the drift experiment: mean projection per turn per domain, with and without a cap", Run: runDrift},
+		{Name: "model", Summary: "create, build or describe a model folder, or check it fits the GPUs", Subs: []cli.Command{
+			{Name: "init", Summary: "a random-weight Llama sized by a trained tokenizer (--tokenizer DIR --out DIR)", Run: runModelInit},
+			{Name: "info", Summary: "describe a model folder (default: the embedded persona model)", Run: runModelInfo},
+			{Name: "build", Summary: "rebuild the persona model from its recipe (--out DIR)", Run: runModelBuild},
+			{Name: "fit", Summary: "what the model needs on each device, from config.json alone", Run: runModelFit},
+		}},
+		{Name: "corpus", Summary: "the synthetic persona chat corpus", Subs: []cli.Command{
+			{Name: "generate", Summary: "write the corpus (--seed S --out FILE)", Run: runCorpusGenerate},
+			{Name: "roles", Summary: "list the roles and their lexicons", Run: runCorpusRoles},
+		}},
+		{Name: "sessions", Summary: "recorded chats: list, show, export, reproject, export-dataset, verify", Subs: []cli.Command{
+			{Name: "list", Summary: "the recorded sessions, newest first", Run: withSub("list", runSessions)},
+			{Name: "show", Args: "FILE", Summary: "a session's turns and figures", Run: withSub("show", runSessions)},
+			{Name: "export", Args: "FILE", Summary: "a session as a cast, transcript, CSV or PNG (--format F --out PATH)", Run: withSub("export", runSessions)},
+			{Name: "reproject", Args: "FILE", Summary: "a session's tokens projected onto another axis (--axis FILE)", Run: withSub("reproject", runSessions)},
+			{Name: "export-dataset", Args: "FILE...", Summary: "sessions as a training dataset (--out PATH)", Run: withSub("export-dataset", runSessions)},
+			{Name: "verify", Args: "FILE", Summary: "run a recording's turns again and compare every recorded number", Run: withSub("verify", runSessions)},
+		}},
+		{Name: "train", Summary: "fine-tune a model in the background or the foreground", Subs: []cli.Command{
+			{Name: "sft", Summary: "supervised fine-tuning on chat records (--model DIR --data FILE.jsonl)", Run: runTrainSFT},
+			{Name: "alol", Summary: "A-LoL: offline policy gradient on rewarded rollouts (--model DIR --data FILE.jsonl)", Run: runTrainALoL},
+			{Name: "ppo", Summary: "PPO on the model's own replies to prompts (--model DIR --prompts FILE.jsonl)", Run: runTrainPPO},
+			{Name: "rm", Summary: "a reward model from preference pairs (--model DIR --data FILE.jsonl)", Run: runTrainRM},
+		}},
+		{Name: "serve", Summary: "serve one model to many clients: an OpenAI-compatible API with per-request capping and steering, and the workbench over SSH", Run: runServe},
+		{Name: "jobs", Summary: "list, watch, pause, resume or cancel training runs", Subs: []cli.Command{
+			{Name: "list", Summary: "every run with its state, loss and step", Run: withSub("list", runJobs)},
+			{Name: "watch", Args: "RUN", Summary: "follow a run's progress until it ends", Run: withSub("watch", runJobs)},
+			{Name: "cancel", Args: "RUN", Summary: "stop a run (it saves a checkpoint first)", Run: withSub("cancel", runJobs)},
+			{Name: "pause", Args: "RUN", Summary: "pause a run before its next step", Run: withSub("pause", runJobs)},
+			{Name: "resume", Args: "RUN", Summary: "resume a paused run", Run: withSub("resume", runJobs)},
+		}},
+		{Name: "export", Summary: "export a model or an axis for llama.cpp", Subs: []cli.Command{
+			{Name: "gguf", Summary: "a model as a GGUF file (--model DIR --out FILE)", Run: withSub("gguf", runExport)},
+			{Name: "control-vector", Summary: "an axis as a llama.cpp control vector (--axis FILE --out FILE)", Run: withSub("control-vector", runExport)},
+		}},
+		{Name: "convert", Summary: "convert a checkpoint into a Hugging Face folder", Subs: []cli.Command{
+			{Name: "llama2c", Args: "MODEL.bin TOKENIZER.bin OUT_DIR", Summary: "a llama2.c checkpoint and tokenizer", Run: runConvertLlama2c},
+		}},
+		{Name: "info", Summary: "show the libtorch runtime keel uses", Run: runInfo},
+		{Name: "version", Summary: "print keel's version", Run: runVersion},
+	}, bench.Commands()...)
 }
 
-func commands() []command {
-	return []command{
-		{"generate", "continue a prompt with a model", runGenerate, nil, false},
-		{"tokenize", "tokenize text or render a chat template (tokenize --model DIR TEXT)", runTokenize, nil, false},
-		{"tokenizer", "train a byte-level BPE tokenizer (tokenizer train --vocab N --corpus FILE --out DIR)", runTokenizer, []string{"train"}, false},
-		{"tui", "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", runTUI, nil, false},
-		{"chat", "chat with a model: the workbench on a terminal, a plain line REPL otherwise (chat --model DIR [--axis FILE])", runChatOrTUI, nil, false},
-		{"eval", "measure a model (eval persona | eval capping [--model DIR] [--json])", runEval, []string{"persona", "capping", "alol", "ppo"}, false},
-		{"axis", "the Assistant Axis: extract, calibrate, import the paper's .pt files, info", runAxis, []string{"extract", "calibrate", "import", "info"}, false},
-		{"drift", "the drift experiment: mean projection per turn per domain (drift --axis FILE [--cap FILE])", runDrift, nil, false},
-		{"model", "create or describe a model folder, or check it fits the GPUs (model init | info --model DIR | fit --model DIR)", runModel, []string{"init", "info", "build", "fit"}, false},
-		{"corpus", "the synthetic persona chat corpus (corpus generate --seed S --out FILE | corpus roles)", runCorpus, []string{"generate", "roles"}, false},
-		{"sessions", "recorded chats: list, show, export, reproject, export-dataset, verify", runSessions, []string{"list", "show", "export", "reproject", "export-dataset", "verify"}, false},
-		{"train", "fine-tune a model in the background or the foreground (train sft|alol|ppo|rm --model DIR ...)", runTrain, []string{"sft", "alol", "ppo", "rm"}, false},
-		{"serve", "serve one model to many clients: an OpenAI-compatible API with per-request capping and steering (serve [--model DIR] [--http ADDR] [--api-keys FILE])", runServe, nil, false},
-		{"jobs", "list, watch, pause, resume or cancel training runs", runJobs, []string{"list", "watch", "cancel", "pause", "resume"}, false},
-		{"export", "export a model or an axis for llama.cpp (export gguf | control-vector)", runExport, []string{"gguf", "control-vector"}, false},
-		{"convert", "convert a checkpoint into a Hugging Face folder (convert llama2c IN.bin TOK.bin OUT_DIR)", runConvert, []string{"llama2c"}, false},
-		{"bench", "benchmarks, each against a reference in the same run", runBench, []string{"decode", "tokenize", "train", "gguf", "serve", "hostile"}, true},
-		{"info", "show the libtorch runtime keel uses", runInfo, nil, false},
-		{"devcheck", "keel's side of scripts/device-check.sh (forward, generate, decode)", runDevcheck, []string{"forward", "generate", "decode", "tiny", "pt", "sft"}, true},
-		{"version", "print keel's version", runVersion, nil, false},
+// withSub binds a body that several subcommands share (they take one set of flags) to one of them.
+func withSub(sub string, body func(sub string, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error) cli.Run {
+	return func(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+		return body(sub, fs, args, stdout, stderr)
 	}
-}
-
-// usageError marks errors caused by bad flags or arguments (exit status 2).
-type usageError struct{ error }
-
-// helpError is a -h: the command's usage, which run prints on stdout (exit status 0).
-type helpError struct{ usage string }
-
-func (h helpError) Error() string { return flag.ErrHelp.Error() }
-func (h helpError) Unwrap() error { return flag.ErrHelp }
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: keel <command> [flags]")
-	for _, dev := range []bool{false, true} {
-		if dev {
-			fmt.Fprintln(w, "\ndeveloper tools (measurements against references, device checks):")
-		} else {
-			fmt.Fprintln(w, "\ncommands:")
-		}
-		for _, c := range commands() {
-			if c.dev != dev {
-				continue
-			}
-			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
-			if len(c.subs) > 0 {
-				fmt.Fprintf(w, "  %-10s   keel %s %s\n", "", c.name, strings.Join(c.subs, "|"))
-			}
-		}
-	}
-	fmt.Fprintln(w, "\nRun `keel <command> -h` for a command's flags.")
 }
 
 func main() {
@@ -140,118 +153,26 @@ func startProfile(stderr io.Writer) func() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		usage(stdout)
-		return 0
-	}
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") && args[0] != "-h" && args[0] != "--help" {
 		args = append([]string{"tui"}, args...) // `keel [flags]` opens the workbench
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			if len(c.subs) > 0 && (len(args) < 2 || !slices.Contains(c.subs, args[1])) {
-				list := fmt.Sprintf("keel %s %s (keel %s SUB -h for its flags)", c.name, strings.Join(c.subs, "|"), c.name)
-				switch {
-				case len(args) >= 2 && (args[1] == "-h" || args[1] == "--help"):
-					fmt.Fprintf(stdout, "%s: %s\n%s\n", c.name, c.summary, list)
-					return 0
-				case len(args) < 2:
-					fmt.Fprintf(stderr, "keel %s: a subcommand is needed: %s\n", c.name, list)
-				default:
-					fmt.Fprintf(stderr, "keel %s: unknown subcommand %q: %s\n", c.name, args[1], list)
-				}
-				return 2
-			}
-			err := c.run(args[1:], stdout, stderr)
-			if err == nil {
-				return 0
-			}
-			if errors.Is(err, flag.ErrHelp) {
-				var h helpError
-				if errors.As(err, &h) {
-					fmt.Fprint(stdout, h.usage)
-				}
-				return 0
-			}
-			fmt.Fprintln(stderr, "keel "+c.name+": "+oneLine(err.Error()))
-			var ue usageError
-			if errors.As(err, &ue) {
-				return 2
-			}
-			return 1
-		}
-	}
-	fmt.Fprintf(stderr, "keel: unknown command %q: run `keel help` for the list\n", args[0])
-	return 2
+	return cli.Main("keel", commands(), args, stdout, stderr)
 }
 
 // runChatOrTUI is `keel chat`: the workbench when stdin is a terminal, the line REPL when it is a pipe or file.
-func runChatOrTUI(args []string, stdout, stderr io.Writer) error {
+func runChatOrTUI(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	if stdinIsTerminal() {
-		return runTUI(args, stdout, stderr)
+		return runTUI(fs, args, stdout, stderr)
 	}
-	return runChat(args, stdout, stderr)
+	return runChat(fs, args, stdout, stderr)
 }
 
-func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
-
-// newFlags makes a flag set whose parse errors come back as usageErrors (printed once, by run).
-func newFlags(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("keel "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
-}
-
-// parse reads flags anywhere among the arguments (`keel jobs watch ID --runs DIR` as well as before ID); the
-// positional arguments stay in fs.Args().
-func parse(fs *flag.FlagSet, args []string) error {
-	fs.SetOutput(io.Discard)
-	var positional []string
-	for {
-		if err := parseOnce(fs, args); err != nil {
-			return err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if rest[0] == "--" {
-			positional = append(positional, rest[1:]...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-	return fs.Parse(append([]string{"--"}, positional...))
-}
-
-func parseOnce(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			var b strings.Builder
-			n := 0
-			fs.VisitAll(func(*flag.Flag) { n++ })
-			if n == 0 {
-				fmt.Fprintf(&b, "usage: %s (it takes no flags)\n", fs.Name())
-			} else {
-				fmt.Fprintf(&b, "usage: %s [flags]\n", fs.Name())
-				fs.SetOutput(&b)
-				fs.PrintDefaults()
-			}
-			return helpError{b.String()}
-		}
-		return usageError{err}
-	}
-	return nil
-}
-
-func runVersion(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("version", stderr)
-	if err := parse(fs, args); err != nil {
+func runVersion(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q: keel version takes none", fs.Arg(0))}
+		return cli.Usagef("unexpected argument %q: keel version takes none", fs.Arg(0))
 	}
 	fmt.Fprintln(stdout, "keel", version)
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model/modeltest"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
 )
 
@@ -175,35 +176,32 @@ func TestTokenizeCommand(t *testing.T) {
 	}
 }
 
-// `keel help` lists every command and every subcommand, and every subcommand it lists is one the command runs.
+// `keel help` lists every command and every subcommand from the table, and every subcommand it lists runs.
 func TestHelpListsEveryCommand(t *testing.T) {
 	code, help, _ := runKeel("help")
 	if code != 0 {
 		t.Fatalf("keel help: exit %d", code)
 	}
 	for _, c := range commands() {
-		if !strings.Contains(help, "  "+c.name+" ") {
-			t.Errorf("help does not list %s", c.name)
+		if !strings.Contains(help, "  "+c.Name+" ") || !strings.Contains(help, c.Summary) {
+			t.Errorf("help does not list %s with its summary", c.Name)
 		}
-		if len(c.subs) == 0 {
+		if len(c.Subs) == 0 {
 			continue
 		}
-		if !strings.Contains(help, "keel "+c.name+" "+strings.Join(c.subs, "|")) {
-			t.Errorf("help does not list %s's subcommands %v", c.name, c.subs)
+		if !strings.Contains(help, "keel "+c.Name+" "+strings.Join(c.SubNames(), "|")) {
+			t.Errorf("help does not list %s's subcommands %v", c.Name, c.SubNames())
 		}
-		// The command's own usage line names the same subcommands, and each one runs (-h prints its flags).
-		_, _, usage := runKeel(c.name)
-		for _, sub := range c.subs {
-			if !strings.Contains(usage, sub) {
-				t.Errorf("keel %s's usage line does not name %s: %q", c.name, sub, usage)
-			}
-			_, _, stderr := runKeel(c.name, sub, "-h")
-			if strings.Contains(stderr, "unknown subcommand") {
-				t.Errorf("keel %s %s: %q", c.name, sub, stderr)
+		// The command's own -h lists every sub with its summary; a missing one names them all.
+		_, usage, _ := runKeel(c.Name, "-h")
+		_, _, missing := runKeel(c.Name)
+		for _, sub := range c.Subs {
+			if !strings.Contains(usage, sub.Name) || !strings.Contains(usage, sub.Summary) || !strings.Contains(missing, sub.Name) {
+				t.Errorf("keel %s -h does not list %s: %q", c.Name, sub.Name, usage)
 			}
 		}
-		if code, _, stderr := runKeel(c.name, "frobnicate"); code != 2 || !strings.Contains(stderr, `unknown subcommand "frobnicate"`) {
-			t.Errorf("keel %s frobnicate: exit %d, %q", c.name, code, stderr)
+		if code, _, stderr := runKeel(c.Name, "frobnicate"); code != 2 || !strings.Contains(stderr, `unknown subcommand "frobnicate"`) {
+			t.Errorf("keel %s frobnicate: exit %d, %q", c.Name, code, stderr)
 		}
 	}
 }
@@ -256,17 +254,21 @@ func hugeConfig(t *testing.T) string {
 	return dir
 }
 
-// Every command and subcommand answers -h with its usage on stdout, exit 0, before touching a model.
+// Every command and subcommand answers -h with the table's usage line and summary on stdout, exit 0, before
+// touching a model.
 func TestEveryCommandAnswersHelp(t *testing.T) {
 	for _, c := range commands() {
-		calls := [][]string{{c.name, "-h"}}
-		for _, sub := range c.subs {
-			calls = append(calls, []string{c.name, sub, "-h"})
+		rows := map[string]cli.Command{c.Name: c}
+		for _, sub := range c.Subs {
+			rows[c.Name+" "+sub.Name] = sub
 		}
-		for _, args := range calls {
-			code, stdout, stderr := runKeel(args...)
-			if code != 0 || !strings.Contains(stdout, "keel "+args[0]) && !strings.Contains(stdout, "usage") {
-				t.Errorf("keel %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, stdout, stderr)
+		for path, row := range rows {
+			code, stdout, stderr := runKeel(append(strings.Fields(path), "-h")...)
+			if code != 0 || !strings.Contains(stdout, row.Summary) {
+				t.Errorf("keel %s -h: exit %d, stdout %q, stderr %q", path, code, stdout, stderr)
+			}
+			if row.Run != nil && !strings.HasPrefix(stdout, "usage: keel "+path) {
+				t.Errorf("keel %s -h: no usage line: %q", path, stdout)
 			}
 		}
 	}

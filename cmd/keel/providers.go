@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/provider"
 )
@@ -60,14 +62,14 @@ func (f *providerFlags) close() {
 func (f *providerFlags) client(ref, dir string) (*provider.Client, error) {
 	e, err := provider.ParseEndpoint(ref)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
 	key, err := provider.KeyFromEnv(os.Getenv)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
 	if f.concurrency < 1 || f.retries < 0 || f.timeout <= 0 {
-		return nil, usageError{fmt.Errorf("--concurrency and --timeout must be positive, --retries at least 0")}
+		return nil, cli.Usagef("--concurrency and --timeout must be positive, --retries at least 0")
 	}
 	retries := f.retries
 	if retries == 0 {

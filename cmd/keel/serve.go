@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -14,13 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/ssh"
 	"github.com/muesli/termenv"
 
-	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/datadir"
-	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"
 	"github.com/keel-lab/keel/tui"
@@ -29,11 +30,10 @@ import (
 // runServe: keel serve [--model DIR] [--axis DIR] [--http ADDR] [--api-keys FILE] [--ssh ADDR]
 // [--authorized-keys FILE] [--host-key FILE] [--max-batch N]: one loaded model for a lab, behind an
 // OpenAI-compatible API with keel's per-request capping, steering and projections, and the workbench over SSH.
-func runServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("serve", stderr)
-	var mf modelFlags
-	mf.register(fs)
-	axisDir := fs.String("axis", "", "axis folder for capping, steering and projections; default: the embedded model's own")
+func runServe(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
+	axisDir := fs.String("axis", "", "axis folder for capping, steering and projections; default: the model's own axis/ (the embedded model has one)")
 	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
 	addr := fs.String("http", "127.0.0.1:8080", "address of the OpenAI-compatible API (loopback unless told otherwise; \"\" for none)")
 	keysFile := fs.String("api-keys", "", "file of bearer keys, one per line (required when --http is not loopback)")
@@ -72,18 +72,18 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		ssl.RewardPrograms = append(ssl.RewardPrograms, v)
 		return nil
 	})
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *maxBatch < 1 || *queue < 1 || lim.MaxTokens < 1 || lim.StreamsPerKey < 1 || lim.MaxConns < 1 {
-		return usageError{fmt.Errorf("--max-batch, --queue, --max-tokens, --streams-per-key and --http-max-conns must be positive")}
+		return cli.Usagef("--max-batch, --queue, --max-tokens, --streams-per-key and --http-max-conns must be positive")
 	}
 	if err := ssl.Check(); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	ssl.MaxTokens = lim.MaxTokens
 	if *addr == "" && *sshAddr == "" {
-		return usageError{fmt.Errorf("--http \"\" and no --ssh: give at least one address to serve on")}
+		return cli.Usagef("--http \"\" and no --ssh: give at least one address to serve on")
 	}
 	var keys map[string]bool
 	if *addr != "" {
@@ -93,10 +93,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 		if *keysFile != "" {
 			if keys, err = serve.ReadKeys(*keysFile); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 		} else if !loopback {
-			return usageError{fmt.Errorf("--http %s is reachable from other machines: give --api-keys FILE so every client authenticates", *addr)}
+			return cli.Usagef("--http %s is reachable from other machines: give --api-keys FILE so every client authenticates", *addr)
 		}
 	}
 	var sshd *serve.SSH
@@ -111,7 +111,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			*hostKey = filepath.Join(*state, "ssh_host_ed25519_key")
 		}
 		if _, err := serve.ReadAuthorizedKeys(*authorized); err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		cfg := tui.DefaultConfig()
 		if err := tui.LoadConfig(&cfg); err != nil {
@@ -119,15 +119,14 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 		exe, _ := os.Executable()
 		sshd = &serve.SSH{HostKey: *hostKey, AuthorizedKeys: *authorized, StateDir: *state, Exe: exe,
-			Version: version, Device: mf.device, DType: mf.dtype, Config: cfg, Limits: ssl}
+			Version: version, Device: mf.Device, DType: mf.DType, Config: cfg, Limits: ssl}
 	}
-	embedded := mf.dir == ""
-	_, lm, err := mf.load()
+	_, lm, err := mf.Load()
 	if err != nil {
 		return err
 	}
 	defer lm.Close()
-	axis, err := openAxisFolder(lm, embedded, *axisDir, *ignoreHash)
+	axis, err := probes.OpenModelAxis(lm, *axisDir, *ignoreHash)
 	if err != nil {
 		return err
 	}
@@ -206,27 +205,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 func isLoopback(flag, addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return false, usageError{fmt.Errorf("%s %q: give HOST:PORT, such as 127.0.0.1:8080", flag, addr)}
+		return false, cli.Usagef("%s %q: give HOST:PORT, such as 127.0.0.1:8080", flag, addr)
 	}
 	if host == "localhost" {
 		return true, nil
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback(), nil
-}
-
-// openAxisFolder opens the axis folder a command was given, or the embedded model's own when it runs the embedded
-// model without one; nil when there is neither.
-func openAxisFolder(lm *model.LM, embedded bool, dir string, ignoreHash bool) (*probes.AxisFolder, error) {
-	if dir == "" && embedded {
-		var err error
-		if dir, err = models.PersonaAxis(lm.Dir); err != nil {
-			return nil, err
-		}
-	}
-	if dir == "" {
-		return nil, nil
-	}
-	axis, _, err := probes.OpenAxisFolderFor(dir, lm, ignoreHash)
-	return axis, err
 }

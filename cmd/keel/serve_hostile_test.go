@@ -22,6 +22,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/keel-lab/keel/bench"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/models"
@@ -116,7 +117,7 @@ func (h *hostileServer) dial(user string) (*gossh.Client, error) {
 }
 
 // What /proc says of the server: resident memory, open descriptors, CPU time used.
-func (h *hostileServer) rssKiB() int { return procRSSKiB(h.pid) }
+func (h *hostileServer) rssKiB() int { return bench.ProcRSSKiB(h.pid) }
 
 func (h *hostileServer) fds() int {
 	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", h.pid))
@@ -146,7 +147,7 @@ func (h *hostileServer) healthy() {
 
 // sshChat is one workbench session over a client connection: keys in, the screen's text out.
 type sshChat struct {
-	*benchChat
+	*bench.Chat
 	t    *testing.T
 	done chan struct{}
 	mark int // waitFor looks at what was printed after this many bytes of text
@@ -154,13 +155,13 @@ type sshChat struct {
 
 func openChat(t *testing.T, client *gossh.Client, cols, rows int) *sshChat {
 	t.Helper()
-	bc, err := openBenchChat(client, cols, rows)
+	bc, err := bench.OpenChat(client, cols, rows)
 	if err != nil {
 		t.Fatalf("a session: %v", err)
 	}
-	c := &sshChat{benchChat: bc, t: t, done: make(chan struct{})}
-	go func() { bc.sess.Wait(); close(c.done) }()
-	t.Cleanup(func() { bc.sess.Close() })
+	c := &sshChat{Chat: bc, t: t, done: make(chan struct{})}
+	go func() { bc.Sess.Wait(); close(c.done) }()
+	t.Cleanup(func() { bc.Sess.Close() })
 	return c
 }
 
@@ -169,21 +170,21 @@ func (c *sshChat) waitFor(what string, d time.Duration) {
 	c.t.Helper()
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		text := c.text()
+		text := c.Text()
 		if i := strings.Index(text[min(c.mark, len(text)):], what); i >= 0 {
 			c.mark += i + len(what)
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	tail := c.text()
+	tail := c.Text()
 	c.t.Fatalf("waited %s for %q; the session printed (tail):\n%s", d, what, tail[max(0, len(tail)-3000):])
 }
 
 // reply sends a message and waits for its reply to end.
 func (c *sshChat) reply(msg string) {
 	c.t.Helper()
-	c.in.Write([]byte(msg + "\r"))
+	c.In.Write([]byte(msg + "\r"))
 	c.waitFor("generating", 30*time.Second)
 	c.waitFor("ready", 60*time.Second)
 }
@@ -192,9 +193,9 @@ func (c *sshChat) reply(msg string) {
 // notice line, so that an answer equal to the one before is drawn again.
 func (c *sshChat) command(line, answer string) {
 	c.t.Helper()
-	c.in.Write([]byte("/nothing\r"))
+	c.In.Write([]byte("/nothing\r"))
 	c.waitFor("unknown command /nothing", 20*time.Second)
-	c.in.Write([]byte(line + "\r"))
+	c.In.Write([]byte(line + "\r"))
 	c.waitFor(answer, 20*time.Second)
 }
 
@@ -240,7 +241,7 @@ func TestHostileSSHPathsStayInTheUsersFolder(t *testing.T) {
 	c.command("/replay fifo", "fifo is not a regular file (a FIFO)")
 	c.command("/replay big.jsonl", "over the bound of 100000")
 	c.command("/replay "+filepath.Join(outside, "secret"), "no such file in your folder")
-	if strings.Contains(c.text(), "root:x") || strings.Contains(c.text(), "invalid character") {
+	if strings.Contains(c.Text(), "root:x") || strings.Contains(c.Text(), "invalid character") {
 		t.Fatal("an error showed a file's content")
 	}
 	c.command("/replay ../bob/sessions/x.jsonl", "outside your folder")
@@ -331,7 +332,7 @@ func TestHostileSSHQuotas(t *testing.T) {
 	rss0 := h.rssKiB()
 	// A pty of 100000x100000: drawn at the bound, the server's memory flat.
 	big := openChat(t, client, 100000, 100000).ready()
-	big.sess.WindowChange(100000, 100000)
+	big.Sess.WindowChange(100000, 100000)
 	big.command("/set max-tokens 1000000000", "at most 4096 here")
 	big.command("/set max-tokens 8", "max-tokens = 8")
 	big.reply("Who are you?")
@@ -344,7 +345,7 @@ func TestHostileSSHQuotas(t *testing.T) {
 	third := openChat(t, client, 120, 40)
 	third.waitFor("chats are open on this connection (the bound is 2)", 20*time.Second)
 	// Quitting one leaves the other chatting.
-	big.in.Write([]byte("/quit\r"))
+	big.In.Write([]byte("/quit\r"))
 	select {
 	case <-big.done:
 	case <-time.After(20 * time.Second):
@@ -353,9 +354,9 @@ func TestHostileSSHQuotas(t *testing.T) {
 	second.command("/set max-tokens 4", "max-tokens = 4")
 	second.reply("Hello")
 	// A message over the bound is not taken past it.
-	second.in.Write(bytes.Repeat([]byte("a"), 2100))
+	second.In.Write(bytes.Repeat([]byte("a"), 2100))
 	second.waitFor("a message holds at most 2000 characters: the rest was not typed", 20*time.Second)
-	second.in.Write([]byte{3}) // ctrl+c drops the draft
+	second.In.Write([]byte{3}) // ctrl+c drops the draft
 	second.waitFor("draft cleared", 20*time.Second)
 	// Chats per user, over several connections.
 	var clients []*gossh.Client
@@ -395,9 +396,9 @@ func TestHostileSSHTypedInputIsLinear(t *testing.T) {
 	c := openChat(t, client, 120, 40).ready()
 	before := h.cpu()
 	for i := 0; i < 40000; i++ {
-		c.in.Write([]byte{byte('a' + i%26)})
+		c.In.Write([]byte{byte('a' + i%26)})
 	}
-	c.in.Write([]byte(" END"))
+	c.In.Write([]byte(" END"))
 	c.waitFor("END", 60*time.Second)
 	if used := h.cpu() - before; used > time.Second {
 		t.Fatalf("40 KB typed a byte at a time took %s of the server's CPU", used)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keel-lab/keel/bench"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/sessions"
 )
@@ -38,7 +39,7 @@ func startServe(t *testing.T, env []string, args ...string) (*exec.Cmd, map[stri
 			want++
 		}
 	}
-	addrs := serveAddrs(bufio.NewScanner(stdout), want)
+	addrs := bench.ServeAddrs(bufio.NewScanner(stdout), want)
 	if len(addrs) < want {
 		cmd.Process.Kill()
 		cmd.Wait()

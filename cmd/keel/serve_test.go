@@ -32,7 +32,7 @@ func TestServeAnswersAsGenerate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lm.Close()
-	axisDir, _ := models.PersonaAxis(lm.Dir)
+	axisDir := filepath.Join(lm.Dir, "axis")
 	axis, _, err := probes.OpenAxisFolderFor(axisDir, lm, false)
 	if err != nil {
 		t.Fatal(err)

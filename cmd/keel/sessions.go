@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/muesli/termenv"
 
@@ -23,11 +26,7 @@ import (
 
 // runSessions: keel sessions list | show FILE | export FILE --format F --out PATH | reproject FILE --axis A |
 // export-dataset FILE... --out PATH
-func runSessions(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel sessions list|show|export|reproject|export-dataset|verify")}
-	}
-	fs := newFlags("sessions "+args[0], stderr)
+func runSessions(sub string, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", sessions.DefaultDir(), "sessions folder")
 	format := fs.String("format", "transcript", "export format: cast, transcript, csv or png")
 	out := fs.String("out", "", "output path")
@@ -37,14 +36,14 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	tolerance := fs.Float64("tolerance", 1e-4, "verify: the difference allowed a recorded number (absolute, relative above 1)")
 	asJSON := fs.Bool("json", false, "verify: print one JSON object of the figures")
 	styleLabels := fs.Bool("style", true, "export-dataset: label unmarked assistant turns with the persona style scorer (a role's register: drifted, reward 0; the Assistant's: reward 1)")
-	var mf modelFlags
-	mf.register(fs)
-	if err := parse(fs, args[1:]); err != nil {
+	var mf cli.ModelFlags
+	mf.Register(fs)
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	load := func() (*sessions.Session, error) {
 		if fs.NArg() < 1 {
-			return nil, usageError{fmt.Errorf("give the session file")}
+			return nil, cli.Usagef("give the session file")
 		}
 		s, err := sessions.Load(sessionPath(fs.Arg(0), *dir))
 		if err != nil {
@@ -55,7 +54,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}
 		return s, nil
 	}
-	switch args[0] {
+	switch sub {
 	case "list":
 		files, err := sessions.List(*dir)
 		if err != nil {
@@ -90,7 +89,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *out == "" {
-			return usageError{fmt.Errorf("--out PATH is required")}
+			return cli.Usagef("--out PATH is required")
 		}
 		// A cast holds the workbench's own frames (chat with tint, plot, controls), in 256 colours.
 		opt := sessions.ExportOptions{Frames: func(s *sessions.Session) ([]sessions.Frame, error) {
@@ -98,8 +97,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}}
 		if *layersFlag != "" {
 			var err error
-			if opt.Layers, err = parseLayers(*layersFlag); err != nil {
-				return usageError{err}
+			if opt.Layers, err = cli.ParseLayers(*layersFlag); err != nil {
+				return cli.UsageError{Err: err}
 			}
 		}
 		if err := s.Export(*format, *out, opt); err != nil {
@@ -109,7 +108,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "export-dataset":
 		if fs.NArg() == 0 || *out == "" {
-			return usageError{fmt.Errorf("usage: keel sessions export-dataset FILE... --out DATA.jsonl")}
+			return cli.Usagef("usage: keel sessions export-dataset FILE... --out DATA.jsonl")
 		}
 		var auto sessions.AutoLabel
 		if *styleLabels {
@@ -156,12 +155,12 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *axisPath == "" {
-			return usageError{fmt.Errorf("--axis FILE is required")}
+			return cli.Usagef("--axis FILE is required")
 		}
-		if mf.dir == "" {
-			mf.dir = s.Header.Model
+		if mf.Dir == "" {
+			mf.Dir = s.Header.Model
 		}
-		_, lm, err := mf.load()
+		_, lm, err := mf.Load()
 		if err != nil {
 			return err
 		}
@@ -172,8 +171,8 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}
 		layers := axis.LayerList()
 		if *layersFlag != "" {
-			if layers, err = parseLayers(*layersFlag); err != nil {
-				return usageError{err}
+			if layers, err = cli.ParseLayers(*layersFlag); err != nil {
+				return cli.UsageError{Err: err}
 			}
 		}
 		got, err := sessions.Reproject(lm.Model, s, axis.Layers, layers)
@@ -196,7 +195,7 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 		}
 		return verifySession(s, &mf, *axisPath, *ignoreHash, *tolerance, *asJSON, stdout)
 	}
-	return usageError{fmt.Errorf("unknown sessions command %q", args[0])}
+	return cli.Usagef("unknown sessions command %q", sub)
 }
 
 // loadAxisFor reads a vector file and checks it fits the loaded model: its shape always, its weights (or the
@@ -238,17 +237,17 @@ func sessionPath(name, dir string) string {
 // verifySession runs a recording's generated turns again on its model (the header's, unless --model) and axis
 // (the header's, unless --axis), teacher-forced, and reports whether every recorded projection and cap move
 // comes back: the model's weights must be the recorded ones.
-func verifySession(s *sessions.Session, mf *modelFlags, axisPath string, ignoreHash bool, tol float64, asJSON bool, stdout io.Writer) error {
-	if mf.dir == "" {
-		mf.dir = s.Header.Model
+func verifySession(s *sessions.Session, mf *cli.ModelFlags, axisPath string, ignoreHash bool, tol float64, asJSON bool, stdout io.Writer) error {
+	if mf.Dir == "" {
+		mf.Dir = s.Header.Model
 	}
 	if s.Header.ModelSHA256 != "" {
-		sha, err := steer.WeightsSHA256(mf.dir)
+		sha, err := steer.WeightsSHA256(mf.Dir)
 		if err != nil {
 			return err
 		}
 		if sha != s.Header.ModelSHA256 {
-			return fmt.Errorf("%s: its weights (sha256 %s) are not the recorded ones (%s): give the recorded model with --model", mf.dir, sha[:12], s.Header.ModelSHA256[:12])
+			return fmt.Errorf("%s: its weights (sha256 %s) are not the recorded ones (%s): give the recorded model with --model", mf.Dir, sha[:12], s.Header.ModelSHA256[:12])
 		}
 	}
 	if axisPath == "" {
@@ -257,7 +256,7 @@ func verifySession(s *sessions.Session, mf *modelFlags, axisPath string, ignoreH
 	if axisPath == "" {
 		return fmt.Errorf("the recording names no axis: nothing was projected, nothing to verify")
 	}
-	_, lm, err := mf.load()
+	_, lm, err := mf.Load()
 	if err != nil {
 		return err
 	}

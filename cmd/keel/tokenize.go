@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
@@ -15,18 +18,17 @@ const maxStdinText = 64 << 20
 
 // runTokenize: keel tokenize --model DIR [--json] [--chat FILE.json [--generation-prompt]] [--no-special] [TEXT]
 // Without TEXT (or with -) the text is standard input, byte for byte.
-func runTokenize(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("tokenize", stderr)
+func runTokenize(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("model", "", "model folder (tokenizer files are enough)")
 	asJSON := fs.Bool("json", false, `print {"ids", "pieces", "decoded"}`)
 	chat := fs.String("chat", "", "a JSON file holding a messages list: print the rendered chat template")
 	genPrompt := fs.Bool("generation-prompt", true, "with --chat: end with the assistant's turn header")
 	noSpecial := fs.Bool("no-special", false, "do not add the post-processor's special tokens")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
-		return usageError{fmt.Errorf("--model DIR is required")}
+		return cli.Usagef("--model DIR is required")
 	}
 	tok, err := tokenizer.Load(*dir)
 	if err != nil {
@@ -55,7 +57,7 @@ func runTokenize(args []string, stdout, stderr io.Writer) error {
 	text := strings.Join(fs.Args(), " ")
 	if fs.NArg() == 0 || text == "-" {
 		if fs.NArg() == 0 && stdinIsTerminal() {
-			return usageError{fmt.Errorf("give the text to tokenize as an argument, or pipe it in")}
+			return cli.Usagef("give the text to tokenize as an argument, or pipe it in")
 		}
 		raw, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdinText+1))
 		if err != nil {
@@ -83,22 +85,18 @@ func runTokenize(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// runTokenizer: keel tokenizer train --vocab N --corpus FILE --out DIR
-func runTokenizer(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "train" {
-		return usageError{fmt.Errorf("usage: keel tokenizer train --vocab N --corpus FILE --out DIR")}
-	}
-	fs := newFlags("tokenizer train", stderr)
+// runTokenizerTrain: keel tokenizer train --vocab N --corpus FILE --out DIR
+func runTokenizerTrain(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	vocab := fs.Int("vocab", 4096, "vocabulary size, special tokens included")
 	corpus := fs.String("corpus", "", "training text")
 	out := fs.String("out", "", "output folder (tokenizer.json, tokenizer_config.json)")
 	digits := fs.Bool("single-digits", false, "split numbers into single digits (Qwen's split) instead of runs of up to three")
 	minFreq := fs.Int("min-frequency", 2, "merge only pairs seen at least this often")
-	if err := parse(fs, args[1:]); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *corpus == "" || *out == "" {
-		return usageError{fmt.Errorf("--corpus FILE and --out DIR are required")}
+		return cli.Usagef("--corpus FILE and --out DIR are required")
 	}
 	if err := tokenizer.TrainFile(*corpus, *out, tokenizer.TrainConfig{VocabSize: *vocab, MinFrequency: *minFreq, SingleDigits: *digits}); err != nil {
 		return err

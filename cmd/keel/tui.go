@@ -1,9 +1,12 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
@@ -15,14 +18,13 @@ import (
 )
 
 // runTUI: keel [--model DIR] [--axis DIR|FILE] [--no-alt-screen] [--no-record] ...: the workbench.
-func runTUI(args []string, stdout, stderr io.Writer) error {
+func runTUI(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	cfg := tui.DefaultConfig()
 	configErr := tui.LoadConfig(&cfg) // the config file's settings are the flags' defaults
-	fs := newFlags("", stderr)
 	var cf chatFlags
 	cf.register(fs, cfg.Sampling)
 	noAlt := fs.Bool("no-alt-screen", false, "draw in the normal screen (scrollback keeps the output)")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if configErr != nil {

@@ -25,7 +25,8 @@ var allowed = map[string][]string{
 	"workbench": {"engine", "steer", "train", "probes", "sessions"},
 	"tui":       {"engine", "steer", "train", "probes", "sessions", "workbench"},
 	"serve":     {"engine", "steer", "train", "probes", "sessions", "workbench", "tui"},
-	"cmd":       {"engine", "steer", "train", "probes", "sessions", "workbench", "tui", "serve", "evals", "models", "provider"},
+	"bench":     {"engine", "steer", "train", "probes", "sessions", "workbench", "serve", "evals", "models", "provider"},
+	"cmd":       {"engine", "steer", "train", "probes", "sessions", "workbench", "tui", "serve", "evals", "models", "provider", "bench"},
 }
 
 const module = "github.com/keel-lab/keel/"

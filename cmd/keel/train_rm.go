@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"flag"
 	"io"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/train"
@@ -10,8 +13,7 @@ import (
 
 // runTrainRM: keel train rm --model DIR --data PAIRS.jsonl [flags]: a reward model from preference pairs, for
 // --reward rm:DIR and PPO's --value-model.
-func runTrainRM(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("train rm", stderr)
+func runTrainRM(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	var c train.RewardConfig
 	c.Defaults() // the flags show the config's own defaults
 	fs.StringVar(&c.ModelNameOrPath, "model", "", "model to start from (a causal LM gets a score head; a reward model keeps training); default: the embedded persona model")
@@ -30,7 +32,7 @@ func runTrainRM(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
 	var rf runFlags
 	rf.register(fs)
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {

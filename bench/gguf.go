@@ -1,6 +1,7 @@
-package main
+package bench
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/engine/gguf"
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -16,20 +19,19 @@ import (
 
 // runBenchGGUF times greedy decoding of keel against llama.cpp (node-llama-cpp) on the same random model (f32,
 // exported to GGUF), the same prompt and the same thread count, in one run.
-func runBenchGGUF(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench gguf", stderr)
+func runBenchGGUF(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	shapes := fs.String("shape", "5m,llama-1b", "shapes: 5m, llama-1b")
 	tokens := fs.String("tokens", "5m=128,llama-1b=16", "decode steps per shape")
 	threads := fs.Int("threads", 2, "threads for both")
 	reps := fs.Int("reps", 3, "interleaved runs (median)")
 	conf := fs.String("conformance", "conformance/llamacpp", "folder with decode.mjs and node_modules")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	steps, err := perShape(*tokens)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	rt, err := torch.Load()
 	if err != nil {
@@ -46,7 +48,7 @@ func runBenchGGUF(args []string, stdout, stderr io.Writer) error {
 	for _, name := range strings.Split(*shapes, ",") {
 		cfg, ok := benchShapes()[name]
 		if !ok {
-			return usageError{fmt.Errorf("unknown shape %q", name)}
+			return cli.Usagef("unknown shape %q", name)
 		}
 		n := steps[name]
 		if n == 0 {

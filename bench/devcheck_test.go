@@ -1,16 +1,18 @@
-package main
+package bench
 
 import (
 	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // `keel devcheck forward` on a reward model writes its score head's outputs beside the hidden states: the values
@@ -35,9 +37,11 @@ func TestDevcheckForwardWritesRewardScores(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := filepath.Join(t.TempDir(), "rm")
-	code, stdout, stderr := runKeel("devcheck", "forward", "--model", dir, "--ids", "1,7,9,40,3", "--out", prefix)
+	var stdoutB, stderrB strings.Builder
+	code := cli.Main("keel", Commands(), []string{"devcheck", "forward", "--model", dir, "--ids", "1,7,9,40,3", "--out", prefix}, &stdoutB, &stderrB)
+	stdout := stdoutB.String()
 	if code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr)
+		t.Fatalf("exit %d: %s", code, stderrB.String())
 	}
 	var metas []map[string]int
 	if err := json.Unmarshal([]byte(stdout), &metas); err != nil || len(metas) != 1 || metas[0]["S"] != 2 {

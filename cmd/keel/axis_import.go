@@ -1,10 +1,13 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
@@ -16,17 +19,16 @@ import (
 // (the same shape, one per role) and capping_config.pt (a dict of role-ward vectors and experiments). Each
 // becomes a keel vector file in DIR with its header; caps go to DIR/caps/<id>.safetensors in keel's
 // convention (a floor on the +axis projection).
-func runAxisImport(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("axis import", stderr)
+func runAxisImport(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "folder for the keel vector files")
 	modelID := fs.String("model-id", "", "the model the files are for (default: the folder the first file is in)")
 	nLayers := fs.Int("n-layers", 0, "the model's layer count, for capping_config.pt (default: from an axis imported alongside)")
 	force := fs.Bool("force", false, "replace vector files already in --out")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" || fs.NArg() == 0 {
-		return usageError{fmt.Errorf("usage: keel axis import FILE.pt... --out DIR")}
+		return cli.Usagef("usage: keel axis import FILE.pt... --out DIR")
 	}
 	if *modelID == "" {
 		*modelID = filepath.Base(filepath.Dir(absPath(fs.Arg(0))))

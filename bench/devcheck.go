@@ -1,9 +1,10 @@
-package main
+package bench
 
 import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -21,29 +24,6 @@ import (
 	"github.com/keel-lab/keel/steer/ptfile"
 	"github.com/keel-lab/keel/train"
 )
-
-// `keel devcheck` is the keel side of scripts/device-check.sh: it runs checkpoints on the device on given token
-// ids and writes raw results for the script to compare with Hugging Face transformers.
-func runDevcheck(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{fmt.Errorf("usage: keel devcheck forward|generate|decode|tiny|pt|sft [flags]")}
-	}
-	switch args[0] {
-	case "forward":
-		return devForward(args[1:], stdout, stderr)
-	case "generate":
-		return devGenerate(args[1:], stdout, stderr)
-	case "decode":
-		return devDecode(args[1:], stdout, stderr)
-	case "tiny":
-		return devTiny(args[1:], stdout, stderr)
-	case "pt":
-		return devPT(args[1:], stdout, stderr)
-	case "sft":
-		return devSFT(args[1:], stdout, stderr)
-	}
-	return usageError{fmt.Errorf("unknown devcheck %q: forward, generate or decode", args[0])}
-}
 
 func parseIDs(s string) ([]int, error) {
 	var ids []int
@@ -57,57 +37,31 @@ func parseIDs(s string) ([]int, error) {
 	return ids, nil
 }
 
-// parseLayers reads --layers: comma-separated layers, each a number or a window A:B (a Python slice), "2:6" or
-// "3,5,8".
-func parseLayers(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if a, b, ok := strings.Cut(f, ":"); ok {
-			lo, errA := strconv.Atoi(a)
-			hi, errB := strconv.Atoi(b)
-			if errA != nil || errB != nil || lo < 0 || hi <= lo || hi-lo > 1024 {
-				return nil, fmt.Errorf("--layers %q: %q is not a window A:B with 0 <= A < B", s, f)
-			}
-			for l := lo; l < hi; l++ {
-				out = append(out, l)
-			}
-			continue
-		}
-		l, err := strconv.Atoi(f)
-		if err != nil || l < 0 {
-			return nil, fmt.Errorf("--layers %q: give layers as 2:6 or 3,5,8", s)
-		}
-		out = append(out, l)
-	}
-	return out, nil
-}
-
-func loadWeightsOnly(mf *modelFlags) (*model.Model, error) {
-	dt, err := torch.ParseDType(mf.dtype)
+func loadWeightsOnly(mf *cli.ModelFlags) (*model.Model, error) {
+	dt, err := torch.ParseDType(mf.DType)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
 	rt, err := torch.Load()
 	if err != nil {
 		return nil, err
 	}
-	devs, err := model.ParseDevices(rt, mf.device)
+	devs, err := model.ParseDevices(rt, mf.Device)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.UsageError{Err: err}
 	}
-	if err := mf.resolve(); err != nil {
+	if err := mf.Resolve(); err != nil {
 		return nil, err
 	}
-	cfg, err := model.ReadConfig(mf.dir)
-	if err != nil {
-		return nil, err
-	}
-	opts, _, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: mf.offload, DType: dt})
+	cfg, err := model.ReadConfig(mf.Dir)
 	if err != nil {
 		return nil, err
 	}
-	return model.LoadWeights(rt, mf.dir, cfg, opts)
+	opts, _, err := model.Plan(rt, cfg, model.PlacementRequest{Devices: devs, Offload: mf.Offload, DType: dt})
+	if err != nil {
+		return nil, err
+	}
+	return model.LoadWeights(rt, mf.Dir, cfg, opts)
 }
 
 func writeF32(path string, xs []float32) error {
@@ -132,20 +86,19 @@ func readF32(path string) ([]float32, error) {
 // devForward writes, for each sequence k of --ids ("1,2,3;4,5,6"), PREFIX.k.logits.f32 [T, V] and
 // PREFIX.k.hidden.f32 [L, T, D] (the output of every decoder layer), and for a classifier PREFIX.k.scores.f32
 // [labels]; one process serves many sequences.
-func devForward(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck forward", stderr)
-	var mf modelFlags
-	mf.register(fs)
+func devForward(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	idsFlag := fs.String("ids", "", "token ids: comma-separated, sequences separated by ';'")
 	out := fs.String("out", "", "output path prefix")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	var seqs [][]int
 	for _, part := range strings.Split(*idsFlag, ";") {
 		ids, err := parseIDs(part)
 		if err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		seqs = append(seqs, ids)
 	}
@@ -201,10 +154,9 @@ func devForward(args []string, stdout, stderr io.Writer) error {
 
 // devGenerate runs greedy generation with caps (floor at --tau along --vector on --cap-layers) and steering
 // (--steer-coeff times --vector at --steer-layer), printing the ids.
-func devGenerate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck generate", stderr)
-	var mf modelFlags
-	mf.register(fs)
+func devGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
 	idsFlag := fs.String("ids", "", "comma-separated prompt token ids")
 	maxTokens := fs.Int("max-tokens", 64, "tokens to generate")
 	vecPath := fs.String("vector", "", "raw float32 file of one unit vector (hidden size values)")
@@ -213,12 +165,12 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 	steerLayer := fs.Int("steer-layer", -1, "layer to steer (-1 = none)")
 	steerCoeff := fs.Float64("steer-coeff", 0, "steering coefficient")
 	capsFile := fs.String("caps", "", "a keel cap file (keel axis import of a capping config) to apply as well")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	ids, err := parseIDs(*idsFlag)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	m, err := loadWeightsOnly(&mf)
 	if err != nil {
@@ -237,7 +189,7 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 		if *capLayers != "" {
 			layers, err := parseIDs(*capLayers)
 			if err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			for _, l := range layers {
 				hooks = append(hooks, model.Intervention{Layer: l, Kind: model.Cap, Vectors: [][]float32{u}, Tau: *tau})
@@ -260,8 +212,7 @@ func devGenerate(args []string, stdout, stderr io.Writer) error {
 
 // devDecode measures decode tokens/s and peak device memory on a random model of a benchmark shape, with hooks
 // off and with captures on every layer + caps on 8 layers.
-func devDecode(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck decode", stderr)
+func devDecode(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	shape := fs.String("shape", "llama-1b", "benchmark shape (5m, llama-1b)")
 	device := fs.String("device", "cuda", "device")
 	dtypeName := fs.String("dtype", "bf16", "dtype")
@@ -270,20 +221,20 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 	reps := fs.Int("reps", 3, "runs of each variant (median)")
 	batch := fs.Int("batch", 1, "rows decoded together (tokens/s are summed over rows)")
 	variants := fs.String("variants", "plain,hooks", "plain, hooks (captures on every layer + caps on 8), captures, caps, sync (plain + one extra device sync per token)")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	cfg, ok := benchShapes()[*shape]
 	if !ok {
-		return usageError{fmt.Errorf("unknown shape %q", *shape)}
+		return cli.Usagef("unknown shape %q", *shape)
 	}
 	dev, err := torch.ParseDevice(*device)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	dt, err := torch.ParseDType(*dtypeName)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	rt, err := torch.Load()
 	if err != nil {
@@ -319,7 +270,7 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 	names := strings.Split(*variants, ",")
 	for _, name := range names {
 		if _, ok := byName[name]; !ok {
-			return usageError{fmt.Errorf("unknown variant %q", name)}
+			return cli.Usagef("unknown variant %q", name)
 		}
 	}
 	// Warm every variant up first (kernels, cuBLAS handles, the allocator), then interleave the timed runs so
@@ -355,14 +306,13 @@ func devDecode(args []string, stdout, stderr io.Writer) error {
 
 // devTiny writes keel's own random-weight tiny checkpoint of every architecture (DIR/NAME), for the script's
 // dry run on machines without transformers.
-func devTiny(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck tiny", stderr)
+func devTiny(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "output folder")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return usageError{fmt.Errorf("--out DIR is required")}
+		return cli.Usagef("--out DIR is required")
 	}
 	rt, err := torch.Load()
 	if err != nil {
@@ -383,10 +333,9 @@ func devTiny(args []string, stdout, stderr io.Writer) error {
 }
 
 // devPT prints every tensor of a torch.save file as JSON {"tensors": {path: {"shape", "dtype", "values"}}}.
-func devPT(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck pt", stderr)
+func devPT(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	file := fs.String("file", "", "a .pt file written by torch.save")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	raw, err := os.ReadFile(*file)
@@ -411,12 +360,11 @@ func devPT(args []string, stdout, stderr io.Writer) error {
 
 // devSFT trains a small random model on synthetic arithmetic chats (with --bf16, under autocast) and prints the
 // held-out loss before and after, so the device check exercises the training path on the GPU.
-func devSFT(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devcheck sft", stderr)
+func devSFT(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	device := fs.String("device", "cuda", "device")
 	bf16 := fs.Bool("bf16", true, "bf16 autocast")
 	steps := fs.Int("steps", 40, "steps")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	rt, err := torch.Load()

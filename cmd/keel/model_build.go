@@ -1,11 +1,15 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+
+	"github.com/keel-lab/keel/internal/cli"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -31,17 +35,16 @@ func personaRecipe(work string, stopAfter int) [][]string {
 }
 
 // runModelBuild: keel model build --out DIR [--work DIR] [--stop-after N]
-func runModelBuild(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("model build", stderr)
+func runModelBuild(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "where the finished model goes (bf16 safetensors, config, tokenizer, training metrics)")
 	work := fs.String("work", "", "working folder for the corpus, tokenizer and run (default: OUT.work)")
 	stopAfter := fs.Int("stop-after", 0, "stop training after this step (a partial run, for checks)")
 	fromRun := fs.String("from-run", "", "ship this finished run folder (and extract its axis) instead of running the recipe")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		return usageError{fmt.Errorf("give --out DIR")}
+		return cli.Usagef("give --out DIR")
 	}
 	if *work == "" {
 		*work = filepath.Clean(*out) + ".work"
@@ -57,12 +60,8 @@ func runModelBuild(args []string, stdout, stderr io.Writer) error {
 	}
 	for _, step := range personaRecipe(*work, *stopAfter) {
 		fmt.Fprintf(stdout, "keel %v\n", step)
-		for _, c := range commands() {
-			if c.name == step[0] {
-				if err := c.run(step[1:], stdout, stderr); err != nil {
-					return fmt.Errorf("%s: %w", step[0], err)
-				}
-			}
+		if code := cli.Main("keel", commands(), step, stdout, stderr); code != 0 {
+			return fmt.Errorf("keel %s failed (exit %d)", strings.Join(step, " "), code)
 		}
 	}
 	runs, err := train.ListRuns(filepath.Join(*work, "runs"))
@@ -91,8 +90,8 @@ func buildAxis(out, work string, stdout, stderr io.Writer) error {
 		{"axis", "calibrate", "--dir", work},
 	} {
 		fmt.Fprintf(stdout, "keel %v\n", step)
-		if err := runAxis(step[1:], stdout, stderr); err != nil {
-			return fmt.Errorf("%s: %w", step[1], err)
+		if code := cli.Main("keel", commands(), step, stdout, stderr); code != 0 {
+			return fmt.Errorf("keel %s failed (exit %d)", strings.Join(step, " "), code)
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(out, "axis"), 0o755); err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -21,20 +24,8 @@ import (
 	"github.com/keel-lab/keel/models"
 )
 
-// runModel: keel model init --tokenizer DIR --out DIR [shape] | keel model info --model DIR
-func runModel(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "init" && args[0] != "info" && args[0] != "build" && args[0] != "fit") {
-		return usageError{fmt.Errorf("usage: keel model init --tokenizer DIR --out DIR | keel model info [--model DIR] | keel model build --out DIR | keel model fit --model DIR")}
-	}
-	switch args[0] {
-	case "info":
-		return runModelInfo(args[1:], stdout, stderr)
-	case "fit":
-		return runModelFit(args[1:], stdout, stderr)
-	case "build":
-		return runModelBuild(args[1:], stdout, stderr)
-	}
-	fs := newFlags("model init", stderr)
+// runModelInit: keel model init --tokenizer DIR --out DIR [shape]: a random-weight Llama sized by a trained tokenizer.
+func runModelInit(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	tokDir := fs.String("tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (its vocabulary sizes the model)")
 	out := fs.String("out", "", "output model folder")
 	hidden := fs.Int("hidden", 256, "hidden size (d_model)")
@@ -45,11 +36,11 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	ctx := fs.Int("context", 512, "max_position_embeddings")
 	tied := fs.Bool("tied", true, "tie the embedding and the output head")
 	seed := fs.Uint64("seed", 0, "seed of the random initialisation")
-	if err := parse(fs, args[1:]); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *tokDir == "" || *out == "" {
-		return usageError{fmt.Errorf("give --tokenizer DIR and --out DIR")}
+		return cli.Usagef("give --tokenizer DIR and --out DIR")
 	}
 	vocab, bos, eos, err := tokenizerShape(*tokDir)
 	if err != nil {
@@ -67,7 +58,7 @@ func runModel(args []string, stdout, stderr io.Writer) error {
 	}
 	m, err := model.NewTrainable(rt, cfg, model.Options{Device: torch.CPU}, *seed)
 	if err != nil {
-		return usageError{fmt.Errorf("model shape: %w", err)}
+		return cli.Usagef("model shape: %w", err)
 	}
 	defer m.Close()
 	if err := m.Save(*out, torch.Float32); err != nil {
@@ -101,8 +92,7 @@ func tokenizerShape(dir string) (vocab int, bos *int, eos int, err error) {
 
 // runModelFit: keel model fit --model DIR [--dtype bf16] [--context N] [--batch B] [--gpu-memory 80GB,80GB]
 // [--offload N] [--json]: what the model needs on each device, from config.json alone (no weights are read).
-func runModelFit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("model fit", stderr)
+func runModelFit(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("model", "", "Hugging Face model folder (only config.json is read)")
 	dtype := fs.String("dtype", "bf16", "weights and compute dtype: f32, f16 or bf16")
 	context := fs.Int("context", 0, "positions the KV cache holds per row (default: the model's max_position_embeddings)")
@@ -110,11 +100,11 @@ func runModelFit(args []string, stdout, stderr io.Writer) error {
 	gpus := fs.String("gpu-memory", "", "memory of each GPU, e.g. 80GB,80GB (GB = GiB; empty: the CPU alone)")
 	offload := fs.Int("offload", 0, "decoder layers kept on the CPU")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
-		return usageError{fmt.Errorf("--model DIR is required (a folder with config.json)")}
+		return cli.Usagef("--model DIR is required (a folder with config.json)")
 	}
 	cfg, err := model.ReadConfig(*dir)
 	if err != nil {
@@ -122,27 +112,27 @@ func runModelFit(args []string, stdout, stderr io.Writer) error {
 	}
 	dt, err := torch.ParseDType(*dtype)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	if *context == 0 {
 		*context = cfg.MaxPositionEmbeddings
 	}
 	mems, err := parseMemories(*gpus)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	rep, err := cfg.EstimateFit(model.FitOptions{DTypeBytes: dt.Size(), Context: *context, Batch: *batch, GPUs: mems, Offload: *offload})
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(rep)
 	}
 	fmt.Fprintf(stdout, "%s: %d parameters, %s of %s weights; KV cache %s (%d positions x %d rows)\n",
-		cfg.Architecture(), rep.Parameters, humanGiB(rep.WeightBytes), dt, humanGiB(rep.KVBytes), *context, *batch)
+		cfg.Architecture(), rep.Parameters, cli.HumanGiB(rep.WeightBytes), dt, cli.HumanGiB(rep.KVBytes), *context, *batch)
 	for _, d := range rep.Devices {
 		fmt.Fprintf(stdout, "  %-7s %3d layers  weights %s  KV %s  activations %s  reserve %s  = %s of %s\n",
-			d.Name, d.Layers, humanGiB(d.Weights), humanGiB(d.KVCache), humanGiB(d.Activations), humanGiB(d.Reserve), humanGiB(d.Need()), memoryOf(d))
+			d.Name, d.Layers, cli.HumanGiB(d.Weights), cli.HumanGiB(d.KVCache), cli.HumanGiB(d.Activations), cli.HumanGiB(d.Reserve), cli.HumanGiB(d.Need()), cli.MemoryOf(d))
 	}
 	if !rep.Fits {
 		fmt.Fprintf(stdout, "does not fit: %s\n", rep.Advice)
@@ -181,18 +171,17 @@ func parseMemories(s string) ([]int64, error) {
 }
 
 // runModelInfo prints a model folder's architecture, size and the sha256 of each weight file.
-func runModelInfo(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("model info", stderr)
-	var mf modelFlags
-	mf.register(fs)
-	if err := parse(fs, args); err != nil {
+func runModelInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var mf cli.ModelFlags
+	mf.Register(fs)
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	embedded := mf.dir == ""
-	if err := mf.resolve(); err != nil {
+	embedded := mf.Dir == ""
+	if err := mf.Resolve(); err != nil {
 		return err
 	}
-	dir := &mf.dir
+	dir := &mf.Dir
 	if embedded {
 		fmt.Fprintf(stdout, "embedded:   keel's persona model (sha256 %s)\n", models.PersonaSHA256())
 	}

@@ -1,6 +1,7 @@
-package main
+package bench
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,14 +11,15 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/keel-lab/keel/internal/cli"
+
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/train"
 )
 
 // runBenchTrain times keel's SFT step against the same step in C++ on libtorch (engine/torch/csrc/bench), in
 // one run, interleaved.
-func runBenchTrain(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench train", stderr)
+func runBenchTrain(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	batch := fs.Int("batch", 8, "sequences per step")
 	seq := fs.Int("seq-len", 64, "tokens per sequence")
 	steps := fs.Int("steps", 10, "timed steps per run")
@@ -25,7 +27,7 @@ func runBenchTrain(args []string, stdout, stderr io.Writer) error {
 	threads := fs.Int("threads", 0, "libtorch CPU threads (0 = default), for the reference too")
 	asJSON := fs.Bool("json", false, "print one JSON object of the figures")
 	worker := fs.Bool("worker", false, "run keel's steps once and print tokens_per_s (the child whose peak memory the bench reads)")
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	rt, err := torch.Load()
