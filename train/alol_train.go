@@ -1,10 +1,7 @@
 package train
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -15,9 +12,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
-	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
-	"github.com/keel-lab/keel/internal/atomicfile"
 )
 
 // ALoLConfig configures an A-LoL fine-tune (Baheti et al., ICLR 2024) under the paper's names. The frozen
@@ -128,109 +123,6 @@ func usesAdvantage(alg string) bool {
 	return alg == "a_lol" || alg == "a_lol_ref_free" || alg == "a_lol_seq" || alg == "a_lol_kl"
 }
 
-// OfflineExample is one line of an offline RL dataset: a prompt, the response taken and its tokens.
-type OfflineExample struct {
-	Index int // its place among the dataset's examples
-	Sample
-	Prompt   []int    // the rendered prompt up to and including the assistant's header
-	Response []int    // the response's tokens with its end-of-turn token
-	Reward   *float64 // the line's own reward, if it had one
-}
-
-// LoadOfflineData reads JSONL lines of {"messages": [..., {"role": "assistant", ...}], "reward": r?,
-// "answer": a?}: the last message is the response, the ones before it the prompt. Lines of `keel axis extract`'s
-// rollouts/*.jsonl ({"role", "system", "question", "response", "score"}) are read as their system prompt and
-// question followed by the response; the judge's score is role adherence, not a reward, so the trainer's reward
-// scores them. Errors name file:line.
-func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxResponse int) ([]OfflineExample, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []OfflineExample
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		if len(sc.Bytes()) == 0 {
-			continue
-		}
-		// A line is a chat ending with the response, or a rollout as `keel axis extract` writes them: an optional
-		// system prompt, the question and the response.
-		var rec struct {
-			Messages []tokenizer.Message `json:"messages"`
-			Reward   *float64            `json:"reward"`
-			Answer   string              `json:"answer"`
-			System   string              `json:"system"`
-			Question string              `json:"question"`
-			Response *string             `json:"response"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
-		}
-		if rec.Messages == nil && rec.Question != "" && rec.Response != nil {
-			if rec.System != "" {
-				rec.Messages = append(rec.Messages, tokenizer.Message{Role: "system", Content: rec.System})
-			}
-			rec.Messages = append(rec.Messages, tokenizer.Message{Role: "user", Content: rec.Question}, tokenizer.Message{Role: "assistant", Content: *rec.Response})
-		}
-		n := len(rec.Messages)
-		if n < 2 || rec.Messages[n-1].Role != "assistant" {
-			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the assistant's response after at least one turn, or a rollout's \"question\" and \"response\"", path, line)
-		}
-		if rec.Reward != nil && (math.IsNaN(*rec.Reward) || math.IsInf(*rec.Reward, 0)) {
-			return nil, fmt.Errorf("%s:%d: reward %v is not a finite number", path, line, *rec.Reward)
-		}
-		ex, err := ChatExample(tok, tokenizer.TemplateMessages(rec.Messages))
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
-		}
-		// The response is the last run of loss-marked tokens: the final assistant message and its end of turn.
-		end := len(ex.Loss)
-		for end > 0 && !ex.Loss[end-1] {
-			end--
-		}
-		start := end
-		for start > 0 && ex.Loss[start-1] {
-			start--
-		}
-		if start == end {
-			return nil, fmt.Errorf("%s:%d: the response renders to no tokens", path, line)
-		}
-		prompt, resp := ex.IDs[:start], ex.IDs[start:end]
-		if len(prompt) > maxPrompt {
-			prompt = prompt[len(prompt)-maxPrompt:]
-		}
-		if len(resp) > maxResponse {
-			resp = resp[:maxResponse]
-		}
-		out = append(out, OfflineExample{
-			Index:    len(out),
-			Sample:   Sample{Messages: rec.Messages[:n-1], Response: rec.Messages[n-1].Content, Answer: rec.Answer},
-			Prompt:   slices.Clone(prompt),
-			Response: slices.Clone(resp),
-			Reward:   rec.Reward,
-		})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	if len(out) < 2 {
-		return nil, fmt.Errorf("%s: %d examples; A-LoL needs at least 2 (training and validation)", path, len(out))
-	}
-	return out, nil
-}
-
-// AdvantageRecord is one line of the run's advantages.jsonl: A = R - V_ref(x), computed once.
-type AdvantageRecord struct {
-	Reward    float64 `json:"reward"`
-	Value     float64 `json:"value"`
-	Advantage float64 `json:"advantage"`
-	RefLogp   float64 `json:"ref_logp"` // log pi_ref(y|x)
-}
-
 // RunALoL fine-tunes offline on the dataset with the configured A-LoL algorithm until max_steps (scaled by the
 // positive-advantage fraction for the A-LoL family), cancellation or an error. reward scores the validation
 // replies (and the dataset when its lines carry no reward); nil uses the lines' own rewards and skips V_ref's
@@ -259,17 +151,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	if err != nil {
 		return err
 	}
-	rng := rand.New(rand.NewPCG(cfg.Seed, 0xa101))
-	order := rng.Perm(len(data))
-	nVal := min(max(1, int(math.Round(cfg.ValidationFraction*float64(len(data))))), cfg.MaxValidation, len(data)-1)
-	var trainEx, valEx []OfflineExample
-	for i, k := range order {
-		if i < nVal {
-			valEx = append(valEx, data[k])
-		} else {
-			trainEx = append(trainEx, data[k])
-		}
-	}
+	trainEx, valEx := heldOut(data, cfg.ValidationFraction, cfg.MaxValidation, cfg.Seed, 0xa101)
 	job.logf("model %s, %d examples: %d training, %d validation prompts; algorithm %s", cfg.ModelNameOrPath, len(data), len(trainEx), len(valEx), cfg.Algorithm)
 
 	adv, err := advantages(ctx, job, ref, cfg, reward, trainEx, valEx)
@@ -298,27 +180,13 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		return err
 	}
 	defer lm.Close()
-	trainable := lm.Names
-	if cfg.LoRA != nil {
-		if trainable, err = lm.AttachLoRA(*cfg.LoRA, cfg.Seed); err != nil {
-			return err
-		}
-	}
-	params, err := requireGrad(rt, trainable)
+	t, err := startTraining(rt, lm, cfg.LoRA, nil, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay},
+		&stepLoop{run: run, job: job, opts: opts, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA}, seed: cfg.Seed, steps: steps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit})
 	if err != nil {
 		return err
 	}
-	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
-	if err != nil {
-		return err
-	}
-	defer opt.Close()
-	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA},
-		seed: cfg.Seed, steps: steps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit}
-	if _, err := loop.open(); err != nil {
-		return err
-	}
-	defer loop.close()
+	defer t.close()
+	loop := t.loop
 
 	// Minibatches: the A-LoL family draws examples with probability proportional to A+ (with replacement); the
 	// others go through the data in a fresh seeded order each epoch. Both depend on the step alone, so a resumed
@@ -329,7 +197,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		total += max(a.Advantage, 0)
 		cum = append(cum, total)
 	}
-	batchAt := func(step int) []int {
+	indicesAt := func(step int) []int {
 		idx := make([]int, cfg.PerDeviceTrainBatchSize)
 		if usesAdvantage(cfg.Algorithm) {
 			r := rand.New(rand.NewPCG(cfg.Seed, uint64(step)))
@@ -344,9 +212,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 			return idx
 		}
 		for j := range idx {
-			p := (step-1)*cfg.PerDeviceTrainBatchSize + j
-			epoch, i := p/len(trainEx), p%len(trainEx)
-			idx[j] = rand.New(rand.NewPCG(cfg.Seed, uint64(epoch)+1)).Perm(len(trainEx))[i]
+			idx[j] = epochIndex(cfg.Seed, len(trainEx), (step-1)*cfg.PerDeviceTrainBatchSize+j)
 		}
 		return idx
 	}
@@ -365,7 +231,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	warmup := cfg.WarmupSteps
 	lm.Training = true
 	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
-		idx := batchAt(step)
+		idx := indicesAt(step)
 		batch := make([]OfflineExample, len(idx))
 		meta := make([]AdvantageRecord, len(idx))
 		tokens := 0
@@ -396,7 +262,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 		if err != nil {
 			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
-		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, lr, lv, job.state.Checkpoint)
+		gradNorm, err := t.opt.clipAndStep(t.params, cfg.MaxGradNorm, lr, lv, job.state.Checkpoint)
 		if err != nil {
 			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
@@ -431,7 +297,7 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 				m.Extra["val_reward"] = vr
 				if vr > bestReward {
 					bestReward, bestStep = vr, step
-					if err := saveWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
+					if err := saveWeights(rt, filepath.Join(run.Dir, "best"), t.trainable); err != nil {
 						return stepResult{}, fmt.Errorf("step %d: saving the best weights: %w", step, err)
 					}
 				}
@@ -444,12 +310,12 @@ func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, r
 	}
 	if bestStep > 0 && bestStep != loop.steps {
 		// The paper keeps the checkpoint with the best mean validation reward.
-		if err := loadWeights(rt, filepath.Join(run.Dir, "best"), trainable); err != nil {
+		if err := loadWeights(rt, filepath.Join(run.Dir, "best"), t.trainable); err != nil {
 			return err
 		}
 		job.logf("final weights: step %d, the best validation reward (%.4f)", bestStep, bestReward)
 	}
-	return loop.finish(lm, trainable)
+	return loop.finish(lm, t.trainable)
 }
 
 func orNone(s string) string {
@@ -457,188 +323,6 @@ func orNone(s string) string {
 		return "none (no checkpoint was written yet)"
 	}
 	return s
-}
-
-// advantages scores the training set (or takes its rewards), fits V_ref for the A-LoL family and caches
-// R, V_ref(x), A and log pi_ref(y|x) per training example in advantages.jsonl (read back on resume).
-func advantages(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]AdvantageRecord, error) {
-	path := filepath.Join(job.run.Dir, "advantages.jsonl")
-	if recs, err := ReadAdvantages(path); err == nil && len(recs) == len(trainEx) {
-		job.logf("advantages: read %s", path)
-		return recs, nil
-	}
-	recs := make([]AdvantageRecord, len(trainEx))
-	cache, err := openScoreCache(cfg, reward)
-	if err != nil {
-		return nil, err
-	}
-	if reward != nil {
-		var samples []Sample
-		var todo []int
-		for i, ex := range trainEx {
-			if v, ok := cache.Reward[ex.Index]; ok {
-				recs[i].Reward = v
-			} else {
-				samples, todo = append(samples, ex.Sample), append(todo, i)
-			}
-		}
-		if len(samples) > 0 {
-			job.logf("scoring %d training responses with %s", len(samples), reward.Name())
-			scores, err := ScoreChecked(ctx, reward, samples)
-			if err != nil {
-				return nil, err
-			}
-			for j, i := range todo {
-				recs[i].Reward = scores[j]
-				cache.Reward[trainEx[i].Index] = scores[j]
-			}
-		}
-	} else {
-		for i, ex := range trainEx {
-			if ex.Reward == nil {
-				return nil, fmt.Errorf("%s: an example has no \"reward\": give every line one, or give --reward", cfg.DatasetPath)
-			}
-			recs[i].Reward = *ex.Reward
-		}
-	}
-	if usesAdvantage(cfg.Algorithm) {
-		if reward == nil {
-			return nil, fmt.Errorf("%s needs V_ref, fitted on the reference's own replies to the validation prompts: give --reward to score them", cfg.Algorithm)
-		}
-		values, err := cachedValues(ctx, job, ref, cfg, reward, trainEx, valEx, cache)
-		if err != nil {
-			return nil, err
-		}
-		for i := range recs {
-			recs[i].Value = values[i]
-			recs[i].Advantage = recs[i].Reward - values[i]
-		}
-	} else {
-		for i := range recs {
-			recs[i].Advantage = recs[i].Reward
-		}
-	}
-	var todo []int
-	for i, ex := range trainEx {
-		if v, ok := cache.RefLogp[ex.Index]; ok {
-			recs[i].RefLogp = v
-		} else {
-			todo = append(todo, i)
-		}
-	}
-	for start := 0; start < len(todo); start += 32 {
-		idx := todo[start:min(start+32, len(todo))]
-		batch := make([]OfflineExample, len(idx))
-		for j, i := range idx {
-			batch[j] = trainEx[i]
-		}
-		s := ref.RT.NewScope().NoGrad()
-		logp, mask := responseLogprobs(s, ref.Model, batch)
-		lp := s.Float32s(s.Sum(s.Mul(logp, mask), 1, false))
-		err := s.Err()
-		s.Close()
-		if err != nil {
-			return nil, fmt.Errorf("reference log-probabilities: %w", err)
-		}
-		for j, i := range idx {
-			recs[i].RefLogp = float64(lp[j])
-			cache.RefLogp[trainEx[i].Index] = float64(lp[j])
-		}
-	}
-	if err := cache.save(); err != nil {
-		return nil, err
-	}
-	if err := writeAdvantages(path, recs); err != nil {
-		return nil, err
-	}
-	return recs, nil
-}
-
-// cachedValues is fitValue's V_ref, read from the score cache when a run with the same seed, split and head
-// settings already fitted it.
-func cachedValues(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample, cache *scoreCache) ([]float64, error) {
-	key := valueKey(cfg)
-	if old := cache.Values[key]; old != nil {
-		values := make([]float64, len(trainEx))
-		hit := true
-		for i, ex := range trainEx {
-			if values[i], hit = old[ex.Index]; !hit {
-				break
-			}
-		}
-		if hit {
-			job.logf("value head: V_ref of %d training prompts read from %s", len(trainEx), cache.path)
-			return values, nil
-		}
-	}
-	values, err := fitValue(ctx, job, ref, cfg, reward, trainEx, valEx)
-	if err != nil {
-		return nil, err
-	}
-	byIndex := make(map[int]float64, len(trainEx))
-	for i, ex := range trainEx {
-		byIndex[ex.Index] = values[i]
-	}
-	cache.Values[key] = byIndex
-	return values, nil
-}
-
-// fitValue trains the value head on the reference's greedy replies to the validation prompts and returns
-// V_ref(x) for every training prompt.
-func fitValue(ctx context.Context, job *jobCtl, ref *model.LM, cfg ALoLConfig, reward Reward, trainEx, valEx []OfflineExample) ([]float64, error) {
-	chat := &model.Chatter{Ctx: ctx, LM: ref, BatchSize: 16, MaxTokens: cfg.MaxResponseLength, Seed: cfg.Seed}
-	convs := make([][]tokenizer.Message, len(valEx))
-	for i, ex := range valEx {
-		convs[i] = ex.Messages
-	}
-	replies, err := chat.Replies(convs, 0)
-	if err != nil {
-		return nil, fmt.Errorf("value targets: %w", err)
-	}
-	samples := make([]Sample, len(valEx))
-	for i, ex := range valEx {
-		samples[i] = Sample{Messages: ex.Messages, Response: replies[i].Text, Answer: ex.Answer}
-	}
-	targets, err := ScoreChecked(ctx, reward, samples)
-	if err != nil {
-		return nil, err
-	}
-	states, err := promptStates(ref, valEx)
-	if err != nil {
-		return nil, err
-	}
-	head, err := NewValueHead(ref.RT, ref.Opts.Device, ref.Config.HiddenSize, cfg.Value, cfg.Seed)
-	if err != nil {
-		return nil, err
-	}
-	defer head.Close()
-	mse, err := head.Fit(states, targets, cfg.Seed)
-	if err != nil {
-		return nil, err
-	}
-	job.logf("value head: %d validation replies, mean reward %.4f; MSE by epoch %s", len(valEx), Mean(targets), formatFloats(mse))
-	values := make([]float64, 0, len(trainEx))
-	for start := 0; start < len(trainEx); start += 64 {
-		st, err := promptStates(ref, trainEx[start:min(start+64, len(trainEx))])
-		if err != nil {
-			return nil, err
-		}
-		v, err := head.Predict(st)
-		if err != nil {
-			return nil, err
-		}
-		values = append(values, v...)
-	}
-	return values, nil
-}
-
-// promptStates is the reference's last-layer states over each example's prompt.
-func promptStates(lm *model.LM, exs []OfflineExample) ([][]float32, error) {
-	seqs := make([][]int, len(exs))
-	for i, ex := range exs {
-		seqs[i] = ex.Prompt
-	}
-	return lm.FinalHidden(seqs)
 }
 
 // responseLogprobs runs the model over prompt+response rows (right-padded) and returns log p of each next token
@@ -687,36 +371,6 @@ func refLogprobs(s *torch.Scope, ref *model.Model, batch []OfflineExample) torch
 	return out
 }
 
-// meanReward asks the validation prompts greedily and averages the reward of the replies.
-func meanReward(ctx context.Context, chat *model.Chatter, reward Reward, exs []OfflineExample) (float64, error) {
-	samples := make([]Sample, len(exs))
-	for i, ex := range exs {
-		samples[i] = Sample{Messages: ex.Messages, Answer: ex.Answer}
-	}
-	return GreedyReward(ctx, chat, reward, samples)
-}
-
-// GreedyReward answers the samples' prompts greedily and averages the reward of the replies (a sample's
-// Response is filled in).
-func GreedyReward(ctx context.Context, chat *model.Chatter, reward Reward, samples []Sample) (float64, error) {
-	convs := make([][]tokenizer.Message, len(samples))
-	for i, s := range samples {
-		convs[i] = s.Messages
-	}
-	replies, err := chat.Replies(convs, 0)
-	if err != nil {
-		return 0, err
-	}
-	for i := range samples {
-		samples[i].Response = replies[i].Text
-	}
-	scores, err := ScoreChecked(ctx, reward, samples)
-	if err != nil {
-		return 0, err
-	}
-	return Mean(scores), nil
-}
-
 // Mean is the mean of xs (NaN for none).
 func Mean(xs []float64) float64 {
 	if len(xs) == 0 {
@@ -738,36 +392,6 @@ func formatFloats(xs []float64) string {
 		out += fmt.Sprintf("%.4f", x)
 	}
 	return out + "]"
-}
-
-// ReadAdvantages reads a run's advantages.jsonl (the rewards, values and advantages A-LoL cached).
-func ReadAdvantages(path string) ([]AdvantageRecord, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []AdvantageRecord
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	for dec.More() {
-		var r AdvantageRecord
-		if err := dec.Decode(&r); err != nil {
-			return nil, fmt.Errorf("%s: %v", path, err)
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
-func writeAdvantages(path string, recs []AdvantageRecord) error {
-	return atomicfile.Write(path, func(f *os.File) error {
-		enc := json.NewEncoder(f)
-		for _, r := range recs {
-			if err := enc.Encode(r); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // saveWeights writes the trainable tensors to dir/weights.safetensors atomically.
@@ -804,68 +428,4 @@ func loadWeights(rt *torch.Runtime, dir string, trainable []model.NamedTensor) e
 		}
 	}
 	return nil
-}
-
-// scoreCache is ALoLConfig.ScoreCache's file: per dataset example, its reward and log pi_ref(y|x), under a key
-// naming what they depend on; and V_ref per example for each value fit (seed, validation split and head
-// settings), so runs that differ only in algorithm or learning rate fit the value head once.
-type scoreCache struct {
-	Key     string                     `json:"key"`
-	Reward  map[int]float64            `json:"reward"`
-	RefLogp map[int]float64            `json:"ref_logp"`
-	Values  map[string]map[int]float64 `json:"values"`
-	path    string
-}
-
-// valueKey names what a value fit depends on beyond the cache's key.
-func valueKey(cfg ALoLConfig) string {
-	k, _ := json.Marshal([]any{cfg.Seed, cfg.ValidationFraction, cfg.MaxValidation, cfg.Value})
-	return string(k)
-}
-
-// openScoreCache reads the cache when it was made for the same data, reward, reference and lengths; otherwise
-// (or with no cache configured) it starts empty.
-func openScoreCache(cfg ALoLConfig, reward Reward) (*scoreCache, error) {
-	c := &scoreCache{Reward: map[int]float64{}, RefLogp: map[int]float64{}, Values: map[string]map[int]float64{}, path: cfg.ScoreCache}
-	if cfg.ScoreCache == "" {
-		return c, nil
-	}
-	st, err := os.Stat(cfg.DatasetPath)
-	if err != nil {
-		return nil, err
-	}
-	name := "line rewards"
-	if reward != nil {
-		name = reward.Name()
-	}
-	key, _ := json.Marshal([]any{cfg.DatasetPath, st.Size(), st.ModTime().UnixNano(), name, cfg.ModelNameOrPath, cfg.MaxPromptLength, cfg.MaxResponseLength})
-	c.Key = string(key)
-	raw, err := os.ReadFile(cfg.ScoreCache)
-	if err != nil {
-		return c, nil
-	}
-	var old scoreCache
-	if json.Unmarshal(raw, &old) == nil && old.Key == c.Key {
-		for k, v := range old.Reward {
-			c.Reward[k] = v
-		}
-		for k, v := range old.RefLogp {
-			c.RefLogp[k] = v
-		}
-		for k, v := range old.Values {
-			c.Values[k] = v
-		}
-	}
-	return c, nil
-}
-
-func (c *scoreCache) save() error {
-	if c.path == "" {
-		return nil
-	}
-	raw, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(c.path, func(f *os.File) error { _, err := f.Write(raw); return err })
 }

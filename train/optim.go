@@ -1,5 +1,3 @@
-// Package train runs fine-tunes (SFT now; A-LoL and PPO build on the same core) as jobs: a run folder with its
-// config, metrics, log and atomic checkpoints, live progress events, cancellation, and resume.
 package train
 
 import (

@@ -239,12 +239,6 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		}
 		ptx = Pack(exs, 256)
 	}
-	trainable := lm.Names
-	if cfg.LoRA != nil {
-		if trainable, err = lm.AttachLoRA(*cfg.LoRA, cfg.Seed); err != nil {
-			return err
-		}
-	}
 	var head critic
 	if cfg.ValueModelPath != "" {
 		head, err = newModelCritic(rt, cfg.ValueModelPath, model.Options{Device: dev, DType: dt}, lm.Tokenizer)
@@ -256,27 +250,17 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		return err
 	}
 	defer head.close()
-	trainable = append(append([]model.NamedTensor(nil), trainable...), head.params()...)
-	params, err := requireGrad(rt, trainable)
-	if err != nil {
-		return err
-	}
-	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
-	if err != nil {
-		return err
-	}
-	defer opt.Close()
 	var st ppoState
-	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA},
-		seed: cfg.Seed, steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit,
-		// Only checkpoints written while the ref KL is under target count as good.
-		canSave:   func() bool { return st.Over == 0 },
-		saveExtra: func(ck string) error { return atomicfile.WriteJSON(filepath.Join(ck, "ppo_state.json"), st) }}
-	ck, err := loop.open()
+	t, err := startTraining(rt, lm, cfg.LoRA, head.params(), torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay},
+		&stepLoop{run: run, job: job, opts: opts, base: modelBase{cfg.ModelNameOrPath, cfg.LoRA}, seed: cfg.Seed, steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit,
+			// Only checkpoints written while the ref KL is under target count as good.
+			canSave:   func() bool { return st.Over == 0 },
+			saveExtra: func(ck string) error { return atomicfile.WriteJSON(filepath.Join(ck, "ppo_state.json"), st) }})
 	if err != nil {
 		return err
 	}
-	defer loop.close()
+	defer t.close()
+	loop, ck := t.loop, t.resumed
 	if ck != "" { // the running reward statistics continue where they were
 		raw, err := os.ReadFile(filepath.Join(ck, "ppo_state.json"))
 		if err == nil {
@@ -393,7 +377,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 				if err != nil {
 					return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 				}
-				g, err := opt.clipAndStep(params, cfg.MaxGradNorm, cfg.LearningRate, lv, job.state.Checkpoint)
+				g, err := t.opt.clipAndStep(t.params, cfg.MaxGradNorm, cfg.LearningRate, lv, job.state.Checkpoint)
 				if err != nil {
 					return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 				}
@@ -435,7 +419,7 @@ func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, rew
 		return err
 	}
 	// The value head is the trainer's, not the model's: the export is the policy alone.
-	return loop.finish(lm, trainable[:len(trainable)-len(head.params())])
+	return loop.finish(lm, t.trainable[:len(t.trainable)-len(head.params())])
 }
 
 // whiten scales values (all rows together) to standard deviation 1 and, when shift, mean 0; without shift the

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"os"
 	"strings"
 
@@ -184,49 +182,19 @@ func RunRewardModel(ctx context.Context, rt *torch.Runtime, run *Run, cfg Reward
 	if err != nil {
 		return err
 	}
-	order := rand.New(rand.NewPCG(cfg.Seed, 0x7e3)).Perm(len(pairs))
-	nEval := int(math.Round(cfg.EvalFraction * float64(len(pairs))))
-	if cfg.EvalFraction > 0 && nEval == 0 {
-		nEval = 1
-	}
-	var trainPairs, evalPairs []PreferencePair
-	for i, k := range order {
-		if i < nEval {
-			evalPairs = append(evalPairs, pairs[k])
-		} else {
-			trainPairs = append(trainPairs, pairs[k])
-		}
-	}
+	trainPairs, evalPairs := heldOut(pairs, cfg.EvalFraction, 0, cfg.Seed, 0x7e3)
 	job.logf("reward model from %s (%s %s): %d pairs, %d held out", cfg.ModelNameOrPath, dev, dt, len(pairs), len(evalPairs))
 
-	trainable := lm.Names
 	lm.Training = true
-	params, err := requireGrad(rt, trainable)
+	t, err := startTraining(rt, lm, nil, nil, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay},
+		&stepLoop{run: run, job: job, opts: opts, base: cfg.base(), seed: cfg.Seed, steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit})
 	if err != nil {
 		return err
 	}
-	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay})
-	if err != nil {
-		return err
-	}
-	defer opt.Close()
-	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: cfg.base(), seed: cfg.Seed,
-		steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit}
-	if _, err := loop.open(); err != nil {
-		return err
-	}
-	defer loop.close()
-	batchAt := func(pos int) []PreferencePair {
-		out := make([]PreferencePair, min(cfg.PerDeviceTrainBatchSize, len(trainPairs)))
-		for j := range out {
-			p := pos + j
-			epoch, i := p/len(trainPairs), p%len(trainPairs)
-			out[j] = trainPairs[rand.New(rand.NewPCG(cfg.Seed, uint64(epoch)+1)).Perm(len(trainPairs))[i]]
-		}
-		return out
-	}
+	defer t.close()
+	loop := t.loop
 	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
-		batch := batchAt((step - 1) * cfg.PerDeviceTrainBatchSize)
+		batch := batchAt(trainPairs, cfg.Seed, (step-1)*cfg.PerDeviceTrainBatchSize, min(cfg.PerDeviceTrainBatchSize, len(trainPairs)))
 		s := rt.NewScope()
 		loss, acc, margin := preferenceLoss(s, lm.Model, batch, cfg.CenterRewardsCoefficient)
 		s.Backward(loss)
@@ -236,7 +204,7 @@ func RunRewardModel(ctx context.Context, rt *torch.Runtime, run *Run, cfg Reward
 		if err != nil {
 			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
-		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, cfg.LearningRate, v, job.state.Checkpoint)
+		gradNorm, err := t.opt.clipAndStep(t.params, cfg.MaxGradNorm, cfg.LearningRate, v, job.state.Checkpoint)
 		if err != nil {
 			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
@@ -258,7 +226,7 @@ func RunRewardModel(ctx context.Context, rt *torch.Runtime, run *Run, cfg Reward
 	if err != nil {
 		return err
 	}
-	return loop.finish(lm, trainable)
+	return loop.finish(lm, t.trainable)
 }
 
 // preferenceLoss is the mean Bradley-Terry loss of a batch of pairs (with the centring term), the share of pairs

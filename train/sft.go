@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
@@ -128,20 +127,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 		return err
 	}
 	// The eval split is a fixed, seeded choice of examples; training packs the rest.
-	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5f7))
-	order := rng.Perm(len(examples))
-	nEval := int(math.Round(cfg.EvalFraction * float64(len(examples))))
-	if cfg.EvalFraction > 0 && nEval == 0 && len(examples) > 1 {
-		nEval = 1
-	}
-	var trainEx, evalEx []Example
-	for i, k := range order {
-		if i < nEval {
-			evalEx = append(evalEx, examples[k])
-		} else {
-			trainEx = append(trainEx, examples[k])
-		}
-	}
+	trainEx, evalEx := heldOut(examples, cfg.EvalFraction, 0, cfg.Seed, 0x5f7)
 	blocks := Pack(trainEx, cfg.MaxSeqLength)
 	evalBlocks := Pack(evalEx, cfg.MaxSeqLength)
 	if len(blocks) == 0 {
@@ -149,50 +135,24 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	}
 	logf("model %s (%s %s), %d examples -> %d training blocks of %d tokens, %d eval blocks", cfg.ModelNameOrPath, dev, dt, len(examples), len(blocks), cfg.MaxSeqLength, len(evalBlocks))
 
-	var trainable []model.NamedTensor
-	if cfg.LoRA != nil {
-		if trainable, err = lm.AttachLoRA(*cfg.LoRA, cfg.Seed); err != nil {
-			return err
-		}
-	} else {
-		trainable = lm.Names
-	}
 	lm.Training = true
-	params, err := requireGrad(rt, trainable)
+	t, err := startTraining(rt, lm, cfg.LoRA, nil, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay},
+		&stepLoop{run: run, job: job, opts: opts, base: cfg.base(), seed: cfg.Seed, steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit})
 	if err != nil {
 		return err
 	}
-	opt, err := NewAdamW(rt, trainable, torch.AdamWConfig{LR: cfg.LearningRate, Beta1: cfg.AdamBeta1, Beta2: cfg.AdamBeta2, Eps: cfg.AdamEpsilon, WeightDecay: cfg.WeightDecay})
-	if err != nil {
-		return err
-	}
-	defer opt.Close()
-	loop := &stepLoop{rt: rt, run: run, job: job, opts: opts, trainable: trainable, opt: opt, base: cfg.base(), seed: cfg.Seed,
-		steps: cfg.MaxSteps, saveEvery: cfg.SaveSteps, keep: cfg.SaveTotalLimit}
-	if _, err := loop.open(); err != nil {
-		return err
-	}
-	defer loop.close()
+	defer t.close()
+	loop := t.loop
 
 	// The data order derives from (seed, position), so a resumed run trains on what the uninterrupted one would.
 	perStep := cfg.PerDeviceTrainBatchSize * cfg.GradientAccumulationSteps
 	warmup := int(math.Round(cfg.WarmupRatio * float64(cfg.MaxSteps)))
-	batchAt := func(pos int) []Example {
-		out := make([]Example, cfg.PerDeviceTrainBatchSize)
-		for j := range out {
-			p := pos + j
-			epoch, i := p/len(blocks), p%len(blocks)
-			perm := rand.New(rand.NewPCG(cfg.Seed, uint64(epoch)+1)).Perm(len(blocks))
-			out[j] = blocks[perm[i]]
-		}
-		return out
-	}
 	err = loop.drive(ctx, func(ctx context.Context, step int) (stepResult, error) {
 		lr := learningRate(cfg.LRSchedulerType, cfg.LearningRate, warmup, cfg.MaxSteps, step)
 		var lossSum float64
 		tokens := 0
 		for micro := 0; micro < cfg.GradientAccumulationSteps; micro++ {
-			batch := batchAt((step-1)*perStep + micro*cfg.PerDeviceTrainBatchSize)
+			batch := batchAt(blocks, cfg.Seed, (step-1)*perStep+micro*cfg.PerDeviceTrainBatchSize, cfg.PerDeviceTrainBatchSize)
 			s := rt.NewScope()
 			if cfg.BF16 {
 				s.Autocast(dev, torch.BFloat16)
@@ -211,7 +171,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 			}
 		}
 		loss := lossSum / float64(cfg.GradientAccumulationSteps)
-		gradNorm, err := opt.clipAndStep(params, cfg.MaxGradNorm, lr, loss, job.state.Checkpoint)
+		gradNorm, err := t.opt.clipAndStep(t.params, cfg.MaxGradNorm, lr, loss, job.state.Checkpoint)
 		if err != nil {
 			return stepResult{}, fmt.Errorf("step %d: %w", step, err)
 		}
@@ -229,7 +189,7 @@ func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opt
 	if err != nil {
 		return err
 	}
-	return loop.finish(lm, trainable)
+	return loop.finish(lm, t.trainable)
 }
 
 // batchLoss is the mean cross-entropy of next-token prediction over the loss-marked targets.

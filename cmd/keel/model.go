@@ -177,7 +177,7 @@ func runModelInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	embedded := mf.Dir == ""
+	embedded := mf.Dir == "" || mf.Dir == models.PersonaName
 	if err := mf.Resolve(); err != nil {
 		return err
 	}

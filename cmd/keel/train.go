@@ -74,12 +74,13 @@ func (r *runFlags) open(kind, dataFlag, dataPath string, cfg any) (*train.Run, b
 	return run, resuming, nil
 }
 
-// defaultModel points a fresh run given no --model at the embedded persona model (a resumed run keeps its own).
+// defaultModel resolves a run's --model (a folder, a Hugging Face id, persona) and points a fresh run given none
+// at the embedded persona model (a resumed run keeps its own).
 func (r *runFlags) defaultModel(dir *string) error {
-	if *dir != "" || *r.resume != "" || *r.runDir != "" {
+	if *dir == "" && (*r.resume != "" || *r.runDir != "") {
 		return nil
 	}
-	var mf cli.ModelFlags
+	mf := cli.ModelFlags{Dir: *dir}
 	if err := mf.Resolve(); err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ import (
 // runTrainALoL: keel train alol --model DIR --data FILE.jsonl --reward SPEC --algorithm ALG [flags]
 func runTrainALoL(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	c := train.DefaultALoLConfig() // the flags show the config's own defaults
-	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune (the frozen reference); default: the embedded persona model")
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "model to fine-tune (the frozen reference): a folder, a Hugging Face id or persona (the default)")
 	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of {\"messages\": [..., the assistant's response], \"reward\"?: r, \"answer\"?: a}")
 	fs.StringVar(&c.Reward, "reward", "", "reward spec: axis, exact, style:ROLE, rm:DIR (a reward model), cmd:PROGRAM, weighted sums (\"0.7*axis+0.3*exact\"); empty: each line's \"reward\"")
 	fs.StringVar(&c.Algorithm, "algorithm", c.Algorithm, fmt.Sprint("one of ", train.ALoLAlgorithms))

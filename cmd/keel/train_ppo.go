@@ -14,7 +14,7 @@ import (
 // runTrainPPO: keel train ppo --model DIR --prompts FILE.jsonl --reward SPEC [flags]
 func runTrainPPO(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	c := train.DefaultPPOConfig() // the flags show the config's own defaults
-	fs.StringVar(&c.ModelNameOrPath, "model", "", "SFT model folder to start from (also the frozen reference); default: the embedded persona model")
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "SFT model to start from (also the frozen reference): a folder, a Hugging Face id or persona (the default)")
 	fs.StringVar(&c.PromptsPath, "prompts", "", "JSONL of {\"messages\": [...]} ending with the user's turn (a trailing assistant reply is dropped)")
 	fs.StringVar(&c.Reward, "reward", "axis", "reward spec: axis, exact, style:ROLE, rm:DIR (a reward model), cmd:PROGRAM, weighted sums")
 	fs.Float64Var(&c.LearningRate, "lr", c.LearningRate, "learning rate (policy and critic)")

@@ -13,7 +13,7 @@ import (
 
 func runTrainSFT(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 	c := train.DefaultSFTConfig() // the flags show the config's own defaults
-	fs.StringVar(&c.ModelNameOrPath, "model", "", "model folder to fine-tune")
+	fs.StringVar(&c.ModelNameOrPath, "model", "", "model to fine-tune: a folder, a Hugging Face id or persona (the default)")
 	fs.StringVar(&c.DatasetPath, "data", "", "JSONL of {\"messages\": [...]} or {\"text\": ...} lines, or a .txt file")
 	fs.Float64Var(&c.LearningRate, "lr", c.LearningRate, "peak learning rate")
 	fs.IntVar(&c.MaxSteps, "steps", c.MaxSteps, "optimizer steps")

@@ -29,7 +29,7 @@ type ModelFlags struct {
 
 func (f *ModelFlags) Register(fs *flag.FlagSet) {
 	f.Stderr = fs.Output()
-	fs.StringVar(&f.Dir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer); default: keel's embedded persona model")
+	fs.StringVar(&f.Dir, "model", "", "the model: a Hugging Face folder (config.json, *.safetensors, tokenizer), an id ORG/NAME[@REVISION] read from the Hugging Face cache, or persona (keel's embedded model, the default)")
 	fs.StringVar(&f.Device, "device", "cpu", "cpu, cuda, cuda:N, GPUs to split the layers over (cuda:0,cuda:1), or auto (every GPU)")
 	fs.StringVar(&f.DType, "dtype", "f32", "compute dtype: f32, f16 or bf16")
 	fs.IntVar(&f.Threads, "threads", 0, "libtorch CPU threads (0 = libtorch's default)")
@@ -37,17 +37,24 @@ func (f *ModelFlags) Register(fs *flag.FlagSet) {
 	fs.IntVar(&f.Context, "context", 0, "positions per conversation the check before loading sizes the KV cache for (default: 4096, or the model's window when smaller)")
 }
 
-// Resolve points an empty --model at the embedded persona model, unpacked once into the user's cache.
+// Resolve turns --model into a folder (models.Resolve): empty or "persona" is the embedded model, unpacked once
+// into the user's cache; ORG/NAME[@REV] is its snapshot in the Hugging Face cache.
 func (f *ModelFlags) Resolve() error {
-	if f.Dir != "" {
-		return nil
+	dir, err := models.Resolve(f.Dir, KeelModelCache())
+	if err != nil {
+		return err
 	}
+	f.Dir = dir
+	return nil
+}
+
+// KeelModelCache is where keel unpacks the embedded model: the user's cache folder, keel/models.
+func KeelModelCache() string {
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = os.TempDir()
 	}
-	f.Dir, err = models.Persona(filepath.Join(cache, "keel", "models"))
-	return err
+	return filepath.Join(cache, "keel", "models")
 }
 
 // LoadForRun loads the model for a long command: the context ends on ctrl+c, done frees both.
