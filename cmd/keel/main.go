@@ -24,7 +24,7 @@ func commands() []cli.Command {
 	return append([]cli.Command{
 		{Name: "tui", Args: "", Summary: "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", Run: runTUI},
 		{Name: "chat", Summary: "chat with a model: the workbench on a terminal, a plain line REPL otherwise", Run: runChatOrTUI},
-		{Name: "generate", Args: "TEXT", Summary: "continue a prompt with a model (a user's message by default; read from stdin without TEXT)", Run: runGenerate},
+		{Name: "generate", Summary: "continue a prompt with a model (--prompt TEXT: a user's message by default, --chat=false: raw text)", Run: runGenerate},
 		{Name: "tokenize", Args: "[TEXT]", Summary: "tokenize text or render a chat template", Run: runTokenize},
 		{Name: "tokenizer", Summary: "train a byte-level BPE tokenizer", Subs: []cli.Command{
 			{Name: "train", Summary: "train a byte-level BPE tokenizer on a text file (--vocab N --corpus FILE --out DIR)", Run: runTokenizerTrain},
@@ -47,6 +47,7 @@ func commands() []cli.Command {
 			{Name: "info", Summary: "describe a model folder (default: the embedded persona model)", Run: runModelInfo},
 			{Name: "build", Summary: "rebuild the persona model from its recipe (--out DIR)", Run: runModelBuild},
 			{Name: "fit", Summary: "what the model needs on each device, from config.json alone", Run: runModelFit},
+			{Name: "list", Summary: "the models --model names without a path: the embedded one and the Hugging Face cache's", Run: runModelList},
 		}},
 		{Name: "corpus", Summary: "the synthetic persona chat corpus", Subs: []cli.Command{
 			{Name: "generate", Summary: "write the corpus (--seed S --out FILE)", Run: runCorpusGenerate},

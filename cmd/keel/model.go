@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -93,7 +94,7 @@ func tokenizerShape(dir string) (vocab int, bos *int, eos int, err error) {
 // runModelFit: keel model fit --model DIR [--dtype bf16] [--context N] [--batch B] [--gpu-memory 80GB,80GB]
 // [--offload N] [--json]: what the model needs on each device, from config.json alone (no weights are read).
 func runModelFit(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
-	dir := fs.String("model", "", "Hugging Face model folder (only config.json is read)")
+	dir := fs.String("model", "", "the model: a folder (only config.json is read), a Hugging Face id ORG/NAME[@REVISION] or persona")
 	dtype := fs.String("dtype", "bf16", "weights and compute dtype: f32, f16 or bf16")
 	context := fs.Int("context", 0, "positions the KV cache holds per row (default: the model's max_position_embeddings)")
 	batch := fs.Int("batch", 1, "rows decoded together")
@@ -104,9 +105,13 @@ func runModelFit(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *dir == "" {
-		return cli.Usagef("--model DIR is required (a folder with config.json)")
+		return cli.Usagef("--model is required: a folder with config.json, a Hugging Face id or persona")
 	}
-	cfg, err := model.ReadConfig(*dir)
+	folder, err := models.Resolve(*dir, cli.KeelModelCache())
+	if err != nil {
+		return err
+	}
+	cfg, err := model.ReadConfig(folder)
 	if err != nil {
 		return err
 	}
@@ -213,4 +218,71 @@ func runModelInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "sha256:     %s  %s (%d bytes)\n", hex.EncodeToString(sum[:]), filepath.Base(f), len(raw))
 	}
 	return nil
+}
+
+// runModelList: keel model list: the models --model can name without a path: the embedded one, and each model
+// repository in the Hugging Face cache with its architecture (whether keel runs it) and size.
+func runModelList(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cli.NoArgs(fs); err != nil {
+		return err
+	}
+	persona, err := models.Resolve(models.PersonaName, cli.KeelModelCache())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%-44s %-34s %10s  %s\n", "NAME", "ARCHITECTURE", "SIZE", "FOLDER")
+	row := func(name, dir string, bytes int64) {
+		arch := "no config.json"
+		if dir != "" {
+			if cfg, err := model.ReadConfig(dir); err != nil {
+				arch = "unreadable config.json"
+			} else if _, err := model.SpecFor(cfg); err != nil && !cfg.IsClassifier() {
+				arch = cfg.Architecture() + " (not supported)"
+			} else {
+				arch = cfg.Architecture()
+			}
+		}
+		fmt.Fprintf(stdout, "%-44s %-34s %10s  %s\n", name, arch, humanBytes(bytes), dir)
+	}
+	row(models.PersonaName+" (embedded)", persona, folderBytes(persona))
+	hub := models.HubCacheDir()
+	cached, err := models.ListCache(hub)
+	if err != nil {
+		return fmt.Errorf("the Hugging Face cache %s: %w", hub, err)
+	}
+	for _, m := range cached {
+		row(m.ID.String(), m.Snapshot, m.Bytes)
+	}
+	if len(cached) == 0 {
+		fmt.Fprintf(stdout, "(no models in the Hugging Face cache %s)\n", hub)
+	}
+	return nil
+}
+
+// folderBytes is the size of the regular files in dir.
+func folderBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d iofs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	default:
+		return fmt.Sprintf("%d KiB", (n+1023)/1024)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/models"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
@@ -19,7 +20,7 @@ const maxStdinText = 64 << 20
 // runTokenize: keel tokenize --model DIR [--json] [--chat FILE.json [--generation-prompt]] [--no-special] [TEXT]
 // Without TEXT (or with -) the text is standard input, byte for byte.
 func runTokenize(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
-	dir := fs.String("model", "", "model folder (tokenizer files are enough)")
+	dir := fs.String("model", "", "the model: a folder (tokenizer files are enough), a Hugging Face id ORG/NAME[@REVISION] or persona")
 	asJSON := fs.Bool("json", false, `print {"ids", "pieces", "decoded"}`)
 	chat := fs.String("chat", "", "a JSON file holding a messages list: print the rendered chat template")
 	genPrompt := fs.Bool("generation-prompt", true, "with --chat: end with the assistant's turn header")
@@ -28,9 +29,13 @@ func runTokenize(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *dir == "" {
-		return cli.Usagef("--model DIR is required")
+		return cli.Usagef("--model is required: a folder, a Hugging Face id or persona")
 	}
-	tok, err := tokenizer.Load(*dir)
+	folder, err := models.Resolve(*dir, cli.KeelModelCache())
+	if err != nil {
+		return err
+	}
+	tok, err := tokenizer.Load(folder)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keel-lab/keel/engine/torch/torchtest"
+	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/models"
+)
+
+// hubCache lays the embedded persona model (with its axis/) out in a fresh Hugging Face cache as huggingface_hub
+// writes a download: blobs named by their hash, the snapshot's files relative symlinks into blobs/, refs/main
+// naming the commit. HF_HUB_CACHE points at it for the test.
+func hubCache(t *testing.T, repo string) (hub, snapshot string) {
+	t.Helper()
+	src, err := models.Resolve(models.PersonaName, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub = t.TempDir()
+	commit := strings.Repeat("5e", 20)
+	root := filepath.Join(hub, "models--"+strings.ReplaceAll(repo, "/", "--"))
+	snapshot = filepath.Join(root, "snapshots", commit)
+	os.MkdirAll(filepath.Join(root, "blobs"), 0o755)
+	os.MkdirAll(filepath.Join(root, "refs"), 0o755)
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(raw)
+		blob := filepath.Join(root, "blobs", hex.EncodeToString(sum[:]))
+		if err := os.WriteFile(blob, raw, 0o644); err != nil {
+			return err
+		}
+		link := filepath.Join(snapshot, rel)
+		os.MkdirAll(filepath.Dir(link), 0o755)
+		target, _ := filepath.Rel(filepath.Dir(link), blob)
+		return os.Symlink(target, link)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "refs", "main"), []byte(commit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HF_HUB_CACHE", hub)
+	return hub, snapshot
+}
+
+// Every command that takes a model loads one from the Hugging Face cache by its id, as a user of transformers or
+// vLLM names it, and answers exactly as with the folder itself; `keel model list` shows it.
+func TestCommandsLoadAHubIDFromTheCache(t *testing.T) {
+	torchtest.Runtime(t)
+	_, snap := hubCache(t, "acme/persona")
+	for _, args := range [][]string{
+		{"generate", "--max-tokens", "12", "--temperature", "0", "--prompt", "Hello there"},
+		{"generate", "--max-tokens", "12", "--temperature", "0", "--cap", "on", "--prompt", "Hello there"}, // the axis/ of the snapshot
+		{"tokenize", "--json", "Hello there"},
+		{"model", "fit", "--json"},
+	} {
+		code, byFolder, stderr := runKeel(append(append([]string{}, args...), "--model", snap)...)
+		if code != 0 {
+			t.Fatalf("keel %v --model FOLDER: exit %d: %s", args, code, stderr)
+		}
+		for _, id := range []string{"acme/persona", "acme/persona@main"} {
+			code, byID, stderr := runKeel(append(append([]string{}, args...), "--model", id)...)
+			if code != 0 || byID != byFolder {
+				t.Errorf("keel %v --model %s: exit %d %s\n%q\nby folder: %q", args, id, code, stderr, byID, byFolder)
+			}
+		}
+	}
+	code, info, stderr := runKeel("model", "info", "--model", "acme/persona")
+	if code != 0 || !strings.Contains(info, snap) || !strings.Contains(info, "LlamaForCausalLM") {
+		t.Errorf("model info: exit %d %s %s", code, info, stderr)
+	}
+	out := filepath.Join(t.TempDir(), "m.gguf")
+	if code, _, stderr := runKeel("export", "gguf", "--model", "acme/persona", "--out", out); code != 0 {
+		t.Errorf("export gguf: exit %d %s", code, stderr)
+	}
+	code, list, stderr := runKeel("model", "list")
+	if code != 0 || !strings.Contains(list, "acme/persona") || !strings.Contains(list, "persona (embedded)") || !strings.Contains(list, snap) {
+		t.Errorf("model list: exit %d\n%s%s", code, list, stderr)
+	}
+	// Not cached: one line naming the id and the way to fetch it; a path that is not there is named as one.
+	for ref, want := range map[string]string{"acme/missing": "not in the Hugging Face cache", "acme/persona@v9": "not in the Hugging Face cache", "./no/such/dir/x": "no such folder"} {
+		code, _, stderr := runKeel("generate", "--model", ref, "--prompt", "Hi")
+		if code == 0 || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+			t.Errorf("--model %s: exit %d %q", ref, code, stderr)
+		}
+	}
+}
+
+// --model persona is the embedded model, as the default is.
+func TestPersonaByNameEverywhere(t *testing.T) {
+	torchtest.Runtime(t)
+	args := []string{"generate", "--max-tokens", "8", "--temperature", "0", "--prompt", "Hi"}
+	_, byDefault, _ := runKeel(args...)
+	code, byName, stderr := runKeel(append(args, "--model", "persona")...)
+	if code != 0 || byName != byDefault {
+		t.Fatalf("--model persona: exit %d %s %q vs %q", code, stderr, byName, byDefault)
+	}
+	var mf cli.ModelFlags
+	mf.Dir = "persona"
+	if err := mf.Resolve(); err != nil || filepath.Base(filepath.Dir(mf.Dir)) != "models" {
+		t.Fatalf("persona resolves to %q: %v", mf.Dir, err)
+	}
+}
