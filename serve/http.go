@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -85,8 +86,14 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/models", a.authed(a.models))
 	mux.HandleFunc("POST /v1/chat/completions", a.authed(a.chat))
 	mux.HandleFunc("POST /v1/completions", a.authed(a.completions))
+	routes := map[string]string{"/healthz": "GET", "/metrics": "GET", "/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		apiError(w, http.StatusNotFound, "invalid_request_error", "not_found", fmt.Sprintf("no route %s %s: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/completions", r.Method, r.URL.Path))
+		if method, ok := routes[r.URL.Path]; ok {
+			w.Header().Set("Allow", method)
+			apiError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", fmt.Sprintf("%s %s: this route takes %s", quoteShort(r.Method), r.URL.Path, method))
+			return
+		}
+		apiError(w, http.StatusNotFound, "invalid_request_error", "not_found", fmt.Sprintf("no route %s %s: the API has GET /v1/models, POST /v1/chat/completions, POST /v1/completions", quoteShort(r.Method), quoteShort(r.URL.Path)))
 	})
 	return mux
 }
@@ -103,12 +110,14 @@ func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := ""
 		if len(a.Keys) > 0 {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || !a.knownKey(strings.TrimSpace(got)) {
+			// The scheme is case-insensitive (RFC 9110): "bearer KEY" is a Bearer key.
+			scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+			got = strings.TrimSpace(got)
+			if !strings.EqualFold(scheme, "Bearer") || !a.knownKey(got) {
 				apiError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "missing or wrong API key: send Authorization: Bearer KEY with a key from the server's --api-keys file")
 				return
 			}
-			key = strings.TrimSpace(got)
+			key = got
 		}
 		// The body is read before a slot is taken: a slow sender holds its connection (bounded by the rate
 		// floor), never one of the key's slots.
@@ -124,9 +133,9 @@ func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
 		if a.inFlight == nil {
 			a.inFlight = map[string]int{}
 		}
-		if a.inFlight[key] >= a.Limits.StreamsPerKey {
+		if limit, whose := a.inFlightLimit(); a.inFlight[key] >= limit {
 			a.mu.Unlock()
-			apiError(w, http.StatusTooManyRequests, "rate_limit_error", "too_many_streams", fmt.Sprintf("%d requests in flight for this key already: wait for one to finish", a.Limits.StreamsPerKey))
+			apiError(w, http.StatusTooManyRequests, "rate_limit_error", "too_many_streams", fmt.Sprintf("%d requests in flight %s already: wait for one to finish", limit, whose))
 			return
 		}
 		a.inFlight[key]++
@@ -138,6 +147,15 @@ func (a *API) authed(h http.HandlerFunc) http.HandlerFunc {
 		}()
 		h(w, r)
 	}
+}
+
+// inFlightLimit is how many requests may be in flight for one key: StreamsPerKey with keys; without keys every
+// client is the one owner, so the limit is the server's: what its scheduler holds (decoding and queued).
+func (a *API) inFlightLimit() (int, string) {
+	if len(a.Keys) > 0 {
+		return a.Limits.StreamsPerKey, "for this key"
+	}
+	return a.Sched.Capacity(), "on this server"
 }
 
 func (a *API) knownKey(k string) bool {
@@ -175,7 +193,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // completionRequest is the union of what /v1/chat/completions and /v1/completions read.
 type completionRequest struct {
 	Model               string                 `json:"model"`
-	Messages            []tokenizer.Message    `json:"messages"`
+	Messages            []apiMessage           `json:"messages"`
 	Prompt              *string                `json:"prompt"`
 	MaxTokens           *int                   `json:"max_tokens"`
 	MaxCompletionTokens *int                   `json:"max_completion_tokens"`
@@ -186,7 +204,110 @@ type completionRequest struct {
 	Stream              bool                   `json:"stream"`
 	N                   *int                   `json:"n"`
 	Keel                *workbench.KeelOptions `json:"keel"`
-	StreamOptions       *struct{ Usage bool }  `json:"stream_options"`
+	StreamOptions       *streamOptions         `json:"stream_options"`
+
+	// OpenAI's fields keel does not apply: a request that sets one to anything but its neutral value is refused
+	// with 400 naming it (unsupported), never answered as if it had been applied.
+	Logprobs         *bool           `json:"logprobs"`
+	TopLogprobs      *int            `json:"top_logprobs"`
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	LogitBias        map[string]any  `json:"logit_bias"`
+	Tools            json.RawMessage `json:"tools"`
+	ToolChoice       json.RawMessage `json:"tool_choice"`
+	Functions        json.RawMessage `json:"functions"`
+	ResponseFormat   *struct {
+		Type string `json:"type"`
+	} `json:"response_format"`
+}
+
+// streamOptions is OpenAI's stream_options: include_usage sends one last chunk, with no choices, carrying the
+// usage (usage is keel's older spelling: the usage on the finishing chunk).
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+	Usage        bool `json:"usage"`
+}
+
+// apiMessage is a chat message as OpenAI clients send it: content a string or an array of parts, of which keel
+// reads text parts; the developer role is the system role of newer models.
+type apiMessage struct {
+	Role    string          `json:"role"`
+	Content json.RawMessage `json:"content"`
+	Name    string          `json:"name,omitempty"`
+}
+
+// chatMessages turns the request's messages into the template's, or names the first one keel cannot take.
+func chatMessages(in []apiMessage) ([]tokenizer.Message, error) {
+	out := make([]tokenizer.Message, len(in))
+	for i, m := range in {
+		role := m.Role
+		switch role {
+		case "developer":
+			role = "system"
+		case "system", "user", "assistant":
+		default:
+			return nil, invalid("invalid_messages", "messages[%d]: role %s: use system (or developer), user or assistant", i, quoteShort(m.Role))
+		}
+		var text string
+		if err := json.Unmarshal(m.Content, &text); err != nil {
+			var parts []struct {
+				Type string  `json:"type"`
+				Text *string `json:"text"`
+			}
+			if err := json.Unmarshal(m.Content, &parts); err != nil {
+				return nil, invalid("invalid_messages", "messages[%d].content: give a string or an array of {\"type\": \"text\", \"text\": ...} parts", i)
+			}
+			var b strings.Builder
+			for j, p := range parts {
+				if p.Type != "text" || p.Text == nil {
+					return nil, invalid("unsupported_content", "messages[%d].content[%d]: a %s part: keel's models read text parts only", i, j, quoteShort(p.Type))
+				}
+				b.WriteString(*p.Text)
+			}
+			text = b.String()
+		}
+		out[i] = tokenizer.Message{Role: role, Content: text}
+	}
+	return out, nil
+}
+
+// unsupported names the first OpenAI field the request sets that keel would not apply.
+func (c *completionRequest) unsupported() string {
+	switch {
+	case c.Logprobs != nil && *c.Logprobs:
+		return "logprobs"
+	case c.TopLogprobs != nil && *c.TopLogprobs > 0:
+		return "top_logprobs"
+	case c.PresencePenalty != nil && *c.PresencePenalty != 0:
+		return "presence_penalty"
+	case c.FrequencyPenalty != nil && *c.FrequencyPenalty != 0:
+		return "frequency_penalty"
+	case len(c.LogitBias) > 0:
+		return "logit_bias"
+	case len(c.Tools) > 0 && string(c.Tools) != "null" && string(c.Tools) != "[]":
+		return "tools"
+	case len(c.Functions) > 0 && string(c.Functions) != "null" && string(c.Functions) != "[]":
+		return "functions"
+	case len(c.ToolChoice) > 0 && string(c.ToolChoice) != "null" && string(c.ToolChoice) != `"none"` && string(c.ToolChoice) != `"auto"`:
+		return "tool_choice"
+	case c.ResponseFormat != nil && c.ResponseFormat.Type != "" && c.ResponseFormat.Type != "text":
+		return "response_format"
+	}
+	return ""
+}
+
+// quoteShort quotes what a client sent, cut to a short prefix: an error names the bad value without sending
+// a large body back.
+func quoteShort(s string) string {
+	const most = 48
+	if len(s) <= most {
+		return strconv.Quote(s)
+	}
+	cut := most
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }
 
 // badRequest is a 400 with OpenAI's shape.
@@ -210,7 +331,10 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 		return c, Request{}, invalid("invalid_json", "the body is not a JSON request: %v", err)
 	}
 	if c.Model != a.Name {
-		return c, Request{}, badRequest{http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q: this server serves %q (GET /v1/models)", c.Model, a.Name)}
+		return c, Request{}, badRequest{http.StatusNotFound, "model_not_found", fmt.Sprintf("model %s: this server serves %q (GET /v1/models)", quoteShort(c.Model), a.Name)}
+	}
+	if field := c.unsupported(); field != "" {
+		return c, Request{}, invalid("unsupported_parameter", "%s: keel serve does not apply it yet; leave it out (or at its default)", field)
 	}
 	if c.N != nil && *c.N != 1 {
 		return c, Request{}, invalid("invalid_n", "n %d: keel serves one choice per request", *c.N)
@@ -251,12 +375,11 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 		if len(c.Messages) == 0 {
 			return c, Request{}, invalid("invalid_messages", "messages: give at least one {role, content}")
 		}
-		for i, m := range c.Messages {
-			if m.Role != "system" && m.Role != "user" && m.Role != "assistant" {
-				return c, Request{}, invalid("invalid_messages", "messages[%d]: role %q: use system, user or assistant", i, m.Role)
-			}
+		msgs, err := chatMessages(c.Messages)
+		if err != nil {
+			return c, Request{}, err
 		}
-		if req.Prompt, err = tokenizer.ChatPrompt(tok, c.Messages); err != nil {
+		if req.Prompt, err = tokenizer.ChatPrompt(tok, msgs); err != nil {
 			return c, Request{}, invalid("invalid_messages", "%v", err)
 		}
 	} else {
@@ -423,6 +546,11 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 				extra["usage"] = usage(len(req.Prompt), t.Completion)
 			}
 			send(chunk(map[string]any{}, "", finishReason(t.Reason), extra))
+			if c.StreamOptions != nil && c.StreamOptions.IncludeUsage {
+				last := chunk(nil, "", nil, map[string]any{"usage": usage(len(req.Prompt), t.Completion)})
+				last["choices"] = []any{}
+				send(last)
+			}
 			fmt.Fprint(w, "data: [DONE]\n\n")
 			if flusher != nil {
 				flusher.Flush()

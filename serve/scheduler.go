@@ -532,3 +532,6 @@ func (s *Scheduler) Stats() Stats {
 		TTFTSeconds: float64(s.ttftSum.Load()) / 1e9, TTFTCount: float64(s.ttftCount.Load()), DecodeSeconds: busy.Seconds(),
 		UptimeSeconds: time.Since(s.started).Seconds(), RecentTokensPerSecond: wall, RecentDecodeTokensPerSecond: decode}
 }
+
+// Capacity is how many requests the scheduler holds at once: a full batch decoding and a full queue waiting.
+func (s *Scheduler) Capacity() int { return s.maxBatch + cap(s.queue) }

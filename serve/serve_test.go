@@ -383,6 +383,32 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 	if res.Text == "" || res.KeelTokens == 0 || res.KeelTokens != res.Projections || res.CapMoves != res.KeelTokens || res.WrongKey != 401 || res.NonStream != res.Text {
 		t.Fatalf("openai client: %+v", res)
 	}
+	var more struct {
+		PartsText string `json:"parts_text"`
+		PlainText string `json:"plain_text"`
+		Usage     struct {
+			After      int `json:"chunks_after_finish"`
+			Prompt     int `json:"prompt_tokens"`
+			Completion int `json:"completion_tokens"`
+			Total      int `json:"total_tokens"`
+			Choices    int `json:"choices"`
+		}
+		LogitBias struct {
+			Status  int
+			Code    string
+			Message string
+		} `json:"logit_bias"`
+	}
+	json.Unmarshal(out, &more)
+	if more.PartsText == "" || more.PartsText != more.PlainText {
+		t.Errorf("a developer message and text parts: %q; the same as system and strings: %q", more.PartsText, more.PlainText)
+	}
+	if u := more.Usage; u.After != 1 || u.Choices != 0 || u.Prompt == 0 || u.Completion == 0 || u.Total != u.Prompt+u.Completion {
+		t.Errorf("include_usage: %+v", u)
+	}
+	if lb := more.LogitBias; lb.Status != 400 || lb.Code != "unsupported_parameter" || !strings.Contains(lb.Message, "logit_bias") {
+		t.Errorf("logit_bias: %+v", lb)
+	}
 	curl, err := exec.LookPath("curl")
 	if err != nil {
 		t.Fatalf("curl is not installed (apt-get install curl): %v", err)

@@ -38,6 +38,9 @@ func KeelInterventions(axis *probes.AxisFolder, layers int, k KeelOptions) ([]mo
 			}
 		}
 	default:
+		if len(k.Cap) > 64 { // the id is echoed in errors: a long one is not sent back
+			return nil, nil, fmt.Errorf("cap: a %d-byte string is not a cap id: give \"on\", \"off\" or layers_A:B-pN, such as layers_3:5-p25", len(k.Cap))
+		}
 		r, err := probes.ParseCapID(k.Cap)
 		if err != nil {
 			return nil, nil, fmt.Errorf("cap: %v (or \"on\", \"off\")", err)

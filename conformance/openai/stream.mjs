@@ -3,7 +3,8 @@
 //
 // usage: node stream.mjs BASE_URL API_KEY MODEL
 // prints one JSON object: {"text", "chunks", "keel_tokens", "projections", "cap_moves", "non_stream_text",
-// "wrong_key_status", "too_long": {"status", "code", "stream_status", "stream_code"}}
+// "wrong_key_status", "too_long": {"status", "code", "stream_status", "stream_code"}, "parts_text",
+// "usage": {"chunks_after_finish", "prompt_tokens", "completion_tokens", "total_tokens"}, "logprobs": {"status", "code", "message"}}
 import OpenAI from "openai";
 
 const [baseURL, apiKey, model] = process.argv.slice(2);
@@ -46,5 +47,31 @@ for (const [key, stream] of [["", false], ["stream_", true]]) {
     out.too_long[key + "status"] = err.status ?? -1;
     out.too_long[key + "code"] = err.code ?? err.error?.code ?? "";
   }
+}
+// The message as an array of text parts, under the developer role as well: the same prompt as the string.
+const parts = await client.chat.completions.create({
+  ...request,
+  messages: [{ role: "developer", content: [{ type: "text", text: "Be brief." }] }, { role: "user", content: [{ type: "text", text: "Who are " }, { type: "text", text: "you?" }] }],
+});
+out.parts_text = parts.choices[0].message.content;
+const plain = await client.chat.completions.create({
+  ...request,
+  messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "Who are you?" }],
+});
+out.plain_text = plain.choices[0].message.content;
+// stream_options.include_usage: one last chunk with no choices carries the usage.
+out.usage = { chunks_after_finish: 0 };
+let finished = false;
+for await (const chunk of await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } })) {
+  if (finished) out.usage.chunks_after_finish++;
+  if (chunk.choices[0]?.finish_reason) finished = true;
+  if (chunk.usage) Object.assign(out.usage, chunk.usage, { choices: chunk.choices.length });
+}
+// A field keel does not apply is refused, naming it.
+try {
+  await client.chat.completions.create({ ...request, logit_bias: { "5": 10 } });
+  out.logit_bias = { status: 200 };
+} catch (err) {
+  out.logit_bias = { status: err.status ?? -1, code: err.code ?? "", message: err.message };
 }
 console.log(JSON.stringify(out));
