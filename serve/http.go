@@ -206,17 +206,19 @@ type completionRequest struct {
 	Keel                *workbench.KeelOptions `json:"keel"`
 	StreamOptions       *streamOptions         `json:"stream_options"`
 
+	// Logprobs is chat's true/false (with TopLogprobs) or completions' count of top tokens.
+	Logprobs         json.RawMessage    `json:"logprobs"`
+	TopLogprobs      *int               `json:"top_logprobs"`
+	PresencePenalty  *float64           `json:"presence_penalty"`
+	FrequencyPenalty *float64           `json:"frequency_penalty"`
+	LogitBias        map[string]float64 `json:"logit_bias"`
+
 	// OpenAI's fields keel does not apply: a request that sets one to anything but its neutral value is refused
 	// with 400 naming it (unsupported), never answered as if it had been applied.
-	Logprobs         *bool           `json:"logprobs"`
-	TopLogprobs      *int            `json:"top_logprobs"`
-	PresencePenalty  *float64        `json:"presence_penalty"`
-	FrequencyPenalty *float64        `json:"frequency_penalty"`
-	LogitBias        map[string]any  `json:"logit_bias"`
-	Tools            json.RawMessage `json:"tools"`
-	ToolChoice       json.RawMessage `json:"tool_choice"`
-	Functions        json.RawMessage `json:"functions"`
-	ResponseFormat   *struct {
+	Tools          json.RawMessage `json:"tools"`
+	ToolChoice     json.RawMessage `json:"tool_choice"`
+	Functions      json.RawMessage `json:"functions"`
+	ResponseFormat *struct {
 		Type string `json:"type"`
 	} `json:"response_format"`
 }
@@ -271,19 +273,105 @@ func chatMessages(in []apiMessage) ([]tokenizer.Message, error) {
 	return out, nil
 }
 
+// readScoring reads the fields that change or report the choice of each token: presence and frequency
+// penalties, logit_bias, and logprobs (chat: logprobs true with top_logprobs N; completions: logprobs N).
+func (c *completionRequest) readScoring(sp *model.Sampling, chat bool) error {
+	if c.PresencePenalty != nil {
+		sp.PresencePenalty = *c.PresencePenalty
+	}
+	if c.FrequencyPenalty != nil {
+		sp.FrequencyPenalty = *c.FrequencyPenalty
+	}
+	if len(c.LogitBias) > 300 {
+		return invalid("invalid_logit_bias", "logit_bias: %d tokens: give at most 300", len(c.LogitBias))
+	}
+	for k, v := range c.LogitBias {
+		id, err := strconv.Atoi(k)
+		if err != nil {
+			return invalid("invalid_logit_bias", "logit_bias: key %s is not a token id", quoteShort(k))
+		}
+		if sp.LogitBias == nil {
+			sp.LogitBias = map[int]float64{}
+		}
+		sp.LogitBias[id] = v
+	}
+	raw := strings.TrimSpace(string(c.Logprobs))
+	switch {
+	case raw == "" || raw == "null" || raw == "false":
+		if c.TopLogprobs != nil && *c.TopLogprobs > 0 {
+			return invalid("invalid_logprobs", "top_logprobs %d needs logprobs: true", *c.TopLogprobs)
+		}
+	case chat && raw == "true":
+		sp.Logprobs = true
+		if c.TopLogprobs != nil {
+			sp.TopLogprobs = *c.TopLogprobs
+		}
+	case !chat:
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 0 || n > model.MaxTopLogprobs {
+			return invalid("invalid_logprobs", "logprobs %s: give the number of most likely tokens, 0 to %d", quoteShort(raw), model.MaxTopLogprobs)
+		}
+		sp.Logprobs, sp.TopLogprobs = true, n
+	default:
+		return invalid("invalid_logprobs", "logprobs %s: give true or false (and top_logprobs N)", quoteShort(raw))
+	}
+	if sp.TopLogprobs < 0 || sp.TopLogprobs > model.MaxTopLogprobs {
+		return invalid("invalid_logprobs", "top_logprobs %d: give 0 to %d", sp.TopLogprobs, model.MaxTopLogprobs)
+	}
+	return nil
+}
+
+// chatLogprob is a token's log-probabilities as a chat response's logprobs.content item, its top_logprobs
+// the most likely tokens at its position (each with the bytes it contributes after the token before).
+func (a *API) chatLogprob(t Token) map[string]any {
+	tok := a.Sched.Model().Tokenizer
+	entry := func(id int, lp float64) map[string]any {
+		b := tok.TokenBytes(id, t.Prev)
+		ints := make([]int, len(b))
+		for i, x := range b {
+			ints[i] = int(x)
+		}
+		return map[string]any{"token": string(b), "logprob": lp, "bytes": ints}
+	}
+	item := entry(t.Logprobs.Chosen.ID, t.Logprobs.Chosen.Logprob)
+	top := []any{}
+	for _, x := range t.Logprobs.Top {
+		top = append(top, entry(x.ID, x.Logprob))
+	}
+	item["top_logprobs"] = top
+	return item
+}
+
+// completionLogprobs is the completions API's logprobs object over tokens (offset: the text before them).
+func (a *API) completionLogprobs(tokens []Token, offset int) map[string]any {
+	tok := a.Sched.Model().Tokenizer
+	out := map[string]any{"tokens": []string{}, "token_logprobs": []float64{}, "top_logprobs": []map[string]float64{}, "text_offset": []int{}}
+	var names []string
+	var lps []float64
+	var tops []map[string]float64
+	var offsets []int
+	for _, t := range tokens {
+		if t.Logprobs == nil {
+			continue
+		}
+		text := string(tok.TokenBytes(t.ID, t.Prev))
+		names, lps, offsets = append(names, text), append(lps, t.Logprobs.Chosen.Logprob), append(offsets, offset)
+		top := map[string]float64{}
+		for _, x := range t.Logprobs.Top {
+			top[string(tok.TokenBytes(x.ID, t.Prev))] = x.Logprob
+		}
+		tops = append(tops, top)
+		offset += len(t.Text)
+	}
+	if len(names) > 0 {
+		out["tokens"], out["token_logprobs"], out["top_logprobs"], out["text_offset"] = names, lps, tops, offsets
+	}
+	return out
+}
+
 // unsupported names the first OpenAI field the request sets that keel would not apply.
 func (c *completionRequest) unsupported() string {
 	switch {
-	case c.Logprobs != nil && *c.Logprobs:
-		return "logprobs"
-	case c.TopLogprobs != nil && *c.TopLogprobs > 0:
-		return "top_logprobs"
-	case c.PresencePenalty != nil && *c.PresencePenalty != 0:
-		return "presence_penalty"
-	case c.FrequencyPenalty != nil && *c.FrequencyPenalty != 0:
-		return "frequency_penalty"
-	case len(c.LogitBias) > 0:
-		return "logit_bias"
 	case len(c.Tools) > 0 && string(c.Tools) != "null" && string(c.Tools) != "[]":
 		return "tools"
 	case len(c.Functions) > 0 && string(c.Functions) != "null" && string(c.Functions) != "[]":
@@ -358,8 +446,14 @@ func (a *API) parse(r *http.Request, chat bool) (completionRequest, Request, err
 	if c.Seed != nil {
 		req.Sampling.Seed = uint64(*c.Seed)
 	}
+	if err := c.readScoring(&req.Sampling, chat); err != nil {
+		return c, Request{}, err
+	}
 	if err := req.Sampling.Check(); err != nil {
 		return c, Request{}, invalid("invalid_sampling", "%v", err)
+	}
+	if err := req.Sampling.CheckVocab(a.Sched.Model().Config.VocabSize); err != nil {
+		return c, Request{}, invalid("invalid_logit_bias", "%v", err)
 	}
 	if len(c.Stop) > 0 && string(c.Stop) != "null" {
 		var one string
@@ -481,6 +575,7 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		var text strings.Builder
 		var keel []keelToken
 		var end Token
+		var got []Token
 		for t := range tokens {
 			if t.Done {
 				end = t
@@ -488,6 +583,7 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 			}
 			text.WriteString(t.Text)
 			keel = append(keel, keelOf(t))
+			got = append(got, t)
 		}
 		if end.Err != nil {
 			apiError(w, http.StatusInternalServerError, "server_error", "generation_failed", end.Err.Error())
@@ -496,8 +592,20 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		choice := map[string]any{"index": 0, "finish_reason": finishReason(end.Reason), "logprobs": nil}
 		if chat {
 			choice["message"] = map[string]any{"role": "assistant", "content": text.String()}
+			if req.Sampling.Logprobs {
+				content := []any{}
+				for _, t := range got {
+					if t.Logprobs != nil {
+						content = append(content, a.chatLogprob(t))
+					}
+				}
+				choice["logprobs"] = map[string]any{"content": content}
+			}
 		} else {
 			choice["text"] = text.String()
+			if req.Sampling.Logprobs {
+				choice["logprobs"] = a.completionLogprobs(got, 0)
+			}
 		}
 		writeJSON(w, map[string]any{"id": id, "object": object, "created": created, "model": a.Name, "choices": []any{choice},
 			"usage": usage(len(req.Prompt), end.Completion), "keel": map[string]any{"tokens": keel}})
@@ -516,8 +624,16 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		}
 		return true
 	}
-	chunk := func(delta map[string]any, text string, finish any, extra map[string]any) map[string]any {
+	offset := 0 // the completions API's text_offset of the next token
+	chunk := func(delta map[string]any, text string, finish any, extra map[string]any, t *Token) map[string]any {
 		choice := map[string]any{"index": 0, "finish_reason": finish, "logprobs": nil}
+		if t != nil && t.Logprobs != nil {
+			if chat {
+				choice["logprobs"] = map[string]any{"content": []any{a.chatLogprob(*t)}}
+			} else {
+				choice["logprobs"] = a.completionLogprobs([]Token{*t}, offset)
+			}
+		}
 		if chat {
 			choice["delta"] = delta
 		} else {
@@ -532,7 +648,7 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		}
 		return m
 	}
-	if chat && !send(chunk(map[string]any{"role": "assistant", "content": ""}, "", nil, nil)) {
+	if chat && !send(chunk(map[string]any{"role": "assistant", "content": ""}, "", nil, nil, nil)) {
 		return // the client went away: its request context is cancelled, which frees the row
 	}
 	for t := range tokens {
@@ -545,9 +661,9 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 			if c.StreamOptions != nil && c.StreamOptions.Usage {
 				extra["usage"] = usage(len(req.Prompt), t.Completion)
 			}
-			send(chunk(map[string]any{}, "", finishReason(t.Reason), extra))
+			send(chunk(map[string]any{}, "", finishReason(t.Reason), extra, nil))
 			if c.StreamOptions != nil && c.StreamOptions.IncludeUsage {
-				last := chunk(nil, "", nil, map[string]any{"usage": usage(len(req.Prompt), t.Completion)})
+				last := chunk(nil, "", nil, map[string]any{"usage": usage(len(req.Prompt), t.Completion)}, nil)
 				last["choices"] = []any{}
 				send(last)
 			}
@@ -557,9 +673,10 @@ func (a *API) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 			}
 			return
 		}
-		if !send(chunk(map[string]any{"content": t.Text}, t.Text, nil, map[string]any{"keel": keelOf(t)})) {
+		if !send(chunk(map[string]any{"content": t.Text}, t.Text, nil, map[string]any{"keel": keelOf(t)}, &t)) {
 			return
 		}
+		offset += len(t.Text)
 	}
 }
 

@@ -55,8 +55,8 @@ func TestOpenAIProtocolEdges(t *testing.T) {
 			t.Errorf("a 900 KB %s: %d, %d bytes back: %.200s", name, resp.StatusCode, len(raw), raw)
 		}
 	}
-	for field, value := range map[string]any{"logprobs": true, "top_logprobs": 3, "presence_penalty": 0.5, "frequency_penalty": -1,
-		"logit_bias": map[string]int{"7": 5}, "tools": []any{map[string]any{"type": "function"}}, "response_format": map[string]string{"type": "json_object"}} {
+	for field, value := range map[string]any{"tools": []any{map[string]any{"type": "function"}}, "tool_choice": "required",
+		"response_format": map[string]string{"type": "json_object"}} {
 		body := map[string]any{"model": ts.name, "messages": msg["messages"], field: value}
 		resp, err := ts.post(t, context.Background(), "/v1/chat/completions", testKey, body)
 		if err != nil {
@@ -78,6 +78,23 @@ func TestOpenAIProtocolEdges(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("neutral values: %d", resp.StatusCode)
+	}
+	// Bad scoring fields are named: top_logprobs without logprobs, a bias past the vocabulary, a penalty past 2.
+	for _, bad := range []map[string]any{{"top_logprobs": 2}, {"logprobs": true, "top_logprobs": 21}, {"logit_bias": map[string]int{"99999999": 1}},
+		{"logit_bias": map[string]int{"x": 1}}, {"presence_penalty": 3}, {"logprobs": 2}} {
+		body := map[string]any{"model": ts.name, "messages": msg["messages"]}
+		for k, v := range bad {
+			body[k] = v
+		}
+		resp, err := ts.post(t, context.Background(), "/v1/chat/completions", testKey, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("%v: %d %s", bad, resp.StatusCode, raw)
+		}
 	}
 	// An image part is refused by name; an unknown role is named by a short prefix.
 	img := map[string]any{"model": ts.name, "messages": []any{map[string]any{"role": "user", "content": []any{map[string]any{"type": "image_url", "image_url": map[string]string{"url": "x"}}}}}}

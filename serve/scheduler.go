@@ -48,6 +48,11 @@ type Token struct {
 	Records []model.Record
 	// Version is the version of the request's Hooks whose list made the token (0 without Hooks).
 	Version uint64
+	// Logprobs, when the request's sampling asks for them, are the token's log-probabilities (nil for the end
+	// of turn, which is not part of the reply).
+	Logprobs *model.Logprobs
+	// Prev is the token before this one (the prompt's last for the first): the bytes a token contributes depend on it.
+	Prev int
 	// Flushed is text the decoder held back (an incomplete character) given out at the end, with no token.
 	Flushed    bool
 	Done       bool
@@ -103,6 +108,7 @@ type job struct {
 	text   strings.Builder
 	stream *tokenizer.Stream
 	count  int
+	prev   int // the last token given out (the prompt's last at first)
 	// The row's interventions (the request's, then a capture of the axis at each projected layer) and, by their
 	// place in that list, the layers of its caps and of its projections.
 	ivs      []model.Intervention
@@ -146,7 +152,7 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (<-chan Token, error)
 	// The model's own stop strings (generation_config.json) end every request, as they end `keel generate`.
 	r.Stop = append(append([]string(nil), r.Stop...), s.lm.GenConfig.StopStrings...)
 	// Room for every token and the end: the scheduler never waits on a slow client.
-	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1])}
+	j := &job{ctx: ctx, req: r, out: make(chan Token, r.MaxTokens+2), queued: time.Now(), stream: tokenizer.NewStreamAfter(s.lm.Tokenizer, r.Prompt[len(r.Prompt)-1]), prev: r.Prompt[len(r.Prompt)-1]}
 	s.target(j)
 	// Submitting and closing exclude each other: a request either queues before the scheduler stops (and gets
 	// its Done from the drain) or is refused.
@@ -390,9 +396,11 @@ func (s *Scheduler) deliver(j *job, st model.RowStep) bool {
 		s.ttftCount.Add(1)
 	}
 	j.count++
-	t := Token{ID: st.ID, Records: st.Records, Version: j.version}
+	t := Token{ID: st.ID, Records: st.Records, Version: j.version, Prev: j.prev}
+	j.prev = st.ID
 	if !s.eos[st.ID] {
 		t.Text = j.stream.Next(st.ID)
+		t.Logprobs = st.Logprobs
 	}
 	for _, rec := range st.Records {
 		if layer, ok := j.capAt[rec.Intervention]; ok {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/internal/conformance"
 	"github.com/keel-lab/keel/models"
@@ -393,11 +394,30 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 			Total      int `json:"total_tokens"`
 			Choices    int `json:"choices"`
 		}
-		LogitBias struct {
+		Tools struct {
 			Status  int
 			Code    string
 			Message string
-		} `json:"logit_bias"`
+		} `json:"tools"`
+		Logprobs struct {
+			Stream, Whole []struct {
+				Token       string
+				Logprob     float64
+				Bytes       []int
+				TopLogprobs []struct {
+					Token   string
+					Logprob float64
+				} `json:"top_logprobs"`
+			}
+			WholeText   string `json:"whole_text"`
+			Completions struct {
+				Tokens        []string
+				TokenLogprobs []float64            `json:"token_logprobs"`
+				TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+				TextOffset    []int                `json:"text_offset"`
+			}
+			CompletionsText string `json:"completions_text"`
+		}
 	}
 	json.Unmarshal(out, &more)
 	if more.PartsText == "" || more.PartsText != more.PlainText {
@@ -406,8 +426,44 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 	if u := more.Usage; u.After != 1 || u.Choices != 0 || u.Prompt == 0 || u.Completion == 0 || u.Total != u.Prompt+u.Completion {
 		t.Errorf("include_usage: %+v", u)
 	}
-	if lb := more.LogitBias; lb.Status != 400 || lb.Code != "unsupported_parameter" || !strings.Contains(lb.Message, "logit_bias") {
-		t.Errorf("logit_bias: %+v", lb)
+	if tl := more.Tools; tl.Status != 400 || tl.Code != "unsupported_parameter" || !strings.Contains(tl.Message, "tools") {
+		t.Errorf("tools: %+v", tl)
+	}
+	// logprobs: the same through streaming and whole, the text they spell the reply's, and each figure keel's own
+	// (GenerateText, what keel generate runs, on the same prompt) to 1e-4.
+	lp := more.Logprobs
+	var spelled strings.Builder
+	for _, x := range lp.Whole {
+		spelled.WriteString(x.Token)
+	}
+	if len(lp.Whole) == 0 || len(lp.Stream) != len(lp.Whole) || spelled.String() != lp.WholeText {
+		t.Fatalf("logprobs: %d streamed, %d whole spelling %q (the reply %q)", len(lp.Stream), len(lp.Whole), spelled.String(), lp.WholeText)
+	}
+	lm := ts.sched.Model()
+	prompt, _ := tokenizer.ChatPrompt(lm.Tokenizer, []tokenizer.Message{{Role: "user", Content: "Who are you?"}})
+	var own []*model.Logprobs
+	if _, err := lm.GenerateText(context.Background(), [][]int{prompt}, model.TextConfig{GenerateConfig: model.GenerateConfig{MaxTokens: 8,
+		Sampling: model.Sampling{Logprobs: true, TopLogprobs: 3}}, OnText: func(_ string, st model.Step) error {
+		own = append(own, st.Logprobs)
+		return nil
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range lp.Whole {
+		s := lp.Stream[i]
+		if i >= len(own) || math.Abs(x.Logprob-own[i].Chosen.Logprob) > 1e-4 || s.Token != x.Token || math.Abs(s.Logprob-x.Logprob) > 1e-4 || len(x.TopLogprobs) != 3 {
+			t.Fatalf("token %d: whole %+v, streamed %+v, keel's own %+v", i, x, s, own[i])
+		}
+		for k, top := range x.TopLogprobs {
+			if math.Abs(top.Logprob-own[i].Top[k].Logprob) > 1e-4 {
+				t.Fatalf("token %d top %d: %+v, keel's own %+v", i, k, top, own[i].Top[k])
+			}
+		}
+	}
+	cl := lp.Completions
+	if len(cl.Tokens) == 0 || len(cl.TokenLogprobs) != len(cl.Tokens) || len(cl.TopLogprobs) != len(cl.Tokens) || len(cl.TextOffset) != len(cl.Tokens) ||
+		strings.Join(cl.Tokens, "") != lp.CompletionsText || len(cl.TopLogprobs[0]) != 2 {
+		t.Fatalf("completions logprobs: %+v for %q", cl, lp.CompletionsText)
 	}
 	curl, err := exec.LookPath("curl")
 	if err != nil {

@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 
 	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
@@ -36,6 +39,11 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	capFlag := fs.String("cap", "", "cap: on (the axis folder's calibrated rule) or a rule's id (layers_A:B-pP)")
 	steerC := fs.Float64("steer", 0, "steer by C times the layer's average residual norm (0 = off)")
 	steerLayer := fs.Int("steer-layer", -1, "the layer steering acts at (default: the middle one)")
+	presence := fs.Float64("presence-penalty", 0, "OpenAI's presence penalty over the generated tokens (-2 to 2; 0 = off)")
+	frequency := fs.Float64("frequency-penalty", 0, "OpenAI's frequency penalty over the generated tokens (-2 to 2; 0 = off)")
+	biasFlag := fs.String("logit-bias", "", "biases added to tokens' logits: ID:BIAS,ID:BIAS (-100 to 100)")
+	logprobs := fs.Int("logprobs", -1, "after the text, each token's log-probability and the N most likely at its place (0 to 20; -1 = off)")
+	asJSON := fs.Bool("json", false, "print one JSON object: the text and, with --logprobs, each token's log-probabilities")
 	ignoreEOS := fs.Bool("ignore-eos", false, "go on past the end-of-sequence token to --max-tokens (benchmarks, as llama.cpp's --ignore-eos)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -43,7 +51,20 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (the prompt goes in --prompt)", fs.Arg(0))
 	}
-	sampling := model.Sampling{Temperature: *temperature, TopK: *topK, TopP: *topP, MinP: *minP, RepetitionPenalty: *rep, Seed: *seed}
+	sampling := model.Sampling{Temperature: *temperature, TopK: *topK, TopP: *topP, MinP: *minP, RepetitionPenalty: *rep, Seed: *seed,
+		PresencePenalty: *presence, FrequencyPenalty: *frequency, Logprobs: *logprobs >= 0, TopLogprobs: max(0, *logprobs)}
+	for _, kv := range cli.SplitList(*biasFlag) {
+		id, bias, ok := strings.Cut(kv, ":")
+		i, err1 := strconv.Atoi(id)
+		b, err2 := strconv.ParseFloat(bias, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return cli.Usagef("--logit-bias %q: give ID:BIAS pairs, such as 50256:-100,13:5", kv)
+		}
+		if sampling.LogitBias == nil {
+			sampling.LogitBias = map[int]float64{}
+		}
+		sampling.LogitBias[i] = b
+	}
 	if err := sampling.Check(); err != nil {
 		return cli.Usagef("--%w", err)
 	}
@@ -58,6 +79,9 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer lm.Close()
+	if err := sampling.CheckVocab(lm.Config.VocabSize); err != nil {
+		return cli.Usagef("--%w", err)
+	}
 	var hooks *model.Hooks
 	if *capFlag != "" || *steerC != 0 {
 		ivs, err := generateInterventions(lm, *axisDir, *capFlag, *steerC, *steerLayer)
@@ -85,14 +109,27 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	// A terminal sees every token as it comes; a pipe or a file gets the text in blocks (a write per token is a
 	// system call per token, which at thousands of tokens a second is a third of the time).
 	out := bufio.NewWriterSize(stdout, 32<<10)
-	live := isTerminalWriter(stdout)
+	live := isTerminalWriter(stdout) && !*asJSON
+	var scored []scoredToken
+	isEOS := map[int]bool{}
+	for _, e := range lm.EOS() {
+		isEOS[e] = true
+	}
+	prev := ids[len(ids)-1]
 	var eos []int
 	if *ignoreEOS {
 		eos = []int{-1}
 	}
 	res, err := lm.GenerateText(ctx, [][]int{ids}, model.TextConfig{
 		GenerateConfig: model.GenerateConfig{MaxTokens: min(*maxTokens, lm.Window()-len(ids)), Sampling: sampling, Hooks: hooks, EOS: eos},
-		OnText: func(text string, _ model.Step) error {
+		OnText: func(text string, st model.Step) error {
+			if st.Logprobs != nil && !isEOS[st.ID] {
+				scored = append(scored, scoreOf(lm.Tokenizer, prev, st.Logprobs))
+			}
+			prev = st.ID
+			if *asJSON {
+				return nil
+			}
 			if _, err := out.WriteString(text); err != nil {
 				return err
 			}
@@ -102,7 +139,24 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 			return nil
 		},
 	})
-	out.WriteString("\n")
+	switch {
+	case *asJSON && len(res) == 1:
+		enc := json.NewEncoder(out)
+		enc.SetEscapeHTML(false)
+		if jerr := enc.Encode(map[string]any{"text": res[0].Text, "finish_reason": res[0].Reason, "tokens": scored}); err == nil {
+			err = jerr
+		}
+	case *asJSON:
+	default:
+		out.WriteString("\n")
+		for _, t := range scored {
+			fmt.Fprintf(out, "%s\t%.6f", strconv.Quote(t.Token), t.Logprob)
+			for _, x := range t.Top {
+				fmt.Fprintf(out, "\t%s %.6f", strconv.Quote(x.Token), x.Logprob)
+			}
+			out.WriteString("\n")
+		}
+	}
 	if ferr := out.Flush(); err == nil {
 		err = ferr
 	}
@@ -112,6 +166,31 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 			map[bool]string{true: "--chat=false continues the prompt as raw text", false: "--chat asks it as a user's message"}[*chat])
 	}
 	return err
+}
+
+// scoredToken is a generated token with its log-probability and the most likely tokens at its place, as
+// `keel generate --logprobs N` prints them (and keel serve's logprobs give them).
+type scoredToken struct {
+	ID      int     `json:"id"`
+	Token   string  `json:"token"` // the bytes the token adds to the text
+	Logprob float64 `json:"logprob"`
+	Top     []struct {
+		ID      int     `json:"id"`
+		Token   string  `json:"token"`
+		Logprob float64 `json:"logprob"`
+	} `json:"top_logprobs"`
+}
+
+func scoreOf(tok tokenizer.Tokenizer, prev int, lp *model.Logprobs) scoredToken {
+	t := scoredToken{ID: lp.Chosen.ID, Token: string(tok.TokenBytes(lp.Chosen.ID, prev)), Logprob: lp.Chosen.Logprob}
+	for _, x := range lp.Top {
+		t.Top = append(t.Top, struct {
+			ID      int     `json:"id"`
+			Token   string  `json:"token"`
+			Logprob float64 `json:"logprob"`
+		}{x.ID, string(tok.TokenBytes(x.ID, prev)), x.Logprob})
+	}
+	return t
 }
 
 func runInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {

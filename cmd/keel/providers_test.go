@@ -111,7 +111,7 @@ func TestAxisExtractAndDriftThroughAServer(t *testing.T) {
 		// The embedded model is no judge: its prose answers are counted and named, and no rollout is scored.
 		code, _, stderr = runKeel("axis", "extract", "--rollouts", server, "--judge", server, "--limit", "2", "--questions", "1", "--out", filepath.Join(dir, "judged"), "--threads", "1")
 		lines := strings.Split(strings.TrimSpace(stderr), "\n")
-		if last := lines[len(lines)-1]; code == 0 || !strings.HasPrefix(last, "keel axis: ") || !strings.Contains(last, "held no score 0-3 in 10 of 10") {
+		if last := lines[len(lines)-1]; code == 0 || !strings.HasPrefix(last, "keel axis extract: ") || !strings.Contains(last, "held no score 0-3 in 10 of 10") {
 			t.Fatalf("a judge answering prose: exit %d, %s", code, stderr)
 		}
 

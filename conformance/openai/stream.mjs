@@ -4,7 +4,8 @@
 // usage: node stream.mjs BASE_URL API_KEY MODEL
 // prints one JSON object: {"text", "chunks", "keel_tokens", "projections", "cap_moves", "non_stream_text",
 // "wrong_key_status", "too_long": {"status", "code", "stream_status", "stream_code"}, "parts_text",
-// "usage": {"chunks_after_finish", "prompt_tokens", "completion_tokens", "total_tokens"}, "logprobs": {"status", "code", "message"}}
+// "usage": {"chunks_after_finish", "prompt_tokens", "completion_tokens", "total_tokens"},
+// "logprobs": {"stream": [...], "whole": [...], "completions": {...}}, "tools": {"status", "code", "message"}}
 import OpenAI from "openai";
 
 const [baseURL, apiKey, model] = process.argv.slice(2);
@@ -67,11 +68,23 @@ for await (const chunk of await client.chat.completions.create({ ...request, str
   if (chunk.choices[0]?.finish_reason) finished = true;
   if (chunk.usage) Object.assign(out.usage, chunk.usage, { choices: chunk.choices.length });
 }
+// logprobs and top_logprobs, streamed and whole, on chat; logprobs N on completions.
+const scored = { model, messages: [{ role: "user", content: "Who are you?" }], max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 3 };
+out.logprobs = { stream: [] };
+for await (const chunk of await client.chat.completions.create({ ...scored, stream: true })) {
+  out.logprobs.stream.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+}
+const scoredWhole = await client.chat.completions.create(scored);
+out.logprobs.whole = scoredWhole.choices[0].logprobs.content;
+out.logprobs.whole_text = scoredWhole.choices[0].message.content;
+const comp = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 6, temperature: 0, logprobs: 2 });
+out.logprobs.completions = comp.choices[0].logprobs;
+out.logprobs.completions_text = comp.choices[0].text;
 // A field keel does not apply is refused, naming it.
 try {
-  await client.chat.completions.create({ ...request, logit_bias: { "5": 10 } });
-  out.logit_bias = { status: 200 };
+  await client.chat.completions.create({ ...request, tools: [{ type: "function", function: { name: "f", parameters: {} } }] });
+  out.tools = { status: 200 };
 } catch (err) {
-  out.logit_bias = { status: err.status ?? -1, code: err.code ?? "", message: err.message };
+  out.tools = { status: err.status ?? -1, code: err.code ?? "", message: err.message };
 }
 console.log(JSON.stringify(out));

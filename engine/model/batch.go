@@ -34,9 +34,10 @@ type batchRow struct {
 
 // RowStep is one row's token from a Batch step, with what the interventions recorded at it.
 type RowStep struct {
-	Slot    int
-	ID      int
-	Records []Record // the records of the row's own interventions (Intervention indexes its own list)
+	Slot     int
+	ID       int
+	Records  []Record  // the records of the row's own interventions (Intervention indexes its own list)
+	Logprobs *Logprobs // when the row's sampling asks for them
 }
 
 // NewBatch makes a batch of slots rows over a cache of capacity positions.
@@ -53,6 +54,7 @@ func (m *Model) NewBatch(slots, capacity int) (*Batch, error) {
 	for range slots {
 		b.smp.cfgs = append(b.smp.cfgs, Sampling{})
 		b.smp.rngs = append(b.smp.rngs, rand.New(rand.NewPCG(0, streamKey)))
+		b.smp.prompt = append(b.smp.prompt, 0)
 	}
 	return b, nil
 }
@@ -138,7 +140,8 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 	}
 	b.smp.cfgs[slot] = sp
 	b.smp.rngs[slot] = rand.New(rand.NewPCG(sp.Seed, streamKey))
-	one := &sampler{cfgs: []Sampling{sp}, rngs: []*rand.Rand{b.smp.rngs[slot]}}
+	b.smp.prompt[slot] = len(prompt)
+	one := &sampler{cfgs: []Sampling{sp}, rngs: []*rand.Rand{b.smp.rngs[slot]}, prompt: []int{len(prompt)}}
 	chosen, err := b.m.choose(s, out, one, [][]int{prompt}, []int{0})
 	if err != nil {
 		return RowStep{}, err
@@ -146,6 +149,9 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 	b.rows[slot] = batchRow{live: true, ivs: ivs, ctx: append(append([]int(nil), prompt...), chosen[0]), next: chosen[0]}
 	b.stale = true
 	st := RowStep{Slot: slot, ID: chosen[0]}
+	if len(one.lps) > 0 {
+		st.Logprobs = one.lps[0]
+	}
 	if out.records != nil {
 		st.Records = out.records[0][len(prompt)-1]
 	}
@@ -233,7 +239,8 @@ func (b *Batch) Step() ([]RowStep, error) {
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
-	chosen, err := b.m.choose(s, out, &sampler{cfgs: b.smp.cfgs[:hi], rngs: b.smp.rngs[:hi]}, ctxs, make([]int, hi))
+	smp := &sampler{cfgs: b.smp.cfgs[:hi], rngs: b.smp.rngs[:hi], prompt: b.smp.prompt[:hi]}
+	chosen, err := b.m.choose(s, out, smp, ctxs, make([]int, hi))
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +252,9 @@ func (b *Batch) Step() ([]RowStep, error) {
 			continue
 		}
 		st := RowStep{Slot: i, ID: chosen[i]}
+		if i < len(smp.lps) && b.smp.cfgs[i].wantsLogprobs() {
+			st.Logprobs = smp.lps[i]
+		}
 		if out.records != nil {
 			for _, rec := range out.records[i][0] {
 				if k := slices.Index(b.index[i], rec.Intervention); k >= 0 {

@@ -16,6 +16,8 @@ type Step struct {
 	Records []Record
 	// Version is the Hooks version whose list the token's pass ran under (which interventions made it).
 	Version uint64
+	// Logprobs, when the sampling asks for them, are the token's log-probabilities (nil for a forced token).
+	Logprobs *Logprobs
 }
 
 // GenerateConfig controls a generation.
@@ -89,6 +91,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		isEOS[e] = true
 	}
 	smp := newSampler(g.Sampling, B)
+	for _, p := range prompts {
+		smp.prompt = append(smp.prompt, len(p))
+	}
 	results := make([]Result, B)
 	live := B
 	s := m.RT.NewScope().NoGrad()
@@ -149,8 +154,13 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 		if err != nil {
 			return results, err
 		}
+		lps := make([]*Logprobs, B)
+		copy(lps, smp.lps)
 		for b := range g.Forced {
 			if b < B && step < len(g.Forced[b]) {
+				if chosen[b] != g.Forced[b][step] {
+					lps[b] = nil
+				}
 				chosen[b] = g.Forced[b][step]
 			}
 		}
@@ -189,7 +199,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 			}
 			stop := false
 			if g.OnStep != nil {
-				if stop, err = g.OnStep(Step{Row: b, Index: step, ID: chosen[b], Records: r, Version: plan.version}); err != nil {
+				if stop, err = g.OnStep(Step{Row: b, Index: step, ID: chosen[b], Records: r, Version: plan.version, Logprobs: lps[b]}); err != nil {
 					return results, err
 				}
 			}

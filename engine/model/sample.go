@@ -16,6 +16,33 @@ type Sampling struct {
 	MinP              float64 `json:"min_p,omitempty"`              // 0 = off
 	RepetitionPenalty float64 `json:"repetition_penalty,omitempty"` // 0 or 1 = off (Hugging Face's form)
 	Seed              uint64  `json:"seed"`
+	// OpenAI's penalties, over the tokens generated so far (not the prompt): a token's logit loses
+	// PresencePenalty once it has appeared and FrequencyPenalty per appearance (-2 to 2; 0 = off).
+	PresencePenalty  float64 `json:"presence_penalty,omitempty"`
+	FrequencyPenalty float64 `json:"frequency_penalty,omitempty"`
+	// LogitBias is added to the named tokens' logits (-100 to 100) before every choice.
+	LogitBias map[int]float64 `json:"logit_bias,omitempty"`
+	// Logprobs asks for the chosen token's log-probability and the TopLogprobs most likely (0 to 20): the
+	// log-softmax of the logits the token is chosen from (after the interventions, the penalties and the bias,
+	// before temperature and truncation).
+	Logprobs    bool `json:"logprobs,omitempty"`
+	TopLogprobs int  `json:"top_logprobs,omitempty"`
+}
+
+// MaxTopLogprobs bounds TopLogprobs, as OpenAI's API does.
+const MaxTopLogprobs = 20
+
+// TokenLogprob is one token's log-probability.
+type TokenLogprob struct {
+	ID      int
+	Logprob float64
+}
+
+// Logprobs are a chosen token's log-probability and the most likely tokens at its position, most likely first
+// (ties in id order).
+type Logprobs struct {
+	Chosen TokenLogprob
+	Top    []TokenLogprob
 }
 
 // Check refuses settings that cannot mean anything, in one line naming the setting: the one rule the command line,
@@ -34,20 +61,46 @@ func (sp Sampling) Check() error {
 		return fmt.Errorf("min-p %v: give a number in [0, 1) (0 = off)", sp.MinP)
 	case !finite(sp.RepetitionPenalty) || sp.RepetitionPenalty < 0:
 		return fmt.Errorf("repetition penalty %v: give a number > 0 (1 = off)", sp.RepetitionPenalty)
+	case !finite(sp.PresencePenalty) || math.Abs(sp.PresencePenalty) > 2:
+		return fmt.Errorf("presence penalty %v: give a number from -2 to 2 (0 = off)", sp.PresencePenalty)
+	case !finite(sp.FrequencyPenalty) || math.Abs(sp.FrequencyPenalty) > 2:
+		return fmt.Errorf("frequency penalty %v: give a number from -2 to 2 (0 = off)", sp.FrequencyPenalty)
+	case sp.TopLogprobs < 0 || sp.TopLogprobs > MaxTopLogprobs:
+		return fmt.Errorf("top logprobs %d: give 0 to %d", sp.TopLogprobs, MaxTopLogprobs)
+	}
+	for id, b := range sp.LogitBias {
+		if id < 0 || !finite(b) || math.Abs(b) > 100 {
+			return fmt.Errorf("logit bias %d: %v: give token ids >= 0 and biases from -100 to 100", id, b)
+		}
+	}
+	return nil
+}
+
+// CheckVocab refuses a logit bias naming a token the model does not have.
+func (sp Sampling) CheckVocab(vocab int) error {
+	for id := range sp.LogitBias {
+		if id >= vocab {
+			return fmt.Errorf("logit bias: token %d: the model's ids are 0 to %d", id, vocab-1)
+		}
 	}
 	return nil
 }
 
 // greedyOnDevice reports whether the choice needs no logits on the host.
 func (sp Sampling) greedyOnDevice() bool {
-	return sp.Temperature == 0 && (sp.RepetitionPenalty == 0 || sp.RepetitionPenalty == 1)
+	return sp.Temperature == 0 && (sp.RepetitionPenalty == 0 || sp.RepetitionPenalty == 1) && sp.PresencePenalty == 0 &&
+		sp.FrequencyPenalty == 0 && len(sp.LogitBias) == 0 && !sp.wantsLogprobs()
 }
+
+func (sp Sampling) wantsLogprobs() bool { return sp.Logprobs || sp.TopLogprobs > 0 }
 
 // sampler holds the random stream of one generation (one stream per row, so batch composition does not change
 // a row's samples) and each row's settings.
 type sampler struct {
-	cfgs []Sampling
-	rngs []*rand.Rand
+	cfgs   []Sampling
+	rngs   []*rand.Rand
+	prompt []int       // each row's prompt length: its context's generated tokens start there (nil: 0)
+	lps    []*Logprobs // the last pick's log-probabilities per row, for rows that ask (nil otherwise)
 }
 
 // streamKey offsets a row's stream from its seed.
@@ -75,6 +128,63 @@ func (s *sampler) greedyOnDevice() bool {
 // pick chooses a token from one row's logits (modified in place); context is the row's tokens so far.
 func (s *sampler) pick(row int, logits []float32, context []int) int {
 	c := s.cfgs[row]
+	if c.PresencePenalty != 0 || c.FrequencyPenalty != 0 {
+		generated := context
+		if row < len(s.prompt) {
+			generated = context[min(s.prompt[row], len(context)):]
+		}
+		counts := map[int]int{}
+		for _, id := range generated {
+			if id >= 0 && id < len(logits) {
+				counts[id]++
+			}
+		}
+		for id, n := range counts {
+			logits[id] -= float32(c.PresencePenalty + c.FrequencyPenalty*float64(n))
+		}
+	}
+	for id, b := range c.LogitBias {
+		if id >= 0 && id < len(logits) {
+			logits[id] += float32(b)
+		}
+	}
+	id := s.choose(row, c, logits, context)
+	if c.wantsLogprobs() {
+		for len(s.lps) <= row {
+			s.lps = append(s.lps, nil)
+		}
+		s.lps[row] = logprobsOf(logits, id, c.TopLogprobs)
+	}
+	return id
+}
+
+// logprobsOf is the log-softmax of logits at id and at the n most likely tokens.
+func logprobsOf(logits []float32, id, n int) *Logprobs {
+	top := math.Inf(-1)
+	for _, l := range logits {
+		top = math.Max(top, float64(l))
+	}
+	var sum float64
+	for _, l := range logits {
+		sum += math.Exp(float64(l) - top)
+	}
+	norm := top + math.Log(sum)
+	lp := &Logprobs{Chosen: TokenLogprob{id, float64(logits[id]) - norm}}
+	if n > 0 {
+		idx := make([]int, len(logits))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(logits[b], logits[a]) })
+		for _, i := range idx[:min(n, len(idx))] {
+			lp.Top = append(lp.Top, TokenLogprob{i, float64(logits[i]) - norm})
+		}
+	}
+	return lp
+}
+
+// choose is the choice itself, from logits the penalties and bias have been applied to.
+func (s *sampler) choose(row int, c Sampling, logits []float32, context []int) int {
 	if c.RepetitionPenalty > 0 && c.RepetitionPenalty != 1 {
 		seen := map[int]bool{}
 		for _, id := range context {
