@@ -1,6 +1,7 @@
 package models
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -160,8 +161,8 @@ func ListCache(hub string) ([]CachedModel, error) {
 
 // Resolve turns what a user gave as --model into a model folder: "" or "persona" is the embedded model
 // (unpacked under keelCache), an existing folder is itself, and ORG/NAME[@REVISION] is its snapshot in the hub
-// cache (HubCacheDir).
-func Resolve(ref, keelCache string) (string, error) {
+// cache (HubCacheDir), fetched by pull when the cache does not hold it (nil: never fetched).
+func Resolve(ref, keelCache string, pull *Puller) (string, error) {
 	if ref == "" || ref == PersonaName {
 		return Persona(keelCache)
 	}
@@ -172,9 +173,16 @@ func Resolve(ref, keelCache string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("--model %s: no such folder, and not a Hugging Face id (ORG/NAME[@REVISION]) or %q", ref, PersonaName)
 	}
-	dir, err := CachedSnapshot(HubCacheDir(), id)
+	hub := HubCacheDir()
+	if pull != nil {
+		hub = pull.Hub
+	}
+	dir, err := CachedSnapshot(hub, id)
 	if errors.Is(err, ErrNotCached) {
-		return "", fmt.Errorf("%w: fetch it into the cache with `hf download %s` (or transformers), or give a model folder", err, id.Repo)
+		if pull == nil {
+			return "", fmt.Errorf("%w: fetch it with `keel pull %s`, or give a model folder", err, id)
+		}
+		return pull.Pull(context.Background(), id)
 	}
 	return dir, err
 }

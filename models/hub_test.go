@@ -63,7 +63,7 @@ func TestResolveReadsTheHubCache(t *testing.T) {
 	t.Setenv("HF_HUB_CACHE", "")
 	t.Setenv("HF_HOME", home)
 	for _, ref := range []string{"acme/persona", "acme/persona@main", "acme/persona@" + commit} {
-		dir, err := Resolve(ref, t.TempDir())
+		dir, err := Resolve(ref, t.TempDir(), nil)
 		if err != nil || dir != snap {
 			t.Errorf("%s: %q %v, want %s", ref, dir, err, snap)
 		}
@@ -72,12 +72,12 @@ func TestResolveReadsTheHubCache(t *testing.T) {
 		t.Fatalf("through the symlink: %q %v", raw, err)
 	}
 	for _, ref := range []string{"acme/other", "acme/persona@v2"} {
-		_, err := Resolve(ref, t.TempDir())
-		if !errors.Is(err, ErrNotCached) || !strings.Contains(err.Error(), "hf download") {
+		_, err := Resolve(ref, t.TempDir(), nil)
+		if !errors.Is(err, ErrNotCached) || !strings.Contains(err.Error(), "keel pull") {
 			t.Errorf("%s: %v", ref, err)
 		}
 	}
-	if _, err := Resolve("no-such-folder", t.TempDir()); err == nil || !strings.Contains(err.Error(), "ORG/NAME") {
+	if _, err := Resolve("no-such-folder", t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), "ORG/NAME") {
 		t.Errorf("a bare missing name: %v", err)
 	}
 	models, err := ListCache(hub)
@@ -92,7 +92,7 @@ func TestResolveReadsTheHubCache(t *testing.T) {
 
 // "persona" is the embedded model, unpacked with its axis.
 func TestPersonaByName(t *testing.T) {
-	dir, err := Resolve(PersonaName, t.TempDir())
+	dir, err := Resolve(PersonaName, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

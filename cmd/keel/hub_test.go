@@ -3,7 +3,10 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +22,7 @@ import (
 // naming the commit. HF_HUB_CACHE points at it for the test.
 func hubCache(t *testing.T, repo string) (hub, snapshot string) {
 	t.Helper()
-	src, err := models.Resolve(models.PersonaName, t.TempDir())
+	src, err := models.Resolve(models.PersonaName, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +95,9 @@ func TestCommandsLoadAHubIDFromTheCache(t *testing.T) {
 	if code != 0 || !strings.Contains(list, "acme/persona") || !strings.Contains(list, "persona (embedded)") || !strings.Contains(list, snap) {
 		t.Errorf("model list: exit %d\n%s%s", code, list, stderr)
 	}
-	// Not cached: one line naming the id and the way to fetch it; a path that is not there is named as one.
-	for ref, want := range map[string]string{"acme/missing": "not in the Hugging Face cache", "acme/persona@v9": "not in the Hugging Face cache", "./no/such/dir/x": "no such folder"} {
+	// Not cached, offline: one line naming the id and why; a path that is not there is named as one.
+	t.Setenv("HF_HUB_OFFLINE", "1")
+	for ref, want := range map[string]string{"acme/missing": "HF_HUB_OFFLINE", "acme/persona@v9": "not in the Hugging Face cache", "./no/such/dir/x": "no such folder"} {
 		code, _, stderr := runKeel("generate", "--model", ref, "--prompt", "Hi")
 		if code == 0 || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
 			t.Errorf("--model %s: exit %d %q", ref, code, stderr)
@@ -114,5 +118,70 @@ func TestPersonaByNameEverywhere(t *testing.T) {
 	mf.Dir = "persona"
 	if err := mf.Resolve(); err != nil || filepath.Base(filepath.Dir(mf.Dir)) != "models" {
 		t.Fatalf("persona resolves to %q: %v", mf.Dir, err)
+	}
+}
+
+// keel pull fetches a model from a hub (here a loopback server speaking the hub's protocol) into the cache,
+// and every command then loads it by id offline.
+func TestPullThenLoadByID(t *testing.T) {
+	torchtest.Runtime(t)
+	src, err := models.Resolve(models.PersonaName, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit := strings.Repeat("7a", 20)
+	files := map[string][]byte{}
+	for _, name := range models.PersonaFiles {
+		raw, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[name] = raw
+	}
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests++
+		if r.URL.Path == "/api/models/acme/persona/revision/main" {
+			var sib []map[string]any
+			for name, raw := range files {
+				sum := sha256.Sum256(raw)
+				sib = append(sib, map[string]any{"rfilename": name, "size": len(raw), "lfs": map[string]any{"sha256": hex.EncodeToString(sum[:]), "size": len(raw)}})
+			}
+			json.NewEncoder(w).Encode(map[string]any{"sha": commit, "siblings": sib})
+			return
+		}
+		if raw, ok := files[strings.TrimPrefix(r.URL.Path, "/acme/persona/resolve/"+commit+"/")]; ok {
+			w.Write(raw)
+			return
+		}
+		w.Header().Set("X-Error-Code", "RepoNotFound")
+		http.Error(w, "no", 404)
+	}))
+	defer srv.Close()
+	hub := t.TempDir()
+	t.Setenv("HF_HUB_CACHE", hub)
+	t.Setenv("HF_ENDPOINT", srv.URL)
+	t.Setenv("HF_HUB_OFFLINE", "")
+	code, out, stderr := runKeel("pull", "acme/persona")
+	if code != 0 || !strings.Contains(out, filepath.Join(hub, "models--acme--persona", "snapshots", commit)) || !strings.Contains(stderr, "100.0%") {
+		t.Fatalf("keel pull: exit %d %s %s", code, out, stderr)
+	}
+	code, _, stderr = runKeel("pull", "acme/nothing")
+	if code == 0 || !strings.Contains(stderr, "no such repository") {
+		t.Fatalf("keel pull of a missing repo: exit %d %s", code, stderr)
+	}
+	t.Setenv("HF_HUB_OFFLINE", "1")
+	before := requests
+	_, want, _ := runKeel("generate", "--model", src, "--max-tokens", "6", "--temperature", "0", "--prompt", "Hi")
+	code, got, stderr := runKeel("generate", "--model", "acme/persona", "--max-tokens", "6", "--temperature", "0", "--prompt", "Hi")
+	if code != 0 || got != want || requests != before {
+		t.Fatalf("generate by id after the pull: exit %d %q (the folder's %q) %s; %d requests", code, got, want, stderr, requests-before)
+	}
+	// Without HF_HUB_OFFLINE a model the cache lacks is fetched on first use.
+	t.Setenv("HF_HUB_OFFLINE", "")
+	t.Setenv("HF_HUB_CACHE", t.TempDir())
+	code, got, stderr = runKeel("generate", "--model", "acme/persona", "--max-tokens", "6", "--temperature", "0", "--prompt", "Hi")
+	if code != 0 || got != want || !strings.Contains(stderr, "fetching acme/persona") {
+		t.Fatalf("generate fetching on first use: exit %d %q %s", code, got, stderr)
 	}
 }

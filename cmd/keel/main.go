@@ -49,6 +49,7 @@ func commands() []cli.Command {
 			{Name: "fit", Summary: "what the model needs on each device, from config.json alone", Run: runModelFit},
 			{Name: "list", Summary: "the models --model names without a path: the embedded one and the Hugging Face cache's", Run: runModelList},
 		}},
+		{Name: "pull", Args: "ORG/NAME[@REVISION]...", Summary: "fetch a model's config, tokenizer and safetensors from the Hugging Face hub into its cache (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE honoured)", Run: runPull},
 		{Name: "corpus", Summary: "the synthetic persona chat corpus", Subs: []cli.Command{
 			{Name: "generate", Summary: "write the corpus (--seed S --out FILE)", Run: runCorpusGenerate},
 			{Name: "roles", Summary: "list the roles and their lexicons", Run: runCorpusRoles},

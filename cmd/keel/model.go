@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -107,7 +108,7 @@ func runModelFit(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	if *dir == "" {
 		return cli.Usagef("--model is required: a folder with config.json, a Hugging Face id or persona")
 	}
-	folder, err := models.Resolve(*dir, cli.KeelModelCache())
+	folder, err := cli.ResolveModel(*dir, stderr)
 	if err != nil {
 		return err
 	}
@@ -229,7 +230,7 @@ func runModelList(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 	if err := cli.NoArgs(fs); err != nil {
 		return err
 	}
-	persona, err := models.Resolve(models.PersonaName, cli.KeelModelCache())
+	persona, err := models.Resolve(models.PersonaName, cli.KeelModelCache(), nil)
 	if err != nil {
 		return err
 	}
@@ -285,4 +286,29 @@ func humanBytes(n int64) string {
 	default:
 		return fmt.Sprintf("%d KiB", (n+1023)/1024)
 	}
+}
+
+// runPull: keel pull ORG/NAME[@REVISION]...: fetch what keel loads of each model into the Hugging Face cache,
+// without loading it.
+func runPull(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return cli.Usagef("give a model id: keel pull ORG/NAME[@REVISION]")
+	}
+	for _, ref := range fs.Args() {
+		id, ok := models.ParseHubID(ref)
+		if !ok {
+			return cli.Usagef("%q is not a Hugging Face id: give ORG/NAME[@REVISION]", ref)
+		}
+		pull := models.NewPuller()
+		pull.Progress = cli.ProgressBar(stderr, "pull "+id.String())
+		dir, err := pull.Pull(context.Background(), id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", id, dir)
+	}
+	return nil
 }

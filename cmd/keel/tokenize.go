@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/keel-lab/keel/internal/cli"
-	"github.com/keel-lab/keel/models"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
 )
@@ -31,7 +30,7 @@ func runTokenize(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	if *dir == "" {
 		return cli.Usagef("--model is required: a folder, a Hugging Face id or persona")
 	}
-	folder, err := models.Resolve(*dir, cli.KeelModelCache())
+	folder, err := cli.ResolveModel(*dir, stderr)
 	if err != nil {
 		return err
 	}

@@ -48,16 +48,17 @@ func TestEveryWriterIsAtomic(t *testing.T) {
 		n      int
 		reason string
 	}{
-		"train/job.go":            {4, "the cancel and pause markers (empty: their existence is the message); metrics.jsonl and metrics.csv, append-only logs written a line per step"},
-		"train/detach.go":         {1, "log.txt, an append-only log"},
-		"sessions/session.go":     {1, "a recording is created once (O_EXCL) and appended turn by turn as the chat goes"},
-		"models/embed.go":         {2, "files unpacked into a temporary folder that is renamed into place whole"},
-		"bench/devcheck.go":       {4, "scratch files of the device check, in its own temporary folder"},
-		"bench/bench_tokenize.go": {1, "the benchmark's scratch input, in a temporary folder"},
-		"bench/bench_hostile.go":  {3, "the benchmark's server's keys and its hostile user's files, in a temporary folder"},
-		"cmd/keel/main.go":        {1, "a CPU profile the user asked for with KEEL_CPUPROFILE"},
-		"cmd/keel/serve.go":       {1, "serve.log, an append-only log"},
-		"provider/cache.go":       {1, "the answers cache, append-only: one write per answer, a torn last line is skipped on reading"},
+		"train/job.go":        {4, "the cancel and pause markers (empty: their existence is the message); metrics.jsonl and metrics.csv, append-only logs written a line per step"},
+		"train/detach.go":     {1, "log.txt, an append-only log"},
+		"sessions/session.go": {1, "a recording is created once (O_EXCL) and appended turn by turn as the chat goes"},
+		"models/embed.go":     {2, "files unpacked into a temporary folder that is renamed into place whole"},
+		"models/pull.go":      {2, "a blob's .incomplete part, appended to across resumed downloads and renamed into place once its hash checks; the lock file huggingface_hub shares"},
+		"bench/devcheck.go":   {4, "scratch files of the device check, in its own temporary folder"},
+		"bench/tokenize.go":   {1, "the benchmark's scratch input, in a temporary folder"},
+		"bench/hostile.go":    {3, "the benchmark's server's keys and its hostile user's files, in a temporary folder"},
+		"cmd/keel/main.go":    {1, "a CPU profile the user asked for with KEEL_CPUPROFILE"},
+		"cmd/keel/serve.go":   {1, "serve.log, an append-only log"},
+		"provider/cache.go":   {1, "the answers cache, append-only: one write per answer, a torn last line is skipped on reading"},
 	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
@@ -40,12 +42,46 @@ func (f *ModelFlags) Register(fs *flag.FlagSet) {
 // Resolve turns --model into a folder (models.Resolve): empty or "persona" is the embedded model, unpacked once
 // into the user's cache; ORG/NAME[@REV] is its snapshot in the Hugging Face cache.
 func (f *ModelFlags) Resolve() error {
-	dir, err := models.Resolve(f.Dir, KeelModelCache())
+	dir, err := ResolveModel(f.Dir, f.Stderr)
 	if err != nil {
 		return err
 	}
 	f.Dir = dir
 	return nil
+}
+
+// ResolveModel is models.Resolve with a model the cache lacks fetched from the hub, its progress on progress
+// (nil: none).
+func ResolveModel(ref string, progress io.Writer) (string, error) {
+	pull := models.NewPuller()
+	if progress != nil {
+		pull.Progress = ProgressBar(progress, "fetching "+ref)
+	}
+	return models.Resolve(ref, KeelModelCache(), pull)
+}
+
+// ProgressBar draws bytes done of total on w, at most five times a second, and a last line at the end.
+func ProgressBar(w io.Writer, what string) func(done, total int64) {
+	var mu sync.Mutex
+	start, last := time.Now(), time.Time{}
+	return func(done, total int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		if done < total && now.Sub(last) < 200*time.Millisecond {
+			return
+		}
+		last = now
+		pct := 100.0
+		if total > 0 {
+			pct = 100 * float64(done) / float64(total)
+		}
+		rate := float64(done) / max(now.Sub(start).Seconds(), 1e-3) / (1 << 20)
+		fmt.Fprintf(w, "\r%s: %5.1f%% %s of %s, %.1f MiB/s   ", what, pct, HumanGiB(done), HumanGiB(total), rate)
+		if done >= total {
+			fmt.Fprintln(w)
+		}
+	}
 }
 
 // KeelModelCache is where keel unpacks the embedded model: the user's cache folder, keel/models.
