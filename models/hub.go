@@ -171,7 +171,7 @@ func Resolve(ref, keelCache string, pull *Puller) (string, error) {
 	}
 	id, ok := ParseHubID(ref)
 	if !ok {
-		return "", fmt.Errorf("--model %s: no such folder, and not a Hugging Face id (ORG/NAME[@REVISION]) or %q", ref, PersonaName)
+		return "", fmt.Errorf("--model %s: no such folder (a Hugging Face model folder holds config.json, *.safetensors and the tokenizer), and not a Hugging Face id ORG/NAME[@REVISION] or %q", ref, PersonaName)
 	}
 	hub := HubCacheDir()
 	if pull != nil {
