@@ -28,6 +28,9 @@ type SteerOptions struct {
 // one by default), applied before the caps. `keel generate` reads its flags through here too.
 func KeelInterventions(axis *probes.AxisFolder, layers int, k KeelOptions) ([]model.Intervention, []int, error) {
 	c := DefaultControls(layers)
+	if axis != nil {
+		c = DefaultControlsFor(layers, axis.Axis.Model)
+	}
 	switch k.Cap {
 	case "", "off":
 	case "on":

@@ -93,7 +93,7 @@ func NewSharedBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen G
 func newBackend(lm *model.LM, axis *probes.AxisFolder, cfg LMConfig, gen Generator) (*LMBackend, error) {
 	b := &LMBackend{lm: lm, gen: gen, axis: axis, info: Info{Model: lm.Dir, Device: cfg.Device, DType: cfg.DType, Layers: lm.NumLayers(), DModel: lm.HiddenSize(), Window: lm.Window()}}
 	if axis != nil {
-		b.info.Axis = axis.AxisPath
+		b.info.Axis, b.info.AxisModel = axis.AxisPath, axis.Axis.Model
 		b.info.Percentiles = axis.Percentiles()
 		if axis.Capping != nil {
 			b.info.BestCap = axis.Capping.Best.ID

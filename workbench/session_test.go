@@ -222,3 +222,22 @@ func TestTrainChecksItsDataFileFirst(t *testing.T) {
 		t.Fatalf("an unknown trainer: %v", err)
 	}
 }
+
+// A model of the paper's table starts plotting and steering at its analysis layer with the paper's best cap; a
+// model of another shape, or not in the table, starts at the defaults.
+func TestDefaultControlsForThePapersModels(t *testing.T) {
+	c := workbench.DefaultControlsFor(64, "/hub/models--Qwen--Qwen3-32B/snapshots/abc")
+	if c.Layer != 32 || c.SteerLayer != 32 || c.Cap.Window != [2]int{46, 54} || c.Cap.P != 0.25 || c.CapOn {
+		t.Fatalf("Qwen3-32B: %+v", c)
+	}
+	c = workbench.DefaultControlsFor(80, "", "llama-3.3-70b")
+	if c.Layer != 40 || c.Cap.Window != [2]int{56, 72} {
+		t.Fatalf("by the axis's model: %+v", c)
+	}
+	if got, want := workbench.DefaultControlsFor(46, "google/gemma-2-27b-it"), workbench.DefaultControls(46); got.Layer != 22 || got.Cap != want.Cap {
+		t.Fatalf("Gemma (no paper cap): %+v", got)
+	}
+	if got, want := workbench.DefaultControlsFor(8, "Qwen/Qwen3-32B"), workbench.DefaultControls(8); got != want {
+		t.Fatalf("a different shape under the same name: %+v", got)
+	}
+}

@@ -65,7 +65,23 @@ func DefaultControls(layers int) Controls {
 // StartControls are a new chat's controls: the defaults, capping (once switched on) with the setting
 // `keel eval capping` found best when the axis folder knows it.
 func StartControls(info Info) Controls {
-	return DefaultControls(info.Layers).WithCap(info.BestCap, info.Layers)
+	return DefaultControlsFor(info.Layers, info.Model, info.AxisModel).WithCap(info.BestCap, info.Layers)
+}
+
+// DefaultControlsFor are DefaultControls for a model the Assistant Axis paper studied (named by any of names: a
+// Hugging Face id, a cache path, the release's folder): plotting and steering at its analysis layer, and the
+// cap at its best setting where the paper calibrated one. Other models get DefaultControls.
+func DefaultControlsFor(layers int, names ...string) Controls {
+	c := DefaultControls(layers)
+	for _, name := range names {
+		m, ok := probes.PaperModelFor(name)
+		if !ok || m.Layers != layers {
+			continue
+		}
+		c.Layer, c.SteerLayer = m.TargetLayer, m.TargetLayer
+		return c.WithCap(m.Cap, layers)
+	}
+	return c
 }
 
 // WithCap starts the cap controls at a capping setting's id ("layers_3:5-p0.25"); an id that does not fit the
@@ -104,6 +120,7 @@ type Info struct {
 	Percentiles          []float64 // cap percentiles the calibration offers
 	Recording            string    // the session file, "" when not recording
 	BestCap              string    // the capping setting `keel eval capping` found best ("layers_A:B-pP"), if known
+	AxisModel            string    // the model the axis names in its header
 }
 
 // Token is one generated token as a front end shows it.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/probes"
 
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
@@ -33,6 +34,7 @@ func runAxisImport(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) er
 	if *modelID == "" {
 		*modelID = filepath.Base(filepath.Dir(absPath(fs.Arg(0))))
 	}
+
 	type loaded struct {
 		path string
 		v    any
@@ -52,6 +54,15 @@ func runAxisImport(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) er
 		}
 		files = append(files, loaded{path, v})
 	}
+	// A model of the paper's table is named by its Hugging Face id (the release's folder "qwen-3-32b" is
+	// Qwen/Qwen3-32B), so that loading it finds its analysis layer and cap setting; files of another layer count
+	// are not that model's and keep the name given.
+	paper, isPaper := probes.PaperModelFor(*modelID)
+	if isPaper && (*nLayers == 0 || *nLayers == paper.Layers) {
+		*modelID, *nLayers = paper.ID, paper.Layers
+	} else {
+		isPaper = false
+	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
@@ -63,6 +74,13 @@ func runAxisImport(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) er
 		for _, w := range written {
 			fmt.Fprintf(stdout, "%s -> %s\n", f.path, w)
 		}
+	}
+	if isPaper {
+		cap := paper.Cap
+		if cap == "" {
+			cap = "none calibrated in the paper"
+		}
+		fmt.Fprintf(stdout, "%s (the paper's table): analysis layer %d of %d (plotted and steered there), cap %s\n", paper.ID, paper.TargetLayer, paper.Layers, cap)
 	}
 	return nil
 }

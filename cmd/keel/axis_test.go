@@ -141,10 +141,31 @@ func TestAxisImportOfThePapersFiles(t *testing.T) {
 	if code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "assistant_axis.pt"), "--out", out, "--force"); code != 0 {
 		t.Fatalf("--force: %q", stderr)
 	}
-	// Caps need the model's depth: alone, the config is refused with the fix.
-	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--out", out)
+	// Caps need the model's depth: alone, the config of a model outside the paper's table is refused with the fix.
+	code, _, stderr = runKeel("axis", "import", filepath.Join(dir, "capping_config.pt"), "--out", out, "--model-id", "other")
 	if code == 0 || !strings.Contains(stderr, "--n-layers") {
 		t.Fatalf("capping config alone: exit %d, %q", code, stderr)
+	}
+}
+
+// The release's folder of a model in the paper's table imports under its Hugging Face id, and the import says
+// the analysis layer and cap setting loading it will start at.
+func TestAxisImportNamesThePapersModel(t *testing.T) {
+	const L, D = 64, 4
+	axis := make([]float32, L*D)
+	for i := range axis {
+		axis[i] = float32(i%7) - 3
+	}
+	dir := filepath.Join(t.TempDir(), "qwen-3-32b")
+	writePT(t, filepath.Join(dir, "assistant_axis.pt"), &ptfile.Tensor{Shape: []int64{L, D}, Data: axis})
+	out := filepath.Join(t.TempDir(), "imported")
+	code, stdout, stderr := runKeel("axis", "import", filepath.Join(dir, "assistant_axis.pt"), "--out", out)
+	if code != 0 || !strings.Contains(stdout, "Qwen/Qwen3-32B (the paper's table): analysis layer 32 of 64") || !strings.Contains(stdout, "layers_46:54-p0.25") {
+		t.Fatalf("import: exit %d %q %s", code, stdout, stderr)
+	}
+	a, err := steer.LoadVectorFile(filepath.Join(out, "assistant_axis.safetensors"))
+	if err != nil || a.Model != "Qwen/Qwen3-32B" {
+		t.Fatalf("the header names %q: %v", a.Model, err)
 	}
 }
 
