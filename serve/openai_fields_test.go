@@ -96,6 +96,19 @@ func TestOpenAIProtocolEdges(t *testing.T) {
 			t.Errorf("%v: %d %s", bad, resp.StatusCode, raw)
 		}
 	}
+	// Where the steer acts: every position (the default) or the reply's; anything else is named.
+	for positions, want := range map[string]int{"all": 200, "generated": 200, "prompt": 400} {
+		body := map[string]any{"model": ts.name, "messages": msg["messages"], "max_tokens": 2, "keel": map[string]any{"steer": map[string]any{"c": -2}, "positions": positions}}
+		resp, err := ts.post(t, context.Background(), "/v1/chat/completions", testKey, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || want == 400 && !strings.Contains(string(raw), "positions") {
+			t.Errorf("positions %s: %d %s", positions, resp.StatusCode, raw)
+		}
+	}
 	// An image part is refused by name; an unknown role is named by a short prefix.
 	img := map[string]any{"model": ts.name, "messages": []any{map[string]any{"role": "user", "content": []any{map[string]any{"type": "image_url", "image_url": map[string]string{"url": "x"}}}}}}
 	resp, err = ts.post(t, context.Background(), "/v1/chat/completions", testKey, img)

@@ -52,7 +52,7 @@ type call struct {
 func Commands() []Command {
 	return []Command{
 		{Name: "/system", Args: "TEXT", Help: "set the system prompt (empty: none)", run: (*Session).cmdSystem},
-		{Name: "/set", Args: "NAME VALUE", Help: "sampling (temperature, top-p, top-k, min-p, ...), context policy", run: (*Session).cmdSet},
+		{Name: "/set", Args: "NAME VALUE", Help: "sampling (temperature, top-p, top-k, min-p, ...), context policy, positions (where cap and steer act)", run: (*Session).cmdSet},
 		{Name: "/cap", Args: "[on|off|pP|A:B ...]", Help: "activation capping: toggle, switch, percentile, layer window", run: (*Session).cmdCap},
 		{Name: "/steer", Args: "[on|off|C [LAYER]]", Help: "steer along the axis with strength C (-1 away from the Assistant)", run: (*Session).cmdSteer},
 		{Name: "/layer", Args: "N", Help: "the layer whose projection is plotted", run: (*Session).cmdLayer},
@@ -135,9 +135,24 @@ func (s *Session) cmdClear(call) Result {
 
 func (s *Session) cmdSet(c call) Result {
 	if len(c.args) != 2 {
-		return Result{Notice: "/set temperature|top-p|top-k|min-p|repetition-penalty|max-tokens|seed VALUE, or /set context stop|drop-oldest"}
+		return Result{Notice: "/set temperature|top-p|top-k|min-p|repetition-penalty|max-tokens|seed VALUE, /set context stop|drop-oldest, or /set positions all|generated"}
 	}
 	name, text := c.args[0], c.args[1]
+	if name == "positions" {
+		next := s.Controls()
+		switch text {
+		case "all":
+			next.GeneratedOnly = false
+		case "generated":
+			next.GeneratedOnly = true
+		default:
+			return Result{Notice: "/set positions all|generated: the cap and the steer act at every position, or only where reply tokens are chosen"}
+		}
+		if err := s.Apply(next); err != nil {
+			return failed(err)
+		}
+		return Result{Notice: "positions = " + text}
+	}
 	if name == "context" {
 		if text != ContextStop && text != ContextDropOldest {
 			return Result{Notice: "/set context stop|drop-oldest: stop at the model's window, or let the oldest turns go (each drop recorded)"}
@@ -154,7 +169,7 @@ func (s *Session) cmdSet(c call) Result {
 	switch name {
 	case "temperature", "top-p", "top-k", "min-p", "repetition-penalty", "max-tokens", "seed":
 	default:
-		return Result{Notice: fmt.Sprintf("/set %s: temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed or context", name)}
+		return Result{Notice: fmt.Sprintf("/set %s: temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed, context or positions", name)}
 	}
 	v, err := strconv.ParseFloat(text, 64)
 	if err != nil || v < 0 || math.IsNaN(v) || v > 1e9 {

@@ -9,11 +9,14 @@ import (
 )
 
 // KeelOptions is keel's extension of a request: {"cap": "on" | "off" | "layers_A:B-pP", "steer": {"c": C,
-// "layer": L}, "project": [layers]}.
+// "layer": L}, "project": [layers], "positions": "all" | "generated"}.
 type KeelOptions struct {
 	Cap     string        `json:"cap,omitempty"`
 	Steer   *SteerOptions `json:"steer,omitempty"`
 	Project []int         `json:"project,omitempty"`
+	// Positions is where the cap and the steer act: "all" (the default: every position, prompt and reply) or
+	// "generated" (only the positions that choose reply tokens: the prompt's last and the reply's).
+	Positions string `json:"positions,omitempty"`
 }
 
 // SteerOptions is the extension's steering: c times the layer's average residual norm along the axis.
@@ -64,6 +67,13 @@ func KeelInterventions(axis *probes.AxisFolder, layers int, k KeelOptions) ([]mo
 		if c.SteerLayer < 0 || c.SteerLayer >= layers {
 			return nil, nil, fmt.Errorf("steer.layer %d: the model has layers 0 to %d", c.SteerLayer, layers-1)
 		}
+	}
+	switch k.Positions {
+	case "", "all":
+	case "generated":
+		c.GeneratedOnly = true
+	default:
+		return nil, nil, fmt.Errorf("positions %.40q: give \"all\" (every position) or \"generated\" (the reply's)", k.Positions)
 	}
 	ivs, err := Interventions(axis, c)
 	if err != nil {

@@ -234,6 +234,9 @@ func Interventions(axis *probes.AxisFolder, c Controls) ([]model.Intervention, e
 		}
 		list = append(list, caps...)
 	}
+	for i := range list {
+		list[i].GeneratedOnly = c.GeneratedOnly
+	}
 	return list, nil
 }
 

@@ -38,6 +38,8 @@ func TestCommandsConfirmAndRecord(t *testing.T) {
 		{"/steer -2 5", "steering c -2.00 at layer 5"},
 		{"/steer off", "steering off"},
 		{"/layer 6", "plotting layer 6"},
+		{"/set positions generated", "positions = generated"},
+		{"/set positions some", "/set positions all|generated: the cap and the steer act at every position, or only where reply tokens are chosen"},
 		{"/mark good", `marked turn 1 "good" in s.jsonl`},
 		{"/save " + transcript, "saved 1 turns to " + transcript},
 		{"/clear", "chat cleared"},
@@ -57,7 +59,7 @@ func TestCommandsConfirmAndRecord(t *testing.T) {
 	if sm.Temperature != 0.2 || sm.TopP != 0.5 || sm.MaxTokens != 16 || sm.Seed != 7 || sm.TopK != 40 || sm.MinP != 0.05 || sm.RepetitionPenalty != 1.1 {
 		t.Fatalf("sampling %+v", sm)
 	}
-	if c := s.Controls(); c.Layer != 6 || c.CapOn || c.SteerOn || c.SteerCoeff != -2 || c.SteerLayer != 5 || c.Cap.P != 0.5 || c.Cap.Window != [2]int{2, 6} {
+	if c := s.Controls(); c.Layer != 6 || c.CapOn || c.SteerOn || c.SteerCoeff != -2 || c.SteerLayer != 5 || c.Cap.P != 0.5 || c.Cap.Window != [2]int{2, 6} || !c.GeneratedOnly {
 		t.Fatalf("controls %+v", c)
 	}
 	events := strings.Join(b.Events(), "\n")

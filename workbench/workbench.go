@@ -53,6 +53,9 @@ type Controls struct {
 	SteerCoeff float64 // c: coeff = c x the layer's average residual norm
 	SteerLayer int
 	Layer      int // the plotted layer
+	// GeneratedOnly makes the cap and the steer act only at the positions that choose reply tokens (the prompt's
+	// last and the reply's), leaving the conversation so far as the model read it; false acts at every position.
+	GeneratedOnly bool
 }
 
 // DefaultControls start with no intervention, plotting and steering at the middle layer, capping a quarter of
@@ -106,6 +109,9 @@ func (c Controls) Summary() string {
 			s += ", "
 		}
 		s += fmt.Sprintf("steer %+.2f @%d", c.SteerCoeff, c.SteerLayer)
+	}
+	if s != "" && c.GeneratedOnly {
+		s += " (on generated tokens)"
 	}
 	return s
 }

@@ -39,6 +39,7 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	capFlag := fs.String("cap", "", "cap: on (the axis folder's calibrated rule) or a rule's id (layers_A:B-pP)")
 	steerC := fs.Float64("steer", 0, "steer by C times the layer's average residual norm (0 = off)")
 	steerLayer := fs.Int("steer-layer", -1, "the layer steering acts at (default: the middle one)")
+	positions := fs.String("positions", "all", "where --cap and --steer act: all (every position) or generated (where reply tokens are chosen)")
 	presence := fs.Float64("presence-penalty", 0, "OpenAI's presence penalty over the generated tokens (-2 to 2; 0 = off)")
 	frequency := fs.Float64("frequency-penalty", 0, "OpenAI's frequency penalty over the generated tokens (-2 to 2; 0 = off)")
 	biasFlag := fs.String("logit-bias", "", "biases added to tokens' logits: ID:BIAS,ID:BIAS (-100 to 100)")
@@ -84,7 +85,7 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	}
 	var hooks *model.Hooks
 	if *capFlag != "" || *steerC != 0 {
-		ivs, err := generateInterventions(lm, *axisDir, *capFlag, *steerC, *steerLayer)
+		ivs, err := generateInterventions(lm, *axisDir, workbench.KeelOptions{Cap: *capFlag, Positions: *positions}, *steerC, *steerLayer)
 		if err != nil {
 			return err
 		}
@@ -209,7 +210,7 @@ func runInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 }
 
 // generateInterventions reads keel generate's --cap and --steer as keel serve reads a request's "keel" object.
-func generateInterventions(lm *model.LM, axisDir, capFlag string, c float64, layer int) ([]model.Intervention, error) {
+func generateInterventions(lm *model.LM, axisDir string, k workbench.KeelOptions, c float64, layer int) ([]model.Intervention, error) {
 	axis, err := probes.OpenModelAxis(lm, axisDir, false)
 	if err != nil {
 		return nil, err
@@ -217,7 +218,6 @@ func generateInterventions(lm *model.LM, axisDir, capFlag string, c float64, lay
 	if axis == nil {
 		return nil, cli.Usagef("--cap and --steer need --axis DIR (an axis folder for this model)")
 	}
-	k := workbench.KeelOptions{Cap: capFlag}
 	if c != 0 {
 		k.Steer = &workbench.SteerOptions{C: c}
 		if layer >= 0 {

@@ -134,7 +134,22 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 		view.K = append(view.K, s.Narrow(b.cache.K[i], 0, int64(slot), 1))
 		view.V = append(view.V, s.Narrow(b.cache.V[i], 0, int64(slot), 1))
 	}
-	out := b.m.forward(s, Pass{IDs: [][]int{prompt}, Cache: view, LastOnly: true, plan: plan})
+	last := prompt
+	if inertList, generatedOnly := inertOnPrompt(ivs); generatedOnly && len(prompt) > 1 {
+		// Interventions on generated tokens only are inert on the prompt before its last position.
+		inert, err := b.m.compileHooks(inertList, 1)
+		if err != nil {
+			return RowStep{}, err
+		}
+		b.m.forward(s, Pass{IDs: [][]int{prompt[:len(prompt)-1]}, Cache: view, LastOnly: true, plan: inert})
+		inert.close()
+		if err := s.Err(); err != nil {
+			return RowStep{}, err
+		}
+		view.Len += len(prompt) - 1
+		last = prompt[len(prompt)-1:]
+	}
+	out := b.m.forward(s, Pass{IDs: [][]int{last}, Cache: view, LastOnly: true, plan: plan})
 	if err := s.Err(); err != nil {
 		return RowStep{}, err
 	}
@@ -153,7 +168,7 @@ func (b *Batch) Join(prompt []int, ivs []Intervention, sp Sampling, maxTokens in
 		st.Logprobs = one.lps[0]
 	}
 	if out.records != nil {
-		st.Records = out.records[0][len(prompt)-1]
+		st.Records = out.records[0][len(last)-1]
 	}
 	return st, nil
 }

@@ -118,17 +118,35 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 			}
 		}
 		var promptRecs [][][]Record // records of the prompt positions before the last prefill chunk
+		inertList, generatedOnly := inertOnPrompt(list)
+		if step == 0 && generatedOnly && g.NoCache {
+			return results, fmt.Errorf("an intervention on generated tokens only needs the KV cache (NoCache recomputes the prompt at every step)")
+		}
 		if step == 0 && cache != nil {
 			// The prompt goes through in chunks of at most prefillTokens tokens over the batch: a batch of long
 			// prompts in one pass makes every activation a fresh allocation of tens of MB (fresh pages each
-			// time), and the cache makes chunks exactly equivalent to one pass.
+			// time), and the cache makes chunks exactly equivalent to one pass. Interventions on generated tokens
+			// only are inert there: the last prompt position, which chooses the first reply token, goes alone.
+			prefill := plan
+			if generatedOnly {
+				inert, err := m.compileHooks(inertList, version)
+				if err != nil {
+					return results, err
+				}
+				defer inert.close()
+				prefill = inert
+			}
 			chunk := max(16, prefillTokens/B)
-			for len(next[0]) > chunk {
+			for len(next[0]) > chunk || generatedOnly && len(next[0]) > 1 {
+				n := chunk
+				if generatedOnly {
+					n = min(chunk, len(next[0])-1)
+				}
 				head := make([][]int, B)
 				for b := range next {
-					head[b], next[b] = next[b][:chunk], next[b][chunk:]
+					head[b], next[b] = next[b][:n], next[b][n:]
 				}
-				out := m.forward(s, Pass{IDs: head, Cache: cache, LastOnly: true, plan: plan})
+				out := m.forward(s, Pass{IDs: head, Cache: cache, LastOnly: true, plan: prefill})
 				if err := s.Err(); err != nil {
 					return results, err
 				}
@@ -140,7 +158,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int, g GenerateConfig)
 						promptRecs[b] = append(promptRecs[b], out.records[b]...)
 					}
 				}
-				cache.Len += chunk
+				cache.Len += n
 				s.Release()
 			}
 		}

@@ -35,9 +35,40 @@ type Intervention struct {
 	Tau     float64     `json:"tau,omitempty"`     // Cap threshold on <h, u>
 	Ceiling bool        `json:"ceiling,omitempty"` // Cap: bound from above instead of below
 	Label   string      `json:"label,omitempty"`
+	// GeneratedOnly restricts an Add or a Cap to the positions that choose generated tokens (the prompt's last
+	// and every reply token's): the rest of the prompt goes through untouched (a capture still records it). The
+	// default, false, acts at every position, prompt and reply.
+	GeneratedOnly bool `json:"generated_only,omitempty"`
 	// Rows are the batch rows it acts on (nil: every row): one batch serves requests with interventions of their
 	// own. A capture records every row; only Add and Cap change what they touch.
 	Rows []int `json:"rows,omitempty"`
+}
+
+// inertOnPrompt is the list as it acts on the prompt's positions before the last: each GeneratedOnly Add or Cap
+// made inert in its place (a zero coefficient, a bound no projection reaches), so the list's indices and
+// records keep their meaning.
+func inertOnPrompt(list []Intervention) ([]Intervention, bool) {
+	out := list
+	changed := false
+	for i, iv := range list {
+		if !iv.GeneratedOnly || iv.Kind == Capture {
+			continue
+		}
+		if !changed {
+			out = append([]Intervention(nil), list...)
+			changed = true
+		}
+		switch iv.Kind {
+		case Add:
+			out[i].Coeff = 0
+		case Cap:
+			out[i].Tau = -1e30
+			if iv.Ceiling {
+				out[i].Tau = 1e30
+			}
+		}
+	}
+	return out, changed
 }
 
 // Record is what one intervention yields for one token: projections (Capture), the residual vector (Capture
