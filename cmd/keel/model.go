@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/probes"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
@@ -201,6 +202,13 @@ func runModelInfo(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 		if n, err := cfg.Parameters(); err == nil {
 			fmt.Fprintf(stdout, "parameters: %d\n", n)
 		}
+	}
+	if m, ok := probes.PaperModelFor(*dir); ok && m.Layers == cfg.NumHiddenLayers {
+		cap := m.Cap
+		if cap == "" {
+			cap = "none calibrated"
+		}
+		fmt.Fprintf(stdout, "paper:      %s in the Assistant Axis paper: analysis layer %d, cap %s\n", m.ID, m.TargetLayer, cap)
 	}
 	files, _ := filepath.Glob(filepath.Join(*dir, "*.safetensors"))
 	sort.Strings(files)
