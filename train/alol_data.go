@@ -1,11 +1,9 @@
 package train
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"slices"
 
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -26,20 +24,8 @@ type OfflineExample struct {
 // question followed by the response; the judge's score is role adherence, not a reward, so the trainer's reward
 // scores them. Errors name file:line.
 func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxResponse int) ([]OfflineExample, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var out []OfflineExample
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		if len(sc.Bytes()) == 0 {
-			continue
-		}
+	err := readJSONL(path, func(raw []byte) error {
 		// A line is a chat ending with the response, or a rollout as `keel axis extract` writes them: an optional
 		// system prompt, the question and the response.
 		var rec struct {
@@ -50,8 +36,8 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			Question string              `json:"question"`
 			Response *string             `json:"response"`
 		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
 		}
 		if rec.Messages == nil && rec.Question != "" && rec.Response != nil {
 			if rec.System != "" {
@@ -61,14 +47,14 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 		}
 		n := len(rec.Messages)
 		if n < 2 || rec.Messages[n-1].Role != "assistant" {
-			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the assistant's response after at least one turn, or a rollout's \"question\" and \"response\"", path, line)
+			return fmt.Errorf("needs \"messages\" ending with the assistant's response after at least one turn, or a rollout's \"question\" and \"response\"")
 		}
 		if rec.Reward != nil && (math.IsNaN(*rec.Reward) || math.IsInf(*rec.Reward, 0)) {
-			return nil, fmt.Errorf("%s:%d: reward %v is not a finite number", path, line, *rec.Reward)
+			return fmt.Errorf("reward %v is not a finite number", *rec.Reward)
 		}
 		ex, err := ChatExample(tok, tokenizer.TemplateMessages(rec.Messages))
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+			return err
 		}
 		// The response is the last run of loss-marked tokens: the final assistant message and its end of turn.
 		end := len(ex.Loss)
@@ -80,7 +66,7 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			start--
 		}
 		if start == end {
-			return nil, fmt.Errorf("%s:%d: the response renders to no tokens", path, line)
+			return fmt.Errorf("the response renders to no tokens")
 		}
 		prompt, resp := ex.IDs[:start], ex.IDs[start:end]
 		if len(prompt) > maxPrompt {
@@ -96,9 +82,10 @@ func LoadOfflineData(path string, tok tokenizer.Tokenizer, maxPrompt, maxRespons
 			Response: slices.Clone(resp),
 			Reward:   rec.Reward,
 		})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) < 2 {
 		return nil, fmt.Errorf("%s: %d examples; A-LoL needs at least 2 (training and validation)", path, len(out))

@@ -82,12 +82,7 @@ func (c *ALoLConfig) Defaults() {
 	if c.LRSchedulerType == "" {
 		c.LRSchedulerType = "constant"
 	}
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.DType == "" {
-		c.DType = "f32"
-	}
+	defaultDevice(&c.Device, &c.DType)
 	if c.Value == (ValueConfig{}) {
 		c.Value = DefaultValueConfig()
 	}
@@ -128,20 +123,12 @@ func usesAdvantage(alg string) bool {
 // replies (and the dataset when its lines carry no reward); nil uses the lines' own rewards and skips V_ref's
 // fit and the validation reward, which need a reward to score new text.
 func RunALoL(ctx context.Context, rt *torch.Runtime, run *Run, cfg ALoLConfig, reward Reward, opts Options) (err error) {
-	cfg.Defaults()
-	if err := cfg.check(); err != nil {
-		return err
-	}
 	began := time.Now()
-	job, err := startJob(run, "alol", cfg.MaxSteps, cfg, opts)
+	job, dev, dt, err := beginRun(run, "alol", &cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer job.end(&err)
-	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
-	if err != nil {
-		return err
-	}
 	ref, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
 	if err != nil {
 		return err

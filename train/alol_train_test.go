@@ -2,12 +2,12 @@ package train
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -19,24 +19,16 @@ import (
 // offlineData writes sums answered right, in full (the exact reward gives 1), and guessed wrong, in another
 // form (0): two lines per question.
 func offlineData(t testing.TB, dir string, n int) string {
-	path := filepath.Join(dir, "offline.jsonl")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
-	for i := 0; i < n; i++ {
-		a, b := i%10, (i*7+3)%10
-		q := fmt.Sprintf("What is %s plus %s?", words[a], words[b])
-		for _, reply := range []string{fmt.Sprintf("%s plus %s is %d.", words[a], words[b], a+b), fmt.Sprintf("I would guess %d, maybe.", a+b+1)} {
-			rec := map[string]any{"messages": []map[string]string{{"role": "user", "content": q}, {"role": "assistant", "content": reply}}, "answer": fmt.Sprint(a + b)}
-			raw, _ := json.Marshal(rec)
-			f.Write(append(raw, '\n'))
+	var recs []any
+	for _, q := range sums(n) {
+		for _, reply := range []string{q.answer, fmt.Sprintf("I would guess %d, maybe.", atoi(q.number)+1)} {
+			recs = append(recs, map[string]any{"messages": []map[string]string{{"role": "user", "content": q.question}, {"role": "assistant", "content": reply}}, "answer": q.number})
 		}
 	}
-	return path
+	return writeJSONL(t, filepath.Join(dir, "offline.jsonl"), recs)
 }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 // answerReward is 1 when the last number a response states is the sample's answer (the toy sums' checkable
 // reward), else 0.

@@ -43,19 +43,7 @@ func saveCheckpoint(rt *torch.Runtime, run *Run, step int, trainable []model.Nam
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return "", err
 	}
-	s := rt.NewScope().NoGrad()
-	defer s.Close()
-	var ts []safetensors.Tensor
-	for _, p := range trainable {
-		t, err := tensorBytes(s, p.Tensor)
-		if err != nil {
-			os.RemoveAll(tmp)
-			return "", err
-		}
-		t.Name = p.Name
-		ts = append(ts, t)
-	}
-	if err := safetensors.Write(filepath.Join(tmp, "weights.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
+	if err := saveWeights(rt, tmp, trainable); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}

@@ -2,6 +2,7 @@ package train
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -27,11 +28,6 @@ type record struct {
 // LoadDataset reads a JSONL file of {"messages": [...]} or {"text": "..."} lines (a .txt file is one plain
 // text) and tokenizes it. Errors name file:line.
 func LoadDataset(path string, tok tokenizer.Tokenizer) ([]Example, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	if strings.HasSuffix(path, ".txt") {
 		raw, err := os.ReadFile(path)
 		if err != nil {
@@ -43,34 +39,27 @@ func LoadDataset(path string, tok tokenizer.Tokenizer) ([]Example, error) {
 		return []Example{plainExample(tok, string(raw))}, nil
 	}
 	var out []Example
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := strings.TrimSpace(sc.Text())
-		if text == "" {
-			continue
-		}
+	err := readJSONL(path, func(raw []byte) error {
 		var r record
-		if err := json.Unmarshal([]byte(text), &r); err != nil {
-			return nil, fmt.Errorf("%s:%d: not a JSON object: %v", path, line, err)
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return fmt.Errorf("not a JSON object: %v", err)
 		}
 		switch {
 		case len(r.Messages) > 0:
 			ex, err := ChatExample(tok, r.Messages)
 			if err != nil {
-				return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+				return err
 			}
 			out = append(out, ex)
 		case r.Text != nil:
 			out = append(out, plainExample(tok, *r.Text))
 		default:
-			return nil, fmt.Errorf("%s:%d: needs \"messages\" (a list of {role, content}) or \"text\"", path, line)
+			return fmt.Errorf("needs \"messages\" (a list of {role, content}) or \"text\"")
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: the dataset is empty", path)
@@ -208,4 +197,31 @@ func Pack(examples []Example, seqLen int) []Example {
 		closeBlock(b)
 	}
 	return blocks
+}
+
+// readJSONL calls each with every non-empty line of a JSONL file (lines up to 64 MiB); an error is named
+// path:line.
+func readJSONL(path string, each func(raw []byte) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		raw := bytes.TrimSpace(sc.Bytes())
+		if len(raw) == 0 {
+			continue
+		}
+		if err := each(raw); err != nil {
+			return fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s:%d: %w", path, line+1, err)
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 package train
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -88,12 +87,7 @@ func (c *PPOConfig) Defaults() {
 	setDefault(&c.AdamEpsilon, 1e-8)
 	setDefault(&c.SaveSteps, 5)
 	setDefault(&c.SaveTotalLimit, 2)
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.DType == "" {
-		c.DType = "f32"
-	}
+	defaultDevice(&c.Device, &c.DType)
 }
 
 func (c *PPOConfig) check() error {
@@ -117,37 +111,26 @@ func (c *PPOConfig) check() error {
 // LoadPrompts reads JSONL lines of {"messages": [...]} ending with the user's turn (a trailing assistant message
 // is dropped: a dataset of chats serves as prompts). Errors name file:line.
 func LoadPrompts(path string) ([][]tokenizer.Message, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var out [][]tokenizer.Message
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		if len(sc.Bytes()) == 0 {
-			continue
-		}
+	err := readJSONL(path, func(raw []byte) error {
 		var rec struct {
 			Messages []tokenizer.Message `json:"messages"`
 		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
 		}
 		msgs := rec.Messages
 		if n := len(msgs); n > 0 && msgs[n-1].Role == "assistant" {
 			msgs = msgs[:n-1]
 		}
 		if len(msgs) == 0 || msgs[len(msgs)-1].Role != "user" {
-			return nil, fmt.Errorf("%s:%d: needs \"messages\" ending with the user's turn", path, line)
+			return fmt.Errorf("needs \"messages\" ending with the user's turn")
 		}
 		out = append(out, msgs)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: no prompts", path)
@@ -193,19 +176,11 @@ type rollout struct {
 // RunPPO trains the policy online against reward until max_steps, cancellation, the collapse monitor or an
 // error.
 func RunPPO(ctx context.Context, rt *torch.Runtime, run *Run, cfg PPOConfig, reward Reward, opts Options) (err error) {
-	cfg.Defaults()
-	if err := cfg.check(); err != nil {
-		return err
-	}
-	job, err := startJob(run, "ppo", cfg.MaxSteps, cfg, opts)
+	job, dev, dt, err := beginRun(run, "ppo", &cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer job.end(&err)
-	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
-	if err != nil {
-		return err
-	}
 	prompts, err := LoadPrompts(cfg.PromptsPath)
 	if err != nil {
 		return err

@@ -1,12 +1,9 @@
 package train
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
@@ -46,12 +43,7 @@ func (c *RewardConfig) Defaults() {
 	setDefault(&c.EvalSteps, 25)
 	setDefault(&c.SaveSteps, 50)
 	setDefault(&c.SaveTotalLimit, 2)
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.DType == "" {
-		c.DType = "f32"
-	}
+	defaultDevice(&c.Device, &c.DType)
 }
 
 func (c *RewardConfig) check() error {
@@ -89,15 +81,7 @@ type preferenceRecord struct {
 // with the tokenizer's chat template (as the reward model will read it), cut from the left to maxLength.
 // Errors name file:line.
 func LoadPreferences(path string, tok tokenizer.Tokenizer, maxLength int) ([]PreferencePair, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var out []PreferencePair
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	line := 0
 	side := func(prompt []tokenizer.Message, raw json.RawMessage, name string) ([]int, error) {
 		var msgs []tokenizer.Message
 		var reply string
@@ -126,27 +110,24 @@ func LoadPreferences(path string, tok tokenizer.Tokenizer, maxLength int) ([]Pre
 		}
 		return ids, nil
 	}
-	for sc.Scan() {
-		line++
-		text := strings.TrimSpace(sc.Text())
-		if text == "" {
-			continue
-		}
+	err := readJSONL(path, func(raw []byte) error {
 		var r preferenceRecord
-		if err := json.Unmarshal([]byte(text), &r); err != nil {
-			return nil, fmt.Errorf("%s:%d: not a JSON object: %v", path, line, err)
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return fmt.Errorf("not a JSON object: %v", err)
 		}
 		var p PreferencePair
+		var err error
 		if p.Chosen, err = side(r.Messages, r.Chosen, "chosen"); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			return err
 		}
 		if p.Rejected, err = side(r.Messages, r.Rejected, "rejected"); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			return err
 		}
 		out = append(out, p)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) < 2 {
 		return nil, fmt.Errorf("%s: %d preference pairs: a reward model needs at least 2 (one to train on, one to check)", path, len(out))
@@ -157,19 +138,11 @@ func LoadPreferences(path string, tok tokenizer.Tokenizer, maxLength int) ([]Pre
 // RunRewardModel trains a reward model in the run folder; final/ is a *ForSequenceClassification folder that
 // --reward rm:DIR and PPO's value_model_path read.
 func RunRewardModel(ctx context.Context, rt *torch.Runtime, run *Run, cfg RewardConfig, opts Options) (err error) {
-	cfg.Defaults()
-	if err := cfg.check(); err != nil {
-		return err
-	}
-	job, err := startJob(run, "rm", cfg.MaxSteps, cfg, opts)
+	job, dev, dt, err := beginRun(run, "rm", &cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer job.end(&err)
-	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
-	if err != nil {
-		return err
-	}
 	lm, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
 	if err != nil {
 		return err

@@ -8,6 +8,41 @@ import (
 	"github.com/keel-lab/keel/engine/torch"
 )
 
+// trainerConfig is what the shared start reads of a trainer's config.
+type trainerConfig interface {
+	Defaults()
+	check() error
+	placement() (device, dtype string)
+	totalSteps() int
+}
+
+func (c *SFTConfig) placement() (string, string)    { return c.Device, c.DType }
+func (c *RewardConfig) placement() (string, string) { return c.Device, c.DType }
+func (c *ALoLConfig) placement() (string, string)   { return c.Device, c.DType }
+func (c *PPOConfig) placement() (string, string)    { return c.Device, c.DType }
+func (c *SFTConfig) totalSteps() int                { return c.MaxSteps }
+func (c *RewardConfig) totalSteps() int             { return c.MaxSteps }
+func (c *ALoLConfig) totalSteps() int               { return c.MaxSteps }
+func (c *PPOConfig) totalSteps() int                { return c.MaxSteps }
+
+// beginRun is every trainer's first step: the config's defaults filled and checked, the run marked running (its
+// config written unless resuming) and the device read. The caller defers job.end once it has the job.
+func beginRun(run *Run, kind string, cfg trainerConfig, opts Options) (job *jobCtl, dev torch.Device, dt torch.DType, err error) {
+	cfg.Defaults()
+	if err := cfg.check(); err != nil {
+		return nil, dev, dt, err
+	}
+	if job, err = startJob(run, kind, cfg.totalSteps(), cfg, opts); err != nil {
+		return nil, dev, dt, err
+	}
+	device, dtype := cfg.placement()
+	if dev, dt, err = deviceDType(device, dtype); err != nil {
+		job.end(&err)
+		return nil, dev, dt, err
+	}
+	return job, dev, dt, nil
+}
+
 // training is what a trainer's step works on once it is set up: the tensors it updates (named, for checkpoints,
 // and as a list, for clipping), the optimizer and the loop.
 type training struct {

@@ -41,6 +41,16 @@ type SFTConfig struct {
 	MergeLoRA                 bool              `json:"merge_lora_on_export"`
 }
 
+// defaultDevice gives a trainer's unset device and dtype theirs: the CPU, in float32.
+func defaultDevice(device, dtype *string) {
+	if *device == "" {
+		*device = "cpu"
+	}
+	if *dtype == "" {
+		*dtype = "f32"
+	}
+}
+
 // setDefault gives an unset (zero) config field its default.
 func setDefault[T int | float64](p *T, v T) {
 	if *p == 0 {
@@ -66,12 +76,7 @@ func (c *SFTConfig) Defaults() {
 	if c.LRSchedulerType == "" {
 		c.LRSchedulerType = "cosine"
 	}
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.DType == "" {
-		c.DType = "f32"
-	}
+	defaultDevice(&c.Device, &c.DType)
 }
 
 func (c *SFTConfig) check() error {
@@ -102,21 +107,12 @@ type Options struct {
 // RunSFT trains in the run folder until max_steps, cancellation (ctx or `keel jobs cancel`) or an error. The
 // final weights go to final/ as a Hugging Face folder that loads straight into `keel generate`.
 func RunSFT(ctx context.Context, rt *torch.Runtime, run *Run, cfg SFTConfig, opts Options) (err error) {
-	cfg.Defaults()
-	if err := cfg.check(); err != nil {
-		return err
-	}
-	job, err := startJob(run, "sft", cfg.MaxSteps, cfg, opts)
+	job, dev, dt, err := beginRun(run, "sft", &cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer job.end(&err)
 	logf := job.logf
-
-	dev, dt, err := deviceDType(cfg.Device, cfg.DType)
-	if err != nil {
-		return err
-	}
 	lm, err := model.Load(rt, cfg.ModelNameOrPath, model.Options{Device: dev, DType: dt})
 	if err != nil {
 		return err

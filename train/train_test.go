@@ -20,25 +20,40 @@ import (
 	"github.com/keel-lab/keel/steer"
 )
 
-// chatData writes a JSONL of arithmetic chats whose answers follow from the questions.
-func chatData(t testing.TB, dir string, n int) string {
-	path := filepath.Join(dir, "data.jsonl")
-	f, err := os.Create(path)
-	if err != nil {
+// sum is one toy question with its answer: "What is two plus five?", "two plus five is 7.", "7".
+type sum struct{ question, answer, number string }
+
+// sums are n toy additions in words, the data every trainer's tests learn from.
+func sums(n int) []sum {
+	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+	out := make([]sum, n)
+	for i := range out {
+		a, b := i%10, (i*7+3)%10
+		out[i] = sum{fmt.Sprintf("What is %s plus %s?", words[a], words[b]), fmt.Sprintf("%s plus %s is %d.", words[a], words[b], a+b), fmt.Sprint(a + b)}
+	}
+	return out
+}
+
+// writeJSONL writes one JSON line per record.
+func writeJSONL(t testing.TB, path string, records []any) string {
+	var b strings.Builder
+	for _, r := range records {
+		raw, _ := json.Marshal(r)
+		b.Write(append(raw, '\n'))
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	words := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
-	for i := 0; i < n; i++ {
-		a, b := i%10, (i*7+3)%10
-		msgs := []map[string]string{
-			{"role": "user", "content": fmt.Sprintf("What is %s plus %s?", words[a], words[b])},
-			{"role": "assistant", "content": fmt.Sprintf("%s plus %s is %d.", words[a], words[b], a+b)},
-		}
-		raw, _ := json.Marshal(map[string]any{"messages": msgs})
-		f.Write(append(raw, '\n'))
-	}
 	return path
+}
+
+// chatData writes a JSONL of arithmetic chats whose answers follow from the questions.
+func chatData(t testing.TB, dir string, n int) string {
+	var recs []any
+	for _, q := range sums(n) {
+		recs = append(recs, map[string]any{"messages": []map[string]string{{"role": "user", "content": q.question}, {"role": "assistant", "content": q.answer}}})
+	}
+	return writeJSONL(t, filepath.Join(dir, "data.jsonl"), recs)
 }
 
 // tinyModel writes a random ~4.5M-parameter Llama with a tokenizer trained on the data.
