@@ -15,11 +15,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/convert"
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // benchShapes are the random models `keel bench decode` measures (Llama architecture, default RoPE so the C++

@@ -14,12 +14,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
 	"github.com/keel-lab/keel/train"

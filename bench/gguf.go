@@ -10,11 +10,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/gguf"
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // runBenchGGUF times greedy decoding of keel against llama.cpp (node-llama-cpp) on the same random model (f32,

@@ -22,11 +22,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/charmbracelet/x/ansi"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/sessions"
 )
 

@@ -19,7 +19,6 @@ import (
 
 	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
-
 	"github.com/keel-lab/keel/serve"
 )
 

@@ -10,9 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // runBenchTokenize encodes a corpus with keel and with transformers.js (conformance/tokenizers/reference.mjs) in

@@ -9,7 +9,6 @@ import (
 
 	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
-
 	"github.com/keel-lab/keel/steer"
 	"github.com/keel-lab/keel/steer/ptfile"
 )

@@ -8,10 +8,9 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
-
-	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/train"
 	"github.com/keel-lab/keel/workbench"

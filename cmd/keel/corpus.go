@@ -9,10 +9,9 @@ import (
 	"os"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
 )
 

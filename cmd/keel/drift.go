@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/charmbracelet/x/ansi"
 	"github.com/guptarohit/asciigraph"
 	"github.com/muesli/termenv"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/steer"

@@ -10,10 +10,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/evals"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
 )
 

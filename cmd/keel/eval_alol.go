@@ -12,11 +12,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/evals"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/train"
 )

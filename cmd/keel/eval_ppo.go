@@ -9,9 +9,8 @@ import (
 	"os/signal"
 	"slices"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/evals"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 

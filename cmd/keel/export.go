@@ -7,10 +7,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/gguf"
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/steer"
 )
 

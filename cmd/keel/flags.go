@@ -5,7 +5,11 @@ import (
 	"strings"
 
 	"github.com/keel-lab/keel/engine/model"
+	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/evals"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/probes"
+	"github.com/keel-lab/keel/train"
 )
 
 // loraFlags are the LoRA settings shared by the trainers.
@@ -60,4 +64,32 @@ func limitRoles(p *probes.Personas, roles []string, n int) []string {
 		out[i] = roles[i*len(roles)/n]
 	}
 	return out
+}
+
+// trainerFlags declares the placement and checkpoint flags every trainer takes, on its config's fields.
+func trainerFlags(fs *flag.FlagSet, device, dtype *string, saveEvery, keep *int, saveHelp string) {
+	fs.IntVar(saveEvery, "save-every", *saveEvery, saveHelp)
+	fs.IntVar(keep, "keep", *keep, "checkpoints kept")
+	fs.StringVar(device, "device", *device, "cpu, cuda or cuda:N")
+	fs.StringVar(dtype, "dtype", *dtype, "f32, f16 or bf16")
+}
+
+// rewardFlags are the flags of a trainer's --reward that names the axis.
+type rewardFlags struct {
+	axisDir    string
+	ignoreHash bool
+}
+
+func (r *rewardFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&r.axisDir, "axis", "", "axis folder for the axis reward (axis.safetensors, default_vector.safetensors); default: the model's axis/")
+	fs.BoolVar(&r.ignoreHash, "ignore-hash", false, "use an axis made for other weights of the same shape")
+}
+
+// resolve reads a trainer's --reward spec on its device (evals.ResolveReward); release frees what it loaded.
+func (r *rewardFlags) resolve(rt *torch.Runtime, spec, modelDir, device string) (train.Reward, func(), error) {
+	dev, err := torch.ParseDevice(device)
+	if err != nil {
+		return nil, nil, cli.UsageError{Err: err}
+	}
+	return evals.ResolveReward(spec, evals.RewardSource{ModelDir: modelDir, AxisDir: r.axisDir, IgnoreHash: r.ignoreHash, RT: rt, Device: dev})
 }

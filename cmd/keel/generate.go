@@ -12,14 +12,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-	"github.com/keel-lab/keel/probes"
-
 	"github.com/charmbracelet/x/term"
 
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
+	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/workbench"
 )
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/train"
 )
 

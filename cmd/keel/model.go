@@ -16,15 +16,14 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-	"github.com/keel-lab/keel/probes"
-
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/safetensors"
 	"github.com/keel-lab/keel/engine/tokenizer"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/probes"
 )
 
 // runModelInit: keel model init --tokenizer DIR --out DIR [shape]: a random-weight Llama sized by a trained tokenizer.

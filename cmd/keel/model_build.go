@@ -9,11 +9,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/model"
 	"github.com/keel-lab/keel/engine/torch"
 	"github.com/keel-lab/keel/internal/atomicfile"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/models"
 	"github.com/keel-lab/keel/train"
 )

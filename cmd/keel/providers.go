@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/provider"
 )

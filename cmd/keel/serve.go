@@ -15,12 +15,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/ssh"
 	"github.com/muesli/termenv"
 
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/internal/datadir"
 	"github.com/keel-lab/keel/probes"
 	"github.com/keel-lab/keel/serve"

@@ -8,9 +8,8 @@ import (
 	"os"
 	"strings"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/tokenizer"
+	"github.com/keel-lab/keel/internal/cli"
 )
 
 // maxStdinText bounds what keel tokenize reads from a pipe.

@@ -11,9 +11,8 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -86,6 +85,14 @@ func (r *runFlags) defaultModel(dir *string) error {
 	}
 	*dir = mf.Dir
 	return nil
+}
+
+// start resolves the run's --model and opens (or resumes) its run folder.
+func (r *runFlags) start(kind, dataFlag, dataPath string, modelDir *string, cfg any) (*train.Run, bool, error) {
+	if err := r.defaultModel(modelDir); err != nil {
+		return nil, false, err
+	}
+	return r.open(kind, dataFlag, dataPath, cfg)
 }
 
 // launch starts the run in the background (--detach) or runs it here.

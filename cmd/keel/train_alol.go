@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/torch"
-	"github.com/keel-lab/keel/evals"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -36,16 +34,13 @@ func runTrainALoL(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 	fs.Float64Var(&c.ValidationFraction, "validation", c.ValidationFraction, "fraction of prompts held out for V_ref and the validation reward")
 	fs.IntVar(&c.MaxValidation, "max-validation", c.MaxValidation, "at most this many validation prompts")
 	fs.IntVar(&c.EvalSteps, "eval-every", c.EvalSteps, "steps between validation-reward measurements (the best is kept)")
-	fs.IntVar(&c.SaveSteps, "save-every", c.SaveSteps, "steps between checkpoints")
-	fs.IntVar(&c.SaveTotalLimit, "keep", c.SaveTotalLimit, "checkpoints kept")
-	fs.StringVar(&c.Device, "device", c.Device, "cpu, cuda or cuda:N")
-	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
+	trainerFlags(fs, &c.Device, &c.DType, &c.SaveSteps, &c.SaveTotalLimit, "steps between checkpoints")
 	c.Value = train.DefaultValueConfig()
 	fs.Float64Var(&c.Value.LearningRate, "value-lr", c.Value.LearningRate, "value head learning rate")
 	fs.IntVar(&c.Value.Epochs, "value-epochs", c.Value.Epochs, "value head epochs (the best is kept)")
 	fs.Float64Var(&c.Value.MaxValue, "max-value", c.Value.MaxValue, "the reward's upper bound (V = sigmoid * max-value)")
-	axisDir := fs.String("axis", "", "axis folder for the axis reward (axis.safetensors, default_vector.safetensors); default: the model's axis/")
-	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
+	var rw rewardFlags
+	rw.register(fs)
 	var lora loraFlags
 	lora.register(fs)
 	var rf runFlags
@@ -54,17 +49,14 @@ func runTrainALoL(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	c.LoRA = lora.config()
-	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
-		return err
-	}
-	run, resuming, err := rf.open("alol", "--data", c.DatasetPath, &c)
+	run, resuming, err := rf.start("alol", "--data", c.DatasetPath, &c.ModelNameOrPath, &c)
 	if err != nil {
 		return err
 	}
 	return rf.launch("alol", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
 		var reward train.Reward
 		if c.Reward != "" { // otherwise each line's own "reward"
-			r, release, err := trainerReward(rt, c.Reward, c.ModelNameOrPath, c.Device, *axisDir, *ignoreHash)
+			r, release, err := rw.resolve(rt, c.Reward, c.ModelNameOrPath, c.Device)
 			if err != nil {
 				return err
 			}
@@ -73,13 +65,4 @@ func runTrainALoL(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) err
 		}
 		return train.RunALoL(ctx, rt, run, c, reward, opts)
 	})
-}
-
-// trainerReward reads a trainer's --reward spec on its device (evals.ResolveReward); release frees what it loaded.
-func trainerReward(rt *torch.Runtime, spec, modelDir, device, axisDir string, ignoreHash bool) (train.Reward, func(), error) {
-	dev, err := torch.ParseDevice(device)
-	if err != nil {
-		return nil, nil, cli.UsageError{Err: err}
-	}
-	return evals.ResolveReward(spec, evals.RewardSource{ModelDir: modelDir, AxisDir: axisDir, IgnoreHash: ignoreHash, RT: rt, Device: dev})
 }

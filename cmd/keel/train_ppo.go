@@ -5,9 +5,8 @@ import (
 	"flag"
 	"io"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -45,12 +44,9 @@ func runTrainPPO(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	fs.Float64Var(&c.KLTarget, "kl-target", c.KLTarget, "collapse monitor: the ref KL per response to stay under (0 = off)")
 	fs.IntVar(&c.KLStopSteps, "kl-stop-steps", c.KLStopSteps, "stop when ref KL is above --kl-target this many iterations in a row")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed")
-	fs.IntVar(&c.SaveSteps, "save-every", c.SaveSteps, "iterations between checkpoints (only while the KL is under target)")
-	fs.IntVar(&c.SaveTotalLimit, "keep", c.SaveTotalLimit, "checkpoints kept")
-	fs.StringVar(&c.Device, "device", c.Device, "cpu, cuda or cuda:N")
-	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
-	axisDir := fs.String("axis", "", "axis folder for the axis reward; default: the model's axis/")
-	ignoreHash := fs.Bool("ignore-hash", false, "use an axis made for other weights of the same shape")
+	trainerFlags(fs, &c.Device, &c.DType, &c.SaveSteps, &c.SaveTotalLimit, "iterations between checkpoints (only while the KL is under target)")
+	var rw rewardFlags
+	rw.register(fs)
 	var lora loraFlags
 	lora.register(fs)
 	var rf runFlags
@@ -59,15 +55,12 @@ func runTrainPPO(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	c.LoRA = lora.config()
-	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
-		return err
-	}
-	run, resuming, err := rf.open("ppo", "--prompts", c.PromptsPath, &c)
+	run, resuming, err := rf.start("ppo", "--prompts", c.PromptsPath, &c.ModelNameOrPath, &c)
 	if err != nil {
 		return err
 	}
 	return rf.launch("ppo", args, run, c.MaxSteps, stdout, resuming, func(ctx context.Context, rt *torch.Runtime, opts train.Options) error {
-		reward, release, err := trainerReward(rt, c.Reward, c.ModelNameOrPath, c.Device, *axisDir, *ignoreHash)
+		reward, release, err := rw.resolve(rt, c.Reward, c.ModelNameOrPath, c.Device)
 		if err != nil {
 			return err
 		}

@@ -5,9 +5,8 @@ import (
 	"flag"
 	"io"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -26,19 +25,13 @@ func runTrainRM(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error
 	fs.Float64Var(&c.EvalFraction, "validation", 0.1, "share of pairs held out for eval accuracy")
 	fs.IntVar(&c.EvalSteps, "eval-every", c.EvalSteps, "steps between held-out evaluations")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed")
-	fs.IntVar(&c.SaveSteps, "save-every", c.SaveSteps, "steps between checkpoints")
-	fs.IntVar(&c.SaveTotalLimit, "keep", c.SaveTotalLimit, "checkpoints kept")
-	fs.StringVar(&c.Device, "device", c.Device, "cpu, cuda or cuda:N")
-	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
+	trainerFlags(fs, &c.Device, &c.DType, &c.SaveSteps, &c.SaveTotalLimit, "steps between checkpoints")
 	var rf runFlags
 	rf.register(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
-		return err
-	}
-	run, resuming, err := rf.open("rm", "--data", c.DatasetPath, &c)
+	run, resuming, err := rf.start("rm", "--data", c.DatasetPath, &c.ModelNameOrPath, &c)
 	if err != nil {
 		return err
 	}

@@ -5,9 +5,8 @@ import (
 	"flag"
 	"io"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	"github.com/keel-lab/keel/engine/torch"
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/train"
 )
 
@@ -27,10 +26,7 @@ func runTrainSFT(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.MaxSeqLength, "seq-len", c.MaxSeqLength, "packed sequence length")
 	fs.Float64Var(&c.EvalFraction, "eval-fraction", c.EvalFraction, "held-out fraction of examples")
 	fs.IntVar(&c.EvalSteps, "eval-every", c.EvalSteps, "steps between eval-loss measurements")
-	fs.IntVar(&c.SaveSteps, "save-every", c.SaveSteps, "steps between checkpoints")
-	fs.IntVar(&c.SaveTotalLimit, "keep", c.SaveTotalLimit, "checkpoints kept")
-	fs.StringVar(&c.Device, "device", c.Device, "cpu, cuda or cuda:N")
-	fs.StringVar(&c.DType, "dtype", c.DType, "f32, f16 or bf16")
+	trainerFlags(fs, &c.Device, &c.DType, &c.SaveSteps, &c.SaveTotalLimit, "steps between checkpoints")
 	fs.BoolVar(&c.BF16, "bf16", c.BF16, "bfloat16 autocast for the forward pass (mixed precision; f32 weights)")
 	var lora loraFlags
 	lora.register(fs)
@@ -40,10 +36,7 @@ func runTrainSFT(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	c.LoRA = lora.config()
-	if err := rf.defaultModel(&c.ModelNameOrPath); err != nil {
-		return err
-	}
-	run, resuming, err := rf.open("sft", "--data", c.DatasetPath, &c)
+	run, resuming, err := rf.start("sft", "--data", c.DatasetPath, &c.ModelNameOrPath, &c)
 	if err != nil {
 		return err
 	}

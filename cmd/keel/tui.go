@@ -6,12 +6,11 @@ import (
 	"io"
 	"os"
 
-	"github.com/keel-lab/keel/internal/cli"
-
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/term"
 
+	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/sessions"
 	"github.com/keel-lab/keel/tui"
 	"github.com/keel-lab/keel/workbench"
