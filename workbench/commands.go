@@ -52,7 +52,7 @@ type call struct {
 func Commands() []Command {
 	return []Command{
 		{Name: "/system", Args: "TEXT", Help: "set the system prompt (empty: none)", run: (*Session).cmdSystem},
-		{Name: "/set", Args: "NAME VALUE", Help: "sampling (temperature, top-p, top-k, min-p, ...), context policy, positions (where cap and steer act)", run: (*Session).cmdSet},
+		{Name: "/set", Args: "NAME VALUE", Help: "sampling (temperature, top-p, ...), context policy, positions", run: (*Session).cmdSet},
 		{Name: "/cap", Args: "[on|off|pP|A:B ...]", Help: "activation capping: toggle, switch, percentile, layer window", run: (*Session).cmdCap},
 		{Name: "/steer", Args: "[on|off|C [LAYER]]", Help: "steer along the axis with strength C (-1 away from the Assistant)", run: (*Session).cmdSteer},
 		{Name: "/layer", Args: "N", Help: "the layer whose projection is plotted", run: (*Session).cmdLayer},

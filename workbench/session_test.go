@@ -100,7 +100,7 @@ func TestBadCommandsChangeNothing(t *testing.T) {
 		"/set top-p 0":        "top-p 0",
 		"/set max-tokens 0":   "give at least 1",
 		"/set seed 1.5":       "whole number",
-		"/set color red":      "temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed or context",
+		"/set color red":      "temperature, top-p, top-k, min-p, repetition-penalty, max-tokens, seed, context or positions",
 		"/set temperature":    "/set temperature|top-p|top-k|min-p|repetition-penalty|max-tokens|seed VALUE",
 		"/mark good":          "not recording (--no-record): nothing to mark",
 		"/save":               "/save FILE",
