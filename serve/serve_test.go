@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -480,6 +481,18 @@ func TestOpenAIClientAndCurl(t *testing.T) {
 	code, _ := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer nope", "-d", body, ts.URL+"/v1/chat/completions").Output()
 	if string(code) != "401" {
 		t.Fatalf("curl with a wrong key: %s", code)
+	}
+	// A GET on a POST route is 405 with Allow; a 900 KB cap string comes back as a short prefix.
+	head, _ := exec.Command(curl, "-s", "-i", "-H", "Authorization: Bearer "+testKey, ts.URL+"/v1/chat/completions").Output()
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 405")) || !bytes.Contains(head, []byte("Allow: POST")) {
+		t.Fatalf("curl GET: %s", head)
+	}
+	huge := fmt.Sprintf(`{"model": %q, "messages": [{"role": "user", "content": "Hi"}], "keel": {"cap": "%s"}}`, ts.name, strings.Repeat("x", 900_000))
+	bodyFile := filepath.Join(t.TempDir(), "huge.json")
+	os.WriteFile(bodyFile, []byte(huge), 0o644)
+	echo, _ := exec.Command(curl, "-s", "-w", "\n%{http_code}", "-H", "Authorization: Bearer "+testKey, "-H", "Content-Type: application/json", "--data-binary", "@"+bodyFile, ts.URL+"/v1/chat/completions").Output()
+	if !bytes.HasSuffix(echo, []byte("\n400")) || len(echo) > 1024 {
+		t.Fatalf("curl with a 900 KB cap: %d bytes back: %.300s", len(echo), echo)
 	}
 	// Past the model's window: 400 context_length_exceeded before any token, streamed or not, from the official
 	// client and from curl.

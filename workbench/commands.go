@@ -58,7 +58,7 @@ func Commands() []Command {
 		{Name: "/layer", Args: "N", Help: "the layer whose projection is plotted", run: (*Session).cmdLayer},
 		{Name: "/plot", Args: "tokens|turns", Help: "plot the latest tokens, or each reply's mean over the whole chat", run: (*Session).cmdPlot},
 		{Name: "/axis", Args: "DIR", Help: "load an axis folder (keel axis extract --out DIR)", run: (*Session).cmdLoad},
-		{Name: "/model", Args: "DIR", Help: "load another model folder", run: (*Session).cmdLoad},
+		{Name: "/model", Args: "MODEL", Help: "load another model (a folder, a Hugging Face id or persona)", run: (*Session).cmdLoad},
 		{Name: "/train", Args: "sft|alol|ppo FLAGS", Help: "fine-tune the chat's model in the background", run: (*Session).cmdTrain},
 		{Name: "/jobs", Help: "show or hide the jobs", run: action(ToggleJobs)},
 		{Name: "/cancel", Args: "ID", Help: "cancel a job", run: (*Session).cmdCancel},

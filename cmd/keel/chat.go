@@ -58,7 +58,7 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	if err != nil {
 		return nil, nil, err
 	}
-	if c.axis == "" {
+	if c.axis = cli.AxisPath(c.axis); c.axis == "" {
 		c.axis = probes.ModelAxisDir(lm.Dir)
 	}
 	backendFor := func(lm *model.LM, axis string, s workbench.Sampling, path string) (*workbench.LMBackend, error) {
@@ -77,11 +77,15 @@ func (c *chatFlags) open(term sessions.Term, send func(workbench.JobUpdate)) (*w
 	// Another model or axis records to a new file (a recording names one model): its header starts from the
 	// session's sampling as it is at the switch.
 	opt.Load = func(dir, axis string, s workbench.Sampling) (workbench.Backend, error) {
+		dir, err := cli.ResolveModel(dir, nil) // /model takes what --model takes: a folder, an id, persona
+		if err != nil {
+			return nil, err
+		}
 		next, err := c.mf.LoadDir(rt, dir)
 		if err != nil {
 			return nil, err
 		}
-		nb, err := backendFor(next, axis, s, "")
+		nb, err := backendFor(next, cli.AxisPath(axis), s, "")
 		if err != nil {
 			next.Close()
 			return nil, err

@@ -63,7 +63,7 @@ func runDrift(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer done()
-	if *axisPath == "" {
+	if *axisPath = cli.AxisPath(*axisPath); *axisPath == "" {
 		if *axisPath = probes.ModelAxisDir(lm.Dir); *axisPath == "" {
 			return cli.Usagef("%s has no axis/ folder: give --axis FILE or DIR (keel axis extract writes one)", lm.Dir)
 		}

@@ -91,5 +91,5 @@ func (r *rewardFlags) resolve(rt *torch.Runtime, spec, modelDir, device string) 
 	if err != nil {
 		return nil, nil, cli.UsageError{Err: err}
 	}
-	return evals.ResolveReward(spec, evals.RewardSource{ModelDir: modelDir, AxisDir: r.axisDir, IgnoreHash: r.ignoreHash, RT: rt, Device: dev})
+	return evals.ResolveReward(spec, evals.RewardSource{ModelDir: modelDir, AxisDir: cli.AxisPath(r.axisDir), IgnoreHash: r.ignoreHash, RT: rt, Device: dev})
 }

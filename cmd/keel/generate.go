@@ -84,7 +84,7 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 	}
 	var hooks *model.Hooks
 	if *capFlag != "" || *steerC != 0 {
-		ivs, err := generateInterventions(lm, *axisDir, workbench.KeelOptions{Cap: *capFlag, Positions: *positions}, *steerC, *steerLayer)
+		ivs, err := generateInterventions(lm, cli.AxisPath(*axisDir), workbench.KeelOptions{Cap: *capFlag, Positions: *positions}, *steerC, *steerLayer)
 		if err != nil {
 			return err
 		}

@@ -125,7 +125,7 @@ func runServe(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer lm.Close()
-	axis, err := probes.OpenModelAxis(lm, *axisDir, *ignoreHash)
+	axis, err := probes.OpenModelAxis(lm, cli.AxisPath(*axisDir), *ignoreHash)
 	if err != nil {
 		return err
 	}

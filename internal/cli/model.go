@@ -84,6 +84,19 @@ func ProgressBar(w io.Writer, what string) func(done, total int64) {
 	}
 }
 
+// AxisPath reads an --axis value: "persona" is the embedded model's own axis folder (unpacked beside its
+// weights); anything else is a path, returned as it is.
+func AxisPath(name string) string {
+	if name != models.PersonaName {
+		return name
+	}
+	dir, err := models.Persona(KeelModelCache())
+	if err != nil {
+		return name // opening it names the problem
+	}
+	return filepath.Join(dir, "axis")
+}
+
 // KeelModelCache is where keel unpacks the embedded model: the user's cache folder, keel/models.
 func KeelModelCache() string {
 	cache, err := os.UserCacheDir()
