@@ -83,6 +83,30 @@ func TestCommandsLoadAHubIDFromTheCache(t *testing.T) {
 			}
 		}
 	}
+	// The line REPL (keel chat with a pipe for stdin) answers by id as by folder; a one-step fine-tune takes the
+	// id too.
+	chat := func(model string) (int, string, string) {
+		in, err := os.CreateTemp(t.TempDir(), "stdin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.WriteString("Hello there\n/quit\n")
+		in.Seek(0, 0)
+		saved := os.Stdin
+		os.Stdin = in
+		defer func() { os.Stdin = saved; in.Close() }()
+		return runKeel("chat", "--model", model, "--no-record", "--temperature", "0", "--max-tokens", "6")
+	}
+	_, chatByFolder, _ := chat(snap)
+	if code, chatByID, stderr := chat("acme/persona"); code != 0 || chatByID != chatByFolder || len(strings.TrimSpace(chatByID)) == 0 {
+		t.Errorf("chat by id: exit %d %q (by folder %q) %s", code, chatByID, chatByFolder, stderr)
+	}
+	data := filepath.Join(t.TempDir(), "data.jsonl")
+	os.WriteFile(data, []byte(strings.Repeat(`{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}`+"\n", 4)), 0o644)
+	code, trained, stderr := runKeel("train", "sft", "--model", "acme/persona", "--data", data, "--steps", "1", "--batch", "2", "--seq-len", "32", "--runs", t.TempDir())
+	if code != 0 {
+		t.Errorf("train sft by id: exit %d %s %s", code, trained, stderr)
+	}
 	code, info, stderr := runKeel("model", "info", "--model", "acme/persona")
 	if code != 0 || !strings.Contains(info, snap) || !strings.Contains(info, "LlamaForCausalLM") {
 		t.Errorf("model info: exit %d %s %s", code, info, stderr)
