@@ -170,15 +170,24 @@ func logprobsOf(logits []float32, id, n int) *Logprobs {
 	}
 	norm := top + math.Log(sum)
 	lp := &Logprobs{Chosen: TokenLogprob{id, float64(logits[id]) - norm}}
-	if n > 0 {
-		idx := make([]int, len(logits))
-		for i := range idx {
-			idx[i] = i
+	// The n most likely in one pass over the vocabulary (n is at most MaxTopLogprobs): a kept list in order,
+	// a token entering only when it beats the list's last (ties keep the lower id first).
+	best := make([]int, 0, n+1)
+	for i, l := range logits {
+		if len(best) == n && (n == 0 || l <= logits[best[n-1]]) {
+			continue
 		}
-		slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(logits[b], logits[a]) })
-		for _, i := range idx[:min(n, len(idx))] {
-			lp.Top = append(lp.Top, TokenLogprob{i, float64(logits[i]) - norm})
+		k := len(best)
+		for k > 0 && logits[best[k-1]] < l {
+			k--
 		}
+		best = slices.Insert(best, k, i)
+		if len(best) > n {
+			best = best[:n]
+		}
+	}
+	for _, i := range best {
+		lp.Top = append(lp.Top, TokenLogprob{i, float64(logits[i]) - norm})
 	}
 	return lp
 }
