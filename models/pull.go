@@ -183,7 +183,7 @@ func (p *Puller) Pull(ctx context.Context, id HubID) (string, error) {
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for range max(1, cmp(p.Parallel, 4)) {
+	for range max(1, orDefault(p.Parallel, 4)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -221,7 +221,8 @@ feed:
 	return snap, nil
 }
 
-func cmp(v, def int) int {
+// orDefault is v, or def where v is not set (0 or less).
+func orDefault(v, def int) int {
 	if v > 0 {
 		return v
 	}
@@ -364,7 +365,7 @@ func (p *Puller) download(ctx context.Context, client *http.Client, id HubID, co
 	part := blob + ".incomplete"
 	u := fmt.Sprintf("%s/%s/resolve/%s/%s", p.Endpoint, id.Repo, commit, url.PathEscape(name))
 	var last error
-	for attempt := 0; attempt <= cmp(p.Retries, 3); attempt++ {
+	for attempt := 0; attempt <= orDefault(p.Retries, 3); attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -390,7 +391,7 @@ func (p *Puller) download(ctx context.Context, client *http.Client, id HubID, co
 		if st != nil {
 			report(-st.Size()) // counted again when the next try resumes
 		}
-		if attempt == cmp(p.Retries, 3) {
+		if attempt == orDefault(p.Retries, 3) {
 			return fmt.Errorf("%w (the part fetched is kept: run it again to resume)", last)
 		}
 		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)

@@ -29,6 +29,7 @@ type ModelFlags struct {
 	Stderr  io.Writer // where a GPU placement is reported
 }
 
+// Register declares the flags on fs; a GPU placement is reported on fs's output.
 func (f *ModelFlags) Register(fs *flag.FlagSet) {
 	f.Stderr = fs.Output()
 	fs.StringVar(&f.Dir, "model", "", "the model: a Hugging Face folder (config.json, *.safetensors, tokenizer), an id ORG/NAME[@REVISION] read from the Hugging Face cache, or persona (keel's embedded model, the default)")
