@@ -28,7 +28,7 @@ model: build
 	bin/keel model build --out models/persona
 
 vet:
-	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider bench)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider; echo "gofmt: files above need formatting" >&2; exit 1; }
+	@test -z "$$(gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider bench)" || { gofmt -l cmd engine steer train probes sessions tui workbench evals models internal serve provider bench; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
 
 # Reference packages for the conformance tests (pinned in package-lock.json).
