@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -158,6 +159,16 @@ func (m *Model) fusedForward(s *torch.Scope, p Pass) (out passOut, ok bool) {
 	if hooks != nil {
 		sh = hooks.hooks
 		st.Records = make([]float32, B*sh.Width)
+	}
+	// A failure earlier in the scope (a cache view that could not be made) is the one to report: the step would
+	// only meet its empty tensors and say "null tensor handle".
+	for _, t := range st.Cache {
+		if !t.Valid() {
+			if s.Err() == nil {
+				s.Fail(fmt.Errorf("the KV cache holds a freed tensor: the generation was closed while it ran"))
+			}
+			return passOut{}, true
+		}
 	}
 	if err := dec.Step(sh, st); err != nil {
 		s.Fail(err)
