@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -80,7 +81,11 @@ func TestOpenAIProtocolEdges(t *testing.T) {
 		t.Errorf("neutral values: %d", resp.StatusCode)
 	}
 	// Bad scoring fields are named: top_logprobs without logprobs, a bias past the vocabulary, a penalty past 2.
-	for _, bad := range []map[string]any{{"top_logprobs": 2}, {"logprobs": true, "top_logprobs": 21}, {"logit_bias": map[string]int{"99999999": 1}},
+	manyBiases := map[string]int{}
+	for i := range 301 {
+		manyBiases[fmt.Sprint(i)] = 1
+	}
+	for _, bad := range []map[string]any{{"logit_bias": manyBiases}, {"top_logprobs": 2}, {"logprobs": true, "top_logprobs": 21}, {"logit_bias": map[string]int{"99999999": 1}},
 		{"logit_bias": map[string]int{"x": 1}}, {"presence_penalty": 3}, {"logprobs": 2}} {
 		body := map[string]any{"model": ts.name, "messages": msg["messages"]}
 		for k, v := range bad {
