@@ -315,10 +315,7 @@ func (c *completionRequest) readScoring(sp *model.Sampling, chat bool) error {
 	default:
 		return invalid("invalid_logprobs", "logprobs %s: give true or false (and top_logprobs N)", quoteShort(raw))
 	}
-	if sp.TopLogprobs < 0 || sp.TopLogprobs > model.MaxTopLogprobs {
-		return invalid("invalid_logprobs", "top_logprobs %d: give 0 to %d", sp.TopLogprobs, model.MaxTopLogprobs)
-	}
-	return nil
+	return nil // the ranges are model.Sampling.Check's
 }
 
 // chatLogprob is a token's log-probabilities as a chat response's logprobs.content item, its top_logprobs

@@ -171,24 +171,24 @@ func runGenerate(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) erro
 // scoredToken is a generated token with its log-probability and the most likely tokens at its place, as
 // `keel generate --logprobs N` prints them (and keel serve's logprobs give them).
 type scoredToken struct {
+	tokenScore
+	Top []tokenScore `json:"top_logprobs"`
+}
+
+// tokenScore is one token at a position with its log-probability.
+type tokenScore struct {
 	ID      int     `json:"id"`
 	Token   string  `json:"token"` // the bytes the token adds to the text
 	Logprob float64 `json:"logprob"`
-	Top     []struct {
-		ID      int     `json:"id"`
-		Token   string  `json:"token"`
-		Logprob float64 `json:"logprob"`
-	} `json:"top_logprobs"`
 }
 
 func scoreOf(tok tokenizer.Tokenizer, prev int, lp *model.Logprobs) scoredToken {
-	t := scoredToken{ID: lp.Chosen.ID, Token: string(tok.TokenBytes(lp.Chosen.ID, prev)), Logprob: lp.Chosen.Logprob}
+	score := func(x model.TokenLogprob) tokenScore {
+		return tokenScore{x.ID, string(tok.TokenBytes(x.ID, prev)), x.Logprob}
+	}
+	t := scoredToken{tokenScore: score(lp.Chosen)}
 	for _, x := range lp.Top {
-		t.Top = append(t.Top, struct {
-			ID      int     `json:"id"`
-			Token   string  `json:"token"`
-			Logprob float64 `json:"logprob"`
-		}{x.ID, string(tok.TokenBytes(x.ID, prev)), x.Logprob})
+		t.Top = append(t.Top, score(x))
 	}
 	return t
 }

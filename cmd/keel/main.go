@@ -22,7 +22,7 @@ var version = "dev"
 // commands is keel's command table: dispatch, `keel help` and every -h are made from it.
 func commands() []cli.Command {
 	return append([]cli.Command{
-		{Name: "tui", Args: "", Summary: "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", Run: runTUI},
+		{Name: "tui", Summary: "the workbench (also `keel` alone): chat, live Assistant-Axis plot, capping, steering, jobs, replay", Run: runTUI},
 		{Name: "chat", Summary: "chat with a model: the workbench on a terminal, a plain line REPL otherwise", Run: runChatOrTUI},
 		{Name: "generate", Summary: "continue a prompt with a model (--prompt TEXT: a user's message by default, --chat=false: raw text)", Run: runGenerate},
 		{Name: "tokenize", Args: "[TEXT]", Summary: "tokenize text or render a chat template", Run: runTokenize},
