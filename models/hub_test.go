@@ -1,42 +1,14 @@
 package models
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// fakeHub writes files into a hub-layout cache as huggingface_hub does: each file's bytes once in blobs/ under
-// their hash, the snapshot's entries relative symlinks to them, refs/REV naming the commit.
-func fakeHub(t *testing.T, hub, repo, ref, commit string, files map[string]string) string {
-	t.Helper()
-	root := filepath.Join(hub, "models--"+strings.ReplaceAll(repo, "/", "--"))
-	snap := filepath.Join(root, "snapshots", commit)
-	for _, d := range []string{filepath.Join(root, "blobs"), filepath.Join(root, "refs"), snap} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for name, body := range files {
-		sum := sha256.Sum256([]byte(body))
-		blob := filepath.Join(root, "blobs", hex.EncodeToString(sum[:]))
-		if err := os.WriteFile(blob, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		rel, _ := filepath.Rel(snap, blob)
-		if err := os.Symlink(rel, filepath.Join(snap, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(root, "refs", ref), []byte(commit), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return snap
-}
+	"github.com/keel-lab/keel/models/hubtest"
+)
 
 func TestParseHubID(t *testing.T) {
 	for in, want := range map[string]string{"acme/persona": "acme/persona@main", "acme/persona@v1.0": "acme/persona@v1.0",
@@ -59,7 +31,7 @@ func TestResolveReadsTheHubCache(t *testing.T) {
 	home := t.TempDir()
 	hub := filepath.Join(home, "hub")
 	commit := strings.Repeat("ab", 20)
-	snap := fakeHub(t, hub, "acme/persona", "main", commit, map[string]string{"config.json": "{}", "tokenizer.json": "{}"})
+	snap := hubtest.WriteCache(t, hub, "acme/persona", "main", commit, map[string][]byte{"config.json": []byte("{}"), "tokenizer.json": []byte("{}")})
 	t.Setenv("HF_HUB_CACHE", "")
 	t.Setenv("HF_HOME", home)
 	for _, ref := range []string{"acme/persona", "acme/persona@main", "acme/persona@" + commit} {

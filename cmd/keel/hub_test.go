@@ -1,12 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"io/fs"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +9,7 @@ import (
 	"github.com/keel-lab/keel/engine/torch/torchtest"
 	"github.com/keel-lab/keel/internal/cli"
 	"github.com/keel-lab/keel/models"
+	"github.com/keel-lab/keel/models/hubtest"
 )
 
 // hubCache lays the embedded persona model (with its axis/) out in a fresh Hugging Face cache as huggingface_hub
@@ -27,36 +22,7 @@ func hubCache(t *testing.T, repo string) (hub, snapshot string) {
 		t.Fatal(err)
 	}
 	hub = t.TempDir()
-	commit := strings.Repeat("5e", 20)
-	root := filepath.Join(hub, "models--"+strings.ReplaceAll(repo, "/", "--"))
-	snapshot = filepath.Join(root, "snapshots", commit)
-	os.MkdirAll(filepath.Join(root, "blobs"), 0o755)
-	os.MkdirAll(filepath.Join(root, "refs"), 0o755)
-	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(raw)
-		blob := filepath.Join(root, "blobs", hex.EncodeToString(sum[:]))
-		if err := os.WriteFile(blob, raw, 0o644); err != nil {
-			return err
-		}
-		link := filepath.Join(snapshot, rel)
-		os.MkdirAll(filepath.Dir(link), 0o755)
-		target, _ := filepath.Rel(filepath.Dir(link), blob)
-		return os.Symlink(target, link)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "refs", "main"), []byte(commit), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	snapshot = hubtest.WriteCache(t, hub, repo, "main", strings.Repeat("5e", 20), hubtest.ReadFolder(t, src))
 	t.Setenv("HF_HUB_CACHE", hub)
 	return hub, snapshot
 }
@@ -162,26 +128,11 @@ func TestPullThenLoadByID(t *testing.T) {
 		}
 		files[name] = raw
 	}
-	requests := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		requests++
-		if r.URL.Path == "/api/models/acme/persona/revision/main" {
-			var sib []map[string]any
-			for name, raw := range files {
-				sum := sha256.Sum256(raw)
-				sib = append(sib, map[string]any{"rfilename": name, "size": len(raw), "lfs": map[string]any{"sha256": hex.EncodeToString(sum[:]), "size": len(raw)}})
-			}
-			json.NewEncoder(w).Encode(map[string]any{"sha": commit, "siblings": sib})
-			return
-		}
-		if raw, ok := files[strings.TrimPrefix(r.URL.Path, "/acme/persona/resolve/"+commit+"/")]; ok {
-			w.Write(raw)
-			return
-		}
-		w.Header().Set("X-Error-Code", "RepoNotFound")
-		http.Error(w, "no", 404)
-	}))
-	defer srv.Close()
+	lfs := map[string]bool{}
+	for name := range files {
+		lfs[name] = true
+	}
+	srv := hubtest.NewServer(t, "acme/persona", commit, files, lfs)
 	hub := t.TempDir()
 	t.Setenv("HF_HUB_CACHE", hub)
 	t.Setenv("HF_ENDPOINT", srv.URL)
@@ -195,11 +146,11 @@ func TestPullThenLoadByID(t *testing.T) {
 		t.Fatalf("keel pull of a missing repo: exit %d %s", code, stderr)
 	}
 	t.Setenv("HF_HUB_OFFLINE", "1")
-	before := requests
+	before := srv.Requests()
 	_, want, _ := runKeel("generate", "--model", src, "--max-tokens", "6", "--temperature", "0", "--prompt", "Hi")
 	code, got, stderr := runKeel("generate", "--model", "acme/persona", "--max-tokens", "6", "--temperature", "0", "--prompt", "Hi")
-	if code != 0 || got != want || requests != before {
-		t.Fatalf("generate by id after the pull: exit %d %q (the folder's %q) %s; %d requests", code, got, want, stderr, requests-before)
+	if code != 0 || got != want || srv.Requests() != before {
+		t.Fatalf("generate by id after the pull: exit %d %q (the folder's %q) %s; %d requests", code, got, want, stderr, srv.Requests()-before)
 	}
 	// Without HF_HUB_OFFLINE a model the cache lacks is fetched on first use.
 	t.Setenv("HF_HUB_OFFLINE", "")
