@@ -161,8 +161,9 @@ func ListCache(hub string) ([]CachedModel, error) {
 
 // Resolve turns what a user gave as --model into a model folder: "" or "persona" is the embedded model
 // (unpacked under keelCache), an existing folder is itself, and ORG/NAME[@REVISION] is its snapshot in the hub
-// cache (HubCacheDir), fetched by pull when the cache does not hold it (nil: never fetched).
-func Resolve(ref, keelCache string, pull *Puller) (string, error) {
+// cache (HubCacheDir), fetched by the Puller pull makes when the cache does not hold it (nil: never fetched;
+// it is made only for an id, so a folder or persona reads no hub settings).
+func Resolve(ref, keelCache string, pull func() *Puller) (string, error) {
 	if ref == "" || ref == PersonaName {
 		return Persona(keelCache)
 	}
@@ -173,16 +174,17 @@ func Resolve(ref, keelCache string, pull *Puller) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("--model %s: no such folder (a Hugging Face model folder holds config.json, *.safetensors and the tokenizer), and not a Hugging Face id ORG/NAME[@REVISION] or %q", ref, PersonaName)
 	}
-	hub := HubCacheDir()
-	if pull != nil {
-		hub = pull.Hub
-	}
-	dir, err := CachedSnapshot(hub, id)
-	if errors.Is(err, ErrNotCached) {
-		if pull == nil {
+	if pull == nil {
+		dir, err := CachedSnapshot(HubCacheDir(), id)
+		if errors.Is(err, ErrNotCached) {
 			return "", fmt.Errorf("%w: fetch it with `keel pull %s`, or give a model folder", err, id)
 		}
-		return pull.Pull(context.Background(), id)
+		return dir, err
+	}
+	p := pull()
+	dir, err := CachedSnapshot(p.Hub, id)
+	if errors.Is(err, ErrNotCached) {
+		return p.Pull(context.Background(), id)
 	}
 	return dir, err
 }

@@ -90,7 +90,7 @@ func TestPullWritesTheHubCacheAndResumes(t *testing.T) {
 	t.Setenv("HF_HUB_CACHE", hub)
 	off := puller(h, hub)
 	off.Offline = true
-	dir, err := Resolve("acme/tiny", t.TempDir(), off)
+	dir, err := Resolve("acme/tiny", t.TempDir(), func() *Puller { return off })
 	if err != nil || dir != snap || h.Requests() != before {
 		t.Fatalf("resolved %q %v after %d requests", dir, err, h.Requests()-before)
 	}

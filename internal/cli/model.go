@@ -54,11 +54,13 @@ func (f *ModelFlags) Resolve() error {
 // ResolveModel is models.Resolve with a model the cache lacks fetched from the hub, its progress on progress
 // (nil: none).
 func ResolveModel(ref string, progress io.Writer) (string, error) {
-	pull := models.NewPuller()
-	if progress != nil {
-		pull.Progress = ProgressBar(progress, "fetching "+ref)
-	}
-	return models.Resolve(ref, KeelModelCache(), pull)
+	return models.Resolve(ref, KeelModelCache(), func() *models.Puller {
+		pull := models.NewPuller()
+		if progress != nil {
+			pull.Progress = ProgressBar(progress, "fetching "+ref)
+		}
+		return pull
+	})
 }
 
 // ProgressBar draws bytes done of total on w, at most five times a second, and a last line at the end.
